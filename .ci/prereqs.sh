@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what building and testing realtime_ext needs, skipping whatever is already there:
+# PostgreSQL 15 with server headers, clang, sudo, cargo-pgrx 0.18.0 and its pg15 configuration.
+set -euo pipefail
+
+PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+PGRX_VERSION=0.18.0
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+missing=()
+for pkg in postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "==> installing ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! cargo pgrx --version 2>/dev/null | grep -q "$PGRX_VERSION"; then
+  echo "==> installing cargo-pgrx $PGRX_VERSION (takes several minutes)"
+  cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
+fi
+
+if ! grep -qs "pg15" "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; then
+  echo "==> cargo pgrx init (pg15 = $PG_CONFIG)"
+  cargo pgrx init --pg15="$PG_CONFIG" >/dev/null
+fi

@@ -1,0 +1,182 @@
+//! The SQL functions users call: realtime_watch(), realtime_unwatch(). realtime_watched() and
+//! the realtime.watched view are plain SQL (sql/watched.sql). The triggers themselves are the
+//! only record of what is watched, so a restart, pg_dump/pg_restore or DROP TABLE can never
+//! leave a stale list behind.
+
+use crate::error::raise;
+use crate::event::Op;
+use pgrx::prelude::*;
+use pgrx::spi::quote_identifier;
+use pgrx::PgSqlErrorCode::*;
+
+pub const ROW_TRIGGER: &str = "realtime_ext_capture_row";
+pub const TRUNCATE_TRIGGER: &str = "realtime_ext_capture_truncate";
+
+extension_sql_file!("../sql/watched.sql", name = "watched", requires = [realtime_watch]);
+
+/// Start streaming changes of `tbl`. Idempotent; calling again with other events updates them.
+#[pg_extern(sql = r#"
+CREATE FUNCTION realtime_watch(tbl regclass, events text[] DEFAULT ARRAY['INSERT','UPDATE','DELETE','TRUNCATE'])
+RETURNS void STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+COMMENT ON FUNCTION realtime_watch(regclass, text[]) IS 'Stream committed changes of a table to realtime WebSocket clients';
+"#)]
+fn realtime_watch(tbl: pg_sys::Oid, events: Vec<String>) {
+    check_database();
+    let rel = check_watchable(tbl);
+    let ops = parse_events(&events);
+    let row_ops: Vec<&str> = [Op::Insert, Op::Update, Op::Delete]
+        .into_iter()
+        .filter(|op| ops & op.bit() != 0)
+        .map(Op::name)
+        .collect();
+    drop_triggers(&rel);
+    if !row_ops.is_empty() {
+        let sql = format!(
+            "CREATE TRIGGER {ROW_TRIGGER} AFTER {} ON {rel} FOR EACH ROW EXECUTE FUNCTION realtime.capture_row()",
+            row_ops.join(" OR ")
+        );
+        Spi::run(&sql).unwrap_or_else(|e| spi_failed(e));
+    }
+    if ops & Op::Truncate.bit() != 0 {
+        let sql = format!(
+            "CREATE TRIGGER {TRUNCATE_TRIGGER} AFTER TRUNCATE ON {rel} FOR EACH STATEMENT EXECUTE FUNCTION realtime.capture_truncate()"
+        );
+        Spi::run(&sql).unwrap_or_else(|e| spi_failed(e));
+    }
+    depend_on_extension(tbl);
+}
+
+/// Stop streaming changes of `tbl`. Idempotent.
+#[pg_extern(sql = r#"
+CREATE FUNCTION realtime_unwatch(tbl regclass)
+RETURNS void STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+COMMENT ON FUNCTION realtime_unwatch(regclass) IS 'Stop streaming changes of a table';
+"#)]
+fn realtime_unwatch(tbl: pg_sys::Oid) {
+    let rel = check_watchable(tbl);
+    drop_triggers(&rel);
+}
+
+fn spi_failed(e: pgrx::spi::Error) -> ! {
+    raise(ERRCODE_INTERNAL_ERROR, format!("realtime_ext: {e}"), "This is a bug in realtime_ext; please report it.")
+}
+
+fn check_database() {
+    let configured = crate::gucs::database();
+    let current = Spi::get_one::<String>("SELECT current_database()::text").ok().flatten().unwrap_or_default();
+    if current != configured {
+        raise(
+            ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("realtime_ext serves database \"{configured}\", not \"{current}\""),
+            format!(
+                "Set realtime.database = '{current}' in postgresql.conf and restart the server, \
+                 or watch tables in database \"{configured}\"."
+            ),
+        );
+    }
+}
+
+/// Checks kind, persistence and ownership; returns the table's name as SQL text.
+fn check_watchable(tbl: pg_sys::Oid) -> String {
+    let row = Spi::get_three_with_args::<String, String, bool>(
+        "SELECT c.relkind::text, c.relpersistence::text,
+                (c.oid < 16384 OR n.nspname IN ('pg_catalog', 'information_schema', 'pg_toast'))
+           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
+        &[tbl.into()],
+    )
+    .unwrap_or_else(|e| spi_failed(e));
+    let (Some(kind), Some(persistence), Some(system)) = row else {
+        raise(ERRCODE_UNDEFINED_TABLE, format!("relation with OID {} does not exist", tbl.to_u32()), "Check the table name.");
+    };
+    let rel = Spi::get_one_with_args::<String>("SELECT $1::regclass::text", &[tbl.into()])
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    if system {
+        raise(ERRCODE_INSUFFICIENT_PRIVILEGE, format!("\"{rel}\" is a system catalog"), "Only user tables can be watched.");
+    }
+    let what = match kind.as_str() {
+        "r" | "p" => None,
+        "v" => Some("a view"),
+        "m" => Some("a materialized view"),
+        "f" => Some("a foreign table"),
+        "S" => Some("a sequence"),
+        "i" | "I" => Some("an index"),
+        _ => Some("not a table"),
+    };
+    if let Some(what) = what {
+        raise(
+            ERRCODE_WRONG_OBJECT_TYPE,
+            format!("\"{rel}\" is {what}"),
+            "realtime_watch() accepts ordinary and partitioned tables; watch the tables a view reads instead.",
+        );
+    }
+    if persistence == "t" {
+        raise(
+            ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("\"{rel}\" is a temporary table"),
+            "Temporary tables are private to one session; watch a permanent or unlogged table.",
+        );
+    }
+    let owner = Spi::get_one_with_args::<bool>(
+        "SELECT pg_has_role(current_user, relowner, 'USAGE') FROM pg_class WHERE oid = $1",
+        &[tbl.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false);
+    if !owner {
+        raise(
+            ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("must be owner of table {rel}"),
+            "Ask the table's owner or a superuser to run realtime_watch().",
+        );
+    }
+    rel
+}
+
+fn parse_events(events: &[String]) -> u8 {
+    if events.is_empty() {
+        raise(ERRCODE_INVALID_PARAMETER_VALUE, "events must not be empty", "Use any of INSERT, UPDATE, DELETE, TRUNCATE.");
+    }
+    events.iter().fold(0, |ops, name| match Op::from_name(name.trim()) {
+        Some(op) => ops | op.bit(),
+        None => raise(
+            ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("unknown event \"{name}\""),
+            "Use any of INSERT, UPDATE, DELETE, TRUNCATE.",
+        ),
+    })
+}
+
+fn drop_triggers(rel: &str) {
+    for name in [ROW_TRIGGER, TRUNCATE_TRIGGER] {
+        Spi::run(&format!("DROP TRIGGER IF EXISTS {} ON {rel}", quote_identifier(name))).unwrap_or_else(|e| spi_failed(e));
+    }
+}
+
+/// Make the triggers part of the extension's footprint: DROP EXTENSION removes them without
+/// CASCADE instead of failing on them.
+fn depend_on_extension(tbl: pg_sys::Oid) {
+    let ext = unsafe { pg_sys::get_extension_oid(c"realtime_ext".as_ptr(), true) };
+    if ext == pg_sys::InvalidOid {
+        return;
+    }
+    let trigger_oids: Vec<pg_sys::Oid> = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT oid FROM pg_trigger WHERE tgrelid = $1 AND tgname = ANY($2)",
+                None,
+                &[tbl.into(), vec![ROW_TRIGGER, TRUNCATE_TRIGGER].into()],
+            )?
+            .map(|row| row.get::<pg_sys::Oid>(1))
+            .collect::<Result<Vec<_>, _>>()
+            .map(|v| v.into_iter().flatten().collect())
+    })
+    .unwrap_or_else(|e| spi_failed(e));
+    for oid in trigger_oids {
+        let trigger = pg_sys::ObjectAddress { classId: pg_sys::TriggerRelationId, objectId: oid, objectSubId: 0 };
+        let extension = pg_sys::ObjectAddress { classId: pg_sys::ExtensionRelationId, objectId: ext, objectSubId: 0 };
+        unsafe { pg_sys::recordDependencyOn(&trigger, &extension, pg_sys::DependencyType::DEPENDENCY_AUTO) };
+    }
+}

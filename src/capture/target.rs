@@ -1,0 +1,70 @@
+//! Which watched table a captured row belongs to. A row in a partition is reported under the
+//! partitioned table that was watched, so subscribers of `measurements` see all partitions.
+//! Cached per backend; any relcache invalidation empties the cache (renames, ATTACH/DETACH).
+
+use pgrx::pg_sys;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::CStr;
+use std::rc::Rc;
+
+pub struct Target {
+    pub relid: u32,
+    pub schema: String,
+    pub table: String,
+}
+
+thread_local! {
+    static CACHE: RefCell<HashMap<pg_sys::Oid, Rc<Target>>> = RefCell::new(HashMap::new());
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn invalidate(_arg: pg_sys::Datum, _relid: pg_sys::Oid) {
+    CACHE.with(|c| c.borrow_mut().clear());
+}
+
+pub fn register_invalidation() {
+    unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(invalidate), pg_sys::Datum::from(0)) }
+}
+
+/// `is_clone`: the trigger was cloned from a partitioned ancestor.
+pub fn resolve(rel: pg_sys::Relation, is_clone: bool) -> Rc<Target> {
+    let relid = unsafe { (*rel).rd_id };
+    if let Some(t) = CACHE.with(|c| c.borrow().get(&relid).cloned()) {
+        return t;
+    }
+    let root = if is_clone { topmost_ancestor(relid) } else { relid };
+    let target = Rc::new(unsafe {
+        Target {
+            relid: root.to_u32(),
+            schema: cstr(pg_sys::get_namespace_name(pg_sys::get_rel_namespace(root))),
+            table: cstr(pg_sys::get_rel_name(root)),
+        }
+    });
+    CACHE.with(|c| c.borrow_mut().insert(relid, target.clone()));
+    target
+}
+
+// partition.h is not in pgrx's bindings.
+unsafe extern "C-unwind" {
+    fn get_partition_ancestors(relid: pg_sys::Oid) -> *mut pg_sys::List;
+}
+
+fn topmost_ancestor(relid: pg_sys::Oid) -> pg_sys::Oid {
+    unsafe {
+        let list = get_partition_ancestors(relid);
+        let n = if list.is_null() { 0 } else { (*list).length };
+        if n == 0 {
+            return relid;
+        }
+        (*(*list).elements.add(n as usize - 1)).oid_value
+    }
+}
+
+unsafe fn cstr(p: *mut std::ffi::c_char) -> String {
+    if p.is_null() {
+        String::new()
+    } else {
+        CStr::from_ptr(p).to_string_lossy().into_owned()
+    }
+}

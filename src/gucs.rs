@@ -1,0 +1,162 @@
+//! Every `realtime.*` setting, with its getter. Listen address, port, database and queue size
+//! are fixed at server start; the rest can change with a reload (SIGHUP).
+
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use std::ffi::CString;
+
+/// Addresses the WebSocket server listens on: comma-separated host names or IPs, `*` for all.
+static LISTEN_ADDRESSES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"localhost"));
+/// TCP port of the WebSocket/HTTP server.
+static PORT: GucSetting<i32> = GucSetting::<i32>::new(8080);
+/// The one database whose watched tables the worker serves.
+static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+/// Size of the shared-memory change queue, in kB.
+static QUEUE_SIZE_KB: GucSetting<i32> = GucSetting::<i32>::new(16 * 1024);
+/// Broadcast ring length in batches: how far a client may fall behind before it gets a gap.
+static CLIENT_BACKLOG: GucSetting<i32> = GucSetting::<i32>::new(1024);
+/// Most WebSocket connections served at once; further ones get HTTP 503.
+static MAX_CONNECTIONS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+/// Largest message a client may send, in bytes.
+static MAX_MESSAGE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024);
+/// Seconds between WebSocket pings; a client silent for two intervals is closed.
+static HEARTBEAT_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(30);
+/// Milliseconds a client has to send a complete HTTP request head.
+static HANDSHAKE_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+/// A transaction whose captured changes exceed this many kB spills them to a file.
+static SPILL_THRESHOLD_KB: GucSetting<i32> = GucSetting::<i32>::new(1024);
+
+pub fn init() {
+    use GucContext::*;
+    let none = GucFlags::default();
+    GucRegistry::define_string_guc(
+        c"realtime.listen_addresses",
+        c"Addresses the realtime WebSocket server listens on.",
+        c"Comma-separated host names or IP addresses; * means all interfaces.",
+        &LISTEN_ADDRESSES,
+        Postmaster,
+        none,
+    );
+    GucRegistry::define_int_guc(
+        c"realtime.port",
+        c"TCP port of the realtime WebSocket server.",
+        c"",
+        &PORT,
+        1,
+        65535,
+        Postmaster,
+        none,
+    );
+    GucRegistry::define_string_guc(
+        c"realtime.database",
+        c"Database whose watched tables the realtime worker serves.",
+        c"realtime_watch() can only be used in this database.",
+        &DATABASE,
+        Postmaster,
+        none,
+    );
+    GucRegistry::define_int_guc(
+        c"realtime.queue_size",
+        c"Size of the shared-memory change queue.",
+        c"When the worker falls this far behind, further transactions become a gap message.",
+        &QUEUE_SIZE_KB,
+        1024,
+        1024 * 1024,
+        Postmaster,
+        GucFlags::UNIT_KB,
+    );
+    GucRegistry::define_int_guc(
+        c"realtime.client_backlog",
+        c"How many batches of changes a client may fall behind before it is sent a gap.",
+        c"",
+        &CLIENT_BACKLOG,
+        16,
+        1 << 20,
+        Postmaster,
+        none,
+    );
+    GucRegistry::define_int_guc(
+        c"realtime.max_connections",
+        c"Maximum concurrent WebSocket connections.",
+        c"",
+        &MAX_CONNECTIONS,
+        1,
+        1_000_000,
+        Sighup,
+        none,
+    );
+    GucRegistry::define_int_guc(
+        c"realtime.max_message_size",
+        c"Largest message a WebSocket client may send.",
+        c"",
+        &MAX_MESSAGE_SIZE,
+        1024,
+        64 * 1024 * 1024,
+        Sighup,
+        GucFlags::UNIT_BYTE,
+    );
+    GucRegistry::define_int_guc(
+        c"realtime.heartbeat_interval",
+        c"Interval between WebSocket pings to each client.",
+        c"A client that sends nothing (not even a pong) for two intervals is disconnected.",
+        &HEARTBEAT_INTERVAL_S,
+        1,
+        3600,
+        Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"realtime.handshake_timeout",
+        c"Time a new connection has to send its HTTP request.",
+        c"",
+        &HANDSHAKE_TIMEOUT_MS,
+        100,
+        600_000,
+        Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"realtime.spill_threshold",
+        c"Captured changes per transaction kept in memory before spilling to a file.",
+        c"",
+        &SPILL_THRESHOLD_KB,
+        64,
+        1024 * 1024,
+        Suset,
+        GucFlags::UNIT_KB,
+    );
+}
+
+fn string(setting: &GucSetting<Option<CString>>) -> String {
+    setting.get().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+pub fn listen_addresses() -> String {
+    string(&LISTEN_ADDRESSES)
+}
+pub fn port() -> u16 {
+    PORT.get() as u16
+}
+pub fn database() -> String {
+    string(&DATABASE)
+}
+pub fn queue_size_bytes() -> usize {
+    QUEUE_SIZE_KB.get() as usize * 1024
+}
+pub fn client_backlog() -> usize {
+    CLIENT_BACKLOG.get() as usize
+}
+pub fn max_connections() -> usize {
+    MAX_CONNECTIONS.get() as usize
+}
+pub fn max_message_size() -> usize {
+    MAX_MESSAGE_SIZE.get() as usize
+}
+pub fn heartbeat_interval_s() -> u64 {
+    HEARTBEAT_INTERVAL_S.get() as u64
+}
+pub fn handshake_timeout_ms() -> u64 {
+    HANDSHAKE_TIMEOUT_MS.get() as u64
+}
+pub fn spill_threshold_bytes() -> usize {
+    SPILL_THRESHOLD_KB.get() as usize * 1024
+}

@@ -1,0 +1,116 @@
+//! The network side: a tokio runtime on threads of its own serving HTTP and WebSocket.
+//! Nothing in this module calls Postgres; it talks to the worker through `bridge`.
+
+pub mod filter;
+mod http;
+mod session;
+
+use crate::bridge::{BatchSender, Shared, WorkerHandle};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Where to listen: `hosts` as in realtime.listen_addresses.
+pub struct Address {
+    pub hosts: String,
+    pub port: u16,
+}
+
+/// What every connection needs.
+#[derive(Clone)]
+pub struct Context {
+    pub shared: Arc<Shared>,
+    pub worker: WorkerHandle,
+    pub batches: BatchSender,
+}
+
+pub struct Server {
+    runtime: tokio::runtime::Runtime,
+    bound: Vec<SocketAddr>,
+}
+
+impl Server {
+    pub fn description(&self) -> String {
+        self.bound.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+    }
+
+    /// Close every connection and stop the threads.
+    pub fn shutdown(self) {
+        self.runtime.shutdown_timeout(Duration::from_secs(2));
+    }
+}
+
+pub fn start(address: &Address, shared: Arc<Shared>, worker: WorkerHandle, batches: BatchSender) -> Result<Server, String> {
+    let addrs = resolve(address)?;
+    let runtime = with_signals_blocked(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("realtime-net")
+            .enable_all()
+            .build()
+    })
+    .map_err(|e| format!("could not start network threads: {e}"))?;
+    let context = Context { shared, worker, batches };
+    let mut bound = Vec::new();
+    let mut errors = Vec::new();
+    for addr in addrs {
+        match runtime.block_on(TcpListener::bind(addr)) {
+            Ok(listener) => {
+                bound.push(addr);
+                runtime.spawn(accept_loop(listener, context.clone()));
+            }
+            Err(e) => errors.push(format!("{addr}: {e}")),
+        }
+    }
+    if bound.is_empty() {
+        return Err(format!("could not listen on any address ({})", errors.join("; ")));
+    }
+    Ok(Server { runtime, bound })
+}
+
+fn resolve(address: &Address) -> Result<Vec<SocketAddr>, String> {
+    let mut addrs = Vec::new();
+    for host in address.hosts.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+        let host = if host == "*" { "0.0.0.0" } else { host };
+        let found = (host, address.port)
+            .to_socket_addrs()
+            .map_err(|e| format!("could not resolve listen address \"{host}\": {e}"))?;
+        for addr in found {
+            if !addrs.contains(&addr) {
+                addrs.push(addr);
+            }
+        }
+    }
+    if addrs.is_empty() {
+        return Err("realtime.listen_addresses is empty".into());
+    }
+    Ok(addrs)
+}
+
+/// Postgres delivers signals to whichever thread has them unblocked; network threads must
+/// never run Postgres's signal handlers, so they start with every signal blocked.
+fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+        let result = f();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        result
+    }
+}
+
+async fn accept_loop(listener: TcpListener, context: Context) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _peer)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(http::serve(stream, context.clone()));
+            }
+            // Out of file descriptors and the like: back off instead of spinning.
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}

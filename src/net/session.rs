@@ -1,0 +1,209 @@
+//! One WebSocket connection: its subscriptions, the changes it is sent, heartbeats.
+//!
+//! Every session reads the same broadcast of batches; a session that falls more than
+//! realtime.client_backlog batches behind skips ahead and is sent a `gap` message saying which
+//! positions it missed. Nobody else waits for it.
+
+use super::filter;
+use super::Context;
+use crate::bridge::{Batch, ResolvedTable};
+use crate::event::{Op, ALL_OPS};
+use crate::protocol::{self, ClientMessage, ErrorCode, ServerMessage};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio::sync::broadcast::error::RecvError;
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+type Sink = futures_util::stream::SplitSink<WebSocketStream<TcpStream>, Message>;
+
+struct Subscription {
+    id: Value,
+    table: ResolvedTable,
+    ops: u8,
+    /// Changes at or before this position predate the subscription.
+    after: u64,
+}
+
+impl Subscription {
+    fn wants(&self, change: &crate::bridge::Change) -> bool {
+        change.relid == self.table.relid
+            && self.ops & change.op.bit() != 0
+            && change.position > self.after
+            && match &self.table.filter {
+                // TRUNCATE affects every row, so it reaches filtered subscriptions too.
+                Some(f) if change.op != Op::Truncate => filter::matches(f, change.row()),
+                _ => true,
+            }
+    }
+}
+
+struct Session {
+    context: Context,
+    sink: Sink,
+    subscriptions: Vec<Subscription>,
+    /// Last position this session has looked at.
+    seen: u64,
+    /// The broadcast skipped batches this session was too slow for.
+    lagged: bool,
+}
+
+pub async fn run(ws: WebSocketStream<TcpStream>, context: Context) {
+    let mut batches = context.batches.subscribe();
+    let (sink, mut stream) = ws.split();
+    let seen = context.shared.position();
+    let mut session = Session { context, sink, subscriptions: Vec::new(), seen, lagged: false };
+    let interval = Duration::from_secs(session.context.shared.heartbeat_interval_s.load(Relaxed));
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    let mut last_heard = Instant::now();
+
+    let close = loop {
+        tokio::select! {
+            message = stream.next() => {
+                last_heard = Instant::now();
+                match message {
+                    Some(Ok(Message::Text(text))) => session.on_text(&text).await,
+                    Some(Ok(Message::Binary(_))) => {
+                        session.error(ErrorCode::BinaryNotSupported, "send JSON text messages", None).await
+                    }
+                    // tungstenite answers pings itself; the pong goes out with the next flush.
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
+                        let _ = session.sink.flush().await;
+                    }
+                    Some(Ok(Message::Close(_))) | None => break None,
+                    Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
+                        break Some((CloseCode::Size, format!("message of {size} bytes exceeds realtime.max_message_size ({max_size})")))
+                    }
+                    Some(Err(WsError::Protocol(e))) => break Some((CloseCode::Protocol, e.to_string())),
+                    Some(Err(_)) => break None,
+                }
+            }
+            batch = batches.recv() => match batch {
+                Ok(batch) => {
+                    if session.deliver(&batch).await.is_err() {
+                        break None;
+                    }
+                }
+                Err(RecvError::Lagged(_)) => session.lagged = true,
+                Err(RecvError::Closed) => break Some((CloseCode::Restart, "server is restarting".into())),
+            },
+            _ = heartbeat.tick() => {
+                if last_heard.elapsed() > 2 * interval {
+                    break Some((CloseCode::Away, "no pong received; heartbeat timed out".into()));
+                }
+                if session.sink.send(Message::Ping(Default::default())).await.is_err() {
+                    break None;
+                }
+            }
+        }
+    };
+    if let Some((code, reason)) = close {
+        let frame = CloseFrame { code, reason: reason.into() };
+        let _ = session.sink.send(Message::Close(Some(frame))).await;
+    }
+    let _ = session.sink.close().await;
+}
+
+impl Session {
+    async fn send(&mut self, message: ServerMessage<'_>) {
+        let _ = self.sink.send(Message::text(message.to_text())).await;
+    }
+
+    async fn error(&mut self, code: ErrorCode, message: &str, id: Option<&Value>) {
+        self.send(ServerMessage::Error { code, message, id }).await
+    }
+
+    async fn on_text(&mut self, text: &str) {
+        match protocol::parse(text) {
+            Err((code, message)) => self.error(code, &message, None).await,
+            Ok(ClientMessage::Ping { reference }) => {
+                let position = self.context.shared.position().max(self.seen);
+                self.send(ServerMessage::Pong { reference: reference.as_ref(), position }).await
+            }
+            Ok(ClientMessage::Unsubscribe { id }) => {
+                let before = self.subscriptions.len();
+                self.subscriptions.retain(|s| s.id != id);
+                if self.subscriptions.len() == before {
+                    self.error(ErrorCode::UnknownSubscription, "no subscription with this id", Some(&id)).await
+                } else {
+                    self.send(ServerMessage::Unsubscribed { id: &id }).await
+                }
+            }
+            Ok(ClientMessage::Subscribe { id, table, events, filter }) => {
+                if let Err((code, message)) = self.subscribe(id.clone(), table, events, filter).await {
+                    self.error(code, &message, Some(&id)).await
+                }
+            }
+        }
+    }
+
+    async fn subscribe(
+        &mut self,
+        id: Value,
+        table: String,
+        events: Option<Vec<String>>,
+        filter: Option<String>,
+    ) -> Result<(), (ErrorCode, String)> {
+        if self.subscriptions.iter().any(|s| s.id == id) {
+            return Err((ErrorCode::DuplicateSubscription, "a subscription with this id already exists".into()));
+        }
+        let filter = filter.as_deref().map(filter::parse).transpose().map_err(|m| (ErrorCode::InvalidFilter, m))?;
+        let requested = match &events {
+            None => ALL_OPS,
+            Some(names) if names.is_empty() => {
+                return Err((ErrorCode::InvalidEvents, "events must name at least one of INSERT, UPDATE, DELETE, TRUNCATE".into()))
+            }
+            Some(names) => names.iter().try_fold(0, |ops, name| match Op::from_name(name) {
+                Some(op) => Ok(ops | op.bit()),
+                None => Err((ErrorCode::InvalidEvents, format!("unknown event \"{name}\""))),
+            })?,
+        };
+        let resolved = self.context.worker.resolve(table, filter).await?;
+        let ops = requested & resolved.watched_ops;
+        if events.is_some() && ops != requested {
+            return Err((ErrorCode::InvalidEvents, "some requested events are not watched on this table".into()));
+        }
+        let after = self.context.shared.position().max(self.seen);
+        let names = [Op::Insert, Op::Update, Op::Delete, Op::Truncate]
+            .into_iter()
+            .filter(|op| ops & op.bit() != 0)
+            .map(Op::name)
+            .collect();
+        self.send(ServerMessage::Subscribed {
+            id: &id,
+            schema: &resolved.schema,
+            table: &resolved.table,
+            events: names,
+            position: after,
+        })
+        .await;
+        self.subscriptions.push(Subscription { id, table: resolved, ops, after });
+        Ok(())
+    }
+
+    async fn deliver(&mut self, batch: &Batch) -> Result<(), WsError> {
+        if std::mem::take(&mut self.lagged) {
+            let from = self.seen + 1;
+            let to = batch.first_position().saturating_sub(1).max(from);
+            self.send(ServerMessage::Gap { reason: "slow_client", from_position: from, to_position: to }).await;
+        }
+        match batch {
+            Batch::Gap { frame, .. } => self.sink.feed(Message::Text(frame.clone())).await?,
+            Batch::Changes(changes) => {
+                for change in changes.iter().filter(|c| c.position > self.seen) {
+                    if self.subscriptions.iter().any(|s| s.wants(change)) {
+                        self.sink.feed(Message::Text(change.frame.clone())).await?;
+                    }
+                }
+            }
+        }
+        self.seen = self.seen.max(batch.last_position());
+        self.sink.flush().await
+    }
+}

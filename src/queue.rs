@@ -1,0 +1,271 @@
+//! The shared-memory change queue: a byte ring guarded by one LWLock.
+//!
+//! Writers append one record per committed transaction from their commit callback; the
+//! background worker drains whole records. The lock is held only while bytes are copied.
+//! A writer that finds no room never waits and never errors: its transaction becomes part of
+//! a pending gap, which is written into the stream (in order) as soon as there is room again.
+
+use crate::event::{gap_body, record_header, RecordKind, RECORD_HEADER_LEN};
+use pgrx::pg_sys;
+use std::ptr;
+
+const TRANCHE: &std::ffi::CStr = c"realtime_ext";
+const SHMEM_NAME: &std::ffi::CStr = c"realtime_ext change queue";
+/// Spill files of captured changes, relative to the data directory.
+pub const SPILL_DIR: &str = "pg_realtime";
+
+#[repr(C)]
+struct Header {
+    lock: *mut pg_sys::LWLock,
+    capacity: u64,
+    /// Bytes ever written / consumed; `head - tail` is in use. Offsets are taken modulo capacity.
+    head: u64,
+    tail: u64,
+    pending_gap_txns: u64,
+    pending_gap_events: u64,
+    lost_txns_total: u64,
+    /// Next event position; lives here so that it keeps increasing across worker restarts.
+    next_position: u64,
+    worker_latch: *mut pg_sys::Latch,
+}
+
+static mut HEADER: *mut Header = ptr::null_mut();
+static mut DATA: *mut u8 = ptr::null_mut();
+static mut PREV_REQUEST_HOOK: pg_sys::shmem_request_hook_type = None;
+static mut PREV_STARTUP_HOOK: pg_sys::shmem_startup_hook_type = None;
+
+pub fn init() {
+    unsafe {
+        PREV_REQUEST_HOOK = pg_sys::shmem_request_hook;
+        pg_sys::shmem_request_hook = Some(shmem_request);
+        PREV_STARTUP_HOOK = pg_sys::shmem_startup_hook;
+        pg_sys::shmem_startup_hook = Some(shmem_startup);
+    }
+}
+
+fn total_size() -> usize {
+    std::mem::size_of::<Header>() + crate::gucs::queue_size_bytes()
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn shmem_request() {
+    if let Some(prev) = PREV_REQUEST_HOOK {
+        prev();
+    }
+    pg_sys::RequestAddinShmemSpace(total_size());
+    pg_sys::RequestNamedLWLockTranche(TRANCHE.as_ptr(), 1);
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn shmem_startup() {
+    if let Some(prev) = PREV_STARTUP_HOOK {
+        prev();
+    }
+    // AddinShmemInitLock is a macro over the main LWLock array (lwlocknames.txt: 21).
+    let init_lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock;
+    pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+    let mut found = false;
+    let base = pg_sys::ShmemInitStruct(SHMEM_NAME.as_ptr(), total_size(), &mut found) as *mut u8;
+    HEADER = base as *mut Header;
+    DATA = base.add(std::mem::size_of::<Header>());
+    if !found {
+        // First start, or reinitialisation after a crash: queue records that referenced spill
+        // files are gone with the old shared memory, so the files are too.
+        let _ = std::fs::remove_dir_all(SPILL_DIR);
+        ptr::write(
+            HEADER,
+            Header {
+                lock: &mut (*pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr())).lock,
+                capacity: crate::gucs::queue_size_bytes() as u64,
+                head: 0,
+                tail: 0,
+                pending_gap_txns: 0,
+                pending_gap_events: 0,
+                lost_txns_total: 0,
+                next_position: initial_position(),
+                worker_latch: ptr::null_mut(),
+            },
+        );
+    }
+    pg_sys::LWLockRelease(init_lock);
+}
+
+/// Positions start at the server's start time in microseconds, so they keep increasing across
+/// server restarts as long as fewer than a million events per second were delivered on average.
+/// Stays below 2^53 (exact in JavaScript) until the year 2255.
+fn initial_position() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(1)
+}
+
+/// Exclusive access to the queue for the life of the guard.
+struct Locked(&'static mut Header);
+
+impl Locked {
+    fn acquire() -> Option<Locked> {
+        unsafe {
+            let h = HEADER.as_mut()?;
+            pg_sys::LWLockAcquire(h.lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+            Some(Locked(h))
+        }
+    }
+    fn free(&self) -> u64 {
+        self.0.capacity - (self.0.head - self.0.tail)
+    }
+    fn copy_in(&mut self, bytes: &[u8]) {
+        let cap = self.0.capacity as usize;
+        let at = (self.0.head % self.0.capacity) as usize;
+        let first = bytes.len().min(cap - at);
+        unsafe {
+            ptr::copy_nonoverlapping(bytes.as_ptr(), DATA.add(at), first);
+            ptr::copy_nonoverlapping(bytes.as_ptr().add(first), DATA, bytes.len() - first);
+        }
+        self.0.head += bytes.len() as u64;
+    }
+    fn copy_out(&self, from: u64, out: &mut Vec<u8>, len: usize) {
+        let cap = self.0.capacity as usize;
+        let at = (from % self.0.capacity) as usize;
+        let first = len.min(cap - at);
+        unsafe {
+            out.extend_from_slice(std::slice::from_raw_parts(DATA.add(at), first));
+            out.extend_from_slice(std::slice::from_raw_parts(DATA, len - first));
+        }
+    }
+    fn write_record(&mut self, parts: &[&[u8]]) {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        self.copy_in(&(len as u32).to_le_bytes());
+        for p in parts {
+            self.copy_in(p);
+        }
+    }
+}
+
+impl Drop for Locked {
+    fn drop(&mut self) {
+        unsafe { pg_sys::LWLockRelease(self.0.lock) }
+    }
+}
+
+const GAP_RECORD_LEN: u64 = 4 + RECORD_HEADER_LEN as u64 + 16;
+
+fn gap_record(txns: u64, events: u64) -> ([u8; RECORD_HEADER_LEN], [u8; 16]) {
+    (record_header(RecordKind::Gap, 0, 0, 0), gap_body(txns, events))
+}
+
+/// Largest record a writer should try to publish inline; bigger transactions spill to a file.
+pub fn max_inline_record() -> usize {
+    unsafe { HEADER.as_ref().map_or(0, |h| h.capacity as usize / 4) }
+}
+
+/// Append one record made of `parts`. Never blocks on the worker and never errors: with no room
+/// the transaction's `events` are counted into the pending gap and `false` is returned.
+pub fn publish(parts: &[&[u8]], events: u32) -> bool {
+    let Some(mut q) = Locked::acquire() else { return false };
+    let need = 4 + parts.iter().map(|p| p.len() as u64).sum::<u64>();
+    let gap_pending = q.0.pending_gap_txns > 0;
+    let gap_need = if gap_pending { GAP_RECORD_LEN } else { 0 };
+    if q.free() < need + gap_need {
+        q.0.pending_gap_txns += 1;
+        q.0.pending_gap_events += events as u64;
+        q.0.lost_txns_total += 1;
+        return false;
+    }
+    if gap_pending {
+        let (h, b) = gap_record(q.0.pending_gap_txns, q.0.pending_gap_events);
+        q.write_record(&[&h, &b]);
+        q.0.pending_gap_txns = 0;
+        q.0.pending_gap_events = 0;
+    }
+    q.write_record(parts);
+    true
+}
+
+/// Wake the worker (once per commit, not per row).
+pub fn wake_worker() {
+    unsafe {
+        if let Some(h) = HEADER.as_ref() {
+            let latch = ptr::read_volatile(&h.worker_latch);
+            if !latch.is_null() {
+                pg_sys::SetLatch(latch);
+            }
+        }
+    }
+}
+
+/// Worker side: register `latch` as the one writers wake (null to unregister).
+pub fn set_worker_latch(latch: *mut pg_sys::Latch) {
+    if let Some(q) = Locked::acquire() {
+        q.0.worker_latch = latch;
+    }
+}
+
+/// Worker side: move whole records, each prefixed by its u32 length, into `out` (up to about
+/// `max_bytes`). A pending gap is appended once the queue is empty, so it keeps its place in
+/// the stream.
+pub fn drain(out: &mut Vec<u8>, max_bytes: usize) {
+    let Some(q) = Locked::acquire() else { return };
+    let start = out.len();
+    while q.0.tail < q.0.head && out.len() - start < max_bytes {
+        let mut len = Vec::with_capacity(4);
+        q.copy_out(q.0.tail, &mut len, 4);
+        let len = u32::from_le_bytes(len.try_into().unwrap()) as usize;
+        q.copy_out(q.0.tail, out, 4 + len);
+        q.0.tail += 4 + len as u64;
+    }
+    if q.0.tail == q.0.head && q.0.pending_gap_txns > 0 {
+        let (h, b) = gap_record(q.0.pending_gap_txns, q.0.pending_gap_events);
+        out.extend_from_slice(&((h.len() + b.len()) as u32).to_le_bytes());
+        out.extend_from_slice(&h);
+        out.extend_from_slice(&b);
+        q.0.pending_gap_txns = 0;
+        q.0.pending_gap_events = 0;
+    }
+}
+
+/// Split the output of `drain` into records.
+pub fn records(mut buf: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        let len = u32::from_le_bytes(buf.get(..4)?.try_into().ok()?) as usize;
+        let rec = buf.get(4..4 + len)?;
+        buf = &buf[4 + len..];
+        Some(rec)
+    })
+}
+
+/// Reserve `count` positions; returns the first.
+pub fn take_positions(count: u64) -> u64 {
+    let Some(q) = Locked::acquire() else { return 0 };
+    let first = q.0.next_position;
+    q.0.next_position += count;
+    first
+}
+
+pub fn last_position() -> u64 {
+    Locked::acquire().map_or(0, |q| q.0.next_position - 1)
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stats {
+    pub capacity: u64,
+    pub used: u64,
+    pub lost_txns: u64,
+}
+
+pub fn stats() -> Stats {
+    Locked::acquire().map_or(Stats::default(), |q| Stats {
+        capacity: q.0.capacity,
+        used: q.0.head - q.0.tail,
+        lost_txns: q.0.lost_txns_total,
+    })
+}
+
+/// A committed transaction whose changes could not be kept: report it as a gap.
+pub fn record_loss(events: u32) {
+    if let Some(q) = Locked::acquire() {
+        q.0.pending_gap_txns += 1;
+        q.0.pending_gap_events += events as u64;
+        q.0.lost_txns_total += 1;
+    }
+}

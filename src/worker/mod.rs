@@ -1,0 +1,105 @@
+//! The background worker. Its main thread is the only one in this process that calls Postgres:
+//! it drains the shared queue, numbers and serializes changes, answers the network threads'
+//! catalog questions, and handles signals. The network server runs on threads of its own.
+
+mod catalog;
+mod publisher;
+
+use crate::bridge::{self, Shared};
+use crate::{gucs, net, queue};
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
+use pgrx::prelude::*;
+use publisher::Publisher;
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub fn register() {
+    BackgroundWorkerBuilder::new("realtime_ext websocket server")
+        .set_type("realtime_ext")
+        .set_library("realtime_ext")
+        .set_function("realtime_worker_main")
+        .enable_spi_access()
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(Some(Duration::from_secs(1)))
+        .load();
+}
+
+/// How long to sleep with nothing to do; shorter while prepared transactions await resolution.
+const IDLE_WAIT: Duration = Duration::from_secs(1);
+const PREPARED_POLL: Duration = Duration::from_millis(20);
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    BackgroundWorker::connect_worker_to_spi(Some(&gucs::database()), None);
+    unsafe { pg_sys::pgstat_report_appname(c"realtime_ext worker".as_ptr()) };
+
+    let shared = Arc::new(Shared::new());
+    apply_settings(&shared);
+    let (handle, inbox) = bridge::request_channel().unwrap_or_else(|e| fatal(format!("could not create channel: {e}")));
+    let (batches, _) = tokio::sync::broadcast::channel(gucs::client_backlog());
+    let address = net::Address { hosts: gucs::listen_addresses(), port: gucs::port() };
+    let server = net::start(&address, shared.clone(), handle, batches.clone()).unwrap_or_else(|e| fatal(e));
+    log!("realtime_ext: serving WebSocket clients on {} (database \"{}\")", server.description(), gucs::database());
+
+    let mut publisher = Publisher::new(batches, shared.clone());
+    queue::set_worker_latch(unsafe { pg_sys::MyLatch });
+    loop {
+        let wait = if publisher.has_prepared() { PREPARED_POLL } else { IDLE_WAIT };
+        if !wait_for_work(&inbox, wait) {
+            break;
+        }
+        if BackgroundWorker::sighup_received() {
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+            apply_settings(&shared);
+        }
+        while let Ok(request) = inbox.rx.try_recv() {
+            catalog::answer(request);
+        }
+        while publisher.pump() {}
+        publisher.resolve_prepared();
+    }
+    queue::set_worker_latch(std::ptr::null_mut());
+    server.shutdown();
+    log!("realtime_ext: worker shutting down");
+    // Exit code 1 so that the postmaster restarts the worker after pg_terminate_backend();
+    // at server shutdown it is not restarted either way.
+    unsafe { pg_sys::proc_exit(1) };
+}
+
+/// Sleep until a commit sets the latch, a network thread pokes, a signal, or `timeout`.
+/// Returns false when the worker must stop.
+fn wait_for_work(inbox: &bridge::RequestInbox, timeout: Duration) -> bool {
+    unsafe {
+        pg_sys::WaitLatchOrSocket(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_SOCKET_READABLE | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            inbox.poke.as_raw_fd(),
+            timeout.as_millis() as std::ffi::c_long,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+    }
+    let mut sink = [0u8; 256];
+    while matches!((&inbox.poke).read(&mut sink), Ok(n) if n > 0) {}
+    !BackgroundWorker::sigterm_received()
+}
+
+fn apply_settings(shared: &Shared) {
+    shared.max_connections.store(gucs::max_connections(), Relaxed);
+    shared.max_message_size.store(gucs::max_message_size(), Relaxed);
+    shared.heartbeat_interval_s.store(gucs::heartbeat_interval_s(), Relaxed);
+    shared.handshake_timeout_ms.store(gucs::handshake_timeout_ms(), Relaxed);
+}
+
+fn fatal(message: String) -> ! {
+    crate::error::raise(
+        PgSqlErrorCode::ERRCODE_CONFIG_FILE_ERROR,
+        format!("realtime_ext: {message}"),
+        "Check realtime.listen_addresses and realtime.port; the worker retries every second.",
+    )
+}

@@ -1,0 +1,212 @@
+//! Turns queue records into numbered, serialized changes and broadcasts them in batches.
+//! Runs on the worker's Postgres thread (it reads clog for prepared transactions).
+
+use crate::bridge::{Batch, BatchSender, Change, Shared};
+use crate::event::{decode_record, events, EventRef, Op, Record};
+use crate::protocol::ServerMessage;
+use crate::queue;
+use pgrx::pg_sys;
+use std::fmt::Write;
+use std::io::Read;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+/// Bytes drained from the queue per pass; the queue lock is held while they are copied.
+const DRAIN_CHUNK: usize = 512 * 1024;
+/// A batch is sent once it holds this many bytes or changes.
+const BATCH_BYTES: usize = 256 * 1024;
+const BATCH_CHANGES: usize = 1024;
+/// Spill files are read in chunks of this size.
+const SPILL_READ: usize = 1024 * 1024;
+
+/// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
+const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
+
+enum Body {
+    Inline(Vec<u8>),
+    File(String),
+}
+
+struct PreparedTxn {
+    xid: u32,
+    count: u32,
+    body: Body,
+}
+
+pub struct Publisher {
+    tx: BatchSender,
+    shared: Arc<Shared>,
+    buf: Vec<u8>,
+    batch: Vec<Change>,
+    batch_bytes: usize,
+    prepared: Vec<PreparedTxn>,
+}
+
+impl Publisher {
+    pub fn new(tx: BatchSender, shared: Arc<Shared>) -> Publisher {
+        shared.position.store(queue::last_position(), Relaxed);
+        Publisher { tx, shared, buf: Vec::new(), batch: Vec::new(), batch_bytes: 0, prepared: Vec::new() }
+    }
+
+    pub fn has_prepared(&self) -> bool {
+        !self.prepared.is_empty()
+    }
+
+    /// Move one chunk of the queue out to clients. Returns whether there may be more.
+    pub fn pump(&mut self) -> bool {
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        queue::drain(&mut buf, DRAIN_CHUNK);
+        for record in queue::records(&buf) {
+            match decode_record(record) {
+                Some(Record::Txn { xid, commit_time, count, events: body }) => {
+                    self.emit(xid, commit_time, count, events(body));
+                }
+                Some(Record::Spilled { xid, commit_time, count, path }) => self.emit_file(xid, commit_time, count, path),
+                Some(Record::Prepared { xid, count, events: body }) => {
+                    self.prepared.push(PreparedTxn { xid, count, body: Body::Inline(body.to_vec()) })
+                }
+                Some(Record::PreparedSpilled { xid, count, path }) => {
+                    self.prepared.push(PreparedTxn { xid, count, body: Body::File(path.to_string()) })
+                }
+                Some(Record::Gap { lost_txns, lost_events }) => self.emit_gap("queue_overflow", lost_txns, lost_events),
+                None => pgrx::warning!("realtime_ext: skipped an unreadable queue record"),
+            }
+        }
+        self.flush();
+        let more = !buf.is_empty();
+        self.buf = buf;
+        let stats = queue::stats();
+        self.shared.queue_used.store(stats.used, Relaxed);
+        self.shared.queue_capacity.store(stats.capacity, Relaxed);
+        self.shared.lost_txns.store(stats.lost_txns, Relaxed);
+        more
+    }
+
+    /// Deliver prepared transactions that have committed; forget those that rolled back.
+    pub fn resolve_prepared(&mut self) {
+        let mut i = 0;
+        while i < self.prepared.len() {
+            let xid = pg_sys::TransactionId::from(self.prepared[i].xid);
+            if unsafe { pg_sys::TransactionIdIsInProgress(xid) } {
+                i += 1;
+                continue;
+            }
+            let txn = self.prepared.swap_remove(i);
+            let committed = unsafe { pg_sys::TransactionIdDidCommit(xid) };
+            match (committed, txn.body) {
+                (true, Body::Inline(body)) => self.emit(txn.xid, now(), txn.count, events(&body)),
+                (true, Body::File(path)) => self.emit_file(txn.xid, now(), txn.count, &path),
+                (false, Body::File(path)) => {
+                    let _ = std::fs::remove_file(path);
+                }
+                (false, Body::Inline(_)) => {}
+            }
+        }
+        self.flush();
+    }
+
+    fn emit<'a>(&mut self, xid: u32, commit_time: i64, count: u32, events: impl Iterator<Item = EventRef<'a>>) {
+        let mut position = queue::take_positions(count as u64);
+        let commit_time = format_time(commit_time);
+        for ev in events {
+            self.push(frame(position, xid, &commit_time, &ev), position, ev.relid, ev.op);
+            position += 1;
+        }
+    }
+
+    /// Stream a spilled transaction without holding it in memory at once.
+    fn emit_file(&mut self, xid: u32, commit_time: i64, count: u32, path: &str) {
+        let mut file = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) => {
+                pgrx::warning!("realtime_ext: could not read spilled changes {path}: {e}");
+                return self.emit_gap("spill_unreadable", 1, count as u64);
+            }
+        };
+        let mut position = queue::take_positions(count as u64);
+        let commit_time = format_time(commit_time);
+        let mut chunk = Vec::with_capacity(SPILL_READ);
+        loop {
+            let start = chunk.len();
+            chunk.resize(start + SPILL_READ, 0);
+            let n = file.read(&mut chunk[start..]).unwrap_or(0);
+            chunk.truncate(start + n);
+            let mut used = 0;
+            while let Some((ev, len)) = crate::event::decode_event(&chunk[used..]) {
+                self.push(frame(position, xid, &commit_time, &ev), position, ev.relid, ev.op);
+                position += 1;
+                used += len;
+            }
+            chunk.drain(..used);
+            if n == 0 {
+                break;
+            }
+        }
+        let _ = std::fs::remove_file(path);
+    }
+
+    fn emit_gap(&mut self, reason: &'static str, lost_txns: u64, lost_events: u64) {
+        self.flush();
+        let first = queue::take_positions(lost_events.max(1));
+        let last = first + lost_events.max(1) - 1;
+        let _ = lost_txns;
+        let frame = ServerMessage::Gap { reason, from_position: first, to_position: last }.to_text();
+        self.send(Batch::Gap { frame: frame.into(), last_position: last });
+    }
+
+    fn push(&mut self, frame: String, position: u64, relid: u32, op: Op) {
+        self.batch_bytes += frame.len();
+        self.batch.push(Change::new(position, relid, op, frame));
+        if self.batch_bytes >= BATCH_BYTES || self.batch.len() >= BATCH_CHANGES {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if !self.batch.is_empty() {
+            let changes = std::mem::take(&mut self.batch);
+            self.batch_bytes = 0;
+            self.send(Batch::Changes(changes));
+        }
+    }
+
+    fn send(&mut self, batch: Batch) {
+        let last = batch.last_position();
+        // No receivers is fine: nobody is connected.
+        let _ = self.tx.send(Arc::new(batch));
+        self.shared.position.store(last, Relaxed);
+    }
+}
+
+/// The `change` message, built once per event by string assembly: the row images are already
+/// JSON (rendered by Postgres in the writer) and are copied in, not re-encoded.
+fn frame(position: u64, xid: u32, commit_time: &str, ev: &EventRef) -> String {
+    let images = ev.new.map_or(4, str::len) + ev.old.map_or(4, str::len);
+    let mut s = String::with_capacity(160 + images + ev.schema.len() + ev.table.len());
+    let _ = write!(
+        s,
+        r#"{{"type":"change","position":{position},"xid":{xid},"commit_time":"{commit_time}","op":"{}","schema":{},"table":{},"new":{},"old":{}}}"#,
+        ev.op.name(),
+        json_string(ev.schema),
+        json_string(ev.table),
+        ev.new.unwrap_or("null"),
+        ev.old.unwrap_or("null"),
+    );
+    s
+}
+
+fn json_string(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+fn now() -> i64 {
+    unsafe { pg_sys::GetCurrentTimestamp() }
+}
+
+/// PostgreSQL timestamp (µs since 2000-01-01) as RFC 3339 in UTC.
+fn format_time(pg_time: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(pg_time + PG_EPOCH_OFFSET_US)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+        .unwrap_or_default()
+}
