@@ -29,7 +29,7 @@ fn realtime_watch(tbl: pg_sys::Oid, events: Vec<String>) {
         .filter(|op| ops & op.bit() != 0)
         .map(Op::name)
         .collect();
-    drop_triggers(&rel);
+    drop_triggers(tbl, &rel);
     if !row_ops.is_empty() {
         let sql = format!(
             "CREATE TRIGGER {ROW_TRIGGER} AFTER {} ON {rel} FOR EACH ROW EXECUTE FUNCTION realtime.capture_row()",
@@ -54,7 +54,7 @@ COMMENT ON FUNCTION realtime_unwatch(regclass) IS 'Stop streaming changes of a t
 "#)]
 fn realtime_unwatch(tbl: pg_sys::Oid) {
     let rel = check_watchable(tbl);
-    drop_triggers(&rel);
+    drop_triggers(tbl, &rel);
 }
 
 fn spi_failed(e: pgrx::spi::Error) -> ! {
@@ -149,9 +149,16 @@ fn parse_events(events: &[String]) -> u8 {
     })
 }
 
-fn drop_triggers(rel: &str) {
+fn drop_triggers(tbl: pg_sys::Oid, rel: &str) {
     for name in [ROW_TRIGGER, TRUNCATE_TRIGGER] {
-        Spi::run(&format!("DROP TRIGGER IF EXISTS {} ON {rel}", quote_identifier(name))).unwrap_or_else(|e| spi_failed(e));
+        let exists = Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = $1 AND tgname = $2)",
+            &[tbl.into(), name.into()],
+        )
+        .unwrap_or_else(|e| spi_failed(e));
+        if exists == Some(true) {
+            Spi::run(&format!("DROP TRIGGER {} ON {rel}", quote_identifier(name))).unwrap_or_else(|e| spi_failed(e));
+        }
     }
 }
 

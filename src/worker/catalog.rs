@@ -8,6 +8,15 @@ use pgrx::prelude::*;
 
 type Answer<T> = Result<T, (ErrorCode, String)>;
 
+/// pgrx reports "no row" as an error; here it is an answer.
+fn optional<T: Default>(result: Result<T, pgrx::spi::Error>) -> Answer<T> {
+    match result {
+        Ok(v) => Ok(v),
+        Err(pgrx::spi::Error::InvalidPosition) => Ok(T::default()),
+        Err(e) => Err((ErrorCode::Internal, e.to_string())),
+    }
+}
+
 pub fn answer(request: Request) {
     match request {
         Request::Resolve { table, filter, reply } => {
@@ -78,8 +87,10 @@ fn resolve(table: &str, filter: Option<&FilterSpec>) -> Answer<ResolvedTable> {
         .ok()
     });
     let Some((Some(relid), Some(schema), Some(name))) = found else { return Err(unknown()) };
-    let tgtype = Spi::get_one_with_args::<i32>("SELECT tgtype FROM realtime.watched WHERE tbl = $1::oid", &[relid.into()])
-        .map_err(|e| (ErrorCode::Internal, e.to_string()))?;
+    let tgtype = optional(Spi::get_one_with_args::<i32>(
+        "SELECT tgtype FROM realtime.watched WHERE tbl = $1::oid",
+        &[relid.into()],
+    ))?;
     let Some(tgtype) = tgtype else {
         return Err((
             ErrorCode::TableNotWatched,
@@ -99,13 +110,12 @@ fn ops_of_tgtype(tgtype: i32) -> u8 {
 }
 
 fn resolve_filter(relid: i64, spec: &FilterSpec) -> Answer<ResolvedFilter> {
-    let column = Spi::get_three_with_args::<i64, String, String>(
+    let column = optional(Spi::get_three_with_args::<i64, String, String>(
         "SELECT a.atttypid::int8, t.typcategory::text, format_type(a.atttypid, a.atttypmod)
            FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
           WHERE a.attrelid = $1::oid AND a.attname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
         &[relid.into(), spec.column.as_str().into()],
-    )
-    .map_err(|e| (ErrorCode::Internal, e.to_string()))?;
+    ))?;
     let (Some(typid), Some(category), Some(type_name)) = column else {
         return Err((ErrorCode::UnknownColumn, format!("column \"{}\" does not exist", spec.column)));
     };

@@ -1,0 +1,225 @@
+//! Committed changes reach WebSocket clients complete, exact and in order; nothing else does.
+mod common;
+use common::{Cluster, Ws};
+use serde_json::{json, Value};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+fn cluster() -> &'static Cluster {
+    static C: OnceLock<Cluster> = OnceLock::new();
+    C.get_or_init(|| Cluster::start("changes", &[]))
+}
+
+/// A fresh watched table and a client subscribed to it.
+fn watched(table: &str, ddl: &str) -> Ws {
+    let mut db = cluster().client();
+    db.batch_execute(&format!("CREATE TABLE {table} {ddl}; SELECT realtime_watch('{table}')")).unwrap();
+    let mut ws = cluster().ws();
+    ws.subscribe("s", table, None);
+    ws
+}
+
+fn nothing_more(ws: &mut Ws) {
+    if let Some(m) = ws.recv_within(Duration::from_millis(500)) {
+        panic!("unexpected message: {m}");
+    }
+}
+
+fn j(text: &str) -> Value {
+    serde_json::from_str(text).unwrap()
+}
+
+#[test]
+fn all_four_operations_with_exact_old_and_new() {
+    let mut ws = watched("ops", "(id int PRIMARY KEY, name text, score numeric)");
+    let mut db = cluster().client();
+    db.batch_execute("INSERT INTO ops VALUES (1, 'a', 1.50)").unwrap();
+    db.batch_execute("UPDATE ops SET name = 'b', score = 2.25 WHERE id = 1").unwrap();
+    db.batch_execute("DELETE FROM ops WHERE id = 1").unwrap();
+    db.batch_execute("TRUNCATE ops").unwrap();
+    let c = ws.changes(4);
+    assert_eq!(c[0]["op"], "INSERT");
+    assert_eq!(c[0]["schema"], "public");
+    assert_eq!(c[0]["table"], "ops");
+    assert_eq!(c[0]["new"], j(r#"{"id": 1, "name": "a", "score": 1.50}"#));
+    assert_eq!(c[0]["new"]["score"].to_string(), "1.50", "numeric keeps its exact text");
+    assert_eq!(c[0]["old"], Value::Null);
+    assert_eq!(c[1]["op"], "UPDATE");
+    assert_eq!(c[1]["old"], j(r#"{"id": 1, "name": "a", "score": 1.50}"#));
+    assert_eq!(c[1]["new"], j(r#"{"id": 1, "name": "b", "score": 2.25}"#));
+    assert_eq!(c[2]["op"], "DELETE");
+    assert_eq!(c[2]["old"], j(r#"{"id": 1, "name": "b", "score": 2.25}"#));
+    assert_eq!(c[2]["new"], Value::Null);
+    assert_eq!(c[3]["op"], "TRUNCATE");
+    let positions: Vec<u64> = c.iter().map(|m| m["position"].as_u64().unwrap()).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "positions increase: {positions:?}");
+    for m in &c {
+        assert!(m["xid"].as_u64().unwrap() > 0);
+        assert!(m["commit_time"].as_str().unwrap().ends_with('Z'));
+    }
+    assert_ne!(c[0]["xid"], c[1]["xid"], "separate transactions");
+}
+
+#[test]
+fn every_type_is_rendered_as_postgres_renders_it() {
+    let mut db = cluster().client();
+    db.batch_execute("CREATE TYPE mood AS ENUM ('sad', 'happy'); CREATE TYPE pair AS (a int, b text)").unwrap();
+    let mut ws = watched(
+        "typed",
+        "(big bigint, num numeric, ts timestamptz, arr int[], doc jsonb, bin bytea, m mood, p pair, u uuid, b bool, f float8, iv interval)",
+    );
+    let sql = "INSERT INTO typed VALUES (9223372036854775807, 123456789012345678901234567890.000000001,
+        '2026-03-04 05:06:07.123456+00', '{1,2,3}', '{\"k\": {\"n\": [1, null]}}', '\\xdeadbeef', 'happy', ROW(1, 'x'),
+        'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', true, 1.5, '1 day 2 hours')";
+    db.batch_execute(sql).unwrap();
+    let expected: String = db
+        .query_one(
+            "SELECT row_to_json(t)::text FROM (SELECT 9223372036854775807::bigint AS big, 123456789012345678901234567890.000000001::numeric AS num,
+             '2026-03-04 05:06:07.123456+00'::timestamptz AS ts, '{1,2,3}'::int[] AS arr, '{\"k\": {\"n\": [1, null]}}'::jsonb AS doc,
+             '\\xdeadbeef'::bytea AS bin, 'happy'::mood AS m, ROW(1, 'x')::pair AS p, 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid AS u,
+             true AS b, 1.5::float8 AS f, '1 day 2 hours'::interval AS iv) t",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let change = &ws.changes(1)[0];
+    let expected: Value = serde_json::from_str(&expected).unwrap();
+    assert_eq!(change["new"], expected);
+    assert_eq!(change["new"]["big"].to_string(), "9223372036854775807", "bigint exact");
+    assert_eq!(change["new"]["num"].to_string(), "123456789012345678901234567890.000000001", "numeric exact");
+    assert!(change["new"]["doc"].is_object(), "jsonb nested as JSON, not a string");
+    assert_eq!(change["new"]["p"], json!({"a": 1, "b": "x"}));
+}
+
+#[test]
+fn rolled_back_work_is_never_delivered() {
+    let mut ws = watched("rb", "(id int, note text)");
+    let mut db = cluster().client();
+    db.batch_execute("BEGIN; INSERT INTO rb VALUES (1, 'rolled back'); ROLLBACK").unwrap();
+    db.batch_execute(
+        "BEGIN; INSERT INTO rb VALUES (2, 'kept');
+         SAVEPOINT a; INSERT INTO rb VALUES (3, 'savepoint rolled back');
+           SAVEPOINT b; INSERT INTO rb VALUES (4, 'nested, rolled back with a'); RELEASE b;
+         ROLLBACK TO a;
+         INSERT INTO rb VALUES (5, 'kept after rollback to');
+         SAVEPOINT c; INSERT INTO rb VALUES (6, 'released savepoint'); RELEASE c;
+         COMMIT",
+    )
+    .unwrap();
+    let ids: Vec<i64> = ws.changes(3).iter().map(|c| c["new"]["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids, vec![2, 5, 6]);
+    nothing_more(&mut ws);
+}
+
+#[test]
+fn a_transaction_arrives_together_in_statement_order() {
+    let mut ws = watched("grp", "(id int PRIMARY KEY, v int)");
+    let mut db = cluster().client();
+    db.batch_execute(
+        "BEGIN; INSERT INTO grp VALUES (1, 0), (2, 0); UPDATE grp SET v = 1 WHERE id = 2; DELETE FROM grp WHERE id = 1; INSERT INTO grp VALUES (3, 0); COMMIT",
+    )
+    .unwrap();
+    let c = ws.changes(5);
+    let ops: Vec<&str> = c.iter().map(|m| m["op"].as_str().unwrap()).collect();
+    assert_eq!(ops, ["INSERT", "INSERT", "UPDATE", "DELETE", "INSERT"]);
+    assert!(c.iter().all(|m| m["xid"] == c[0]["xid"] && m["commit_time"] == c[0]["commit_time"]));
+    let p: Vec<u64> = c.iter().map(|m| m["position"].as_u64().unwrap()).collect();
+    assert!(p.windows(2).all(|w| w[1] == w[0] + 1), "consecutive positions: {p:?}");
+}
+
+#[test]
+fn two_phase_commit_is_delivered_only_when_committed() {
+    let mut ws = watched("twopc", "(id int)");
+    let mut db = cluster().client();
+    db.batch_execute("BEGIN; INSERT INTO twopc VALUES (1); PREPARE TRANSACTION 'p_abort'").unwrap();
+    db.batch_execute("BEGIN; INSERT INTO twopc VALUES (2); PREPARE TRANSACTION 'p_commit'").unwrap();
+    db.batch_execute("INSERT INTO twopc VALUES (3)").unwrap();
+    // Unrelated commits are not held up by the prepared transactions.
+    assert_eq!(ws.changes(1)[0]["new"]["id"], 3);
+    nothing_more(&mut ws);
+    db.batch_execute("ROLLBACK PREPARED 'p_abort'").unwrap();
+    db.batch_execute("COMMIT PREPARED 'p_commit'").unwrap();
+    let c = ws.changes(1);
+    assert_eq!(c[0]["new"]["id"], 2);
+    nothing_more(&mut ws);
+}
+
+#[test]
+fn a_5_mb_row_arrives_complete() {
+    let mut ws = watched("big_row", "(id int, body text)");
+    let mut db = cluster().client();
+    db.batch_execute("INSERT INTO big_row SELECT 1, repeat('x', 5 * 1024 * 1024)").unwrap();
+    let c = ws.changes(1);
+    assert_eq!(c[0]["new"]["body"].as_str().unwrap().len(), 5 * 1024 * 1024);
+}
+
+#[test]
+fn a_100_000_row_transaction_arrives_complete_and_in_order() {
+    let mut ws = watched("bulk", "(id int, note text)");
+    let mut db = cluster().client();
+    db.batch_execute("INSERT INTO bulk SELECT g, 'row ' || g FROM generate_series(1, 100000) g").unwrap();
+    let c = ws.changes(100_000);
+    for (i, m) in c.iter().enumerate() {
+        assert_eq!(m["new"]["id"].as_u64().unwrap(), i as u64 + 1);
+    }
+    assert!(c.iter().all(|m| m["xid"] == c[0]["xid"]));
+    // The spill file is gone once streamed.
+    let spill = cluster().data().join("pg_realtime");
+    let left = std::fs::read_dir(&spill).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(left, 0, "spill files left in {spill:?}");
+}
+
+#[test]
+fn partitioned_tables_report_the_watched_parent() {
+    let mut db = cluster().client();
+    db.batch_execute(
+        "CREATE TABLE parts (id int, region text) PARTITION BY LIST (region);
+         CREATE TABLE parts_eu PARTITION OF parts FOR VALUES IN ('eu');
+         SELECT realtime_watch('parts');
+         CREATE TABLE parts_us PARTITION OF parts FOR VALUES IN ('us');",
+    )
+    .unwrap();
+    let mut ws = cluster().ws();
+    ws.subscribe("p", "parts", None);
+    db.batch_execute("INSERT INTO parts VALUES (1, 'eu'), (2, 'us'); UPDATE parts SET id = 3 WHERE id = 1").unwrap();
+    let c = ws.changes(3);
+    assert!(c.iter().all(|m| m["table"] == "parts"), "{c:?}");
+    assert_eq!(c[1]["new"], json!({"id": 2, "region": "us"}), "partition created after watching");
+    assert_eq!(c[2]["old"]["id"], 1);
+}
+
+#[test]
+fn copy_is_captured() {
+    let mut ws = watched("copied", "(id int, v text)");
+    let mut db = cluster().client();
+    let mut w = db.copy_in("COPY copied FROM STDIN").unwrap();
+    use std::io::Write;
+    for i in 0..50 {
+        writeln!(w, "{i}\tv{i}").unwrap();
+    }
+    w.finish().unwrap();
+    let c = ws.changes(50);
+    assert_eq!(c[49]["new"], json!({"id": 49, "v": "v49"}));
+}
+
+#[test]
+fn columns_added_after_watching_appear() {
+    let mut ws = watched("evolving", "(id int)");
+    let mut db = cluster().client();
+    db.batch_execute("INSERT INTO evolving VALUES (1); ALTER TABLE evolving ADD COLUMN label text DEFAULT 'new'; INSERT INTO evolving VALUES (2)").unwrap();
+    let c = ws.changes(2);
+    assert_eq!(c[0]["new"], json!({"id": 1}));
+    assert_eq!(c[1]["new"], json!({"id": 2, "label": "new"}));
+}
+
+#[test]
+fn events_can_be_narrowed_and_unwatched() {
+    let mut ws = watched("narrow", "(id int)");
+    let mut db = cluster().client();
+    db.batch_execute("SELECT realtime_watch('narrow', ARRAY['DELETE'])").unwrap();
+    db.batch_execute("INSERT INTO narrow VALUES (1); DELETE FROM narrow").unwrap();
+    let c = ws.changes(1);
+    assert_eq!(c[0]["op"], "DELETE");
+    db.batch_execute("SELECT realtime_unwatch('narrow'); SELECT realtime_unwatch('narrow'); INSERT INTO narrow VALUES (2)").unwrap();
+    nothing_more(&mut ws);
+}

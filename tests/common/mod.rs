@@ -1,0 +1,265 @@
+//! A real PostgreSQL 15 cluster with realtime_ext preloaded, and a real WebSocket client.
+//! The extension must be installed (`cargo pgrx install`) before these tests run; test.sh does.
+#![allow(dead_code)]
+
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+
+const BIN: &str = "/usr/lib/postgresql/15/bin";
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub port: u16,
+    pub ws_port: u16,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn is_root() -> bool {
+    unsafe { libc_geteuid() == 0 }
+}
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+/// Run a PostgreSQL program as the postgres user when we are root (it refuses to run as root).
+pub fn pg_command(program: &str) -> Command {
+    let path = format!("{BIN}/{program}");
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--", &path]);
+        c
+    } else {
+        Command::new(path)
+    }
+}
+
+fn run(mut c: Command) {
+    let out = c.output().expect("spawn");
+    assert!(out.status.success(), "{:?} failed: {}{}", c, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+impl Cluster {
+    /// Start a cluster; `conf` lines are appended to postgresql.conf.
+    pub fn start(name: &str, conf: &[&str]) -> Cluster {
+        let dir = std::env::temp_dir().join(format!("realtime_ext_it_{name}_{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        if is_root() {
+            run({
+                let mut c = Command::new("chown");
+                c.args(["postgres:", dir.to_str().unwrap()]);
+                c
+            });
+        }
+        let data = dir.join("data");
+        run({
+            let mut c = pg_command("initdb");
+            c.args(["-D", data.to_str().unwrap(), "-U", "postgres", "--auth=trust", "--locale=C.UTF-8", "--no-sync"]);
+            c
+        });
+        let cluster = Cluster { dir, port: free_port(), ws_port: free_port() };
+        let mut text = format!(
+            "port = {}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
+             shared_preload_libraries = 'realtime_ext'\nrealtime.port = {}\nrealtime.listen_addresses = '127.0.0.1'\n\
+             max_prepared_transactions = 10\nfsync = off\nmax_connections = 100\n",
+            cluster.port,
+            cluster.dir.display(),
+            cluster.ws_port
+        );
+        for line in conf {
+            text.push_str(line);
+            text.push('\n');
+        }
+        std::fs::OpenOptions::new().append(true).open(data.join("postgresql.conf")).unwrap().write_all(text.as_bytes()).unwrap();
+        cluster.pg_ctl(&["start", "-w", "-l", cluster.dir.join("server.log").to_str().unwrap()]);
+        let mut db = cluster.client();
+        db.batch_execute("CREATE EXTENSION realtime_ext").unwrap();
+        cluster.wait_healthy();
+        cluster
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    pub fn pg_ctl(&self, args: &[&str]) {
+        let mut c = pg_command("pg_ctl");
+        c.args(["-D", self.data().to_str().unwrap()]).args(args);
+        run(c);
+    }
+
+    pub fn restart(&self) {
+        self.pg_ctl(&["restart", "-w", "-m", "fast", "-l", self.dir.join("server.log").to_str().unwrap()]);
+        self.wait_healthy();
+    }
+
+    pub fn conninfo(&self, db: &str) -> String {
+        format!("host=127.0.0.1 port={} user=postgres dbname={db}", self.port)
+    }
+
+    pub fn client(&self) -> postgres::Client {
+        self.client_to("postgres")
+    }
+
+    pub fn client_to(&self, db: &str) -> postgres::Client {
+        postgres::Client::connect(&self.conninfo(db), postgres::NoTls).expect("connect to test cluster")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
+    /// GET a path; returns status code and body.
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        let mut s = TcpStream::connect(("127.0.0.1", self.ws_port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+        (status, body)
+    }
+
+    pub fn health(&self) -> Option<Value> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.ws_port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        write!(s, "GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n").ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        serde_json::from_str(out.split("\r\n\r\n").nth(1)?).ok()
+    }
+
+    pub fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if self.health().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("realtime worker did not come up; log:\n{}", self.log());
+    }
+
+    pub fn worker_pid(&self) -> i32 {
+        self.client()
+            .query_one("SELECT pid FROM pg_stat_activity WHERE backend_type = 'realtime_ext'", &[])
+            .unwrap()
+            .get(0)
+    }
+
+    pub fn ws(&self) -> Ws {
+        Ws::connect(self.ws_port)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let mut c = pg_command("pg_ctl");
+        c.args(["-D", self.data().to_str().unwrap(), "stop", "-m", "immediate"]);
+        let _ = c.output();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+pub struct Ws {
+    pub socket: WebSocket<MaybeTlsStream<TcpStream>>,
+}
+
+impl Ws {
+    pub fn connect(port: u16) -> Ws {
+        let (socket, _) = tungstenite::connect(format!("ws://127.0.0.1:{port}/realtime")).expect("websocket connect");
+        if let MaybeTlsStream::Plain(s) = socket.get_ref() {
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        }
+        Ws { socket }
+    }
+
+    pub fn set_timeout(&mut self, d: Duration) {
+        if let MaybeTlsStream::Plain(s) = self.socket.get_ref() {
+            s.set_read_timeout(Some(d)).unwrap();
+        }
+    }
+
+    pub fn send(&mut self, v: Value) {
+        self.socket.send(Message::text(v.to_string())).unwrap();
+    }
+
+    pub fn send_text(&mut self, t: &str) {
+        self.socket.send(Message::text(t.to_string())).unwrap();
+    }
+
+    /// Next JSON message (pings are answered by tungstenite and skipped).
+    pub fn recv(&mut self) -> Value {
+        loop {
+            match self.socket.read().expect("websocket read") {
+                Message::Text(t) => return serde_json::from_str(&t).expect("server sent JSON"),
+                Message::Close(f) => panic!("server closed the connection: {f:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Next message, or None if nothing arrives within `d`.
+    pub fn recv_within(&mut self, d: Duration) -> Option<Value> {
+        self.set_timeout(d);
+        let r = loop {
+            match self.socket.read() {
+                Ok(Message::Text(t)) => break Some(serde_json::from_str(&t).unwrap()),
+                Ok(Message::Close(f)) => panic!("server closed the connection: {f:?}"),
+                Ok(_) => continue,
+                Err(tungstenite::Error::Io(e)) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break None,
+                Err(e) => panic!("websocket error: {e}"),
+            }
+        };
+        self.set_timeout(Duration::from_secs(20));
+        r
+    }
+
+    pub fn subscribe(&mut self, id: &str, table: &str, filter: Option<&str>) -> Value {
+        let mut msg = json!({"type": "subscribe", "id": id, "table": table});
+        if let Some(f) = filter {
+            msg["filter"] = json!(f);
+        }
+        self.send(msg);
+        let ack = self.recv();
+        assert_eq!(ack["type"], "subscribed", "subscribe {table} {filter:?}: {ack}");
+        ack
+    }
+
+    /// The next `n` change messages.
+    pub fn changes(&mut self, n: usize) -> Vec<Value> {
+        (0..n)
+            .map(|_| {
+                let m = self.recv();
+                assert_eq!(m["type"], "change", "expected a change, got {m}");
+                m
+            })
+            .collect()
+    }
+
+    /// Sends an application ping and collects every message received before its pong.
+    pub fn drain(&mut self) -> Vec<Value> {
+        self.send(json!({"type": "ping", "ref": "drain"}));
+        let mut out = Vec::new();
+        loop {
+            let m = self.recv();
+            if m["type"] == "pong" && m["ref"] == "drain" {
+                return out;
+            }
+            out.push(m);
+        }
+    }
+}
