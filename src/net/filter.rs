@@ -33,16 +33,35 @@ pub fn parse(text: &str) -> Result<FilterSpec, String> {
         if inner.is_empty() {
             return Err("in takes at least one value".into());
         }
-        inner.split(',').map(|v| unquote(v.trim())).collect()
+        split_list(inner)?
     } else {
         vec![value.to_string()]
     };
     Ok(FilterSpec { column: column.to_string(), op, values })
 }
 
-/// `in.("a,b",c)`: double quotes let a value hold a comma.
-fn unquote(v: &str) -> String {
-    v.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(v).to_string()
+/// Split `a, "b,c", d`: double quotes let a value hold a comma.
+fn split_list(list: &str) -> Result<Vec<String>, String> {
+    let mut values = Vec::new();
+    let mut rest = list.trim_start();
+    loop {
+        let (value, after) = match rest.strip_prefix('"') {
+            Some(quoted) => {
+                let end = quoted.find('"').ok_or("unterminated quote in in.(...)")?;
+                (&quoted[..end], quoted[end + 1..].trim_start())
+            }
+            None => {
+                let end = rest.find(',').unwrap_or(rest.len());
+                (rest[..end].trim_end(), &rest[end..])
+            }
+        };
+        values.push(value.to_string());
+        match after.strip_prefix(',') {
+            Some(next) => rest = next.trim_start(),
+            None if after.is_empty() => return Ok(values),
+            None => return Err("expected a comma between values in in.(...)".into()),
+        }
+    }
 }
 
 /// Which operators a column kind supports.
