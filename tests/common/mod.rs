@@ -43,14 +43,31 @@ pub fn pg_command(program: &str) -> Command {
     }
 }
 
+/// Run a PostgreSQL program and return its stdout; panics with its output if it fails.
+pub fn pg_run(program: &str, args: &[&str]) -> String {
+    let mut c = pg_command(program);
+    c.args(args);
+    let out = c.output().expect("spawn");
+    assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn run(mut c: Command) {
     let out = c.output().expect("spawn");
     assert!(out.status.success(), "{:?} failed: {}{}", c, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }
 
 impl Cluster {
-    /// Start a cluster; `conf` lines are appended to postgresql.conf.
+    /// Start a cluster with the extension created; `conf` lines are appended to postgresql.conf.
     pub fn start(name: &str, conf: &[&str]) -> Cluster {
+        let cluster = Cluster::start_plain(name, conf);
+        cluster.client().batch_execute("CREATE EXTENSION realtime_ext").unwrap();
+        cluster.wait_healthy();
+        cluster
+    }
+
+    /// Start a cluster without creating the extension or waiting for the worker.
+    pub fn start_plain(name: &str, conf: &[&str]) -> Cluster {
         let dir = std::env::temp_dir().join(format!("realtime_ext_it_{name}_{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -82,9 +99,6 @@ impl Cluster {
         }
         std::fs::OpenOptions::new().append(true).open(data.join("postgresql.conf")).unwrap().write_all(text.as_bytes()).unwrap();
         cluster.pg_ctl(&["start", "-w", "-l", cluster.dir.join("server.log").to_str().unwrap()]);
-        let mut db = cluster.client();
-        db.batch_execute("CREATE EXTENSION realtime_ext").unwrap();
-        cluster.wait_healthy();
         cluster
     }
 
