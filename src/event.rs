@@ -6,6 +6,8 @@
 //! Record (one per queue entry): kind u8 | xid u32 | commit_time i64 | count u32 | body
 //!   TXN:      body = `count` events
 //!   SPILLED:  body = path of a file holding `count` events
+//!   PENDING / PENDING_SPILLED: as TXN / SPILLED, reserved at pre-commit; the writer rewrites the
+//!             kind and commit time in place once it has committed (or sets ABORTED)
 //!   PREPARED: as TXN, delivered only once `xid` commits (`commit_time` unknown, 0)
 //!   PREPARED_SPILLED: as SPILLED, likewise
 //!   GAP:      body = lost transactions u64 | lost events u64
@@ -148,7 +150,24 @@ pub enum RecordKind {
     Prepared = 3,
     PreparedSpilled = 4,
     Gap = 5,
+    Pending = 6,
+    PendingSpilled = 7,
+    Aborted = 8,
 }
+
+impl RecordKind {
+    /// What a pending record becomes once its transaction has committed.
+    pub fn committed(self) -> RecordKind {
+        match self {
+            RecordKind::Pending => RecordKind::Txn,
+            RecordKind::PendingSpilled => RecordKind::Spilled,
+            other => other,
+        }
+    }
+}
+
+/// Offset of the commit time within a record.
+pub const COMMIT_TIME_AT: usize = 5;
 
 pub const RECORD_HEADER_LEN: usize = 1 + 4 + 8 + 4;
 
@@ -174,7 +193,10 @@ pub enum Record<'a> {
     Spilled { xid: u32, commit_time: i64, count: u32, path: &'a str },
     Prepared { xid: u32, count: u32, events: &'a [u8] },
     PreparedSpilled { xid: u32, count: u32, path: &'a str },
-    Gap { lost_txns: u64, lost_events: u64 },
+    Gap { lost_events: u64 },
+    /// Pending: not yet known to have committed. Aborted: never to be delivered.
+    Pending,
+    Aborted,
 }
 
 pub fn decode_record(buf: &[u8]) -> Option<Record<'_>> {
@@ -190,10 +212,11 @@ pub fn decode_record(buf: &[u8]) -> Option<Record<'_>> {
         3 => Record::Prepared { xid, count, events: body },
         4 => Record::PreparedSpilled { xid, count, path: std::str::from_utf8(body).ok()? },
         5 => {
-            let lost_txns = r.u64()?;
-            let lost_events = r.u64()?;
-            Record::Gap { lost_txns, lost_events }
+            let _lost_txns = r.u64()?;
+            Record::Gap { lost_events: r.u64()? }
         }
+        6 | 7 => Record::Pending,
+        8 => Record::Aborted,
         _ => return None,
     })
 }
@@ -230,7 +253,7 @@ mod unit {
         let mut rec = record_header(RecordKind::Gap, 0, 0, 0).to_vec();
         rec.extend_from_slice(&gap_body(3, 70));
         match decode_record(&rec) {
-            Some(Record::Gap { lost_txns: 3, lost_events: 70 }) => {}
+            Some(Record::Gap { lost_events: 70 }) => {}
             other => panic!("{other:?}"),
         }
     }

@@ -1,11 +1,13 @@
 //! The shared-memory change queue: a byte ring guarded by one LWLock.
 //!
-//! Writers append one record per committed transaction from their commit callback; the
-//! background worker drains whole records. The lock is held only while bytes are copied.
+//! Writers reserve one record per transaction at pre-commit and mark it committed (or aborted)
+//! in place at commit; the background worker drains whole records, stopping at the first one
+//! still pending, so records leave the queue in the order they were reserved. The lock is held
+//! only while bytes are copied.
 //! A writer that finds no room never waits and never errors: its transaction becomes part of
 //! a pending gap, which is written into the stream (in order) as soon as there is room again.
 
-use crate::event::{gap_body, record_header, RecordKind, RECORD_HEADER_LEN};
+use crate::event::{gap_body, record_header, RecordKind, COMMIT_TIME_AT, RECORD_HEADER_LEN};
 use pgrx::pg_sys;
 use std::ptr;
 
@@ -114,14 +116,17 @@ impl Locked {
     fn free(&self) -> u64 {
         self.0.capacity - (self.0.head - self.0.tail)
     }
-    fn copy_in(&mut self, bytes: &[u8]) {
+    fn write_at(&mut self, offset: u64, bytes: &[u8]) {
         let cap = self.0.capacity as usize;
-        let at = (self.0.head % self.0.capacity) as usize;
+        let at = (offset % self.0.capacity) as usize;
         let first = bytes.len().min(cap - at);
         unsafe {
             ptr::copy_nonoverlapping(bytes.as_ptr(), DATA.add(at), first);
             ptr::copy_nonoverlapping(bytes.as_ptr().add(first), DATA, bytes.len() - first);
         }
+    }
+    fn copy_in(&mut self, bytes: &[u8]) {
+        self.write_at(self.0.head, bytes);
         self.0.head += bytes.len() as u64;
     }
     fn copy_out(&self, from: u64, out: &mut Vec<u8>, len: usize) {
@@ -133,12 +138,20 @@ impl Locked {
             out.extend_from_slice(std::slice::from_raw_parts(DATA, len - first));
         }
     }
-    fn write_record(&mut self, parts: &[&[u8]]) {
+    /// Returns the offset of the record (after its length prefix).
+    fn write_record(&mut self, parts: &[&[u8]]) -> u64 {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         self.copy_in(&(len as u32).to_le_bytes());
+        let at = self.0.head;
         for p in parts {
             self.copy_in(p);
         }
+        at
+    }
+    fn count_loss(&mut self, events: u32) {
+        self.0.pending_gap_txns += 1;
+        self.0.pending_gap_events += events as u64;
+        self.0.lost_txns_total += 1;
     }
 }
 
@@ -159,18 +172,17 @@ pub fn max_inline_record() -> usize {
     unsafe { HEADER.as_ref().map_or(0, |h| h.capacity as usize / 4) }
 }
 
-/// Append one record made of `parts`. Never blocks on the worker and never errors: with no room
-/// the transaction's `events` are counted into the pending gap and `false` is returned.
-pub fn publish(parts: &[&[u8]], events: u32) -> bool {
-    let Some(mut q) = Locked::acquire() else { return false };
+/// Append one record made of `parts`; returns its offset, for `mark`. Never blocks on the worker
+/// and never errors: with no room the transaction's `events` are counted into the pending gap
+/// and `None` is returned.
+pub fn publish(parts: &[&[u8]], events: u32) -> Option<u64> {
+    let mut q = Locked::acquire()?;
     let need = 4 + parts.iter().map(|p| p.len() as u64).sum::<u64>();
     let gap_pending = q.0.pending_gap_txns > 0;
     let gap_need = if gap_pending { GAP_RECORD_LEN } else { 0 };
     if q.free() < need + gap_need {
-        q.0.pending_gap_txns += 1;
-        q.0.pending_gap_events += events as u64;
-        q.0.lost_txns_total += 1;
-        return false;
+        q.count_loss(events);
+        return None;
     }
     if gap_pending {
         let (h, b) = gap_record(q.0.pending_gap_txns, q.0.pending_gap_events);
@@ -178,8 +190,17 @@ pub fn publish(parts: &[&[u8]], events: u32) -> bool {
         q.0.pending_gap_txns = 0;
         q.0.pending_gap_events = 0;
     }
-    q.write_record(parts);
-    true
+    Some(q.write_record(parts))
+}
+
+/// Settle a pending record: set its kind (committed or aborted) and commit time. A no-op if the
+/// worker has already settled and consumed it.
+pub fn mark(offset: u64, kind: RecordKind, commit_time: i64) {
+    let Some(mut q) = Locked::acquire() else { return };
+    if offset >= q.0.tail {
+        q.write_at(offset, &[kind as u8]);
+        q.write_at(offset + COMMIT_TIME_AT as u64, &commit_time.to_le_bytes());
+    }
 }
 
 /// Wake the worker (once per commit, not per row).
@@ -201,16 +222,34 @@ pub fn set_worker_latch(latch: *mut pg_sys::Latch) {
     }
 }
 
+/// The record at the head of the queue whose transaction is not yet settled.
+#[derive(Clone, Copy, Debug)]
+pub struct Unsettled {
+    pub offset: u64,
+    pub xid: u32,
+    pub kind: RecordKind,
+}
+
 /// Worker side: move whole records, each prefixed by its u32 length, into `out` (up to about
-/// `max_bytes`). A pending gap is appended once the queue is empty, so it keeps its place in
-/// the stream.
-pub fn drain(out: &mut Vec<u8>, max_bytes: usize) {
-    let Some(q) = Locked::acquire() else { return };
+/// `max_bytes`), stopping at the first record still pending, which is returned. A pending gap
+/// is appended once the queue is empty, so it keeps its place in the stream.
+pub fn drain(out: &mut Vec<u8>, max_bytes: usize) -> Option<Unsettled> {
+    let q = Locked::acquire()?;
     let start = out.len();
+    let mut header = Vec::with_capacity(4 + RECORD_HEADER_LEN);
     while q.0.tail < q.0.head && out.len() - start < max_bytes {
-        let mut len = Vec::with_capacity(4);
-        q.copy_out(q.0.tail, &mut len, 4);
-        let len = u32::from_le_bytes(len.try_into().unwrap()) as usize;
+        header.clear();
+        q.copy_out(q.0.tail, &mut header, 4 + RECORD_HEADER_LEN);
+        let len = u32::from_le_bytes(header[..4].try_into().unwrap()) as usize;
+        let kind = match header[4] {
+            k if k == RecordKind::Pending as u8 => Some(RecordKind::Pending),
+            k if k == RecordKind::PendingSpilled as u8 => Some(RecordKind::PendingSpilled),
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            let xid = u32::from_le_bytes(header[5..9].try_into().unwrap());
+            return Some(Unsettled { offset: q.0.tail + 4, xid, kind });
+        }
         q.copy_out(q.0.tail, out, 4 + len);
         q.0.tail += 4 + len as u64;
     }
@@ -222,6 +261,7 @@ pub fn drain(out: &mut Vec<u8>, max_bytes: usize) {
         q.0.pending_gap_txns = 0;
         q.0.pending_gap_events = 0;
     }
+    None
 }
 
 /// Split the output of `drain` into records.
@@ -263,9 +303,7 @@ pub fn stats() -> Stats {
 
 /// A committed transaction whose changes could not be kept: report it as a gap.
 pub fn record_loss(events: u32) {
-    if let Some(q) = Locked::acquire() {
-        q.0.pending_gap_txns += 1;
-        q.0.pending_gap_events += events as u64;
-        q.0.lost_txns_total += 1;
+    if let Some(mut q) = Locked::acquire() {
+        q.count_loss(events);
     }
 }

@@ -27,9 +27,9 @@ pub fn register() {
         .load();
 }
 
-/// How long to sleep with nothing to do; shorter while prepared transactions await resolution.
+/// How long to sleep with nothing to do; shorter while a transaction awaits settling.
 const IDLE_WAIT: Duration = Duration::from_secs(1);
-const PREPARED_POLL: Duration = Duration::from_millis(20);
+const SETTLE_POLL: Duration = Duration::from_millis(10);
 
 #[pg_guard]
 #[unsafe(no_mangle)]
@@ -49,7 +49,7 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
     let mut publisher = Publisher::new(batches, shared.clone());
     queue::set_worker_latch(unsafe { pg_sys::MyLatch });
     loop {
-        let wait = if publisher.has_prepared() { PREPARED_POLL } else { IDLE_WAIT };
+        let wait = if publisher.needs_poll() { SETTLE_POLL } else { IDLE_WAIT };
         if !wait_for_work(&inbox, wait) {
             break;
         }

@@ -40,23 +40,28 @@ pub struct Publisher {
     batch: Vec<Change>,
     batch_bytes: usize,
     prepared: Vec<PreparedTxn>,
+    /// The queue's head record awaits its writer's commit.
+    blocked: bool,
 }
 
 impl Publisher {
     pub fn new(tx: BatchSender, shared: Arc<Shared>) -> Publisher {
         shared.position.store(queue::last_position(), Relaxed);
-        Publisher { tx, shared, buf: Vec::new(), batch: Vec::new(), batch_bytes: 0, prepared: Vec::new() }
+        Publisher { tx, shared, buf: Vec::new(), batch: Vec::new(), batch_bytes: 0, prepared: Vec::new(), blocked: false }
     }
 
-    pub fn has_prepared(&self) -> bool {
-        !self.prepared.is_empty()
+    /// Something will need another look soon even if nobody wakes the worker.
+    pub fn needs_poll(&self) -> bool {
+        self.blocked || !self.prepared.is_empty()
     }
 
     /// Move one chunk of the queue out to clients. Returns whether there may be more.
     pub fn pump(&mut self) -> bool {
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
-        queue::drain(&mut buf, DRAIN_CHUNK);
+        let unsettled = queue::drain(&mut buf, DRAIN_CHUNK);
+        let settled_here = unsettled.is_some_and(settle_if_gone);
+        self.blocked = unsettled.is_some() && !settled_here;
         for record in queue::records(&buf) {
             match decode_record(record) {
                 Some(Record::Txn { xid, commit_time, count, events: body }) => {
@@ -69,12 +74,13 @@ impl Publisher {
                 Some(Record::PreparedSpilled { xid, count, path }) => {
                     self.prepared.push(PreparedTxn { xid, count, body: Body::File(path.to_string()) })
                 }
-                Some(Record::Gap { lost_txns, lost_events }) => self.emit_gap("queue_overflow", lost_txns, lost_events),
-                None => pgrx::warning!("realtime_ext: skipped an unreadable queue record"),
+                Some(Record::Gap { lost_events }) => self.emit_gap("queue_overflow", lost_events),
+                Some(Record::Aborted) => {}
+                Some(Record::Pending) | None => pgrx::warning!("realtime_ext: skipped an unreadable queue record"),
             }
         }
         self.flush();
-        let more = !buf.is_empty();
+        let more = !buf.is_empty() || settled_here;
         self.buf = buf;
         let stats = queue::stats();
         self.shared.queue_used.store(stats.used, Relaxed);
@@ -121,7 +127,7 @@ impl Publisher {
             Ok(f) => f,
             Err(e) => {
                 pgrx::warning!("realtime_ext: could not read spilled changes {path}: {e}");
-                return self.emit_gap("spill_unreadable", 1, count as u64);
+                return self.emit_gap("spill_unreadable", count as u64);
             }
         };
         let mut position = queue::take_positions(count as u64);
@@ -146,11 +152,10 @@ impl Publisher {
         let _ = std::fs::remove_file(path);
     }
 
-    fn emit_gap(&mut self, reason: &'static str, lost_txns: u64, lost_events: u64) {
+    fn emit_gap(&mut self, reason: &'static str, lost_events: u64) {
         self.flush();
         let first = queue::take_positions(lost_events.max(1));
         let last = first + lost_events.max(1) - 1;
-        let _ = lost_txns;
         let frame = ServerMessage::Gap { reason, from_position: first, to_position: last }.to_text();
         self.send(Batch::Gap { frame: frame.into(), last_position: last });
     }
@@ -177,6 +182,22 @@ impl Publisher {
         let _ = self.tx.send(Arc::new(batch));
         self.shared.position.store(last, Relaxed);
     }
+}
+
+/// The head of the queue waits for its writer to settle it at commit. If the writer is gone
+/// without doing so (its transaction is no longer running), settle it from the commit log.
+/// Returns whether it was settled.
+fn settle_if_gone(record: queue::Unsettled) -> bool {
+    let xid = pg_sys::TransactionId::from(record.xid);
+    if unsafe { pg_sys::TransactionIdIsInProgress(xid) } {
+        return false;
+    }
+    if unsafe { pg_sys::TransactionIdDidCommit(xid) } {
+        queue::mark(record.offset, record.kind.committed(), now());
+    } else {
+        queue::mark(record.offset, crate::event::RecordKind::Aborted, 0);
+    }
+    true
 }
 
 /// The `change` message, built once per event by string assembly: the row images are already
