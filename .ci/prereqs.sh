@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing realtime_ext needs, skipping whatever is already there:
-# PostgreSQL 15 with server headers, clang, sudo, cargo-pgrx 0.18.0 and its pg15 configuration.
+# PostgreSQL 15 with server headers, clang, sudo, OpenSSL headers (cargo-pgrx links OpenSSL),
+# cargo-pgrx 0.18.0 and its pg15 configuration.
 set -euo pipefail
 
 PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
@@ -9,7 +10,7 @@ PGRX_VERSION=0.18.0
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 missing=()
-for pkg in postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo; do
+for pkg in postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo libssl-dev pkg-config; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

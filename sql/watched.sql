@@ -18,3 +18,20 @@ LANGUAGE sql STABLE AS $$
     SELECT w.tbl, w.events FROM realtime.watched w ORDER BY w.tbl::text
 $$;
 COMMENT ON FUNCTION realtime_watched() IS 'Tables watched by realtime_watch() and their events';
+
+-- pg_restore recreates watched tables' triggers with plain CREATE TRIGGER; adopt them so that
+-- DROP EXTENSION can still remove them without CASCADE.
+CREATE FUNCTION realtime.adopt_triggers() RETURNS event_trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM realtime.depend_on_extension(t.tgrelid)
+       FROM pg_trigger t
+      WHERE t.tgname IN ('realtime_ext_capture_row', 'realtime_ext_capture_truncate')
+        AND t.tgparentid = 0
+        AND NOT EXISTS (SELECT FROM pg_depend d
+                         WHERE d.classid = 'pg_trigger'::regclass AND d.objid = t.oid
+                           AND d.refclassid = 'pg_extension'::regclass);
+END
+$$;
+CREATE EVENT TRIGGER realtime_adopt_triggers ON ddl_command_end
+    WHEN TAG IN ('CREATE TRIGGER') EXECUTE FUNCTION realtime.adopt_triggers();

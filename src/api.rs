@@ -12,7 +12,7 @@ use pgrx::PgSqlErrorCode::*;
 pub const ROW_TRIGGER: &str = "realtime_ext_capture_row";
 pub const TRUNCATE_TRIGGER: &str = "realtime_ext_capture_truncate";
 
-extension_sql_file!("../sql/watched.sql", name = "watched", requires = [realtime_watch]);
+extension_sql_file!("../sql/watched.sql", name = "watched", requires = [realtime_watch, depend_on_extension]);
 
 /// Start streaming changes of `tbl`. Idempotent; calling again with other events updates them.
 #[pg_extern(sql = r#"
@@ -43,7 +43,7 @@ fn realtime_watch(tbl: pg_sys::Oid, events: Vec<String>) {
         );
         Spi::run(&sql).unwrap_or_else(|e| spi_failed(e));
     }
-    depend_on_extension(tbl);
+    adopt(tbl);
 }
 
 /// Stop streaming changes of `tbl`. Idempotent.
@@ -163,8 +163,17 @@ fn drop_triggers(tbl: pg_sys::Oid, rel: &str) {
 }
 
 /// Make the triggers part of the extension's footprint: DROP EXTENSION removes them without
-/// CASCADE instead of failing on them.
+/// CASCADE instead of failing on them. Also run by an event trigger after every CREATE TRIGGER,
+/// so that triggers recreated by pg_restore are adopted too.
+#[pg_extern(sql = r#"
+CREATE FUNCTION realtime.depend_on_extension(tbl regclass)
+RETURNS void STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+"#)]
 fn depend_on_extension(tbl: pg_sys::Oid) {
+    adopt(tbl)
+}
+
+fn adopt(tbl: pg_sys::Oid) {
     let ext = unsafe { pg_sys::get_extension_oid(c"realtime_ext".as_ptr(), true) };
     if ext == pg_sys::InvalidOid {
         return;
@@ -172,7 +181,11 @@ fn depend_on_extension(tbl: pg_sys::Oid) {
     let trigger_oids: Vec<pg_sys::Oid> = Spi::connect(|client| {
         client
             .select(
-                "SELECT oid FROM pg_trigger WHERE tgrelid = $1 AND tgname = ANY($2)",
+                "SELECT t.oid FROM pg_trigger t
+                  WHERE t.tgrelid = $1 AND t.tgname = ANY($2)
+                    AND NOT EXISTS (SELECT FROM pg_depend d
+                                     WHERE d.classid = 'pg_trigger'::regclass AND d.objid = t.oid
+                                       AND d.refclassid = 'pg_extension'::regclass)",
                 None,
                 &[tbl.into(), vec![ROW_TRIGGER, TRUNCATE_TRIGGER].into()],
             )?
