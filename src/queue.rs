@@ -274,16 +274,15 @@ pub fn records(mut buf: &[u8]) -> impl Iterator<Item = &[u8]> {
     })
 }
 
-/// Reserve `count` positions; returns the first.
-pub fn take_positions(count: u64) -> u64 {
-    let Some(q) = Locked::acquire() else { return 0 };
-    let first = q.0.next_position;
-    q.0.next_position += count;
-    first
+/// The worker's next event position, kept here across worker restarts.
+pub fn next_position() -> u64 {
+    Locked::acquire().map_or(1, |q| q.0.next_position)
 }
 
-pub fn last_position() -> u64 {
-    Locked::acquire().map_or(0, |q| q.0.next_position - 1)
+pub fn set_next_position(position: u64) {
+    if let Some(q) = Locked::acquire() {
+        q.0.next_position = position;
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default)]

@@ -12,6 +12,8 @@ use tokio_tungstenite::WebSocketStream;
 
 pub const WEBSOCKET_PATH: &str = "/realtime";
 const MAX_HEAD: usize = 16 * 1024;
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 64 * 1024;
 
 /// Counts a connection for as long as it lives.
 struct Counted<'a>(&'a Context);
@@ -140,4 +142,17 @@ async fn respond(stream: &mut TcpStream, status: &str, body: &str, extra_headers
     );
     let _ = stream.write_all(response.as_bytes()).await;
     let _ = stream.shutdown().await;
+    // Lingering close: closing with unread input makes the kernel send a reset, which can
+    // destroy the response before the client reads it. Drain a little first, bounded.
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(LINGER, async {
+        let mut drained = 0;
+        while drained < LINGER_BYTES {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    })
+    .await;
 }

@@ -16,6 +16,10 @@ const DRAIN_CHUNK: usize = 512 * 1024;
 /// A batch is sent once it holds this many bytes or changes.
 const BATCH_BYTES: usize = 256 * 1024;
 const BATCH_CHANGES: usize = 1024;
+/// How long the head of the queue may wait for its writer before the commit log is asked.
+const STUCK_AFTER: std::time::Duration = std::time::Duration::from_millis(50);
+/// How often queue statistics are copied for /health.
+const STATS_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 /// Spill files are read in chunks of this size.
 const SPILL_READ: usize = 1024 * 1024;
 
@@ -40,19 +44,34 @@ pub struct Publisher {
     batch: Vec<Change>,
     batch_bytes: usize,
     prepared: Vec<PreparedTxn>,
-    /// The queue's head record awaits its writer's commit.
-    blocked: bool,
+    /// The queue's head record awaits its writer's commit: which record, since when.
+    blocked: Option<(u64, std::time::Instant)>,
+    /// Next position to assign; written back to shared memory after each pass so that a
+    /// restarted worker continues from it.
+    next_position: u64,
+    stats_at: std::time::Instant,
 }
 
 impl Publisher {
     pub fn new(tx: BatchSender, shared: Arc<Shared>) -> Publisher {
-        shared.position.store(queue::last_position(), Relaxed);
-        Publisher { tx, shared, buf: Vec::new(), batch: Vec::new(), batch_bytes: 0, prepared: Vec::new(), blocked: false }
+        let next_position = queue::next_position();
+        shared.position.store(next_position - 1, Relaxed);
+        Publisher {
+            tx,
+            shared,
+            buf: Vec::new(),
+            batch: Vec::new(),
+            batch_bytes: 0,
+            prepared: Vec::new(),
+            blocked: None,
+            next_position,
+            stats_at: std::time::Instant::now(),
+        }
     }
 
     /// Something will need another look soon even if nobody wakes the worker.
     pub fn needs_poll(&self) -> bool {
-        self.blocked || !self.prepared.is_empty()
+        self.blocked.is_some() || !self.prepared.is_empty()
     }
 
     /// Move one chunk of the queue out to clients. Returns whether there may be more.
@@ -60,8 +79,13 @@ impl Publisher {
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
         let unsettled = queue::drain(&mut buf, DRAIN_CHUNK);
-        let settled_here = unsettled.is_some_and(settle_if_gone);
-        self.blocked = unsettled.is_some() && !settled_here;
+        let settled_here = match unsettled {
+            Some(u) => self.settle_if_stuck(u),
+            None => {
+                self.blocked = None;
+                false
+            }
+        };
         for record in queue::records(&buf) {
             match decode_record(record) {
                 Some(Record::Txn { xid, commit_time, count, events: body }) => {
@@ -82,10 +106,14 @@ impl Publisher {
         self.flush();
         let more = !buf.is_empty() || settled_here;
         self.buf = buf;
-        let stats = queue::stats();
-        self.shared.queue_used.store(stats.used, Relaxed);
-        self.shared.queue_capacity.store(stats.capacity, Relaxed);
-        self.shared.lost_txns.store(stats.lost_txns, Relaxed);
+        queue::set_next_position(self.next_position);
+        if self.stats_at.elapsed() > STATS_EVERY {
+            self.stats_at = std::time::Instant::now();
+            let stats = queue::stats();
+            self.shared.queue_used.store(stats.used, Relaxed);
+            self.shared.queue_capacity.store(stats.capacity, Relaxed);
+            self.shared.lost_txns.store(stats.lost_txns, Relaxed);
+        }
         more
     }
 
@@ -113,7 +141,7 @@ impl Publisher {
     }
 
     fn emit<'a>(&mut self, xid: u32, commit_time: i64, count: u32, events: impl Iterator<Item = EventRef<'a>>) {
-        let mut position = queue::take_positions(count as u64);
+        let mut position = self.take_positions(count as u64);
         let commit_time = format_time(commit_time);
         for ev in events {
             self.push(frame(position, xid, &commit_time, &ev), position, ev.relid, ev.op);
@@ -130,7 +158,7 @@ impl Publisher {
                 return self.emit_gap("spill_unreadable", count as u64);
             }
         };
-        let mut position = queue::take_positions(count as u64);
+        let mut position = self.take_positions(count as u64);
         let commit_time = format_time(commit_time);
         let mut chunk = Vec::with_capacity(SPILL_READ);
         loop {
@@ -154,10 +182,44 @@ impl Publisher {
 
     fn emit_gap(&mut self, reason: &'static str, lost_events: u64) {
         self.flush();
-        let first = queue::take_positions(lost_events.max(1));
+        let first = self.take_positions(lost_events.max(1));
         let last = first + lost_events.max(1) - 1;
         let frame = ServerMessage::Gap { reason, from_position: first, to_position: last }.to_text();
         self.send(Batch::Gap { frame: frame.into(), last_position: last });
+    }
+
+    /// The head of the queue waits for its writer to settle it at commit, which normally takes
+    /// no longer than the commit's WAL flush. Only if it has waited for `STUCK_AFTER` (its
+    /// writer died, or the commit callback never ran) is it settled from the commit log;
+    /// asking earlier would take ProcArrayLock on every pass, which committing backends need.
+    fn settle_if_stuck(&mut self, record: queue::Unsettled) -> bool {
+        let since = match self.blocked {
+            Some((offset, since)) if offset == record.offset => since,
+            _ => {
+                self.blocked = Some((record.offset, std::time::Instant::now()));
+                return false;
+            }
+        };
+        if since.elapsed() < STUCK_AFTER {
+            return false;
+        }
+        let xid = pg_sys::TransactionId::from(record.xid);
+        if unsafe { pg_sys::TransactionIdIsInProgress(xid) } {
+            return false;
+        }
+        if unsafe { pg_sys::TransactionIdDidCommit(xid) } {
+            queue::mark(record.offset, record.kind.committed(), now());
+        } else {
+            queue::mark(record.offset, crate::event::RecordKind::Aborted, 0);
+        }
+        self.blocked = None;
+        true
+    }
+
+    fn take_positions(&mut self, count: u64) -> u64 {
+        let first = self.next_position;
+        self.next_position += count;
+        first
     }
 
     fn push(&mut self, frame: String, position: u64, relid: u32, op: Op) {
@@ -182,22 +244,6 @@ impl Publisher {
         let _ = self.tx.send(Arc::new(batch));
         self.shared.position.store(last, Relaxed);
     }
-}
-
-/// The head of the queue waits for its writer to settle it at commit. If the writer is gone
-/// without doing so (its transaction is no longer running), settle it from the commit log.
-/// Returns whether it was settled.
-fn settle_if_gone(record: queue::Unsettled) -> bool {
-    let xid = pg_sys::TransactionId::from(record.xid);
-    if unsafe { pg_sys::TransactionIdIsInProgress(xid) } {
-        return false;
-    }
-    if unsafe { pg_sys::TransactionIdDidCommit(xid) } {
-        queue::mark(record.offset, record.kind.committed(), now());
-    } else {
-        queue::mark(record.offset, crate::event::RecordKind::Aborted, 0);
-    }
-    true
 }
 
 /// The `change` message, built once per event by string assembly: the row images are already
