@@ -12,6 +12,7 @@ use tokio_tungstenite::WebSocketStream;
 
 pub const WEBSOCKET_PATH: &str = "/realtime";
 const MAX_HEAD: usize = 16 * 1024;
+const READ_BUFFER: usize = 4 * 1024;
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 64 * 1024;
 
@@ -93,7 +94,12 @@ pub async fn serve(mut stream: TcpStream, context: Context) {
                 return;
             }
             let limit = context.shared.max_message_size.load(Relaxed);
-            let config = WebSocketConfig::default().max_message_size(Some(limit)).max_frame_size(Some(limit));
+            // tungstenite preallocates its read buffer; 128 KiB by default would cost an idle
+            // connection 128 KiB. It grows when a larger message arrives.
+            let config = WebSocketConfig::default()
+                .read_buffer_size(READ_BUFFER)
+                .max_message_size(Some(limit))
+                .max_frame_size(Some(limit));
             let leftover = buf[head_len..].to_vec();
             let ws = WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(config)).await;
             session::run(ws, context.clone()).await

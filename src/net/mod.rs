@@ -43,6 +43,7 @@ impl Server {
 
 pub fn start(address: &Address, shared: Arc<Shared>, worker: WorkerHandle, batches: BatchSender) -> Result<Server, String> {
     let addrs = resolve(address)?;
+    raise_fd_limit();
     let runtime = with_signals_blocked(|| {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -86,6 +87,18 @@ fn resolve(address: &Address) -> Result<Vec<SocketAddr>, String> {
         return Err("realtime.listen_addresses is empty".into());
     }
     Ok(addrs)
+}
+
+/// Each client is a file descriptor; the soft limit a postmaster inherits (often 1024) would
+/// cap connections far below realtime.max_connections. Raise it to the hard limit.
+fn raise_fd_limit() {
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }
 
 /// Postgres delivers signals to whichever thread has them unblocked; network threads must

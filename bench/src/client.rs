@@ -1,0 +1,110 @@
+//! WebSocket clients and the writer's table, for either target.
+
+use futures_util::{SinkExt, StreamExt};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Target {
+    /// realtime_ext's own WebSocket server.
+    Realtime,
+    /// The LISTEN/NOTIFY bridge in baselines/node-bridge, fed by a pg_notify trigger.
+    Bridge,
+}
+
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// Connect client number `n`, from 127.0.0.(2 + n / 20000) so that each source address uses
+/// well under the ~28,000 ephemeral ports Linux gives it.
+pub async fn connect(url: &str, n: usize) -> std::io::Result<Ws> {
+    let hostport = url.trim_start_matches("ws://").split('/').next().unwrap();
+    let server: SocketAddr = tokio::net::lookup_host(hostport).await?.next().unwrap();
+    let socket = TcpSocket::new_v4()?;
+    if server.ip().is_loopback() {
+        socket.bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (n / 20_000) as u8)), 0))?;
+    }
+    let stream = socket.connect(server).await?;
+    stream.set_nodelay(true)?;
+    let (ws, _) = tokio_tungstenite::client_async(url, stream)
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    Ok(ws)
+}
+
+/// Connect and subscribe to `table`; returns once the server acknowledged.
+pub async fn subscriber(url: &str, n: usize, table: &str) -> std::io::Result<Ws> {
+    let mut ws = connect(url, n).await?;
+    let msg = format!(r#"{{"type":"subscribe","id":"b","table":"{table}"}}"#);
+    ws.send(Message::text(msg)).await.map_err(std::io::Error::other)?;
+    match ws.next().await {
+        Some(Ok(Message::Text(t))) if t.contains("subscribed") => Ok(ws),
+        other => Err(std::io::Error::other(format!("subscribe failed: {other:?}"))),
+    }
+}
+
+/// (Re)create the benchmark table, watched by realtime_ext or fed to the bridge by pg_notify.
+pub async fn setup_table(db: &tokio_postgres::Client, target: Target, table: &str) {
+    db.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id bigint PRIMARY KEY, sent_at_us bigint, payload text)"
+    ))
+    .await
+    .unwrap();
+    let attach = match target {
+        Target::Realtime => format!("SELECT realtime_watch('{table}')"),
+        Target::Bridge => format!(
+            "CREATE TRIGGER notify AFTER INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION bench_notify('bench')"
+        ),
+    };
+    db.batch_execute(&attach).await.unwrap();
+}
+
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64
+}
+
+/// The writer's timestamp from a change message, found without parsing the whole message.
+pub fn sent_at_us(text: &str) -> Option<i64> {
+    let at = text.find("\"sent_at_us\":")? + "\"sent_at_us\":".len();
+    let digits: String = text[at..].chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse().ok()
+}
+
+pub fn raise_fd_limit() {
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+pub fn fd_limit() -> u64 {
+    let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    limit.rlim_cur
+}
+
+/// CPU seconds this process has used.
+pub fn cpu_seconds() -> f64 {
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// Resident and peak resident memory of a process, in KiB (from /proc).
+pub fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}

@@ -1,0 +1,271 @@
+//! The measurements. Each returns one JSON object (printed, and written with --json).
+
+use crate::client::{self, Ws};
+use crate::Args;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+async fn database(args: &Args) -> tokio_postgres::Client {
+    let conninfo = args.str("pg", "host=127.0.0.1 port=54320 user=postgres dbname=postgres");
+    let (db, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await.expect("connect to PostgreSQL");
+    tokio::spawn(conn);
+    db
+}
+
+fn url(args: &Args) -> String {
+    args.str("ws", "ws://127.0.0.1:8080/realtime")
+}
+
+/// Connect `n` subscribers, a few hundred at a time.
+async fn subscribers(url: &str, n: usize, table: &str) -> Vec<Ws> {
+    let mut all = Vec::with_capacity(n);
+    for start in (0..n).step_by(250) {
+        let batch: Vec<_> = (start..(start + 250).min(n))
+            .map(|i| {
+                let (url, table) = (url.to_string(), table.to_string());
+                tokio::spawn(async move { client::subscriber(&url, i, &table).await })
+            })
+            .collect();
+        for b in batch {
+            all.push(b.await.unwrap().expect("subscriber"));
+        }
+    }
+    all
+}
+
+fn percentiles(mut v: Vec<f64>) -> Value {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let p = |q: f64| if v.is_empty() { Value::Null } else { json!(v[((v.len() - 1) as f64 * q).round() as usize]) };
+    json!({"p50": p(0.5), "p95": p(0.95), "p99": p(0.99), "max": v.last().copied()})
+}
+
+/// Counts writes that committed, so readers know when to stop.
+#[derive(Default)]
+struct Progress {
+    committed: AtomicU64,
+    done: AtomicBool,
+}
+
+impl Progress {
+    fn finished(&self, received: u64) -> bool {
+        self.done.load(Relaxed) && received >= self.committed.load(Relaxed)
+    }
+}
+
+/// Commit->client latency: `clients` subscribers, one writer committing single-row
+/// transactions at `rate` per second.
+pub async fn latency(args: &Args) -> Value {
+    let target = args.target();
+    let clients = args.num("clients", 10.0) as usize;
+    let events = args.num("events", 1000.0) as u64;
+    let rate = args.num("rate", 1000.0);
+    let payload = "x".repeat(args.num("payload", 16.0) as usize);
+    let db = database(args).await;
+    client::setup_table(&db, target, "bench_latency").await;
+    let sockets = subscribers(&url(args), clients, "bench_latency").await;
+
+    let progress = Arc::new(Progress::default());
+    let readers: Vec<_> = sockets
+        .into_iter()
+        .map(|mut ws| {
+            let progress = progress.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(events as usize);
+                while !progress.finished(latencies.len() as u64) {
+                    match tokio::time::timeout(Duration::from_millis(200), ws.next()).await {
+                        Ok(Some(Ok(Message::Text(t)))) => {
+                            if let Some(sent) = client::sent_at_us(&t) {
+                                latencies.push((client::now_us() - sent) as f64 / 1000.0);
+                            }
+                        }
+                        Ok(Some(Ok(_))) | Err(_) => {}
+                        Ok(_) => break,
+                    }
+                }
+                latencies
+            })
+        })
+        .collect();
+
+    let cpu0 = client::cpu_seconds();
+    let started = Instant::now();
+    let insert = db.prepare("INSERT INTO bench_latency VALUES ($1, $2, $3)").await.unwrap();
+    let mut failed = 0u64;
+    let mut error = None;
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let mut next = tokio::time::Instant::now();
+    for id in 0..events as i64 {
+        tokio::time::sleep_until(next).await;
+        next += interval;
+        match db.execute(&insert, &[&id, &client::now_us(), &payload]).await {
+            Ok(_) => {
+                progress.committed.fetch_add(1, Relaxed);
+            }
+            Err(e) => {
+                failed += 1;
+                error.get_or_insert_with(|| e.as_db_error().map_or(e.to_string(), |d| d.message().to_string()));
+            }
+        }
+    }
+    progress.done.store(true, Relaxed);
+    let mut all = Vec::new();
+    for r in readers {
+        all.extend(r.await.unwrap());
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let delivered = all.len();
+    json!({
+        "scenario": "latency", "target": format!("{target:?}"), "clients": clients, "events": events,
+        "rate_per_s": rate, "payload_bytes": payload.len(), "failed_writes": failed, "write_error": error,
+        "delivered": delivered, "expected": (events - failed) * clients as u64,
+        "latency_ms": percentiles(all),
+        "client_cpu_share": (client::cpu_seconds() - cpu0) / wall / 2.0,
+    })
+}
+
+/// Fan-out: `clients` subscribers, the writer commits `batch` rows per transaction as fast as it
+/// can for `seconds`; how many messages per second reach the clients.
+pub async fn fanout(args: &Args) -> Value {
+    let target = args.target();
+    let clients = args.num("clients", 10_000.0) as usize;
+    let seconds = args.num("seconds", 10.0);
+    let batch = args.num("batch", 100.0) as i64;
+    let db = database(args).await;
+    client::setup_table(&db, target, "bench_fanout").await;
+    let sockets = subscribers(&url(args), clients, "bench_fanout").await;
+    let received = Arc::new(AtomicU64::new(0));
+    let gaps = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = sockets
+        .into_iter()
+        .map(|mut ws| {
+            let (received, gaps, stop) = (received.clone(), gaps.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Relaxed) {
+                    match tokio::time::timeout(Duration::from_millis(200), ws.next()).await {
+                        Ok(Some(Ok(Message::Text(t)))) => {
+                            if t.starts_with(r#"{"type":"gap""#) {
+                                gaps.fetch_add(1, Relaxed);
+                            } else {
+                                received.fetch_add(1, Relaxed);
+                            }
+                        }
+                        Ok(Some(Ok(_))) | Err(_) => {}
+                        Ok(_) => break,
+                    }
+                }
+            })
+        })
+        .collect();
+    let cpu0 = client::cpu_seconds();
+    let started = Instant::now();
+    let mut rows = 0i64;
+    let insert = db
+        .prepare("INSERT INTO bench_fanout SELECT g, $3, 'fan-out' FROM generate_series($1::int8, $2::int8) g")
+        .await
+        .unwrap();
+    while started.elapsed().as_secs_f64() < seconds {
+        db.execute(&insert, &[&rows, &(rows + batch - 1), &client::now_us()]).await.unwrap();
+        rows += batch;
+    }
+    let write_secs = started.elapsed().as_secs_f64();
+    // Let delivery finish: stop when nothing arrived for a second, or everything did.
+    let expected = rows as u64 * clients as u64;
+    let mut last = received.load(Relaxed);
+    let mut last_change = Instant::now();
+    while received.load(Relaxed) < expected && last_change.elapsed() < Duration::from_secs(1) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = received.load(Relaxed);
+        if now != last {
+            last = now;
+            last_change = Instant::now();
+        }
+    }
+    let delivery_secs = (last_change.min(Instant::now()) - started).as_secs_f64().max(write_secs);
+    stop.store(true, Relaxed);
+    for r in readers {
+        let _ = r.await;
+    }
+    let total = received.load(Relaxed);
+    json!({
+        "scenario": "fanout", "target": format!("{target:?}"), "clients": clients, "batch_rows": batch,
+        "rows_committed": rows, "writer_rows_per_s": rows as f64 / write_secs,
+        "expected_messages": expected, "delivered_messages": total, "gap_messages": gaps.load(Relaxed),
+        "delivered_per_s": total as f64 / delivery_secs,
+        "client_cpu_share": (client::cpu_seconds() - cpu0) / started.elapsed().as_secs_f64() / 2.0,
+    })
+}
+
+/// Hold `clients` idle subscribed connections; the worker's memory per connection, and how long
+/// a new subscription takes to be acknowledged meanwhile.
+pub async fn idle(args: &Args) -> Value {
+    let clients = args.num("clients", 50_000.0) as usize;
+    let db = database(args).await;
+    db.batch_execute(
+        "DROP TABLE IF EXISTS bench_idle; CREATE TABLE bench_idle (id bigint); SELECT realtime_watch('bench_idle')",
+    )
+    .await
+    .unwrap();
+    let pid: i32 = db
+        .query_one("SELECT pid FROM pg_stat_activity WHERE backend_type = 'realtime_ext'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let pid = pid as u32;
+    // Warm up the worker's allocator with one client so that the delta is per connection.
+    let warm = subscribers(&url(args), 1, "bench_idle").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (rss0, _) = client::memory_kib(pid);
+    let started = Instant::now();
+    let held = subscribers(&url(args), clients, "bench_idle").await;
+    let connect_secs = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (rss1, _) = client::memory_kib(pid);
+    let mut subscribe_ms = Vec::new();
+    for i in 0..20 {
+        let t = Instant::now();
+        let ws = client::subscriber(&url(args), clients + 10 + i, "bench_idle").await.expect("subscribe while loaded");
+        subscribe_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        drop(ws);
+    }
+    drop((warm, held));
+    json!({
+        "scenario": "idle", "clients": clients, "fd_limit": client::fd_limit(), "connect_seconds": connect_secs,
+        "worker_rss_kib_before": rss0, "worker_rss_kib_after": rss1,
+        "worker_kib_per_connection": (rss1 as f64 - rss0 as f64) / clients as f64,
+        "new_subscribe_ms": percentiles(subscribe_ms),
+    })
+}
+
+/// One subscriber to --table that counts changes until --events arrived (or 60 s of silence).
+pub async fn count(args: &Args) -> Value {
+    let table = args.str("table", "bench_bulk");
+    let events = args.num("events", 1_000_000.0) as u64;
+    let mut ws = client::subscriber(&url(args), 0, &table).await.expect("subscribe");
+    println!("subscribed");
+    let mut got = 0u64;
+    let mut gaps = 0u64;
+    let mut first: Option<Instant> = None;
+    while got < events {
+        match tokio::time::timeout(Duration::from_secs(60), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => {
+                first.get_or_insert_with(Instant::now);
+                if t.starts_with(r#"{"type":"gap""#) {
+                    gaps += 1;
+                } else {
+                    got += 1;
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+            _ => break,
+        }
+    }
+    json!({
+        "scenario": "count", "table": table, "expected": events, "delivered": got, "gap_messages": gaps,
+        "receive_seconds": first.map(|f| f.elapsed().as_secs_f64()),
+    })
+}
