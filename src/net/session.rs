@@ -21,6 +21,9 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+/// Most batches written between two flushes when catching up.
+const CATCH_UP_BATCHES: usize = 64;
+
 type Sink = futures_util::stream::SplitSink<WebSocketStream<TcpStream>, Message>;
 
 struct Subscription {
@@ -86,7 +89,19 @@ pub async fn run(ws: WebSocketStream<TcpStream>, context: Context) {
             }
             batch = batches.recv() => match batch {
                 Ok(batch) => {
-                    if session.deliver(&batch).await.is_err() {
+                    // A session that fell behind writes every batch already waiting, then
+                    // flushes once: one write per catch-up instead of one per batch.
+                    let mut result = session.deliver(&batch).await;
+                    let mut more = 0;
+                    while result.is_ok() && more < CATCH_UP_BATCHES {
+                        match batches.try_recv() {
+                            Ok(batch) => result = session.deliver(&batch).await,
+                            Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => session.lagged = true,
+                            Err(_) => break,
+                        }
+                        more += 1;
+                    }
+                    if result.is_err() || session.sink.flush().await.is_err() {
                         break None;
                     }
                 }
@@ -204,6 +219,6 @@ impl Session {
             }
         }
         self.seen = self.seen.max(batch.last_position());
-        self.sink.flush().await
+        Ok(())
     }
 }

@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# realtime_ext against the architecture it replaces, side by side, in one run.
+#   bench/run.sh            full run (about 25 minutes on 2 cores)
+#   bench/run.sh --quick    smaller counts, shorter runs (under 5 minutes once built)
+# Builds what it needs, starts its own PostgreSQL 15 cluster (synchronous_commit on, fsync on)
+# and the Node LISTEN/NOTIFY bridge, runs every scenario, prints a markdown table and writes
+# the raw results to bench/results/<time>.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+QUICK=0; [ "${1:-}" = --quick ] && QUICK=1
+BIN=/usr/lib/postgresql/15/bin
+say() { printf '\n==> %s\n' "$*" >&2; }
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+if [ $QUICK = 1 ]; then
+  W_SECONDS=4; W_ROUNDS=1; L_EVENTS=1000; F_CLIENTS=1000; F_SECONDS=5; C_CLIENTS=5000; T_ROWS=100000; P_EVENTS=20
+else
+  W_SECONDS=15; W_ROUNDS=2; L_EVENTS=10000; F_CLIENTS=10000; F_SECONDS=15; C_CLIENTS=50000; T_ROWS=1000000; P_EVENTS=100
+fi
+
+say "building (extension, load generator, Node bridge)"
+bash .ci/prereqs.sh
+command -v node >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; }
+command -v bc >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bc >/dev/null
+cargo pgrx install --release --pg-config "$BIN/pg_config" >/dev/null
+(cd bench && cargo build --release -q)
+(cd bench/baselines/node-bridge && npm install --silent --no-audit --no-fund >/dev/null)
+LOADGEN=$PWD/bench/target/release/realtime_bench
+
+say "starting PostgreSQL 15 with realtime_ext"
+DATA=$(mktemp -d /tmp/realtime_bench.XXXXXX)
+PGPORT=$(free_port); WSPORT=$(free_port); BRIDGE_PORT=$(free_port)
+[ "$(id -u)" = 0 ] && chown postgres: "$DATA"
+as_pg "$BIN/initdb" -D "$DATA/pg" -U postgres --auth=trust --locale=C.UTF-8 >/dev/null
+cat >> "$DATA/pg/postgresql.conf" <<CONF
+port = $PGPORT
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$DATA'
+max_connections = 200
+shared_buffers = 512MB
+max_wal_size = 4GB
+shared_preload_libraries = 'realtime_ext'
+realtime.port = $WSPORT
+realtime.listen_addresses = '127.0.0.1'
+realtime.max_connections = 100000
+realtime.queue_size = 64MB
+CONF
+as_pg "$BIN/pg_ctl" -D "$DATA/pg" -l "$DATA/server.log" -w start >/dev/null
+BRIDGE_PID=
+cleanup() {
+  [ -n "$BRIDGE_PID" ] && kill "$BRIDGE_PID" 2>/dev/null || true
+  as_pg "$BIN/pg_ctl" -D "$DATA/pg" -m fast stop >/dev/null 2>&1 || true
+  rm -rf "$DATA"
+}
+trap cleanup EXIT
+export PGHOST=127.0.0.1 PGPORT PGUSER=postgres PGDATABASE=postgres
+PG="host=127.0.0.1 port=$PGPORT user=postgres dbname=postgres"
+psql_() { "$BIN/psql" -Xq -v ON_ERROR_STOP=1 "$@"; }
+psql_ -c "CREATE EXTENSION realtime_ext" -f bench/baselines/node-bridge/notify_trigger.sql
+node bench/baselines/node-bridge/bridge.js "postgres://postgres@127.0.0.1:$PGPORT/postgres" "$BRIDGE_PORT" bench >"$DATA/bridge.log" 2>&1 &
+BRIDGE_PID=$!
+sleep 1
+RT_URL=ws://127.0.0.1:$WSPORT/realtime
+BRIDGE_URL=ws://127.0.0.1:$BRIDGE_PORT/
+mkdir -p bench/results
+OUT=bench/results/$(date -u +%Y%m%dT%H%M%SZ)$([ $QUICK = 1 ] && echo -quick)
+RESULTS=$OUT.jsonl
+: > "$RESULTS"
+record() { tail -n 1 | tee -a "$RESULTS" | cut -c1-160 >&2; }
+
+say "W: writer throughput (pgbench single-row INSERT; plain / pg_notify trigger / realtime_ext)"
+psql_ <<'SQL'
+CREATE TABLE w_plain (id bigserial PRIMARY KEY, camera text, kind text, score numeric(5,4), meta jsonb, created_at timestamptz DEFAULT now());
+CREATE TABLE w_notify (LIKE w_plain INCLUDING ALL);
+CREATE TABLE w_realtime (LIKE w_plain INCLUDING ALL);
+CREATE TRIGGER notify AFTER INSERT ON w_notify FOR EACH ROW EXECUTE FUNCTION bench_notify('bench_w');
+SELECT realtime_watch('w_realtime');
+SQL
+for t in plain notify realtime; do
+  echo "INSERT INTO w_$t (camera, kind, score, meta) VALUES ('cam-' || (random()*8)::int, 'scratch', random(), '{\"line\": 3}');" > "$DATA/w_$t.sql"
+done
+for writers in 1 8 32; do
+  for sync in on off; do
+    for round in $(seq $W_ROUNDS); do
+      for t in plain notify realtime; do
+        tps=$(PGOPTIONS="-c synchronous_commit=$sync" "$BIN/pgbench" -n -c $writers -j 2 -T $W_SECONDS -f "$DATA/w_$t.sql" 2>/dev/null | awk '/^tps/ {print $3; exit}')
+        echo "{\"scenario\":\"writers\",\"target\":\"$t\",\"writers\":$writers,\"synchronous_commit\":\"$sync\",\"round\":$round,\"tps\":$tps}" | record
+      done
+    done
+  done
+done
+
+say "L: commit->client latency at 1,000 events/s"
+for clients in 1 100 1000; do
+  "$LOADGEN" latency --pg "$PG" --ws "$RT_URL" --clients $clients --events $L_EVENTS --rate 1000 | record
+  "$LOADGEN" latency --target bridge --pg "$PG" --ws "$BRIDGE_URL" --clients $clients --events $L_EVENTS --rate 1000 | record
+done
+
+say "F: fan-out to $F_CLIENTS clients"
+"$LOADGEN" fanout --pg "$PG" --ws "$RT_URL" --clients $F_CLIENTS --seconds $F_SECONDS --batch 100 | record
+"$LOADGEN" fanout --target bridge --pg "$PG" --ws "$BRIDGE_URL" --clients $F_CLIENTS --seconds $F_SECONDS --batch 100 | record
+
+say "C: idle connections held (file descriptor limit here: $(ulimit -Hn))"
+# Every connection is a descriptor on both ends; neither process may exceed the hard limit.
+c_clients=$(( C_CLIENTS < $(ulimit -Hn) - 1000 ? C_CLIENTS : $(ulimit -Hn) - 1000 ))
+"$LOADGEN" idle --pg "$PG" --ws "$RT_URL" --clients $c_clients | record
+echo "{\"scenario\":\"idle_target\",\"requested_clients\":$C_CLIENTS,\"held_clients\":$c_clients,\"fd_hard_limit\":$(ulimit -Hn)}" | record
+
+say "T: one transaction inserting $T_ROWS rows"
+WORKER=$(psql_ -tAc "SELECT pid FROM pg_stat_activity WHERE backend_type = 'realtime_ext'")
+psql_ -c "CREATE TABLE bulk_plain (id bigint, camera text, score numeric, meta jsonb)" \
+      -c "CREATE TABLE bulk_watched (LIKE bulk_plain)" -c "SELECT realtime_watch('bulk_watched')" >/dev/null
+insert_bulk() { psql_ -c "INSERT INTO $1 SELECT g, 'cam-' || g % 8, g / 1000.0, jsonb_build_object('g', g) FROM generate_series(1, $T_ROWS) g"; }
+time_it() { local s e; s=$(date +%s.%N); "$@" >/dev/null; e=$(date +%s.%N); printf '%.3f' "$(echo "$e - $s" | bc -l)"; }
+rss_before=$(awk '/VmRSS/ {print $2}' /proc/$WORKER/status)
+plain_s=$(time_it insert_bulk bulk_plain)
+"$LOADGEN" count --ws "$RT_URL" --table bulk_watched --events $T_ROWS > "$DATA/count.out" &
+COUNT_PID=$!
+sleep 1
+watched_s=$(time_it insert_bulk bulk_watched)
+wait $COUNT_PID
+tail -n 1 "$DATA/count.out" | record
+hwm=$(awk '/VmHWM/ {print $2}' /proc/$WORKER/status)
+echo "{\"scenario\":\"bulk\",\"rows\":$T_ROWS,\"plain_seconds\":$plain_s,\"watched_seconds\":$watched_s,\"worker_rss_kib_before\":$rss_before,\"worker_peak_rss_kib\":$hwm,\"queue_size_kib\":65536}" | record
+
+say "P: payload sizes"
+for size in 1000 10000 100000 1000000; do
+  "$LOADGEN" latency --pg "$PG" --ws "$RT_URL" --clients 1 --events $P_EVENTS --rate 50 --payload $size | record
+  "$LOADGEN" latency --target bridge --pg "$PG" --ws "$BRIDGE_URL" --clients 1 --events $P_EVENTS --rate 50 --payload $size | record
+done
+
+python3 bench/report.py "$RESULTS" "$OUT.json" "$QUICK" | tee "$OUT.md"
+rm -f "$RESULTS"
