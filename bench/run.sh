@@ -64,7 +64,8 @@ sleep 1
 RT_URL=ws://127.0.0.1:$WSPORT/realtime
 BRIDGE_URL=ws://127.0.0.1:$BRIDGE_PORT/
 mkdir -p bench/results
-OUT=bench/results/$(date -u +%Y%m%dT%H%M%SZ)$([ $QUICK = 1 ] && echo -quick)
+SUFFIX=; [ $QUICK = 1 ] && SUFFIX=-quick
+OUT=bench/results/$(date -u +%Y%m%dT%H%M%SZ)$SUFFIX
 RESULTS=$OUT.jsonl
 : > "$RESULTS"
 record() { tail -n 1 | tee -a "$RESULTS" | cut -c1-160 >&2; }

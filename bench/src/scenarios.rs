@@ -9,6 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
+/// How long fan-out waits for delivery after the writer stops.
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+
 async fn database(args: &Args) -> tokio_postgres::Client {
     let conninfo = args.str("pg", "host=127.0.0.1 port=54320 user=postgres dbname=postgres");
     let (db, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await.expect("connect to PostgreSQL");
@@ -173,11 +176,13 @@ pub async fn fanout(args: &Args) -> Value {
         rows += batch;
     }
     let write_secs = started.elapsed().as_secs_f64();
-    // Let delivery finish: stop when nothing arrived for a second, or everything did.
+    // Let delivery finish: stop when everything arrived, nothing arrived for a second, or
+    // DRAIN_LIMIT passed (a backlog still trickling out then counts as not delivered).
     let expected = rows as u64 * clients as u64;
     let mut last = received.load(Relaxed);
     let mut last_change = Instant::now();
-    while received.load(Relaxed) < expected && last_change.elapsed() < Duration::from_secs(1) {
+    let drain_until = Instant::now() + DRAIN_LIMIT;
+    while received.load(Relaxed) < expected && last_change.elapsed() < Duration::from_secs(1) && Instant::now() < drain_until {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let now = received.load(Relaxed);
         if now != last {
