@@ -58,9 +58,19 @@ export PGHOST=127.0.0.1 PGPORT PGUSER=postgres PGDATABASE=postgres
 PG="host=127.0.0.1 port=$PGPORT user=postgres dbname=postgres"
 psql_() { "$BIN/psql" -Xq -v ON_ERROR_STOP=1 "$@"; }
 psql_ -c "CREATE EXTENSION realtime_ext" -f bench/baselines/node-bridge/notify_trigger.sql
-node bench/baselines/node-bridge/bridge.js "postgres://postgres@127.0.0.1:$PGPORT/postgres" "$BRIDGE_PORT" bench >"$DATA/bridge.log" 2>&1 &
-BRIDGE_PID=$!
-sleep 1
+start_bridge() {
+  node bench/baselines/node-bridge/bridge.js "postgres://postgres@127.0.0.1:$PGPORT/postgres" "$BRIDGE_PORT" bench >>"$DATA/bridge.log" 2>&1 &
+  BRIDGE_PID=$!
+  sleep 1
+}
+# The bridge can die under load; record that and start a new one for the next scenario.
+ensure_bridge() {
+  if ! kill -0 "$BRIDGE_PID" 2>/dev/null; then
+    echo "{\"scenario\":\"bridge_crashed\",\"before\":\"$1\",\"log\":$(tail -c 300 "$DATA/bridge.log" | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read()))')}" | record
+    start_bridge
+  fi
+}
+start_bridge
 RT_URL=ws://127.0.0.1:$WSPORT/realtime
 BRIDGE_URL=ws://127.0.0.1:$BRIDGE_PORT/
 mkdir -p bench/results
@@ -95,11 +105,13 @@ done
 say "L: commit->client latency at 1,000 events/s"
 for clients in 1 100 1000; do
   "$LOADGEN" latency --pg "$PG" --ws "$RT_URL" --clients $clients --events $L_EVENTS --rate 1000 | record
+  ensure_bridge "latency $clients"
   "$LOADGEN" latency --target bridge --pg "$PG" --ws "$BRIDGE_URL" --clients $clients --events $L_EVENTS --rate 1000 | record
 done
 
 say "F: fan-out to $F_CLIENTS clients"
 "$LOADGEN" fanout --pg "$PG" --ws "$RT_URL" --clients $F_CLIENTS --seconds $F_SECONDS --batch 100 | record
+ensure_bridge fanout
 "$LOADGEN" fanout --target bridge --pg "$PG" --ws "$BRIDGE_URL" --clients $F_CLIENTS --seconds $F_SECONDS --batch 100 | record
 
 say "C: idle connections held (file descriptor limit here: $(ulimit -Hn))"
@@ -128,6 +140,7 @@ echo "{\"scenario\":\"bulk\",\"rows\":$T_ROWS,\"plain_seconds\":$plain_s,\"watch
 say "P: payload sizes"
 for size in 1000 10000 100000 1000000; do
   "$LOADGEN" latency --pg "$PG" --ws "$RT_URL" --clients 1 --events $P_EVENTS --rate 50 --payload $size | record
+  ensure_bridge "payload $size"
   "$LOADGEN" latency --target bridge --pg "$PG" --ws "$BRIDGE_URL" --clients 1 --events $P_EVENTS --rate 50 --payload $size | record
 done
 

@@ -24,7 +24,7 @@ fn url(args: &Args) -> String {
 }
 
 /// Connect `n` subscribers, a few hundred at a time.
-async fn subscribers(url: &str, n: usize, table: &str) -> Vec<Ws> {
+async fn subscribers(url: &str, n: usize, table: &str) -> Result<Vec<Ws>, String> {
     let mut all = Vec::with_capacity(n);
     for start in (0..n).step_by(250) {
         let batch: Vec<_> = (start..(start + 250).min(n))
@@ -34,10 +34,16 @@ async fn subscribers(url: &str, n: usize, table: &str) -> Vec<Ws> {
             })
             .collect();
         for b in batch {
-            all.push(b.await.unwrap().expect("subscriber"));
+            all.push(b.await.unwrap().map_err(|e| format!("client {} could not subscribe: {e}", all.len()))?);
         }
     }
-    all
+    Ok(all)
+}
+
+/// The result row of a run whose clients could not connect.
+fn failed(scenario: &str, args: &Args, error: String) -> Value {
+    json!({"scenario": scenario, "target": format!("{:?}", args.target()), "error": error,
+           "clients": args.num("clients", 0.0) as usize, "payload_bytes": args.num("payload", 16.0) as usize})
 }
 
 fn percentiles(mut v: Vec<f64>) -> Value {
@@ -69,7 +75,10 @@ pub async fn latency(args: &Args) -> Value {
     let payload = "x".repeat(args.num("payload", 16.0) as usize);
     let db = database(args).await;
     client::setup_table(&db, target, "bench_latency").await;
-    let sockets = subscribers(&url(args), clients, "bench_latency").await;
+    let sockets = match subscribers(&url(args), clients, "bench_latency").await {
+        Ok(s) => s,
+        Err(e) => return failed("latency", args, e),
+    };
 
     let progress = Arc::new(Progress::default());
     let readers: Vec<_> = sockets
@@ -139,7 +148,10 @@ pub async fn fanout(args: &Args) -> Value {
     let batch = args.num("batch", 100.0) as i64;
     let db = database(args).await;
     client::setup_table(&db, target, "bench_fanout").await;
-    let sockets = subscribers(&url(args), clients, "bench_fanout").await;
+    let sockets = match subscribers(&url(args), clients, "bench_fanout").await {
+        Ok(s) => s,
+        Err(e) => return failed("fanout", args, e),
+    };
     let received = Arc::new(AtomicU64::new(0));
     let gaps = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -222,11 +234,14 @@ pub async fn idle(args: &Args) -> Value {
         .get(0);
     let pid = pid as u32;
     // Warm up the worker's allocator with one client so that the delta is per connection.
-    let warm = subscribers(&url(args), 1, "bench_idle").await;
+    let warm = subscribers(&url(args), 1, "bench_idle").await.expect("first client");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (rss0, _) = client::memory_kib(pid);
     let started = Instant::now();
-    let held = subscribers(&url(args), clients, "bench_idle").await;
+    let held = match subscribers(&url(args), clients, "bench_idle").await {
+        Ok(s) => s,
+        Err(e) => return failed("idle", args, e),
+    };
     let connect_secs = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (rss1, _) = client::memory_kib(pid);

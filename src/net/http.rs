@@ -13,6 +13,9 @@ use tokio_tungstenite::WebSocketStream;
 pub const WEBSOCKET_PATH: &str = "/realtime";
 const MAX_HEAD: usize = 16 * 1024;
 const READ_BUFFER: usize = 4 * 1024;
+/// Outgoing bytes are handed to the socket once this many are buffered; with tungstenite's
+/// 128 KiB default, 10,000 clients catching up held over a gigabyte between them.
+const WRITE_BUFFER: usize = 16 * 1024;
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 64 * 1024;
 
@@ -98,6 +101,7 @@ pub async fn serve(mut stream: TcpStream, context: Context) {
             // connection 128 KiB. It grows when a larger message arrives.
             let config = WebSocketConfig::default()
                 .read_buffer_size(READ_BUFFER)
+                .write_buffer_size(WRITE_BUFFER)
                 .max_message_size(Some(limit))
                 .max_frame_size(Some(limit));
             let leftover = buf[head_len..].to_vec();

@@ -76,6 +76,7 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
             moved = true;
         }
         publisher.resolve_prepared();
+        publisher.persist_position();
         if moved && busy {
             std::thread::sleep(MIN_PASS.saturating_sub(pass_started.elapsed()));
         }

@@ -46,9 +46,10 @@ pub struct Publisher {
     prepared: Vec<PreparedTxn>,
     /// The queue's head record awaits its writer's commit: which record, since when.
     blocked: Option<(u64, std::time::Instant)>,
-    /// Next position to assign; written back to shared memory after each pass so that a
+    /// Next position to assign; written back to shared memory (`persist_position`) so that a
     /// restarted worker continues from it.
     next_position: u64,
+    stored_position: u64,
     stats_at: std::time::Instant,
 }
 
@@ -65,6 +66,7 @@ impl Publisher {
             prepared: Vec::new(),
             blocked: None,
             next_position,
+            stored_position: next_position,
             stats_at: std::time::Instant::now(),
         }
     }
@@ -106,7 +108,6 @@ impl Publisher {
         self.flush();
         let more = !buf.is_empty() || settled_here;
         self.buf = buf;
-        queue::set_next_position(self.next_position);
         if self.stats_at.elapsed() > STATS_EVERY {
             self.stats_at = std::time::Instant::now();
             let stats = queue::stats();
@@ -115,6 +116,14 @@ impl Publisher {
             self.shared.lost_txns.store(stats.lost_txns, Relaxed);
         }
         more
+    }
+
+    /// Store the next position in shared memory if it moved since last time.
+    pub fn persist_position(&mut self) {
+        if self.next_position != self.stored_position {
+            queue::set_next_position(self.next_position);
+            self.stored_position = self.next_position;
+        }
     }
 
     /// Deliver prepared transactions that have committed; forget those that rolled back.
