@@ -166,6 +166,17 @@ impl RecordKind {
     }
 }
 
+/// Kind and xid of a record still awaiting its transaction's outcome, read from the first bytes
+/// of the record; `None` for a settled record (or too few bytes).
+pub fn pending_header(header: &[u8]) -> Option<(RecordKind, u32)> {
+    let kind = match *header.first()? {
+        k if k == RecordKind::Pending as u8 => RecordKind::Pending,
+        k if k == RecordKind::PendingSpilled as u8 => RecordKind::PendingSpilled,
+        _ => return None,
+    };
+    Some((kind, u32::from_le_bytes(header.get(1..5)?.try_into().ok()?)))
+}
+
 /// Offset of the commit time within a record.
 pub const COMMIT_TIME_AT: usize = 5;
 
@@ -246,6 +257,13 @@ mod unit {
         for cut in 0..buf.len() {
             assert!(decode_event(&buf[..cut]).is_none(), "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn pending_headers_are_recognised() {
+        let header = record_header(RecordKind::PendingSpilled, 4242, 0, 3);
+        assert_eq!(pending_header(&header), Some((RecordKind::PendingSpilled, 4242)));
+        assert_eq!(pending_header(&record_header(RecordKind::Txn, 4242, 0, 3)), None);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! A writer that finds no room never waits and never errors: its transaction becomes part of
 //! a pending gap, which is written into the stream (in order) as soon as there is room again.
 
-use crate::event::{gap_body, record_header, RecordKind, COMMIT_TIME_AT, RECORD_HEADER_LEN};
+use crate::event::{gap_body, pending_header, record_header, RecordKind, COMMIT_TIME_AT, RECORD_HEADER_LEN};
 use pgrx::pg_sys;
 use std::ptr;
 
@@ -241,13 +241,7 @@ pub fn drain(out: &mut Vec<u8>, max_bytes: usize) -> Option<Unsettled> {
         header.clear();
         q.copy_out(q.0.tail, &mut header, 4 + RECORD_HEADER_LEN);
         let len = u32::from_le_bytes(header[..4].try_into().unwrap()) as usize;
-        let kind = match header[4] {
-            k if k == RecordKind::Pending as u8 => Some(RecordKind::Pending),
-            k if k == RecordKind::PendingSpilled as u8 => Some(RecordKind::PendingSpilled),
-            _ => None,
-        };
-        if let Some(kind) = kind {
-            let xid = u32::from_le_bytes(header[5..9].try_into().unwrap());
+        if let Some((kind, xid)) = pending_header(&header[4..]) {
             return Some(Unsettled { offset: q.0.tail + 4, xid, kind });
         }
         q.copy_out(q.0.tail, out, 4 + len);

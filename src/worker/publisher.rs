@@ -130,13 +130,11 @@ impl Publisher {
     pub fn resolve_prepared(&mut self) {
         let mut i = 0;
         while i < self.prepared.len() {
-            let xid = pg_sys::TransactionId::from(self.prepared[i].xid);
-            if unsafe { pg_sys::TransactionIdIsInProgress(xid) } {
+            let Some(committed) = outcome(self.prepared[i].xid) else {
                 i += 1;
                 continue;
-            }
+            };
             let txn = self.prepared.swap_remove(i);
-            let committed = unsafe { pg_sys::TransactionIdDidCommit(xid) };
             match (committed, txn.body) {
                 (true, Body::Inline(body)) => self.emit(txn.xid, now(), txn.count, events(&body)),
                 (true, Body::File(path)) => self.emit_file(txn.xid, now(), txn.count, &path),
@@ -212,11 +210,8 @@ impl Publisher {
         if since.elapsed() < STUCK_AFTER {
             return false;
         }
-        let xid = pg_sys::TransactionId::from(record.xid);
-        if unsafe { pg_sys::TransactionIdIsInProgress(xid) } {
-            return false;
-        }
-        if unsafe { pg_sys::TransactionIdDidCommit(xid) } {
+        let Some(committed) = outcome(record.xid) else { return false };
+        if committed {
             queue::mark(record.offset, record.kind.committed(), now());
         } else {
             queue::mark(record.offset, crate::event::RecordKind::Aborted, 0);
@@ -274,6 +269,16 @@ fn frame(position: u64, xid: u32, commit_time: &str, ev: &EventRef) -> String {
 
 fn json_string(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+/// How a transaction ended, from the commit log: `None` while it is still running (or
+/// prepared), then whether it committed.
+fn outcome(xid: u32) -> Option<bool> {
+    let xid = pg_sys::TransactionId::from(xid);
+    if unsafe { pg_sys::TransactionIdIsInProgress(xid) } {
+        return None;
+    }
+    Some(unsafe { pg_sys::TransactionIdDidCommit(xid) })
 }
 
 fn now() -> i64 {
