@@ -94,8 +94,16 @@ done
 for writers in 1 8 32; do
   for sync in on off; do
     for round in $(seq $W_ROUNDS); do
-      for t in plain notify realtime; do
-        tps=$(PGOPTIONS="-c synchronous_commit=$sync" "$BIN/pgbench" -n -c $writers -j 2 -T $W_SECONDS -f "$DATA/w_$t.sql" 2>/dev/null | awk '/^tps/ {print $3; exit}')
+      # realtime_subscribed: the same table while one WebSocket client receives every change.
+      for t in plain notify realtime realtime_subscribed; do
+        SUB_PID=
+        if [ $t = realtime_subscribed ]; then
+          "$LOADGEN" count --ws "$RT_URL" --table w_realtime --events 1000000000 >/dev/null 2>&1 &
+          SUB_PID=$!
+          sleep 1
+        fi
+        tps=$(PGOPTIONS="-c synchronous_commit=$sync" "$BIN/pgbench" -n -c $writers -j 2 -T $W_SECONDS -f "$DATA/w_${t%_subscribed}.sql" 2>/dev/null | awk '/^tps/ {print $3; exit}')
+        [ -n "$SUB_PID" ] && kill $SUB_PID && wait $SUB_PID 2>/dev/null || true
         echo "{\"scenario\":\"writers\",\"target\":\"$t\",\"writers\":$writers,\"synchronous_commit\":\"$sync\",\"round\":$round,\"tps\":$tps}" | record
       done
     done
@@ -127,6 +135,8 @@ psql_ -c "CREATE TABLE bulk_plain (id bigint, camera text, score numeric, meta j
 insert_bulk() { psql_ -c "INSERT INTO $1 SELECT g, 'cam-' || g % 8, g / 1000.0, jsonb_build_object('g', g) FROM generate_series(1, $T_ROWS) g"; }
 time_it() { local s e; s=$(date +%s.%N); "$@" >/dev/null; e=$(date +%s.%N); printf '%.3f' "$(echo "$e - $s" | bc -l)"; }
 rss_before=$(awk '/VmRSS/ {print $2}' /proc/$WORKER/status)
+# Peak RSS (VmHWM) is kept for the life of the process; reset it so it covers T alone.
+echo 5 > /proc/$WORKER/clear_refs
 plain_s=$(time_it insert_bulk bulk_plain)
 "$LOADGEN" count --ws "$RT_URL" --table bulk_watched --events $T_ROWS > "$DATA/count.out" &
 COUNT_PID=$!

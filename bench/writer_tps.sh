@@ -2,6 +2,8 @@
 # Writer throughput: pgbench single-row INSERTs into a watched table vs the same table unwatched.
 # Runs against the demo cluster (./demo.sh). Rounds alternate plain/watched to cancel drift.
 #   bench/writer_tps.sh [clients=8] [seconds=20] [rounds=2] [synchronous_commit=on]
+# With SUBSCRIBER=1, one WebSocket client (bench/target/release/realtime_bench) stays subscribed
+# to the watched table throughout, so every commit is delivered while it is measured.
 set -euo pipefail
 CLIENTS=${1:-8}; SECONDS_PER_RUN=${2:-20}; ROUNDS=${3:-2}; SYNC=${4:-on}
 PGPORT=${PGPORT:-54320}
@@ -14,6 +16,12 @@ CREATE TABLE tps_plain (id bigserial PRIMARY KEY, camera text, kind text, score 
 CREATE TABLE tps_watched (LIKE tps_plain INCLUDING ALL);
 SELECT realtime_watch('tps_watched');
 SQL
+if [ "${SUBSCRIBER:-0}" = 1 ]; then
+  "$(dirname "$0")/target/release/realtime_bench" count --ws "ws://127.0.0.1:${WSPORT:-8080}/realtime" \
+    --table tps_watched --events 1000000000 >/dev/null 2>&1 &
+  trap 'kill $! 2>/dev/null' EXIT
+  sleep 1
+fi
 for t in plain watched; do
   echo "INSERT INTO tps_$t (camera, kind, score, meta) VALUES ('cam-' || (random()*8)::int, 'scratch', random(), '{\"line\": 3}');" > "$dir/$t.sql"
 done

@@ -12,7 +12,11 @@ use pgrx::PgSqlErrorCode::*;
 pub const ROW_TRIGGER: &str = "realtime_ext_capture_row";
 pub const TRUNCATE_TRIGGER: &str = "realtime_ext_capture_truncate";
 
-extension_sql_file!("../sql/watched.sql", name = "watched", requires = [realtime_watch, depend_on_extension]);
+extension_sql_file!(
+    "../sql/watched.sql",
+    name = "watched",
+    requires = [realtime_watch, depend_on_extension]
+);
 
 /// Start streaming changes of `tbl`. Idempotent; calling again with other events updates them.
 #[pg_extern(sql = r#"
@@ -58,12 +62,19 @@ fn realtime_unwatch(tbl: pg_sys::Oid) {
 }
 
 fn spi_failed(e: pgrx::spi::Error) -> ! {
-    raise(ERRCODE_INTERNAL_ERROR, format!("realtime_ext: {e}"), "This is a bug in realtime_ext; please report it.")
+    raise(
+        ERRCODE_INTERNAL_ERROR,
+        format!("realtime_ext: {e}"),
+        "This is a bug in realtime_ext; please report it.",
+    )
 }
 
 fn check_database() {
     let configured = crate::gucs::database();
-    let current = Spi::get_one::<String>("SELECT current_database()::text").ok().flatten().unwrap_or_default();
+    let current = Spi::get_one::<String>("SELECT current_database()::text")
+        .ok()
+        .flatten()
+        .unwrap_or_default();
     if current != configured {
         raise(
             ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -86,14 +97,22 @@ fn check_watchable(tbl: pg_sys::Oid) -> String {
     )
     .unwrap_or_else(|e| spi_failed(e));
     let (Some(kind), Some(persistence), Some(system)) = row else {
-        raise(ERRCODE_UNDEFINED_TABLE, format!("relation with OID {} does not exist", tbl.to_u32()), "Check the table name.");
+        raise(
+            ERRCODE_UNDEFINED_TABLE,
+            format!("relation with OID {} does not exist", tbl.to_u32()),
+            "Check the table name.",
+        );
     };
     let rel = Spi::get_one_with_args::<String>("SELECT $1::regclass::text", &[tbl.into()])
         .ok()
         .flatten()
         .unwrap_or_default();
     if system {
-        raise(ERRCODE_INSUFFICIENT_PRIVILEGE, format!("\"{rel}\" is a system catalog"), "Only user tables can be watched.");
+        raise(
+            ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("\"{rel}\" is a system catalog"),
+            "Only user tables can be watched.",
+        );
     }
     let what = match kind.as_str() {
         "r" | "p" => None,
@@ -137,16 +156,22 @@ fn check_watchable(tbl: pg_sys::Oid) -> String {
 
 fn parse_events(events: &[String]) -> u8 {
     if events.is_empty() {
-        raise(ERRCODE_INVALID_PARAMETER_VALUE, "events must not be empty", "Use any of INSERT, UPDATE, DELETE, TRUNCATE.");
-    }
-    events.iter().fold(0, |ops, name| match Op::from_name(name.trim()) {
-        Some(op) => ops | op.bit(),
-        None => raise(
+        raise(
             ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("unknown event \"{name}\""),
+            "events must not be empty",
             "Use any of INSERT, UPDATE, DELETE, TRUNCATE.",
-        ),
-    })
+        );
+    }
+    events
+        .iter()
+        .fold(0, |ops, name| match Op::from_name(name.trim()) {
+            Some(op) => ops | op.bit(),
+            None => raise(
+                ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("unknown event \"{name}\""),
+                "Use any of INSERT, UPDATE, DELETE, TRUNCATE.",
+            ),
+        })
 }
 
 fn drop_triggers(tbl: pg_sys::Oid, rel: &str) {
@@ -157,7 +182,8 @@ fn drop_triggers(tbl: pg_sys::Oid, rel: &str) {
         )
         .unwrap_or_else(|e| spi_failed(e));
         if exists == Some(true) {
-            Spi::run(&format!("DROP TRIGGER {} ON {rel}", quote_identifier(name))).unwrap_or_else(|e| spi_failed(e));
+            Spi::run(&format!("DROP TRIGGER {} ON {rel}", quote_identifier(name)))
+                .unwrap_or_else(|e| spi_failed(e));
         }
     }
 }
@@ -195,8 +221,22 @@ fn adopt(tbl: pg_sys::Oid) {
     })
     .unwrap_or_else(|e| spi_failed(e));
     for oid in trigger_oids {
-        let trigger = pg_sys::ObjectAddress { classId: pg_sys::TriggerRelationId, objectId: oid, objectSubId: 0 };
-        let extension = pg_sys::ObjectAddress { classId: pg_sys::ExtensionRelationId, objectId: ext, objectSubId: 0 };
-        unsafe { pg_sys::recordDependencyOn(&trigger, &extension, pg_sys::DependencyType::DEPENDENCY_AUTO) };
+        let trigger = pg_sys::ObjectAddress {
+            classId: pg_sys::TriggerRelationId,
+            objectId: oid,
+            objectSubId: 0,
+        };
+        let extension = pg_sys::ObjectAddress {
+            classId: pg_sys::ExtensionRelationId,
+            objectId: ext,
+            objectSubId: 0,
+        };
+        unsafe {
+            pg_sys::recordDependencyOn(
+                &trigger,
+                &extension,
+                pg_sys::DependencyType::DEPENDENCY_AUTO,
+            )
+        };
     }
 }

@@ -24,7 +24,13 @@ pub struct Change {
 
 impl Change {
     pub fn new(position: u64, relid: u32, op: Op, frame: String) -> Change {
-        Change { position, relid, op, frame: frame.into(), row: OnceLock::new() }
+        Change {
+            position,
+            relid,
+            op,
+            frame: frame.into(),
+            row: OnceLock::new(),
+        }
     }
 
     pub fn row(&self) -> Option<&serde_json::Map<String, serde_json::Value>> {
@@ -36,7 +42,11 @@ impl Change {
                     old: Option<serde_json::Map<String, serde_json::Value>>,
                 }
                 let images: Images = serde_json::from_str(&self.frame).ok()?;
-                if self.op == Op::Delete { images.old } else { images.new }
+                if self.op == Op::Delete {
+                    images.old
+                } else {
+                    images.new
+                }
             })
             .as_ref()
     }
@@ -45,7 +55,10 @@ impl Change {
 /// What the worker broadcasts: consecutive changes, or a gap every client must be told of.
 pub enum Batch {
     Changes(Vec<Change>),
-    Gap { frame: Utf8Bytes, last_position: u64 },
+    Gap {
+        frame: Utf8Bytes,
+        last_position: u64,
+    },
 }
 
 impl Batch {
@@ -121,7 +134,11 @@ pub type Reply<T> = tokio::sync::oneshot::Sender<Result<T, (ErrorCode, String)>>
 
 pub enum Request {
     /// Look up a table for a subscription, and check its filter.
-    Resolve { table: String, filter: Option<FilterSpec>, reply: Reply<ResolvedTable> },
+    Resolve {
+        table: String,
+        filter: Option<FilterSpec>,
+        reply: Reply<ResolvedTable>,
+    },
 }
 
 /// The network side's way to ask the Postgres thread something.
@@ -133,10 +150,25 @@ pub struct WorkerHandle {
 }
 
 impl WorkerHandle {
-    pub async fn resolve(&self, table: String, filter: Option<FilterSpec>) -> Result<ResolvedTable, (ErrorCode, String)> {
+    pub async fn resolve(
+        &self,
+        table: String,
+        filter: Option<FilterSpec>,
+    ) -> Result<ResolvedTable, (ErrorCode, String)> {
         let (reply, rx) = tokio::sync::oneshot::channel();
-        let unavailable = || (ErrorCode::Unavailable, "the realtime worker is restarting; retry".to_string());
-        self.tx.send(Request::Resolve { table, filter, reply }).map_err(|_| unavailable())?;
+        let unavailable = || {
+            (
+                ErrorCode::Unavailable,
+                "the realtime worker is restarting; retry".to_string(),
+            )
+        };
+        self.tx
+            .send(Request::Resolve {
+                table,
+                filter,
+                reply,
+            })
+            .map_err(|_| unavailable())?;
         // A full socket buffer means a wake-up is already pending.
         let _ = (&*self.poke).write(&[1]);
         rx.await.map_err(|_| unavailable())?
@@ -154,7 +186,13 @@ pub fn request_channel() -> std::io::Result<(WorkerHandle, RequestInbox)> {
     let (a, b) = UnixStream::pair()?;
     a.set_nonblocking(true)?;
     b.set_nonblocking(true)?;
-    Ok((WorkerHandle { tx, poke: Arc::new(a) }, RequestInbox { rx, poke: b }))
+    Ok((
+        WorkerHandle {
+            tx,
+            poke: Arc::new(a),
+        },
+        RequestInbox { rx, poke: b },
+    ))
 }
 
 /// Numbers and settings both sides read; written by the side named in each comment.
@@ -165,8 +203,9 @@ pub struct Shared {
     pub queue_used: AtomicU64,
     pub queue_capacity: AtomicU64,
     pub lost_txns: AtomicU64,
-    /// Network: open connections.
+    /// Network: open connections, and subscriptions held or being made on them.
     pub connections: AtomicUsize,
+    pub subscriptions: AtomicUsize,
     /// Worker, from reloadable settings.
     pub max_connections: AtomicUsize,
     pub max_message_size: AtomicUsize,
@@ -182,6 +221,7 @@ impl Shared {
             queue_capacity: AtomicU64::new(0),
             lost_txns: AtomicU64::new(0),
             connections: AtomicUsize::new(0),
+            subscriptions: AtomicUsize::new(0),
             max_connections: AtomicUsize::new(0),
             max_message_size: AtomicUsize::new(0),
             heartbeat_interval_s: AtomicU64::new(30),

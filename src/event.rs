@@ -36,7 +36,9 @@ impl Op {
             .find(|op| op.name().eq_ignore_ascii_case(name))
     }
     fn from_u8(b: u8) -> Option<Op> {
-        [Op::Insert, Op::Update, Op::Delete, Op::Truncate].into_iter().find(|op| *op as u8 == b)
+        [Op::Insert, Op::Update, Op::Delete, Op::Truncate]
+            .into_iter()
+            .find(|op| *op as u8 == b)
     }
     /// Bit for sets of ops (subscriptions, watched events).
     pub fn bit(self) -> u8 {
@@ -130,7 +132,17 @@ pub fn decode_event(buf: &[u8]) -> Option<(EventRef<'_>, usize)> {
     let table = r.str(n)?;
     let new = r.image()?;
     let old = r.image()?;
-    Some((EventRef { op, relid, schema, table, new, old }, r.at))
+    Some((
+        EventRef {
+            op,
+            relid,
+            schema,
+            table,
+            new,
+            old,
+        },
+        r.at,
+    ))
 }
 
 /// Iterate the events of a TXN body or a spill file's contents.
@@ -182,7 +194,12 @@ pub const COMMIT_TIME_AT: usize = 5;
 
 pub const RECORD_HEADER_LEN: usize = 1 + 4 + 8 + 4;
 
-pub fn record_header(kind: RecordKind, xid: u32, commit_time: i64, count: u32) -> [u8; RECORD_HEADER_LEN] {
+pub fn record_header(
+    kind: RecordKind,
+    xid: u32,
+    commit_time: i64,
+    count: u32,
+) -> [u8; RECORD_HEADER_LEN] {
     let mut h = [0u8; RECORD_HEADER_LEN];
     h[0] = kind as u8;
     h[1..5].copy_from_slice(&xid.to_le_bytes());
@@ -200,11 +217,31 @@ pub fn gap_body(lost_txns: u64, lost_events: u64) -> [u8; 16] {
 
 #[derive(Debug)]
 pub enum Record<'a> {
-    Txn { xid: u32, commit_time: i64, count: u32, events: &'a [u8] },
-    Spilled { xid: u32, commit_time: i64, count: u32, path: &'a str },
-    Prepared { xid: u32, count: u32, events: &'a [u8] },
-    PreparedSpilled { xid: u32, count: u32, path: &'a str },
-    Gap { lost_events: u64 },
+    Txn {
+        xid: u32,
+        commit_time: i64,
+        count: u32,
+        events: &'a [u8],
+    },
+    Spilled {
+        xid: u32,
+        commit_time: i64,
+        count: u32,
+        path: &'a str,
+    },
+    Prepared {
+        xid: u32,
+        count: u32,
+        events: &'a [u8],
+    },
+    PreparedSpilled {
+        xid: u32,
+        count: u32,
+        path: &'a str,
+    },
+    Gap {
+        lost_events: u64,
+    },
     /// Pending: not yet known to have committed. Aborted: never to be delivered.
     Pending,
     Aborted,
@@ -218,13 +255,33 @@ pub fn decode_record(buf: &[u8]) -> Option<Record<'_>> {
     let count = r.u32()?;
     let body = &buf[RECORD_HEADER_LEN..];
     Some(match kind {
-        1 => Record::Txn { xid, commit_time, count, events: body },
-        2 => Record::Spilled { xid, commit_time, count, path: std::str::from_utf8(body).ok()? },
-        3 => Record::Prepared { xid, count, events: body },
-        4 => Record::PreparedSpilled { xid, count, path: std::str::from_utf8(body).ok()? },
+        1 => Record::Txn {
+            xid,
+            commit_time,
+            count,
+            events: body,
+        },
+        2 => Record::Spilled {
+            xid,
+            commit_time,
+            count,
+            path: std::str::from_utf8(body).ok()?,
+        },
+        3 => Record::Prepared {
+            xid,
+            count,
+            events: body,
+        },
+        4 => Record::PreparedSpilled {
+            xid,
+            count,
+            path: std::str::from_utf8(body).ok()?,
+        },
         5 => {
             let _lost_txns = r.u64()?;
-            Record::Gap { lost_events: r.u64()? }
+            Record::Gap {
+                lost_events: r.u64()?,
+            }
         }
         6 | 7 => Record::Pending,
         8 => Record::Aborted,
@@ -239,7 +296,15 @@ mod unit {
     #[test]
     fn event_round_trip() {
         let mut buf = Vec::new();
-        encode_event(&mut buf, Op::Update, 42, "public", "défauts", Some(b"{\"a\":1}"), Some(b"{\"a\":0}"));
+        encode_event(
+            &mut buf,
+            Op::Update,
+            42,
+            "public",
+            "défauts",
+            Some(b"{\"a\":1}"),
+            Some(b"{\"a\":0}"),
+        );
         encode_event(&mut buf, Op::Truncate, 42, "public", "t", None, None);
         let got: Vec<_> = events(&buf).collect();
         assert_eq!(got.len(), 2);
@@ -262,8 +327,14 @@ mod unit {
     #[test]
     fn pending_headers_are_recognised() {
         let header = record_header(RecordKind::PendingSpilled, 4242, 0, 3);
-        assert_eq!(pending_header(&header), Some((RecordKind::PendingSpilled, 4242)));
-        assert_eq!(pending_header(&record_header(RecordKind::Txn, 4242, 0, 3)), None);
+        assert_eq!(
+            pending_header(&header),
+            Some((RecordKind::PendingSpilled, 4242))
+        );
+        assert_eq!(
+            pending_header(&record_header(RecordKind::Txn, 4242, 0, 3)),
+            None
+        );
     }
 
     #[test]

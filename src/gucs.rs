@@ -5,11 +5,13 @@ use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use std::ffi::CString;
 
 /// Addresses the WebSocket server listens on: comma-separated host names or IPs, `*` for all.
-static LISTEN_ADDRESSES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"localhost"));
+static LISTEN_ADDRESSES: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"localhost"));
 /// TCP port of the WebSocket/HTTP server.
 static PORT: GucSetting<i32> = GucSetting::<i32>::new(8080);
 /// The one database whose watched tables the worker serves.
-static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+static DATABASE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"postgres"));
 /// Size of the shared-memory change queue, in kB.
 static QUEUE_SIZE_KB: GucSetting<i32> = GucSetting::<i32>::new(16 * 1024);
 /// Broadcast ring length in batches: how far a client may fall behind before it gets a gap.
@@ -127,7 +129,10 @@ pub fn init() {
 }
 
 fn string(setting: &GucSetting<Option<CString>>) -> String {
-    setting.get().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+    setting
+        .get()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 pub fn listen_addresses() -> String {

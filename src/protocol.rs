@@ -47,8 +47,16 @@ pub enum ErrorCode {
 #[derive(Serialize, Debug)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage<'a> {
-    Subscribed { id: &'a Value, schema: &'a str, table: &'a str, events: Vec<&'static str>, position: u64 },
-    Unsubscribed { id: &'a Value },
+    Subscribed {
+        id: &'a Value,
+        schema: &'a str,
+        table: &'a str,
+        events: Vec<&'static str>,
+        position: u64,
+    },
+    Unsubscribed {
+        id: &'a Value,
+    },
     Pong {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<&'a Value>,
@@ -60,7 +68,11 @@ pub enum ServerMessage<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a Value>,
     },
-    Gap { reason: &'static str, from_position: u64, to_position: u64 },
+    Gap {
+        reason: &'static str,
+        from_position: u64,
+        to_position: u64,
+    },
 }
 
 impl ServerMessage<'_> {
@@ -71,13 +83,24 @@ impl ServerMessage<'_> {
 
 /// Parse a client message, telling malformed JSON from an unknown message type.
 pub fn parse(text: &str) -> Result<ClientMessage, (ErrorCode, String)> {
-    let value: Value = serde_json::from_str(text).map_err(|e| (ErrorCode::InvalidJson, format!("invalid JSON: {e}")))?;
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| (ErrorCode::InvalidJson, format!("invalid JSON: {e}")))?;
     let kind = value.get("type").and_then(Value::as_str).map(str::to_owned);
     match kind.as_deref() {
-        None => Err((ErrorCode::InvalidMessage, "message must be a JSON object with a string \"type\"".into())),
-        Some("subscribe" | "unsubscribe" | "ping") => serde_json::from_value(value)
-            .map_err(|e| (ErrorCode::InvalidMessage, format!("invalid {} message: {e}", kind.unwrap()))),
-        Some(other) => Err((ErrorCode::UnknownType, format!("unknown message type \"{other}\""))),
+        None => Err((
+            ErrorCode::InvalidMessage,
+            "message must be a JSON object with a string \"type\"".into(),
+        )),
+        Some("subscribe" | "unsubscribe" | "ping") => serde_json::from_value(value).map_err(|e| {
+            (
+                ErrorCode::InvalidMessage,
+                format!("invalid {} message: {e}", kind.unwrap()),
+            )
+        }),
+        Some(other) => Err((
+            ErrorCode::UnknownType,
+            format!("unknown message type \"{other}\""),
+        )),
     }
 }
 
@@ -89,8 +112,14 @@ mod unit {
     fn parse_errors_are_distinguished() {
         assert_eq!(parse("{").unwrap_err().0, ErrorCode::InvalidJson);
         assert_eq!(parse("[1]").unwrap_err().0, ErrorCode::InvalidMessage);
-        assert_eq!(parse(r#"{"type":"nope"}"#).unwrap_err().0, ErrorCode::UnknownType);
-        assert_eq!(parse(r#"{"type":"subscribe"}"#).unwrap_err().0, ErrorCode::InvalidMessage);
+        assert_eq!(
+            parse(r#"{"type":"nope"}"#).unwrap_err().0,
+            ErrorCode::UnknownType
+        );
+        assert_eq!(
+            parse(r#"{"type":"subscribe"}"#).unwrap_err().0,
+            ErrorCode::InvalidMessage
+        );
         assert!(matches!(
             parse(r#"{"type":"subscribe","id":1,"table":"t","filter":"a=eq.1"}"#),
             Ok(ClientMessage::Subscribe { .. })

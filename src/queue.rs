@@ -7,7 +7,9 @@
 //! A writer that finds no room never waits and never errors: its transaction becomes part of
 //! a pending gap, which is written into the stream (in order) as soon as there is room again.
 
-use crate::event::{gap_body, pending_header, record_header, RecordKind, COMMIT_TIME_AT, RECORD_HEADER_LEN};
+use crate::event::{
+    gap_body, pending_header, record_header, RecordKind, COMMIT_TIME_AT, RECORD_HEADER_LEN,
+};
 use pgrx::pg_sys;
 use std::ptr;
 
@@ -29,6 +31,10 @@ struct Header {
     /// Next event position; lives here so that it keeps increasing across worker restarts.
     next_position: u64,
     worker_latch: *mut pg_sys::Latch,
+    /// Whether committing writers set the worker's latch. Off while no client is subscribed:
+    /// then nobody waits for low latency and the worker drains on a timer instead, sparing
+    /// every commit a cross-process wake-up (measured: 20% of single-writer throughput).
+    wake_on_commit: bool,
 }
 
 static mut HEADER: *mut Header = ptr::null_mut();
@@ -86,6 +92,7 @@ unsafe extern "C-unwind" fn shmem_startup() {
                 lost_txns_total: 0,
                 next_position: initial_position(),
                 worker_latch: ptr::null_mut(),
+                wake_on_commit: false,
             },
         );
     }
@@ -164,7 +171,10 @@ impl Drop for Locked {
 const GAP_RECORD_LEN: u64 = 4 + RECORD_HEADER_LEN as u64 + 16;
 
 fn gap_record(txns: u64, events: u64) -> ([u8; RECORD_HEADER_LEN], [u8; 16]) {
-    (record_header(RecordKind::Gap, 0, 0, 0), gap_body(txns, events))
+    (
+        record_header(RecordKind::Gap, 0, 0, 0),
+        gap_body(txns, events),
+    )
 }
 
 /// Largest record a writer should try to publish inline; bigger transactions spill to a file.
@@ -196,7 +206,9 @@ pub fn publish(parts: &[&[u8]], events: u32) -> Option<u64> {
 /// Settle a pending record: set its kind (committed or aborted) and commit time. A no-op if the
 /// worker has already settled and consumed it.
 pub fn mark(offset: u64, kind: RecordKind, commit_time: i64) {
-    let Some(mut q) = Locked::acquire() else { return };
+    let Some(mut q) = Locked::acquire() else {
+        return;
+    };
     if offset >= q.0.tail {
         q.write_at(offset, &[kind as u8]);
         q.write_at(offset + COMMIT_TIME_AT as u64, &commit_time.to_le_bytes());
@@ -208,9 +220,19 @@ pub fn wake_worker() {
     unsafe {
         if let Some(h) = HEADER.as_ref() {
             let latch = ptr::read_volatile(&h.worker_latch);
-            if !latch.is_null() {
+            if !latch.is_null() && ptr::read_volatile(&h.wake_on_commit) {
                 pg_sys::SetLatch(latch);
             }
+        }
+    }
+}
+
+/// Worker side: whether commits should wake the worker (see `Header::wake_on_commit`).
+/// A plain store: a writer that reads a stale value only changes when the worker hears of it.
+pub fn set_wake_on_commit(on: bool) {
+    unsafe {
+        if let Some(h) = HEADER.as_mut() {
+            ptr::write_volatile(&mut h.wake_on_commit, on);
         }
     }
 }
@@ -242,7 +264,11 @@ pub fn drain(out: &mut Vec<u8>, max_bytes: usize) -> Option<Unsettled> {
         q.copy_out(q.0.tail, &mut header, 4 + RECORD_HEADER_LEN);
         let len = u32::from_le_bytes(header[..4].try_into().unwrap()) as usize;
         if let Some((kind, xid)) = pending_header(&header[4..]) {
-            return Some(Unsettled { offset: q.0.tail + 4, xid, kind });
+            return Some(Unsettled {
+                offset: q.0.tail + 4,
+                xid,
+                kind,
+            });
         }
         q.copy_out(q.0.tail, out, 4 + len);
         q.0.tail += 4 + len as u64;

@@ -6,7 +6,10 @@ mod tests {
     use pgrx::prelude::*;
 
     fn events_of(table: &str) -> Option<Vec<String>> {
-        Spi::get_one::<Vec<String>>(&format!("SELECT (SELECT events FROM realtime_watched() WHERE tbl = '{table}'::regclass)")).unwrap()
+        Spi::get_one::<Vec<String>>(&format!(
+            "SELECT (SELECT events FROM realtime_watched() WHERE tbl = '{table}'::regclass)"
+        ))
+        .unwrap()
     }
 
     fn trigger_count(table: &str) -> i64 {
@@ -22,10 +25,21 @@ mod tests {
         Spi::run("CREATE TABLE t_watch (id int primary key, v text)").unwrap();
         Spi::run("SELECT realtime_watch('t_watch')").unwrap();
         Spi::run("SELECT realtime_watch('t_watch')").unwrap();
-        assert_eq!(events_of("t_watch"), Some(vec!["INSERT".into(), "UPDATE".into(), "DELETE".into(), "TRUNCATE".into()]));
+        assert_eq!(
+            events_of("t_watch"),
+            Some(vec![
+                "INSERT".into(),
+                "UPDATE".into(),
+                "DELETE".into(),
+                "TRUNCATE".into()
+            ])
+        );
         assert_eq!(trigger_count("t_watch"), 2);
         Spi::run("SELECT realtime_watch('t_watch', ARRAY['update', 'DELETE'])").unwrap();
-        assert_eq!(events_of("t_watch"), Some(vec!["UPDATE".into(), "DELETE".into()]));
+        assert_eq!(
+            events_of("t_watch"),
+            Some(vec!["UPDATE".into(), "DELETE".into()])
+        );
         assert_eq!(trigger_count("t_watch"), 1);
         Spi::run("SELECT realtime_watch('t_watch', ARRAY['TRUNCATE'])").unwrap();
         assert_eq!(events_of("t_watch"), Some(vec!["TRUNCATE".into()]));
@@ -48,9 +62,20 @@ mod tests {
              SELECT realtime_watch('t_parts')",
         )
         .unwrap();
-        let watched = Spi::get_one::<i64>("SELECT count(*) FROM realtime_watched() WHERE tbl::text LIKE 't_parts%'").unwrap();
-        assert_eq!(watched, Some(1), "partitions inherit the trigger but are not listed separately");
-        assert_eq!(trigger_count("t_parts_a"), 1, "row trigger cloned onto the partition");
+        let watched = Spi::get_one::<i64>(
+            "SELECT count(*) FROM realtime_watched() WHERE tbl::text LIKE 't_parts%'",
+        )
+        .unwrap();
+        assert_eq!(
+            watched,
+            Some(1),
+            "partitions inherit the trigger but are not listed separately"
+        );
+        assert_eq!(
+            trigger_count("t_parts_a"),
+            1,
+            "row trigger cloned onto the partition"
+        );
     }
 
     #[pg_test]
@@ -62,7 +87,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(stale, Some(0));
-        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM realtime_watched() WHERE tbl::text = 't_dropped'").unwrap(), Some(0));
+        assert_eq!(
+            Spi::get_one::<i64>(
+                "SELECT count(*) FROM realtime_watched() WHERE tbl::text = 't_dropped'"
+            )
+            .unwrap(),
+            Some(0)
+        );
     }
 
     #[pg_test]

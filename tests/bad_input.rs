@@ -29,7 +29,11 @@ fn raw(cluster: &Cluster, bytes: &[u8]) -> String {
 fn bad_input_is_refused_and_nothing_else_changes() {
     let cluster = Cluster::start(
         "bad_input",
-        &["realtime.max_message_size = 2048", "realtime.handshake_timeout = 500", "realtime.max_connections = 20"],
+        &[
+            "realtime.max_message_size = 2048",
+            "realtime.handshake_timeout = 500",
+            "realtime.max_connections = 20",
+        ],
     );
     let mut db = cluster.client();
     db.batch_execute(
@@ -45,46 +49,101 @@ fn bad_input_is_refused_and_nothing_else_changes() {
     let mut written = 0;
     let mut write = |db: &mut postgres::Client| {
         written += 1;
-        db.execute("INSERT INTO witness VALUES ($1)", &[&written]).unwrap();
+        db.execute("INSERT INTO witness VALUES ($1)", &[&written])
+            .unwrap();
     };
 
     // Protocol errors keep the connection open and usable.
     let mut ws = cluster.ws();
     assert_eq!(error_of(&mut ws, "{not json")["code"], "invalid_json");
     assert_eq!(error_of(&mut ws, "[1,2]")["code"], "invalid_message");
-    assert_eq!(error_of(&mut ws, r#"{"type":"launch"}"#)["code"], "unknown_type");
-    assert_eq!(error_of(&mut ws, r#"{"type":"subscribe","table":"defects"}"#)["code"], "invalid_message");
-    let sub = |table: &str, filter: &str| json!({"type":"subscribe","id":"x","table":table,"filter":filter}).to_string();
-    assert_eq!(error_of(&mut ws, &sub("nope", "id=eq.1"))["code"], "unknown_table");
-    assert_eq!(error_of(&mut ws, &sub("a.b.c.d", "id=eq.1"))["code"], "unknown_table");
+    assert_eq!(
+        error_of(&mut ws, r#"{"type":"launch"}"#)["code"],
+        "unknown_type"
+    );
+    assert_eq!(
+        error_of(&mut ws, r#"{"type":"subscribe","table":"defects"}"#)["code"],
+        "invalid_message"
+    );
+    let sub = |table: &str, filter: &str| {
+        json!({"type":"subscribe","id":"x","table":table,"filter":filter}).to_string()
+    };
+    assert_eq!(
+        error_of(&mut ws, &sub("nope", "id=eq.1"))["code"],
+        "unknown_table"
+    );
+    assert_eq!(
+        error_of(&mut ws, &sub("a.b.c.d", "id=eq.1"))["code"],
+        "unknown_table"
+    );
     let not_watched = error_of(&mut ws, &sub("unwatched", "id=eq.1"));
     assert_eq!(not_watched["code"], "table_not_watched");
-    assert!(not_watched["message"].as_str().unwrap().contains("realtime_watch"));
-    assert_eq!(error_of(&mut ws, &sub("defects", "nocol=eq.1"))["code"], "unknown_column");
-    assert_eq!(error_of(&mut ws, &sub("defects", "id=like.1"))["code"], "invalid_filter");
-    assert_eq!(error_of(&mut ws, &sub("defects", "id"))["code"], "invalid_filter");
-    assert_eq!(error_of(&mut ws, &sub("defects", "id=eq.seven"))["code"], "invalid_filter_value");
-    assert_eq!(error_of(&mut ws, &sub("defects", "ok=lt.true"))["code"], "invalid_filter");
-    let events = json!({"type":"subscribe","id":"e","table":"deletes_only","events":["INSERT"]}).to_string();
+    assert!(not_watched["message"]
+        .as_str()
+        .unwrap()
+        .contains("realtime_watch"));
+    assert_eq!(
+        error_of(&mut ws, &sub("defects", "nocol=eq.1"))["code"],
+        "unknown_column"
+    );
+    assert_eq!(
+        error_of(&mut ws, &sub("defects", "id=like.1"))["code"],
+        "invalid_filter"
+    );
+    assert_eq!(
+        error_of(&mut ws, &sub("defects", "id"))["code"],
+        "invalid_filter"
+    );
+    assert_eq!(
+        error_of(&mut ws, &sub("defects", "id=eq.seven"))["code"],
+        "invalid_filter_value"
+    );
+    assert_eq!(
+        error_of(&mut ws, &sub("defects", "ok=lt.true"))["code"],
+        "invalid_filter"
+    );
+    let events =
+        json!({"type":"subscribe","id":"e","table":"deletes_only","events":["INSERT"]}).to_string();
     assert_eq!(error_of(&mut ws, &events)["code"], "invalid_events");
-    let events = json!({"type":"subscribe","id":"e","table":"defects","events":["UPSERT"]}).to_string();
+    let events =
+        json!({"type":"subscribe","id":"e","table":"defects","events":["UPSERT"]}).to_string();
     assert_eq!(error_of(&mut ws, &events)["code"], "invalid_events");
     ws.socket.send(Message::binary(vec![1, 2, 3])).unwrap();
     assert_eq!(ws.recv()["code"], "binary_not_supported");
     ws.subscribe("ok", "defects", Some("kind=eq.scratch"));
-    assert_eq!(error_of(&mut ws, &json!({"type":"subscribe","id":"ok","table":"defects"}).to_string())["code"], "duplicate_subscription");
-    assert_eq!(error_of(&mut ws, r#"{"type":"unsubscribe","id":"never"}"#)["code"], "unknown_subscription");
+    assert_eq!(
+        error_of(
+            &mut ws,
+            &json!({"type":"subscribe","id":"ok","table":"defects"}).to_string()
+        )["code"],
+        "duplicate_subscription"
+    );
+    assert_eq!(
+        error_of(&mut ws, r#"{"type":"unsubscribe","id":"never"}"#)["code"],
+        "unknown_subscription"
+    );
     write(&mut db);
-    db.batch_execute("INSERT INTO defects VALUES (1, 'dent', true), (2, 'scratch', false)").unwrap();
+    db.batch_execute("INSERT INTO defects VALUES (1, 'dent', true), (2, 'scratch', false)")
+        .unwrap();
     let c = ws.changes(1);
-    assert_eq!(c[0]["new"]["id"], 2, "the surviving subscription still works and filters");
+    assert_eq!(
+        c[0]["new"]["id"], 2,
+        "the surviving subscription still works and filters"
+    );
     ws.send(json!({"type":"unsubscribe","id":"ok"}));
     assert_eq!(ws.recv()["type"], "unsubscribed");
-    db.batch_execute("INSERT INTO defects VALUES (3, 'scratch', true)").unwrap();
-    assert!(ws.recv_within(Duration::from_millis(300)).is_none(), "no events after unsubscribe");
+    db.batch_execute("INSERT INTO defects VALUES (3, 'scratch', true)")
+        .unwrap();
+    assert!(
+        ws.recv_within(Duration::from_millis(300)).is_none(),
+        "no events after unsubscribe"
+    );
     ws.send(json!({"type":"ping","ref":7}));
     let pong = ws.recv();
-    assert_eq!((pong["type"].as_str(), pong["ref"].as_i64()), (Some("pong"), Some(7)));
+    assert_eq!(
+        (pong["type"].as_str(), pong["ref"].as_i64()),
+        (Some("pong"), Some(7))
+    );
     assert!(pong["position"].as_u64().unwrap() > 0);
 
     // An oversized message closes that connection with 1009 and a reason.
@@ -104,20 +163,34 @@ fn bad_input_is_refused_and_nothing_else_changes() {
     // HTTP that is not a WebSocket handshake.
     let (status, body) = cluster.http_get("/realtime");
     assert_eq!(status, 426);
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["error"], "upgrade_required");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["error"],
+        "upgrade_required"
+    );
     assert_eq!(cluster.http_get("/nowhere").0, 404);
     let (status, body) = cluster.http_get("/health");
     assert_eq!(status, 200);
     let health: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(health["status"], "ok");
-    assert!(raw(&cluster, b"POST /realtime HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").starts_with("HTTP/1.1 405"));
-    assert!(raw(&cluster, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n").starts_with("HTTP/1.1 400"));
+    assert!(raw(
+        &cluster,
+        b"POST /realtime HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    )
+    .starts_with("HTTP/1.1 405"));
+    assert!(raw(
+        &cluster,
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n"
+    )
+    .starts_with("HTTP/1.1 400"));
     assert!(raw(&cluster, &[b'A'; 20_000]).starts_with("HTTP/1.1 431"));
     let wrong_version = raw(
         &cluster,
         b"GET /realtime HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n",
     );
-    assert!(wrong_version.starts_with("HTTP/1.1 426") && wrong_version.contains("Sec-WebSocket-Version: 13"));
+    assert!(
+        wrong_version.starts_with("HTTP/1.1 426")
+            && wrong_version.contains("Sec-WebSocket-Version: 13")
+    );
     write(&mut db);
 
     // A client that connects and never finishes its request is dropped after the timeout.
@@ -127,7 +200,9 @@ fn bad_input_is_refused_and_nothing_else_changes() {
     assert!(started.elapsed() < Duration::from_secs(4));
 
     // More clients than realtime.max_connections get 503; the rest keep working.
-    let held: Vec<TcpStream> = (0..25).map(|_| TcpStream::connect(("127.0.0.1", cluster.ws_port)).unwrap()).collect();
+    let held: Vec<TcpStream> = (0..25)
+        .map(|_| TcpStream::connect(("127.0.0.1", cluster.ws_port)).unwrap())
+        .collect();
     std::thread::sleep(Duration::from_millis(100));
     let refused = raw(&cluster, b"GET /health HTTP/1.1\r\n\r\n");
     assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
@@ -136,11 +211,20 @@ fn bad_input_is_refused_and_nothing_else_changes() {
     write(&mut db);
 
     // The witness saw every event, and the worker never restarted.
-    let got: Vec<i64> = witness.changes(written as usize).iter().map(|c| c["new"]["id"].as_i64().unwrap()).collect();
+    let got: Vec<i64> = witness
+        .changes(written as usize)
+        .iter()
+        .map(|c| c["new"]["id"].as_i64().unwrap())
+        .collect();
     assert_eq!(got, (1..=written as i64).collect::<Vec<_>>());
     assert_eq!(cluster.worker_pid(), pid);
     assert!(cluster.health().is_some());
-    assert_eq!(db.query_one("SELECT count(*) FROM witness", &[]).unwrap().get::<_, i64>(0), written as i64);
+    assert_eq!(
+        db.query_one("SELECT count(*) FROM witness", &[])
+            .unwrap()
+            .get::<_, i64>(0),
+        written as i64
+    );
 }
 
 #[test]

@@ -13,7 +13,10 @@ fn cluster() -> &'static Cluster {
 /// A fresh watched table and a client subscribed to it.
 fn watched(table: &str, ddl: &str) -> Ws {
     let mut db = cluster().client();
-    db.batch_execute(&format!("CREATE TABLE {table} {ddl}; SELECT realtime_watch('{table}')")).unwrap();
+    db.batch_execute(&format!(
+        "CREATE TABLE {table} {ddl}; SELECT realtime_watch('{table}')"
+    ))
+    .unwrap();
     let mut ws = cluster().ws();
     ws.subscribe("s", table, None);
     ws
@@ -33,8 +36,10 @@ fn j(text: &str) -> Value {
 fn all_four_operations_with_exact_old_and_new() {
     let mut ws = watched("ops", "(id int PRIMARY KEY, name text, score numeric)");
     let mut db = cluster().client();
-    db.batch_execute("INSERT INTO ops VALUES (1, 'a', 1.50)").unwrap();
-    db.batch_execute("UPDATE ops SET name = 'b', score = 2.25 WHERE id = 1").unwrap();
+    db.batch_execute("INSERT INTO ops VALUES (1, 'a', 1.50)")
+        .unwrap();
+    db.batch_execute("UPDATE ops SET name = 'b', score = 2.25 WHERE id = 1")
+        .unwrap();
     db.batch_execute("DELETE FROM ops WHERE id = 1").unwrap();
     db.batch_execute("TRUNCATE ops").unwrap();
     let c = ws.changes(4);
@@ -42,7 +47,11 @@ fn all_four_operations_with_exact_old_and_new() {
     assert_eq!(c[0]["schema"], "public");
     assert_eq!(c[0]["table"], "ops");
     assert_eq!(c[0]["new"], j(r#"{"id": 1, "name": "a", "score": 1.50}"#));
-    assert_eq!(c[0]["new"]["score"].to_string(), "1.50", "numeric keeps its exact text");
+    assert_eq!(
+        c[0]["new"]["score"].to_string(),
+        "1.50",
+        "numeric keeps its exact text"
+    );
     assert_eq!(c[0]["old"], Value::Null);
     assert_eq!(c[1]["op"], "UPDATE");
     assert_eq!(c[1]["old"], j(r#"{"id": 1, "name": "a", "score": 1.50}"#));
@@ -52,7 +61,10 @@ fn all_four_operations_with_exact_old_and_new() {
     assert_eq!(c[2]["new"], Value::Null);
     assert_eq!(c[3]["op"], "TRUNCATE");
     let positions: Vec<u64> = c.iter().map(|m| m["position"].as_u64().unwrap()).collect();
-    assert!(positions.windows(2).all(|w| w[0] < w[1]), "positions increase: {positions:?}");
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "positions increase: {positions:?}"
+    );
     for m in &c {
         assert!(m["xid"].as_u64().unwrap() > 0);
         assert!(m["commit_time"].as_str().unwrap().ends_with('Z'));
@@ -63,7 +75,10 @@ fn all_four_operations_with_exact_old_and_new() {
 #[test]
 fn every_type_is_rendered_as_postgres_renders_it() {
     let mut db = cluster().client();
-    db.batch_execute("CREATE TYPE mood AS ENUM ('sad', 'happy'); CREATE TYPE pair AS (a int, b text)").unwrap();
+    db.batch_execute(
+        "CREATE TYPE mood AS ENUM ('sad', 'happy'); CREATE TYPE pair AS (a int, b text)",
+    )
+    .unwrap();
     let mut ws = watched(
         "typed",
         "(big bigint, num numeric, ts timestamptz, arr int[], doc jsonb, bin bytea, m mood, p pair, u uuid, b bool, f float8, iv interval)",
@@ -85,9 +100,20 @@ fn every_type_is_rendered_as_postgres_renders_it() {
     let change = &ws.changes(1)[0];
     let expected: Value = serde_json::from_str(&expected).unwrap();
     assert_eq!(change["new"], expected);
-    assert_eq!(change["new"]["big"].to_string(), "9223372036854775807", "bigint exact");
-    assert_eq!(change["new"]["num"].to_string(), "123456789012345678901234567890.000000001", "numeric exact");
-    assert!(change["new"]["doc"].is_object(), "jsonb nested as JSON, not a string");
+    assert_eq!(
+        change["new"]["big"].to_string(),
+        "9223372036854775807",
+        "bigint exact"
+    );
+    assert_eq!(
+        change["new"]["num"].to_string(),
+        "123456789012345678901234567890.000000001",
+        "numeric exact"
+    );
+    assert!(
+        change["new"]["doc"].is_object(),
+        "jsonb nested as JSON, not a string"
+    );
     assert_eq!(change["new"]["p"], json!({"a": 1, "b": "x"}));
 }
 
@@ -95,7 +121,8 @@ fn every_type_is_rendered_as_postgres_renders_it() {
 fn rolled_back_work_is_never_delivered() {
     let mut ws = watched("rb", "(id int, note text)");
     let mut db = cluster().client();
-    db.batch_execute("BEGIN; INSERT INTO rb VALUES (1, 'rolled back'); ROLLBACK").unwrap();
+    db.batch_execute("BEGIN; INSERT INTO rb VALUES (1, 'rolled back'); ROLLBACK")
+        .unwrap();
     db.batch_execute(
         "BEGIN; INSERT INTO rb VALUES (2, 'kept');
          SAVEPOINT a; INSERT INTO rb VALUES (3, 'savepoint rolled back');
@@ -106,7 +133,11 @@ fn rolled_back_work_is_never_delivered() {
          COMMIT",
     )
     .unwrap();
-    let ids: Vec<i64> = ws.changes(3).iter().map(|c| c["new"]["id"].as_i64().unwrap()).collect();
+    let ids: Vec<i64> = ws
+        .changes(3)
+        .iter()
+        .map(|c| c["new"]["id"].as_i64().unwrap())
+        .collect();
     assert_eq!(ids, vec![2, 5, 6]);
     nothing_more(&mut ws);
 }
@@ -122,17 +153,24 @@ fn a_transaction_arrives_together_in_statement_order() {
     let c = ws.changes(5);
     let ops: Vec<&str> = c.iter().map(|m| m["op"].as_str().unwrap()).collect();
     assert_eq!(ops, ["INSERT", "INSERT", "UPDATE", "DELETE", "INSERT"]);
-    assert!(c.iter().all(|m| m["xid"] == c[0]["xid"] && m["commit_time"] == c[0]["commit_time"]));
+    assert!(c
+        .iter()
+        .all(|m| m["xid"] == c[0]["xid"] && m["commit_time"] == c[0]["commit_time"]));
     let p: Vec<u64> = c.iter().map(|m| m["position"].as_u64().unwrap()).collect();
-    assert!(p.windows(2).all(|w| w[1] == w[0] + 1), "consecutive positions: {p:?}");
+    assert!(
+        p.windows(2).all(|w| w[1] == w[0] + 1),
+        "consecutive positions: {p:?}"
+    );
 }
 
 #[test]
 fn two_phase_commit_is_delivered_only_when_committed() {
     let mut ws = watched("twopc", "(id int)");
     let mut db = cluster().client();
-    db.batch_execute("BEGIN; INSERT INTO twopc VALUES (1); PREPARE TRANSACTION 'p_abort'").unwrap();
-    db.batch_execute("BEGIN; INSERT INTO twopc VALUES (2); PREPARE TRANSACTION 'p_commit'").unwrap();
+    db.batch_execute("BEGIN; INSERT INTO twopc VALUES (1); PREPARE TRANSACTION 'p_abort'")
+        .unwrap();
+    db.batch_execute("BEGIN; INSERT INTO twopc VALUES (2); PREPARE TRANSACTION 'p_commit'")
+        .unwrap();
     db.batch_execute("INSERT INTO twopc VALUES (3)").unwrap();
     // Unrelated commits are not held up by the prepared transactions.
     assert_eq!(ws.changes(1)[0]["new"]["id"], 3);
@@ -148,7 +186,8 @@ fn two_phase_commit_is_delivered_only_when_committed() {
 fn a_5_mb_row_arrives_complete() {
     let mut ws = watched("big_row", "(id int, body text)");
     let mut db = cluster().client();
-    db.batch_execute("INSERT INTO big_row SELECT 1, repeat('x', 5 * 1024 * 1024)").unwrap();
+    db.batch_execute("INSERT INTO big_row SELECT 1, repeat('x', 5 * 1024 * 1024)")
+        .unwrap();
     let c = ws.changes(1);
     assert_eq!(c[0]["new"]["body"].as_str().unwrap().len(), 5 * 1024 * 1024);
 }
@@ -157,7 +196,8 @@ fn a_5_mb_row_arrives_complete() {
 fn a_100_000_row_transaction_arrives_complete_and_in_order() {
     let mut ws = watched("bulk", "(id int, note text)");
     let mut db = cluster().client();
-    db.batch_execute("INSERT INTO bulk SELECT g, 'row ' || g FROM generate_series(1, 100000) g").unwrap();
+    db.batch_execute("INSERT INTO bulk SELECT g, 'row ' || g FROM generate_series(1, 100000) g")
+        .unwrap();
     let c = ws.changes(100_000);
     for (i, m) in c.iter().enumerate() {
         assert_eq!(m["new"]["id"].as_u64().unwrap(), i as u64 + 1);
@@ -181,10 +221,17 @@ fn partitioned_tables_report_the_watched_parent() {
     .unwrap();
     let mut ws = cluster().ws();
     ws.subscribe("p", "parts", None);
-    db.batch_execute("INSERT INTO parts VALUES (1, 'eu'), (2, 'us'); UPDATE parts SET id = 3 WHERE id = 1").unwrap();
+    db.batch_execute(
+        "INSERT INTO parts VALUES (1, 'eu'), (2, 'us'); UPDATE parts SET id = 3 WHERE id = 1",
+    )
+    .unwrap();
     let c = ws.changes(3);
     assert!(c.iter().all(|m| m["table"] == "parts"), "{c:?}");
-    assert_eq!(c[1]["new"], json!({"id": 2, "region": "us"}), "partition created after watching");
+    assert_eq!(
+        c[1]["new"],
+        json!({"id": 2, "region": "us"}),
+        "partition created after watching"
+    );
     assert_eq!(c[2]["old"]["id"], 1);
 }
 
@@ -216,8 +263,10 @@ fn columns_added_after_watching_appear() {
 fn events_can_be_narrowed_and_unwatched() {
     let mut ws = watched("narrow", "(id int)");
     let mut db = cluster().client();
-    db.batch_execute("SELECT realtime_watch('narrow', ARRAY['DELETE'])").unwrap();
-    db.batch_execute("INSERT INTO narrow VALUES (1); DELETE FROM narrow").unwrap();
+    db.batch_execute("SELECT realtime_watch('narrow', ARRAY['DELETE'])")
+        .unwrap();
+    db.batch_execute("INSERT INTO narrow VALUES (1); DELETE FROM narrow")
+        .unwrap();
     let c = ws.changes(1);
     assert_eq!(c[0]["op"], "DELETE");
     db.batch_execute("SELECT realtime_unwatch('narrow'); SELECT realtime_unwatch('narrow'); INSERT INTO narrow VALUES (2)").unwrap();

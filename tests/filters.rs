@@ -26,12 +26,30 @@ const CASES: &[(&str, &str)] = &[
     ("b=eq.true", "b = true"),
     ("b=neq.true", "b <> true"),
     ("b=in.(false)", "b IN (false)"),
-    ("ts=gt.2026-01-01T12:00:00+02:00", "ts > '2026-01-01T12:00:00+02:00'"),
-    ("ts=lte.2026-01-01 10:00:00+00", "ts <= '2026-01-01 10:00:00+00'"),
-    ("ts=eq.2026-01-01T09:00:00-01:00", "ts = '2026-01-01T09:00:00-01:00'"),
-    ("u=eq.00000000-0000-0000-0000-00000000000A", "u = '00000000-0000-0000-0000-00000000000A'"),
-    ("u=lt.00000000-0000-0000-0000-000000000005", "u < '00000000-0000-0000-0000-000000000005'"),
-    ("u=in.(00000000-0000-0000-0000-000000000001,00000000-0000-0000-0000-000000000002)", "u IN ('00000000-0000-0000-0000-000000000001', '00000000-0000-0000-0000-000000000002')"),
+    (
+        "ts=gt.2026-01-01T12:00:00+02:00",
+        "ts > '2026-01-01T12:00:00+02:00'",
+    ),
+    (
+        "ts=lte.2026-01-01 10:00:00+00",
+        "ts <= '2026-01-01 10:00:00+00'",
+    ),
+    (
+        "ts=eq.2026-01-01T09:00:00-01:00",
+        "ts = '2026-01-01T09:00:00-01:00'",
+    ),
+    (
+        "u=eq.00000000-0000-0000-0000-00000000000A",
+        "u = '00000000-0000-0000-0000-00000000000A'",
+    ),
+    (
+        "u=lt.00000000-0000-0000-0000-000000000005",
+        "u < '00000000-0000-0000-0000-000000000005'",
+    ),
+    (
+        "u=in.(00000000-0000-0000-0000-000000000001,00000000-0000-0000-0000-000000000002)",
+        "u IN ('00000000-0000-0000-0000-000000000001', '00000000-0000-0000-0000-000000000002')",
+    ),
 ];
 
 #[test]
@@ -67,7 +85,8 @@ fn filters_agree_with_sql_where() {
          INSERT INTO fx (id, n) VALUES (301, 0.500), (302, 1), (303, 2.000);",
     )
     .unwrap();
-    db.batch_execute(&format!("INSERT INTO fx (id) VALUES ({MARKER})")).unwrap();
+    db.batch_execute(&format!("INSERT INTO fx (id) VALUES ({MARKER})"))
+        .unwrap();
 
     for ((filter, condition), ws) in CASES.iter().zip(clients.iter_mut()) {
         let mut got = BTreeSet::new();
@@ -81,12 +100,18 @@ fn filters_agree_with_sql_where() {
             got.insert(id);
         }
         let want: BTreeSet<i64> = db
-            .query(&format!("SELECT id FROM fx WHERE {condition} AND id <> {MARKER}"), &[])
+            .query(
+                &format!("SELECT id FROM fx WHERE {condition} AND id <> {MARKER}"),
+                &[],
+            )
             .unwrap()
             .iter()
             .map(|r| r.get(0))
             .collect();
-        assert!(!want.is_empty(), "{filter}: a case that selects nothing proves little");
+        assert!(
+            !want.is_empty(),
+            "{filter}: a case that selects nothing proves little"
+        );
         assert_eq!(got, want, "filter {filter} vs WHERE {condition}");
     }
 }

@@ -9,7 +9,8 @@ use std::sync::{Arc, Barrier};
 fn two_hundred_clients_receive_identical_sequences() {
     let cluster = Cluster::start("fanout", &[]);
     let mut db = cluster.client();
-    db.batch_execute("CREATE TABLE f (id int PRIMARY KEY, v int); SELECT realtime_watch('f')").unwrap();
+    db.batch_execute("CREATE TABLE f (id int PRIMARY KEY, v int); SELECT realtime_watch('f')")
+        .unwrap();
     const CLIENTS: usize = 200;
     const EVENTS: usize = 1500;
     let ready = Arc::new(Barrier::new(CLIENTS + 1));
@@ -21,7 +22,10 @@ fn two_hundred_clients_receive_identical_sequences() {
                 let mut ws = Ws::connect(port);
                 ws.subscribe("f", "f", None);
                 ready.wait();
-                ws.changes(EVENTS).into_iter().map(|m| m.to_string()).collect::<Vec<String>>()
+                ws.changes(EVENTS)
+                    .into_iter()
+                    .map(|m| m.to_string())
+                    .collect::<Vec<String>>()
             })
         })
         .collect();
@@ -29,10 +33,12 @@ fn two_hundred_clients_receive_identical_sequences() {
     // 500 inserts in 50 transactions, then 500 single-row updates, then a 500-row delete.
     for t in 0..50 {
         let values: Vec<String> = (0..10).map(|i| format!("({}, 0)", t * 10 + i)).collect();
-        db.batch_execute(&format!("INSERT INTO f VALUES {}", values.join(","))).unwrap();
+        db.batch_execute(&format!("INSERT INTO f VALUES {}", values.join(",")))
+            .unwrap();
     }
     for id in 0..500 {
-        db.execute("UPDATE f SET v = v + 1 WHERE id = $1", &[&id]).unwrap();
+        db.execute("UPDATE f SET v = v + 1 WHERE id = $1", &[&id])
+            .unwrap();
     }
     db.batch_execute("DELETE FROM f").unwrap();
     let sequences: Vec<Vec<String>> = readers.into_iter().map(|r| r.join().unwrap()).collect();
@@ -41,7 +47,15 @@ fn two_hundred_clients_receive_identical_sequences() {
     for (i, s) in sequences.iter().enumerate() {
         assert!(s == first, "client {i} saw a different sequence");
     }
-    let ops: Vec<String> = first.iter().map(|m| serde_json::from_str::<Value>(m).unwrap()["op"].as_str().unwrap().to_string()).collect();
+    let ops: Vec<String> = first
+        .iter()
+        .map(|m| {
+            serde_json::from_str::<Value>(m).unwrap()["op"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
     assert_eq!(ops.iter().filter(|o| *o == "INSERT").count(), 500);
     assert_eq!(ops.iter().filter(|o| *o == "UPDATE").count(), 500);
     assert_eq!(ops.iter().filter(|o| *o == "DELETE").count(), 500);
@@ -68,7 +82,9 @@ fn concurrent_writers_every_event_exactly_once_in_commit_order() {
             let conninfo = conninfo.clone();
             std::thread::spawn(move || {
                 let mut db = postgres::Client::connect(&conninfo, postgres::NoTls).unwrap();
-                let update = db.prepare("UPDATE counters SET n = n + 1 WHERE id = $1").unwrap();
+                let update = db
+                    .prepare("UPDATE counters SET n = n + 1 WHERE id = $1")
+                    .unwrap();
                 for t in 0..TXNS {
                     // Spread over few rows so that writers contend for the same rows.
                     let id = ((w * 7919 + t * 104729) % ROWS as usize) as i32 + 1;
@@ -95,7 +111,10 @@ fn concurrent_writers_every_event_exactly_once_in_commit_order() {
         let prev = last.insert(id, n).unwrap_or(0);
         assert_eq!(n, prev + 1, "row {id}: after n={prev} came n={n}");
     }
-    let total: i64 = db.query_one("SELECT sum(n)::int8 FROM counters", &[]).unwrap().get(0);
+    let total: i64 = db
+        .query_one("SELECT sum(n)::int8 FROM counters", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(total, (WRITERS * TXNS) as i64);
     assert_eq!(last.values().sum::<i64>(), total);
 }

@@ -9,7 +9,10 @@ fn refused(db: &mut postgres::Client, sql: &str, state: SqlState, hint_mentions:
     let e = err.as_db_error().unwrap_or_else(|| panic!("{sql}: {err}"));
     assert_eq!(e.code(), &state, "{sql}: {}", e.message());
     let hint = e.hint().unwrap_or_else(|| panic!("{sql}: no hint"));
-    assert!(hint.contains(hint_mentions), "{sql}: hint {hint:?} should mention {hint_mentions:?}");
+    assert!(
+        hint.contains(hint_mentions),
+        "{sql}: hint {hint:?} should mention {hint_mentions:?}"
+    );
     e.message().to_string()
 }
 
@@ -26,31 +29,82 @@ fn errors_carry_sqlstate_and_hint() {
          CREATE ROLE stranger LOGIN; GRANT ALL ON t TO stranger;",
     )
     .unwrap();
-    refused(&mut db, "SELECT realtime_watch('v')", SqlState::WRONG_OBJECT_TYPE, "ordinary and partitioned tables");
-    refused(&mut db, "SELECT realtime_watch('mv')", SqlState::WRONG_OBJECT_TYPE, "ordinary and partitioned tables");
-    refused(&mut db, "SELECT realtime_watch('ft')", SqlState::WRONG_OBJECT_TYPE, "ordinary and partitioned tables");
-    refused(&mut db, "SELECT realtime_watch('pg_class')", SqlState::INSUFFICIENT_PRIVILEGE, "user tables");
+    refused(
+        &mut db,
+        "SELECT realtime_watch('v')",
+        SqlState::WRONG_OBJECT_TYPE,
+        "ordinary and partitioned tables",
+    );
+    refused(
+        &mut db,
+        "SELECT realtime_watch('mv')",
+        SqlState::WRONG_OBJECT_TYPE,
+        "ordinary and partitioned tables",
+    );
+    refused(
+        &mut db,
+        "SELECT realtime_watch('ft')",
+        SqlState::WRONG_OBJECT_TYPE,
+        "ordinary and partitioned tables",
+    );
+    refused(
+        &mut db,
+        "SELECT realtime_watch('pg_class')",
+        SqlState::INSUFFICIENT_PRIVILEGE,
+        "user tables",
+    );
     refused(
         &mut db,
         "CREATE TEMP TABLE tmp (id int); SELECT realtime_watch('tmp')",
         SqlState::FEATURE_NOT_SUPPORTED,
         "permanent",
     );
-    refused(&mut db, "SELECT realtime_watch('t', ARRAY[]::text[])", SqlState::INVALID_PARAMETER_VALUE, "INSERT");
-    refused(&mut db, "SELECT realtime_watch('t', ARRAY['MERGE'])", SqlState::INVALID_PARAMETER_VALUE, "INSERT");
-    let err = db.batch_execute("SELECT realtime_watch('no_such_table')").unwrap_err();
+    refused(
+        &mut db,
+        "SELECT realtime_watch('t', ARRAY[]::text[])",
+        SqlState::INVALID_PARAMETER_VALUE,
+        "INSERT",
+    );
+    refused(
+        &mut db,
+        "SELECT realtime_watch('t', ARRAY['MERGE'])",
+        SqlState::INVALID_PARAMETER_VALUE,
+        "INSERT",
+    );
+    let err = db
+        .batch_execute("SELECT realtime_watch('no_such_table')")
+        .unwrap_err();
     assert_eq!(err.code(), Some(&SqlState::UNDEFINED_TABLE));
-    let mut stranger = postgres::Client::connect(&format!("{} user=stranger", cluster.conninfo("postgres")), postgres::NoTls).unwrap();
-    refused(&mut stranger, "SELECT realtime_watch('t')", SqlState::INSUFFICIENT_PRIVILEGE, "owner");
+    let mut stranger = postgres::Client::connect(
+        &format!("{} user=stranger", cluster.conninfo("postgres")),
+        postgres::NoTls,
+    )
+    .unwrap();
+    refused(
+        &mut stranger,
+        "SELECT realtime_watch('t')",
+        SqlState::INSUFFICIENT_PRIVILEGE,
+        "owner",
+    );
     // Nothing was half-done by the refusals.
-    let watched: i64 = db.query_one("SELECT count(*) FROM realtime_watched()", &[]).unwrap().get(0);
+    let watched: i64 = db
+        .query_one("SELECT count(*) FROM realtime_watched()", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(watched, 0);
 
     // The worker serves one database; elsewhere realtime_watch() says which setting to change.
     db.batch_execute("CREATE DATABASE other").unwrap();
     let mut other = cluster.client_to("other");
-    other.batch_execute("CREATE EXTENSION realtime_ext; CREATE TABLE t (id int)").unwrap();
-    let message = refused(&mut other, "SELECT realtime_watch('t')", SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE, "realtime.database");
+    other
+        .batch_execute("CREATE EXTENSION realtime_ext; CREATE TABLE t (id int)")
+        .unwrap();
+    let message = refused(
+        &mut other,
+        "SELECT realtime_watch('t')",
+        SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
+        "realtime.database",
+    );
     assert!(message.contains("\"postgres\""), "{message}");
 }
 
@@ -58,7 +112,12 @@ fn errors_carry_sqlstate_and_hint() {
 fn refuses_to_load_unless_preloaded() {
     let cluster = Cluster::start_plain("not_preloaded", &["shared_preload_libraries = ''"]);
     let mut db = cluster.client();
-    refused(&mut db, "CREATE EXTENSION realtime_ext", SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE, "shared_preload_libraries");
+    refused(
+        &mut db,
+        "CREATE EXTENSION realtime_ext",
+        SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
+        "shared_preload_libraries",
+    );
 }
 
 #[test]
@@ -73,35 +132,93 @@ fn watching_survives_restart_and_dump_restore_and_drop_extension_cleans_up() {
 
     cluster.restart();
     let mut db = cluster.client();
-    let events: Vec<String> = db.query_one("SELECT events FROM realtime_watched() WHERE tbl = 'kept'::regclass", &[]).unwrap().get(0);
+    let events: Vec<String> = db
+        .query_one(
+            "SELECT events FROM realtime_watched() WHERE tbl = 'kept'::regclass",
+            &[],
+        )
+        .unwrap()
+        .get(0);
     assert_eq!(events, ["INSERT", "DELETE"]);
     let mut ws = cluster.ws();
     ws.subscribe("k", "kept", None);
-    db.batch_execute("INSERT INTO kept VALUES (1, 'after restart')").unwrap();
+    db.batch_execute("INSERT INTO kept VALUES (1, 'after restart')")
+        .unwrap();
     assert_eq!(ws.changes(1)[0]["new"]["v"], "after restart");
 
     // pg_dump / pg_restore into a fresh copy of the served database.
     let dump = cluster.dir.join("dump.pgc");
     let port = cluster.port.to_string();
-    pg_run("pg_dump", &["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-Fc", "-f", dump.to_str().unwrap(), "postgres"]);
+    pg_run(
+        "pg_dump",
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-Fc",
+            "-f",
+            dump.to_str().unwrap(),
+            "postgres",
+        ],
+    );
     drop(ws);
-    db.batch_execute("DROP TABLE kept; DROP EXTENSION realtime_ext").unwrap();
-    pg_run("pg_restore", &["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-d", "postgres", dump.to_str().unwrap()]);
-    let events: Vec<String> = db.query_one("SELECT events FROM realtime_watched() WHERE tbl = 'kept'::regclass", &[]).unwrap().get(0);
+    db.batch_execute("DROP TABLE kept; DROP EXTENSION realtime_ext")
+        .unwrap();
+    pg_run(
+        "pg_restore",
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            dump.to_str().unwrap(),
+        ],
+    );
+    let events: Vec<String> = db
+        .query_one(
+            "SELECT events FROM realtime_watched() WHERE tbl = 'kept'::regclass",
+            &[],
+        )
+        .unwrap()
+        .get(0);
     assert_eq!(events, ["INSERT", "DELETE"]);
     let mut ws = cluster.ws();
     ws.subscribe("k", "kept", None);
-    db.batch_execute("INSERT INTO kept VALUES (2, 'after restore')").unwrap();
+    db.batch_execute("INSERT INTO kept VALUES (2, 'after restore')")
+        .unwrap();
     assert_eq!(ws.changes(1)[0]["new"]["v"], "after restore");
 
     // Restored triggers are adopted by the extension, so DROP EXTENSION needs no CASCADE and
     // leaves the tables alone.
     db.batch_execute("DROP EXTENSION realtime_ext").unwrap();
-    let triggers: i64 = db.query_one("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'realtime_ext_%'", &[]).unwrap().get(0);
+    let triggers: i64 = db
+        .query_one(
+            "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'realtime_ext_%'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
     assert_eq!(triggers, 0);
-    let schema: i64 = db.query_one("SELECT count(*) FROM pg_namespace WHERE nspname = 'realtime'", &[]).unwrap().get(0);
+    let schema: i64 = db
+        .query_one(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'realtime'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
     assert_eq!(schema, 0);
-    let rows: i64 = db.query_one("SELECT count(*) FROM kept", &[]).unwrap().get(0);
+    let rows: i64 = db
+        .query_one("SELECT count(*) FROM kept", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(rows, 2);
-    db.batch_execute("INSERT INTO kept VALUES (3, 'no extension')").unwrap();
+    db.batch_execute("INSERT INTO kept VALUES (3, 'no extension')")
+        .unwrap();
 }

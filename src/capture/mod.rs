@@ -6,7 +6,6 @@ mod target;
 mod trigger;
 mod xact;
 
-
 /// Called from `_PG_init` in every backend.
 pub fn init() {
     xact::register_callbacks();

@@ -63,7 +63,9 @@ impl Pending {
     }
 
     fn fail(&mut self, e: &std::io::Error) {
-        pgrx::warning!("realtime_ext: could not spill captured changes ({e}); subscribers will receive a gap");
+        pgrx::warning!(
+            "realtime_ext: could not spill captured changes ({e}); subscribers will receive a gap"
+        );
         self.broken = true;
         self.buf.clear();
     }
@@ -89,7 +91,11 @@ fn open_spill(xid: u32) -> std::io::Result<Spill> {
     std::fs::create_dir_all(SPILL_DIR)?;
     let path = format!("{SPILL_DIR}/{}-{xid}.spill", unsafe { pg_sys::MyProcPid });
     let file = File::create(&path)?;
-    Ok(Spill { file, path, written: 0 })
+    Ok(Spill {
+        file,
+        path,
+        written: 0,
+    })
 }
 
 pub fn push(op: Op, target: &Target, new: Option<&[u8]>, old: Option<&[u8]>) {
@@ -103,10 +109,20 @@ pub fn push(op: Op, target: &Target, new: Option<&[u8]>, old: Option<&[u8]>) {
             let (len, count) = (p.len(), p.count);
             p.marks.push((subid, len, count));
         }
-        encode_event(&mut p.buf, op, target.relid, &target.schema, &target.table, new, old);
+        encode_event(
+            &mut p.buf,
+            op,
+            target.relid,
+            &target.schema,
+            &target.table,
+            new,
+            old,
+        );
         p.count += 1;
         let threshold = crate::gucs::spill_threshold_bytes().min(crate::queue::max_inline_record());
-        if (p.spill.is_none() && p.buf.len() > threshold) || (p.spill.is_some() && p.buf.len() > SPILL_CHUNK) {
+        if (p.spill.is_none() && p.buf.len() > threshold)
+            || (p.spill.is_some() && p.buf.len() > SPILL_CHUNK)
+        {
             p.flush_to_spill();
         }
     })
@@ -127,10 +143,20 @@ pub fn abort_subtransaction(subid: pg_sys::SubTransactionId) {
 
 /// What a finished transaction hands to the queue.
 pub enum Captured {
-    Inline { xid: u32, count: u32, events: Vec<u8> },
-    Spilled { xid: u32, count: u32, path: String },
+    Inline {
+        xid: u32,
+        count: u32,
+        events: Vec<u8>,
+    },
+    Spilled {
+        xid: u32,
+        count: u32,
+        path: String,
+    },
     /// Captured, but could not be kept (spill failed): publish as a gap.
-    Lost { count: u32 },
+    Lost {
+        count: u32,
+    },
 }
 
 /// Take the transaction's captured changes, leaving the buffer empty. `None` if nothing.
@@ -152,9 +178,17 @@ pub fn take() -> Option<Captured> {
                 return Some(Captured::Lost { count: p.count });
             }
             let spill = p.spill.take().unwrap();
-            return Some(Captured::Spilled { xid: p.xid, count: p.count, path: spill.path });
+            return Some(Captured::Spilled {
+                xid: p.xid,
+                count: p.count,
+                path: spill.path,
+            });
         }
-        Some(Captured::Inline { xid: p.xid, count: p.count, events: p.buf })
+        Some(Captured::Inline {
+            xid: p.xid,
+            count: p.count,
+            events: p.buf,
+        })
     })
 }
 

@@ -33,7 +33,11 @@ pub fn resolve(rel: pg_sys::Relation, is_clone: bool) -> Rc<Target> {
     if let Some(t) = CACHE.with(|c| c.borrow().get(&relid).cloned()) {
         return t;
     }
-    let root = if is_clone { topmost_ancestor(relid) } else { relid };
+    let root = if is_clone {
+        topmost_ancestor(relid)
+    } else {
+        relid
+    };
     let target = Rc::new(unsafe {
         Target {
             relid: root.to_u32(),

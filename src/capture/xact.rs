@@ -63,20 +63,36 @@ unsafe extern "C-unwind" fn on_subxact(
 }
 
 fn reserve(prepared: bool) {
-    let Some(captured) = pending::take() else { return };
+    let Some(captured) = pending::take() else {
+        return;
+    };
     let (kind, xid, count, body, spill) = match captured {
         Captured::Inline { xid, count, events } => {
-            let kind = if prepared { RecordKind::Prepared } else { RecordKind::Pending };
+            let kind = if prepared {
+                RecordKind::Prepared
+            } else {
+                RecordKind::Pending
+            };
             (kind, xid, count, events, None)
         }
         Captured::Spilled { xid, count, path } => {
-            let kind = if prepared { RecordKind::PreparedSpilled } else { RecordKind::PendingSpilled };
+            let kind = if prepared {
+                RecordKind::PreparedSpilled
+            } else {
+                RecordKind::PendingSpilled
+            };
             (kind, xid, count, path.clone().into_bytes(), Some(path))
         }
         Captured::Lost { count } => return queue::record_loss(count),
     };
     match queue::publish(&[&record_header(kind, xid, 0, count), &body], count) {
-        Some(offset) if !prepared => RESERVED.with(|r| *r.borrow_mut() = Some(Reserved { offset, kind, spill })),
+        Some(offset) if !prepared => RESERVED.with(|r| {
+            *r.borrow_mut() = Some(Reserved {
+                offset,
+                kind,
+                spill,
+            })
+        }),
         Some(_) => queue::wake_worker(),
         None => {
             if let Some(path) = spill {
@@ -87,7 +103,9 @@ fn reserve(prepared: bool) {
 }
 
 fn settle(committed: bool) {
-    let Some(reserved) = RESERVED.with(|r| r.borrow_mut().take()) else { return };
+    let Some(reserved) = RESERVED.with(|r| r.borrow_mut().take()) else {
+        return;
+    };
     if committed {
         let commit_time = unsafe { pg_sys::GetCurrentTransactionStopTimestamp() };
         queue::mark(reserved.offset, reserved.kind.committed(), commit_time);

@@ -10,8 +10,12 @@ use std::str::FromStr;
 
 /// Parse `column=op.value` (for `in`: `column=in.(a,b,c)`).
 pub fn parse(text: &str) -> Result<FilterSpec, String> {
-    let (column, rest) = text.split_once('=').ok_or("filter must look like column=op.value")?;
-    let (op, value) = rest.split_once('.').ok_or("filter must look like column=op.value")?;
+    let (column, rest) = text
+        .split_once('=')
+        .ok_or("filter must look like column=op.value")?;
+    let (op, value) = rest
+        .split_once('.')
+        .ok_or("filter must look like column=op.value")?;
     if column.is_empty() {
         return Err("filter names no column".into());
     }
@@ -23,7 +27,11 @@ pub fn parse(text: &str) -> Result<FilterSpec, String> {
         "gt" => FilterOp::Gt,
         "gte" => FilterOp::Gte,
         "in" => FilterOp::In,
-        other => return Err(format!("unknown filter operator \"{other}\"; use eq, neq, lt, lte, gt, gte or in")),
+        other => {
+            return Err(format!(
+                "unknown filter operator \"{other}\"; use eq, neq, lt, lte, gt, gte or in"
+            ))
+        }
     };
     let values = if op == FilterOp::In {
         let inner = value
@@ -37,7 +45,11 @@ pub fn parse(text: &str) -> Result<FilterSpec, String> {
     } else {
         vec![value.to_string()]
     };
-    Ok(FilterSpec { column: column.to_string(), op, values })
+    Ok(FilterSpec {
+        column: column.to_string(),
+        op,
+        values,
+    })
 }
 
 /// Split `a, "b,c", d`: double quotes let a value hold a comma.
@@ -66,7 +78,10 @@ fn split_list(list: &str) -> Result<Vec<String>, String> {
 
 /// Which operators a column kind supports.
 pub fn check_op(kind: ValueKind, op: FilterOp) -> Result<(), String> {
-    let ordering = matches!(op, FilterOp::Lt | FilterOp::Lte | FilterOp::Gt | FilterOp::Gte);
+    let ordering = matches!(
+        op,
+        FilterOp::Lt | FilterOp::Lte | FilterOp::Gt | FilterOp::Gte
+    );
     if ordering && kind == ValueKind::Other {
         return Err("this column's type supports only eq, neq and in".into());
     }
@@ -89,7 +104,9 @@ fn key(kind: ValueKind, v: &Value) -> Option<Key> {
         (_, Value::String(s)) if s == "-Infinity" || s == "-infinity" => Some(Key::NegInf),
         (_, Value::String(s)) if s == "Infinity" || s == "infinity" => Some(Key::PosInf),
         (ValueKind::Number, Value::String(s)) if s == "NaN" => Some(Key::NaN),
-        (ValueKind::Number, Value::Number(n)) => BigDecimal::from_str(&n.to_string()).ok().map(Key::Number),
+        (ValueKind::Number, Value::Number(n)) => {
+            BigDecimal::from_str(&n.to_string()).ok().map(Key::Number)
+        }
         (ValueKind::Instant, Value::String(s)) => chrono::DateTime::parse_from_rfc3339(s)
             .ok()
             .map(|t| Key::Instant(t.timestamp_micros())),
@@ -106,7 +123,9 @@ fn equal(kind: ValueKind, a: &Value, b: &Value) -> bool {
 }
 
 pub fn matches(filter: &ResolvedFilter, row: Option<&Map<String, Value>>) -> bool {
-    let Some(v) = row.and_then(|r| r.get(&filter.column)) else { return false };
+    let Some(v) = row.and_then(|r| r.get(&filter.column)) else {
+        return false;
+    };
     if v.is_null() {
         return false;
     }
@@ -116,7 +135,9 @@ pub fn matches(filter: &ResolvedFilter, row: Option<&Map<String, Value>>) -> boo
         FilterOp::Neq => !equal(kind, v, &filter.values[0]),
         FilterOp::In => filter.values.iter().any(|f| equal(kind, v, f)),
         op => {
-            let (Some(a), Some(b)) = (key(kind, v), key(kind, &filter.values[0])) else { return false };
+            let (Some(a), Some(b)) = (key(kind, v), key(kind, &filter.values[0])) else {
+                return false;
+            };
             let ord = a.cmp(&b);
             match op {
                 FilterOp::Lt => ord == Ordering::Less,
@@ -134,7 +155,12 @@ mod unit {
     use serde_json::json;
 
     fn f(kind: ValueKind, op: FilterOp, values: Vec<Value>) -> ResolvedFilter {
-        ResolvedFilter { column: "c".into(), op, kind, values }
+        ResolvedFilter {
+            column: "c".into(),
+            op,
+            kind,
+            values,
+        }
     }
     fn row(v: Value) -> Map<String, Value> {
         json!({ "c": v }).as_object().unwrap().clone()
@@ -143,7 +169,10 @@ mod unit {
     #[test]
     fn parses_all_operators() {
         assert_eq!(parse("score=gte.0.5").unwrap().values, vec!["0.5"]);
-        assert_eq!(parse("kind=in.(a,\"b,c\", d)").unwrap().values, vec!["a", "b,c", "d"]);
+        assert_eq!(
+            parse("kind=in.(a,\"b,c\", d)").unwrap().values,
+            vec!["a", "b,c", "d"]
+        );
         assert!(parse("score").is_err());
         assert!(parse("score=like.x").is_err());
         assert!(parse("=eq.1").is_err());
@@ -156,32 +185,67 @@ mod unit {
         let big: Value = serde_json::from_str("12345678901234567890.000000000001").unwrap();
         let big_row = row(big.clone());
         let lower: Value = serde_json::from_str("12345678901234567890").unwrap();
-        assert!(matches(&f(ValueKind::Number, FilterOp::Gt, vec![lower]), Some(&big_row)));
-        assert!(matches(&f(ValueKind::Number, FilterOp::Eq, vec![json!(2)]), Some(&row(json!(2.0)))));
-        assert!(matches(&f(ValueKind::Number, FilterOp::Lt, vec![json!(10)]), Some(&row(json!(9)))));
-        assert!(!matches(&f(ValueKind::Number, FilterOp::Lt, vec![json!(10)]), Some(&row(json!("NaN")))));
+        assert!(matches(
+            &f(ValueKind::Number, FilterOp::Gt, vec![lower]),
+            Some(&big_row)
+        ));
+        assert!(matches(
+            &f(ValueKind::Number, FilterOp::Eq, vec![json!(2)]),
+            Some(&row(json!(2.0)))
+        ));
+        assert!(matches(
+            &f(ValueKind::Number, FilterOp::Lt, vec![json!(10)]),
+            Some(&row(json!(9)))
+        ));
+        assert!(!matches(
+            &f(ValueKind::Number, FilterOp::Lt, vec![json!(10)]),
+            Some(&row(json!("NaN")))
+        ));
     }
 
     #[test]
     fn instants_ignore_rendering_offset() {
-        let filter = f(ValueKind::Instant, FilterOp::Eq, vec![json!("2026-01-01T00:00:00+00:00")]);
-        assert!(matches(&filter, Some(&row(json!("2026-01-01T02:00:00+02:00")))));
-        let filter = f(ValueKind::Instant, FilterOp::Gt, vec![json!("2026-01-01T00:00:00+00:00")]);
-        assert!(!matches(&filter, Some(&row(json!("2026-01-01T01:00:00+02:00")))));
+        let filter = f(
+            ValueKind::Instant,
+            FilterOp::Eq,
+            vec![json!("2026-01-01T00:00:00+00:00")],
+        );
+        assert!(matches(
+            &filter,
+            Some(&row(json!("2026-01-01T02:00:00+02:00")))
+        ));
+        let filter = f(
+            ValueKind::Instant,
+            FilterOp::Gt,
+            vec![json!("2026-01-01T00:00:00+00:00")],
+        );
+        assert!(!matches(
+            &filter,
+            Some(&row(json!("2026-01-01T01:00:00+02:00")))
+        ));
     }
 
     #[test]
     fn null_never_matches() {
         for op in [FilterOp::Eq, FilterOp::Neq, FilterOp::Lt, FilterOp::In] {
-            assert!(!matches(&f(ValueKind::Number, op, vec![json!(1)]), Some(&row(Value::Null))));
+            assert!(!matches(
+                &f(ValueKind::Number, op, vec![json!(1)]),
+                Some(&row(Value::Null))
+            ));
         }
-        assert!(!matches(&f(ValueKind::Number, FilterOp::Neq, vec![json!(1)]), None));
+        assert!(!matches(
+            &f(ValueKind::Number, FilterOp::Neq, vec![json!(1)]),
+            None
+        ));
     }
 
     #[test]
     fn equality_only_kinds_refuse_ordering() {
         assert!(check_op(ValueKind::Other, FilterOp::Lt).is_err());
         assert!(check_op(ValueKind::Other, FilterOp::In).is_ok());
-        assert!(matches(&f(ValueKind::Other, FilterOp::Eq, vec![json!(true)]), Some(&row(json!(true)))));
+        assert!(matches(
+            &f(ValueKind::Other, FilterOp::Eq, vec![json!(true)]),
+            Some(&row(json!(true)))
+        ));
     }
 }

@@ -32,25 +32,52 @@ pub async fn serve(mut stream: TcpStream, context: Context) {
     let open = context.shared.connections.fetch_add(1, Relaxed) + 1;
     let _counted = Counted(&context);
     if open > context.shared.max_connections.load(Relaxed) {
-        let body = error_body("too_many_connections", "the server has reached realtime.max_connections");
-        return respond(&mut stream, "503 Service Unavailable", &body, "Retry-After: 1\r\n").await;
+        let body = error_body(
+            "too_many_connections",
+            "the server has reached realtime.max_connections",
+        );
+        return respond(
+            &mut stream,
+            "503 Service Unavailable",
+            &body,
+            "Retry-After: 1\r\n",
+        )
+        .await;
     }
     let timeout = Duration::from_millis(context.shared.handshake_timeout_ms.load(Relaxed));
     let (buf, head_len) = match tokio::time::timeout(timeout, read_head(&mut stream)).await {
         Err(_) => {
-            let body = error_body("timeout", "no complete HTTP request within realtime.handshake_timeout");
+            let body = error_body(
+                "timeout",
+                "no complete HTTP request within realtime.handshake_timeout",
+            );
             return respond(&mut stream, "408 Request Timeout", &body, "").await;
         }
         Ok(Err(Some(status))) => {
-            return respond(&mut stream, status, &error_body("bad_request", "malformed or oversized HTTP request"), "").await;
+            return respond(
+                &mut stream,
+                status,
+                &error_body("bad_request", "malformed or oversized HTTP request"),
+                "",
+            )
+            .await;
         }
         Ok(Err(None)) => return,
         Ok(Ok(head)) => head,
     };
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut request = httparse::Request::new(&mut headers);
-    if !matches!(request.parse(&buf[..head_len]), Ok(httparse::Status::Complete(_))) {
-        return respond(&mut stream, "400 Bad Request", &error_body("bad_request", "malformed HTTP request"), "").await;
+    if !matches!(
+        request.parse(&buf[..head_len]),
+        Ok(httparse::Status::Complete(_))
+    ) {
+        return respond(
+            &mut stream,
+            "400 Bad Request",
+            &error_body("bad_request", "malformed HTTP request"),
+            "",
+        )
+        .await;
     }
     let path = request.path.unwrap_or("/").split('?').next().unwrap_or("/");
     let header = |name: &str| {
@@ -68,6 +95,7 @@ pub async fn serve(mut stream: TcpStream, context: Context) {
                 "status": "ok",
                 "position": s.position(),
                 "connections": s.connections.load(Relaxed),
+                "subscriptions": s.subscriptions.load(Relaxed),
                 "queue": {
                     "used_bytes": s.queue_used.load(Relaxed),
                     "capacity_bytes": s.queue_capacity.load(Relaxed),
@@ -79,15 +107,35 @@ pub async fn serve(mut stream: TcpStream, context: Context) {
         }
         (Some("GET"), WEBSOCKET_PATH) | (Some("GET"), "/realtime/") => {
             let upgrade = header("upgrade").eq_ignore_ascii_case("websocket")
-                && header("connection").split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+                && header("connection")
+                    .split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
             let key = header("sec-websocket-key");
             if !upgrade || key.is_empty() {
-                let body = error_body("upgrade_required", "this path speaks WebSocket; connect with a WebSocket client");
-                return respond(&mut stream, "426 Upgrade Required", &body, "Upgrade: websocket\r\nConnection: Upgrade\r\n").await;
+                let body = error_body(
+                    "upgrade_required",
+                    "this path speaks WebSocket; connect with a WebSocket client",
+                );
+                return respond(
+                    &mut stream,
+                    "426 Upgrade Required",
+                    &body,
+                    "Upgrade: websocket\r\nConnection: Upgrade\r\n",
+                )
+                .await;
             }
             if header("sec-websocket-version") != "13" {
-                let body = error_body("unsupported_version", "only WebSocket version 13 is supported");
-                return respond(&mut stream, "426 Upgrade Required", &body, "Sec-WebSocket-Version: 13\r\n").await;
+                let body = error_body(
+                    "unsupported_version",
+                    "only WebSocket version 13 is supported",
+                );
+                return respond(
+                    &mut stream,
+                    "426 Upgrade Required",
+                    &body,
+                    "Sec-WebSocket-Version: 13\r\n",
+                )
+                .await;
             }
             let accept = derive_accept_key(key.as_bytes());
             let response = format!(
@@ -105,16 +153,27 @@ pub async fn serve(mut stream: TcpStream, context: Context) {
                 .max_message_size(Some(limit))
                 .max_frame_size(Some(limit));
             let leftover = buf[head_len..].to_vec();
-            let ws = WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(config)).await;
+            let ws =
+                WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(config))
+                    .await;
             session::run(ws, context.clone()).await
         }
         (Some("GET" | "HEAD"), _) => {
-            let body = error_body("not_found", &format!("no such path; WebSocket clients connect to {WEBSOCKET_PATH}"));
+            let body = error_body(
+                "not_found",
+                &format!("no such path; WebSocket clients connect to {WEBSOCKET_PATH}"),
+            );
             respond(&mut stream, "404 Not Found", &body, "").await
         }
         _ => {
             let body = error_body("method_not_allowed", "only GET is supported");
-            respond(&mut stream, "405 Method Not Allowed", &body, "Allow: GET\r\n").await
+            respond(
+                &mut stream,
+                "405 Method Not Allowed",
+                &body,
+                "Allow: GET\r\n",
+            )
+            .await
         }
     }
 }
@@ -127,11 +186,18 @@ async fn read_head(stream: &mut TcpStream) -> Result<(Vec<u8>, usize), Option<&'
     loop {
         let n = stream.read(&mut chunk).await.map_err(|_| None)?;
         if n == 0 {
-            return Err(if buf.is_empty() { None } else { Some("400 Bad Request") });
+            return Err(if buf.is_empty() {
+                None
+            } else {
+                Some("400 Bad Request")
+            });
         }
         let searched_from = buf.len().saturating_sub(3);
         buf.extend_from_slice(&chunk[..n]);
-        if let Some(i) = buf[searched_from..].windows(4).position(|w| w == b"\r\n\r\n") {
+        if let Some(i) = buf[searched_from..]
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+        {
             let head_len = searched_from + i + 4;
             return Ok((buf, head_len));
         }

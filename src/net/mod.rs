@@ -32,7 +32,11 @@ pub struct Server {
 
 impl Server {
     pub fn description(&self) -> String {
-        self.bound.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+        self.bound
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// Close every connection and stop the threads.
@@ -41,7 +45,12 @@ impl Server {
     }
 }
 
-pub fn start(address: &Address, shared: Arc<Shared>, worker: WorkerHandle, batches: BatchSender) -> Result<Server, String> {
+pub fn start(
+    address: &Address,
+    shared: Arc<Shared>,
+    worker: WorkerHandle,
+    batches: BatchSender,
+) -> Result<Server, String> {
     let addrs = resolve(address)?;
     raise_fd_limit();
     let runtime = with_signals_blocked(|| {
@@ -52,7 +61,11 @@ pub fn start(address: &Address, shared: Arc<Shared>, worker: WorkerHandle, batch
             .build()
     })
     .map_err(|e| format!("could not start network threads: {e}"))?;
-    let context = Context { shared, worker, batches };
+    let context = Context {
+        shared,
+        worker,
+        batches,
+    };
     let mut bound = Vec::new();
     let mut errors = Vec::new();
     for addr in addrs {
@@ -65,14 +78,22 @@ pub fn start(address: &Address, shared: Arc<Shared>, worker: WorkerHandle, batch
         }
     }
     if bound.is_empty() {
-        return Err(format!("could not listen on any address ({})", errors.join("; ")));
+        return Err(format!(
+            "could not listen on any address ({})",
+            errors.join("; ")
+        ));
     }
     Ok(Server { runtime, bound })
 }
 
 fn resolve(address: &Address) -> Result<Vec<SocketAddr>, String> {
     let mut addrs = Vec::new();
-    for host in address.hosts.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+    for host in address
+        .hosts
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+    {
         let host = if host == "*" { "0.0.0.0" } else { host };
         let found = (host, address.port)
             .to_socket_addrs()
@@ -94,7 +115,8 @@ fn resolve(address: &Address) -> Result<Vec<SocketAddr>, String> {
 fn raise_fd_limit() {
     unsafe {
         let mut limit: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
             limit.rlim_cur = limit.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }

@@ -57,11 +57,26 @@ struct Session {
     lagged: bool,
 }
 
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.context
+            .shared
+            .subscriptions
+            .fetch_sub(self.subscriptions.len(), Relaxed);
+    }
+}
+
 pub async fn run(ws: WebSocketStream<TcpStream>, context: Context) {
     let mut batches = context.batches.subscribe();
     let (sink, mut stream) = ws.split();
     let seen = context.shared.position();
-    let mut session = Session { context, sink, subscriptions: Vec::new(), seen, lagged: false };
+    let mut session = Session {
+        context,
+        sink,
+        subscriptions: Vec::new(),
+        seen,
+        lagged: false,
+    };
     let interval = Duration::from_secs(session.context.shared.heartbeat_interval_s.load(Relaxed));
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     let mut last_heard = Instant::now();
@@ -119,7 +134,10 @@ pub async fn run(ws: WebSocketStream<TcpStream>, context: Context) {
         }
     };
     if let Some((code, reason)) = close {
-        let frame = CloseFrame { code, reason: reason.into() };
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
         let _ = session.sink.send(Message::Close(Some(frame))).await;
     }
     let _ = session.sink.close().await;
@@ -139,19 +157,39 @@ impl Session {
             Err((code, message)) => self.error(code, &message, None).await,
             Ok(ClientMessage::Ping { reference }) => {
                 let position = self.context.shared.position().max(self.seen);
-                self.send(ServerMessage::Pong { reference: reference.as_ref(), position }).await
+                self.send(ServerMessage::Pong {
+                    reference: reference.as_ref(),
+                    position,
+                })
+                .await
             }
             Ok(ClientMessage::Unsubscribe { id }) => {
                 let before = self.subscriptions.len();
                 self.subscriptions.retain(|s| s.id != id);
+                self.context
+                    .shared
+                    .subscriptions
+                    .fetch_sub(before - self.subscriptions.len(), Relaxed);
                 if self.subscriptions.len() == before {
-                    self.error(ErrorCode::UnknownSubscription, "no subscription with this id", Some(&id)).await
+                    self.error(
+                        ErrorCode::UnknownSubscription,
+                        "no subscription with this id",
+                        Some(&id),
+                    )
+                    .await
                 } else {
                     self.send(ServerMessage::Unsubscribed { id: &id }).await
                 }
             }
-            Ok(ClientMessage::Subscribe { id, table, events, filter }) => {
-                if let Err((code, message)) = self.subscribe(id.clone(), table, events, filter).await {
+            Ok(ClientMessage::Subscribe {
+                id,
+                table,
+                events,
+                filter,
+            }) => {
+                if let Err((code, message)) =
+                    self.subscribe(id.clone(), table, events, filter).await
+                {
                     self.error(code, &message, Some(&id)).await
                 }
             }
@@ -166,24 +204,55 @@ impl Session {
         filter: Option<String>,
     ) -> Result<(), (ErrorCode, String)> {
         if self.subscriptions.iter().any(|s| s.id == id) {
-            return Err((ErrorCode::DuplicateSubscription, "a subscription with this id already exists".into()));
+            return Err((
+                ErrorCode::DuplicateSubscription,
+                "a subscription with this id already exists".into(),
+            ));
         }
-        let filter = filter.as_deref().map(filter::parse).transpose().map_err(|m| (ErrorCode::InvalidFilter, m))?;
+        let filter = filter
+            .as_deref()
+            .map(filter::parse)
+            .transpose()
+            .map_err(|m| (ErrorCode::InvalidFilter, m))?;
         let requested = match &events {
             None => ALL_OPS,
             Some(names) if names.is_empty() => {
-                return Err((ErrorCode::InvalidEvents, "events must name at least one of INSERT, UPDATE, DELETE, TRUNCATE".into()))
+                return Err((
+                    ErrorCode::InvalidEvents,
+                    "events must name at least one of INSERT, UPDATE, DELETE, TRUNCATE".into(),
+                ))
             }
-            Some(names) => names.iter().try_fold(0, |ops, name| match Op::from_name(name) {
-                Some(op) => Ok(ops | op.bit()),
-                None => Err((ErrorCode::InvalidEvents, format!("unknown event \"{name}\""))),
-            })?,
+            Some(names) => names
+                .iter()
+                .try_fold(0, |ops, name| match Op::from_name(name) {
+                    Some(op) => Ok(ops | op.bit()),
+                    None => Err((
+                        ErrorCode::InvalidEvents,
+                        format!("unknown event \"{name}\""),
+                    )),
+                })?,
         };
-        let resolved = self.context.worker.resolve(table, filter).await?;
-        let ops = requested & resolved.watched_ops;
-        if events.is_some() && ops != requested {
-            return Err((ErrorCode::InvalidEvents, "some requested events are not watched on this table".into()));
-        }
+        // Counted before the worker is asked, so that by the time it answers, commits already
+        // wake it (see queue::set_wake_on_commit); uncounted again if the subscribe fails.
+        self.context.shared.subscriptions.fetch_add(1, Relaxed);
+        let checked = self
+            .context
+            .worker
+            .resolve(table, filter)
+            .await
+            .and_then(|resolved| {
+                let ops = requested & resolved.watched_ops;
+                if events.is_some() && ops != requested {
+                    return Err((
+                        ErrorCode::InvalidEvents,
+                        "some requested events are not watched on this table".into(),
+                    ));
+                }
+                Ok((resolved, ops))
+            });
+        let (resolved, ops) = checked.inspect_err(|_| {
+            self.context.shared.subscriptions.fetch_sub(1, Relaxed);
+        })?;
         let after = self.context.shared.position().max(self.seen);
         let names = [Op::Insert, Op::Update, Op::Delete, Op::Truncate]
             .into_iter()
@@ -198,7 +267,12 @@ impl Session {
             position: after,
         })
         .await;
-        self.subscriptions.push(Subscription { id, table: resolved, ops, after });
+        self.subscriptions.push(Subscription {
+            id,
+            table: resolved,
+            ops,
+            after,
+        });
         Ok(())
     }
 
@@ -206,7 +280,12 @@ impl Session {
         if std::mem::take(&mut self.lagged) {
             let from = self.seen + 1;
             let to = batch.first_position().saturating_sub(1).max(from);
-            self.send(ServerMessage::Gap { reason: "slow_client", from_position: from, to_position: to }).await;
+            self.send(ServerMessage::Gap {
+                reason: "slow_client",
+                from_position: from,
+                to_position: to,
+            })
+            .await;
         }
         match batch {
             Batch::Gap { frame, .. } => self.sink.feed(Message::Text(frame.clone())).await?,

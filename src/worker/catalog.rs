@@ -19,7 +19,11 @@ fn optional<T: Default>(result: Result<T, pgrx::spi::Error>) -> Answer<T> {
 
 pub fn answer(request: Request) {
     match request {
-        Request::Resolve { table, filter, reply } => {
+        Request::Resolve {
+            table,
+            filter,
+            reply,
+        } => {
             let _ = reply.send(in_transaction(|| resolve(&table, filter.as_ref())));
         }
     }
@@ -35,10 +39,11 @@ fn in_transaction<T>(f: impl FnOnce() -> Answer<T> + std::panic::UnwindSafe) -> 
     let result = PgTryBuilder::new(f)
         .catch_others(|e| {
             let message = match &e {
-                pg_sys::panic::CaughtError::PostgresError(r) | pg_sys::panic::CaughtError::ErrorReport(r) => {
-                    r.message().to_string()
+                pg_sys::panic::CaughtError::PostgresError(r)
+                | pg_sys::panic::CaughtError::ErrorReport(r) => r.message().to_string(),
+                pg_sys::panic::CaughtError::RustPanic { ereport, .. } => {
+                    ereport.message().to_string()
                 }
-                pg_sys::panic::CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
             };
             Err((ErrorCode::Internal, message))
         })
@@ -75,7 +80,12 @@ fn in_subtransaction<T>(f: impl FnOnce() -> Option<T> + std::panic::UnwindSafe) 
 }
 
 fn resolve(table: &str, filter: Option<&FilterSpec>) -> Answer<ResolvedTable> {
-    let unknown = || (ErrorCode::UnknownTable, format!("table \"{table}\" does not exist"));
+    let unknown = || {
+        (
+            ErrorCode::UnknownTable,
+            format!("table \"{table}\" does not exist"),
+        )
+    };
     // to_regclass raises on malformed names ("a.b.c.d"); that too means "no such table".
     let found = in_subtransaction(|| {
         Spi::get_three_with_args::<i64, String, String>(
@@ -86,7 +96,9 @@ fn resolve(table: &str, filter: Option<&FilterSpec>) -> Answer<ResolvedTable> {
         )
         .ok()
     });
-    let Some((Some(relid), Some(schema), Some(name))) = found else { return Err(unknown()) };
+    let Some((Some(relid), Some(schema), Some(name))) = found else {
+        return Err(unknown());
+    };
     let tgtype = optional(Spi::get_one_with_args::<i32>(
         "SELECT tgtype FROM realtime.watched WHERE tbl = $1::oid",
         &[relid.into()],
@@ -98,15 +110,26 @@ fn resolve(table: &str, filter: Option<&FilterSpec>) -> Answer<ResolvedTable> {
         ));
     };
     let filter = filter.map(|f| resolve_filter(relid, f)).transpose()?;
-    Ok(ResolvedTable { relid: relid as u32, schema, table: name, watched_ops: ops_of_tgtype(tgtype), filter })
+    Ok(ResolvedTable {
+        relid: relid as u32,
+        schema,
+        table: name,
+        watched_ops: ops_of_tgtype(tgtype),
+        filter,
+    })
 }
 
 fn ops_of_tgtype(tgtype: i32) -> u8 {
     use crate::event::Op;
-    [(4, Op::Insert), (16, Op::Update), (8, Op::Delete), (32, Op::Truncate)]
-        .into_iter()
-        .filter(|(bit, _)| tgtype & bit != 0)
-        .fold(0, |ops, (_, op)| ops | op.bit())
+    [
+        (4, Op::Insert),
+        (16, Op::Update),
+        (8, Op::Delete),
+        (32, Op::Truncate),
+    ]
+    .into_iter()
+    .filter(|(bit, _)| tgtype & bit != 0)
+    .fold(0, |ops, (_, op)| ops | op.bit())
 }
 
 fn resolve_filter(relid: i64, spec: &FilterSpec) -> Answer<ResolvedFilter> {
@@ -117,7 +140,10 @@ fn resolve_filter(relid: i64, spec: &FilterSpec) -> Answer<ResolvedFilter> {
         &[relid.into(), spec.column.as_str().into()],
     ))?;
     let (Some(typid), Some(category), Some(type_name)) = column else {
-        return Err((ErrorCode::UnknownColumn, format!("column \"{}\" does not exist", spec.column)));
+        return Err((
+            ErrorCode::UnknownColumn,
+            format!("column \"{}\" does not exist", spec.column),
+        ));
     };
     let kind = match (typid, category.as_str()) {
         (1184, _) => ValueKind::Instant,
@@ -125,17 +151,36 @@ fn resolve_filter(relid: i64, spec: &FilterSpec) -> Answer<ResolvedFilter> {
         (_, "S") | (2950, _) | (1082 | 1083 | 1114, _) => ValueKind::Text,
         _ => ValueKind::Other,
     };
-    check_op(kind, spec.op).map_err(|m| (ErrorCode::InvalidFilter, format!("column \"{}\": {m}", spec.column)))?;
+    check_op(kind, spec.op).map_err(|m| {
+        (
+            ErrorCode::InvalidFilter,
+            format!("column \"{}\": {m}", spec.column),
+        )
+    })?;
     // Let the column's own type check and render each value, exactly as the row will be.
     let sql = format!("SELECT to_json(CAST($1 AS {type_name}))::text");
     let values = spec
         .values
         .iter()
         .map(|v| {
-            in_subtransaction(|| Spi::get_one_with_args::<String>(&sql, &[v.as_str().into()]).ok().flatten())
-                .and_then(|json| serde_json::from_str(&json).ok())
-                .ok_or_else(|| (ErrorCode::InvalidFilterValue, format!("\"{v}\" is not a valid {type_name}")))
+            in_subtransaction(|| {
+                Spi::get_one_with_args::<String>(&sql, &[v.as_str().into()])
+                    .ok()
+                    .flatten()
+            })
+            .and_then(|json| serde_json::from_str(&json).ok())
+            .ok_or_else(|| {
+                (
+                    ErrorCode::InvalidFilterValue,
+                    format!("\"{v}\" is not a valid {type_name}"),
+                )
+            })
         })
         .collect::<Answer<Vec<_>>>()?;
-    Ok(ResolvedFilter { column: spec.column.clone(), op: spec.op, kind, values })
+    Ok(ResolvedFilter {
+        column: spec.column.clone(),
+        op: spec.op,
+        kind,
+        values,
+    })
 }

@@ -7,7 +7,9 @@ mod publisher;
 
 use crate::bridge::{self, Shared};
 use crate::{gucs, net, queue};
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
+};
 use pgrx::prelude::*;
 use publisher::Publisher;
 use std::io::Read;
@@ -29,6 +31,9 @@ pub fn register() {
 
 /// How long to sleep with nothing to do; shorter while a transaction awaits settling.
 const IDLE_WAIT: Duration = Duration::from_secs(1);
+/// With no client subscribed, commits do not wake the worker; it drains the queue this often
+/// so that the queue does not fill.
+const UNSUBSCRIBED_DRAIN: Duration = Duration::from_millis(100);
 const SETTLE_POLL: Duration = Duration::from_millis(10);
 /// Under a stream of commits, passes start at most this often. Between passes the worker is
 /// not asleep, so committing writers' SetLatch returns without a syscall; sleeping after every
@@ -47,17 +52,31 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
 
     let shared = Arc::new(Shared::new());
     apply_settings(&shared);
-    let (handle, inbox) = bridge::request_channel().unwrap_or_else(|e| fatal(format!("could not create channel: {e}")));
+    let (handle, inbox) = bridge::request_channel()
+        .unwrap_or_else(|e| fatal(format!("could not create channel: {e}")));
     let (batches, _) = tokio::sync::broadcast::channel(gucs::client_backlog());
-    let address = net::Address { hosts: gucs::listen_addresses(), port: gucs::port() };
-    let server = net::start(&address, shared.clone(), handle, batches.clone()).unwrap_or_else(|e| fatal(e));
-    log!("realtime_ext: serving WebSocket clients on {} (database \"{}\")", server.description(), gucs::database());
+    let address = net::Address {
+        hosts: gucs::listen_addresses(),
+        port: gucs::port(),
+    };
+    let server =
+        net::start(&address, shared.clone(), handle, batches.clone()).unwrap_or_else(|e| fatal(e));
+    log!(
+        "realtime_ext: serving WebSocket clients on {} (database \"{}\")",
+        server.description(),
+        gucs::database()
+    );
 
     let mut publisher = Publisher::new(batches, shared.clone());
     let waiter = Waiter::new(&inbox);
     queue::set_worker_latch(unsafe { pg_sys::MyLatch });
+    let mut subscribed = false;
     loop {
-        let wait = if publisher.needs_poll() { SETTLE_POLL } else { IDLE_WAIT };
+        let wait = match (publisher.needs_poll(), subscribed) {
+            (true, _) => SETTLE_POLL,
+            (false, true) => IDLE_WAIT,
+            (false, false) => UNSUBSCRIBED_DRAIN,
+        };
         let wait_started = std::time::Instant::now();
         if !waiter.wait(&inbox, wait) {
             break;
@@ -68,12 +87,18 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
             apply_settings(&shared);
         }
-        while let Ok(request) = inbox.rx.try_recv() {
-            catalog::answer(request);
-        }
+        // A session counts its subscription before asking to resolve it, so wake-ups are on
+        // before the answer goes out.
+        subscribed = shared.subscriptions.load(Relaxed) > 0;
+        queue::set_wake_on_commit(subscribed);
+        // Drain before answering, so that changes committed before a subscription was
+        // answered are numbered at or below the position it starts after.
         let mut moved = false;
         while publisher.pump() {
             moved = true;
+        }
+        while let Ok(request) = inbox.rx.try_recv() {
+            catalog::answer(request);
         }
         publisher.resolve_prepared();
         publisher.persist_position();
@@ -98,9 +123,27 @@ impl Waiter {
     fn new(inbox: &bridge::RequestInbox) -> Waiter {
         unsafe {
             let set = pg_sys::CreateWaitEventSet(pg_sys::TopMemoryContext, 3);
-            pg_sys::AddWaitEventToSet(set, pg_sys::WL_LATCH_SET, pg_sys::PGINVALID_SOCKET, pg_sys::MyLatch, std::ptr::null_mut());
-            pg_sys::AddWaitEventToSet(set, pg_sys::WL_EXIT_ON_PM_DEATH, pg_sys::PGINVALID_SOCKET, std::ptr::null_mut(), std::ptr::null_mut());
-            pg_sys::AddWaitEventToSet(set, pg_sys::WL_SOCKET_READABLE, inbox.poke.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut());
+            pg_sys::AddWaitEventToSet(
+                set,
+                pg_sys::WL_LATCH_SET,
+                pg_sys::PGINVALID_SOCKET,
+                pg_sys::MyLatch,
+                std::ptr::null_mut(),
+            );
+            pg_sys::AddWaitEventToSet(
+                set,
+                pg_sys::WL_EXIT_ON_PM_DEATH,
+                pg_sys::PGINVALID_SOCKET,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            );
+            pg_sys::AddWaitEventToSet(
+                set,
+                pg_sys::WL_SOCKET_READABLE,
+                inbox.poke.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            );
             Waiter(set)
         }
     }
@@ -110,7 +153,13 @@ impl Waiter {
     fn wait(&self, inbox: &bridge::RequestInbox, timeout: Duration) -> bool {
         unsafe {
             let mut event: pg_sys::WaitEvent = std::mem::zeroed();
-            pg_sys::WaitEventSetWait(self.0, timeout.as_millis() as std::ffi::c_long, &mut event, 1, pg_sys::PG_WAIT_EXTENSION);
+            pg_sys::WaitEventSetWait(
+                self.0,
+                timeout.as_millis() as std::ffi::c_long,
+                &mut event,
+                1,
+                pg_sys::PG_WAIT_EXTENSION,
+            );
             pg_sys::ResetLatch(pg_sys::MyLatch);
         }
         let mut sink = [0u8; 256];
@@ -120,10 +169,18 @@ impl Waiter {
 }
 
 fn apply_settings(shared: &Shared) {
-    shared.max_connections.store(gucs::max_connections(), Relaxed);
-    shared.max_message_size.store(gucs::max_message_size(), Relaxed);
-    shared.heartbeat_interval_s.store(gucs::heartbeat_interval_s(), Relaxed);
-    shared.handshake_timeout_ms.store(gucs::handshake_timeout_ms(), Relaxed);
+    shared
+        .max_connections
+        .store(gucs::max_connections(), Relaxed);
+    shared
+        .max_message_size
+        .store(gucs::max_message_size(), Relaxed);
+    shared
+        .heartbeat_interval_s
+        .store(gucs::heartbeat_interval_s(), Relaxed);
+    shared
+        .handshake_timeout_ms
+        .store(gucs::handshake_timeout_ms(), Relaxed);
 }
 
 fn fatal(message: String) -> ! {

@@ -90,19 +90,41 @@ impl Publisher {
         };
         for record in queue::records(&buf) {
             match decode_record(record) {
-                Some(Record::Txn { xid, commit_time, count, events: body }) => {
+                Some(Record::Txn {
+                    xid,
+                    commit_time,
+                    count,
+                    events: body,
+                }) => {
                     self.emit(xid, commit_time, count, events(body));
                 }
-                Some(Record::Spilled { xid, commit_time, count, path }) => self.emit_file(xid, commit_time, count, path),
-                Some(Record::Prepared { xid, count, events: body }) => {
-                    self.prepared.push(PreparedTxn { xid, count, body: Body::Inline(body.to_vec()) })
-                }
+                Some(Record::Spilled {
+                    xid,
+                    commit_time,
+                    count,
+                    path,
+                }) => self.emit_file(xid, commit_time, count, path),
+                Some(Record::Prepared {
+                    xid,
+                    count,
+                    events: body,
+                }) => self.prepared.push(PreparedTxn {
+                    xid,
+                    count,
+                    body: Body::Inline(body.to_vec()),
+                }),
                 Some(Record::PreparedSpilled { xid, count, path }) => {
-                    self.prepared.push(PreparedTxn { xid, count, body: Body::File(path.to_string()) })
+                    self.prepared.push(PreparedTxn {
+                        xid,
+                        count,
+                        body: Body::File(path.to_string()),
+                    })
                 }
                 Some(Record::Gap { lost_events }) => self.emit_gap("queue_overflow", lost_events),
                 Some(Record::Aborted) => {}
-                Some(Record::Pending) | None => pgrx::warning!("realtime_ext: skipped an unreadable queue record"),
+                Some(Record::Pending) | None => {
+                    pgrx::warning!("realtime_ext: skipped an unreadable queue record")
+                }
             }
         }
         self.flush();
@@ -147,11 +169,22 @@ impl Publisher {
         self.flush();
     }
 
-    fn emit<'a>(&mut self, xid: u32, commit_time: i64, count: u32, events: impl Iterator<Item = EventRef<'a>>) {
+    fn emit<'a>(
+        &mut self,
+        xid: u32,
+        commit_time: i64,
+        count: u32,
+        events: impl Iterator<Item = EventRef<'a>>,
+    ) {
         let mut position = self.take_positions(count as u64);
         let commit_time = format_time(commit_time);
         for ev in events {
-            self.push(frame(position, xid, &commit_time, &ev), position, ev.relid, ev.op);
+            self.push(
+                frame(position, xid, &commit_time, &ev),
+                position,
+                ev.relid,
+                ev.op,
+            );
             position += 1;
         }
     }
@@ -175,7 +208,12 @@ impl Publisher {
             chunk.truncate(start + n);
             let mut used = 0;
             while let Some((ev, len)) = crate::event::decode_event(&chunk[used..]) {
-                self.push(frame(position, xid, &commit_time, &ev), position, ev.relid, ev.op);
+                self.push(
+                    frame(position, xid, &commit_time, &ev),
+                    position,
+                    ev.relid,
+                    ev.op,
+                );
                 position += 1;
                 used += len;
             }
@@ -191,8 +229,16 @@ impl Publisher {
         self.flush();
         let first = self.take_positions(lost_events.max(1));
         let last = first + lost_events.max(1) - 1;
-        let frame = ServerMessage::Gap { reason, from_position: first, to_position: last }.to_text();
-        self.send(Batch::Gap { frame: frame.into(), last_position: last });
+        let frame = ServerMessage::Gap {
+            reason,
+            from_position: first,
+            to_position: last,
+        }
+        .to_text();
+        self.send(Batch::Gap {
+            frame: frame.into(),
+            last_position: last,
+        });
     }
 
     /// The head of the queue waits for its writer to settle it at commit, which normally takes
@@ -210,7 +256,9 @@ impl Publisher {
         if since.elapsed() < STUCK_AFTER {
             return false;
         }
-        let Some(committed) = outcome(record.xid) else { return false };
+        let Some(committed) = outcome(record.xid) else {
+            return false;
+        };
         if committed {
             queue::mark(record.offset, record.kind.committed(), now());
         } else {

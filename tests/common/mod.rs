@@ -20,7 +20,11 @@ pub struct Cluster {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn is_root() -> bool {
@@ -48,27 +52,41 @@ pub fn pg_run(program: &str, args: &[&str]) -> String {
     let mut c = pg_command(program);
     c.args(args);
     let out = c.output().expect("spawn");
-    assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn run(mut c: Command) {
     let out = c.output().expect("spawn");
-    assert!(out.status.success(), "{:?} failed: {}{}", c, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{:?} failed: {}{}",
+        c,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl Cluster {
     /// Start a cluster with the extension created; `conf` lines are appended to postgresql.conf.
     pub fn start(name: &str, conf: &[&str]) -> Cluster {
         let cluster = Cluster::start_plain(name, conf);
-        cluster.client().batch_execute("CREATE EXTENSION realtime_ext").unwrap();
+        cluster
+            .client()
+            .batch_execute("CREATE EXTENSION realtime_ext")
+            .unwrap();
         cluster.wait_healthy();
         cluster
     }
 
     /// Start a cluster without creating the extension or waiting for the worker.
     pub fn start_plain(name: &str, conf: &[&str]) -> Cluster {
-        let dir = std::env::temp_dir().join(format!("realtime_ext_it_{name}_{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("realtime_ext_it_{name}_{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         if is_root() {
@@ -81,10 +99,22 @@ impl Cluster {
         let data = dir.join("data");
         run({
             let mut c = pg_command("initdb");
-            c.args(["-D", data.to_str().unwrap(), "-U", "postgres", "--auth=trust", "--locale=C.UTF-8", "--no-sync"]);
+            c.args([
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--locale=C.UTF-8",
+                "--no-sync",
+            ]);
             c
         });
-        let cluster = Cluster { dir, port: free_port(), ws_port: free_port() };
+        let cluster = Cluster {
+            dir,
+            port: free_port(),
+            ws_port: free_port(),
+        };
         let mut text = format!(
             "port = {}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
              shared_preload_libraries = 'realtime_ext'\nrealtime.port = {}\nrealtime.listen_addresses = '127.0.0.1'\n\
@@ -97,8 +127,18 @@ impl Cluster {
             text.push_str(line);
             text.push('\n');
         }
-        std::fs::OpenOptions::new().append(true).open(data.join("postgresql.conf")).unwrap().write_all(text.as_bytes()).unwrap();
-        cluster.pg_ctl(&["start", "-w", "-l", cluster.dir.join("server.log").to_str().unwrap()]);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        cluster.pg_ctl(&[
+            "start",
+            "-w",
+            "-l",
+            cluster.dir.join("server.log").to_str().unwrap(),
+        ]);
         cluster
     }
 
@@ -113,12 +153,22 @@ impl Cluster {
     }
 
     pub fn restart(&self) {
-        self.pg_ctl(&["restart", "-w", "-m", "fast", "-l", self.dir.join("server.log").to_str().unwrap()]);
+        self.pg_ctl(&[
+            "restart",
+            "-w",
+            "-m",
+            "fast",
+            "-l",
+            self.dir.join("server.log").to_str().unwrap(),
+        ]);
         self.wait_healthy();
     }
 
     pub fn conninfo(&self, db: &str) -> String {
-        format!("host=127.0.0.1 port={} user=postgres dbname={db}", self.port)
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname={db}",
+            self.port
+        )
     }
 
     pub fn client(&self) -> postgres::Client {
@@ -126,7 +176,8 @@ impl Cluster {
     }
 
     pub fn client_to(&self, db: &str) -> postgres::Client {
-        postgres::Client::connect(&self.conninfo(db), postgres::NoTls).expect("connect to test cluster")
+        postgres::Client::connect(&self.conninfo(db), postgres::NoTls)
+            .expect("connect to test cluster")
     }
 
     pub fn log(&self) -> String {
@@ -141,7 +192,11 @@ impl Cluster {
         let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);
-        let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let status = out
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
         let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
         (status, body)
     }
@@ -168,7 +223,10 @@ impl Cluster {
 
     pub fn worker_pid(&self) -> i32 {
         self.client()
-            .query_one("SELECT pid FROM pg_stat_activity WHERE backend_type = 'realtime_ext'", &[])
+            .query_one(
+                "SELECT pid FROM pg_stat_activity WHERE backend_type = 'realtime_ext'",
+                &[],
+            )
             .unwrap()
             .get(0)
     }
@@ -181,7 +239,13 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         let mut c = pg_command("pg_ctl");
-        c.args(["-D", self.data().to_str().unwrap(), "stop", "-m", "immediate"]);
+        c.args([
+            "-D",
+            self.data().to_str().unwrap(),
+            "stop",
+            "-m",
+            "immediate",
+        ]);
         let _ = c.output();
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
@@ -195,7 +259,8 @@ pub struct Ws {
 
 impl Ws {
     pub fn connect(port: u16) -> Ws {
-        let (socket, _) = tungstenite::connect(format!("ws://127.0.0.1:{port}/realtime")).expect("websocket connect");
+        let (socket, _) = tungstenite::connect(format!("ws://127.0.0.1:{port}/realtime"))
+            .expect("websocket connect");
         if let MaybeTlsStream::Plain(s) = socket.get_ref() {
             s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         }
@@ -235,7 +300,14 @@ impl Ws {
                 Ok(Message::Text(t)) => break Some(serde_json::from_str(&t).unwrap()),
                 Ok(Message::Close(f)) => panic!("server closed the connection: {f:?}"),
                 Ok(_) => continue,
-                Err(tungstenite::Error::Io(e)) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break None,
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break None
+                }
                 Err(e) => panic!("websocket error: {e}"),
             }
         };
@@ -250,7 +322,10 @@ impl Ws {
         }
         self.send(msg);
         let ack = self.recv();
-        assert_eq!(ack["type"], "subscribed", "subscribe {table} {filter:?}: {ack}");
+        assert_eq!(
+            ack["type"], "subscribed",
+            "subscribe {table} {filter:?}: {ack}"
+        );
         ack
     }
 
