@@ -117,6 +117,99 @@ fn every_type_is_rendered_as_postgres_renders_it() {
     assert_eq!(change["new"]["p"], json!({"a": 1, "b": "x"}));
 }
 
+/// Rows are rendered by the extension's own renderer; it must agree with row_to_json on every
+/// value, including the ones JSON cannot hold as numbers, odd column names, domains, dropped and
+/// later-added columns, and a cast to json created after rows were already captured.
+#[test]
+fn rendering_matches_row_to_json_value_for_value() {
+    let mut db = cluster().client();
+    db.batch_execute(
+        r#"CREATE TYPE shade AS ENUM ('dark', 'light');
+        CREATE TYPE point3 AS (x float8, y float8, z float8);
+        CREATE DOMAIN price AS numeric(10,2) CHECK (VALUE >= 0);
+        CREATE DOMAIN label AS text;
+        CREATE DOMAIN ints AS int[];"#,
+    )
+    .unwrap();
+    let mut ws = watched(
+        "exact",
+        r#"(id int, gone text, i2 int2, i8 int8, f4 float4, f8 float8, n numeric, b bool, t text, vc varchar(5), c char(3),
+            nm name, d date, ts timestamp, tz timestamptz, tm time, ttz timetz, iv interval, j json, jb jsonb, by bytea,
+            u uuid, ip inet, arr int[], tarr text[], grid int[][], p point3, s shade, pr price, lb label, ia ints,
+            m money, pt point, tv tsvector, bits bit(4), "we""ird" int, "new
+line" int, "ü" int)"#,
+    );
+    db.batch_execute("ALTER TABLE exact DROP COLUMN gone")
+        .unwrap();
+    let rows = [
+        r#"(1, 1, 1, 1.5, 1.5, 1.50, true, 'plain', 'abc', 'ab', 'nm', '2026-01-02', '2026-01-02 03:04:05.6', '2026-01-02 03:04:05.6+02',
+            '03:04:05', '03:04:05+02', '1 year 2 mons 3 days 04:05:06', '{"a" : [1,  2]}', '{"b": {"c": null}}', '\x00ff', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
+            '10.0.0.1/8', '{1,NULL,3}', '{"x,y","q\"uote",NULL}', '{{1,2},{3,4}}', ROW(1, 2.5, -0), 'dark', 9.99, 'lab"el', '{5,6}',
+            12.34, '(1,2)', 'a fat cat', B'1010', 1, 2, 3)"#,
+        r#"(2, -32768, -9223372036854775808, 'NaN', 'Infinity', 'NaN', false, E'tab\there\nline\r\\ \"q\" \b\f \u0001 \u001f é 🦀', '',
+            'x  ', 'n', 'infinity', '-infinity', 'infinity', '24:00:00', '00:00:00-12', '-1 day', '"str"', '[1, "x", true]', '',
+            '00000000-0000-0000-0000-000000000000', '::1', '{}', '{}', '{}', ROW(NULL, NULL, NULL), 'light', 0, '', '{}',
+            -1, '(-1.5,0)', '', B'0000', NULL, NULL, NULL)"#,
+        r#"(3, 32767, 9223372036854775807, '-Infinity', '-0', 'Infinity', NULL, NULL, NULL, NULL, NULL, '4713-01-01 BC', '294276-12-31 23:59:59.999999',
+            '1999-12-31 23:59:59.999999-08', NULL, NULL, NULL, 'null', 'null', NULL, NULL, NULL, '{NULL}', '{NULL}', NULL, NULL, NULL,
+            NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)"#,
+        r#"(4, 0, 0, 1e30, 1.5e-7, '-Infinity', true, repeat('x', 3000), NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+            '1e400', '123456789012345678901234567890.123456789', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+            NULL, NULL, NULL, NULL, NULL, NULL, NULL)"#,
+    ];
+    let row_json = |db: &mut postgres::Client, id: i32| -> Value {
+        let text: String = db
+            .query_one(
+                "SELECT row_to_json(e)::text FROM exact e WHERE id = $1",
+                &[&id],
+            )
+            .unwrap()
+            .get(0);
+        j(&text)
+    };
+    let mut expected = Vec::new();
+    for (i, row) in rows.iter().enumerate() {
+        db.batch_execute(&format!("INSERT INTO exact VALUES {row}"))
+            .unwrap();
+        expected.push(row_json(&mut db, i as i32 + 1));
+    }
+    // A column added with a default: older tuples do not store it.
+    db.batch_execute("ALTER TABLE exact ADD COLUMN late int DEFAULT 7")
+        .unwrap();
+    let old_image = row_json(&mut db, 1);
+    db.batch_execute("UPDATE exact SET i2 = 5 WHERE id = 1")
+        .unwrap();
+    let new_image = row_json(&mut db, 1);
+    // A cast to json for the enum changes how row_to_json renders it from now on.
+    db.batch_execute(
+        "CREATE FUNCTION shade_json(shade) RETURNS json LANGUAGE sql IMMUTABLE AS $$ SELECT json_build_object('shade', $1::text) $$;
+         CREATE CAST (shade AS json) WITH FUNCTION shade_json(shade);
+         INSERT INTO exact (id, s) VALUES (5, 'light')",
+    )
+    .unwrap();
+    let with_cast = row_json(&mut db, 5);
+    assert_eq!(
+        with_cast["s"],
+        json!({"shade": "light"}),
+        "the cast is in effect"
+    );
+
+    let changes = ws.changes(rows.len() + 2);
+    for (change, expected) in changes.iter().zip(&expected) {
+        assert_eq!(&change["new"], expected);
+    }
+    assert_eq!(changes[rows.len()]["old"], old_image);
+    assert_eq!(changes[rows.len()]["new"], new_image);
+    assert_eq!(changes[rows.len() + 1]["new"], with_cast);
+    assert_eq!(
+        expected[1]["f8"],
+        json!("Infinity"),
+        "non-finite numbers are strings"
+    );
+    assert_eq!(expected[0]["we\"ird"], json!(1));
+    assert!(expected[0].get("gone").is_none(), "dropped column absent");
+}
+
 #[test]
 fn rolled_back_work_is_never_delivered() {
     let mut ws = watched("rb", "(id int, note text)");

@@ -2,6 +2,7 @@
 //! transaction callbacks publish it to the shared queue at commit (or drop it on abort).
 
 mod pending;
+mod render;
 mod target;
 mod trigger;
 mod xact;

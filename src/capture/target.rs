@@ -1,7 +1,9 @@
-//! Which watched table a captured row belongs to. A row in a partition is reported under the
-//! partitioned table that was watched, so subscribers of `measurements` see all partitions.
-//! Cached per backend; any relcache invalidation empties the cache (renames, ATTACH/DETACH).
+//! Which watched table a captured row belongs to, and how its rows are rendered. A row in a
+//! partition is reported under the partitioned table that was watched, so subscribers of
+//! `measurements` see all partitions. Cached per backend; any relcache invalidation (renames,
+//! ATTACH/DETACH, ALTER TABLE) or change to casts empties the cache.
 
+use super::render::RowFormat;
 use pgrx::pg_sys;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -12,19 +14,38 @@ pub struct Target {
     pub relid: u32,
     pub schema: String,
     pub table: String,
+    /// For rows of the relation the trigger fired on (a partition's columns may be ordered
+    /// differently from its root's).
+    pub format: RowFormat,
 }
 
 thread_local! {
     static CACHE: RefCell<HashMap<pg_sys::Oid, Rc<Target>>> = RefCell::new(HashMap::new());
 }
 
+fn clear() {
+    // Taken out first: dropping formats frees memory contexts, outside the RefCell borrow.
+    let old = CACHE.with(|c| std::mem::take(&mut *c.borrow_mut()));
+    drop(old);
+}
+
 #[pgrx::pg_guard]
-unsafe extern "C-unwind" fn invalidate(_arg: pg_sys::Datum, _relid: pg_sys::Oid) {
-    CACHE.with(|c| c.borrow_mut().clear());
+unsafe extern "C-unwind" fn relation_changed(_arg: pg_sys::Datum, _relid: pg_sys::Oid) {
+    clear();
+}
+
+/// A new cast to json changes how row_to_json renders a user-defined type.
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn cast_changed(_arg: pg_sys::Datum, _cache: std::ffi::c_int, _hash: u32) {
+    clear();
 }
 
 pub fn register_invalidation() {
-    unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(invalidate), pg_sys::Datum::from(0)) }
+    unsafe {
+        pg_sys::CacheRegisterRelcacheCallback(Some(relation_changed), pg_sys::Datum::from(0));
+        let casts = pg_sys::SysCacheIdentifier::CASTSOURCETARGET as std::ffi::c_int;
+        pg_sys::CacheRegisterSyscacheCallback(casts, Some(cast_changed), pg_sys::Datum::from(0));
+    }
 }
 
 /// `is_clone`: the trigger was cloned from a partitioned ancestor.
@@ -43,6 +64,7 @@ pub fn resolve(rel: pg_sys::Relation, is_clone: bool) -> Rc<Target> {
             relid: root.to_u32(),
             schema: cstr(pg_sys::get_namespace_name(pg_sys::get_rel_namespace(root))),
             table: cstr(pg_sys::get_rel_name(root)),
+            format: RowFormat::new((*rel).rd_att),
         }
     });
     CACHE.with(|c| c.borrow_mut().insert(relid, target.clone()));

@@ -1,9 +1,10 @@
 //! The trigger functions attached by `realtime_watch()`. They run inside the writer's statement:
-//! render the row with PostgreSQL's own `row_to_json` and append it to the pending buffer.
+//! render the row as `row_to_json` would and append it to the pending buffer.
 
 use super::{pending, target};
 use crate::event::Op;
 use pgrx::pg_sys;
+use std::cell::RefCell;
 
 #[pgrx::pg_schema]
 pub mod realtime {
@@ -29,9 +30,9 @@ pub mod realtime {
     }
 }
 
-// The fmgr entry point itself (pg_sys only exposes a guarded wrapper).
-unsafe extern "C-unwind" {
-    fn row_to_json(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum;
+thread_local! {
+    /// Reused between rows: the rendered new and old images.
+    static IMAGES: RefCell<(Vec<u8>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
 fn capture(td: &pg_sys::TriggerData) {
@@ -50,23 +51,14 @@ fn capture(td: &pg_sys::TriggerData) {
         Op::Delete => (std::ptr::null_mut(), td.tg_trigtuple),
         Op::Truncate => (std::ptr::null_mut(), std::ptr::null_mut()),
     };
-    let new = row_json(new, desc);
-    let old = row_json(old, desc);
-    pending::push(op, &target, new.as_deref(), old.as_deref());
-}
-
-/// PostgreSQL's own JSON rendering of a row, so every type (numeric, timestamptz, jsonb,
-/// arrays, composites, enums, bytea, types with casts to json) comes out as it would in SQL.
-fn row_json(tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc) -> Option<&'static [u8]> {
-    if tuple.is_null() {
-        return None;
-    }
-    unsafe {
-        let row = pg_sys::heap_copy_tuple_as_datum(tuple, desc);
-        let json = pg_sys::DirectFunctionCall1Coll(Some(row_to_json), pg_sys::InvalidOid, row);
-        let text = pg_sys::pg_detoast_datum_packed(json.cast_mut_ptr());
-        // The datum lives in the trigger's per-tuple memory context, reset after this call
-        // returns; it is copied into the pending buffer before then.
-        Some(pgrx::varlena::varlena_to_byte_slice(text))
-    }
+    IMAGES.with(|images| {
+        let (new_json, old_json) = &mut *images.borrow_mut();
+        let render = |tuple: pg_sys::HeapTuple, out: &mut Vec<u8>| {
+            out.clear();
+            (!tuple.is_null()).then(|| target.format.render(tuple, desc, out))
+        };
+        let new = render(new, new_json).map(|()| new_json.as_slice());
+        let old = render(old, old_json).map(|()| old_json.as_slice());
+        pending::push(op, &target, new, old);
+    })
 }
