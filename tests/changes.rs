@@ -2,12 +2,10 @@
 mod common;
 use common::{Cluster, Ws};
 use serde_json::{json, Value};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 fn cluster() -> &'static Cluster {
-    static C: OnceLock<Cluster> = OnceLock::new();
-    C.get_or_init(|| Cluster::start("changes", &[]))
+    common::shared("changes")
 }
 
 /// A fresh watched table and a client subscribed to it.

@@ -31,6 +31,7 @@ fn is_root() -> bool {
     unsafe { libc_geteuid() == 0 }
 }
 extern "C" {
+    fn atexit(f: extern "C" fn()) -> std::ffi::c_int;
     #[link_name = "geteuid"]
     fn libc_geteuid() -> u32;
 }
@@ -236,21 +237,37 @@ impl Cluster {
     }
 }
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
+impl Cluster {
+    fn stop(&self, remove: bool) {
         let mut c = pg_command("pg_ctl");
-        c.args([
-            "-D",
-            self.data().to_str().unwrap(),
-            "stop",
-            "-m",
-            "immediate",
-        ]);
+        c.args(["-D", self.data().to_str().unwrap(), "stop", "-m", "immediate"]);
         let _ = c.output();
-        if !std::thread::panicking() {
+        if remove {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop(!std::thread::panicking());
+    }
+}
+
+static SHARED: std::sync::OnceLock<Cluster> = std::sync::OnceLock::new();
+
+/// One cluster for every test in this test binary. Statics are never dropped, so it is stopped
+/// and removed when the test process exits.
+pub fn shared(name: &str) -> &'static Cluster {
+    extern "C" fn stop_shared() {
+        if let Some(c) = SHARED.get() {
+            c.stop(true);
+        }
+    }
+    SHARED.get_or_init(|| {
+        unsafe { atexit(stop_shared) };
+        Cluster::start(name, &[])
+    })
 }
 
 pub struct Ws {
