@@ -148,6 +148,9 @@ hwm=$(awk '/VmHWM/ {print $2}' /proc/$WORKER/status)
 echo "{\"scenario\":\"bulk\",\"rows\":$T_ROWS,\"plain_seconds\":$plain_s,\"watched_seconds\":$watched_s,\"worker_rss_kib_before\":$rss_before,\"worker_peak_rss_kib\":$hwm,\"queue_size_kib\":65536}" | record
 
 say "P: payload sizes"
+# A fresh bridge, so that P measures payload sizes and not what the fan-out flood left behind.
+kill "$BRIDGE_PID" 2>/dev/null && wait "$BRIDGE_PID" 2>/dev/null || true
+start_bridge
 for size in 1000 10000 100000 1000000; do
   "$LOADGEN" latency --pg "$PG" --ws "$RT_URL" --clients 1 --events $P_EVENTS --rate 50 --payload $size | record
   ensure_bridge "payload $size"

@@ -176,6 +176,9 @@ impl Publisher {
         count: u32,
         events: impl Iterator<Item = EventRef<'a>>,
     ) {
+        if self.skip_unheard(count) {
+            return;
+        }
         let mut position = self.take_positions(count as u64);
         let commit_time = format_time(commit_time);
         for ev in events {
@@ -191,6 +194,10 @@ impl Publisher {
 
     /// Stream a spilled transaction without holding it in memory at once.
     fn emit_file(&mut self, xid: u32, commit_time: i64, count: u32, path: &str) {
+        if self.skip_unheard(count) {
+            let _ = std::fs::remove_file(path);
+            return;
+        }
         let mut file = match std::fs::File::open(path) {
             Ok(f) => f,
             Err(e) => {
@@ -265,6 +272,20 @@ impl Publisher {
             queue::mark(record.offset, crate::event::RecordKind::Aborted, 0);
         }
         self.blocked = None;
+        true
+    }
+
+    /// With no subscription anywhere, nobody can receive a change: number it without rendering
+    /// its frame. Safe against a subscription being made meanwhile: it is counted before the
+    /// worker is asked to resolve it, and answered only after this pass, so it starts after
+    /// these positions.
+    fn skip_unheard(&mut self, count: u32) -> bool {
+        if self.shared.subscriptions.load(Relaxed) > 0 {
+            return false;
+        }
+        self.flush();
+        let first = self.take_positions(count as u64);
+        self.shared.position.store(first + count as u64 - 1, Relaxed);
         true
     }
 
