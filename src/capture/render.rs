@@ -82,11 +82,19 @@ impl RowFormat {
         }
     }
 
+    /// Whether this plan was made for a descriptor shaped like `desc`. Invalidation callbacks
+    /// normally drop a stale plan first; this is the guard that does not rely on them.
+    pub fn fits(&self, desc: pg_sys::TupleDesc) -> bool {
+        unsafe { (*desc).natts as usize == self.natts }
+    }
+
     /// Appends the row's JSON object to `out`. Runs in the trigger's per-tuple memory context,
     /// which PostgreSQL resets after each row, so output strings are not freed one by one.
     pub fn render(&self, tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc, out: &mut Vec<u8>) {
-        let mut values = vec![Datum::from(0); self.natts];
-        let mut nulls = vec![true; self.natts];
+        // heap_deform_tuple fills one slot per attribute of `desc`.
+        let slots = self.natts.max(unsafe { (*desc).natts } as usize);
+        let mut values = vec![Datum::from(0); slots];
+        let mut nulls = vec![true; slots];
         unsafe { pg_sys::heap_deform_tuple(tuple, desc, values.as_mut_ptr(), nulls.as_mut_ptr()) };
         out.push(b'{');
         for (i, column) in self.columns.iter().enumerate() {

@@ -52,7 +52,9 @@ pub fn register_invalidation() {
 pub fn resolve(rel: pg_sys::Relation, is_clone: bool) -> Rc<Target> {
     let relid = unsafe { (*rel).rd_id };
     if let Some(t) = CACHE.with(|c| c.borrow().get(&relid).cloned()) {
-        return t;
+        if t.format.fits(unsafe { (*rel).rd_att }) {
+            return t;
+        }
     }
     let root = if is_clone {
         topmost_ancestor(relid)

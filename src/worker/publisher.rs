@@ -285,7 +285,9 @@ impl Publisher {
         }
         self.flush();
         let first = self.take_positions(count as u64);
-        self.shared.position.store(first + count as u64 - 1, Relaxed);
+        self.shared
+            .position
+            .store(first + count as u64 - 1, Relaxed);
         true
     }
 

@@ -240,7 +240,13 @@ impl Cluster {
 impl Cluster {
     fn stop(&self, remove: bool) {
         let mut c = pg_command("pg_ctl");
-        c.args(["-D", self.data().to_str().unwrap(), "stop", "-m", "immediate"]);
+        c.args([
+            "-D",
+            self.data().to_str().unwrap(),
+            "stop",
+            "-m",
+            "immediate",
+        ]);
         let _ = c.output();
         if remove {
             let _ = std::fs::remove_dir_all(&self.dir);
