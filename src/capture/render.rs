@@ -5,6 +5,7 @@
 //! Arrays and composite columns are handed to PostgreSQL's own array_to_json / row_to_json.
 
 use pgrx::pg_sys::{self, Datum, Oid};
+use std::cell::RefCell;
 use std::ffi::CStr;
 
 /// How one column is rendered; mirrors json.c's JsonTypeCategory.
@@ -38,6 +39,11 @@ pub struct RowFormat {
     natts: usize,
     /// Holds what output functions cache in `fn_extra`; deleted with the format.
     memory: pg_sys::MemoryContext,
+}
+
+thread_local! {
+    /// A row's deformed values, reused from row to row.
+    static SLOTS: RefCell<(Vec<Datum>, Vec<bool>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
 // The fmgr entry points themselves (pg_sys only exposes guarded wrappers).
@@ -91,11 +97,20 @@ impl RowFormat {
     /// Appends the row's JSON object to `out`. Runs in the trigger's per-tuple memory context,
     /// which PostgreSQL resets after each row, so output strings are not freed one by one.
     pub fn render(&self, tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc, out: &mut Vec<u8>) {
-        // heap_deform_tuple fills one slot per attribute of `desc`.
-        let slots = self.natts.max(unsafe { (*desc).natts } as usize);
-        let mut values = vec![Datum::from(0); slots];
-        let mut nulls = vec![true; slots];
-        unsafe { pg_sys::heap_deform_tuple(tuple, desc, values.as_mut_ptr(), nulls.as_mut_ptr()) };
+        SLOTS.with(|slots| {
+            let (values, nulls) = &mut *slots.borrow_mut();
+            // heap_deform_tuple fills one slot per attribute of `desc`.
+            let n = self.natts.max(unsafe { (*desc).natts } as usize);
+            values.resize(n, Datum::from(0));
+            nulls.resize(n, true);
+            unsafe {
+                pg_sys::heap_deform_tuple(tuple, desc, values.as_mut_ptr(), nulls.as_mut_ptr())
+            };
+            self.write_object(values, nulls, out);
+        })
+    }
+
+    fn write_object(&self, values: &[Datum], nulls: &[bool], out: &mut Vec<u8>) {
         out.push(b'{');
         for (i, column) in self.columns.iter().enumerate() {
             if i > 0 {
