@@ -120,6 +120,12 @@ fn refuses_to_load_unless_preloaded() {
     );
 }
 
+/// The events table "kept" is watched for.
+fn kept_events(db: &mut postgres::Client) -> Vec<String> {
+    let sql = "SELECT events FROM realtime_watched() WHERE tbl = 'kept'::regclass";
+    db.query_one(sql, &[]).unwrap().get(0)
+}
+
 #[test]
 fn watching_survives_restart_and_dump_restore_and_drop_extension_cleans_up() {
     let cluster = Cluster::start("lifecycle_sql", &[]);
@@ -132,14 +138,7 @@ fn watching_survives_restart_and_dump_restore_and_drop_extension_cleans_up() {
 
     cluster.restart();
     let mut db = cluster.client();
-    let events: Vec<String> = db
-        .query_one(
-            "SELECT events FROM realtime_watched() WHERE tbl = 'kept'::regclass",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(events, ["INSERT", "DELETE"]);
+    assert_eq!(kept_events(&mut db), ["INSERT", "DELETE"]);
     let mut ws = cluster.ws();
     ws.subscribe("k", "kept", None);
     db.batch_execute("INSERT INTO kept VALUES (1, 'after restart')")
@@ -181,14 +180,7 @@ fn watching_survives_restart_and_dump_restore_and_drop_extension_cleans_up() {
             dump.to_str().unwrap(),
         ],
     );
-    let events: Vec<String> = db
-        .query_one(
-            "SELECT events FROM realtime_watched() WHERE tbl = 'kept'::regclass",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(events, ["INSERT", "DELETE"]);
+    assert_eq!(kept_events(&mut db), ["INSERT", "DELETE"]);
     let mut ws = cluster.ws();
     ws.subscribe("k", "kept", None);
     db.batch_execute("INSERT INTO kept VALUES (2, 'after restore')")
