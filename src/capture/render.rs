@@ -1,7 +1,7 @@
 //! Renders a row as JSON text exactly as PostgreSQL's `row_to_json` does (json.c:
 //! composite_to_json / datum_to_json), but decides how to render each column once per relation
 //! instead of once per row: row_to_json looks up every column's base type, category and output
-//! function on every call, which a profile of a 1,000,000-row insert put at half its cost.
+//! function on every call: half of its time in a profile of a 1,000,000-row insert.
 //! Arrays and composite columns are handed to PostgreSQL's own array_to_json / row_to_json.
 
 use pgrx::pg_sys::{self, Datum, Oid};
