@@ -6,12 +6,13 @@
 
 use super::filter;
 use super::Context;
-use crate::bridge::{Batch, ResolvedTable};
+use crate::bridge::{Batch, ResolvedTable, Shared};
 use crate::event::{Op, ALL_OPS};
 use crate::protocol::{self, ClientMessage, ErrorCode, ServerMessage};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::sync::broadcast::error::RecvError;
@@ -32,6 +33,24 @@ struct Subscription {
     ops: u8,
     /// Changes at or before this position predate the subscription.
     after: u64,
+    _counted: Counted,
+}
+
+/// Keeps `Shared::subscriptions` counting a subscription for as long as it exists, from the
+/// moment it is requested: the worker wakes on commits only while that count is above zero.
+struct Counted(Arc<Shared>);
+
+impl Counted {
+    fn new(shared: &Arc<Shared>) -> Counted {
+        shared.subscriptions.fetch_add(1, Relaxed);
+        Counted(shared.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.subscriptions.fetch_sub(1, Relaxed);
+    }
 }
 
 impl Subscription {
@@ -55,15 +74,6 @@ struct Session {
     seen: u64,
     /// The broadcast skipped batches this session was too slow for.
     lagged: bool,
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        self.context
-            .shared
-            .subscriptions
-            .fetch_sub(self.subscriptions.len(), Relaxed);
-    }
 }
 
 pub async fn run(ws: WebSocketStream<TcpStream>, context: Context) {
@@ -166,10 +176,6 @@ impl Session {
             Ok(ClientMessage::Unsubscribe { id }) => {
                 let before = self.subscriptions.len();
                 self.subscriptions.retain(|s| s.id != id);
-                self.context
-                    .shared
-                    .subscriptions
-                    .fetch_sub(before - self.subscriptions.len(), Relaxed);
                 if self.subscriptions.len() == before {
                     self.error(
                         ErrorCode::UnknownSubscription,
@@ -233,26 +239,16 @@ impl Session {
                 })?,
         };
         // Counted before the worker is asked, so that by the time it answers, commits already
-        // wake it (see queue::set_wake_on_commit); uncounted again if the subscribe fails.
-        self.context.shared.subscriptions.fetch_add(1, Relaxed);
-        let checked = self
-            .context
-            .worker
-            .resolve(table, filter)
-            .await
-            .and_then(|resolved| {
-                let ops = requested & resolved.watched_ops;
-                if events.is_some() && ops != requested {
-                    return Err((
-                        ErrorCode::InvalidEvents,
-                        "some requested events are not watched on this table".into(),
-                    ));
-                }
-                Ok((resolved, ops))
-            });
-        let (resolved, ops) = checked.inspect_err(|_| {
-            self.context.shared.subscriptions.fetch_sub(1, Relaxed);
-        })?;
+        // wake it (see queue::set_wake_on_commit); a failed subscribe drops the count.
+        let counted = Counted::new(&self.context.shared);
+        let resolved = self.context.worker.resolve(table, filter).await?;
+        let ops = requested & resolved.watched_ops;
+        if events.is_some() && ops != requested {
+            return Err((
+                ErrorCode::InvalidEvents,
+                "some requested events are not watched on this table".into(),
+            ));
+        }
         let after = self.context.shared.position().max(self.seen);
         let names = [Op::Insert, Op::Update, Op::Delete, Op::Truncate]
             .into_iter()
@@ -272,6 +268,7 @@ impl Session {
             table: resolved,
             ops,
             after,
+            _counted: counted,
         });
         Ok(())
     }
