@@ -63,7 +63,15 @@ fn two_hundred_clients_receive_identical_sequences() {
 
 #[test]
 fn concurrent_writers_every_event_exactly_once_in_commit_order() {
-    let cluster = Cluster::start("writers", &["synchronous_commit = off"]);
+    // This test is about order and exactly-once delivery, not slow clients (tests/worker.rs
+    // covers those): a backlog deep enough that a test reader on a busy machine is not cut off.
+    let cluster = Cluster::start(
+        "writers",
+        &[
+            "synchronous_commit = off",
+            "realtime.client_backlog = 65536",
+        ],
+    );
     let mut db = cluster.client();
     const ROWS: i32 = 20;
     const WRITERS: usize = 8;
