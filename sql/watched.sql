@@ -9,7 +9,9 @@ SELECT t.tgrelid::regclass AS tbl,
            CASE WHEN bit_or(t.tgtype::int) & 8  <> 0 THEN 'DELETE' END,
            CASE WHEN bit_or(t.tgtype::int) & 32 <> 0 THEN 'TRUNCATE' END], NULL) AS events
   FROM pg_trigger t
- WHERE t.tgname IN ('realtime_ext_capture_row', 'realtime_ext_capture_truncate')
+ WHERE t.tgname IN ('realtime_ext_capture_row', 'realtime_ext_capture_insert',
+                     'realtime_ext_capture_update', 'realtime_ext_capture_delete',
+                     'realtime_ext_capture_truncate')
    AND t.tgparentid = 0
  GROUP BY t.tgrelid;
 
@@ -26,7 +28,9 @@ LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM realtime.depend_on_extension(t.tgrelid)
        FROM pg_trigger t
-      WHERE t.tgname IN ('realtime_ext_capture_row', 'realtime_ext_capture_truncate')
+      WHERE t.tgname IN ('realtime_ext_capture_row', 'realtime_ext_capture_insert',
+                     'realtime_ext_capture_update', 'realtime_ext_capture_delete',
+                     'realtime_ext_capture_truncate')
         AND t.tgparentid = 0
         AND NOT EXISTS (SELECT FROM pg_depend d
                          WHERE d.classid = 'pg_trigger'::regclass AND d.objid = t.oid

@@ -9,8 +9,35 @@ use pgrx::prelude::*;
 use pgrx::spi::quote_identifier;
 use pgrx::PgSqlErrorCode::*;
 
-pub const ROW_TRIGGER: &str = "realtime_ext_capture_row";
-pub const TRUNCATE_TRIGGER: &str = "realtime_ext_capture_truncate";
+/// Partitioned tables: one row trigger, cloned by PostgreSQL onto every partition.
+const ROW_TRIGGER: &str = "realtime_ext_capture_row";
+/// Ordinary tables: a statement trigger per operation (transition tables allow one each).
+const STATEMENT_TRIGGERS: [(Op, &str, &str); 3] = [
+    (
+        Op::Insert,
+        "realtime_ext_capture_insert",
+        "REFERENCING NEW TABLE AS realtime_new",
+    ),
+    (
+        Op::Update,
+        "realtime_ext_capture_update",
+        "REFERENCING OLD TABLE AS realtime_old NEW TABLE AS realtime_new",
+    ),
+    (
+        Op::Delete,
+        "realtime_ext_capture_delete",
+        "REFERENCING OLD TABLE AS realtime_old",
+    ),
+];
+const TRUNCATE_TRIGGER: &str = "realtime_ext_capture_truncate";
+/// Every trigger name realtime_watch() may create (sql/watched.sql lists them too).
+const TRIGGERS: [&str; 5] = [
+    ROW_TRIGGER,
+    STATEMENT_TRIGGERS[0].1,
+    STATEMENT_TRIGGERS[1].1,
+    STATEMENT_TRIGGERS[2].1,
+    TRUNCATE_TRIGGER,
+];
 
 extension_sql_file!(
     "../sql/watched.sql",
@@ -34,12 +61,27 @@ fn realtime_watch(tbl: pg_sys::Oid, events: Vec<String>) {
         .map(Op::name)
         .collect();
     drop_triggers(tbl, &rel);
-    if !row_ops.is_empty() {
+    let partitioned = Spi::get_one_with_args::<bool>(
+        "SELECT relkind = 'p' OR relispartition FROM pg_class WHERE oid = $1",
+        &[tbl.into()],
+    )
+    .unwrap_or_else(|e| spi_failed(e))
+    .unwrap_or(false);
+    if partitioned && !row_ops.is_empty() {
         let sql = format!(
             "CREATE TRIGGER {ROW_TRIGGER} AFTER {} ON {rel} FOR EACH ROW EXECUTE FUNCTION realtime.capture_row()",
             row_ops.join(" OR ")
         );
         Spi::run(&sql).unwrap_or_else(|e| spi_failed(e));
+    }
+    for (op, name, referencing) in STATEMENT_TRIGGERS {
+        if !partitioned && ops & op.bit() != 0 {
+            let sql = format!(
+                "CREATE TRIGGER {name} AFTER {} ON {rel} {referencing} FOR EACH STATEMENT EXECUTE FUNCTION realtime.capture_rows()",
+                op.name()
+            );
+            Spi::run(&sql).unwrap_or_else(|e| spi_failed(e));
+        }
     }
     if ops & Op::Truncate.bit() != 0 {
         let sql = format!(
@@ -175,7 +217,7 @@ fn parse_events(events: &[String]) -> u8 {
 }
 
 fn drop_triggers(tbl: pg_sys::Oid, rel: &str) {
-    for name in [ROW_TRIGGER, TRUNCATE_TRIGGER] {
+    for name in TRIGGERS {
         let exists = Spi::get_one_with_args::<bool>(
             "SELECT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = $1 AND tgname = $2)",
             &[tbl.into(), name.into()],
@@ -213,7 +255,7 @@ fn adopt(tbl: pg_sys::Oid) {
                                      WHERE d.classid = 'pg_trigger'::regclass AND d.objid = t.oid
                                        AND d.refclassid = 'pg_extension'::regclass)",
                 None,
-                &[tbl.into(), vec![ROW_TRIGGER, TRUNCATE_TRIGGER].into()],
+                &[tbl.into(), TRIGGERS.to_vec().into()],
             )?
             .map(|row| row.get::<pg_sys::Oid>(1))
             .collect::<Result<Vec<_>, _>>()

@@ -10,3 +10,12 @@ pub fn raise(code: PgSqlErrorCode, message: impl Into<String>, hint: impl Into<S
         .report(PgLogLevel::ERROR);
     unreachable!("ERROR does not return")
 }
+
+/// The message of an error caught with `PgTryBuilder`.
+pub fn message(e: &pgrx::pg_sys::panic::CaughtError) -> String {
+    use pgrx::pg_sys::panic::CaughtError::*;
+    match e {
+        PostgresError(r) | ErrorReport(r) => r.message().to_string(),
+        RustPanic { ereport, .. } => ereport.message().to_string(),
+    }
+}

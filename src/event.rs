@@ -3,6 +3,11 @@
 //!
 //! Event:  op u8 | relid u32 | schema len u16 + bytes | table len u16 + bytes |
 //!         new len u32 + bytes | old len u32 + bytes            (len u32::MAX = absent)
+//!         The images are JSON text rendered by the writer.
+//! Shape:  SHAPE u8 | relid u32 | schema | table (as above) | shape len u32 + bytes
+//!         Not a change: how the TUPLE events after it are to be rendered (see `shape`).
+//! Tuple:  TUPLE|op u8 | new len u32 + bytes | old len u32 + bytes
+//!         A change whose images are raw tuples of the last shape, rendered by the worker.
 //! Record (one per queue entry): kind u8 | xid u32 | commit_time i64 | count u32 | body
 //!   TXN:      body = `count` events
 //!   SPILLED:  body = path of a file holding `count` events
@@ -49,6 +54,23 @@ impl Op {
 pub const ALL_OPS: u8 = 0b1111;
 
 const ABSENT: u32 = u32::MAX;
+const SHAPE: u8 = 0x40;
+const TUPLE: u8 = 0x20;
+
+fn put_name(buf: &mut Vec<u8>, name: &str) {
+    buf.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    buf.extend_from_slice(name.as_bytes());
+}
+
+fn put_image(buf: &mut Vec<u8>, image: Option<&[u8]>) {
+    match image {
+        Some(bytes) => {
+            buf.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            buf.extend_from_slice(bytes);
+        }
+        None => buf.extend_from_slice(&ABSENT.to_le_bytes()),
+    }
+}
 
 pub fn encode_event(
     buf: &mut Vec<u8>,
@@ -61,22 +83,35 @@ pub fn encode_event(
 ) {
     buf.push(op as u8);
     buf.extend_from_slice(&relid.to_le_bytes());
-    for name in [schema, table] {
-        buf.extend_from_slice(&(name.len() as u16).to_le_bytes());
-        buf.extend_from_slice(name.as_bytes());
-    }
-    for image in [new, old] {
-        match image {
-            Some(bytes) => {
-                buf.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-                buf.extend_from_slice(bytes);
-            }
-            None => buf.extend_from_slice(&ABSENT.to_le_bytes()),
-        }
-    }
+    put_name(buf, schema);
+    put_name(buf, table);
+    put_image(buf, new);
+    put_image(buf, old);
 }
 
-/// A decoded event borrowing from the buffer it was read from.
+pub fn encode_shape(buf: &mut Vec<u8>, relid: u32, schema: &str, table: &str, shape: &[u8]) {
+    buf.push(SHAPE);
+    buf.extend_from_slice(&relid.to_le_bytes());
+    put_name(buf, schema);
+    put_name(buf, table);
+    put_image(buf, Some(shape));
+}
+
+pub fn encode_tuple(buf: &mut Vec<u8>, op: Op, new: Option<&[u8]>, old: Option<&[u8]>) {
+    buf.push(TUPLE | op as u8);
+    put_image(buf, new);
+    put_image(buf, old);
+}
+
+/// One entry of a transaction's body, borrowing from the buffer it was read from.
+#[derive(Debug, PartialEq)]
+pub enum Item<'a> {
+    Change(EventRef<'a>),
+    Shape(ShapeRef<'a>),
+    Tuple(TupleRef<'a>),
+}
+
+/// A change with JSON images.
 #[derive(Debug, PartialEq)]
 pub struct EventRef<'a> {
     pub op: Op,
@@ -87,66 +122,103 @@ pub struct EventRef<'a> {
     pub old: Option<&'a str>,
 }
 
-struct Reader<'a> {
+/// Which table the tuples that follow belong to, and how to render them.
+#[derive(Debug, PartialEq)]
+pub struct ShapeRef<'a> {
+    pub relid: u32,
+    pub schema: &'a str,
+    pub table: &'a str,
+    pub shape: &'a [u8],
+}
+
+/// A change with raw tuple images, of the last shape.
+#[derive(Debug, PartialEq)]
+pub struct TupleRef<'a> {
+    pub op: Op,
+    pub new: Option<&'a [u8]>,
+    pub old: Option<&'a [u8]>,
+}
+
+/// Reads the little-endian fields these layouts are made of; `None` past the end.
+pub struct Reader<'a> {
     buf: &'a [u8],
     at: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+    pub fn new(buf: &'a [u8]) -> Reader<'a> {
+        Reader { buf, at: 0 }
+    }
+    pub fn take(&mut self, n: usize) -> Option<&'a [u8]> {
         let s = self.buf.get(self.at..self.at.checked_add(n)?)?;
         self.at += n;
         Some(s)
     }
-    fn u8(&mut self) -> Option<u8> {
+    pub fn u8(&mut self) -> Option<u8> {
         Some(self.take(1)?[0])
     }
-    fn u16(&mut self) -> Option<u16> {
+    pub fn u16(&mut self) -> Option<u16> {
         Some(u16::from_le_bytes(self.take(2)?.try_into().ok()?))
     }
-    fn u32(&mut self) -> Option<u32> {
+    pub fn u32(&mut self) -> Option<u32> {
         Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
     }
-    fn u64(&mut self) -> Option<u64> {
+    pub fn u64(&mut self) -> Option<u64> {
         Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
     }
-    fn str(&mut self, n: usize) -> Option<&'a str> {
+    pub fn str(&mut self, n: usize) -> Option<&'a str> {
         std::str::from_utf8(self.take(n)?).ok()
     }
-    fn image(&mut self) -> Option<Option<&'a str>> {
+    pub fn name(&mut self) -> Option<&'a str> {
+        let n = self.u16()? as usize;
+        self.str(n)
+    }
+    fn bytes(&mut self) -> Option<Option<&'a [u8]>> {
         match self.u32()? {
             ABSENT => Some(None),
-            n => Some(Some(self.str(n as usize)?)),
+            n => Some(Some(self.take(n as usize)?)),
+        }
+    }
+    fn image(&mut self) -> Option<Option<&'a str>> {
+        match self.bytes()? {
+            None => Some(None),
+            Some(b) => Some(Some(std::str::from_utf8(b).ok()?)),
         }
     }
 }
 
-/// Decode one event at the start of `buf`; returns it and the bytes it used.
-pub fn decode_event(buf: &[u8]) -> Option<(EventRef<'_>, usize)> {
+/// Decode one item at the start of `buf`; returns it and the bytes it used.
+pub fn decode_event(buf: &[u8]) -> Option<(Item<'_>, usize)> {
     let mut r = Reader { buf, at: 0 };
-    let op = Op::from_u8(r.u8()?)?;
-    let relid = r.u32()?;
-    let n = r.u16()? as usize;
-    let schema = r.str(n)?;
-    let n = r.u16()? as usize;
-    let table = r.str(n)?;
-    let new = r.image()?;
-    let old = r.image()?;
-    Some((
-        EventRef {
-            op,
-            relid,
-            schema,
-            table,
-            new,
-            old,
-        },
-        r.at,
-    ))
+    let code = r.u8()?;
+    let item = if code == SHAPE {
+        Item::Shape(ShapeRef {
+            relid: r.u32()?,
+            schema: r.name()?,
+            table: r.name()?,
+            shape: r.bytes()??,
+        })
+    } else if code & TUPLE != 0 {
+        Item::Tuple(TupleRef {
+            op: Op::from_u8(code & !TUPLE)?,
+            new: r.bytes()?,
+            old: r.bytes()?,
+        })
+    } else {
+        Item::Change(EventRef {
+            op: Op::from_u8(code)?,
+            relid: r.u32()?,
+            schema: r.name()?,
+            table: r.name()?,
+            new: r.image()?,
+            old: r.image()?,
+        })
+    };
+    Some((item, r.at))
 }
 
-/// Iterate the events of a TXN body or a spill file's contents.
-pub fn events(mut buf: &[u8]) -> impl Iterator<Item = EventRef<'_>> {
+/// Iterate the items of a TXN body or a spill file's contents.
+pub fn events(mut buf: &[u8]) -> impl Iterator<Item = Item<'_>> {
     std::iter::from_fn(move || {
         let (ev, used) = decode_event(buf)?;
         buf = &buf[used..];
@@ -306,21 +378,52 @@ mod unit {
             Some(b"{\"a\":0}"),
         );
         encode_event(&mut buf, Op::Truncate, 42, "public", "t", None, None);
+        encode_shape(&mut buf, 7, "s", "rows", b"shape");
+        encode_tuple(&mut buf, Op::Delete, None, Some(&[0, 1, 2]));
         let got: Vec<_> = events(&buf).collect();
-        assert_eq!(got.len(), 2);
-        assert_eq!(got[0].table, "défauts");
-        assert_eq!(got[0].new, Some("{\"a\":1}"));
-        assert_eq!(got[0].old, Some("{\"a\":0}"));
-        assert_eq!(got[1].op, Op::Truncate);
-        assert_eq!(got[1].new, None);
+        assert_eq!(got.len(), 4);
+        let Item::Change(first) = &got[0] else {
+            panic!("{:?}", got[0])
+        };
+        assert_eq!(first.table, "défauts");
+        assert_eq!(first.new, Some("{\"a\":1}"));
+        assert_eq!(first.old, Some("{\"a\":0}"));
+        assert!(matches!(&got[1], Item::Change(e) if e.op == Op::Truncate && e.new.is_none()));
+        assert_eq!(
+            got[2],
+            Item::Shape(ShapeRef {
+                relid: 7,
+                schema: "s",
+                table: "rows",
+                shape: b"shape"
+            })
+        );
+        assert_eq!(
+            got[3],
+            Item::Tuple(TupleRef {
+                op: Op::Delete,
+                new: None,
+                old: Some(&[0, 1, 2])
+            })
+        );
     }
 
     #[test]
     fn truncated_input_is_rejected_not_misread() {
         let mut buf = Vec::new();
         encode_event(&mut buf, Op::Insert, 1, "s", "t", Some(b"{}"), None);
-        for cut in 0..buf.len() {
-            assert!(decode_event(&buf[..cut]).is_none(), "cut at {cut}");
+        let first = buf.len();
+        encode_shape(&mut buf, 1, "s", "t", b"x");
+        let second = buf.len();
+        encode_tuple(&mut buf, Op::Insert, Some(b"xy"), None);
+        for (start, end) in [(0, first), (first, second), (second, buf.len())] {
+            assert_eq!(
+                decode_event(&buf[start..end]).map(|(_, n)| n),
+                Some(end - start)
+            );
+            for cut in start..end {
+                assert!(decode_event(&buf[start..cut]).is_none(), "cut at {cut}");
+            }
         }
     }
 

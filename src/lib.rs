@@ -21,6 +21,8 @@ mod gucs;
 mod net;
 mod protocol;
 mod queue;
+mod render;
+mod shape;
 mod worker;
 
 ::pgrx::pg_module_magic!();

@@ -34,13 +34,27 @@ mod tests {
                 "TRUNCATE".into()
             ])
         );
-        assert_eq!(trigger_count("t_watch"), 2);
+        // An ordinary table: a statement trigger with transition tables per row operation.
+        assert_eq!(trigger_count("t_watch"), 4);
+        let transition_tables = Spi::get_one::<String>(
+            "SELECT string_agg(tgname || ':' || coalesce(tgoldtable, '-') || ':' || coalesce(tgnewtable, '-'), ' ' ORDER BY tgname)
+               FROM pg_trigger WHERE tgrelid = 't_watch'::regclass AND tgtype & 1 = 0 AND tgtype & 32 = 0",
+        )
+        .unwrap();
+        assert_eq!(
+            transition_tables.as_deref(),
+            Some(
+                "realtime_ext_capture_delete:realtime_old:- \
+                 realtime_ext_capture_insert:-:realtime_new \
+                 realtime_ext_capture_update:realtime_old:realtime_new"
+            )
+        );
         Spi::run("SELECT realtime_watch('t_watch', ARRAY['update', 'DELETE'])").unwrap();
         assert_eq!(
             events_of("t_watch"),
             Some(vec!["UPDATE".into(), "DELETE".into()])
         );
-        assert_eq!(trigger_count("t_watch"), 1);
+        assert_eq!(trigger_count("t_watch"), 2);
         Spi::run("SELECT realtime_watch('t_watch', ARRAY['TRUNCATE'])").unwrap();
         assert_eq!(events_of("t_watch"), Some(vec!["TRUNCATE".into()]));
     }
@@ -104,7 +118,7 @@ mod tests {
               WHERE t.tgrelid = 't_dep'::regclass AND d.refclassid = 'pg_extension'::regclass AND d.deptype = 'a'",
         )
         .unwrap();
-        assert_eq!(deps, Some(2));
+        assert_eq!(deps, Some(4));
     }
 
     #[pg_test(error = "\"t_view\" is a view")]

@@ -208,6 +208,177 @@ line" int, "ü" int)"#,
     assert!(expected[0].get("gone").is_none(), "dropped column absent");
 }
 
+/// Rows of ordinary tables whose columns print the same anywhere are rendered by the worker,
+/// not the writer. The worker must print them as row_to_json did in the writer's session, with
+/// that session's time zone, DateStyle, IntervalStyle, extra_float_digits and bytea_output,
+/// which may change between two statements of one transaction.
+#[test]
+fn rows_rendered_by_the_worker_match_row_to_json_in_the_writers_session() {
+    let mut db = cluster().client();
+    db.batch_execute(
+        "CREATE TYPE tone AS ENUM ('low', 'high');
+         CREATE DOMAIN amount AS numeric(12,3) CHECK (VALUE >= 0);",
+    )
+    .unwrap();
+    let mut ws = watched(
+        "deferred",
+        r#"(id int PRIMARY KEY, gone text, i2 int2, i8 int8, f4 float4, f8 float8, n numeric, b bool, t text,
+            vc varchar(5), c char(3), nm name, ch "char", o oid, d date, ts timestamp, tz timestamptz, tm time,
+            ttz timetz, iv interval, j json, jb jsonb, by bytea, u uuid, ip inet, cidr cidr, mac macaddr,
+            mac8 macaddr8, bits bit(4), vb varbit, tn tone, am amount, "odd ""name""" int, big text)"#,
+    );
+    db.batch_execute("ALTER TABLE deferred DROP COLUMN gone")
+        .unwrap();
+    let session = [
+        ("TimeZone", "Asia/Kathmandu"),
+        ("DateStyle", "SQL, DMY"),
+        ("IntervalStyle", "sql_standard"),
+        ("extra_float_digits", "0"),
+        ("bytea_output", "escape"),
+    ];
+    let values = r#"(1, -32768, 9223372036854775807, 0.1, 0.1, 1.50, true, E'tab\t"q" é 🦀 \u0001', 'abc', 'ab', 'nm',
+         'x', 4242, '2026-01-02', '2026-01-02 03:04:05.6', '2026-01-02 03:04:05.6+02', '03:04:05', '03:04:05+02',
+         '1 year 2 mons -3 days 04:05:06', '{"a" : [1,  2]}', '{"b": {"c": null}}', '\x00ff41', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
+         '10.0.0.1/8', '10.0.0.0/8', '08:00:2b:01:02:03', '08:00:2b:01:02:03:04:05', B'1010', B'101', 'high', 12.5, 7, 'short'),
+        (2, NULL, NULL, 'NaN', '-Infinity', 'NaN', false, '', NULL, NULL, NULL, NULL, NULL, 'infinity', '-infinity',
+         'infinity', '24:00:00', '00:00:00-12', '-1 day', 'null', '"str"', '', NULL, '::1', NULL, NULL, NULL, B'0000', B'',
+         'low', 0, NULL, (SELECT string_agg(md5(g::text), '') FROM generate_series(1, 3000) g))"#;
+    fn image(db: &mut impl postgres::GenericClient, id: i32) -> Value {
+        let text: String = db
+            .query_one(
+                "SELECT row_to_json(deferred)::text FROM deferred WHERE id = $1",
+                &[&id],
+            )
+            .unwrap()
+            .get(0);
+        j(&text)
+    }
+    let mut tx = db.transaction().unwrap();
+    for (name, value) in session {
+        tx.batch_execute(&format!("SET LOCAL {name} = '{value}'"))
+            .unwrap();
+    }
+    tx.batch_execute(&format!("INSERT INTO deferred VALUES {values}"))
+        .unwrap();
+    let inserted = [image(&mut tx, 1), image(&mut tx, 2)];
+    // A second statement of the same transaction, under another time zone.
+    tx.batch_execute("SET LOCAL TimeZone = 'America/St_Johns'; UPDATE deferred SET i2 = 5")
+        .unwrap();
+    let updated = [image(&mut tx, 1), image(&mut tx, 2)];
+    // Rolled back: its rows and shape must go, and what was captured before must stay.
+    tx.batch_execute("SAVEPOINT s; SET LOCAL TimeZone = 'UTC'; UPDATE deferred SET i2 = NULL")
+        .unwrap();
+    assert_eq!(image(&mut tx, 1)["i2"], Value::Null);
+    tx.batch_execute("ROLLBACK TO SAVEPOINT s").unwrap();
+    tx.commit().unwrap();
+    // A column added with a default: the stored tuples do not hold it.
+    db.batch_execute("ALTER TABLE deferred ADD COLUMN late int DEFAULT 7")
+        .unwrap();
+    let before_delete = image(&mut db, 1);
+    db.batch_execute("DELETE FROM deferred WHERE id = 1")
+        .unwrap();
+
+    let c = ws.changes(5);
+    let ops: Vec<&str> = c.iter().map(|m| m["op"].as_str().unwrap()).collect();
+    assert_eq!(ops, ["INSERT", "INSERT", "UPDATE", "UPDATE", "DELETE"]);
+    assert_eq!(c[0]["new"], inserted[0]);
+    assert_eq!(c[1]["new"], inserted[1]);
+    // The update's old images are printed as the UPDATE's session printed them.
+    assert_ne!(inserted[0]["tz"], updated[0]["tz"], "the time zone changed");
+    assert_eq!(c[2]["new"], updated[0]);
+    assert_eq!(c[3]["new"], updated[1]);
+    assert_eq!(c[2]["old"]["tz"], updated[0]["tz"]);
+    assert_eq!(c[2]["old"]["i2"], inserted[0]["i2"]);
+    assert_eq!(
+        c[3]["old"]["big"], inserted[1]["big"],
+        "out-of-line value fetched"
+    );
+    assert_eq!(c[4]["old"], before_delete);
+    assert_eq!(
+        before_delete["late"],
+        json!(7),
+        "a missing column takes its default"
+    );
+    assert_eq!(
+        inserted[0]["f8"].to_string(),
+        "0.1",
+        "extra_float_digits = 0 applied"
+    );
+    assert_eq!(
+        inserted[0]["by"],
+        json!("\\000\\377A"),
+        "bytea_output = escape applied"
+    );
+    assert_eq!(inserted[1]["f4"], json!("NaN"));
+    assert_eq!(inserted[1]["big"].as_str().unwrap().len(), 96_000);
+    nothing_more(&mut ws);
+}
+
+/// A change the worker cannot render (here: its enum type was dropped in the same
+/// transaction) becomes a gap for the rest of that transaction; the worker carries on.
+#[test]
+fn a_row_the_worker_cannot_render_becomes_a_gap() {
+    let mut db = cluster().client();
+    db.batch_execute("CREATE TYPE fleeting AS ENUM ('a', 'b')")
+        .unwrap();
+    let mut ws = watched("doomed", "(id int, f fleeting)");
+    db.batch_execute(
+        "BEGIN; INSERT INTO doomed VALUES (1, 'a'), (2, 'b'); DROP TYPE fleeting CASCADE; COMMIT;
+         INSERT INTO doomed VALUES (3)",
+    )
+    .unwrap();
+    let gap = ws.recv();
+    assert_eq!(gap["type"], "gap", "{gap}");
+    assert_eq!(gap["reason"], "render_failed");
+    let (from, to) = (
+        gap["from_position"].as_u64().unwrap(),
+        gap["to_position"].as_u64().unwrap(),
+    );
+    assert_eq!(to - from + 1, 2, "both rows of the transaction: {gap}");
+    let next = ws.changes(1);
+    assert_eq!(next[0]["new"], json!({"id": 3}));
+    assert_eq!(next[0]["position"].as_u64().unwrap(), to + 1);
+}
+
+/// The capture trigger reads the statement's transition tables with a read pointer of its own:
+/// the user's statement triggers on the same table, firing before and after it, still see
+/// every row.
+#[test]
+fn other_transition_table_triggers_still_see_every_row() {
+    let mut db = cluster().client();
+    db.batch_execute(
+        "CREATE TABLE seen (trigger text, n bigint);
+         CREATE FUNCTION count_rows() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN INSERT INTO seen SELECT TG_NAME, count(*) FROM inserted; RETURN NULL; END $$;",
+    )
+    .unwrap();
+    let mut ws = watched("shared_rows", "(id int)");
+    db.batch_execute(
+        "CREATE TRIGGER a_first AFTER INSERT ON shared_rows REFERENCING NEW TABLE AS inserted
+             FOR EACH STATEMENT EXECUTE FUNCTION count_rows();
+         CREATE TRIGGER z_last AFTER INSERT ON shared_rows REFERENCING NEW TABLE AS inserted
+             FOR EACH STATEMENT EXECUTE FUNCTION count_rows();
+         INSERT INTO shared_rows SELECT g FROM generate_series(1, 5000) g",
+    )
+    .unwrap();
+    let ids: Vec<u64> = ws
+        .changes(5000)
+        .iter()
+        .map(|c| c["new"]["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, (1..=5000).collect::<Vec<u64>>());
+    let seen: Vec<(String, i64)> = db
+        .query("SELECT trigger, n FROM seen ORDER BY trigger", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        seen,
+        [("a_first".to_string(), 5000), ("z_last".to_string(), 5000)]
+    );
+}
+
 #[test]
 fn rolled_back_work_is_never_delivered() {
     let mut ws = watched("rb", "(id int, note text)");

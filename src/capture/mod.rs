@@ -2,7 +2,6 @@
 //! transaction callbacks publish it to the shared queue at commit (or drop it on abort).
 
 mod pending;
-mod render;
 mod target;
 mod trigger;
 mod xact;

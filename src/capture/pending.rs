@@ -3,7 +3,7 @@
 //! Savepoint rollbacks cut the buffer back to where that subtransaction started.
 
 use super::target::Target;
-use crate::event::{encode_event, Op};
+use crate::event::{encode_event, encode_shape, encode_tuple, Op};
 use crate::queue::SPILL_DIR;
 use pgrx::pg_sys;
 use std::cell::RefCell;
@@ -98,7 +98,34 @@ fn open_spill(xid: u32) -> std::io::Result<Spill> {
     })
 }
 
+/// A change rendered by the writer.
 pub fn push(op: Op, target: &Target, new: Option<&[u8]>, old: Option<&[u8]>) {
+    append(true, |buf| {
+        encode_event(
+            buf,
+            op,
+            target.relid,
+            &target.schema,
+            &target.table,
+            new,
+            old,
+        )
+    })
+}
+
+/// How the raw tuples pushed after it are to be rendered (`shape::encode`).
+pub fn push_shape(target: &Target, shape: &[u8]) {
+    append(false, |buf| {
+        encode_shape(buf, target.relid, &target.schema, &target.table, shape)
+    })
+}
+
+/// A change whose raw tuples the worker renders.
+pub fn push_tuple(op: Op, new: Option<&[u8]>, old: Option<&[u8]>) {
+    append(true, |buf| encode_tuple(buf, op, new, old))
+}
+
+fn append(is_change: bool, encode: impl FnOnce(&mut Vec<u8>)) {
     PENDING.with(|p| {
         let mut p = p.borrow_mut();
         if p.count == 0 {
@@ -109,16 +136,8 @@ pub fn push(op: Op, target: &Target, new: Option<&[u8]>, old: Option<&[u8]>) {
             let (len, count) = (p.len(), p.count);
             p.marks.push((subid, len, count));
         }
-        encode_event(
-            &mut p.buf,
-            op,
-            target.relid,
-            &target.schema,
-            &target.table,
-            new,
-            old,
-        );
-        p.count += 1;
+        encode(&mut p.buf);
+        p.count += u32::from(is_change);
         let threshold = crate::gucs::spill_threshold_bytes().min(crate::queue::max_inline_record());
         if (p.spill.is_none() && p.buf.len() > threshold)
             || (p.spill.is_some() && p.buf.len() > SPILL_CHUNK)

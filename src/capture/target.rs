@@ -3,7 +3,7 @@
 //! `measurements` see all partitions. Cached per backend; any relcache invalidation (renames,
 //! ATTACH/DETACH, ALTER TABLE) or change to casts empties the cache.
 
-use super::render::RowFormat;
+use crate::render::{Casts, RowFormat};
 use pgrx::pg_sys;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -17,6 +17,8 @@ pub struct Target {
     /// For rows of the relation the trigger fired on (a partition's columns may be ordered
     /// differently from its root's).
     pub format: RowFormat,
+    /// `shape::describe` of the relation, when its rows can be rendered by the worker.
+    pub columns: Option<Vec<u8>>,
 }
 
 thread_local! {
@@ -61,12 +63,15 @@ pub fn resolve(rel: pg_sys::Relation, is_clone: bool) -> Rc<Target> {
     } else {
         relid
     };
+    let desc = unsafe { (*rel).rd_att };
+    let format = RowFormat::new(desc, Casts::Honour);
     let target = Rc::new(unsafe {
         Target {
             relid: root.to_u32(),
             schema: cstr(pg_sys::get_namespace_name(pg_sys::get_rel_namespace(root))),
             table: cstr(pg_sys::get_rel_name(root)),
-            format: RowFormat::new((*rel).rd_att),
+            columns: format.deferrable().then(|| crate::shape::describe(desc)),
+            format,
         }
     });
     CACHE.with(|c| c.borrow_mut().insert(relid, target.clone()));

@@ -37,16 +37,7 @@ fn in_transaction<T>(f: impl FnOnce() -> Answer<T> + std::panic::UnwindSafe) -> 
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
     }
     let result = PgTryBuilder::new(f)
-        .catch_others(|e| {
-            let message = match &e {
-                pg_sys::panic::CaughtError::PostgresError(r)
-                | pg_sys::panic::CaughtError::ErrorReport(r) => r.message().to_string(),
-                pg_sys::panic::CaughtError::RustPanic { ereport, .. } => {
-                    ereport.message().to_string()
-                }
-            };
-            Err((ErrorCode::Internal, message))
-        })
+        .catch_others(|e| Err((ErrorCode::Internal, crate::error::message(&e))))
         .execute();
     unsafe {
         if result.is_ok() {

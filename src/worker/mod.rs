@@ -4,6 +4,7 @@
 
 mod catalog;
 mod publisher;
+mod rows;
 
 use crate::bridge::{self, Shared};
 use crate::{gucs, net, queue};

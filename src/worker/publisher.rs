@@ -1,8 +1,9 @@
 //! Turns queue records into numbered, serialized changes and broadcasts them in batches.
 //! Runs on the worker's Postgres thread (it reads clog for prepared transactions).
 
+use super::rows::Rows;
 use crate::bridge::{Batch, BatchSender, Change, Shared};
-use crate::event::{decode_record, events, EventRef, Op, Record};
+use crate::event::{decode_record, events, EventRef, Item, Op, Record};
 use crate::protocol::ServerMessage;
 use crate::queue;
 use pgrx::pg_sys;
@@ -31,6 +32,16 @@ enum Body {
     File(String),
 }
 
+/// A transaction being turned into frames: its positions run from `next` to `end`.
+struct Emitting {
+    xid: u32,
+    commit_time: String,
+    next: u64,
+    end: u64,
+    /// Rendering failed; the rest of the transaction has been reported as a gap.
+    failed: bool,
+}
+
 struct PreparedTxn {
     xid: u32,
     count: u32,
@@ -43,6 +54,7 @@ pub struct Publisher {
     buf: Vec<u8>,
     batch: Vec<Change>,
     batch_bytes: usize,
+    rows: Rows,
     prepared: Vec<PreparedTxn>,
     /// The queue's head record awaits its writer's commit: which record, since when.
     blocked: Option<(u64, std::time::Instant)>,
@@ -63,6 +75,7 @@ impl Publisher {
             buf: Vec::new(),
             batch: Vec::new(),
             batch_bytes: 0,
+            rows: Rows::new(),
             prepared: Vec::new(),
             blocked: None,
             next_position,
@@ -128,6 +141,7 @@ impl Publisher {
             }
         }
         self.flush();
+        self.rows.finish();
         let more = !buf.is_empty() || settled_here;
         self.buf = buf;
         if self.stats_at.elapsed() > STATS_EVERY {
@@ -167,6 +181,7 @@ impl Publisher {
             }
         }
         self.flush();
+        self.rows.finish();
     }
 
     fn emit<'a>(
@@ -174,21 +189,14 @@ impl Publisher {
         xid: u32,
         commit_time: i64,
         count: u32,
-        events: impl Iterator<Item = EventRef<'a>>,
+        items: impl Iterator<Item = Item<'a>>,
     ) {
         if self.skip_unheard(count) {
             return;
         }
-        let mut position = self.take_positions(count as u64);
-        let commit_time = format_time(commit_time);
-        for ev in events {
-            self.push(
-                frame(position, xid, &commit_time, &ev),
-                position,
-                ev.relid,
-                ev.op,
-            );
-            position += 1;
+        let mut txn = self.begin_txn(xid, commit_time, count);
+        for item in items {
+            self.emit_item(&mut txn, item);
         }
     }
 
@@ -205,8 +213,7 @@ impl Publisher {
                 return self.emit_gap("spill_unreadable", count as u64);
             }
         };
-        let mut position = self.take_positions(count as u64);
-        let commit_time = format_time(commit_time);
+        let mut txn = self.begin_txn(xid, commit_time, count);
         let mut chunk = Vec::with_capacity(SPILL_READ);
         loop {
             let start = chunk.len();
@@ -214,14 +221,8 @@ impl Publisher {
             let n = file.read(&mut chunk[start..]).unwrap_or(0);
             chunk.truncate(start + n);
             let mut used = 0;
-            while let Some((ev, len)) = crate::event::decode_event(&chunk[used..]) {
-                self.push(
-                    frame(position, xid, &commit_time, &ev),
-                    position,
-                    ev.relid,
-                    ev.op,
-                );
-                position += 1;
+            while let Some((item, len)) = crate::event::decode_event(&chunk[used..]) {
+                self.emit_item(&mut txn, item);
                 used += len;
             }
             chunk.drain(..used);
@@ -232,10 +233,65 @@ impl Publisher {
         let _ = std::fs::remove_file(path);
     }
 
+    fn begin_txn(&mut self, xid: u32, commit_time: i64, count: u32) -> Emitting {
+        let next = self.take_positions(count as u64);
+        Emitting {
+            xid,
+            commit_time: format_time(commit_time),
+            next,
+            end: next + count as u64,
+            failed: false,
+        }
+    }
+
+    fn emit_item(&mut self, txn: &mut Emitting, item: Item) {
+        if txn.failed {
+            return;
+        }
+        let framed = match item {
+            Item::Change(ev) => Ok((
+                frame(txn.next, txn.xid, &txn.commit_time, &ev),
+                ev.relid,
+                ev.op,
+            )),
+            Item::Shape(shape) => match self.rows.shape(&shape) {
+                Ok(()) => return,
+                Err(e) => Err(e),
+            },
+            Item::Tuple(tuple) => self.rows.render(&tuple).and_then(|()| {
+                let ev = self.rows.event(tuple.op)?;
+                Ok((
+                    frame(txn.next, txn.xid, &txn.commit_time, &ev),
+                    ev.relid,
+                    ev.op,
+                ))
+            }),
+        };
+        match framed {
+            Ok((frame, relid, op)) => {
+                self.push(frame, txn.next, relid, op);
+                txn.next += 1;
+            }
+            Err(e) => {
+                pgrx::warning!(
+                    "realtime_ext: could not render changes of transaction {}: {e}; subscribers receive a gap",
+                    txn.xid
+                );
+                txn.failed = true;
+                if txn.next < txn.end {
+                    self.send_gap("render_failed", txn.next, txn.end - 1);
+                }
+            }
+        }
+    }
+
     fn emit_gap(&mut self, reason: &'static str, lost_events: u64) {
-        self.flush();
         let first = self.take_positions(lost_events.max(1));
-        let last = first + lost_events.max(1) - 1;
+        self.send_gap(reason, first, first + lost_events.max(1) - 1);
+    }
+
+    fn send_gap(&mut self, reason: &'static str, first: u64, last: u64) {
+        self.flush();
         let frame = ServerMessage::Gap {
             reason,
             from_position: first,
@@ -322,7 +378,7 @@ impl Publisher {
 }
 
 /// The `change` message, built once per event by string assembly: the row images are already
-/// JSON (rendered by Postgres in the writer) and are copied in, not re-encoded.
+/// JSON (rendered in the writer, or by `Rows`) and are copied in, not re-encoded.
 fn frame(position: u64, xid: u32, commit_time: &str, ev: &EventRef) -> String {
     let images = ev.new.map_or(4, str::len) + ev.old.map_or(4, str::len);
     let mut s = String::with_capacity(160 + images + ev.schema.len() + ev.table.len());

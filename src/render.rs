@@ -3,6 +3,7 @@
 //! instead of once per row: row_to_json looks up every column's base type, category and output
 //! function on every call: half of its time in a profile of a 1,000,000-row insert.
 //! Arrays and composite columns are handed to PostgreSQL's own array_to_json / row_to_json.
+//! Used by writers (trigger capture) and by the worker (rows whose rendering was deferred).
 
 use pgrx::pg_sys::{self, Datum, Oid};
 use std::cell::RefCell;
@@ -37,6 +38,8 @@ struct Column {
 pub struct RowFormat {
     columns: Vec<Column>,
     natts: usize,
+    /// Whether the worker can render these rows exactly as the writer would (`deferrable`).
+    deferrable: bool,
     /// Holds what output functions cache in `fn_extra`; deleted with the format.
     memory: pg_sys::MemoryContext,
 }
@@ -52,9 +55,19 @@ unsafe extern "C-unwind" {
     fn array_to_json(fcinfo: pg_sys::FunctionCallInfo) -> Datum;
 }
 
+/// Whether a user-defined cast to json decides how a type renders.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Casts {
+    /// As row_to_json does: in the writer.
+    Honour,
+    /// In the worker, which runs as superuser and must not call functions users wrote. Only
+    /// shapes that had no such cast when the writer captured them get there.
+    Ignore,
+}
+
 impl RowFormat {
     /// Works out how to render rows of `desc` (json.c: json_categorize_type, per column).
-    pub fn new(desc: pg_sys::TupleDesc) -> RowFormat {
+    pub fn new(desc: pg_sys::TupleDesc, casts: Casts) -> RowFormat {
         unsafe {
             let memory = pg_sys::AllocSetContextCreateInternal(
                 pg_sys::TopMemoryContext,
@@ -65,6 +78,7 @@ impl RowFormat {
             );
             let natts = (*desc).natts as usize;
             let attrs = (*desc).attrs.as_slice(natts);
+            let mut deferrable = true;
             let columns = attrs
                 .iter()
                 .enumerate()
@@ -73,16 +87,16 @@ impl RowFormat {
                     let mut key = Vec::new();
                     escape(&mut key, CStr::from_ptr(a.attname.data.as_ptr()).to_bytes());
                     key.push(b':');
-                    Column {
-                        index,
-                        key,
-                        kind: categorize(a.atttypid, memory),
-                    }
+                    let base = pg_sys::getBaseType(a.atttypid);
+                    let kind = categorize(base, casts, memory);
+                    deferrable &= prints_the_same_in_worker(base, &kind);
+                    Column { index, key, kind }
                 })
                 .collect();
             RowFormat {
                 columns,
                 natts,
+                deferrable,
                 memory,
             }
         }
@@ -94,8 +108,14 @@ impl RowFormat {
         unsafe { (*desc).natts as usize == self.natts }
     }
 
-    /// Appends the row's JSON object to `out`. Runs in the trigger's per-tuple memory context,
-    /// which PostgreSQL resets after each row, so output strings are not freed one by one.
+    /// Whether the worker, given the writer's `shape::Settings`, prints every column as the
+    /// writer would: built-in types whose output depends on nothing else, and enums.
+    pub fn deferrable(&self) -> bool {
+        self.deferrable
+    }
+
+    /// Appends the row's JSON object to `out`. Callers run it in a memory context they reset
+    /// after each row, so output strings are not freed one by one.
     pub fn render(&self, tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc, out: &mut Vec<u8>) {
         SLOTS.with(|slots| {
             let (values, nulls) = &mut *slots.borrow_mut();
@@ -133,8 +153,7 @@ impl Drop for RowFormat {
     }
 }
 
-unsafe fn categorize(type_oid: Oid, memory: pg_sys::MemoryContext) -> Kind {
-    let base = pg_sys::getBaseType(type_oid);
+unsafe fn categorize(base: Oid, casts: Casts, memory: pg_sys::MemoryContext) -> Kind {
     let function = |oid: Oid| {
         let mut info = Box::new(pg_sys::FmgrInfo::default());
         pg_sys::fmgr_info_cxt(oid, &mut *info, memory);
@@ -166,7 +185,7 @@ unsafe fn categorize(type_oid: Oid, memory: pg_sys::MemoryContext) -> Kind {
             Kind::Array
         }
         _ if pg_sys::type_is_rowtype(base) => Kind::Composite,
-        _ if base.to_u32() >= pg_sys::FirstNormalObjectId => {
+        _ if base.to_u32() >= pg_sys::FirstNormalObjectId && casts == Casts::Honour => {
             let mut cast = Oid::INVALID;
             let path = pg_sys::find_coercion_pathway(
                 pg_sys::JSONOID,
@@ -181,6 +200,49 @@ unsafe fn categorize(type_oid: Oid, memory: pg_sys::MemoryContext) -> Kind {
             }
         }
         _ => Kind::Text(output()),
+    }
+}
+
+/// Types whose text depends only on the value and on `shape::Settings`. Not in the list, so
+/// rendered by the writer: money (lc_monetary), reg* (search_path), arrays, composites and
+/// ranges (their elements may have casts to json), user-defined base types (their output
+/// functions may read any setting).
+unsafe fn prints_the_same_in_worker(base: Oid, kind: &Kind) -> bool {
+    use pg_sys::*;
+    let portable = [
+        BOOLOID,
+        INT2OID,
+        INT4OID,
+        INT8OID,
+        FLOAT4OID,
+        FLOAT8OID,
+        NUMERICOID,
+        OIDOID,
+        TEXTOID,
+        VARCHAROID,
+        BPCHAROID,
+        NAMEOID,
+        CHAROID,
+        JSONOID,
+        JSONBOID,
+        UUIDOID,
+        DATEOID,
+        TIMEOID,
+        TIMETZOID,
+        TIMESTAMPOID,
+        TIMESTAMPTZOID,
+        INTERVALOID,
+        BYTEAOID,
+        INETOID,
+        CIDROID,
+        MACADDROID,
+        MACADDR8OID,
+        BITOID,
+        VARBITOID,
+    ];
+    match kind {
+        Kind::Array | Kind::Composite | Kind::Cast(_) => false,
+        _ => portable.contains(&base) || get_typtype(base) == TYPTYPE_ENUM as std::ffi::c_char,
     }
 }
 
