@@ -16,7 +16,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 if [ $QUICK = 1 ]; then
   W_SECONDS=4; W_ROUNDS=1; L_EVENTS=1000; F_CLIENTS=1000; F_SECONDS=5; C_CLIENTS=5000; T_ROWS=100000; P_EVENTS=20
 else
-  W_SECONDS=10; W_ROUNDS=3; L_EVENTS=10000; F_CLIENTS=10000; F_SECONDS=15; C_CLIENTS=50000; T_ROWS=1000000; P_EVENTS=100
+  W_SECONDS=8; W_ROUNDS=4; L_EVENTS=10000; F_CLIENTS=10000; F_SECONDS=15; C_CLIENTS=50000; T_ROWS=1000000; P_EVENTS=100
 fi
 
 say "building (extension, load generator, Node bridge)"
@@ -95,7 +95,12 @@ for writers in 1 8 32; do
   for sync in on off; do
     for round in $(seq $W_ROUNDS); do
       # realtime_subscribed: the same table while one WebSocket client receives every change.
-      for t in plain notify realtime realtime_subscribed; do
+      # Each round starts with a different target, so none always runs first or right after
+      # another; each run starts from a checkpoint, so none inherits another's dirty buffers.
+      targets=(plain notify realtime realtime_subscribed)
+      shift_by=$(( (round - 1) % 4 ))
+      for t in "${targets[@]:$shift_by}" "${targets[@]:0:$shift_by}"; do
+        psql_ -c CHECKPOINT >/dev/null
         SUB_PID=
         if [ $t = realtime_subscribed ]; then
           "$LOADGEN" count --ws "$RT_URL" --table w_realtime --events 1000000000 >/dev/null 2>&1 &
@@ -139,11 +144,13 @@ echo 5 > /proc/$WORKER/clear_refs
 # A single timing is as exposed to this machine's drift as a single W round: alternate rounds.
 for round in 1 2 3; do
   fresh_table bulk_plain
+  psql_ -c CHECKPOINT >/dev/null
   plain_s=$(time_it insert_bulk bulk_plain)
   fresh_table bulk_watched
   psql_ -c "SELECT realtime_watch('bulk_watched')" >/dev/null
   "$LOADGEN" count --ws "$RT_URL" --table bulk_watched --events $T_ROWS > "$DATA/count.out" &
   COUNT_PID=$!
+  psql_ -c CHECKPOINT >/dev/null
   sleep 1
   watched_s=$(time_it insert_bulk bulk_watched)
   wait $COUNT_PID

@@ -511,6 +511,65 @@ fn copy_is_captured() {
     assert_eq!(c[49]["new"], json!({"id": 49, "v": "v49"}));
 }
 
+/// INSERT ... ON CONFLICT DO UPDATE, MERGE and cascaded deletes fire the statement triggers of
+/// every operation they perform.
+#[test]
+fn upserts_merges_and_cascades_report_each_row_once_with_its_operation() {
+    let mut ws = watched("stock", "(sku text PRIMARY KEY, qty int)");
+    let mut db = cluster().client();
+    db.batch_execute(
+        "CREATE TABLE stock_note (sku text REFERENCES stock ON DELETE CASCADE, note text);
+         SELECT realtime_watch('stock_note');
+         INSERT INTO stock VALUES ('a', 1);
+         INSERT INTO stock VALUES ('a', 5), ('b', 2) ON CONFLICT (sku) DO UPDATE SET qty = stock.qty + excluded.qty;
+         MERGE INTO stock s USING (VALUES ('b', 0), ('c', 9)) v(sku, qty) ON s.sku = v.sku
+           WHEN MATCHED THEN DELETE WHEN NOT MATCHED THEN INSERT VALUES (v.sku, v.qty);
+         INSERT INTO stock_note VALUES ('c', 'fragile');",
+    )
+    .unwrap();
+    let mut notes = cluster().ws();
+    notes.subscribe("n", "stock_note", None);
+    db.batch_execute("DELETE FROM stock WHERE sku = 'c'")
+        .unwrap();
+    let summary = |c: &Value| format!("{} {} {}", c["op"].as_str().unwrap(), c["new"], c["old"]);
+    let got: Vec<String> = ws.changes(6).iter().map(summary).collect();
+    let mut upsert = got[1..3].to_vec();
+    upsert.sort();
+    assert_eq!(
+        got[0],
+        format!("INSERT {} null", j(r#"{"sku":"a","qty":1}"#))
+    );
+    assert_eq!(
+        upsert,
+        [
+            format!("INSERT {} null", j(r#"{"sku":"b","qty":2}"#)),
+            format!(
+                "UPDATE {} {}",
+                j(r#"{"sku":"a","qty":6}"#),
+                j(r#"{"sku":"a","qty":1}"#)
+            ),
+        ]
+    );
+    let mut merge = got[3..5].to_vec();
+    merge.sort();
+    assert_eq!(
+        merge,
+        [
+            format!("DELETE null {}", j(r#"{"sku":"b","qty":2}"#)),
+            format!("INSERT {} null", j(r#"{"sku":"c","qty":9}"#)),
+        ]
+    );
+    assert_eq!(
+        got[5],
+        format!("DELETE null {}", j(r#"{"sku":"c","qty":9}"#))
+    );
+    assert_eq!(
+        notes.changes(1)[0]["old"],
+        j(r#"{"sku":"c","note":"fragile"}"#)
+    );
+    nothing_more(&mut ws);
+}
+
 #[test]
 fn columns_added_after_watching_appear() {
     let mut ws = watched("evolving", "(id int)");
