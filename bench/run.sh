@@ -96,11 +96,12 @@ for writers in 1 8 32; do
     for round in $(seq $W_ROUNDS); do
       # realtime_subscribed: the same table while one WebSocket client receives every change.
       # Each round starts with a different target, so none always runs first or right after
-      # another; each run starts from a checkpoint, so none inherits another's dirty buffers.
+      # another. Each run starts from empty tables and a checkpoint, so none inherits another's
+      # dirty buffers or a bigger table (w_realtime serves two targets).
       targets=(plain notify realtime realtime_subscribed)
       shift_by=$(( (round - 1) % 4 ))
       for t in "${targets[@]:$shift_by}" "${targets[@]:0:$shift_by}"; do
-        psql_ -c CHECKPOINT >/dev/null
+        psql_ -c "TRUNCATE w_plain, w_notify, w_realtime" -c CHECKPOINT >/dev/null
         SUB_PID=
         if [ $t = realtime_subscribed ]; then
           "$LOADGEN" count --ws "$RT_URL" --table w_realtime --events 1000000000 >/dev/null 2>&1 &

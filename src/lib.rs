@@ -2,10 +2,13 @@
 //!
 //! Map of the crate (the arrow is the path of one change):
 //!
-//! writer backend: `capture` (row trigger -> `pending` buffer -> commit callback) -> `queue`
-//! (shared memory) -> `worker` (the background worker's Postgres thread: drains the queue,
-//! numbers events, answers catalog questions) -> `bridge` (the only types that cross threads)
-//! -> `net` (tokio threads: HTTP, WebSocket sessions, filters) -> browser, speaking `protocol`.
+//! writer backend: `capture` (statement trigger reads the transition tables -> `pending` buffer
+//! -> commit callback) -> `queue` (shared memory) -> `worker` (the background worker's Postgres
+//! thread: drains the queue, renders raw rows, numbers events, answers catalog questions) ->
+//! `bridge` (the only types that cross threads) -> `net` (tokio threads: HTTP, WebSocket
+//! sessions, filters) -> browser, speaking `protocol`. `render` turns rows into JSON (in the
+//! writer, or in the worker for rows recorded with their `shape`); `event` is the byte layout
+//! the writer, the queue and the worker share.
 //!
 //! `net` and `protocol` never touch pgrx: everything they need from Postgres arrives through
 //! `bridge` channels, so a network thread cannot call into Postgres by accident.

@@ -1,5 +1,6 @@
-//! The writer side: row/TRUNCATE triggers capture changes into a backend-local pending buffer;
-//! transaction callbacks publish it to the shared queue at commit (or drop it on abort).
+//! The writer side: statement, row and TRUNCATE triggers capture changes into a backend-local
+//! pending buffer; transaction callbacks publish it to the shared queue at commit (or drop it on
+//! abort).
 
 mod pending;
 mod target;
