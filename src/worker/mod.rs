@@ -88,17 +88,20 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
             apply_settings(&shared);
         }
+        // Questions are taken before the queue is drained and answered after, so that the
+        // changes committed before a subscription was asked for are numbered at or below the
+        // position it starts after. (Answering questions that arrived during the drain let
+        // such a change through to a new subscription.)
+        let requests: Vec<_> = inbox.rx.try_iter().collect();
         // A session counts its subscription before asking to resolve it, so wake-ups are on
         // before the answer goes out.
         subscribed = shared.subscriptions.load(Relaxed) > 0;
         queue::set_wake_on_commit(subscribed);
-        // Drain before answering, so that changes committed before a subscription was
-        // answered are numbered at or below the position it starts after.
         let mut moved = false;
         while publisher.pump() {
             moved = true;
         }
-        while let Ok(request) = inbox.rx.try_recv() {
+        for request in requests {
             catalog::answer(request);
         }
         publisher.resolve_prepared();
