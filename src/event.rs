@@ -154,7 +154,7 @@ impl<'a> Reader<'a> {
         self.at += n;
         Some(s)
     }
-    pub fn u8(&mut self) -> Option<u8> {
+    fn u8(&mut self) -> Option<u8> {
         Some(self.take(1)?[0])
     }
     pub fn u16(&mut self) -> Option<u16> {
@@ -163,10 +163,10 @@ impl<'a> Reader<'a> {
     pub fn u32(&mut self) -> Option<u32> {
         Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
     }
-    pub fn u64(&mut self) -> Option<u64> {
+    fn u64(&mut self) -> Option<u64> {
         Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
     }
-    pub fn str(&mut self, n: usize) -> Option<&'a str> {
+    fn str(&mut self, n: usize) -> Option<&'a str> {
         std::str::from_utf8(self.take(n)?).ok()
     }
     pub fn name(&mut self) -> Option<&'a str> {

@@ -55,6 +55,46 @@ unsafe extern "C-unwind" {
     fn array_to_json(fcinfo: pg_sys::FunctionCallInfo) -> Datum;
 }
 
+/// The memory context `RowFormat::render` runs in, emptied after each row, so that a
+/// million-row statement does not keep a million rows' worth of output strings and copies.
+pub struct RowMemory(pg_sys::MemoryContext);
+
+impl RowMemory {
+    pub fn new(parent: pg_sys::MemoryContext) -> RowMemory {
+        RowMemory(unsafe {
+            pg_sys::AllocSetContextCreateInternal(
+                parent,
+                c"realtime_ext row".as_ptr(),
+                pg_sys::ALLOCSET_DEFAULT_MINSIZE as usize,
+                pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
+                pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
+            )
+        })
+    }
+
+    /// Run `f` in this context, then empty it.
+    pub fn run<T>(&self, f: impl FnOnce() -> T) -> T {
+        unsafe {
+            let previous = pg_sys::MemoryContextSwitchTo(self.0);
+            let result = f();
+            pg_sys::MemoryContextSwitchTo(previous);
+            self.reset();
+            result
+        }
+    }
+
+    /// Empty it; after an ERROR escaped `run`, what the row had allocated is still there.
+    pub fn reset(&self) {
+        unsafe { pg_sys::MemoryContextReset(self.0) };
+    }
+}
+
+impl Drop for RowMemory {
+    fn drop(&mut self) {
+        unsafe { pg_sys::MemoryContextDelete(self.0) };
+    }
+}
+
 /// Whether a user-defined cast to json decides how a type renders.
 #[derive(Clone, Copy, PartialEq)]
 pub enum Casts {

@@ -11,6 +11,7 @@
 
 use super::{pending, target};
 use crate::event::Op;
+use crate::render::RowMemory;
 use pgrx::pg_sys;
 use std::cell::RefCell;
 
@@ -107,7 +108,7 @@ fn capture_statement(td: &pg_sys::TriggerData) {
     // For an UPDATE, the n-th old row and the n-th new row are the same row.
     let mut new_rows = Transition::open(td.tg_newtable, desc);
     let mut old_rows = Transition::open(td.tg_oldtable, desc);
-    let memory = RowMemory::new();
+    let memory = RowMemory::new(unsafe { pg_sys::CurrentMemoryContext });
     let mut shaped = false;
     IMAGES.with(|images| {
         let (new_json, old_json) = &mut *images.borrow_mut();
@@ -201,39 +202,5 @@ impl Transition {
 impl Drop for Transition {
     fn drop(&mut self) {
         unsafe { pg_sys::ExecDropSingleTupleTableSlot(self.slot) };
-    }
-}
-
-/// A memory context emptied after each row, so a million-row statement does not keep a
-/// million rows' worth of output strings and copies.
-struct RowMemory(pg_sys::MemoryContext);
-
-impl RowMemory {
-    fn new() -> RowMemory {
-        RowMemory(unsafe {
-            pg_sys::AllocSetContextCreateInternal(
-                pg_sys::CurrentMemoryContext,
-                c"realtime_ext captured row".as_ptr(),
-                pg_sys::ALLOCSET_DEFAULT_MINSIZE as usize,
-                pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
-                pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
-            )
-        })
-    }
-
-    fn run<T>(&self, f: impl FnOnce() -> T) -> T {
-        unsafe {
-            let previous = pg_sys::MemoryContextSwitchTo(self.0);
-            let result = f();
-            pg_sys::MemoryContextSwitchTo(previous);
-            pg_sys::MemoryContextReset(self.0);
-            result
-        }
-    }
-}
-
-impl Drop for RowMemory {
-    fn drop(&mut self) {
-        unsafe { pg_sys::MemoryContextDelete(self.0) };
     }
 }

@@ -5,7 +5,7 @@
 //! can report the rest of that transaction as a gap and carry on.
 
 use crate::event::{EventRef, Op, ShapeRef, TupleRef};
-use crate::render::{Casts, RowFormat};
+use crate::render::{Casts, RowFormat, RowMemory};
 use crate::shape::{self, Settings};
 use pgrx::pg_sys;
 use pgrx::PgTryBuilder;
@@ -42,23 +42,14 @@ pub struct Rows {
     in_transaction: bool,
     /// The worker's own settings, while a writer's are applied.
     saved: Option<Settings>,
-    /// Emptied after each row.
-    memory: pg_sys::MemoryContext,
+    memory: RowMemory,
     new_json: Vec<u8>,
     old_json: Vec<u8>,
 }
 
 impl Rows {
     pub fn new() -> Rows {
-        let memory = unsafe {
-            pg_sys::AllocSetContextCreateInternal(
-                pg_sys::TopMemoryContext,
-                c"realtime_ext rendered row".as_ptr(),
-                pg_sys::ALLOCSET_DEFAULT_MINSIZE as usize,
-                pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
-                pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
-            )
-        };
+        let memory = RowMemory::new(unsafe { pg_sys::TopMemoryContext });
         Rows {
             plans: HashMap::new(),
             current: None,
@@ -116,13 +107,10 @@ impl Rows {
                 if bytes.len() < 16 || bytes[..4] != (bytes.len() as u32).to_le_bytes() {
                     return Err("a captured row is damaged".into());
                 }
-                unsafe {
-                    let previous = pg_sys::MemoryContextSwitchTo(rows.memory);
+                rows.memory.run(|| unsafe {
                     let heap = pg_sys::heap_tuple_from_minimal_tuple(bytes.as_ptr() as _);
                     current.plan.format.render(heap, current.plan.desc, out);
-                    pg_sys::MemoryContextSwitchTo(previous);
-                    pg_sys::MemoryContextReset(rows.memory);
-                }
+                });
             }
             Ok(())
         })
@@ -175,7 +163,7 @@ impl Rows {
             if std::mem::take(&mut self.in_transaction) {
                 unsafe { pg_sys::AbortCurrentTransaction() };
             }
-            unsafe { pg_sys::MemoryContextReset(self.memory) };
+            self.memory.reset();
             // Cached output-function state may be half-built.
             self.plans.clear();
             self.finish();
