@@ -30,6 +30,13 @@ fn j(text: &str) -> Value {
     serde_json::from_str(text).unwrap()
 }
 
+/// The row with this `id`, as PostgreSQL's row_to_json renders it in this session.
+fn row_to_json(db: &mut impl postgres::GenericClient, table: &str, id: i32) -> Value {
+    let sql = format!("SELECT row_to_json({table})::text FROM {table} WHERE id = $1");
+    let text: String = db.query_one(&sql, &[&id]).unwrap().get(0);
+    j(&text)
+}
+
 #[test]
 fn all_four_operations_with_exact_old_and_new() {
     let mut ws = watched("ops", "(id int PRIMARY KEY, name text, score numeric)");
@@ -155,29 +162,19 @@ line" int, "ü" int)"#,
             '1e400', '123456789012345678901234567890.123456789', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
             NULL, NULL, NULL, NULL, NULL, NULL, NULL)"#,
     ];
-    let row_json = |db: &mut postgres::Client, id: i32| -> Value {
-        let text: String = db
-            .query_one(
-                "SELECT row_to_json(e)::text FROM exact e WHERE id = $1",
-                &[&id],
-            )
-            .unwrap()
-            .get(0);
-        j(&text)
-    };
     let mut expected = Vec::new();
     for (i, row) in rows.iter().enumerate() {
         db.batch_execute(&format!("INSERT INTO exact VALUES {row}"))
             .unwrap();
-        expected.push(row_json(&mut db, i as i32 + 1));
+        expected.push(row_to_json(&mut db, "exact", i as i32 + 1));
     }
     // A column added with a default: older tuples do not store it.
     db.batch_execute("ALTER TABLE exact ADD COLUMN late int DEFAULT 7")
         .unwrap();
-    let old_image = row_json(&mut db, 1);
+    let old_image = row_to_json(&mut db, "exact", 1);
     db.batch_execute("UPDATE exact SET i2 = 5 WHERE id = 1")
         .unwrap();
-    let new_image = row_json(&mut db, 1);
+    let new_image = row_to_json(&mut db, "exact", 1);
     // A cast to json for the enum changes how row_to_json renders it from now on.
     db.batch_execute(
         "CREATE FUNCTION shade_json(shade) RETURNS json LANGUAGE sql IMMUTABLE AS $$ SELECT json_build_object('shade', $1::text) $$;
@@ -185,7 +182,7 @@ line" int, "ü" int)"#,
          INSERT INTO exact (id, s) VALUES (5, 'light')",
     )
     .unwrap();
-    let with_cast = row_json(&mut db, 5);
+    let with_cast = row_to_json(&mut db, "exact", 5);
     assert_eq!(
         with_cast["s"],
         json!({"shade": "light"}),
@@ -243,16 +240,6 @@ fn rows_rendered_by_the_worker_match_row_to_json_in_the_writers_session() {
         (2, NULL, NULL, 'NaN', '-Infinity', 'NaN', false, '', NULL, NULL, NULL, NULL, NULL, 'infinity', '-infinity',
          'infinity', '24:00:00', '00:00:00-12', '-1 day', 'null', '"str"', '', NULL, '::1', NULL, NULL, NULL, B'0000', B'',
          'low', 0, NULL, (SELECT string_agg(md5(g::text), '') FROM generate_series(1, 3000) g))"#;
-    fn image(db: &mut impl postgres::GenericClient, id: i32) -> Value {
-        let text: String = db
-            .query_one(
-                "SELECT row_to_json(deferred)::text FROM deferred WHERE id = $1",
-                &[&id],
-            )
-            .unwrap()
-            .get(0);
-        j(&text)
-    }
     let mut tx = db.transaction().unwrap();
     for (name, value) in session {
         tx.batch_execute(&format!("SET LOCAL {name} = '{value}'"))
@@ -260,21 +247,27 @@ fn rows_rendered_by_the_worker_match_row_to_json_in_the_writers_session() {
     }
     tx.batch_execute(&format!("INSERT INTO deferred VALUES {values}"))
         .unwrap();
-    let inserted = [image(&mut tx, 1), image(&mut tx, 2)];
+    let inserted = [
+        row_to_json(&mut tx, "deferred", 1),
+        row_to_json(&mut tx, "deferred", 2),
+    ];
     // A second statement of the same transaction, under another time zone.
     tx.batch_execute("SET LOCAL TimeZone = 'America/St_Johns'; UPDATE deferred SET i2 = 5")
         .unwrap();
-    let updated = [image(&mut tx, 1), image(&mut tx, 2)];
+    let updated = [
+        row_to_json(&mut tx, "deferred", 1),
+        row_to_json(&mut tx, "deferred", 2),
+    ];
     // Rolled back: its rows and shape must go, and what was captured before must stay.
     tx.batch_execute("SAVEPOINT s; SET LOCAL TimeZone = 'UTC'; UPDATE deferred SET i2 = NULL")
         .unwrap();
-    assert_eq!(image(&mut tx, 1)["i2"], Value::Null);
+    assert_eq!(row_to_json(&mut tx, "deferred", 1)["i2"], Value::Null);
     tx.batch_execute("ROLLBACK TO SAVEPOINT s").unwrap();
     tx.commit().unwrap();
     // A column added with a default: the stored tuples do not hold it.
     db.batch_execute("ALTER TABLE deferred ADD COLUMN late int DEFAULT 7")
         .unwrap();
-    let before_delete = image(&mut db, 1);
+    let before_delete = row_to_json(&mut db, "deferred", 1);
     db.batch_execute("DELETE FROM deferred WHERE id = 1")
         .unwrap();
 
