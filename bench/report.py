@@ -63,9 +63,10 @@ for writers in (1, 8, 32):
 for clients in (1, 100, 1000):
     rt = find(scenario="latency", target="Realtime", clients=clients, payload_bytes=16)
     br = find(scenario="latency", target="Bridge", clients=clients, payload_bytes=16)
+    fl = find(scenario="latency", target="Floor", clients=clients)
     p99 = lambda r: (r or {}).get("latency_ms", {}).get("p99") if r and not r.get("error") else None
     met = p99(rt) is not None and (p99(br) is None or p99(rt) < p99(br)) and (clients < 1000 or p99(rt) <= 5)
-    print(f"| L | {clients:,} clients, 1,000 events/s: p50 / p99 (delivered/expected) | | {lat(br)} | {lat(rt)} | p99 below bridge{', ≤ 5 ms' if clients == 1000 else ''} | {ok(met)} |")
+    print(f"| L | {clients:,} clients, 1,000 events/s: p50 / p99 (delivered/expected) | no database: {lat(fl)} | {lat(br)} | {lat(rt)} | p99 below bridge{', ≤ 5 ms' if clients == 1000 else ''} | {ok(met)} |")
 rt, br = find(scenario="fanout", target="Realtime"), find(scenario="fanout", target="Bridge")
 def fan(r):
     if r is None:

@@ -47,9 +47,10 @@ realtime.max_connections = 100000
 realtime.queue_size = 64MB
 CONF
 as_pg "$BIN/pg_ctl" -D "$DATA/pg" -l "$DATA/server.log" -w start >/dev/null
-BRIDGE_PID=
+BRIDGE_PID= FLOOR_PID=
 cleanup() {
   [ -n "$BRIDGE_PID" ] && kill "$BRIDGE_PID" 2>/dev/null || true
+  [ -n "$FLOOR_PID" ] && kill "$FLOOR_PID" 2>/dev/null || true
   as_pg "$BIN/pg_ctl" -D "$DATA/pg" -m fast stop >/dev/null 2>&1 || true
   rm -rf "$DATA"
 }
@@ -117,11 +118,18 @@ for writers in 1 8 32; do
 done
 
 say "L: commit->client latency at 1,000 events/s"
+# The floor: the same load generator against a broadcaster with no database (bench/src/floor.rs).
+FLOOR_PORT=$(free_port)
+"$LOADGEN" floor-server --port "$FLOOR_PORT" &
+FLOOR_PID=$!
+sleep 1
 for clients in 1 100 1000; do
+  "$LOADGEN" latency --target floor --ws "ws://127.0.0.1:$FLOOR_PORT/" --clients $clients --events $L_EVENTS --rate 1000 | record
   "$LOADGEN" latency --pg "$PG" --ws "$RT_URL" --clients $clients --events $L_EVENTS --rate 1000 | record
   ensure_bridge "latency $clients"
   "$LOADGEN" latency --target bridge --pg "$PG" --ws "$BRIDGE_URL" --clients $clients --events $L_EVENTS --rate 1000 | record
 done
+kill "$FLOOR_PID"; FLOOR_PID=
 
 say "F: fan-out to $F_CLIENTS clients"
 "$LOADGEN" fanout --pg "$PG" --ws "$RT_URL" --clients $F_CLIENTS --seconds $F_SECONDS --batch 100 | record

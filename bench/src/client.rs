@@ -3,6 +3,7 @@
 use futures_util::{SinkExt, StreamExt};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
@@ -12,7 +13,11 @@ pub enum Target {
     Realtime,
     /// The LISTEN/NOTIFY bridge in baselines/node-bridge, fed by a pg_notify trigger.
     Bridge,
+    /// `floor-server`: the same socket work with no database (latency only).
+    Floor,
 }
+
+const READ_BUFFER: usize = 8 * 1024;
 
 pub type Ws = WebSocketStream<TcpStream>;
 
@@ -27,7 +32,10 @@ pub async fn connect(url: &str, n: usize) -> std::io::Result<Ws> {
     }
     let stream = socket.connect(server).await?;
     stream.set_nodelay(true)?;
-    let (ws, _) = tokio_tungstenite::client_async(url, stream)
+    // tungstenite zero-fills its whole read buffer before every read; at its 128 KiB default
+    // that memset was a third of this process's CPU while receiving small messages.
+    let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
+    let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
         .await
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     Ok(ws)
@@ -56,6 +64,7 @@ pub async fn setup_table(db: &tokio_postgres::Client, target: Target, table: &st
         Target::Bridge => format!(
             "CREATE TRIGGER notify AFTER INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION bench_notify('bench')"
         ),
+        Target::Floor => panic!("the floor server has no database"),
     };
     db.batch_execute(&attach).await.unwrap();
 }

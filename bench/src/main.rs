@@ -6,11 +6,14 @@
 //!   fanout   --clients N --seconds S --batch B                   delivered messages/s
 //!   idle     --clients N --worker-pid PID                        memory per idle connection, subscribe time
 //!   count    --events E                                          receive E changes (bulk transaction check)
+//!   floor-server --port P                                        a broadcaster with no database (see floor.rs);
+//!                                                                measure it with latency --target floor
 //!
 //! Latency is measured from a timestamp the writer puts in the row just before it commits to the
 //! client's receipt, on the same machine clock, the same way for both targets.
 
 mod client;
+mod floor;
 mod scenarios;
 
 use std::collections::HashMap;
@@ -44,13 +47,14 @@ impl Args {
         match self.str("target", "realtime").as_str() {
             "realtime" => client::Target::Realtime,
             "bridge" => client::Target::Bridge,
+            "floor" => client::Target::Floor,
             other => panic!("unknown --target {other}"),
         }
     }
 }
 
 fn usage() -> ! {
-    eprintln!("usage: realtime_bench latency|fanout|idle|count [--option value]...  (see src/main.rs)");
+    eprintln!("usage: realtime_bench latency|fanout|idle|count|floor-server [--option value]...  (see src/main.rs)");
     std::process::exit(2)
 }
 
@@ -63,6 +67,7 @@ async fn main() {
         "fanout" => scenarios::fanout(&args).await,
         "idle" => scenarios::idle(&args).await,
         "count" => scenarios::count(&args).await,
+        "floor-server" => floor::serve(args.num("port", 8090.0) as u16).await,
         _ => usage(),
     };
     println!("{result}");

@@ -2,7 +2,7 @@
 
 use crate::client::{self, Ws};
 use crate::Args;
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -73,8 +73,13 @@ pub async fn latency(args: &Args) -> Value {
     let events = args.num("events", 1000.0) as u64;
     let rate = args.num("rate", 1000.0);
     let payload = "x".repeat(args.num("payload", 16.0) as usize);
-    let db = database(args).await;
-    client::setup_table(&db, target, "bench_latency").await;
+    let db = match target {
+        client::Target::Floor => None,
+        _ => Some(database(args).await),
+    };
+    if let Some(db) = &db {
+        client::setup_table(db, target, "bench_latency").await;
+    }
     let sockets = match subscribers(&url(args), clients, "bench_latency").await {
         Ok(s) => s,
         Err(e) => return failed("latency", args, e),
@@ -105,21 +110,33 @@ pub async fn latency(args: &Args) -> Value {
 
     let cpu0 = client::cpu_seconds();
     let started = Instant::now();
-    let insert = db.prepare("INSERT INTO bench_latency VALUES ($1, $2, $3)").await.unwrap();
     let mut failed = 0u64;
     let mut error = None;
-    let interval = Duration::from_secs_f64(1.0 / rate);
-    let mut next = tokio::time::Instant::now();
-    for id in 0..events as i64 {
-        tokio::time::sleep_until(next).await;
-        next += interval;
-        match db.execute(&insert, &[&id, &client::now_us(), &payload]).await {
-            Ok(_) => {
-                progress.committed.fetch_add(1, Relaxed);
-            }
-            Err(e) => {
-                failed += 1;
-                error.get_or_insert_with(|| e.as_db_error().map_or(e.to_string(), |d| d.message().to_string()));
+    match &db {
+        None => {
+            // The floor server makes the events itself, stamped as it makes them.
+            let mut control = client::connect(&url(args), clients).await.expect("connect to the floor server");
+            let start = format!(r#"{{"type":"start","events":{events},"rate":{rate}}}"#);
+            control.send(Message::text(start)).await.expect("start the floor server");
+            tokio::time::sleep(Duration::from_secs_f64(events as f64 / rate)).await;
+            progress.committed.store(events, Relaxed);
+        }
+        Some(db) => {
+            let insert = db.prepare("INSERT INTO bench_latency VALUES ($1, $2, $3)").await.unwrap();
+            let interval = Duration::from_secs_f64(1.0 / rate);
+            let mut next = tokio::time::Instant::now();
+            for id in 0..events as i64 {
+                tokio::time::sleep_until(next).await;
+                next += interval;
+                match db.execute(&insert, &[&id, &client::now_us(), &payload]).await {
+                    Ok(_) => {
+                        progress.committed.fetch_add(1, Relaxed);
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        error.get_or_insert_with(|| e.as_db_error().map_or(e.to_string(), |d| d.message().to_string()));
+                    }
+                }
             }
         }
     }
