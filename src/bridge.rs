@@ -52,12 +52,15 @@ impl Change {
     }
 }
 
-/// What the worker broadcasts: consecutive changes, or a gap every client must be told of.
+/// What the worker broadcasts: consecutive changes, or a gap clients must be told of.
 pub enum Batch {
     Changes(Vec<Change>),
     Gap {
         frame: Utf8Bytes,
         last_position: u64,
+        /// Tables whose changes are in the gap, for clients subscribed to one of them; `None`
+        /// when nobody knows which (the changes were lost before they were read), for everyone.
+        tables: Option<Vec<u32>>,
     },
 }
 

@@ -285,7 +285,14 @@ impl Session {
             .await;
         }
         match batch {
-            Batch::Gap { frame, .. } => self.sink.feed(Message::Text(frame.clone())).await?,
+            Batch::Gap { frame, tables, .. } => {
+                let concerned = tables.as_ref().is_none_or(|relids| {
+                    self.subscriptions.iter().any(|s| relids.contains(&s.table.relid))
+                });
+                if concerned {
+                    self.sink.feed(Message::Text(frame.clone())).await?
+                }
+            }
             Batch::Changes(changes) => {
                 for change in changes.iter().filter(|c| c.position > self.seen) {
                     if self.subscriptions.iter().any(|s| s.wants(change)) {

@@ -38,8 +38,24 @@ struct Emitting {
     commit_time: String,
     next: u64,
     end: u64,
-    /// Rendering failed; the rest of the transaction has been reported as a gap.
-    failed: bool,
+    /// Table of the tuples that follow (the last shape's).
+    shape_relid: u32,
+    /// Rendering failed: from here on the transaction is a gap, sent once its end is reached,
+    /// to the clients of the tables it names.
+    failed: Option<LostRest>,
+}
+
+struct LostRest {
+    from: u64,
+    tables: Vec<u32>,
+}
+
+impl LostRest {
+    fn add(&mut self, relid: u32) {
+        if !self.tables.contains(&relid) {
+            self.tables.push(relid);
+        }
+    }
 }
 
 struct PreparedTxn {
@@ -198,6 +214,7 @@ impl Publisher {
         for item in items {
             self.emit_item(&mut txn, item);
         }
+        self.end_txn(txn);
     }
 
     /// Stream a spilled transaction without holding it in memory at once.
@@ -230,6 +247,7 @@ impl Publisher {
                 break;
             }
         }
+        self.end_txn(txn);
         let _ = std::fs::remove_file(path);
     }
 
@@ -240,12 +258,31 @@ impl Publisher {
             commit_time: format_time(commit_time),
             next,
             end: next + count as u64,
-            failed: false,
+            shape_relid: 0,
+            failed: None,
+        }
+    }
+
+    fn end_txn(&mut self, txn: Emitting) {
+        if let Some(lost) = txn.failed {
+            if lost.from < txn.end {
+                self.send_gap("render_failed", lost.from, txn.end - 1, Some(lost.tables));
+            }
         }
     }
 
     fn emit_item(&mut self, txn: &mut Emitting, item: Item) {
-        if txn.failed {
+        let relid = match &item {
+            Item::Change(ev) => ev.relid,
+            Item::Shape(shape) => {
+                txn.shape_relid = shape.relid;
+                shape.relid
+            }
+            Item::Tuple(_) => txn.shape_relid,
+        };
+        if let Some(lost) = &mut txn.failed {
+            // Only which tables the rest belongs to matters now.
+            lost.add(relid);
             return;
         }
         let framed = match item {
@@ -277,20 +314,20 @@ impl Publisher {
                     "realtime_ext: could not render changes of transaction {}: {e}; subscribers receive a gap",
                     txn.xid
                 );
-                txn.failed = true;
-                if txn.next < txn.end {
-                    self.send_gap("render_failed", txn.next, txn.end - 1);
-                }
+                txn.failed = Some(LostRest {
+                    from: txn.next,
+                    tables: vec![relid],
+                });
             }
         }
     }
 
     fn emit_gap(&mut self, reason: &'static str, lost_events: u64) {
         let first = self.take_positions(lost_events.max(1));
-        self.send_gap(reason, first, first + lost_events.max(1) - 1);
+        self.send_gap(reason, first, first + lost_events.max(1) - 1, None);
     }
 
-    fn send_gap(&mut self, reason: &'static str, first: u64, last: u64) {
+    fn send_gap(&mut self, reason: &'static str, first: u64, last: u64, tables: Option<Vec<u32>>) {
         self.flush();
         let frame = ServerMessage::Gap {
             reason,
@@ -301,6 +338,7 @@ impl Publisher {
         self.send(Batch::Gap {
             frame: frame.into(),
             last_position: last,
+            tables,
         });
     }
 
