@@ -87,9 +87,10 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
             break;
         }
         let pass_started = std::time::Instant::now();
-        short_waits = match pass_started - wait_started < BUSY_WAIT {
-            true => short_waits + 1,
-            false => 0,
+        short_waits = if pass_started - wait_started < BUSY_WAIT {
+            short_waits + 1
+        } else {
+            0
         };
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
