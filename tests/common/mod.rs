@@ -363,6 +363,14 @@ impl Ws {
             .collect()
     }
 
+    /// The `id` of the `new` row of each of the next `n` change messages.
+    pub fn change_ids(&mut self, n: usize) -> Vec<i64> {
+        self.changes(n)
+            .iter()
+            .map(|c| c["new"]["id"].as_i64().expect("a change with a new.id"))
+            .collect()
+    }
+
     /// Sends an application ping and collects every message received before its pong.
     pub fn drain(&mut self) -> Vec<Value> {
         self.send(json!({"type": "ping", "ref": "drain"}));
