@@ -57,9 +57,10 @@ const ABSENT: u32 = u32::MAX;
 const SHAPE: u8 = 0x40;
 const TUPLE: u8 = 0x20;
 
-fn put_name(buf: &mut Vec<u8>, name: &str) {
+/// A name as these layouts store it, `len u16 + bytes` (`Reader::name` reads it back).
+pub fn put_name(buf: &mut Vec<u8>, name: &[u8]) {
     buf.extend_from_slice(&(name.len() as u16).to_le_bytes());
-    buf.extend_from_slice(name.as_bytes());
+    buf.extend_from_slice(name);
 }
 
 fn put_image(buf: &mut Vec<u8>, image: Option<&[u8]>) {
@@ -83,8 +84,8 @@ pub fn encode_event(
 ) {
     buf.push(op as u8);
     buf.extend_from_slice(&relid.to_le_bytes());
-    put_name(buf, schema);
-    put_name(buf, table);
+    put_name(buf, schema.as_bytes());
+    put_name(buf, table.as_bytes());
     put_image(buf, new);
     put_image(buf, old);
 }
@@ -92,8 +93,8 @@ pub fn encode_event(
 pub fn encode_shape(buf: &mut Vec<u8>, relid: u32, schema: &str, table: &str, shape: &[u8]) {
     buf.push(SHAPE);
     buf.extend_from_slice(&relid.to_le_bytes());
-    put_name(buf, schema);
-    put_name(buf, table);
+    put_name(buf, schema.as_bytes());
+    put_name(buf, table.as_bytes());
     put_image(buf, Some(shape));
 }
 

@@ -9,7 +9,7 @@
 //!         natts × (name len u16 + bytes | type oid u32 | attlen i16 | attbyval u8 |
 //!                  attalign u8 | attisdropped u8)
 
-use crate::event::Reader;
+use crate::event::{put_name, Reader};
 use pgrx::pg_sys;
 use std::ffi::{c_int, CStr, CString};
 
@@ -64,9 +64,7 @@ impl Settings {
     }
 
     fn encode(&self, out: &mut Vec<u8>) {
-        let tz = self.time_zone.as_bytes();
-        out.extend_from_slice(&(tz.len() as u16).to_le_bytes());
-        out.extend_from_slice(tz);
+        put_name(out, self.time_zone.as_bytes());
         for v in [
             self.date_style,
             self.date_order,
@@ -100,9 +98,7 @@ pub fn describe(desc: pg_sys::TupleDesc) -> Vec<u8> {
         let natts = (*desc).natts as usize;
         out.extend_from_slice(&(natts as u16).to_le_bytes());
         for a in (*desc).attrs.as_slice(natts) {
-            let name = CStr::from_ptr(a.attname.data.as_ptr()).to_bytes();
-            out.extend_from_slice(&(name.len() as u16).to_le_bytes());
-            out.extend_from_slice(name);
+            put_name(&mut out, CStr::from_ptr(a.attname.data.as_ptr()).to_bytes());
             out.extend_from_slice(&a.atttypid.to_u32().to_le_bytes());
             out.extend_from_slice(&a.attlen.to_le_bytes());
             out.extend_from_slice(&[a.attbyval as u8, a.attalign as u8, a.attisdropped as u8]);
