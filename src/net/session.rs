@@ -287,7 +287,9 @@ impl Session {
         match batch {
             Batch::Gap { frame, tables, .. } => {
                 let concerned = tables.as_ref().is_none_or(|relids| {
-                    self.subscriptions.iter().any(|s| relids.contains(&s.table.relid))
+                    self.subscriptions
+                        .iter()
+                        .any(|s| relids.contains(&s.table.relid))
                 });
                 if concerned {
                     self.sink.feed(Message::Text(frame.clone())).await?
