@@ -39,3 +39,48 @@ END
 $$;
 CREATE EVENT TRIGGER realtime_adopt_triggers ON ddl_command_end
     WHEN TAG IN ('CREATE TRIGGER') EXECUTE FUNCTION realtime.adopt_triggers();
+
+-- Table owners call realtime_watch(); the triggers it creates call realtime.capture_*().
+GRANT USAGE ON SCHEMA realtime TO PUBLIC;
+GRANT SELECT ON realtime.watched TO PUBLIC;
+-- Internal entry points: only the event triggers below (security definer) call them.
+REVOKE ALL ON FUNCTION realtime.depend_on_extension(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION realtime.table_dropped(oid) FROM PUBLIC;
+ALTER FUNCTION realtime.adopt_triggers() SECURITY DEFINER SET search_path = pg_catalog;
+
+-- Subscriptions to a dropped table end (with reason table_dropped) once the DROP commits.
+CREATE FUNCTION realtime.on_sql_drop() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+BEGIN
+    PERFORM realtime.table_dropped(o.objid)
+       FROM pg_event_trigger_dropped_objects() o
+      WHERE o.object_type = 'table' AND o.classid = 'pg_class'::regclass;
+END
+$$;
+CREATE EVENT TRIGGER realtime_table_dropped ON sql_drop
+    EXECUTE FUNCTION realtime.on_sql_drop();
+
+-- A watched table may not join an inheritance tree: rows changed through a parent would be
+-- reported under the parent's name, and direct changes to a child not at all.
+CREATE FUNCTION realtime.refuse_inheritance() RETURNS event_trigger
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+    watched regclass;
+BEGIN
+    SELECT w.tbl INTO watched
+      FROM pg_event_trigger_ddl_commands() cmd
+      JOIN pg_inherits i ON i.inhrelid = cmd.objid
+      JOIN pg_class child ON child.oid = i.inhrelid AND NOT child.relispartition
+      JOIN realtime.watched w ON w.tbl IN (i.inhrelid, i.inhparent)
+     WHERE cmd.classid = 'pg_class'::regclass
+     LIMIT 1;
+    IF watched IS NOT NULL THEN
+        RAISE EXCEPTION 'table "%" is watched by realtime_ext and cannot be part of an inheritance tree', watched
+              USING ERRCODE = 'feature_not_supported',
+                    HINT = 'Run SELECT realtime_unwatch(''' || watched::text || ''') first, or use declarative partitioning.';
+    END IF;
+END
+$$;
+CREATE EVENT TRIGGER realtime_refuse_inheritance ON ddl_command_end
+    WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE')
+    EXECUTE FUNCTION realtime.refuse_inheritance();

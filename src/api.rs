@@ -3,6 +3,7 @@
 //! only record of what is watched, so a restart, pg_dump/pg_restore or DROP TABLE can never
 //! leave a stale list behind.
 
+use crate::bridge::EndReason;
 use crate::error::raise;
 use crate::event::Op;
 use pgrx::prelude::*;
@@ -31,7 +32,7 @@ const STATEMENT_TRIGGERS: [(Op, &str, &str); 3] = [
 ];
 const TRUNCATE_TRIGGER: &str = "realtime_ext_capture_truncate";
 /// Every trigger name realtime_watch() may create (sql/watched.sql lists them too).
-const TRIGGERS: [&str; 5] = [
+pub const TRIGGERS: [&str; 5] = [
     ROW_TRIGGER,
     STATEMENT_TRIGGERS[0].1,
     STATEMENT_TRIGGERS[1].1,
@@ -42,7 +43,7 @@ const TRIGGERS: [&str; 5] = [
 extension_sql_file!(
     "../sql/watched.sql",
     name = "watched",
-    requires = [realtime_watch, depend_on_extension]
+    requires = [realtime_watch, depend_on_extension, table_dropped]
 );
 
 /// Start streaming changes of `tbl`. Idempotent; calling again with other events updates them.
@@ -100,7 +101,19 @@ COMMENT ON FUNCTION realtime_unwatch(regclass) IS 'Stop streaming changes of a t
 "#)]
 fn realtime_unwatch(tbl: pg_sys::Oid) {
     let rel = check_watchable(tbl);
-    drop_triggers(tbl, &rel);
+    if drop_triggers(tbl, &rel) {
+        crate::capture::end_subscriptions(tbl, EndReason::TableUnwatched);
+    }
+}
+
+/// Called by the sql_drop event trigger for every dropped table: its subscriptions end when
+/// the DROP commits. Not callable by other roles (sql/watched.sql revokes it).
+#[pg_extern(sql = r#"
+CREATE FUNCTION realtime.table_dropped(tbl oid)
+RETURNS void STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+"#)]
+fn table_dropped(tbl: pg_sys::Oid) {
+    crate::capture::end_subscriptions(tbl, EndReason::TableDropped);
 }
 
 fn spi_failed(e: pgrx::spi::Error) -> ! {
@@ -179,6 +192,22 @@ fn check_watchable(tbl: pg_sys::Oid) -> String {
             "Temporary tables are private to one session; watch a permanent or unlogged table.",
         );
     }
+    let inherits = Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_inherits i
+                          JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
+                         WHERE $1 IN (i.inhrelid, i.inhparent) AND NOT c.relispartition)",
+        &[tbl.into()],
+    )
+    .unwrap_or_else(|e| spi_failed(e));
+    if inherits == Some(true) {
+        raise(
+            ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("\"{rel}\" is part of an inheritance tree"),
+            "Rows changed through a parent or a child would be reported under the wrong table or \
+             not at all; use declarative partitioning, whose partitions are reported under the \
+             partitioned table.",
+        );
+    }
     let owner = Spi::get_one_with_args::<bool>(
         "SELECT pg_has_role(current_user, relowner, 'USAGE') FROM pg_class WHERE oid = $1",
         &[tbl.into()],
@@ -216,7 +245,9 @@ fn parse_events(events: &[String]) -> u8 {
         })
 }
 
-fn drop_triggers(tbl: pg_sys::Oid, rel: &str) {
+/// Drops whichever of the capture triggers exist; returns whether there were any.
+fn drop_triggers(tbl: pg_sys::Oid, rel: &str) -> bool {
+    let mut dropped = false;
     for name in TRIGGERS {
         let exists = Spi::get_one_with_args::<bool>(
             "SELECT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = $1 AND tgname = $2)",
@@ -226,8 +257,10 @@ fn drop_triggers(tbl: pg_sys::Oid, rel: &str) {
         if exists == Some(true) {
             Spi::run(&format!("DROP TRIGGER {} ON {rel}", quote_identifier(name)))
                 .unwrap_or_else(|e| spi_failed(e));
+            dropped = true;
         }
     }
+    dropped
 }
 
 /// Make the triggers part of the extension's footprint: DROP EXTENSION removes them without

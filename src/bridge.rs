@@ -12,49 +12,103 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+type Row = serde_json::Map<String, serde_json::Value>;
+
 /// One committed change, serialized once; every matching client is sent the same bytes.
 pub struct Change {
     pub position: u64,
     pub relid: u32,
+    /// The table's schema and name when the change was captured (shared between changes).
+    pub names: Arc<(String, String)>,
     pub op: Op,
     pub frame: Utf8Bytes,
-    /// The row filters look at (`new`, or `old` for DELETE), parsed from `frame` on first use.
-    row: OnceLock<Option<serde_json::Map<String, serde_json::Value>>>,
+    /// `new` and `old` parsed from `frame`, on first use by a filter.
+    rows: OnceLock<(Option<Row>, Option<Row>)>,
+    /// The `leave` message for subscribers whose filter the row no longer matches, built from
+    /// `frame` on first use, once for all of them.
+    leave: OnceLock<Utf8Bytes>,
 }
 
 impl Change {
-    pub fn new(position: u64, relid: u32, op: Op, frame: String) -> Change {
+    pub fn new(
+        position: u64,
+        relid: u32,
+        names: Arc<(String, String)>,
+        op: Op,
+        frame: String,
+    ) -> Change {
         Change {
             position,
             relid,
+            names,
             op,
             frame: frame.into(),
-            row: OnceLock::new(),
+            rows: OnceLock::new(),
+            leave: OnceLock::new(),
         }
     }
 
-    pub fn row(&self) -> Option<&serde_json::Map<String, serde_json::Value>> {
-        self.row
+    fn rows(&self) -> &(Option<Row>, Option<Row>) {
+        self.rows.get_or_init(|| {
+            #[derive(serde::Deserialize)]
+            struct Images {
+                new: Option<Row>,
+                old: Option<Row>,
+            }
+            serde_json::from_str::<Images>(&self.frame)
+                .map_or((None, None), |images| (images.new, images.old))
+        })
+    }
+
+    /// The row a filter looks at: `new`, or `old` for DELETE.
+    pub fn row(&self) -> Option<&Row> {
+        if self.op == Op::Delete {
+            self.old_row()
+        } else {
+            self.rows().0.as_ref()
+        }
+    }
+
+    pub fn old_row(&self) -> Option<&Row> {
+        self.rows().1.as_ref()
+    }
+
+    /// `{"type":"leave",...}`: the change's position, transaction, table and old row.
+    pub fn leave_frame(&self) -> Utf8Bytes {
+        self.leave
             .get_or_init(|| {
-                #[derive(serde::Deserialize)]
-                struct Images {
-                    new: Option<serde_json::Map<String, serde_json::Value>>,
-                    old: Option<serde_json::Map<String, serde_json::Value>>,
+                #[derive(serde::Deserialize, serde::Serialize)]
+                struct Leave<'a> {
+                    #[serde(rename = "type", skip_deserializing)]
+                    kind: &'static str,
+                    position: u64,
+                    xid: u64,
+                    #[serde(borrow)]
+                    commit_time: &'a serde_json::value::RawValue,
+                    op: &'a serde_json::value::RawValue,
+                    schema: &'a serde_json::value::RawValue,
+                    table: &'a serde_json::value::RawValue,
+                    old: &'a serde_json::value::RawValue,
                 }
-                let images: Images = serde_json::from_str(&self.frame).ok()?;
-                if self.op == Op::Delete {
-                    images.old
-                } else {
-                    images.new
-                }
+                serde_json::from_str::<Leave>(&self.frame)
+                    .and_then(|leave| serde_json::to_string(&Leave { kind: "leave", ..leave }))
+                    .unwrap_or_default()
+                    .into()
             })
-            .as_ref()
+            .clone()
     }
 }
 
 /// What the worker broadcasts: consecutive changes, or a gap clients must be told of.
 pub enum Batch {
     Changes(Vec<Change>),
+    /// A committed transaction dropped, unwatched or renamed a table: its subscriptions end,
+    /// after every change committed before it.
+    Ended {
+        relid: u32,
+        reason: EndReason,
+        last_position: u64,
+    },
     Gap {
         frame: Utf8Bytes,
         last_position: u64,
@@ -68,14 +122,46 @@ impl Batch {
     pub fn first_position(&self) -> u64 {
         match self {
             Batch::Changes(c) => c.first().map_or(0, |c| c.position),
-            Batch::Gap { last_position, .. } => *last_position,
+            Batch::Gap { last_position, .. } | Batch::Ended { last_position, .. } => {
+                *last_position
+            }
         }
     }
     pub fn last_position(&self) -> u64 {
         match self {
             Batch::Changes(c) => c.last().map_or(0, |c| c.position),
-            Batch::Gap { last_position, .. } => *last_position,
+            Batch::Gap { last_position, .. } | Batch::Ended { last_position, .. } => {
+                *last_position
+            }
         }
+    }
+}
+
+/// Why the server ended a subscription (the `reason` of its `unsubscribed` message).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum EndReason {
+    TableDropped = 1,
+    TableUnwatched = 2,
+    TableRenamed = 3,
+}
+
+impl EndReason {
+    pub fn name(self) -> &'static str {
+        match self {
+            EndReason::TableDropped => "table_dropped",
+            EndReason::TableUnwatched => "table_unwatched",
+            EndReason::TableRenamed => "table_renamed",
+        }
+    }
+    pub fn from_u8(b: u8) -> Option<EndReason> {
+        [
+            EndReason::TableDropped,
+            EndReason::TableUnwatched,
+            EndReason::TableRenamed,
+        ]
+        .into_iter()
+        .find(|r| *r as u8 == b)
     }
 }
 
@@ -100,17 +186,42 @@ pub enum FilterOp {
     In,
 }
 
-/// How values of a column compare, decided from its SQL type.
+/// How values of a column compare, decided by the worker from its SQL type and collation.
+/// Types not listed have no kind: filters on them are refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ValueKind {
-    /// int2/4/8, numeric, float4/8, oid: compared as exact decimals.
+    /// int2/4/8, numeric, float4/8, oid: exact decimals; NaN above Infinity.
     Number,
-    /// timestamptz: compared as instants whatever the offset they were rendered in.
+    /// timestamptz: instants, whatever offset a writer's TimeZone rendered.
     Instant,
-    /// text, varchar, uuid, date, timestamp, time: ordered by code point (C collation).
-    Text,
-    /// Anything else (bool, jsonb, enums...): equality only.
-    Other,
+    /// timestamp without time zone.
+    Timestamp,
+    Date,
+    /// time without time zone.
+    Time,
+    /// text, varchar, bpchar, name, uuid. `ordered`: the collation orders by code point, so
+    /// lt/gt agree with SQL; `blank_padded`: bpchar, whose trailing spaces do not count.
+    Text { ordered: bool, blank_padded: bool },
+    /// bool, enums, inet, cidr, macaddr, timetz, bit, "char": equality only, and their
+    /// rendering is canonical (equal text iff equal values).
+    Exact,
+    /// jsonb: equality as jsonb defines it.
+    Jsonb,
+}
+
+impl ValueKind {
+    /// Whether lt/lte/gt/gte agree with SQL for this kind.
+    pub fn ordered(self) -> bool {
+        match self {
+            ValueKind::Number
+            | ValueKind::Instant
+            | ValueKind::Timestamp
+            | ValueKind::Date
+            | ValueKind::Time => true,
+            ValueKind::Text { ordered, .. } => ordered,
+            ValueKind::Exact | ValueKind::Jsonb => false,
+        }
+    }
 }
 
 /// A filter whose column and values Postgres has checked: values are the column type's own
@@ -212,6 +323,7 @@ pub struct Shared {
     /// Worker, from reloadable settings.
     pub max_connections: AtomicUsize,
     pub max_message_size: AtomicUsize,
+    pub max_subscriptions: AtomicUsize,
     pub heartbeat_interval_s: AtomicU64,
     pub handshake_timeout_ms: AtomicU64,
 }
@@ -227,6 +339,7 @@ impl Shared {
             subscriptions: AtomicUsize::new(0),
             max_connections: AtomicUsize::new(0),
             max_message_size: AtomicUsize::new(0),
+            max_subscriptions: AtomicUsize::new(100),
             heartbeat_interval_s: AtomicU64::new(30),
             handshake_timeout_ms: AtomicU64::new(10_000),
         }

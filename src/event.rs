@@ -8,13 +8,14 @@
 //!         Not a change: how the TUPLE events after it are to be rendered (see `shape`).
 //! Tuple:  TUPLE|op u8 | new len u32 + bytes | old len u32 + bytes
 //!         A change whose images are raw tuples of the last shape, rendered by the worker.
+//! End:    END u8 | relid u32 | reason u8
+//!         Not a change: the table was dropped or unwatched (`bridge::EndReason`).
 //! Record (one per queue entry): kind u8 | xid u32 | commit_time i64 | count u32 | body
 //!   TXN:      body = `count` events
 //!   SPILLED:  body = path of a file holding `count` events
 //!   PENDING / PENDING_SPILLED: as TXN / SPILLED, reserved at pre-commit; the writer rewrites the
 //!             kind and commit time in place once it has committed (or sets ABORTED)
-//!   PREPARED: as TXN, delivered only once `xid` commits (`commit_time` unknown, 0)
-//!   PREPARED_SPILLED: as SPILLED, likewise
+//!   (Prepared transactions wait in files until COMMIT PREPARED: `capture::prepared`.)
 //!   GAP:      body = lost transactions u64 | lost events u64
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,6 +57,7 @@ pub const ALL_OPS: u8 = 0b1111;
 const ABSENT: u32 = u32::MAX;
 const SHAPE: u8 = 0x40;
 const TUPLE: u8 = 0x20;
+const END: u8 = 0x10;
 
 /// A name as these layouts store it, `len u16 + bytes` (`Reader::name` reads it back).
 pub fn put_name(buf: &mut Vec<u8>, name: &[u8]) {
@@ -104,12 +106,19 @@ pub fn encode_tuple(buf: &mut Vec<u8>, op: Op, new: Option<&[u8]>, old: Option<&
     put_image(buf, old);
 }
 
+pub fn encode_end(buf: &mut Vec<u8>, relid: u32, reason: u8) {
+    buf.push(END);
+    buf.extend_from_slice(&relid.to_le_bytes());
+    buf.push(reason);
+}
+
 /// One entry of a transaction's body, borrowing from the buffer it was read from.
 #[derive(Debug, PartialEq)]
 pub enum Item<'a> {
     Change(EventRef<'a>),
     Shape(ShapeRef<'a>),
     Tuple(TupleRef<'a>),
+    End { relid: u32, reason: u8 },
 }
 
 /// A change with JSON images.
@@ -192,7 +201,12 @@ impl<'a> Reader<'a> {
 pub fn decode_event(buf: &[u8]) -> Option<(Item<'_>, usize)> {
     let mut r = Reader { buf, at: 0 };
     let code = r.u8()?;
-    let item = if code == SHAPE {
+    let item = if code == END {
+        Item::End {
+            relid: r.u32()?,
+            reason: r.u8()?,
+        }
+    } else if code == SHAPE {
         Item::Shape(ShapeRef {
             relid: r.u32()?,
             schema: r.name()?,
@@ -232,8 +246,6 @@ pub fn events(mut buf: &[u8]) -> impl Iterator<Item = Item<'_>> {
 pub enum RecordKind {
     Txn = 1,
     Spilled = 2,
-    Prepared = 3,
-    PreparedSpilled = 4,
     Gap = 5,
     Pending = 6,
     PendingSpilled = 7,
@@ -302,16 +314,6 @@ pub enum Record<'a> {
         count: u32,
         path: &'a str,
     },
-    Prepared {
-        xid: u32,
-        count: u32,
-        events: &'a [u8],
-    },
-    PreparedSpilled {
-        xid: u32,
-        count: u32,
-        path: &'a str,
-    },
     Gap {
         lost_events: u64,
     },
@@ -337,16 +339,6 @@ pub fn decode_record(buf: &[u8]) -> Option<Record<'_>> {
         2 => Record::Spilled {
             xid,
             commit_time,
-            count,
-            path: std::str::from_utf8(body).ok()?,
-        },
-        3 => Record::Prepared {
-            xid,
-            count,
-            events: body,
-        },
-        4 => Record::PreparedSpilled {
-            xid,
             count,
             path: std::str::from_utf8(body).ok()?,
         },

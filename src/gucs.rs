@@ -18,6 +18,8 @@ static QUEUE_SIZE_KB: GucSetting<i32> = GucSetting::<i32>::new(16 * 1024);
 static CLIENT_BACKLOG: GucSetting<i32> = GucSetting::<i32>::new(1024);
 /// Most WebSocket connections served at once; further ones get HTTP 503.
 static MAX_CONNECTIONS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+/// Most subscriptions one connection may hold.
+static MAX_SUBSCRIPTIONS: GucSetting<i32> = GucSetting::<i32>::new(100);
 /// Largest message a client may send, in bytes.
 static MAX_MESSAGE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024);
 /// Seconds between WebSocket pings; a client silent for two intervals is closed.
@@ -87,6 +89,16 @@ pub fn init() {
         none,
     );
     GucRegistry::define_int_guc(
+        c"realtime.max_subscriptions",
+        c"Maximum subscriptions on one WebSocket connection.",
+        c"Further subscribe requests get the error too_many_subscriptions.",
+        &MAX_SUBSCRIPTIONS,
+        1,
+        100_000,
+        Sighup,
+        none,
+    );
+    GucRegistry::define_int_guc(
         c"realtime.max_message_size",
         c"Largest message a WebSocket client may send.",
         c"",
@@ -152,6 +164,9 @@ pub fn client_backlog() -> usize {
 }
 pub fn max_connections() -> usize {
     MAX_CONNECTIONS.get() as usize
+}
+pub fn max_subscriptions() -> usize {
+    MAX_SUBSCRIPTIONS.get() as usize
 }
 pub fn max_message_size() -> usize {
     MAX_MESSAGE_SIZE.get() as usize

@@ -22,6 +22,7 @@ mod error;
 mod event;
 mod gucs;
 mod net;
+mod pg;
 mod protocol;
 mod queue;
 mod render;

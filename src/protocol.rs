@@ -39,6 +39,7 @@ pub enum ErrorCode {
     InvalidEvents,
     DuplicateSubscription,
     UnknownSubscription,
+    TooManySubscriptions,
     Unavailable,
     Internal,
 }
@@ -56,6 +57,9 @@ pub enum ServerMessage<'a> {
     },
     Unsubscribed {
         id: &'a Value,
+        /// Why the server ended it; absent when the client asked.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'static str>,
     },
     Pong {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
@@ -83,6 +87,39 @@ impl ServerMessage<'_> {
 
 /// Parse a client message, telling malformed JSON from an unknown message type.
 pub fn parse(text: &str) -> Result<ClientMessage, (ErrorCode, String)> {
+    let message = parse_json(text)?;
+    let invalid = |m: &str| Err((ErrorCode::InvalidMessage, m.to_string()));
+    match &message {
+        ClientMessage::Subscribe { id, .. } | ClientMessage::Unsubscribe { id } if !valid_id(id) => {
+            invalid("id must be a string or a number")
+        }
+        // PostgreSQL text cannot hold NUL: a name would be cut at it and mean another table.
+        ClientMessage::Subscribe { table, filter, events, .. }
+            if table.contains('\0')
+                || filter.as_deref().is_some_and(|f| f.contains('\0'))
+                || events.iter().flatten().any(|e| e.contains('\0')) =>
+        {
+            invalid("subscribe strings cannot contain NUL characters")
+        }
+        _ => Ok(message),
+    }
+}
+
+fn valid_id(id: &Value) -> bool {
+    id.is_string() || id.is_number()
+}
+
+/// Whether two subscription ids are the same: numbers by value (`1` and `1.0` are one id).
+pub fn same_id(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            crate::net::filter::numbers_equal(&x.to_string(), &y.to_string())
+        }
+        _ => a == b,
+    }
+}
+
+fn parse_json(text: &str) -> Result<ClientMessage, (ErrorCode, String)> {
     let value: Value = serde_json::from_str(text)
         .map_err(|e| (ErrorCode::InvalidJson, format!("invalid JSON: {e}")))?;
     let kind = value.get("type").and_then(Value::as_str).map(str::to_owned);
@@ -124,5 +161,21 @@ mod unit {
             parse(r#"{"type":"subscribe","id":1,"table":"t","filter":"a=eq.1"}"#),
             Ok(ClientMessage::Subscribe { .. })
         ));
+    }
+
+    #[test]
+    fn nul_and_odd_ids_are_refused() {
+        for bad in [
+            r#"{"type":"subscribe","id":1,"table":"pulse\u0000"}"#,
+            r#"{"type":"subscribe","id":1,"table":"t","filter":"a=eq.\u0000"}"#,
+            r#"{"type":"subscribe","id":{"a":1},"table":"t"}"#,
+            r#"{"type":"unsubscribe","id":null}"#,
+        ] {
+            assert_eq!(parse(bad).unwrap_err().0, ErrorCode::InvalidMessage, "{bad}");
+        }
+        let n = |s: &str| serde_json::from_str::<Value>(s).unwrap();
+        assert!(same_id(&n("1"), &n("1.0")));
+        assert!(same_id(&n("1e2"), &n("100")));
+        assert!(!same_id(&n("1"), &n("\"1\"")));
     }
 }

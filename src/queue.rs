@@ -78,8 +78,15 @@ unsafe extern "C-unwind" fn shmem_startup() {
     DATA = base.add(std::mem::size_of::<Header>());
     if !found {
         // First start, or reinitialisation after a crash: queue records that referenced spill
-        // files are gone with the old shared memory, so the files are too.
-        let _ = std::fs::remove_dir_all(SPILL_DIR);
+        // files are gone with the old shared memory, so the files are too. Prepared
+        // transactions' files (a directory below) outlive restarts, as those transactions do.
+        if let Ok(entries) = std::fs::read_dir(SPILL_DIR) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_file()) {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
         ptr::write(
             HEADER,
             Header {

@@ -3,12 +3,19 @@
 //! abort).
 
 mod pending;
+mod prepared;
 mod target;
 mod trigger;
 mod xact;
 
+/// Once the current transaction commits, subscriptions to `relid` end with `reason`.
+pub fn end_subscriptions(relid: pgrx::pg_sys::Oid, reason: crate::bridge::EndReason) {
+    pending::push_end(relid.to_u32(), reason)
+}
+
 /// Called from `_PG_init` in every backend.
 pub fn init() {
     xact::register_callbacks();
+    prepared::register_hook();
     target::register_invalidation();
 }

@@ -3,7 +3,7 @@
 //! Savepoint rollbacks cut the buffer back to where that subtransaction started.
 
 use super::target::Target;
-use crate::event::{encode_event, encode_shape, encode_tuple, Op};
+use crate::event::{encode_end, encode_event, encode_shape, encode_tuple, Op};
 use crate::queue::SPILL_DIR;
 use pgrx::pg_sys;
 use std::cell::RefCell;
@@ -125,10 +125,15 @@ pub fn push_tuple(op: Op, new: Option<&[u8]>, old: Option<&[u8]>) {
     append(true, |buf| encode_tuple(buf, op, new, old))
 }
 
+/// The table's subscriptions end once this transaction commits (it drops or unwatches it).
+pub fn push_end(relid: u32, reason: crate::bridge::EndReason) {
+    append(false, |buf| encode_end(buf, relid, reason as u8))
+}
+
 fn append(is_change: bool, encode: impl FnOnce(&mut Vec<u8>)) {
     PENDING.with(|p| {
         let mut p = p.borrow_mut();
-        if p.count == 0 {
+        if p.count == 0 && p.len() == 0 {
             p.xid = unsafe { pg_sys::GetTopTransactionIdIfAny() }.into_inner();
         }
         let subid = unsafe { pg_sys::GetCurrentSubTransactionId() };
@@ -182,7 +187,7 @@ pub enum Captured {
 pub fn take() -> Option<Captured> {
     PENDING.with(|p| {
         let mut p = std::mem::take(&mut *p.borrow_mut());
-        if p.count == 0 {
+        if p.count == 0 && p.len() == 0 {
             discard_spill(p.spill.take());
             return None;
         }

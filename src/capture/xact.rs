@@ -9,21 +9,26 @@
 //! so a full queue becomes a recorded gap.
 
 use super::pending::{self, Captured};
+use super::prepared::{self, Prepared};
 use crate::event::{record_header, RecordKind};
 use crate::queue;
 use pgrx::pg_sys;
 use std::cell::RefCell;
 
-/// This transaction's reserved record: its queue offset, the kind it becomes at commit, and
-/// the spill file to delete if it aborts.
+/// This transaction's reserved record: its queue offset (none if the queue was full), the
+/// kind it becomes at commit, the spill file to delete if it aborts, and for COMMIT PREPARED,
+/// the prepared transaction it publishes.
 struct Reserved {
-    offset: u64,
+    offset: Option<u64>,
     kind: RecordKind,
     spill: Option<String>,
+    prepared: Option<Prepared>,
 }
 
 thread_local! {
     static RESERVED: RefCell<Option<Reserved>> = const { RefCell::new(None) };
+    /// The state file PREPARE TRANSACTION wrote, until it is known to have succeeded.
+    static PREPARING_FILE: RefCell<Option<String>> = const { RefCell::new(None) };
 }
 
 pub fn register_callbacks() {
@@ -37,14 +42,16 @@ pub fn register_callbacks() {
 unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
     use pg_sys::XactEvent::*;
     match event {
-        XACT_EVENT_PRE_COMMIT => reserve(false),
+        XACT_EVENT_PRE_COMMIT => reserve(),
         XACT_EVENT_COMMIT => settle(true),
-        // The preparing backend's memory is gone by COMMIT PREPARED: publish now, tagged with
-        // the xid; the worker delivers once that xid is known to have committed.
-        XACT_EVENT_PRE_PREPARE => reserve(true),
+        XACT_EVENT_PRE_PREPARE => save_prepared(),
+        XACT_EVENT_PREPARE => PREPARING_FILE.with(|f| f.borrow_mut().take()).map_or((), drop),
         XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
             settle(false);
             pending::discard();
+            if let Some(path) = PREPARING_FILE.with(|f| f.borrow_mut().take()) {
+                let _ = std::fs::remove_file(path);
+            }
         }
         _ => {}
     }
@@ -62,58 +69,112 @@ unsafe extern "C-unwind" fn on_subxact(
     }
 }
 
-fn reserve(prepared: bool) {
+fn reserve() {
     let Some(captured) = pending::take() else {
         return;
     };
     let (kind, xid, count, body, spill) = match captured {
-        Captured::Inline { xid, count, events } => {
-            let kind = if prepared {
-                RecordKind::Prepared
-            } else {
-                RecordKind::Pending
-            };
-            (kind, xid, count, events, None)
-        }
-        Captured::Spilled { xid, count, path } => {
-            let kind = if prepared {
-                RecordKind::PreparedSpilled
-            } else {
-                RecordKind::PendingSpilled
-            };
-            (kind, xid, count, path.clone().into_bytes(), Some(path))
-        }
+        Captured::Inline { xid, count, events } => (RecordKind::Pending, xid, count, events, None),
+        Captured::Spilled { xid, count, path } => (
+            RecordKind::PendingSpilled,
+            xid,
+            count,
+            path.clone().into_bytes(),
+            Some(path),
+        ),
         Captured::Lost { count } => return queue::record_loss(count),
     };
-    match queue::publish(&[&record_header(kind, xid, 0, count), &body], count) {
-        Some(offset) if !prepared => RESERVED.with(|r| {
-            *r.borrow_mut() = Some(Reserved {
-                offset,
-                kind,
-                spill,
-            })
-        }),
-        Some(_) => queue::wake_worker(),
-        None => {
-            if let Some(path) = spill {
-                let _ = std::fs::remove_file(path);
-            }
+    let offset = queue::publish(&[&record_header(kind, xid, 0, count), &body], count);
+    if offset.is_none() {
+        if let Some(path) = spill {
+            let _ = std::fs::remove_file(path);
+        }
+        return;
+    }
+    RESERVED.with(|r| {
+        *r.borrow_mut() = Some(Reserved {
+            offset,
+            kind,
+            spill,
+            prepared: None,
+        })
+    });
+}
+
+/// PRE_PREPARE: the changes wait in a state file for COMMIT PREPARED (see `prepared`). If
+/// they cannot be kept, subscribers get a gap now rather than silence later.
+fn save_prepared() {
+    let Some(captured) = pending::take() else {
+        return;
+    };
+    let count = match &captured {
+        Captured::Inline { count, .. }
+        | Captured::Spilled { count, .. }
+        | Captured::Lost { count } => *count,
+    };
+    let saved = prepared::take_preparing_gid()
+        .ok_or_else(|| std::io::Error::other("PREPARE TRANSACTION was not seen"))
+        .and_then(|gid| prepared::save(&gid, captured));
+    match saved {
+        Ok(path) => PREPARING_FILE.with(|f| *f.borrow_mut() = Some(path)),
+        Err(e) => {
+            pgrx::warning!("realtime_ext: could not keep the changes of a prepared transaction ({e}); subscribers will receive a gap");
+            queue::record_loss(count);
         }
     }
 }
 
-fn settle(committed: bool) {
+/// COMMIT PREPARED `gid` is about to run: reserve the prepared transaction's queue record
+/// while it still holds its row locks. This session's commit (or abort) settles it.
+pub fn reserve_prepared(gid: &str) {
+    let Some(p) = prepared::find(gid) else {
+        return;
+    };
+    let kind = if p.spilled {
+        RecordKind::PendingSpilled
+    } else {
+        RecordKind::Pending
+    };
+    let offset = queue::publish(&[&record_header(kind, p.xid, 0, p.count), &p.body], p.count);
+    RESERVED.with(|r| {
+        *r.borrow_mut() = Some(Reserved {
+            offset,
+            kind,
+            spill: None,
+            prepared: Some(p),
+        })
+    });
+}
+
+fn settle(mut committed: bool) {
     let Some(reserved) = RESERVED.with(|r| r.borrow_mut().take()) else {
         return;
     };
-    if committed {
-        let commit_time = unsafe { pg_sys::GetCurrentTransactionStopTimestamp() };
-        queue::mark(reserved.offset, reserved.kind.committed(), commit_time);
-    } else {
-        queue::mark(reserved.offset, RecordKind::Aborted, 0);
-        if let Some(path) = reserved.spill {
-            let _ = std::fs::remove_file(path);
+    if let Some(p) = &reserved.prepared {
+        // This session's transaction failed, but the prepared one may have committed before
+        // it did: the commit log decides. If not, it stays prepared, its state file kept.
+        // SAFETY: a commit-log lookup, in a transaction callback.
+        committed |= unsafe { pg_sys::TransactionIdDidCommit(p.xid.into()) };
+        match (committed, reserved.offset) {
+            // The spill file, if any, is now the queue record's: the worker removes it.
+            (true, Some(_)) => {
+                let _ = std::fs::remove_file(&p.state_file);
+            }
+            // Published as a gap (the queue was full): nothing will read it.
+            (true, None) => prepared::remove(p),
+            (false, _) => {}
         }
+    }
+    if let Some(offset) = reserved.offset {
+        if committed {
+            let commit_time = unsafe { pg_sys::GetCurrentTransactionStopTimestamp() };
+            queue::mark(offset, reserved.kind.committed(), commit_time);
+        } else {
+            queue::mark(offset, RecordKind::Aborted, 0);
+        }
+    }
+    if let (false, Some(path)) = (committed, reserved.spill) {
+        let _ = std::fs::remove_file(path);
     }
     queue::wake_worker();
 }

@@ -1,12 +1,19 @@
 //! Subscription filters `column=op.value`, evaluated on the network threads with the same
-//! result SQL's WHERE would give: numbers compare as exact decimals, timestamptz as instants,
-//! text by code point (C collation), and a NULL never matches.
+//! result SQL's `WHERE column op 'value'` gives. Each column type the worker accepts a filter on
+//! has a comparison key here that orders exactly as the type does: numbers as exact decimals,
+//! timestamps and dates as instants on the proleptic calendar (BC years, years past 9999,
+//! offsets with seconds, infinities), text by code point where the column's collation orders
+//! that way, jsonb by its own equality. Types whose values do not compare as their text does
+//! and that have no key here are refused by the worker, never answered differently from SQL.
+//!
+//! Filter values are turned into keys once, at subscribe; a row value costs one linear parse.
 
 use crate::bridge::{FilterOp, FilterSpec, ResolvedFilter, ValueKind};
-use bigdecimal::BigDecimal;
 use serde_json::{Map, Value};
 use std::cmp::Ordering;
-use std::str::FromStr;
+
+/// Most values an `in` list may hold.
+pub const MAX_IN_VALUES: usize = 100;
 
 /// Parse `column=op.value` (for `in`: `column=in.(a,b,c)`).
 pub fn parse(text: &str) -> Result<FilterSpec, String> {
@@ -57,6 +64,9 @@ fn split_list(list: &str) -> Result<Vec<String>, String> {
     let mut values = Vec::new();
     let mut rest = list.trim_start();
     loop {
+        if values.len() == MAX_IN_VALUES {
+            return Err(format!("in takes at most {MAX_IN_VALUES} values"));
+        }
         let (value, after) = match rest.strip_prefix('"') {
             Some(quoted) => {
                 let end = quoted.find('"').ok_or("unterminated quote in in.(...)")?;
@@ -82,71 +92,346 @@ pub fn check_op(kind: ValueKind, op: FilterOp) -> Result<(), String> {
         op,
         FilterOp::Lt | FilterOp::Lte | FilterOp::Gt | FilterOp::Gte
     );
-    if ordering && kind == ValueKind::Other {
-        return Err("this column's type supports only eq, neq and in".into());
+    if ordering && !kind.ordered() {
+        return Err(match kind {
+            ValueKind::Text { .. } => {
+                "the column's collation does not order text by code point; use eq, neq or in"
+                    .into()
+            }
+            _ => "this column's type supports only eq, neq and in".into(),
+        });
     }
     Ok(())
 }
 
-/// Comparable form of a JSON value of a given kind. Infinities and NaN sort as in PostgreSQL.
-#[derive(PartialEq, Eq, PartialOrd, Ord, Debug)]
-enum Key {
-    NegInf,
-    Number(BigDecimal),
-    Instant(i64),
-    Text(String),
-    PosInf,
-    NaN,
-}
-
-fn key(kind: ValueKind, v: &Value) -> Option<Key> {
-    match (kind, v) {
-        (_, Value::String(s)) if s == "-Infinity" || s == "-infinity" => Some(Key::NegInf),
-        (_, Value::String(s)) if s == "Infinity" || s == "infinity" => Some(Key::PosInf),
-        (ValueKind::Number, Value::String(s)) if s == "NaN" => Some(Key::NaN),
-        (ValueKind::Number, Value::Number(n)) => {
-            BigDecimal::from_str(&n.to_string()).ok().map(Key::Number)
-        }
-        (ValueKind::Instant, Value::String(s)) => chrono::DateTime::parse_from_rfc3339(s)
-            .ok()
-            .map(|t| Key::Instant(t.timestamp_micros())),
-        (ValueKind::Text, Value::String(s)) => Some(Key::Text(s.clone())),
-        _ => None,
-    }
-}
-
-fn equal(kind: ValueKind, a: &Value, b: &Value) -> bool {
-    match (key(kind, a), key(kind, b)) {
+/// Whether two JSON numbers are equal as exact decimals.
+pub fn numbers_equal(a: &str, b: &str) -> bool {
+    match (Decimal::parse(a), Decimal::parse(b)) {
         (Some(x), Some(y)) => x == y,
         _ => a == b,
     }
 }
 
-pub fn matches(filter: &ResolvedFilter, row: Option<&Map<String, Value>>) -> bool {
-    let Some(v) = row.and_then(|r| r.get(&filter.column)) else {
-        return false;
-    };
-    if v.is_null() {
-        return false;
+/// A filter ready to be matched: its values already turned into keys.
+#[derive(Debug)]
+pub struct Compiled {
+    column: String,
+    op: FilterOp,
+    kind: ValueKind,
+    keys: Vec<Key>,
+}
+
+impl Compiled {
+    /// Fails if the worker's rendering of a value cannot be read back (a bug, not bad input).
+    pub fn new(filter: ResolvedFilter) -> Result<Compiled, String> {
+        let keys = filter
+            .values
+            .iter()
+            .map(|v| key(filter.kind, v).ok_or_else(|| format!("unreadable filter value {v}")))
+            .collect::<Result<_, _>>()?;
+        Ok(Compiled {
+            column: filter.column,
+            op: filter.op,
+            kind: filter.kind,
+            keys,
+        })
     }
-    let kind = filter.kind;
-    match filter.op {
-        FilterOp::Eq => equal(kind, v, &filter.values[0]),
-        FilterOp::Neq => !equal(kind, v, &filter.values[0]),
-        FilterOp::In => filter.values.iter().any(|f| equal(kind, v, f)),
-        op => {
-            let (Some(a), Some(b)) = (key(kind, v), key(kind, &filter.values[0])) else {
-                return false;
-            };
-            let ord = a.cmp(&b);
-            match op {
-                FilterOp::Lt => ord == Ordering::Less,
-                FilterOp::Lte => ord != Ordering::Greater,
-                FilterOp::Gt => ord == Ordering::Greater,
-                _ => ord != Ordering::Less,
-            }
+
+    /// Whether `row` satisfies the filter. A missing column, a NULL, or a value that cannot be
+    /// read as the column's type never matches, as NULL never satisfies a WHERE.
+    pub fn matches(&self, row: Option<&Map<String, Value>>) -> bool {
+        let Some(v) = row.and_then(|r| r.get(&self.column)) else {
+            return false;
+        };
+        if v.is_null() {
+            return false;
+        }
+        let Some(k) = key(self.kind, v) else {
+            return false;
+        };
+        let first = &self.keys[0];
+        match self.op {
+            FilterOp::Eq => k == *first,
+            FilterOp::Neq => k != *first,
+            FilterOp::In => self.keys.iter().any(|f| k == *f),
+            FilterOp::Lt => k.cmp(first) == Ordering::Less,
+            FilterOp::Lte => k.cmp(first) != Ordering::Greater,
+            FilterOp::Gt => k.cmp(first) == Ordering::Greater,
+            FilterOp::Gte => k.cmp(first) != Ordering::Less,
         }
     }
+}
+
+/// Comparable form of a rendered value. Keys of one filter are all of the column's kind.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Key {
+    /// Numbers: -Infinity < finite < Infinity < NaN, as PostgreSQL sorts numeric and float.
+    Number(Bound<Decimal>),
+    /// Microseconds (timestamps, times) or days (dates) on one time line; ±infinity at the ends.
+    Time(Bound<i64>),
+    Text(String),
+    /// Equality-only kinds whose rendering is canonical: equal JSON means equal values.
+    Exact(String),
+    /// jsonb: equal as jsonb compares (numbers as numerics, object keys unordered).
+    Jsonb(JsonbKey),
+}
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Bound<T> {
+    NegInf,
+    Finite(T),
+    PosInf,
+    NaN,
+}
+
+fn key(kind: ValueKind, v: &Value) -> Option<Key> {
+    let text = v.as_str();
+    let time = |parse: fn(&str) -> Option<i64>| -> Option<Key> {
+        Some(Key::Time(match text? {
+            "infinity" => Bound::PosInf,
+            "-infinity" => Bound::NegInf,
+            s => Bound::Finite(parse(s)?),
+        }))
+    };
+    match kind {
+        ValueKind::Number => Some(Key::Number(match v {
+            Value::Number(n) => Bound::Finite(Decimal::parse(&n.to_string())?),
+            Value::String(s) => match s.as_str() {
+                "NaN" => Bound::NaN,
+                "Infinity" => Bound::PosInf,
+                "-Infinity" => Bound::NegInf,
+                _ => return None,
+            },
+            _ => return None,
+        })),
+        ValueKind::Instant => time(parse_timestamp_tz),
+        ValueKind::Timestamp => time(parse_timestamp),
+        ValueKind::Date => time(parse_date),
+        ValueKind::Time => time(parse_time),
+        ValueKind::Text { blank_padded, .. } => {
+            let s = text?;
+            // bpchar ignores trailing spaces when comparing.
+            let s = if blank_padded { s.trim_end_matches(' ') } else { s };
+            Some(Key::Text(s.to_string()))
+        }
+        ValueKind::Exact => Some(Key::Exact(v.to_string())),
+        ValueKind::Jsonb => Some(Key::Jsonb(JsonbKey::new(v)?)),
+    }
+}
+
+/// An exact decimal: `0.d1d2d3... × 10^exponent` with no leading or trailing zero digits.
+/// Comparing two is linear in their digits, whatever their exponents: no big-number arithmetic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Decimal {
+    negative: bool,
+    /// Significant digits as ASCII; empty for zero.
+    digits: Vec<u8>,
+    exponent: i64,
+}
+
+impl Decimal {
+    /// Parses JSON number grammar (what PostgreSQL renders numbers as).
+    fn parse(s: &str) -> Option<Decimal> {
+        let (negative, s) = match s.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, s),
+        };
+        let (mantissa, exp) = match s.find(['e', 'E']) {
+            Some(i) => (&s[..i], s[i + 1..].parse::<i64>().ok()?),
+            None => (s, 0),
+        };
+        let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+        if int.is_empty() || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let all: Vec<u8> = int.bytes().chain(frac.bytes()).collect();
+        let lead = all.iter().take_while(|&&b| b == b'0').count();
+        if lead == all.len() {
+            return Some(Decimal {
+                negative: false,
+                digits: Vec::new(),
+                exponent: 0,
+            });
+        }
+        let trail = all.iter().rev().take_while(|&&b| b == b'0').count();
+        Some(Decimal {
+            negative,
+            digits: all[lead..all.len() - trail].to_vec(),
+            exponent: (int.len() as i64 - lead as i64).checked_add(exp)?,
+        })
+    }
+
+    fn sign(&self) -> i8 {
+        match (self.digits.is_empty(), self.negative) {
+            (true, _) => 0,
+            (false, true) => -1,
+            (false, false) => 1,
+        }
+    }
+}
+
+impl Ord for Decimal {
+    fn cmp(&self, other: &Decimal) -> Ordering {
+        let by_sign = self.sign().cmp(&other.sign());
+        if by_sign != Ordering::Equal || self.sign() == 0 {
+            return by_sign;
+        }
+        let magnitude = self
+            .exponent
+            .cmp(&other.exponent)
+            .then_with(|| self.digits.cmp(&other.digits));
+        if self.negative {
+            magnitude.reverse()
+        } else {
+            magnitude
+        }
+    }
+}
+
+impl PartialOrd for Decimal {
+    fn partial_cmp(&self, other: &Decimal) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// jsonb values compare equal when their structure is equal and their numbers are equal as
+/// numerics (`{"a":1}` = `{"a":1.0}`); object keys are already sorted (serde_json's map).
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum JsonbKey {
+    Null,
+    String(String),
+    Number(Decimal),
+    Bool(bool),
+    Array(Vec<JsonbKey>),
+    Object(Vec<(String, JsonbKey)>),
+}
+
+impl JsonbKey {
+    fn new(v: &Value) -> Option<JsonbKey> {
+        Some(match v {
+            Value::Null => JsonbKey::Null,
+            Value::Bool(b) => JsonbKey::Bool(*b),
+            Value::String(s) => JsonbKey::String(s.clone()),
+            Value::Number(n) => JsonbKey::Number(Decimal::parse(&n.to_string())?),
+            Value::Array(a) => JsonbKey::Array(a.iter().map(JsonbKey::new).collect::<Option<_>>()?),
+            Value::Object(o) => JsonbKey::Object(
+                o.iter()
+                    .map(|(k, v)| Some((k.clone(), JsonbKey::new(v)?)))
+                    .collect::<Option<_>>()?,
+            ),
+        })
+    }
+}
+
+/// Reads the leading digits of `s` as a number; returns it and the rest.
+fn number(s: &str) -> Option<(i64, &str)> {
+    let end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    if end == 0 || end > 12 {
+        return None;
+    }
+    Some((s[..end].parse().ok()?, &s[end..]))
+}
+
+fn expect<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    s.strip_prefix(prefix)
+}
+
+/// Days from 1970-01-01 of a proleptic Gregorian date (astronomical year: 1 BC is year 0).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// `YYYY-MM-DD` (the year may be longer) as days; returns them and the rest. `bc`: the value
+/// ended in ` BC`, so its year Y is astronomical year 1 - Y.
+fn date_part(s: &str, bc: bool) -> Option<(i64, &str)> {
+    let (year, s) = number(s)?;
+    let (month, s) = number(expect(s, "-")?)?;
+    let (day, s) = number(expect(s, "-")?)?;
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+        return None;
+    }
+    let year = if bc { 1 - year } else { year };
+    Some((days_from_civil(year, month, day), s))
+}
+
+/// `HH:MM:SS[.ffffff]` as microseconds; returns it and the rest.
+fn time_part(s: &str) -> Option<(i64, &str)> {
+    let (h, s) = number(s)?;
+    let (m, s) = number(expect(s, ":")?)?;
+    let (sec, mut s) = number(expect(s, ":")?)?;
+    let mut micros = 0;
+    if let Some(frac) = s.strip_prefix('.') {
+        let end = frac.find(|c: char| !c.is_ascii_digit()).unwrap_or(frac.len());
+        if end == 0 || end > 6 {
+            return None;
+        }
+        micros = frac[..end].parse::<i64>().ok()? * 10i64.pow(6 - end as u32);
+        s = &frac[end..];
+    }
+    Some((((h * 60 + m) * 60 + sec) * 1_000_000 + micros, s))
+}
+
+fn split_bc(s: &str) -> (&str, bool) {
+    match s.strip_suffix(" BC") {
+        Some(rest) => (rest, true),
+        None => (s, false),
+    }
+}
+
+fn parse_date(s: &str) -> Option<i64> {
+    let (s, bc) = split_bc(s);
+    let (days, rest) = date_part(s, bc)?;
+    rest.is_empty().then_some(days)
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.f]`, the rest handed to `zone`.
+fn parse_datetime(s: &str, zone: impl Fn(&str) -> Option<i64>) -> Option<i64> {
+    let (s, bc) = split_bc(s);
+    let (days, rest) = date_part(s, bc)?;
+    let (micros, rest) = time_part(expect(rest, "T")?)?;
+    let offset = zone(rest)?;
+    days.checked_mul(86_400_000_000)?
+        .checked_add(micros)?
+        .checked_sub(offset)
+}
+
+fn parse_timestamp(s: &str) -> Option<i64> {
+    parse_datetime(s, |rest| rest.is_empty().then_some(0))
+}
+
+/// A timestamptz as rendered in any writer's TimeZone: `+HH:MM` or `+HH:MM:SS` (local mean
+/// time offsets before standard time have seconds).
+fn parse_timestamp_tz(s: &str) -> Option<i64> {
+    parse_datetime(s, |rest| {
+        let (sign, rest) = match rest.as_bytes().first()? {
+            b'+' => (1, &rest[1..]),
+            b'-' => (-1, &rest[1..]),
+            b'Z' if rest.len() == 1 => return Some(0),
+            _ => return None,
+        };
+        let (h, rest) = number(rest)?;
+        let (m, rest) = match rest.strip_prefix(':') {
+            Some(r) => number(r)?,
+            None => (0, rest),
+        };
+        let (sec, rest) = match rest.strip_prefix(':') {
+            Some(r) => number(r)?,
+            None => (0, rest),
+        };
+        rest.is_empty()
+            .then_some(sign * ((h * 60 + m) * 60 + sec) * 1_000_000)
+    })
+}
+
+fn parse_time(s: &str) -> Option<i64> {
+    let (micros, rest) = time_part(s)?;
+    rest.is_empty().then_some(micros)
 }
 
 #[cfg(test)]
@@ -154,16 +439,20 @@ mod unit {
     use super::*;
     use serde_json::json;
 
-    fn f(kind: ValueKind, op: FilterOp, values: Vec<Value>) -> ResolvedFilter {
-        ResolvedFilter {
+    fn f(kind: ValueKind, op: FilterOp, values: Vec<Value>) -> Compiled {
+        Compiled::new(ResolvedFilter {
             column: "c".into(),
             op,
             kind,
             values,
-        }
+        })
+        .unwrap()
     }
     fn row(v: Value) -> Map<String, Value> {
         json!({ "c": v }).as_object().unwrap().clone()
+    }
+    fn num(s: &str) -> Value {
+        serde_json::from_str(s).unwrap()
     }
 
     #[test]
@@ -178,74 +467,103 @@ mod unit {
         assert!(parse("=eq.1").is_err());
         assert!(parse("a=in.()").is_err());
         assert!(parse("a=in.1,2").is_err());
+        let list = |n: usize| format!("a=in.({})", vec!["1"; n].join(","));
+        assert_eq!(parse(&list(MAX_IN_VALUES)).unwrap().values.len(), MAX_IN_VALUES);
+        assert!(parse(&list(MAX_IN_VALUES + 1)).unwrap_err().contains("at most"));
     }
 
     #[test]
-    fn numbers_compare_as_exact_decimals() {
-        let big: Value = serde_json::from_str("12345678901234567890.000000000001").unwrap();
-        let big_row = row(big.clone());
-        let lower: Value = serde_json::from_str("12345678901234567890").unwrap();
-        assert!(matches(
-            &f(ValueKind::Number, FilterOp::Gt, vec![lower]),
-            Some(&big_row)
-        ));
-        assert!(matches(
-            &f(ValueKind::Number, FilterOp::Eq, vec![json!(2)]),
-            Some(&row(json!(2.0)))
-        ));
-        assert!(matches(
-            &f(ValueKind::Number, FilterOp::Lt, vec![json!(10)]),
-            Some(&row(json!(9)))
-        ));
-        assert!(!matches(
-            &f(ValueKind::Number, FilterOp::Lt, vec![json!(10)]),
-            Some(&row(json!("NaN")))
-        ));
+    fn decimals_compare_exactly() {
+        let d = |s: &str| Decimal::parse(s).unwrap();
+        assert_eq!(d("2"), d("2.000"));
+        assert_eq!(d("-0"), d("0.0"));
+        assert!(d("12345678901234567890.000000000001") > d("12345678901234567890"));
+        assert!(d("-1.5") < d("-1.25"));
+        assert!(d("1e-7") < d("0.000001"));
+        assert!(d("1e131071") > d("9.99e131070"));
+        assert!(d("-1e131071") < d("-1"));
+        assert!(Decimal::parse("1e").is_none() && Decimal::parse("x").is_none());
+        let huge = format!("1{}", "0".repeat(131_071));
+        assert_eq!(d(&huge), d("1e131071"));
+        assert!(d(&huge) > d("0.5"));
     }
 
     #[test]
-    fn instants_ignore_rendering_offset() {
-        let filter = f(
-            ValueKind::Instant,
-            FilterOp::Eq,
-            vec![json!("2026-01-01T00:00:00+00:00")],
+    fn numbers_sort_as_postgres_sorts_them() {
+        let lt = f(ValueKind::Number, FilterOp::Lt, vec![num("10")]);
+        assert!(lt.matches(Some(&row(num("9.99")))));
+        assert!(lt.matches(Some(&row(json!("-Infinity")))));
+        assert!(!lt.matches(Some(&row(json!("NaN")))));
+        assert!(!lt.matches(Some(&row(json!("Infinity")))));
+        let nan = f(ValueKind::Number, FilterOp::Gt, vec![json!("Infinity")]);
+        assert!(nan.matches(Some(&row(json!("NaN")))));
+        let eq = f(ValueKind::Number, FilterOp::Eq, vec![num("2")]);
+        assert!(eq.matches(Some(&row(num("2.0")))));
+    }
+
+    #[test]
+    fn timestamps_compare_as_instants_whatever_their_rendering() {
+        let at = |s: &str| parse_timestamp_tz(s).unwrap();
+        assert_eq!(at("2026-01-01T02:00:00+02:00"), at("2026-01-01T00:00:00+00:00"));
+        assert_eq!(at("1900-01-01T00:19:32+00:19:32"), at("1900-01-01T00:00:00+00:00"));
+        assert!(at("10000-01-01T00:00:00+00:00") > at("9999-12-31T23:59:59.999999+00:00"));
+        assert!(at("0044-03-15T00:00:00+00:00 BC") < at("0001-01-01T00:00:00+00:00"));
+        assert!(at("0044-03-15T00:00:00+00:00 BC") < at("0010-01-01T00:00:00+00:00 BC"));
+        assert_eq!(
+            at("0001-12-31T00:00:00+00:00 BC") + 86_400_000_000,
+            at("0001-01-01T00:00:00+00:00")
         );
-        assert!(matches(
-            &filter,
-            Some(&row(json!("2026-01-01T02:00:00+02:00")))
-        ));
-        let filter = f(
-            ValueKind::Instant,
-            FilterOp::Gt,
-            vec![json!("2026-01-01T00:00:00+00:00")],
-        );
-        assert!(!matches(
-            &filter,
-            Some(&row(json!("2026-01-01T01:00:00+02:00")))
-        ));
+        let d = |s: &str| parse_date(s).unwrap();
+        assert!(d("10000-01-01") > d("9999-12-31"));
+        assert!(d("0044-03-15 BC") < d("0020-01-01 BC"));
+        assert!(d("0001-01-01 BC") < d("0001-01-01"));
+        let lt = f(ValueKind::Date, FilterOp::Lt, vec![json!("0020-01-01 BC")]);
+        assert!(lt.matches(Some(&row(json!("0044-03-15 BC")))));
+        assert!(lt.matches(Some(&row(json!("-infinity")))));
+        assert!(!lt.matches(Some(&row(json!("0010-01-01 BC")))));
+        assert!(!lt.matches(Some(&row(json!("infinity")))));
+        assert!(parse_time("12:00:00.5").unwrap() > parse_time("12:00:00.10").unwrap());
+    }
+
+    #[test]
+    fn text_compares_by_code_point_and_bpchar_ignores_trailing_blanks() {
+        let text = ValueKind::Text {
+            ordered: true,
+            blank_padded: false,
+        };
+        assert!(f(text, FilterOp::Lt, vec![json!("m")]).matches(Some(&row(json!("Mu")))));
+        let bpchar = ValueKind::Text {
+            ordered: true,
+            blank_padded: true,
+        };
+        assert!(f(bpchar, FilterOp::Eq, vec![json!("ab  ")]).matches(Some(&row(json!("ab")))));
+    }
+
+    #[test]
+    fn jsonb_equality_is_jsonb_equality() {
+        let eq = f(ValueKind::Jsonb, FilterOp::Eq, vec![json!({"a": 1, "b": [1, "x"]})]);
+        assert!(eq.matches(Some(&row(num(r#"{"b":[1.00,"x"],"a":1.0}"#)))));
+        assert!(!eq.matches(Some(&row(num(r#"{"a":1,"b":[1,"y"]}"#)))));
     }
 
     #[test]
     fn null_never_matches() {
         for op in [FilterOp::Eq, FilterOp::Neq, FilterOp::Lt, FilterOp::In] {
-            assert!(!matches(
-                &f(ValueKind::Number, op, vec![json!(1)]),
-                Some(&row(Value::Null))
-            ));
+            assert!(!f(ValueKind::Number, op, vec![json!(1)]).matches(Some(&row(Value::Null))));
         }
-        assert!(!matches(
-            &f(ValueKind::Number, FilterOp::Neq, vec![json!(1)]),
-            None
-        ));
+        assert!(!f(ValueKind::Number, FilterOp::Neq, vec![json!(1)]).matches(None));
     }
 
     #[test]
     fn equality_only_kinds_refuse_ordering() {
-        assert!(check_op(ValueKind::Other, FilterOp::Lt).is_err());
-        assert!(check_op(ValueKind::Other, FilterOp::In).is_ok());
-        assert!(matches(
-            &f(ValueKind::Other, FilterOp::Eq, vec![json!(true)]),
-            Some(&row(json!(true)))
-        ));
+        assert!(check_op(ValueKind::Exact, FilterOp::Lt).is_err());
+        assert!(check_op(ValueKind::Jsonb, FilterOp::Gte).is_err());
+        let unordered = ValueKind::Text {
+            ordered: false,
+            blank_padded: false,
+        };
+        assert!(check_op(unordered, FilterOp::Lt).is_err());
+        assert!(check_op(unordered, FilterOp::In).is_ok());
+        assert!(f(ValueKind::Exact, FilterOp::Eq, vec![json!(true)]).matches(Some(&row(json!(true)))));
     }
 }

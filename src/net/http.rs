@@ -2,7 +2,10 @@
 //! everything else. Connections that never finish their request head are dropped on a timeout.
 
 use super::{session, Context};
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Mutex;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -16,10 +19,51 @@ const READ_BUFFER: usize = 4 * 1024;
 /// Outgoing bytes are handed to the socket once this many are buffered; with tungstenite's
 /// 128 KiB default, 10,000 clients catching up held over a gigabyte between them.
 const WRITE_BUFFER: usize = 16 * 1024;
+const MAX_HEADERS: usize = 64;
+/// Before closing, unread input is drained for at most this long (or this many bytes), so that
+/// the kernel does not answer it with a reset that destroys the response.
 const LINGER: Duration = Duration::from_secs(1);
-const LINGER_BYTES: usize = 64 * 1024;
+const LINGER_BYTES: usize = 8 * 1024 * 1024;
 
-/// Counts a connection for as long as it lives.
+/// Most connections still sending their request head, in all and from one address: a flood
+/// of silent sockets from one place cannot lock everyone else out, and sockets that never
+/// finish a handshake do not count against realtime.max_connections.
+const MAX_HANDSHAKES: usize = 1024;
+const MAX_HANDSHAKES_PER_ADDRESS: usize = 64;
+
+/// Connections that have not finished their request head, per source address.
+#[derive(Default)]
+pub struct Handshakes(Mutex<HashMap<IpAddr, usize>>);
+
+/// One connection counted in `Handshakes` until it is dropped.
+struct Handshaking<'a>(&'a Handshakes, IpAddr);
+
+impl Handshakes {
+    fn begin(&self, ip: IpAddr) -> Option<Handshaking<'_>> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let total: usize = map.values().sum();
+        let here = map.entry(ip).or_insert(0);
+        if total >= MAX_HANDSHAKES || *here >= MAX_HANDSHAKES_PER_ADDRESS {
+            return None;
+        }
+        *here += 1;
+        Some(Handshaking(self, ip))
+    }
+}
+
+impl Drop for Handshaking<'_> {
+    fn drop(&mut self) {
+        let mut map = self.0 .0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.1);
+            }
+        }
+    }
+}
+
+/// Counts a WebSocket connection for as long as it lives.
 struct Counted<'a>(&'a Context);
 
 impl Drop for Counted<'_> {
@@ -28,22 +72,18 @@ impl Drop for Counted<'_> {
     }
 }
 
-pub async fn serve(mut stream: TcpStream, context: Context) {
-    let open = context.shared.connections.fetch_add(1, Relaxed) + 1;
-    let _counted = Counted(&context);
-    if open > context.shared.max_connections.load(Relaxed) {
+pub async fn serve(mut stream: TcpStream, ip: IpAddr, context: Context) {
+    let Some(handshaking) = context.handshakes.begin(ip) else {
+        // Answered without reading or lingering: this address is flooding.
         let body = error_body(
-            "too_many_connections",
-            "the server has reached realtime.max_connections",
+            "too_many_handshakes",
+            "too many connections from this address are still sending their request",
         );
-        return respond(
-            &mut stream,
-            "503 Service Unavailable",
-            &body,
-            "Retry-After: 1\r\n",
-        )
-        .await;
-    }
+        let _ = stream
+            .write_all(response("503 Service Unavailable", &body, "Retry-After: 1\r\n").as_bytes())
+            .await;
+        return;
+    };
     let timeout = Duration::from_millis(context.shared.handshake_timeout_ms.load(Relaxed));
     let (buf, head_len) = match tokio::time::timeout(timeout, read_head(&mut stream)).await {
         Err(_) => {
@@ -65,19 +105,22 @@ pub async fn serve(mut stream: TcpStream, context: Context) {
         Ok(Err(None)) => return,
         Ok(Ok(head)) => head,
     };
-    let mut headers = [httparse::EMPTY_HEADER; 64];
+    drop(handshaking);
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
-    if !matches!(
-        request.parse(&buf[..head_len]),
-        Ok(httparse::Status::Complete(_))
-    ) {
-        return respond(
-            &mut stream,
-            "400 Bad Request",
-            &error_body("bad_request", "malformed HTTP request"),
-            "",
-        )
-        .await;
+    match request.parse(&buf[..head_len]) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Err(httparse::Error::TooManyHeaders) => {
+            let body = error_body(
+                "too_many_headers",
+                &format!("a request may have at most {MAX_HEADERS} headers"),
+            );
+            return respond(&mut stream, "431 Request Header Fields Too Large", &body, "").await;
+        }
+        _ => {
+            let body = error_body("bad_request", "malformed HTTP request");
+            return respond(&mut stream, "400 Bad Request", &body, "").await;
+        }
     }
     let path = request.path.unwrap_or("/").split('?').next().unwrap_or("/");
     let header = |name: &str| {
@@ -89,7 +132,7 @@ pub async fn serve(mut stream: TcpStream, context: Context) {
             .unwrap_or("")
     };
     match (request.method, path) {
-        (Some("GET"), "/health") => {
+        (Some(method @ ("GET" | "HEAD")), "/health") => {
             let s = &context.shared;
             let body = serde_json::json!({
                 "status": "ok",
@@ -103,6 +146,12 @@ pub async fn serve(mut stream: TcpStream, context: Context) {
                 },
             })
             .to_string();
+            if method == "HEAD" {
+                let head = response("200 OK", &body, "");
+                let head = &head[..head.len() - body.len()];
+                let _ = stream.write_all(head.as_bytes()).await;
+                return;
+            }
             respond(&mut stream, "200 OK", &body, "").await
         }
         (Some("GET"), WEBSOCKET_PATH) | (Some("GET"), "/realtime/") => {
@@ -137,6 +186,28 @@ pub async fn serve(mut stream: TcpStream, context: Context) {
                 )
                 .await;
             }
+            if !valid_key(key) {
+                let body = error_body(
+                    "bad_request",
+                    "Sec-WebSocket-Key must be 16 bytes in base64 (RFC 6455 section 4.1)",
+                );
+                return respond(&mut stream, "400 Bad Request", &body, "").await;
+            }
+            let open = context.shared.connections.fetch_add(1, Relaxed) + 1;
+            let _counted = Counted(&context);
+            if open > context.shared.max_connections.load(Relaxed) {
+                let body = error_body(
+                    "too_many_connections",
+                    "the server has reached realtime.max_connections",
+                );
+                return respond(
+                    &mut stream,
+                    "503 Service Unavailable",
+                    &body,
+                    "Retry-After: 1\r\n",
+                )
+                .await;
+            }
             let accept = derive_accept_key(key.as_bytes());
             let response = format!(
                 "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
@@ -166,16 +237,28 @@ pub async fn serve(mut stream: TcpStream, context: Context) {
             respond(&mut stream, "404 Not Found", &body, "").await
         }
         _ => {
-            let body = error_body("method_not_allowed", "only GET is supported");
+            let body = error_body("method_not_allowed", "only GET and HEAD are supported");
             respond(
                 &mut stream,
                 "405 Method Not Allowed",
                 &body,
-                "Allow: GET\r\n",
+                "Allow: GET, HEAD\r\n",
             )
             .await
         }
     }
+}
+
+/// A Sec-WebSocket-Key is a 16-byte nonce in base64: 22 characters, the last of which carries
+/// only two bits, then `==`.
+fn valid_key(key: &str) -> bool {
+    let b = key.as_bytes();
+    b.len() == 24
+        && b[..22]
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
+        && matches!(b[21], b'A' | b'Q' | b'g' | b'w')
+        && &b[22..] == b"=="
 }
 
 /// Read until the end of the request head. Returns the bytes read and the head's length;
@@ -211,12 +294,17 @@ fn error_body(code: &str, message: &str) -> String {
     serde_json::json!({ "error": code, "message": message }).to_string()
 }
 
-async fn respond(stream: &mut TcpStream, status: &str, body: &str, extra_headers: &str) {
-    let response = format!(
+fn response(status: &str, body: &str, extra_headers: &str) -> String {
+    format!(
         "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{extra_headers}\r\n{body}",
         body.len()
-    );
-    let _ = stream.write_all(response.as_bytes()).await;
+    )
+}
+
+async fn respond(stream: &mut TcpStream, status: &str, body: &str, extra_headers: &str) {
+    let _ = stream
+        .write_all(response(status, body, extra_headers).as_bytes())
+        .await;
     let _ = stream.shutdown().await;
     // Lingering close: closing with unread input makes the kernel send a reset, which can
     // destroy the response before the client reads it. Drain a little first, bounded.

@@ -11,6 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
+/// How long a stopping worker waits for its clients to receive their close frames.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
+
 /// Where to listen: `hosts` as in realtime.listen_addresses.
 pub struct Address {
     pub hosts: String,
@@ -23,11 +26,16 @@ pub struct Context {
     pub shared: Arc<Shared>,
     pub worker: WorkerHandle,
     pub batches: BatchSender,
+    /// Becomes true when the worker stops: sessions close with 1012.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+    pub handshakes: Arc<http::Handshakes>,
 }
 
 pub struct Server {
     runtime: tokio::runtime::Runtime,
     bound: Vec<SocketAddr>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    shared: Arc<Shared>,
 }
 
 impl Server {
@@ -39,9 +47,17 @@ impl Server {
             .join(", ")
     }
 
-    /// Close every connection and stop the threads.
+    /// Tell every client the server is restarting (close code 1012), give them a moment to
+    /// receive it, then stop the threads.
     pub fn shutdown(self) {
-        self.runtime.shutdown_timeout(Duration::from_secs(2));
+        let _ = self.shutdown.send(true);
+        let deadline = std::time::Instant::now() + SHUTDOWN_GRACE;
+        while self.shared.connections.load(std::sync::atomic::Ordering::Relaxed) > 0
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.runtime.shutdown_timeout(Duration::from_millis(100));
     }
 }
 
@@ -61,10 +77,13 @@ pub fn start(
             .build()
     })
     .map_err(|e| format!("could not start network threads: {e}"))?;
+    let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
     let context = Context {
-        shared,
+        shared: shared.clone(),
         worker,
         batches,
+        shutdown: shutdown_rx,
+        handshakes: Arc::new(http::Handshakes::default()),
     };
     let mut bound = Vec::new();
     let mut errors = Vec::new();
@@ -83,7 +102,12 @@ pub fn start(
             errors.join("; ")
         ));
     }
-    Ok(Server { runtime, bound })
+    Ok(Server {
+        runtime,
+        bound,
+        shutdown,
+        shared,
+    })
 }
 
 fn resolve(address: &Address) -> Result<Vec<SocketAddr>, String> {
@@ -140,9 +164,9 @@ fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
 async fn accept_loop(listener: TcpListener, context: Context) {
     loop {
         match listener.accept().await {
-            Ok((stream, _peer)) => {
+            Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(http::serve(stream, context.clone()));
+                tokio::spawn(http::serve(stream, peer.ip(), context.clone()));
             }
             // Out of file descriptors and the like: back off instead of spinning.
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,

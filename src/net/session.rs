@@ -6,7 +6,7 @@
 
 use super::filter;
 use super::Context;
-use crate::bridge::{Batch, ResolvedTable, Shared};
+use crate::bridge::{Batch, Change, EndReason, ResolvedTable, Shared};
 use crate::event::{Op, ALL_OPS};
 use crate::protocol::{self, ClientMessage, ErrorCode, ServerMessage};
 use futures_util::{SinkExt, StreamExt};
@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -24,12 +24,15 @@ use tokio_tungstenite::WebSocketStream;
 
 /// Most batches written between two flushes when catching up.
 const CATCH_UP_BATCHES: usize = 64;
+/// How long a closing session waits for its close frame to be written.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 type Sink = futures_util::stream::SplitSink<WebSocketStream<TcpStream>, Message>;
 
 struct Subscription {
     id: Value,
     table: ResolvedTable,
+    filter: Option<filter::Compiled>,
     ops: u8,
     /// Changes at or before this position predate the subscription.
     after: u64,
@@ -53,16 +56,43 @@ impl Drop for Counted {
     }
 }
 
+/// What a subscription makes of a change.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+enum Wanted {
+    No,
+    /// An UPDATE moved the row out of the filter: the subscriber is told it left.
+    Leave,
+    Change,
+}
+
 impl Subscription {
-    fn wants(&self, change: &crate::bridge::Change) -> bool {
-        change.relid == self.table.relid
-            && self.ops & change.op.bit() != 0
-            && change.position > self.after
-            && match &self.table.filter {
-                // TRUNCATE affects every row, so it reaches filtered subscriptions too.
-                Some(f) if change.op != Op::Truncate => filter::matches(f, change.row()),
-                _ => true,
+    fn wants(&self, change: &Change) -> Wanted {
+        if change.relid != self.table.relid
+            || self.ops & change.op.bit() == 0
+            || change.position <= self.after
+        {
+            return Wanted::No;
+        }
+        match &self.filter {
+            // TRUNCATE affects every row, so it reaches filtered subscriptions too.
+            Some(f) if change.op != Op::Truncate => {
+                if f.matches(change.row()) {
+                    Wanted::Change
+                } else if change.op == Op::Update && f.matches(change.old_row()) {
+                    Wanted::Leave
+                } else {
+                    Wanted::No
+                }
             }
+            _ => Wanted::Change,
+        }
+    }
+
+    /// The change is of this subscription's table under another name: it was renamed (or
+    /// moved to another schema) since the subscription was made.
+    fn renamed(&self, change: &Change) -> bool {
+        change.relid == self.table.relid
+            && (change.names.0 != self.table.schema || change.names.1 != self.table.table)
     }
 }
 
@@ -78,6 +108,7 @@ struct Session {
 
 pub async fn run(ws: WebSocketStream<TcpStream>, context: Context) {
     let mut batches = context.batches.subscribe();
+    let mut shutdown = context.shutdown.clone();
     let (sink, mut stream) = ws.split();
     let seen = context.shared.position();
     let mut session = Session {
@@ -88,6 +119,10 @@ pub async fn run(ws: WebSocketStream<TcpStream>, context: Context) {
         lagged: false,
     };
     let interval = Duration::from_secs(session.context.shared.heartbeat_interval_s.load(Relaxed));
+    // A client silent this long is gone; so is one whose socket accepted nothing for as long
+    // (a session blocked on a write cannot run its heartbeat, so every write is bounded too).
+    let timeout = 2 * interval;
+    let timed_out = || Some((CloseCode::Away, "heartbeat timed out".to_string()));
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     let mut last_heard = Instant::now();
 
@@ -95,50 +130,63 @@ pub async fn run(ws: WebSocketStream<TcpStream>, context: Context) {
         tokio::select! {
             message = stream.next() => {
                 last_heard = Instant::now();
-                match message {
-                    Some(Ok(Message::Text(text))) => session.on_text(&text).await,
+                let handled = match message {
+                    Some(Ok(Message::Text(text))) => tokio::time::timeout(timeout, session.on_text(&text)).await,
                     Some(Ok(Message::Binary(_))) => {
-                        session.error(ErrorCode::BinaryNotSupported, "send JSON text messages", None).await
+                        tokio::time::timeout(timeout, session.error(ErrorCode::BinaryNotSupported, "send JSON text messages", None)).await
                     }
                     // tungstenite answers pings itself; the pong goes out with the next flush.
                     Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
-                        let _ = session.sink.flush().await;
+                        tokio::time::timeout(timeout, async { let _ = session.sink.flush().await; }).await
                     }
                     Some(Ok(Message::Close(_))) | None => break None,
                     Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
                         break Some((CloseCode::Size, format!("message of {size} bytes exceeds realtime.max_message_size ({max_size})")))
                     }
+                    Some(Err(WsError::Utf8(_))) => {
+                        break Some((CloseCode::Invalid, "text message is not valid UTF-8".into()))
+                    }
                     Some(Err(WsError::Protocol(e))) => break Some((CloseCode::Protocol, e.to_string())),
                     Some(Err(_)) => break None,
+                };
+                if handled.is_err() {
+                    break timed_out();
                 }
             }
             batch = batches.recv() => match batch {
                 Ok(batch) => {
                     // A session that fell behind writes every batch already waiting, then
                     // flushes once: one write per catch-up instead of one per batch.
-                    let mut result = session.deliver(&batch).await;
-                    let mut more = 0;
-                    while result.is_ok() && more < CATCH_UP_BATCHES {
-                        match batches.try_recv() {
-                            Ok(batch) => result = session.deliver(&batch).await,
-                            Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => session.lagged = true,
-                            Err(_) => break,
+                    let delivered = tokio::time::timeout(timeout, async {
+                        session.deliver(&batch).await?;
+                        for _ in 0..CATCH_UP_BATCHES {
+                            match batches.try_recv() {
+                                Ok(batch) => session.deliver(&batch).await?,
+                                Err(TryRecvError::Lagged(_)) => session.lagged = true,
+                                Err(_) => break,
+                            }
                         }
-                        more += 1;
-                    }
-                    if result.is_err() || session.sink.flush().await.is_err() {
-                        break None;
+                        session.sink.flush().await
+                    })
+                    .await;
+                    match delivered {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => break None,
+                        Err(_) => break timed_out(),
                     }
                 }
                 Err(RecvError::Lagged(_)) => session.lagged = true,
                 Err(RecvError::Closed) => break Some((CloseCode::Restart, "server is restarting".into())),
             },
+            _ = shutdown.changed() => break Some((CloseCode::Restart, "server is restarting".into())),
             _ = heartbeat.tick() => {
-                if last_heard.elapsed() > 2 * interval {
+                if last_heard.elapsed() > timeout {
                     break Some((CloseCode::Away, "no pong received; heartbeat timed out".into()));
                 }
-                if session.sink.send(Message::Ping(Default::default())).await.is_err() {
-                    break None;
+                match tokio::time::timeout(timeout, session.sink.send(Message::Ping(Default::default()))).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break None,
+                    Err(_) => break timed_out(),
                 }
             }
         }
@@ -148,9 +196,13 @@ pub async fn run(ws: WebSocketStream<TcpStream>, context: Context) {
             code,
             reason: reason.into(),
         };
-        let _ = session.sink.send(Message::Close(Some(frame))).await;
+        // A client that stopped reading cannot take even this; do not wait on it for long.
+        let _ = tokio::time::timeout(CLOSE_WAIT, async {
+            let _ = session.sink.send(Message::Close(Some(frame))).await;
+            let _ = session.sink.close().await;
+        })
+        .await;
     }
-    let _ = session.sink.close().await;
 }
 
 impl Session {
@@ -175,7 +227,7 @@ impl Session {
             }
             Ok(ClientMessage::Unsubscribe { id }) => {
                 let before = self.subscriptions.len();
-                self.subscriptions.retain(|s| s.id != id);
+                self.subscriptions.retain(|s| !protocol::same_id(&s.id, &id));
                 if self.subscriptions.len() == before {
                     self.error(
                         ErrorCode::UnknownSubscription,
@@ -184,7 +236,11 @@ impl Session {
                     )
                     .await
                 } else {
-                    self.send(ServerMessage::Unsubscribed { id: &id }).await
+                    self.send(ServerMessage::Unsubscribed {
+                        id: &id,
+                        reason: None,
+                    })
+                    .await
                 }
             }
             Ok(ClientMessage::Subscribe {
@@ -209,10 +265,17 @@ impl Session {
         events: Option<Vec<String>>,
         filter: Option<String>,
     ) -> Result<(), (ErrorCode, String)> {
-        if self.subscriptions.iter().any(|s| s.id == id) {
+        if self.subscriptions.iter().any(|s| protocol::same_id(&s.id, &id)) {
             return Err((
                 ErrorCode::DuplicateSubscription,
                 "a subscription with this id already exists".into(),
+            ));
+        }
+        let max = self.context.shared.max_subscriptions.load(Relaxed);
+        if self.subscriptions.len() >= max {
+            return Err((
+                ErrorCode::TooManySubscriptions,
+                format!("a connection may hold at most {max} subscriptions (realtime.max_subscriptions)"),
             ));
         }
         let filter = filter
@@ -241,7 +304,13 @@ impl Session {
         // Counted before the worker is asked, so that by the time it answers, commits already
         // wake it (see queue::set_wake_on_commit); a failed subscribe drops the count.
         let counted = Counted::new(&self.context.shared);
-        let resolved = self.context.worker.resolve(table, filter).await?;
+        let mut resolved = self.context.worker.resolve(table, filter).await?;
+        let filter = resolved
+            .filter
+            .take()
+            .map(filter::Compiled::new)
+            .transpose()
+            .map_err(|m| (ErrorCode::Internal, m))?;
         let ops = requested & resolved.watched_ops;
         if events.is_some() && ops != requested {
             return Err((
@@ -266,10 +335,32 @@ impl Session {
         self.subscriptions.push(Subscription {
             id,
             table: resolved,
+            filter,
             ops,
             after,
             _counted: counted,
         });
+        Ok(())
+    }
+
+    /// End the subscriptions `which` selects, telling the client why.
+    async fn end(
+        &mut self,
+        reason: EndReason,
+        which: impl Fn(&Subscription) -> bool,
+    ) -> Result<(), WsError> {
+        let (ended, kept) = std::mem::take(&mut self.subscriptions)
+            .into_iter()
+            .partition::<Vec<_>, _>(|s| which(s));
+        self.subscriptions = kept;
+        for s in ended {
+            let text = ServerMessage::Unsubscribed {
+                id: &s.id,
+                reason: Some(reason.name()),
+            }
+            .to_text();
+            self.sink.feed(Message::text(text)).await?;
+        }
         Ok(())
     }
 
@@ -296,11 +387,26 @@ impl Session {
                 }
             }
             Batch::Changes(changes) => {
-                for change in changes.iter().filter(|c| c.position > self.seen) {
-                    if self.subscriptions.iter().any(|s| s.wants(change)) {
-                        self.sink.feed(Message::Text(change.frame.clone())).await?;
+                let seen = self.seen;
+                for change in changes.iter().filter(|c| c.position > seen) {
+                    if self.subscriptions.iter().any(|s| s.renamed(change)) {
+                        self.end(EndReason::TableRenamed, |s| s.renamed(change))
+                            .await?;
+                    }
+                    let wanted = self.subscriptions.iter().map(|s| s.wants(change)).max();
+                    match wanted {
+                        Some(Wanted::Change) => {
+                            self.sink.feed(Message::Text(change.frame.clone())).await?
+                        }
+                        Some(Wanted::Leave) => {
+                            self.sink.feed(Message::Text(change.leave_frame())).await?
+                        }
+                        _ => {}
                     }
                 }
+            }
+            Batch::Ended { relid, reason, .. } => {
+                self.end(*reason, |s| s.table.relid == *relid).await?
             }
         }
         self.seen = self.seen.max(batch.last_position());

@@ -1,12 +1,17 @@
 //! Answers the network threads' questions from the catalogs, on the worker's Postgres thread.
 //! Each question runs in its own transaction; a Postgres error becomes an error reply.
 
+use super::security::{as_owner, with_time_limit};
 use crate::bridge::{FilterSpec, Request, ResolvedFilter, ResolvedTable, ValueKind};
 use crate::net::filter::check_op;
 use crate::protocol::ErrorCode;
 use pgrx::prelude::*;
 
 type Answer<T> = Result<T, (ErrorCode, String)>;
+
+/// Longest a catalog question may keep the worker from delivering changes: a domain CHECK
+/// that sleeps is cancelled past it.
+const REQUEST_TIME_LIMIT: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// pgrx reports "no row" as an error; here it is an answer.
 fn optional<T: Default>(result: Result<T, pgrx::spi::Error>) -> Answer<T> {
@@ -24,7 +29,10 @@ pub fn answer(request: Request) {
             filter,
             reply,
         } => {
-            let _ = reply.send(in_transaction(|| resolve(&table, filter.as_ref())));
+            let answer = with_time_limit(REQUEST_TIME_LIMIT, || {
+                in_transaction(|| resolve(&table, filter.as_ref()))
+            });
+            let _ = reply.send(answer);
         }
     }
 }
@@ -51,15 +59,17 @@ fn in_transaction<T>(f: impl FnOnce() -> Answer<T> + std::panic::UnwindSafe) -> 
 }
 
 /// Run `f` in a subtransaction, as a PL/pgSQL EXCEPTION block does: an ERROR it raises is
-/// rolled back and becomes `None`, and the surrounding transaction carries on.
-fn in_subtransaction<T>(f: impl FnOnce() -> Option<T> + std::panic::UnwindSafe) -> Option<T> {
+/// rolled back and becomes its message, and the surrounding transaction carries on.
+fn in_subtransaction<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> Result<T, String> {
     unsafe {
         let context = pg_sys::CurrentMemoryContext;
         let owner = pg_sys::CurrentResourceOwner;
         pg_sys::BeginInternalSubTransaction(std::ptr::null());
         pg_sys::MemoryContextSwitchTo(context);
-        let result = PgTryBuilder::new(f).catch_others(|_| None).execute();
-        if result.is_some() {
+        let result = PgTryBuilder::new(|| Ok(f()))
+            .catch_others(|e| Err(crate::error::message(&e)))
+            .execute();
+        if result.is_ok() {
             pg_sys::ReleaseCurrentSubTransaction();
         } else {
             pg_sys::RollbackAndReleaseCurrentSubTransaction();
@@ -70,6 +80,11 @@ fn in_subtransaction<T>(f: impl FnOnce() -> Option<T> + std::panic::UnwindSafe) 
     }
 }
 
+/// Numbers in filters: at most this many significant digits and this decimal exponent.
+/// (numeric itself allows 131,072 digits: one such value in an `in` list rendered 128 KiB.)
+const MAX_FILTER_DIGITS: usize = 1000;
+const MAX_FILTER_EXPONENT: i64 = 1000;
+
 fn resolve(table: &str, filter: Option<&FilterSpec>) -> Answer<ResolvedTable> {
     let unknown = || {
         (
@@ -77,37 +92,60 @@ fn resolve(table: &str, filter: Option<&FilterSpec>) -> Answer<ResolvedTable> {
             format!("table \"{table}\" does not exist"),
         )
     };
-    // to_regclass raises on malformed names ("a.b.c.d"); that too means "no such table".
-    let found = in_subtransaction(|| {
-        Spi::get_three_with_args::<i64, String, String>(
-            "SELECT c.oid::int8, n.nspname::text, c.relname::text
-               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-              WHERE c.oid = to_regclass($1)",
-            &[table.into()],
-        )
-        .ok()
-    });
-    let Some((Some(relid), Some(schema), Some(name))) = found else {
+    // The name is read as SQL reads one (quotes, case folding); unqualified means public.
+    // parse_ident raises on a malformed name: that too means "no such table".
+    let parts = in_subtransaction(|| {
+        Spi::get_one_with_args::<Vec<String>>("SELECT parse_ident($1)", &[table.into()])
+            .ok()
+            .flatten()
+    })
+    .ok()
+    .flatten()
+    .ok_or_else(unknown)?;
+    let (schema, name) = match parts.as_slice() {
+        [name] => ("public", name.as_str()),
+        [schema, name] => (schema.as_str(), name.as_str()),
+        _ => return Err(unknown()),
+    };
+    // System catalogs are not there as far as clients can tell.
+    let found = optional(Spi::get_three_with_args::<i64, i64, i32>(
+        "SELECT c.oid::int8, c.relowner::int8,
+                (SELECT bit_or(t.tgtype::int) FROM pg_trigger t
+                  WHERE t.tgrelid = c.oid AND t.tgparentid = 0 AND t.tgname = ANY($3))
+           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
+            AND c.oid >= 16384
+            AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')",
+        &[schema.into(), name.into(), crate::api::TRIGGERS.to_vec().into()],
+    ))?;
+    let (Some(relid), Some(owner), tgtype) = found else {
         return Err(unknown());
     };
-    let tgtype = optional(Spi::get_one_with_args::<i32>(
-        "SELECT tgtype FROM realtime.watched WHERE tbl = $1::oid",
-        &[relid.into()],
-    ))?;
     let Some(tgtype) = tgtype else {
         return Err((
             ErrorCode::TableNotWatched,
-            format!("table \"{schema}.{name}\" is not watched; run SELECT realtime_watch('{schema}.{name}')"),
+            format!("table \"{schema}.{name}\" is not watched; run SELECT realtime_watch('{}')", quote_name(schema, name)),
         ));
     };
-    let filter = filter.map(|f| resolve_filter(relid, f)).transpose()?;
+    let filter = filter
+        .map(|f| resolve_filter(relid, pg_sys::Oid::from(owner as u32), f))
+        .transpose()?;
     Ok(ResolvedTable {
         relid: relid as u32,
-        schema,
-        table: name,
+        schema: schema.to_string(),
+        table: name.to_string(),
         watched_ops: ops_of_tgtype(tgtype),
         filter,
     })
+}
+
+/// `schema.table` as SQL text, quoted where needed.
+fn quote_name(schema: &str, name: &str) -> String {
+    format!(
+        "{}.{}",
+        pgrx::spi::quote_identifier(schema),
+        pgrx::spi::quote_identifier(name)
+    )
 }
 
 fn ops_of_tgtype(tgtype: i32) -> u8 {
@@ -123,55 +161,143 @@ fn ops_of_tgtype(tgtype: i32) -> u8 {
     .fold(0, |ops, (_, op)| ops | op.bit())
 }
 
-fn resolve_filter(relid: i64, spec: &FilterSpec) -> Answer<ResolvedFilter> {
-    let column = optional(Spi::get_three_with_args::<i64, String, String>(
-        "SELECT a.atttypid::int8, t.typcategory::text, format_type(a.atttypid, a.atttypmod)
-           FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+/// How a column's values compare, or why filters on it are refused.
+fn kind_of(base: u32, typtype: &str, ordered_collation: Option<bool>) -> Option<ValueKind> {
+    use pgrx::pg_sys::*;
+    let text = |blank_padded| ValueKind::Text {
+        ordered: ordered_collation.unwrap_or(true),
+        blank_padded,
+    };
+    Some(match pgrx::pg_sys::Oid::from(base) {
+        INT2OID | INT4OID | INT8OID | OIDOID | NUMERICOID | FLOAT4OID | FLOAT8OID => {
+            ValueKind::Number
+        }
+        TIMESTAMPTZOID => ValueKind::Instant,
+        TIMESTAMPOID => ValueKind::Timestamp,
+        DATEOID => ValueKind::Date,
+        TIMEOID => ValueKind::Time,
+        TEXTOID | VARCHAROID | NAMEOID | UUIDOID => text(false),
+        BPCHAROID => text(true),
+        BOOLOID | CHAROID | INETOID | CIDROID | MACADDROID | MACADDR8OID | TIMETZOID | BITOID
+        | VARBITOID => ValueKind::Exact,
+        JSONBOID => ValueKind::Jsonb,
+        _ if typtype == "e" => ValueKind::Exact,
+        _ => return None,
+    })
+}
+
+fn resolve_filter(relid: i64, owner: pg_sys::Oid, spec: &FilterSpec) -> Answer<ResolvedFilter> {
+    // The collation decides whether text orders by code point (C, POSIX, C.UTF-8), and a
+    // nondeterministic one makes even equality differ from the bytes.
+    let column = optional(Spi::get_three_with_args::<String, String, String>(
+        "SELECT format_type(a.atttypid, a.atttypmod),
+                getbasetype.typtype::text || ':' || getbasetype.oid::text,
+                CASE WHEN a.attcollation = 0 THEN 'none'
+                     WHEN NOT co.collisdeterministic THEN 'nondeterministic'
+                     WHEN co.collprovider = 'c' AND co.collcollate IN ('C', 'POSIX', 'C.UTF-8', 'C.utf8')
+                       OR co.oid = 100 AND d.datlocprovider = 'c'
+                          AND d.datcollate IN ('C', 'POSIX', 'C.UTF-8', 'C.utf8')
+                     THEN 'codepoint' ELSE 'other' END
+           FROM pg_attribute a
+           JOIN pg_type getbasetype ON getbasetype.oid = pg_catalog.getbasetype(a.atttypid)
+           LEFT JOIN pg_collation co ON co.oid = a.attcollation
+           JOIN pg_database d ON d.datname = current_database()
           WHERE a.attrelid = $1::oid AND a.attname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
         &[relid.into(), spec.column.as_str().into()],
     ))?;
-    let (Some(typid), Some(category), Some(type_name)) = column else {
+    let (Some(type_name), Some(base), Some(collation)) = column else {
         return Err((
             ErrorCode::UnknownColumn,
             format!("column \"{}\" does not exist", spec.column),
         ));
     };
-    let kind = match (typid, category.as_str()) {
-        (1184, _) => ValueKind::Instant,
-        (_, "N") => ValueKind::Number,
-        (_, "S") | (2950, _) | (1082 | 1083 | 1114, _) => ValueKind::Text,
-        _ => ValueKind::Other,
-    };
-    check_op(kind, spec.op).map_err(|m| {
+    let (typtype, base_oid) = base.split_once(':').unwrap_or(("", "0"));
+    let refuse = |why: String| {
         (
             ErrorCode::InvalidFilter,
-            format!("column \"{}\": {m}", spec.column),
+            format!("column \"{}\": {why}", spec.column),
         )
-    })?;
-    // Let the column's own type check and render each value, exactly as the row will be.
-    let sql = format!("SELECT to_json(CAST($1 AS {type_name}))::text");
-    let values = spec
-        .values
-        .iter()
-        .map(|v| {
-            in_subtransaction(|| {
-                Spi::get_one_with_args::<String>(&sql, &[v.as_str().into()])
-                    .ok()
-                    .flatten()
-            })
-            .and_then(|json| serde_json::from_str(&json).ok())
-            .ok_or_else(|| {
-                (
-                    ErrorCode::InvalidFilterValue,
-                    format!("\"{v}\" is not a valid {type_name}"),
-                )
-            })
-        })
-        .collect::<Answer<Vec<_>>>()?;
+    };
+    if collation == "nondeterministic" {
+        return Err(refuse(
+            "filters are not supported on text with a nondeterministic collation".into(),
+        ));
+    }
+    let ordered = match collation.as_str() {
+        "none" => None,
+        c => Some(c == "codepoint"),
+    };
+    let Some(kind) = kind_of(base_oid.parse().unwrap_or(0), typtype, ordered) else {
+        return Err(refuse(format!(
+            "filters are not supported on type {type_name}: its values do not compare as their text does"
+        )));
+    };
+    check_op(kind, spec.op).map_err(refuse)?;
+    if kind == ValueKind::Number {
+        if let Some(v) = spec.values.iter().find(|v| !modest_number(v)) {
+            return Err((
+                ErrorCode::InvalidFilterValue,
+                format!(
+                    "\"{}\": numbers in filters may have at most {MAX_FILTER_DIGITS} digits and an exponent within ±{MAX_FILTER_EXPONENT}",
+                    shorten(v)
+                ),
+            ));
+        }
+    }
+    let values = render_values(owner, &type_name, &spec.values)?;
     Ok(ResolvedFilter {
         column: spec.column.clone(),
         op: spec.op,
         kind,
         values,
     })
+}
+
+/// Whether a number's text is within the filter bounds (or not a number at all: then its
+/// type's input function says what is wrong with it).
+fn modest_number(v: &str) -> bool {
+    let digits = v.bytes().filter(u8::is_ascii_digit).count();
+    let exponent = v
+        .split_once(['e', 'E'])
+        .map_or(Some(0), |(_, e)| e.trim().parse::<i64>().ok());
+    digits <= MAX_FILTER_DIGITS && exponent.is_none_or(|e| e.abs() <= MAX_FILTER_EXPONENT)
+}
+
+fn shorten(v: &str) -> String {
+    match v.char_indices().nth(40) {
+        Some((i, _)) => format!("{}...", &v[..i]),
+        None => v.to_string(),
+    }
+}
+
+/// Let the column's own type check and render each value, exactly as the row will be. Input
+/// functions, domain CHECKs and casts to json are code the table's owner chose: they run as
+/// that owner, in a security-restricted operation, never as the worker's superuser.
+fn render_values(
+    owner: pg_sys::Oid,
+    type_name: &str,
+    values: &[String],
+) -> Answer<Vec<serde_json::Value>> {
+    let sql = format!("SELECT to_json(CAST($1 AS {type_name}))::text");
+    let mut rendered = Vec::with_capacity(values.len());
+    for v in values {
+        let invalid = |why: &str| {
+            (
+                ErrorCode::InvalidFilterValue,
+                format!("\"{}\" is not a valid {type_name}: {why}", shorten(v)),
+            )
+        };
+        let json = in_subtransaction(|| {
+            as_owner(owner, || {
+                Spi::get_one_with_args::<String>(&sql, &[v.as_str().into()])
+                    .map_err(|e| e.to_string())
+            })
+        })
+        .and_then(|r| r)
+        .map_err(|e| invalid(&e))?
+        .ok_or_else(|| invalid("NULL"))?;
+        let json = serde_json::from_str(&json).map_err(|e| invalid(&e.to_string()))?;
+        rendered.push(json);
+    }
+    Ok(rendered)
 }

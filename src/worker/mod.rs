@@ -5,6 +5,7 @@
 mod catalog;
 mod publisher;
 mod rows;
+mod security;
 
 use crate::bridge::{self, Shared};
 use crate::{gucs, net, queue};
@@ -46,13 +47,26 @@ const BUSY_WAIT: Duration = Duration::from_micros(250);
 /// they come: pacing after a single short wait held the next change of a 1,000/s stream for up
 /// to MIN_PASS whenever two commits happened to land together (p99 commit->client 1.1 ms).
 const BUSY_STREAK: u32 = 4;
+/// Time per pass spent answering catalog questions before delivery gets its turn again.
+const QUESTION_BUDGET: Duration = Duration::from_millis(5);
 
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi(Some(&gucs::database()), None);
-    unsafe { pg_sys::pgstat_report_appname(c"realtime_ext worker".as_ptr()) };
+    // SAFETY: the worker's Postgres thread, connected to its database.
+    unsafe {
+        pg_sys::pgstat_report_appname(c"realtime_ext worker".as_ptr());
+        // Every name in the SQL the worker runs resolves in pg_catalog only: no schema a user
+        // can create objects in may capture a function or operator (see `security`).
+        pg_sys::SetConfigOption(
+            c"search_path".as_ptr(),
+            c"pg_catalog".as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_OVERRIDE,
+        );
+    }
 
     let shared = Arc::new(Shared::new());
     apply_settings(&shared);
@@ -76,8 +90,10 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
     queue::set_worker_latch(unsafe { pg_sys::MyLatch });
     let mut subscribed = false;
     let mut short_waits = 0;
+    let mut questions = std::collections::VecDeque::new();
     loop {
         let wait = match (publisher.needs_poll(), subscribed) {
+            _ if !questions.is_empty() => Duration::ZERO,
             (true, _) => SETTLE_POLL,
             (false, true) => IDLE_WAIT,
             (false, false) => UNSUBSCRIBED_DRAIN,
@@ -92,6 +108,7 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
         } else {
             0
         };
+        process_interrupts();
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
             apply_settings(&shared);
@@ -100,7 +117,7 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
         // changes committed before a subscription was asked for are numbered at or below the
         // position it starts after. (Answering questions that arrived during the drain let
         // such a change through to a new subscription.)
-        let requests: Vec<_> = inbox.rx.try_iter().collect();
+        questions.extend(inbox.rx.try_iter());
         // A session counts its subscription before asking to resolve it, so wake-ups are on
         // before the answer goes out.
         subscribed = shared.subscriptions.load(Relaxed) > 0;
@@ -108,11 +125,17 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
         let mut moved = false;
         while publisher.pump() {
             moved = true;
+            process_interrupts();
         }
-        for request in requests {
+        // Questions take turns with delivery: at most QUESTION_BUDGET of them per pass, the
+        // rest after the next drain.
+        let answering = std::time::Instant::now();
+        while answering.elapsed() < QUESTION_BUDGET {
+            let Some(request) = questions.pop_front() else {
+                break;
+            };
             catalog::answer(request);
         }
-        publisher.resolve_prepared();
         publisher.persist_position();
         if moved && short_waits >= BUSY_STREAK {
             std::thread::sleep(MIN_PASS.saturating_sub(pass_started.elapsed()));
@@ -180,6 +203,20 @@ impl Waiter {
     }
 }
 
+/// Answer what other backends expect every process to answer promptly: ProcSignalBarriers
+/// (DROP DATABASE, DROP TABLESPACE, ALTER DATABASE SET TABLESPACE wait for them), catchup
+/// and log-memory requests. A cancel request has nothing to cancel out here.
+fn process_interrupts() {
+    // SAFETY: the worker's Postgres thread, outside any transaction; ProcessInterrupts is what
+    // CHECK_FOR_INTERRUPTS calls.
+    unsafe {
+        pg_sys::QueryCancelPending = 0;
+        if pg_sys::InterruptPending != 0 {
+            pg_sys::ProcessInterrupts();
+        }
+    }
+}
+
 fn apply_settings(shared: &Shared) {
     shared
         .max_connections
@@ -187,6 +224,9 @@ fn apply_settings(shared: &Shared) {
     shared
         .max_message_size
         .store(gucs::max_message_size(), Relaxed);
+    shared
+        .max_subscriptions
+        .store(gucs::max_subscriptions(), Relaxed);
     shared
         .heartbeat_interval_s
         .store(gucs::heartbeat_interval_s(), Relaxed);

@@ -3,11 +3,12 @@
 
 use super::rows::Rows;
 use crate::bridge::{Batch, BatchSender, Change, Shared};
-use crate::event::{decode_record, events, EventRef, Item, Op, Record};
+use crate::event::{decode_record, events, EventRef, Item, Record};
 use crate::protocol::ServerMessage;
 use crate::queue;
 use pgrx::pg_sys;
 use std::fmt::Write;
+use std::collections::HashMap;
 use std::io::Read;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -26,11 +27,6 @@ const SPILL_READ: usize = 1024 * 1024;
 
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
 const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
-
-enum Body {
-    Inline(Vec<u8>),
-    File(String),
-}
 
 /// A transaction being turned into frames: its positions run from `next` to `end`.
 struct Emitting {
@@ -58,20 +54,32 @@ impl LostRest {
     }
 }
 
-struct PreparedTxn {
-    xid: u32,
-    count: u32,
-    body: Body,
+/// Each table's current schema and name, shared by its changes (sessions compare them with
+/// what a subscription was made for, to notice renames).
+#[derive(Default)]
+struct Names(HashMap<u32, Arc<(String, String)>>);
+
+impl Names {
+    fn get(&mut self, relid: u32, schema: &str, table: &str) -> Arc<(String, String)> {
+        let entry = self
+            .0
+            .entry(relid)
+            .or_insert_with(|| Arc::new((schema.to_string(), table.to_string())));
+        if entry.0 != schema || entry.1 != table {
+            *entry = Arc::new((schema.to_string(), table.to_string()));
+        }
+        entry.clone()
+    }
 }
 
 pub struct Publisher {
     tx: BatchSender,
+    names: Names,
     shared: Arc<Shared>,
     buf: Vec<u8>,
     batch: Vec<Change>,
     batch_bytes: usize,
     rows: Rows,
-    prepared: Vec<PreparedTxn>,
     /// The queue's head record awaits its writer's commit: which record, since when.
     blocked: Option<(u64, std::time::Instant)>,
     /// Next position to assign; written back to shared memory (`persist_position`) so that a
@@ -87,12 +95,12 @@ impl Publisher {
         shared.position.store(next_position - 1, Relaxed);
         Publisher {
             tx,
+            names: Names::default(),
             shared,
             buf: Vec::new(),
             batch: Vec::new(),
             batch_bytes: 0,
             rows: Rows::new(),
-            prepared: Vec::new(),
             blocked: None,
             next_position,
             stored_position: next_position,
@@ -102,7 +110,7 @@ impl Publisher {
 
     /// Something will need another look soon even if nobody wakes the worker.
     pub fn needs_poll(&self) -> bool {
-        self.blocked.is_some() || !self.prepared.is_empty()
+        self.blocked.is_some()
     }
 
     /// Move one chunk of the queue out to clients. Returns whether there may be more.
@@ -133,22 +141,6 @@ impl Publisher {
                     count,
                     path,
                 }) => self.emit_file(xid, commit_time, count, path),
-                Some(Record::Prepared {
-                    xid,
-                    count,
-                    events: body,
-                }) => self.prepared.push(PreparedTxn {
-                    xid,
-                    count,
-                    body: Body::Inline(body.to_vec()),
-                }),
-                Some(Record::PreparedSpilled { xid, count, path }) => {
-                    self.prepared.push(PreparedTxn {
-                        xid,
-                        count,
-                        body: Body::File(path.to_string()),
-                    })
-                }
                 Some(Record::Gap { lost_events }) => self.emit_gap("queue_overflow", lost_events),
                 Some(Record::Aborted) => {}
                 Some(Record::Pending) | None => {
@@ -176,28 +168,6 @@ impl Publisher {
             queue::set_next_position(self.next_position);
             self.stored_position = self.next_position;
         }
-    }
-
-    /// Deliver prepared transactions that have committed; forget those that rolled back.
-    pub fn resolve_prepared(&mut self) {
-        let mut i = 0;
-        while i < self.prepared.len() {
-            let Some(committed) = outcome(self.prepared[i].xid) else {
-                i += 1;
-                continue;
-            };
-            let txn = self.prepared.swap_remove(i);
-            match (committed, txn.body) {
-                (true, Body::Inline(body)) => self.emit(txn.xid, now(), txn.count, events(&body)),
-                (true, Body::File(path)) => self.emit_file(txn.xid, now(), txn.count, &path),
-                (false, Body::File(path)) => {
-                    let _ = std::fs::remove_file(path);
-                }
-                (false, Body::Inline(_)) => {}
-            }
-        }
-        self.flush();
-        self.rows.finish();
     }
 
     fn emit<'a>(
@@ -272,6 +242,19 @@ impl Publisher {
     }
 
     fn emit_item(&mut self, txn: &mut Emitting, item: Item) {
+        if let Item::End { relid, reason } = item {
+            // Sent even after a rendering failure: the gap comes later, at the end of the
+            // transaction, and only to subscriptions that still exist.
+            if let Some(reason) = crate::bridge::EndReason::from_u8(reason) {
+                self.flush();
+                self.send(Batch::Ended {
+                    relid,
+                    reason,
+                    last_position: txn.next - 1,
+                });
+            }
+            return;
+        }
         let relid = match &item {
             Item::Change(ev) => ev.relid,
             Item::Shape(shape) => {
@@ -279,6 +262,7 @@ impl Publisher {
                 shape.relid
             }
             Item::Tuple(_) => txn.shape_relid,
+            Item::End { .. } => return,
         };
         if let Some(lost) = &mut txn.failed {
             // Only which tables the rest belongs to matters now.
@@ -288,6 +272,7 @@ impl Publisher {
         let framed = match item {
             Item::Change(ev) => Ok((
                 frame(txn.next, txn.xid, &txn.commit_time, &ev),
+                self.names.get(ev.relid, ev.schema, ev.table),
                 ev.relid,
                 ev.op,
             )),
@@ -295,18 +280,20 @@ impl Publisher {
                 Ok(()) => return,
                 Err(e) => Err(e),
             },
+            Item::End { .. } => return,
             Item::Tuple(tuple) => self.rows.render(&tuple).and_then(|()| {
                 let ev = self.rows.event(tuple.op)?;
                 Ok((
                     frame(txn.next, txn.xid, &txn.commit_time, &ev),
+                    self.names.get(ev.relid, ev.schema, ev.table),
                     ev.relid,
                     ev.op,
                 ))
             }),
         };
         match framed {
-            Ok((frame, relid, op)) => {
-                self.push(frame, txn.next, relid, op);
+            Ok((frame, names, relid, op)) => {
+                self.push(Change::new(txn.next, relid, names, op, frame));
                 txn.next += 1;
             }
             Err(e) => {
@@ -391,9 +378,9 @@ impl Publisher {
         first
     }
 
-    fn push(&mut self, frame: String, position: u64, relid: u32, op: Op) {
-        self.batch_bytes += frame.len();
-        self.batch.push(Change::new(position, relid, op, frame));
+    fn push(&mut self, change: Change) {
+        self.batch_bytes += change.frame.len();
+        self.batch.push(change);
         if self.batch_bytes >= BATCH_BYTES || self.batch.len() >= BATCH_CHANGES {
             self.flush();
         }
