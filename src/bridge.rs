@@ -91,7 +91,12 @@ impl Change {
                     old: &'a serde_json::value::RawValue,
                 }
                 serde_json::from_str::<Leave>(&self.frame)
-                    .and_then(|leave| serde_json::to_string(&Leave { kind: "leave", ..leave }))
+                    .and_then(|leave| {
+                        serde_json::to_string(&Leave {
+                            kind: "leave",
+                            ..leave
+                        })
+                    })
                     .unwrap_or_default()
                     .into()
             })
@@ -122,17 +127,13 @@ impl Batch {
     pub fn first_position(&self) -> u64 {
         match self {
             Batch::Changes(c) => c.first().map_or(0, |c| c.position),
-            Batch::Gap { last_position, .. } | Batch::Ended { last_position, .. } => {
-                *last_position
-            }
+            Batch::Gap { last_position, .. } | Batch::Ended { last_position, .. } => *last_position,
         }
     }
     pub fn last_position(&self) -> u64 {
         match self {
             Batch::Changes(c) => c.last().map_or(0, |c| c.position),
-            Batch::Gap { last_position, .. } | Batch::Ended { last_position, .. } => {
-                *last_position
-            }
+            Batch::Gap { last_position, .. } | Batch::Ended { last_position, .. } => *last_position,
         }
     }
 }
@@ -201,7 +202,10 @@ pub enum ValueKind {
     Time,
     /// text, varchar, bpchar, name, uuid. `ordered`: the collation orders by code point, so
     /// lt/gt agree with SQL; `blank_padded`: bpchar, whose trailing spaces do not count.
-    Text { ordered: bool, blank_padded: bool },
+    Text {
+        ordered: bool,
+        blank_padded: bool,
+    },
     /// bool, enums, inet, cidr, macaddr, timetz, bit, "char": equality only, and their
     /// rendering is canonical (equal text iff equal values).
     Exact,

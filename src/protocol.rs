@@ -90,14 +90,20 @@ pub fn parse(text: &str) -> Result<ClientMessage, (ErrorCode, String)> {
     let message = parse_json(text)?;
     let invalid = |m: &str| Err((ErrorCode::InvalidMessage, m.to_string()));
     match &message {
-        ClientMessage::Subscribe { id, .. } | ClientMessage::Unsubscribe { id } if !valid_id(id) => {
+        ClientMessage::Subscribe { id, .. } | ClientMessage::Unsubscribe { id }
+            if !valid_id(id) =>
+        {
             invalid("id must be a string or a number")
         }
         // PostgreSQL text cannot hold NUL: a name would be cut at it and mean another table.
-        ClientMessage::Subscribe { table, filter, events, .. }
-            if table.contains('\0')
-                || filter.as_deref().is_some_and(|f| f.contains('\0'))
-                || events.iter().flatten().any(|e| e.contains('\0')) =>
+        ClientMessage::Subscribe {
+            table,
+            filter,
+            events,
+            ..
+        } if table.contains('\0')
+            || filter.as_deref().is_some_and(|f| f.contains('\0'))
+            || events.iter().flatten().any(|e| e.contains('\0')) =>
         {
             invalid("subscribe strings cannot contain NUL characters")
         }
@@ -171,7 +177,11 @@ mod unit {
             r#"{"type":"subscribe","id":{"a":1},"table":"t"}"#,
             r#"{"type":"unsubscribe","id":null}"#,
         ] {
-            assert_eq!(parse(bad).unwrap_err().0, ErrorCode::InvalidMessage, "{bad}");
+            assert_eq!(
+                parse(bad).unwrap_err().0,
+                ErrorCode::InvalidMessage,
+                "{bad}"
+            );
         }
         let n = |s: &str| serde_json::from_str::<Value>(s).unwrap();
         assert!(same_id(&n("1"), &n("1.0")));

@@ -589,5 +589,16 @@ fn events_can_be_narrowed_and_unwatched() {
     let c = ws.changes(1);
     assert_eq!(c[0]["op"], "DELETE");
     db.batch_execute("SELECT realtime_unwatch('narrow'); SELECT realtime_unwatch('narrow'); INSERT INTO narrow VALUES (2)").unwrap();
+    // The subscription is told it ended, once (the second unwatch had nothing to drop).
+    let ended = ws.recv();
+    assert_eq!(
+        (
+            ended["type"].as_str(),
+            ended["id"].as_str(),
+            ended["reason"].as_str()
+        ),
+        (Some("unsubscribed"), Some("s"), Some("table_unwatched")),
+        "{ended}"
+    );
     nothing_more(&mut ws);
 }

@@ -62,8 +62,8 @@ unsafe extern "C-unwind" fn process_utility(
     let stmt = (*pstmt).utilityStmt;
     let two_phase = if !stmt.is_null() && (*stmt).type_ == pg_sys::NodeTag::T_TransactionStmt {
         let t = stmt as *mut pg_sys::TransactionStmt;
-        let gid = (!(*t).gid.is_null())
-            .then(|| CStr::from_ptr((*t).gid).to_string_lossy().into_owned());
+        let gid =
+            (!(*t).gid.is_null()).then(|| CStr::from_ptr((*t).gid).to_string_lossy().into_owned());
         gid.map(|gid| ((*t).kind, gid))
     } else {
         None

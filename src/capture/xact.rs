@@ -45,7 +45,9 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
         XACT_EVENT_PRE_COMMIT => reserve(),
         XACT_EVENT_COMMIT => settle(true),
         XACT_EVENT_PRE_PREPARE => save_prepared(),
-        XACT_EVENT_PREPARE => PREPARING_FILE.with(|f| f.borrow_mut().take()).map_or((), drop),
+        XACT_EVENT_PREPARE => PREPARING_FILE
+            .with(|f| f.borrow_mut().take())
+            .map_or((), drop),
         XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
             settle(false);
             pending::discard();

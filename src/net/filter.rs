@@ -95,8 +95,7 @@ pub fn check_op(kind: ValueKind, op: FilterOp) -> Result<(), String> {
     if ordering && !kind.ordered() {
         return Err(match kind {
             ValueKind::Text { .. } => {
-                "the column's collation does not order text by code point; use eq, neq or in"
-                    .into()
+                "the column's collation does not order text by code point; use eq, neq or in".into()
             }
             _ => "this column's type supports only eq, neq and in".into(),
         });
@@ -211,7 +210,11 @@ fn key(kind: ValueKind, v: &Value) -> Option<Key> {
         ValueKind::Text { blank_padded, .. } => {
             let s = text?;
             // bpchar ignores trailing spaces when comparing.
-            let s = if blank_padded { s.trim_end_matches(' ') } else { s };
+            let s = if blank_padded {
+                s.trim_end_matches(' ')
+            } else {
+                s
+            };
             Some(Key::Text(s.to_string()))
         }
         ValueKind::Exact => Some(Key::Exact(v.to_string())),
@@ -367,7 +370,9 @@ fn time_part(s: &str) -> Option<(i64, &str)> {
     let (sec, mut s) = number(expect(s, ":")?)?;
     let mut micros = 0;
     if let Some(frac) = s.strip_prefix('.') {
-        let end = frac.find(|c: char| !c.is_ascii_digit()).unwrap_or(frac.len());
+        let end = frac
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(frac.len());
         if end == 0 || end > 6 {
             return None;
         }
@@ -468,8 +473,13 @@ mod unit {
         assert!(parse("a=in.()").is_err());
         assert!(parse("a=in.1,2").is_err());
         let list = |n: usize| format!("a=in.({})", vec!["1"; n].join(","));
-        assert_eq!(parse(&list(MAX_IN_VALUES)).unwrap().values.len(), MAX_IN_VALUES);
-        assert!(parse(&list(MAX_IN_VALUES + 1)).unwrap_err().contains("at most"));
+        assert_eq!(
+            parse(&list(MAX_IN_VALUES)).unwrap().values.len(),
+            MAX_IN_VALUES
+        );
+        assert!(parse(&list(MAX_IN_VALUES + 1))
+            .unwrap_err()
+            .contains("at most"));
     }
 
     #[test]
@@ -504,8 +514,14 @@ mod unit {
     #[test]
     fn timestamps_compare_as_instants_whatever_their_rendering() {
         let at = |s: &str| parse_timestamp_tz(s).unwrap();
-        assert_eq!(at("2026-01-01T02:00:00+02:00"), at("2026-01-01T00:00:00+00:00"));
-        assert_eq!(at("1900-01-01T00:19:32+00:19:32"), at("1900-01-01T00:00:00+00:00"));
+        assert_eq!(
+            at("2026-01-01T02:00:00+02:00"),
+            at("2026-01-01T00:00:00+00:00")
+        );
+        assert_eq!(
+            at("1900-01-01T00:19:32+00:19:32"),
+            at("1900-01-01T00:00:00+00:00")
+        );
         assert!(at("10000-01-01T00:00:00+00:00") > at("9999-12-31T23:59:59.999999+00:00"));
         assert!(at("0044-03-15T00:00:00+00:00 BC") < at("0001-01-01T00:00:00+00:00"));
         assert!(at("0044-03-15T00:00:00+00:00 BC") < at("0010-01-01T00:00:00+00:00 BC"));
@@ -541,7 +557,11 @@ mod unit {
 
     #[test]
     fn jsonb_equality_is_jsonb_equality() {
-        let eq = f(ValueKind::Jsonb, FilterOp::Eq, vec![json!({"a": 1, "b": [1, "x"]})]);
+        let eq = f(
+            ValueKind::Jsonb,
+            FilterOp::Eq,
+            vec![json!({"a": 1, "b": [1, "x"]})],
+        );
         assert!(eq.matches(Some(&row(num(r#"{"b":[1.00,"x"],"a":1.0}"#)))));
         assert!(!eq.matches(Some(&row(num(r#"{"a":1,"b":[1,"y"]}"#)))));
     }
@@ -564,6 +584,8 @@ mod unit {
         };
         assert!(check_op(unordered, FilterOp::Lt).is_err());
         assert!(check_op(unordered, FilterOp::In).is_ok());
-        assert!(f(ValueKind::Exact, FilterOp::Eq, vec![json!(true)]).matches(Some(&row(json!(true)))));
+        assert!(
+            f(ValueKind::Exact, FilterOp::Eq, vec![json!(true)]).matches(Some(&row(json!(true))))
+        );
     }
 }

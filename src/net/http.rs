@@ -115,7 +115,13 @@ pub async fn serve(mut stream: TcpStream, ip: IpAddr, context: Context) {
                 "too_many_headers",
                 &format!("a request may have at most {MAX_HEADERS} headers"),
             );
-            return respond(&mut stream, "431 Request Header Fields Too Large", &body, "").await;
+            return respond(
+                &mut stream,
+                "431 Request Header Fields Too Large",
+                &body,
+                "",
+            )
+            .await;
         }
         _ => {
             let body = error_body("bad_request", "malformed HTTP request");

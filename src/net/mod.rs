@@ -52,7 +52,11 @@ impl Server {
     pub fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let deadline = std::time::Instant::now() + SHUTDOWN_GRACE;
-        while self.shared.connections.load(std::sync::atomic::Ordering::Relaxed) > 0
+        while self
+            .shared
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
             && std::time::Instant::now() < deadline
         {
             std::thread::sleep(Duration::from_millis(10));

@@ -227,7 +227,8 @@ impl Session {
             }
             Ok(ClientMessage::Unsubscribe { id }) => {
                 let before = self.subscriptions.len();
-                self.subscriptions.retain(|s| !protocol::same_id(&s.id, &id));
+                self.subscriptions
+                    .retain(|s| !protocol::same_id(&s.id, &id));
                 if self.subscriptions.len() == before {
                     self.error(
                         ErrorCode::UnknownSubscription,
@@ -265,7 +266,11 @@ impl Session {
         events: Option<Vec<String>>,
         filter: Option<String>,
     ) -> Result<(), (ErrorCode, String)> {
-        if self.subscriptions.iter().any(|s| protocol::same_id(&s.id, &id)) {
+        if self
+            .subscriptions
+            .iter()
+            .any(|s| protocol::same_id(&s.id, &id))
+        {
             return Err((
                 ErrorCode::DuplicateSubscription,
                 "a subscription with this id already exists".into(),

@@ -116,7 +116,11 @@ fn resolve(table: &str, filter: Option<&FilterSpec>) -> Answer<ResolvedTable> {
           WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
             AND c.oid >= 16384
             AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')",
-        &[schema.into(), name.into(), crate::api::TRIGGERS.to_vec().into()],
+        &[
+            schema.into(),
+            name.into(),
+            crate::api::TRIGGERS.to_vec().into(),
+        ],
     ))?;
     let (Some(relid), Some(owner), tgtype) = found else {
         return Err(unknown());
@@ -124,7 +128,10 @@ fn resolve(table: &str, filter: Option<&FilterSpec>) -> Answer<ResolvedTable> {
     let Some(tgtype) = tgtype else {
         return Err((
             ErrorCode::TableNotWatched,
-            format!("table \"{schema}.{name}\" is not watched; run SELECT realtime_watch('{}')", quote_name(schema, name)),
+            format!(
+                "table \"{schema}.{name}\" is not watched; run SELECT realtime_watch('{}')",
+                quote_name(schema, name)
+            ),
         ));
     };
     let filter = filter
@@ -162,13 +169,13 @@ fn ops_of_tgtype(tgtype: i32) -> u8 {
 }
 
 /// How a column's values compare, or why filters on it are refused.
-fn kind_of(base: u32, typtype: &str, ordered_collation: Option<bool>) -> Option<ValueKind> {
+fn kind_of(base: pg_sys::Oid, is_enum: bool, ordered_collation: Option<bool>) -> Option<ValueKind> {
     use pgrx::pg_sys::*;
     let text = |blank_padded| ValueKind::Text {
         ordered: ordered_collation.unwrap_or(true),
         blank_padded,
     };
-    Some(match pgrx::pg_sys::Oid::from(base) {
+    Some(match base {
         INT2OID | INT4OID | INT8OID | OIDOID | NUMERICOID | FLOAT4OID | FLOAT8OID => {
             ValueKind::Number
         }
@@ -181,7 +188,7 @@ fn kind_of(base: u32, typtype: &str, ordered_collation: Option<bool>) -> Option<
         BOOLOID | CHAROID | INETOID | CIDROID | MACADDROID | MACADDR8OID | TIMETZOID | BITOID
         | VARBITOID => ValueKind::Exact,
         JSONBOID => ValueKind::Jsonb,
-        _ if typtype == "e" => ValueKind::Exact,
+        _ if is_enum => ValueKind::Exact,
         _ => return None,
     })
 }
@@ -189,9 +196,8 @@ fn kind_of(base: u32, typtype: &str, ordered_collation: Option<bool>) -> Option<
 fn resolve_filter(relid: i64, owner: pg_sys::Oid, spec: &FilterSpec) -> Answer<ResolvedFilter> {
     // The collation decides whether text orders by code point (C, POSIX, C.UTF-8), and a
     // nondeterministic one makes even equality differ from the bytes.
-    let column = optional(Spi::get_three_with_args::<String, String, String>(
-        "SELECT format_type(a.atttypid, a.atttypmod),
-                getbasetype.typtype::text || ':' || getbasetype.oid::text,
+    let column = optional(Spi::get_three_with_args::<String, i64, String>(
+        "SELECT format_type(a.atttypid, a.atttypmod), a.atttypid::int8,
                 CASE WHEN a.attcollation = 0 THEN 'none'
                      WHEN NOT co.collisdeterministic THEN 'nondeterministic'
                      WHEN co.collprovider = 'c' AND co.collcollate IN ('C', 'POSIX', 'C.UTF-8', 'C.utf8')
@@ -199,19 +205,22 @@ fn resolve_filter(relid: i64, owner: pg_sys::Oid, spec: &FilterSpec) -> Answer<R
                           AND d.datcollate IN ('C', 'POSIX', 'C.UTF-8', 'C.utf8')
                      THEN 'codepoint' ELSE 'other' END
            FROM pg_attribute a
-           JOIN pg_type getbasetype ON getbasetype.oid = pg_catalog.getbasetype(a.atttypid)
            LEFT JOIN pg_collation co ON co.oid = a.attcollation
            JOIN pg_database d ON d.datname = current_database()
           WHERE a.attrelid = $1::oid AND a.attname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
         &[relid.into(), spec.column.as_str().into()],
     ))?;
-    let (Some(type_name), Some(base), Some(collation)) = column else {
+    let (Some(type_name), Some(typid), Some(collation)) = column else {
         return Err((
             ErrorCode::UnknownColumn,
             format!("column \"{}\" does not exist", spec.column),
         ));
     };
-    let (typtype, base_oid) = base.split_once(':').unwrap_or(("", "0"));
+    // SAFETY: syscache lookups on the worker's Postgres thread, inside a transaction.
+    let (base, is_enum) = unsafe {
+        let base = pg_sys::getBaseType(pg_sys::Oid::from(typid as u32));
+        (base, pg_sys::type_is_enum(base))
+    };
     let refuse = |why: String| {
         (
             ErrorCode::InvalidFilter,
@@ -227,7 +236,7 @@ fn resolve_filter(relid: i64, owner: pg_sys::Oid, spec: &FilterSpec) -> Answer<R
         "none" => None,
         c => Some(c == "codepoint"),
     };
-    let Some(kind) = kind_of(base_oid.parse().unwrap_or(0), typtype, ordered) else {
+    let Some(kind) = kind_of(base, is_enum, ordered) else {
         return Err(refuse(format!(
             "filters are not supported on type {type_name}: its values do not compare as their text does"
         )));

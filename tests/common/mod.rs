@@ -176,6 +176,15 @@ impl Cluster {
         self.client_to("postgres")
     }
 
+    /// A connection as another role (the test clusters trust every local connection).
+    pub fn client_as(&self, user: &str) -> postgres::Client {
+        let conninfo = format!(
+            "host=127.0.0.1 port={} user={user} dbname=postgres",
+            self.port
+        );
+        postgres::Client::connect(&conninfo, postgres::NoTls).expect("connect as role")
+    }
+
     pub fn client_to(&self, db: &str) -> postgres::Client {
         postgres::Client::connect(&self.conninfo(db), postgres::NoTls)
             .expect("connect to test cluster")
@@ -234,6 +243,17 @@ impl Cluster {
 
     pub fn ws(&self) -> Ws {
         Ws::connect(self.ws_port)
+    }
+
+    /// Resident memory of the worker process, in KiB.
+    pub fn worker_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.worker_pid()))
+            .expect("worker status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
     }
 }
 
@@ -336,6 +356,28 @@ impl Ws {
         };
         self.set_timeout(Duration::from_secs(20));
         r
+    }
+
+    /// Send a subscribe and return the reply, whatever it is.
+    pub fn try_subscribe(&mut self, id: &str, table: &str, filter: Option<&str>) -> Value {
+        let mut msg = json!({"type": "subscribe", "id": id, "table": table});
+        if let Some(f) = filter {
+            msg["filter"] = json!(f);
+        }
+        self.send(msg);
+        self.recv()
+    }
+
+    /// The close frame the server sends next (code, reason); panics on anything else.
+    pub fn close_frame(&mut self) -> (u16, String) {
+        loop {
+            match self.socket.read() {
+                Ok(Message::Close(Some(f))) => return (u16::from(f.code), f.reason.to_string()),
+                Ok(Message::Close(None)) => panic!("closed without a code"),
+                Ok(_) => continue,
+                Err(e) => panic!("expected a close frame, got {e}"),
+            }
+        }
     }
 
     pub fn subscribe(&mut self, id: &str, table: &str, filter: Option<&str>) -> Value {
