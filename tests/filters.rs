@@ -128,3 +128,247 @@ fn filtered_deletes_match_the_old_row() {
     assert_eq!(c[0]["op"], "DELETE");
     assert_eq!(c[0]["old"]["id"], 2);
 }
+
+/// Extreme values of every type a filter is accepted on, written from sessions in several
+/// time zones (offsets with seconds before 1937 in Amsterdam, half hours in St. John's).
+const EXTREMES: &str = "
+    CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+    CREATE TABLE ex (id int PRIMARY KEY, tz timestamptz, ts timestamp, d date, tm time,
+                     n numeric, f float8, i8 bigint, bp char(4), vc varchar(10), u uuid,
+                     j jsonb, e mood, b bool, ip inet);
+    SELECT realtime_watch('ex');";
+
+const EXTREME_ROWS: &[&str] = &[
+    "('1899-12-31 23:00:00+00', '1899-12-31 23:00', '1899-12-31', '00:00', 'NaN', 'NaN', -9223372036854775808, 'ab', 'ab', '00000000-0000-0000-0000-000000000001', '{\"a\":1.0}', 'sad', true, '10.0.0.1')",
+    "('1900-01-01 00:00:00+00', '1900-01-01', '0044-03-15 BC', '12:00:00.5', 'Infinity', 'Infinity', 9223372036854775807, 'ab  ', 'ab ', '00000000-0000-0000-0000-00000000000A', '{\"a\":1}', 'happy', false, '10.0.0.1/32')",
+    "('0044-03-15 12:00:00+00 BC', '0044-03-15 12:00 BC', '0010-01-01 BC', '12:00:00.10', '-Infinity', '-Infinity', 0, 'b', 'b', 'ffffffff-ffff-ffff-ffff-ffffffffffff', '[1, 2.50]', 'ok', NULL, '::1')",
+    "('10000-01-01 00:00:00+00', '10000-01-01', '10000-01-01', '23:59:59.999999', 1e100, 1e300, 1, 'Ab', 'Ab', NULL, '\"x\"', NULL, true, '192.168.0.0/16')",
+    "('infinity', 'infinity', 'infinity', '24:00', 0.1, '-0', -1, NULL, 'é', '00000000-0000-0000-0000-000000000002', 'null', 'happy', false, NULL)",
+    "('-infinity', '-infinity', '-infinity', NULL, -0.000001, 0.1, 2, 'zz', 'Z', '00000000-0000-0000-0000-000000000001', '{\"b\":[1,{\"c\":null}]}', 'sad', true, '10.0.0.2')",
+    "('0001-01-01 00:00:00+00', '0001-01-01', '0001-01-01', '00:00:01', 0, 0, 3, 'ab', 'ab', NULL, '{\"a\":1.000}', 'ok', true, '10.0.0.1')",
+    "('9999-12-31 23:59:59.999999+00', '9999-12-31 23:59:59.999999', '9999-12-31', '11:59', -1e-100, -1e-300, 4, 'a', 'a', '00000000-0000-0000-0000-000000000003', '{}', 'happy', false, '10.0.0.3')",
+];
+
+/// (column, operator, value): the filter `column=op.value` and SQL's `column OP 'value'`.
+const EXTREME_CASES: &[(&str, &str, &str)] = &[
+    ("tz", "lt", "1900-01-01T00:00:00Z"),
+    ("tz", "gte", "1900-01-01T00:00:00+00:00"),
+    ("tz", "gt", "9999-12-31T00:00:00Z"),
+    ("tz", "lt", "0001-01-01T00:00:00Z"),
+    ("tz", "eq", "infinity"),
+    ("tz", "neq", "-infinity"),
+    ("ts", "lt", "0001-01-01T00:00:00"),
+    ("ts", "gt", "9999-12-31T23:59:59"),
+    ("ts", "lte", "1900-01-01T00:00:00"),
+    ("d", "gt", "9999-12-31"),
+    ("d", "lt", "0020-01-01 BC"),
+    ("d", "gte", "0044-03-15 BC"),
+    ("d", "eq", "-infinity"),
+    ("tm", "gt", "12:00:00.1"),
+    ("tm", "lte", "12:00:00.10"),
+    ("n", "gt", "1e50"),
+    ("n", "eq", "NaN"),
+    ("n", "lt", "0"),
+    ("n", "gte", "Infinity"),
+    ("n", "in", "(0,0.1,NaN)"),
+    ("f", "eq", "0"),
+    ("f", "gt", "1e299"),
+    ("f", "lt", "-1e-301"),
+    ("f", "neq", "NaN"),
+    ("i8", "lt", "-9223372036854775807"),
+    ("i8", "gte", "2"),
+    ("bp", "eq", "ab"),
+    ("bp", "lt", "b"),
+    ("vc", "eq", "ab"),
+    ("vc", "gt", "a"),
+    ("vc", "lt", "Z"),
+    ("u", "lt", "00000000-0000-0000-0000-00000000000b"),
+    ("u", "eq", "00000000-0000-0000-0000-00000000000A"),
+    ("j", "eq", "{\"a\":1}"),
+    ("j", "in", "({},[1])"),
+    ("e", "eq", "happy"),
+    ("e", "in", "(sad,ok)"),
+    ("b", "neq", "true"),
+    ("ip", "eq", "10.0.0.1"),
+    ("ip", "in", "(10.0.0.2,192.168.0.0/16)"),
+];
+
+fn sql_condition(column: &str, op: &str, value: &str) -> String {
+    let lit = |v: &str| format!("'{}'", v.replace('\'', "''"));
+    let sql_op = match op {
+        "eq" => "=",
+        "neq" => "<>",
+        "lt" => "<",
+        "lte" => "<=",
+        "gt" => ">",
+        "gte" => ">=",
+        _ => "IN",
+    };
+    if op == "in" {
+        let inner = &value[1..value.len() - 1];
+        // Split on commas outside brackets and quotes (the jsonb list holds an array).
+        let (mut items, mut depth, mut quoted, mut start) = (Vec::new(), 0, false, 0);
+        for (i, c) in inner.char_indices() {
+            match c {
+                '"' => quoted = !quoted,
+                '[' | '{' if !quoted => depth += 1,
+                ']' | '}' if !quoted => depth -= 1,
+                ',' if !quoted && depth == 0 => {
+                    items.push(&inner[start..i]);
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        items.push(&inner[start..]);
+        let list: Vec<String> = items.iter().map(|v| lit(v)).collect();
+        format!("{column} IN ({})", list.join(", "))
+    } else {
+        format!("{column} {sql_op} {}", lit(value))
+    }
+}
+
+#[test]
+fn filters_agree_with_sql_at_the_extremes_in_every_time_zone() {
+    let cluster = Cluster::start("filters_extremes", &[]);
+    let mut db = cluster.client();
+    db.batch_execute(EXTREMES).unwrap();
+    let mut clients: Vec<Ws> = EXTREME_CASES
+        .iter()
+        .map(|(column, op, value)| {
+            let mut ws = cluster.ws();
+            let filter = format!("{column}={op}.{value}");
+            ws.subscribe("f", "ex", Some(&filter));
+            ws.subscribe("marker", "ex", Some(&format!("id=eq.{MARKER}")));
+            ws
+        })
+        .collect();
+    let zones = [
+        "UTC",
+        "Europe/Amsterdam",
+        "America/St_Johns",
+        "Asia/Kathmandu",
+    ];
+    let mut id = 0;
+    for zone in zones {
+        let mut writer = cluster.client();
+        writer
+            .batch_execute(&format!("SET TimeZone = '{zone}'"))
+            .unwrap();
+        for row in EXTREME_ROWS {
+            id += 1;
+            writer
+                .batch_execute(&format!("INSERT INTO ex VALUES ({id}, {}", &row[1..]))
+                .unwrap();
+        }
+    }
+    db.batch_execute(&format!("INSERT INTO ex (id) VALUES ({MARKER})"))
+        .unwrap();
+    for ((column, op, value), ws) in EXTREME_CASES.iter().zip(clients.iter_mut()) {
+        let mut got = BTreeSet::new();
+        loop {
+            let m = ws.recv();
+            assert_eq!(m["type"], "change", "{column}={op}.{value}: {m}");
+            let id = m["new"]["id"].as_i64().unwrap();
+            if id == MARKER {
+                break;
+            }
+            got.insert(id);
+        }
+        let condition = sql_condition(column, op, value);
+        let want: BTreeSet<i64> = db
+            .query(
+                &format!("SELECT id::int8 FROM ex WHERE {condition} AND id <> {MARKER}"),
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert!(!want.is_empty(), "{condition} selects nothing");
+        assert_eq!(
+            got, want,
+            "filter {column}={op}.{value} vs WHERE {condition}"
+        );
+    }
+}
+
+#[test]
+fn filters_on_types_that_do_not_compare_as_text_are_refused() {
+    let cluster = Cluster::start("filters_refused", &[]);
+    let mut db = cluster.client();
+    db.batch_execute(
+        "CREATE EXTENSION citext;
+         CREATE TABLE odd (id int, ci citext, m money, iv interval, js json, ba bytea,
+                           arr int[], r int4range, t text COLLATE \"en-x-icu\", j jsonb);
+         SELECT realtime_watch('odd');",
+    )
+    .unwrap();
+    let mut ws = cluster.ws();
+    for (filter, code) in [
+        ("ci=eq.abc", "invalid_filter"),
+        ("m=gt.100", "invalid_filter"),
+        ("iv=eq.1 day", "invalid_filter"),
+        ("js=eq.{}", "invalid_filter"),
+        ("ba=eq.\\x00", "invalid_filter"),
+        ("arr=eq.{1}", "invalid_filter"),
+        ("r=eq.[1,2)", "invalid_filter"),
+        ("t=lt.m", "invalid_filter"),
+        ("j=neq.{}", "invalid_filter"),
+        ("j=in.({},null)", "invalid_filter"),
+        ("n=eq.1", "unknown_column"),
+    ] {
+        let reply = ws.try_subscribe("x", "odd", Some(filter));
+        assert_eq!(reply["code"], code, "{filter}: {reply}");
+        assert!(
+            reply["message"].as_str().unwrap().contains("column"),
+            "{reply}"
+        );
+    }
+    // Equality on text in a deterministic non-C collation is still exact.
+    ws.subscribe("t", "odd", Some("t=eq.m"));
+}
+
+#[test]
+fn rows_that_leave_a_filter_are_reported() {
+    let cluster = Cluster::start("filters_leave", &[]);
+    let mut db = cluster.client();
+    db.batch_execute(
+        "CREATE TABLE scores (id int PRIMARY KEY, score numeric); SELECT realtime_watch('scores');",
+    )
+    .unwrap();
+    let mut ws = cluster.ws();
+    ws.subscribe("hot", "scores", Some("score=gte.0.5"));
+    db.batch_execute(
+        "INSERT INTO scores VALUES (1, 0.9), (2, 0.1);
+         UPDATE scores SET score = 0.3 WHERE id = 1;
+         UPDATE scores SET score = 0.2 WHERE id = 1;
+         UPDATE scores SET score = 0.7 WHERE id = 2;",
+    )
+    .unwrap();
+    let m = ws.recv();
+    assert_eq!(
+        (m["type"].as_str(), m["op"].as_str()),
+        (Some("change"), Some("INSERT"))
+    );
+    let left = ws.recv();
+    assert_eq!(left["type"], "leave", "{left}");
+    assert_eq!(left["op"], "UPDATE");
+    assert_eq!(left["table"], "scores");
+    assert_eq!(left["old"]["id"], 1);
+    assert!(
+        left.get("new").is_none(),
+        "a leave carries the old row only: {left}"
+    );
+    assert!(left["position"].as_u64() > m["position"].as_u64());
+    // Already outside: nothing for the second update; row 2 enters as an UPDATE.
+    let entered = ws.recv();
+    assert_eq!(
+        (
+            entered["type"].as_str(),
+            entered["op"].as_str(),
+            entered["new"]["id"].as_i64()
+        ),
+        (Some("change"), Some("UPDATE"), Some(2))
+    );
+}

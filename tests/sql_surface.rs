@@ -214,3 +214,53 @@ fn watching_survives_restart_and_dump_restore_and_drop_extension_cleans_up() {
     db.batch_execute("INSERT INTO kept VALUES (3, 'no extension')")
         .unwrap();
 }
+
+#[test]
+fn tables_in_inheritance_trees_are_refused_before_and_after_watching() {
+    let cluster = Cluster::start("sql_inheritance", &[]);
+    let mut db = cluster.client();
+    db.batch_execute(
+        "CREATE TABLE par (id int, v text); CREATE TABLE kid (extra int) INHERITS (par);
+         CREATE TABLE watched_one (id int); SELECT realtime_watch('watched_one');
+         CREATE TABLE loner (id int);
+         CREATE TABLE parts (id int) PARTITION BY RANGE (id);
+         CREATE TABLE parts_1 PARTITION OF parts FOR VALUES FROM (0) TO (10);",
+    )
+    .unwrap();
+    for sql in [
+        "SELECT realtime_watch('kid')",
+        "SELECT realtime_watch('par')",
+    ] {
+        let message = refused(
+            &mut db,
+            sql,
+            SqlState::FEATURE_NOT_SUPPORTED,
+            "declarative partitioning",
+        );
+        assert!(message.contains("inheritance"), "{message}");
+    }
+    // A watched table may not join a tree later, as a child or as a parent.
+    for sql in [
+        "CREATE TABLE child_of_watched () INHERITS (watched_one)",
+        "ALTER TABLE watched_one INHERIT loner",
+        "CREATE TABLE other (id int); ALTER TABLE other INHERIT watched_one",
+    ] {
+        refused(
+            &mut db,
+            sql,
+            SqlState::FEATURE_NOT_SUPPORTED,
+            "realtime_unwatch",
+        );
+    }
+    // Partitions are not inheritance: still watched under the partitioned table.
+    db.batch_execute(
+        "SELECT realtime_watch('parts');
+         CREATE TABLE parts_2 PARTITION OF parts FOR VALUES FROM (10) TO (20);",
+    )
+    .unwrap();
+    // Unwatched, the table may join again.
+    db.batch_execute(
+        "SELECT realtime_unwatch('watched_one'); ALTER TABLE watched_one INHERIT loner",
+    )
+    .unwrap();
+}

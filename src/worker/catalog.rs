@@ -2,7 +2,7 @@
 //! Each question runs in its own transaction; a Postgres error becomes an error reply.
 
 use super::security::{as_owner, with_time_limit};
-use crate::bridge::{FilterSpec, Request, ResolvedFilter, ResolvedTable, ValueKind};
+use crate::bridge::{FilterOp, FilterSpec, Request, ResolvedFilter, ResolvedTable, ValueKind};
 use crate::net::filter::check_op;
 use crate::protocol::ErrorCode;
 use pgrx::prelude::*;
@@ -254,6 +254,14 @@ fn resolve_filter(relid: i64, owner: pg_sys::Oid, spec: &FilterSpec) -> Answer<R
         }
     }
     let values = render_values(owner, &type_name, &spec.values)?;
+    // In a row, a jsonb null and an SQL NULL both render as null: `neq` and null values could
+    // not give SQL's answer for one of them.
+    if kind == ValueKind::Jsonb && (spec.op == FilterOp::Neq || values.iter().any(|v| v.is_null()))
+    {
+        return Err(refuse(
+            "jsonb filters take eq or in with non-null values (a jsonb null cannot be told from an SQL NULL)".into(),
+        ));
+    }
     Ok(ResolvedFilter {
         column: spec.column.clone(),
         op: spec.op,
