@@ -1,0 +1,291 @@
+//! What a hostile client can do with one connection is bounded: memory, worker time, list and
+//! subscription counts, half-open sockets, and sockets that stop reading. Malformed frames and
+//! requests get the answer the protocol specifies.
+mod common;
+use common::{Cluster, Ws};
+use serde_json::json;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+use tungstenite::Message;
+
+fn raw(cluster: &Cluster, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", cluster.ws_port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.write_all(bytes);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn code_of(ws: &mut Ws, msg: serde_json::Value) -> String {
+    ws.send(msg);
+    let m = ws.recv();
+    assert_eq!(m["type"], "error", "{m}");
+    m["code"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn filter_values_and_lists_are_bounded() {
+    let cluster = Cluster::start("bounds", &["realtime.max_subscriptions = 5"]);
+    let mut db = cluster.client();
+    db.batch_execute(
+        "CREATE TABLE m (id int, n numeric, t text); SELECT realtime_watch('m');
+         CREATE DOMAIN slow_int AS int CHECK (pg_sleep(10) IS NOT NULL);
+         CREATE TABLE sleepy (id int, s slow_int); SELECT realtime_watch('sleepy');",
+    )
+    .unwrap();
+    let rss_before = cluster.worker_rss_kib();
+    let mut ws = cluster.ws();
+    let sub = |filter: &str| json!({"type":"subscribe","id":"x","table":"m","filter":filter});
+    // A number whose text would be 128 KiB once rendered.
+    let huge = format!("n=in.({})", vec!["1e131071"; 100].join(","));
+    assert_eq!(code_of(&mut ws, sub(&huge)), "invalid_filter_value");
+    assert_eq!(code_of(&mut ws, sub("n=gt.1e1001")), "invalid_filter_value");
+    assert_eq!(
+        code_of(&mut ws, sub(&format!("n=eq.{}", "9".repeat(1001)))),
+        "invalid_filter_value"
+    );
+    ws.subscribe("ok", "m", Some("n=gt.1e1000"));
+    let long_list = format!("n=in.({})", vec!["1"; 101].join(","));
+    assert_eq!(code_of(&mut ws, sub(&long_list)), "invalid_filter");
+    // Twelve lists of the longest kind cost the worker little.
+    for i in 0..12 {
+        let list = format!(
+            "t=in.({})",
+            (0..100)
+                .map(|j| format!("v{i}_{j}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let reply = ws.try_subscribe(&format!("l{i}"), "m", Some(&list));
+        let expected = if i < 4 { "subscribed" } else { "error" };
+        assert_eq!(reply["type"], expected, "{reply}");
+    }
+    assert_eq!(
+        code_of(&mut ws, json!({"type":"subscribe","id":"more","table":"m"})),
+        "too_many_subscriptions"
+    );
+    assert!(
+        cluster.worker_rss_kib() < rss_before + 20 * 1024,
+        "worker grew from {rss_before} KiB to {} KiB",
+        cluster.worker_rss_kib()
+    );
+    // A domain CHECK that sleeps is cut off; meanwhile another client's changes flow.
+    let mut other = cluster.ws();
+    other.subscribe("m", "m", None);
+    let mut slow = cluster.ws();
+    slow.send(json!({"type":"subscribe","id":"s","table":"sleepy","filter":"s=eq.1"}));
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_millis(50));
+    db.batch_execute("INSERT INTO m (id) VALUES (1)").unwrap();
+    assert_eq!(other.change_ids(1), vec![1]);
+    let reply = slow.recv();
+    assert_eq!(reply["code"], "invalid_filter_value", "{reply}");
+    assert!(
+        reply["message"]
+            .as_str()
+            .unwrap()
+            .contains("statement timeout"),
+        "{reply}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    // A message past realtime.max_message_size closes with 1009 and a reason, not EOF.
+    let mut big = cluster.ws();
+    big.send(sub(&format!("n=in.({})", vec!["1"; 100_000].join(","))));
+    let (code, reason) = big.close_frame();
+    assert_eq!(code, 1009, "{reason}");
+}
+
+#[test]
+fn protocol_edges_get_the_specified_answers() {
+    let cluster = Cluster::start("protocol_edges", &[]);
+    let mut db = cluster.client();
+    db.batch_execute("CREATE TABLE pulse (id int); SELECT realtime_watch('pulse')")
+        .unwrap();
+    let mut ws = cluster.ws();
+    // NUL would cut the name at "pulse" in PostgreSQL.
+    assert_eq!(
+        code_of(
+            &mut ws,
+            json!({"type":"subscribe","id":"n","table":"pulse\u{0}"})
+        ),
+        "invalid_message"
+    );
+    // System catalogs look like missing tables, not like unwatched ones.
+    for t in [
+        "pg_authid",
+        "pg_catalog.pg_class",
+        "information_schema.tables",
+    ] {
+        assert_eq!(
+            code_of(&mut ws, json!({"type":"subscribe","id":"c","table":t})),
+            "unknown_table",
+            "{t}"
+        );
+    }
+    // Numeric ids compare by value.
+    ws.send_text(r#"{"type":"subscribe","id":1,"table":"pulse"}"#);
+    assert_eq!(ws.recv()["type"], "subscribed");
+    assert_eq!(
+        code_of(
+            &mut ws,
+            serde_json::from_str(r#"{"type":"subscribe","id":1.0,"table":"pulse"}"#).unwrap()
+        ),
+        "duplicate_subscription"
+    );
+    ws.send_text(r#"{"type":"unsubscribe","id":1e0}"#);
+    assert_eq!(ws.recv()["type"], "unsubscribed");
+    // SQL names: quoted, schema-qualified, case-folded.
+    db.batch_execute(
+        r#"CREATE SCHEMA "My Schema"; CREATE TABLE "My Schema"."Défauts ""x""" (id int);
+           SELECT realtime_watch('"My Schema"."Défauts ""x"""');
+           CREATE TABLE "CamelCase" (id int); SELECT realtime_watch('"CamelCase"');"#,
+    )
+    .unwrap();
+    let ack = ws.subscribe("q", r#""My Schema"."Défauts ""x""""#, None);
+    assert_eq!(
+        (ack["schema"].as_str(), ack["table"].as_str()),
+        (Some("My Schema"), Some("Défauts \"x\""))
+    );
+    ws.subscribe("c", r#""CamelCase""#, None);
+    assert_eq!(
+        code_of(
+            &mut ws,
+            json!({"type":"subscribe","id":"f","table":"CamelCase"})
+        ),
+        "unknown_table"
+    );
+
+    // A text frame that is not UTF-8 closes with 1007.
+    let mut s = TcpStream::connect(("127.0.0.1", cluster.ws_port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /realtime HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
+    let mut head = [0u8; 1024];
+    let n = s.read(&mut head).unwrap();
+    assert!(head[..n].starts_with(b"HTTP/1.1 101"));
+    // FIN + text, masked, 2 bytes: 0xff 0xfe (mask of zeros).
+    s.write_all(&[0x81, 0x82, 0, 0, 0, 0, 0xff, 0xfe]).unwrap();
+    let mut frame = [0u8; 64];
+    let n = s.read(&mut frame).unwrap();
+    assert_eq!(frame[0], 0x88, "a close frame: {:?}", &frame[..n]);
+    assert_eq!(u16::from_be_bytes([frame[2], frame[3]]), 1007);
+}
+
+#[test]
+fn http_edges_get_the_specified_answers() {
+    let cluster = Cluster::start("http_edges", &[]);
+    let line = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(1 << 20));
+    assert!(raw(&cluster, line.as_bytes()).starts_with("HTTP/1.1 431"));
+    let mut many = String::from("GET /health HTTP/1.1\r\n");
+    for i in 0..65 {
+        many.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    assert!(raw(&cluster, many.as_bytes()).starts_with("HTTP/1.1 431"));
+    let head = raw(&cluster, b"HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.ends_with("\r\n\r\n"), "HEAD has no body: {head}");
+    for key in [
+        "short",
+        "dGhlIHNhbXBsZSBub25jZQ=",
+        "dGhlIHNhbXBsZSBub25jZR==",
+    ] {
+        let reply = raw(
+            &cluster,
+            format!("GET /realtime HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").as_bytes(),
+        );
+        assert!(reply.starts_with("HTTP/1.1 400"), "{key}: {reply}");
+    }
+}
+
+/// A WebSocket connection from a chosen loopback source address.
+fn ws_from(source: &str, port: u16) -> Result<Ws, String> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&format!("{source}:0").parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    socket
+        .connect(
+            &format!("127.0.0.1:{port}")
+                .parse::<SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    let stream: TcpStream = socket.into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    match tungstenite::client(format!("ws://127.0.0.1:{port}/realtime"), stream) {
+        Ok((socket, _)) => Ok(Ws {
+            socket: tungstenite::WebSocket::from_raw_socket(
+                tungstenite::stream::MaybeTlsStream::Plain(socket.into_inner()),
+                tungstenite::protocol::Role::Client,
+                None,
+            ),
+        }),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[test]
+fn silent_sockets_from_one_address_do_not_lock_out_others() {
+    let cluster = Cluster::start("handshake_flood", &["realtime.max_connections = 50"]);
+    let mut db = cluster.client();
+    db.batch_execute("CREATE TABLE f (id int); SELECT realtime_watch('f')")
+        .unwrap();
+    let silent: Vec<TcpStream> = (0..300)
+        .map(|_| TcpStream::connect(("127.0.0.1", cluster.ws_port)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    // The flooding address is refused at once ...
+    let refused = raw(&cluster, b"GET /health HTTP/1.1\r\n\r\n");
+    assert!(
+        refused.starts_with("HTTP/1.1 503") && refused.contains("too_many_handshakes"),
+        "{refused}"
+    );
+    // ... another address is served, and max_connections was never touched.
+    let mut ws = ws_from("127.0.0.2", cluster.ws_port).expect("a client from another address");
+    ws.subscribe("f", "f", None);
+    db.batch_execute("INSERT INTO f VALUES (1)").unwrap();
+    assert_eq!(ws.change_ids(1), vec![1]);
+    drop(silent);
+}
+
+#[test]
+fn a_client_that_stops_reading_is_closed_after_the_heartbeat_timeout() {
+    let cluster = Cluster::start("stuck_reader", &["realtime.heartbeat_interval = 1"]);
+    let mut db = cluster.client();
+    db.batch_execute("CREATE TABLE flood (id int, pad text); SELECT realtime_watch('flood')")
+        .unwrap();
+    let mut stuck = cluster.ws();
+    stuck.subscribe("f", "flood", None);
+    let mut healthy = cluster.ws();
+    healthy.subscribe("f", "flood", None);
+    assert_eq!(cluster.health().unwrap()["connections"], 2);
+    // Far more than the socket buffers hold; `stuck` never reads again.
+    for batch in 0..20 {
+        db.batch_execute(&format!(
+            "INSERT INTO flood SELECT g, repeat('x', 10000) FROM generate_series({}, {}) g",
+            batch * 100,
+            batch * 100 + 99
+        ))
+        .unwrap();
+        let got = healthy.changes(100);
+        assert_eq!(got.len(), 100);
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while cluster.health().unwrap()["connections"] != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the stuck client was never closed"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(stuck);
+}
