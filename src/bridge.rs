@@ -166,7 +166,7 @@ impl EndReason {
     }
 }
 
-pub type BatchSender = tokio::sync::broadcast::Sender<Arc<Batch>>;
+pub type BatchSender = Arc<crate::fanout::Fanout>;
 
 /// A filter as the client wrote it: `column=op.value`.
 #[derive(Clone, Debug, PartialEq)]

@@ -16,6 +16,8 @@ static DATABASE: GucSetting<Option<CString>> =
 static QUEUE_SIZE_KB: GucSetting<i32> = GucSetting::<i32>::new(16 * 1024);
 /// Broadcast ring length in batches: how far a client may fall behind before it gets a gap.
 static CLIENT_BACKLOG: GucSetting<i32> = GucSetting::<i32>::new(1024);
+/// Bytes of recent changes kept for clients that fall behind, across all clients, in kB.
+static CLIENT_MEMORY_KB: GucSetting<i32> = GucSetting::<i32>::new(128 * 1024);
 /// Most WebSocket connections served at once; further ones get HTTP 503.
 static MAX_CONNECTIONS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 /// Most subscriptions one connection may hold.
@@ -77,6 +79,16 @@ pub fn init() {
         1 << 20,
         Postmaster,
         none,
+    );
+    GucRegistry::define_int_guc(
+        c"realtime.client_memory",
+        c"Memory for changes not yet sent to clients that fall behind, across all clients.",
+        c"Clients further behind get a gap; clients stuck on a full socket are closed.",
+        &CLIENT_MEMORY_KB,
+        1024,
+        i32::MAX,
+        Sighup,
+        GucFlags::UNIT_KB,
     );
     GucRegistry::define_int_guc(
         c"realtime.max_connections",
@@ -161,6 +173,9 @@ pub fn queue_size_bytes() -> usize {
 }
 pub fn client_backlog() -> usize {
     CLIENT_BACKLOG.get() as usize
+}
+pub fn client_memory_bytes() -> usize {
+    CLIENT_MEMORY_KB.get() as usize * 1024
 }
 pub fn max_connections() -> usize {
     MAX_CONNECTIONS.get() as usize

@@ -20,6 +20,7 @@ mod bridge;
 mod capture;
 mod error;
 mod event;
+mod fanout;
 mod gucs;
 mod net;
 mod pg;

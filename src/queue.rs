@@ -162,6 +162,11 @@ impl Locked {
         }
         at
     }
+    fn is_pending(&self, offset: u64) -> bool {
+        let mut header = Vec::with_capacity(RECORD_HEADER_LEN);
+        self.copy_out(offset, &mut header, RECORD_HEADER_LEN);
+        pending_header(&header).is_some()
+    }
     fn count_loss(&mut self, events: u32) {
         self.0.pending_gap_txns += 1;
         self.0.pending_gap_events += events as u64;
@@ -210,13 +215,13 @@ pub fn publish(parts: &[&[u8]], events: u32) -> Option<u64> {
     Some(q.write_record(parts))
 }
 
-/// Settle a pending record: set its kind (committed or aborted) and commit time. A no-op if the
-/// worker has already settled and consumed it.
+/// Settle a pending record: set its kind (committed or aborted) and commit time. A no-op if it
+/// was settled already (the worker settles a stuck record from the commit log) or consumed.
 pub fn mark(offset: u64, kind: RecordKind, commit_time: i64) {
     let Some(mut q) = Locked::acquire() else {
         return;
     };
-    if offset >= q.0.tail {
+    if offset >= q.0.tail && q.is_pending(offset) {
         q.write_at(offset, &[kind as u8]);
         q.write_at(offset + COMMIT_TIME_AT as u64, &commit_time.to_le_bytes());
     }
@@ -262,24 +267,48 @@ pub struct Unsettled {
 /// Worker side: move whole records, each prefixed by its u32 length, into `out` (up to about
 /// `max_bytes`), stopping at the first record still pending, which is returned. A pending gap
 /// is appended once the queue is empty, so it keeps its place in the stream.
+///
+/// The lock is held only to read record headers and, later, to move the tail: the bodies are
+/// copied without it. That is safe because writers only write past the head, and `mark` only
+/// touches records still pending, while everything copied here is settled.
 pub fn drain(out: &mut Vec<u8>, max_bytes: usize) -> Option<Unsettled> {
-    let q = Locked::acquire()?;
-    let start = out.len();
-    let mut header = Vec::with_capacity(4 + RECORD_HEADER_LEN);
-    while q.0.tail < q.0.head && out.len() - start < max_bytes {
-        header.clear();
-        q.copy_out(q.0.tail, &mut header, 4 + RECORD_HEADER_LEN);
-        let len = u32::from_le_bytes(header[..4].try_into().unwrap()) as usize;
-        if let Some((kind, xid)) = pending_header(&header[4..]) {
-            return Some(Unsettled {
-                offset: q.0.tail + 4,
-                xid,
-                kind,
-            });
+    let (from, to, unsettled) = {
+        let q = Locked::acquire()?;
+        let mut at = q.0.tail;
+        let mut header = Vec::with_capacity(4 + RECORD_HEADER_LEN);
+        let mut unsettled = None;
+        while at < q.0.head && (at - q.0.tail) < max_bytes as u64 {
+            header.clear();
+            q.copy_out(at, &mut header, 4 + RECORD_HEADER_LEN);
+            if let Some((kind, xid)) = pending_header(&header[4..]) {
+                unsettled = Some(Unsettled {
+                    offset: at + 4,
+                    xid,
+                    kind,
+                });
+                break;
+            }
+            let len = u32::from_le_bytes(header[..4].try_into().unwrap()) as u64;
+            at += 4 + len;
         }
-        q.copy_out(q.0.tail, out, 4 + len);
-        q.0.tail += 4 + len as u64;
+        (q.0.tail, at, unsettled)
+    };
+    if to > from {
+        // SAFETY: [from, to) lies between tail and head, holds settled records only, and
+        // nothing writes there until the tail moves past it below.
+        unsafe { copy_ring(from, out, (to - from) as usize) };
+        let mut q = Locked::acquire()?;
+        q.0.tail = to;
+        take_pending_gap(&mut q, out);
+    } else if unsettled.is_none() {
+        let mut q = Locked::acquire()?;
+        take_pending_gap(&mut q, out);
     }
+    unsettled
+}
+
+/// With the queue empty, the pending gap (transactions lost to a full queue) becomes a record.
+fn take_pending_gap(q: &mut Locked, out: &mut Vec<u8>) {
     if q.0.tail == q.0.head && q.0.pending_gap_txns > 0 {
         let (h, b) = gap_record(q.0.pending_gap_txns, q.0.pending_gap_events);
         out.extend_from_slice(&((h.len() + b.len()) as u32).to_le_bytes());
@@ -288,7 +317,19 @@ pub fn drain(out: &mut Vec<u8>, max_bytes: usize) -> Option<Unsettled> {
         q.0.pending_gap_txns = 0;
         q.0.pending_gap_events = 0;
     }
-    None
+}
+
+/// Copy `len` bytes of the ring starting at `from` into `out`, without the lock.
+///
+/// # Safety
+/// The caller guarantees nobody writes those bytes meanwhile (see `drain`).
+unsafe fn copy_ring(from: u64, out: &mut Vec<u8>, len: usize) {
+    let header = &*HEADER;
+    let cap = header.capacity as usize;
+    let at = (from % header.capacity) as usize;
+    let first = len.min(cap - at);
+    out.extend_from_slice(std::slice::from_raw_parts(DATA.add(at), first));
+    out.extend_from_slice(std::slice::from_raw_parts(DATA, len - first));
 }
 
 /// Split the output of `drain` into records.

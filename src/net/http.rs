@@ -145,6 +145,7 @@ pub async fn serve(mut stream: TcpStream, ip: IpAddr, context: Context) {
                 "position": s.position(),
                 "connections": s.connections.load(Relaxed),
                 "subscriptions": s.subscriptions.load(Relaxed),
+                "backlog_bytes": context.batches.ring_bytes(),
                 "queue": {
                     "used_bytes": s.queue_used.load(Relaxed),
                     "capacity_bytes": s.queue_capacity.load(Relaxed),

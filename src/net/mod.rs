@@ -36,6 +36,7 @@ pub struct Server {
     bound: Vec<SocketAddr>,
     shutdown: tokio::sync::watch::Sender<bool>,
     shared: Arc<Shared>,
+    batches: BatchSender,
 }
 
 impl Server {
@@ -51,6 +52,7 @@ impl Server {
     /// receive it, then stop the threads.
     pub fn shutdown(self) {
         let _ = self.shutdown.send(true);
+        self.batches.close();
         let deadline = std::time::Instant::now() + SHUTDOWN_GRACE;
         while self
             .shared
@@ -106,8 +108,17 @@ pub fn start(
             errors.join("; ")
         ));
     }
+    let janitor = context.batches.clone();
+    runtime.spawn(async move {
+        let mut every = tokio::time::interval(crate::fanout::JANITOR_EVERY);
+        loop {
+            every.tick().await;
+            janitor.sweep();
+        }
+    });
     Ok(Server {
         runtime,
+        batches: context.batches.clone(),
         bound,
         shutdown,
         shared,

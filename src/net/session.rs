@@ -1,13 +1,14 @@
 //! One WebSocket connection: its subscriptions, the changes it is sent, heartbeats.
 //!
-//! Every session reads the same broadcast of batches; a session that falls more than
-//! realtime.client_backlog batches behind skips ahead and is sent a `gap` message saying which
-//! positions it missed. Nobody else waits for it.
+//! Every session reads the same fan-out of batches (`fanout`); a session that falls behind
+//! what it keeps skips ahead and is sent a `gap` message saying which positions it missed, and
+//! one stuck on a full socket is closed. Nobody else waits for it.
 
 use super::filter;
 use super::Context;
 use crate::bridge::{Batch, Change, EndReason, ResolvedTable, Shared};
 use crate::event::{Op, ALL_OPS};
+use crate::fanout::{Missed, Summary};
 use crate::protocol::{self, ClientMessage, ErrorCode, ServerMessage};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
@@ -15,7 +16,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
-use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -104,10 +104,14 @@ struct Session {
     seen: u64,
     /// The broadcast skipped batches this session was too slow for.
     lagged: bool,
+    /// Subscription ends in batches this session skipped, to send with the next delivery.
+    pending_ends: Vec<(u32, EndReason)>,
 }
 
 pub async fn run(ws: WebSocketStream<TcpStream>, context: Context) {
-    let mut batches = context.batches.subscribe();
+    let mut batches = context.batches.cursor();
+    let kicked = batches.kicked();
+    tokio::pin!(kicked);
     let mut shutdown = context.shutdown.clone();
     let (sink, mut stream) = ws.split();
     let seen = context.shared.position();
@@ -117,6 +121,7 @@ pub async fn run(ws: WebSocketStream<TcpStream>, context: Context) {
         subscriptions: Vec::new(),
         seen,
         lagged: false,
+        pending_ends: Vec::new(),
     };
     let interval = Duration::from_secs(session.context.shared.heartbeat_interval_s.load(Relaxed));
     // A client silent this long is gone; so is one whose socket accepted nothing for as long
@@ -157,26 +162,35 @@ pub async fn run(ws: WebSocketStream<TcpStream>, context: Context) {
                 Ok(batch) => {
                     // A session that fell behind writes every batch already waiting, then
                     // flushes once: one write per catch-up instead of one per batch.
-                    let delivered = tokio::time::timeout(timeout, async {
+                    let pinned = batches.delivering();
+                    let delivery = tokio::time::timeout(timeout, async {
+                        pinned.add(&batch);
                         session.deliver(&batch).await?;
+                        drop(batch);
                         for _ in 0..CATCH_UP_BATCHES {
                             match batches.try_recv() {
-                                Ok(batch) => session.deliver(&batch).await?,
-                                Err(TryRecvError::Lagged(_)) => session.lagged = true,
-                                Err(_) => break,
+                                Some(Ok(batch)) => {
+                                    pinned.add(&batch);
+                                    session.deliver(&batch).await?
+                                }
+                                Some(Err(Missed::Lagged(missed))) => session.missed(missed),
+                                Some(Err(Missed::Closed)) | None => break,
                             }
                         }
                         session.sink.flush().await
-                    })
-                    .await;
+                    });
+                    let delivered = tokio::select! {
+                        delivered = delivery => delivered,
+                        _ = &mut kicked => break Some((CloseCode::Again, "slow client: realtime.client_memory is exhausted".into())),
+                    };
                     match delivered {
                         Ok(Ok(())) => {}
                         Ok(Err(_)) => break None,
                         Err(_) => break timed_out(),
                     }
                 }
-                Err(RecvError::Lagged(_)) => session.lagged = true,
-                Err(RecvError::Closed) => break Some((CloseCode::Restart, "server is restarting".into())),
+                Err(Missed::Lagged(missed)) => session.missed(missed),
+                Err(Missed::Closed) => break Some((CloseCode::Restart, "server is restarting".into())),
             },
             _ = shutdown.changed() => break Some((CloseCode::Restart, "server is restarting".into())),
             _ = heartbeat.tick() => {
@@ -348,6 +362,24 @@ impl Session {
         Ok(())
     }
 
+    /// Batches went by that this session never read: a gap if any could have concerned it.
+    /// Ended subscriptions are still ended (by the next delivery, which sends the messages).
+    fn missed(&mut self, missed: Option<Vec<Summary>>) {
+        let Some(missed) = missed else {
+            self.lagged = true;
+            return;
+        };
+        let subscribed = |relid: &u32| self.subscriptions.iter().any(|s| s.table.relid == *relid);
+        for summary in missed {
+            match summary {
+                Summary::Changes(tables) => self.lagged |= tables.iter().any(subscribed),
+                Summary::Gap(None) => self.lagged = true,
+                Summary::Gap(Some(tables)) => self.lagged |= tables.iter().any(subscribed),
+                Summary::Ended(relid, reason) => self.pending_ends.push((relid, reason)),
+            }
+        }
+    }
+
     /// End the subscriptions `which` selects, telling the client why.
     async fn end(
         &mut self,
@@ -370,6 +402,9 @@ impl Session {
     }
 
     async fn deliver(&mut self, batch: &Batch) -> Result<(), WsError> {
+        for (relid, reason) in std::mem::take(&mut self.pending_ends) {
+            self.end(reason, |s| s.table.relid == relid).await?;
+        }
         if std::mem::take(&mut self.lagged) {
             let from = self.seen + 1;
             let to = batch.first_position().saturating_sub(1).max(from);

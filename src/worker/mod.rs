@@ -72,7 +72,7 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
     apply_settings(&shared);
     let (handle, inbox) = bridge::request_channel()
         .unwrap_or_else(|e| fatal(format!("could not create channel: {e}")));
-    let (batches, _) = tokio::sync::broadcast::channel(gucs::client_backlog());
+    let batches = crate::fanout::Fanout::new(gucs::client_backlog(), gucs::client_memory_bytes());
     let address = net::Address {
         hosts: gucs::listen_addresses(),
         port: gucs::port(),
@@ -85,7 +85,7 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
         gucs::database()
     );
 
-    let mut publisher = Publisher::new(batches, shared.clone());
+    let mut publisher = Publisher::new(batches.clone(), shared.clone());
     let waiter = Waiter::new(&inbox);
     queue::set_worker_latch(unsafe { pg_sys::MyLatch });
     let mut subscribed = false;
@@ -112,6 +112,7 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
             apply_settings(&shared);
+            batches.set_max_bytes(gucs::client_memory_bytes());
         }
         // Questions are taken before the queue is drained and answered after, so that the
         // changes committed before a subscription was asked for are numbered at or below the

@@ -1,0 +1,382 @@
+//! The broadcast of batches from the worker to every session, bounded in bytes.
+//!
+//! A ring of the most recent batches: each session reads it with a cursor of its own, and one
+//! that falls behind the ring's start is told it lagged (it then sends its client a gap). The
+//! ring holds at most `realtime.client_backlog` batches and `realtime.client_memory` bytes,
+//! less what stalled sessions pin: a session blocked on a write keeps the batch it is writing
+//! alive after the ring dropped it. When stalled sessions alone pin more than half the budget,
+//! the longest-stalled are closed. So the memory held for slow clients stays within the budget
+//! across all of them, and is returned when they go.
+//!
+//! A dropped batch leaves a summary behind (its tables, a few bytes): a session that fell
+//! behind batches holding nothing for it is not told of a gap. So a client that keeps up with
+//! its own tables never gets a gap because a burst on other tables went by faster than it
+//! scanned it.
+
+use crate::bridge::Batch;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+use tokio::sync::{watch, Notify};
+
+/// A delivery that has not finished after this long counts as stalled.
+const STALLED_AFTER: Duration = Duration::from_millis(100);
+/// How often stalled sessions are counted.
+pub const JANITOR_EVERY: Duration = Duration::from_millis(100);
+/// Rough bytes a change costs besides its frame (the struct, parsed rows for filters).
+const CHANGE_OVERHEAD: usize = 256;
+/// Summaries of dropped batches kept (each a few dozen bytes).
+const SUMMARIES_KEPT: usize = 1 << 16;
+
+pub struct Fanout {
+    ring: Mutex<Ring>,
+    /// The sequence number the next batch will get; sessions wait for it to move.
+    next: watch::Sender<u64>,
+    max_batches: usize,
+    max_bytes: AtomicUsize,
+    /// Bytes pinned by stalled sessions, as last counted by the janitor.
+    stalled_bytes: AtomicUsize,
+    sessions: Mutex<Vec<Weak<Slot>>>,
+    started: Instant,
+    closed: AtomicBool,
+}
+
+struct Ring {
+    batches: VecDeque<(Arc<Batch>, usize)>,
+    /// Sequence number of `batches[0]`.
+    first: u64,
+    bytes: usize,
+    /// What the batches dropped last were about, up to sequence number `first - 1`.
+    dropped: VecDeque<Summary>,
+}
+
+/// What a dropped batch held, for a session that never read it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Summary {
+    /// Changes of these tables.
+    Changes(Box<[u32]>),
+    /// A gap for the clients of these tables (`None`: for everyone).
+    Gap(Option<Box<[u32]>>),
+    /// Subscriptions to this table ended.
+    Ended(u32, crate::bridge::EndReason),
+}
+
+impl Summary {
+    fn of(batch: &Batch) -> Summary {
+        match batch {
+            Batch::Changes(changes) => {
+                let mut tables: Vec<u32> = changes.iter().map(|c| c.relid).collect();
+                tables.sort_unstable();
+                tables.dedup();
+                Summary::Changes(tables.into())
+            }
+            Batch::Gap { tables, .. } => Summary::Gap(tables.as_ref().map(|t| t.clone().into())),
+            Batch::Ended { relid, reason, .. } => Summary::Ended(*relid, *reason),
+        }
+    }
+}
+
+/// Why a cursor got no batch.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Missed {
+    /// Batches were dropped before this session read them: what they held, or `None` when
+    /// even that is no longer known.
+    Lagged(Option<Vec<Summary>>),
+    /// The worker is stopping.
+    Closed,
+}
+
+impl Fanout {
+    pub fn new(max_batches: usize, max_bytes: usize) -> Arc<Fanout> {
+        Arc::new(Fanout {
+            ring: Mutex::new(Ring {
+                batches: VecDeque::new(),
+                first: 0,
+                bytes: 0,
+                dropped: VecDeque::new(),
+            }),
+            next: watch::channel(0).0,
+            max_batches: max_batches.max(1),
+            max_bytes: AtomicUsize::new(max_bytes),
+            stalled_bytes: AtomicUsize::new(0),
+            sessions: Mutex::new(Vec::new()),
+            started: Instant::now(),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    fn ring(&self) -> std::sync::MutexGuard<'_, Ring> {
+        self.ring.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn set_max_bytes(&self, bytes: usize) {
+        self.max_bytes.store(bytes, Relaxed);
+    }
+
+    /// Bytes the ring holds now (for /health).
+    pub fn ring_bytes(&self) -> usize {
+        self.ring().bytes
+    }
+
+    pub fn send(&self, batch: Batch) {
+        let size = batch_bytes(&batch);
+        let next = {
+            let mut ring = self.ring();
+            ring.batches.push_back((Arc::new(batch), size));
+            ring.bytes += size;
+            self.evict(&mut ring);
+            ring.first + ring.batches.len() as u64
+        };
+        self.next.send_replace(next);
+    }
+
+    fn evict(&self, ring: &mut Ring) {
+        let budget = self
+            .max_bytes
+            .load(Relaxed)
+            .saturating_sub(self.stalled_bytes.load(Relaxed));
+        // The newest batch always stays: a session that keeps up must be able to read it.
+        while ring.batches.len() > 1
+            && (ring.bytes > budget || ring.batches.len() > self.max_batches)
+        {
+            let (batch, size) = ring.batches.pop_front().expect("non-empty");
+            ring.bytes -= size;
+            ring.first += 1;
+            if ring.dropped.len() == SUMMARIES_KEPT {
+                ring.dropped.pop_front();
+            }
+            ring.dropped.push_back(Summary::of(&batch));
+        }
+    }
+
+    /// Wake every session with `Missed::Closed`.
+    pub fn close(&self) {
+        self.closed.store(true, Relaxed);
+        self.next.send_modify(|_| {});
+    }
+
+    /// A cursor at the end of the ring: it reads batches sent from now on.
+    pub fn cursor(self: &Arc<Fanout>) -> Cursor {
+        let slot = Arc::new(Slot::default());
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        sessions.retain(|s| s.strong_count() > 0);
+        sessions.push(Arc::downgrade(&slot));
+        drop(sessions);
+        let mut rx = self.next.subscribe();
+        let next = *rx.borrow_and_update();
+        Cursor {
+            fanout: self.clone(),
+            next,
+            rx,
+            slot,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64 + 1
+    }
+
+    /// Count what stalled sessions pin, shrink the ring by it, and close the longest-stalled
+    /// sessions while they alone pin more than half the budget. Run every `JANITOR_EVERY`.
+    pub fn sweep(&self) {
+        let now = self.now_ms();
+        let stalled_after = STALLED_AFTER.as_millis() as u64;
+        let mut stalled: Vec<(u64, usize, Arc<Slot>)> = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter_map(|slot| {
+                let since = slot.since.load(Relaxed);
+                let pinned = slot.pinned.load(Relaxed);
+                (since != 0 && now.saturating_sub(since) > stalled_after && pinned > 0)
+                    .then(|| (since, pinned, slot))
+            })
+            .collect();
+        let mut total: usize = stalled.iter().map(|s| s.1).sum();
+        let limit = self.max_bytes.load(Relaxed) / 2;
+        stalled.sort_by_key(|s| s.0);
+        for (_, pinned, slot) in &stalled {
+            if total <= limit {
+                break;
+            }
+            slot.kick.notify_one();
+            total -= pinned;
+        }
+        self.stalled_bytes.store(total, Relaxed);
+        self.evict(&mut self.ring());
+    }
+}
+
+fn batch_bytes(batch: &Batch) -> usize {
+    match batch {
+        Batch::Changes(changes) => changes
+            .iter()
+            .map(|c| c.frame.len() + CHANGE_OVERHEAD)
+            .sum(),
+        Batch::Gap { frame, .. } => frame.len() + CHANGE_OVERHEAD,
+        Batch::Ended { .. } => CHANGE_OVERHEAD,
+    }
+}
+
+/// What one session is delivering, for the janitor.
+#[derive(Default)]
+struct Slot {
+    /// Bytes of the batch being delivered (twice its frames: the socket writer copies them).
+    pinned: AtomicUsize,
+    /// When the delivery started (milliseconds since the fan-out began; 0: not delivering).
+    since: AtomicU64,
+    /// Set by the janitor: this session must close.
+    kick: Notify,
+}
+
+/// One session's position in the fan-out.
+pub struct Cursor {
+    fanout: Arc<Fanout>,
+    next: u64,
+    rx: watch::Receiver<u64>,
+    slot: Arc<Slot>,
+}
+
+impl Cursor {
+    /// The next batch, waiting for one if need be.
+    pub async fn recv(&mut self) -> Result<Arc<Batch>, Missed> {
+        loop {
+            self.rx.borrow_and_update();
+            if let Some(found) = self.take() {
+                return found;
+            }
+            if self.rx.changed().await.is_err() {
+                return Err(Missed::Closed);
+            }
+        }
+    }
+
+    /// The next batch if one is waiting.
+    pub fn try_recv(&mut self) -> Option<Result<Arc<Batch>, Missed>> {
+        self.take()
+    }
+
+    fn take(&mut self) -> Option<Result<Arc<Batch>, Missed>> {
+        if self.fanout.closed.load(Relaxed) {
+            return Some(Err(Missed::Closed));
+        }
+        let ring = self.fanout.ring();
+        if self.next < ring.first {
+            let missed = (ring.first - self.next) as usize;
+            let known = (missed <= ring.dropped.len()).then(|| {
+                ring.dropped
+                    .range(ring.dropped.len() - missed..)
+                    .cloned()
+                    .collect()
+            });
+            self.next = ring.first;
+            return Some(Err(Missed::Lagged(known)));
+        }
+        let (batch, _) = ring.batches.get((self.next - ring.first) as usize)?;
+        self.next += 1;
+        Some(Ok(batch.clone()))
+    }
+
+    /// Mark the start of a delivery; the returned guard counts the batches it writes and
+    /// marks its end.
+    pub fn delivering(&self) -> Delivering {
+        self.slot.since.store(self.fanout.now_ms(), Relaxed);
+        Delivering(self.slot.clone())
+    }
+
+    /// Resolves when the janitor closes this session to free the memory it pins.
+    pub fn kicked(&self) -> impl std::future::Future<Output = ()> + use<> {
+        let slot = self.slot.clone();
+        async move { slot.kick.notified().await }
+    }
+}
+
+pub struct Delivering(Arc<Slot>);
+
+impl Delivering {
+    /// This delivery also holds `batch` (twice its frames: the socket writer copies them).
+    pub fn add(&self, batch: &Batch) {
+        self.0.pinned.fetch_add(2 * batch_bytes(batch), Relaxed);
+    }
+}
+
+impl Drop for Delivering {
+    fn drop(&mut self) {
+        self.0.since.store(0, Relaxed);
+        self.0.pinned.store(0, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    fn gap(n: usize) -> Batch {
+        Batch::Gap {
+            frame: "x".repeat(n).into(),
+            last_position: 1,
+            tables: None,
+        }
+    }
+
+    #[test]
+    fn the_ring_is_bounded_in_bytes_and_batches_and_laggards_are_told() {
+        let fanout = Fanout::new(4, 10_000);
+        let mut slow = fanout.cursor();
+        for _ in 0..10 {
+            fanout.send(gap(3_000));
+        }
+        let ring = fanout.ring();
+        assert!(ring.bytes <= 10_000 && ring.batches.len() <= 4);
+        drop(ring);
+        let Some(Err(Missed::Lagged(Some(missed)))) = slow.try_recv() else {
+            panic!("the slow cursor lagged");
+        };
+        assert_eq!(
+            missed.len(),
+            7,
+            "3 of 10 batches of 3,256 bytes fit in 10,000"
+        );
+        assert!(missed.iter().all(|s| *s == Summary::Gap(None)));
+        assert!(matches!(slow.try_recv(), Some(Ok(_))));
+        // One batch larger than the budget is still delivered.
+        let mut fast = fanout.cursor();
+        fanout.send(gap(50_000));
+        assert!(matches!(fast.try_recv(), Some(Ok(_))));
+        assert_eq!(fanout.ring().batches.len(), 1);
+    }
+
+    #[test]
+    fn stalled_sessions_shrink_the_ring_and_the_longest_stalled_are_kicked() {
+        let fanout = Fanout::new(1000, 100_000);
+        let a = fanout.cursor();
+        let b = fanout.cursor();
+        let big = gap(20_000);
+        let _da = a.delivering();
+        _da.add(&big);
+        std::thread::sleep(Duration::from_millis(150));
+        let _db = b.delivering();
+        _db.add(&big);
+        std::thread::sleep(Duration::from_millis(150));
+        fanout.sweep();
+        // Both stalled, 2 × 2 × 20,000 pinned > half of 100,000: the older one is kicked.
+        assert_eq!(fanout.stalled_bytes.load(Relaxed), 40_512);
+        let kicked = futures_util::FutureExt::now_or_never(a.kicked());
+        assert!(kicked.is_some());
+        assert!(futures_util::FutureExt::now_or_never(b.kicked()).is_none());
+    }
+
+    impl PartialEq for Batch {
+        fn eq(&self, other: &Batch) -> bool {
+            self.last_position() == other.last_position()
+        }
+    }
+    impl std::fmt::Debug for Batch {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "batch up to {}", self.last_position())
+        }
+    }
+}
