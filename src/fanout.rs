@@ -24,8 +24,8 @@ use tokio::sync::{watch, Notify};
 const STALLED_AFTER: Duration = Duration::from_millis(100);
 /// How often stalled sessions are counted.
 pub const JANITOR_EVERY: Duration = Duration::from_millis(100);
-/// Rough bytes a change costs besides its frame (the struct, parsed rows for filters).
-const CHANGE_OVERHEAD: usize = 256;
+/// Rough bytes a change costs besides its frame (the struct and its shared pieces).
+const CHANGE_OVERHEAD: usize = 160;
 /// Summaries of dropped batches kept (each a few dozen bytes).
 const SUMMARIES_KEPT: usize = 1 << 16;
 
@@ -338,7 +338,7 @@ mod unit {
         assert_eq!(
             missed.len(),
             7,
-            "3 of 10 batches of 3,256 bytes fit in 10,000"
+            "3 of 10 batches of 3,160 bytes fit in 10,000"
         );
         assert!(missed.iter().all(|s| *s == Summary::Gap(None)));
         assert!(matches!(slow.try_recv(), Some(Ok(_))));
@@ -363,7 +363,7 @@ mod unit {
         std::thread::sleep(Duration::from_millis(150));
         fanout.sweep();
         // Both stalled, 2 × 2 × 20,000 pinned > half of 100,000: the older one is kicked.
-        assert_eq!(fanout.stalled_bytes.load(Relaxed), 40_512);
+        assert_eq!(fanout.stalled_bytes.load(Relaxed), 40_320);
         let kicked = futures_util::FutureExt::now_or_never(a.kicked());
         assert!(kicked.is_some());
         assert!(futures_util::FutureExt::now_or_never(b.kicked()).is_none());

@@ -264,8 +264,12 @@ pub struct Unsettled {
     pub kind: RecordKind,
 }
 
+/// Records whose headers the worker reads per hold of the lock: its critical section has a
+/// fixed size, like a writer's copy of its own record.
+const MAX_SCAN: usize = 256;
+
 /// Worker side: move whole records, each prefixed by its u32 length, into `out` (up to about
-/// `max_bytes`), stopping at the first record still pending, which is returned. A pending gap
+/// `max_bytes` or `MAX_SCAN` records), stopping at the first record still pending, which is returned. A pending gap
 /// is appended once the queue is empty, so it keeps its place in the stream.
 ///
 /// The lock is held only to read record headers and, later, to move the tail: the bodies are
@@ -277,7 +281,9 @@ pub fn drain(out: &mut Vec<u8>, max_bytes: usize) -> Option<Unsettled> {
         let mut at = q.0.tail;
         let mut header = Vec::with_capacity(4 + RECORD_HEADER_LEN);
         let mut unsettled = None;
-        while at < q.0.head && (at - q.0.tail) < max_bytes as u64 {
+        let mut scanned = 0;
+        while at < q.0.head && (at - q.0.tail) < max_bytes as u64 && scanned < MAX_SCAN {
+            scanned += 1;
             header.clear();
             q.copy_out(at, &mut header, 4 + RECORD_HEADER_LEN);
             if let Some((kind, xid)) = pending_header(&header[4..]) {

@@ -56,6 +56,7 @@ fn barriers_are_answered_idle_busy_and_with_clients() {
     let mut ws = cluster.ws();
     ws.subscribe("b", "b", None);
     run_barrier_statements(&cluster, "clients");
+    let reader = std::thread::spawn(move || ws.change_ids(200_000).len());
 
     // Busy: a large transaction being drained and delivered while the barriers run.
     let writer = {
@@ -71,7 +72,7 @@ fn barriers_are_answered_idle_busy_and_with_clients() {
     std::thread::sleep(Duration::from_millis(300));
     run_barrier_statements(&cluster, "busy");
     writer.join().unwrap();
-    assert_eq!(ws.change_ids(200_000).len(), 200_000);
+    assert_eq!(reader.join().unwrap(), 200_000);
 }
 
 #[test]

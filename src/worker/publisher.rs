@@ -148,9 +148,13 @@ impl Publisher {
                 }
             }
         }
-        self.flush();
         self.rows.finish();
         let more = !buf.is_empty() || settled_here;
+        // A pump that found records is followed by another at once: its partial batch can wait
+        // for that one, so batches stay full at high commit rates.
+        if !more {
+            self.flush();
+        }
         self.buf = buf;
         if self.stats_at.elapsed() > STATS_EVERY {
             self.stats_at = std::time::Instant::now();
