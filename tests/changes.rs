@@ -2,7 +2,6 @@
 mod common;
 use common::{Cluster, Ws};
 use serde_json::{json, Value};
-use std::time::Duration;
 
 fn cluster() -> &'static Cluster {
     common::shared("changes")
@@ -18,12 +17,6 @@ fn watched(table: &str, ddl: &str) -> Ws {
     let mut ws = cluster().ws();
     ws.subscribe("s", table, None);
     ws
-}
-
-fn nothing_more(ws: &mut Ws) {
-    if let Some(m) = ws.recv_within(Duration::from_millis(500)) {
-        panic!("unexpected message: {m}");
-    }
 }
 
 fn j(text: &str) -> Value {
@@ -304,7 +297,7 @@ fn rows_rendered_by_the_worker_match_row_to_json_in_the_writers_session() {
     );
     assert_eq!(inserted[1]["f4"], json!("NaN"));
     assert_eq!(inserted[1]["big"].as_str().unwrap().len(), 96_000);
-    nothing_more(&mut ws);
+    ws.nothing_more();
 }
 
 /// A change the worker cannot render (here: its enum type was dropped in the same
@@ -339,13 +332,13 @@ fn a_row_the_worker_cannot_render_becomes_a_gap_for_its_tables_clients() {
     let next = ws.changes(1);
     assert_eq!(next[0]["new"], json!({"id": 3}));
     assert_eq!(next[0]["position"].as_u64().unwrap(), to + 1);
-    nothing_more(&mut ws);
+    ws.nothing_more();
 
     let seen = bystander.changes(2);
     assert_eq!(seen[0]["new"], json!({"id": 1}));
     assert_eq!(seen[0]["position"].as_u64().unwrap(), from - 1);
     assert_eq!(seen[1]["new"], json!({"id": 2}));
-    nothing_more(&mut bystander);
+    bystander.nothing_more();
 }
 
 /// The capture trigger reads the statement's transition tables with a read pointer of its own:
@@ -399,7 +392,7 @@ fn rolled_back_work_is_never_delivered() {
     )
     .unwrap();
     assert_eq!(ws.change_ids(3), vec![2, 5, 6]);
-    nothing_more(&mut ws);
+    ws.nothing_more();
 }
 
 #[test]
@@ -434,12 +427,12 @@ fn two_phase_commit_is_delivered_only_when_committed() {
     db.batch_execute("INSERT INTO twopc VALUES (3)").unwrap();
     // Unrelated commits are not held up by the prepared transactions.
     assert_eq!(ws.changes(1)[0]["new"]["id"], 3);
-    nothing_more(&mut ws);
+    ws.nothing_more();
     db.batch_execute("ROLLBACK PREPARED 'p_abort'").unwrap();
     db.batch_execute("COMMIT PREPARED 'p_commit'").unwrap();
     let c = ws.changes(1);
     assert_eq!(c[0]["new"]["id"], 2);
-    nothing_more(&mut ws);
+    ws.nothing_more();
 }
 
 #[test]
@@ -565,7 +558,7 @@ fn upserts_merges_and_cascades_report_each_row_once_with_its_operation() {
         notes.changes(1)[0]["old"],
         j(r#"{"sku":"c","note":"fragile"}"#)
     );
-    nothing_more(&mut ws);
+    ws.nothing_more();
 }
 
 #[test]
@@ -590,15 +583,6 @@ fn events_can_be_narrowed_and_unwatched() {
     assert_eq!(c[0]["op"], "DELETE");
     db.batch_execute("SELECT realtime_unwatch('narrow'); SELECT realtime_unwatch('narrow'); INSERT INTO narrow VALUES (2)").unwrap();
     // The subscription is told it ended, once (the second unwatch had nothing to drop).
-    let ended = ws.recv();
-    assert_eq!(
-        (
-            ended["type"].as_str(),
-            ended["id"].as_str(),
-            ended["reason"].as_str()
-        ),
-        (Some("unsubscribed"), Some("s"), Some("table_unwatched")),
-        "{ended}"
-    );
-    nothing_more(&mut ws);
+    ws.expect_ended("s", "table_unwatched");
+    ws.nothing_more();
 }

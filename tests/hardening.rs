@@ -211,21 +211,21 @@ fn http_edges_get_the_specified_answers() {
     }
 }
 
+/// A TCP connection to the server from `source`, with a receive buffer of `recv_buffer`.
+fn tcp_from(source: &str, port: u16, recv_buffer: Option<usize>) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    if let Some(size) = recv_buffer {
+        socket.set_recv_buffer_size(size).unwrap();
+    }
+    let addr = |a: String| socket2::SockAddr::from(a.parse::<SocketAddr>().unwrap());
+    socket.bind(&addr(format!("{source}:0"))).unwrap();
+    socket.connect(&addr(format!("127.0.0.1:{port}"))).unwrap();
+    socket.into()
+}
+
 /// A WebSocket connection from a chosen loopback source address.
 fn ws_from(source: &str, port: u16) -> Result<Ws, String> {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket
-        .bind(&format!("{source}:0").parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    socket
-        .connect(
-            &format!("127.0.0.1:{port}")
-                .parse::<SocketAddr>()
-                .unwrap()
-                .into(),
-        )
-        .unwrap();
-    let stream: TcpStream = socket.into();
+    let stream = tcp_from(source, port, None);
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
@@ -301,17 +301,7 @@ fn a_client_that_stops_reading_is_closed_after_the_heartbeat_timeout() {
 
 /// A client that never reads (its socket buffers small, so it stalls soon).
 fn non_reader(cluster: &Cluster, table: &str) -> TcpStream {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    socket
-        .connect(
-            &format!("127.0.0.1:{}", cluster.ws_port)
-                .parse::<SocketAddr>()
-                .unwrap()
-                .into(),
-        )
-        .unwrap();
-    let stream: TcpStream = socket.into();
+    let stream = tcp_from("127.0.0.1", cluster.ws_port, Some(4096));
     let (mut ws, _) = tungstenite::client(
         format!("ws://127.0.0.1:{}/realtime", cluster.ws_port),
         stream,

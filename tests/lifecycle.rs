@@ -1,14 +1,8 @@
 //! The worker as one backend among others: it answers ProcSignalBarriers whatever it is doing,
 //! says 1012 when it goes away, and ends subscriptions whose table goes away.
 mod common;
-use common::{Cluster, Ws};
+use common::Cluster;
 use std::time::{Duration, Instant};
-
-fn nothing_more(ws: &mut Ws) {
-    if let Some(m) = ws.recv_within(Duration::from_millis(500)) {
-        panic!("unexpected message: {m}");
-    }
-}
 
 /// Statements that wait for every backend to absorb a ProcSignalBarrier.
 fn run_barrier_statements(cluster: &Cluster, round: &str) {
@@ -140,33 +134,19 @@ fn subscriptions_end_when_their_table_is_dropped_unwatched_or_renamed() {
     db.batch_execute("INSERT INTO gone VALUES (2)").unwrap();
     db.batch_execute("DROP TABLE gone").unwrap();
     assert_eq!(ws.change_ids(1), vec![2]);
-    let ended = ws.recv();
-    assert_eq!(
-        (
-            ended["type"].as_str(),
-            ended["id"].as_str(),
-            ended["reason"].as_str()
-        ),
-        (Some("unsubscribed"), Some("gone"), Some("table_dropped")),
-        "{ended}"
-    );
+    ws.expect_ended("gone", "table_dropped");
     // A new table of the same name is not the old subscription's.
     db.batch_execute(
         "CREATE TABLE gone (id int); SELECT realtime_watch('gone'); INSERT INTO gone VALUES (3)",
     )
     .unwrap();
-    nothing_more(&mut ws);
+    ws.nothing_more();
 
     // A rename ends the subscription at the table's next change, which it does not receive.
     db.batch_execute("ALTER TABLE moved RENAME TO moved_away; INSERT INTO moved_away VALUES (4)")
         .unwrap();
-    let ended = ws.recv();
-    assert_eq!(
-        (ended["id"].as_str(), ended["reason"].as_str()),
-        (Some("moved"), Some("table_renamed")),
-        "{ended}"
-    );
+    ws.expect_ended("moved", "table_renamed");
     db.batch_execute("INSERT INTO kept VALUES (5)").unwrap();
     assert_eq!(ws.change_ids(1), vec![5]);
-    nothing_more(&mut ws);
+    ws.nothing_more();
 }

@@ -153,10 +153,5 @@ fn owners_watch_their_own_tables_and_nothing_else() {
     alice
         .batch_execute("SELECT realtime_unwatch('alices')")
         .unwrap();
-    let ended = ws.recv();
-    assert_eq!(
-        (ended["type"].as_str(), ended["reason"].as_str()),
-        (Some("unsubscribed"), Some("table_unwatched")),
-        "{ended}"
-    );
+    ws.expect_ended("a", "table_unwatched");
 }

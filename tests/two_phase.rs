@@ -1,14 +1,8 @@
 //! A prepared transaction's changes take their place in commit order at COMMIT PREPARED, like
 //! any other commit's, and survive worker and server restarts while prepared.
 mod common;
-use common::{Cluster, Ws};
+use common::Cluster;
 use std::time::Duration;
-
-fn nothing_more(ws: &mut Ws) {
-    if let Some(m) = ws.recv_within(Duration::from_millis(500)) {
-        panic!("unexpected message: {m}");
-    }
-}
 
 fn prepared_files(cluster: &Cluster) -> usize {
     std::fs::read_dir(cluster.data().join("pg_realtime/prepared"))
@@ -133,7 +127,7 @@ fn rolled_back_prepared_transactions_are_never_delivered() {
     db.batch_execute("ROLLBACK PREPARED 'no_big'").unwrap();
     db.batch_execute("INSERT INTO r VALUES (0)").unwrap();
     assert_eq!(ws.change_ids(1), vec![0]);
-    nothing_more(&mut ws);
+    ws.nothing_more();
     assert_eq!(prepared_files(&cluster), 0);
 }
 

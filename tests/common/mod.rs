@@ -413,6 +413,23 @@ impl Ws {
             .collect()
     }
 
+    /// Asserts that nothing arrives for half a second.
+    pub fn nothing_more(&mut self) {
+        if let Some(m) = self.recv_within(Duration::from_millis(500)) {
+            panic!("unexpected message: {m}");
+        }
+    }
+
+    /// Asserts the next message ends subscription `id` for `reason`.
+    pub fn expect_ended(&mut self, id: &str, reason: &str) {
+        let m = self.recv();
+        assert_eq!(
+            (m["type"].as_str(), m["id"].as_str(), m["reason"].as_str()),
+            (Some("unsubscribed"), Some(id), Some(reason)),
+            "{m}"
+        );
+    }
+
     /// Sends an application ping and collects every message received before its pong.
     pub fn drain(&mut self) -> Vec<Value> {
         self.send(json!({"type": "ping", "ref": "drain"}));
