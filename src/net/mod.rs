@@ -26,15 +26,12 @@ pub struct Context {
     pub shared: Arc<Shared>,
     pub worker: WorkerHandle,
     pub batches: BatchSender,
-    /// Becomes true when the worker stops: sessions close with 1012.
-    pub shutdown: tokio::sync::watch::Receiver<bool>,
     pub handshakes: Arc<http::Handshakes>,
 }
 
 pub struct Server {
     runtime: tokio::runtime::Runtime,
     bound: Vec<SocketAddr>,
-    shutdown: tokio::sync::watch::Sender<bool>,
     shared: Arc<Shared>,
     batches: BatchSender,
 }
@@ -51,7 +48,6 @@ impl Server {
     /// Tell every client the server is restarting (close code 1012), give them a moment to
     /// receive it, then stop the threads.
     pub fn shutdown(self) {
-        let _ = self.shutdown.send(true);
         self.batches.close();
         let deadline = std::time::Instant::now() + SHUTDOWN_GRACE;
         while self
@@ -83,12 +79,10 @@ pub fn start(
             .build()
     })
     .map_err(|e| format!("could not start network threads: {e}"))?;
-    let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
     let context = Context {
         shared: shared.clone(),
         worker,
         batches,
-        shutdown: shutdown_rx,
         handshakes: Arc::new(http::Handshakes::default()),
     };
     let mut bound = Vec::new();
@@ -120,7 +114,6 @@ pub fn start(
         runtime,
         batches: context.batches.clone(),
         bound,
-        shutdown,
         shared,
     })
 }

@@ -112,7 +112,6 @@ pub async fn run(ws: WebSocketStream<TcpStream>, context: Context) {
     let mut batches = context.batches.cursor();
     let kicked = batches.kicked();
     tokio::pin!(kicked);
-    let mut shutdown = context.shutdown.clone();
     let (sink, mut stream) = ws.split();
     let seen = context.shared.position();
     let mut session = Session {
@@ -192,7 +191,6 @@ pub async fn run(ws: WebSocketStream<TcpStream>, context: Context) {
                 Err(Missed::Lagged(missed)) => session.missed(missed),
                 Err(Missed::Closed) => break Some((CloseCode::Restart, "server is restarting".into())),
             },
-            _ = shutdown.changed() => break Some((CloseCode::Restart, "server is restarting".into())),
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() > timeout {
                     break Some((CloseCode::Away, "no pong received; heartbeat timed out".into()));
