@@ -106,6 +106,7 @@ fn reserve() {
 /// PRE_PREPARE: the changes wait in a state file for COMMIT PREPARED (see `prepared`). If
 /// they cannot be kept, subscribers get a gap now rather than silence later.
 fn save_prepared() {
+    let gid = prepared::take_preparing_gid();
     let Some(captured) = pending::take() else {
         return;
     };
@@ -114,7 +115,7 @@ fn save_prepared() {
         | Captured::Spilled { count, .. }
         | Captured::Lost { count } => *count,
     };
-    let saved = prepared::take_preparing_gid()
+    let saved = gid
         .ok_or_else(|| std::io::Error::other("PREPARE TRANSACTION was not seen"))
         .and_then(|gid| prepared::save(&gid, captured));
     match saved {
