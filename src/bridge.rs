@@ -328,6 +328,7 @@ pub struct Shared {
     pub max_connections: AtomicUsize,
     pub max_message_size: AtomicUsize,
     pub max_subscriptions: AtomicUsize,
+    pub max_handshakes: AtomicUsize,
     pub heartbeat_interval_s: AtomicU64,
     pub handshake_timeout_ms: AtomicU64,
 }
@@ -344,6 +345,7 @@ impl Shared {
             max_connections: AtomicUsize::new(0),
             max_message_size: AtomicUsize::new(0),
             max_subscriptions: AtomicUsize::new(100),
+            max_handshakes: AtomicUsize::new(4096),
             heartbeat_interval_s: AtomicU64::new(30),
             handshake_timeout_ms: AtomicU64::new(10_000),
         }

@@ -20,6 +20,9 @@ static CLIENT_BACKLOG: GucSetting<i32> = GucSetting::<i32>::new(1024);
 static CLIENT_MEMORY_KB: GucSetting<i32> = GucSetting::<i32>::new(128 * 1024);
 /// Most WebSocket connections served at once; further ones get HTTP 503.
 static MAX_CONNECTIONS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+/// Most connections still sending their HTTP request; past it the oldest of the busiest
+/// source address is dropped.
+static MAX_HANDSHAKES: GucSetting<i32> = GucSetting::<i32>::new(4096);
 /// Most subscriptions one connection may hold.
 static MAX_SUBSCRIPTIONS: GucSetting<i32> = GucSetting::<i32>::new(100);
 /// Largest message a client may send, in bytes.
@@ -95,6 +98,16 @@ pub fn init() {
         c"Maximum concurrent WebSocket connections.",
         c"",
         &MAX_CONNECTIONS,
+        1,
+        1_000_000,
+        Sighup,
+        none,
+    );
+    GucRegistry::define_int_guc(
+        c"realtime.max_handshakes",
+        c"Maximum connections still sending their HTTP request.",
+        c"Beyond it, the oldest such connection of the source address with the most is dropped.",
+        &MAX_HANDSHAKES,
         1,
         1_000_000,
         Sighup,
@@ -179,6 +192,9 @@ pub fn client_memory_bytes() -> usize {
 }
 pub fn max_connections() -> usize {
     MAX_CONNECTIONS.get() as usize
+}
+pub fn max_handshakes() -> usize {
+    MAX_HANDSHAKES.get() as usize
 }
 pub fn max_subscriptions() -> usize {
     MAX_SUBSCRIPTIONS.get() as usize

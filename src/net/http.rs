@@ -2,13 +2,14 @@
 //! everything else. Connections that never finish their request head are dropped on a timeout.
 
 use super::{session, Context};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
@@ -25,41 +26,71 @@ const MAX_HEADERS: usize = 64;
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 8 * 1024 * 1024;
 
-/// Most connections still sending their request head, in all and from one address: a flood
-/// of silent sockets from one place cannot lock everyone else out, and sockets that never
-/// finish a handshake do not count against realtime.max_connections.
-const MAX_HANDSHAKES: usize = 1024;
-const MAX_HANDSHAKES_PER_ADDRESS: usize = 64;
-
-/// Connections that have not finished their request head, per source address.
+/// Connections still sending their request head, per source address. At
+/// realtime.max_handshakes, a new connection evicts the oldest one of the address that has the
+/// most: a flood of silent sockets from one place only ever evicts its own, and never locks
+/// anyone else out. They do not count against realtime.max_connections.
 #[derive(Default)]
-pub struct Handshakes(Mutex<HashMap<IpAddr, usize>>);
+pub struct Handshakes(Mutex<Pending>);
 
-/// One connection counted in `Handshakes` until it is dropped.
-struct Handshaking<'a>(&'a Handshakes, IpAddr);
+#[derive(Default)]
+struct Pending {
+    by_address: HashMap<IpAddr, VecDeque<(u64, Arc<Notify>)>>,
+    total: usize,
+    next_id: u64,
+}
+
+/// One connection counted in `Handshakes` until it is dropped; `evicted` fires if it must go.
+struct Handshaking<'a> {
+    handshakes: &'a Handshakes,
+    ip: IpAddr,
+    id: u64,
+    evicted: Arc<Notify>,
+}
 
 impl Handshakes {
-    fn begin(&self, ip: IpAddr) -> Option<Handshaking<'_>> {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let total: usize = map.values().sum();
-        let here = map.entry(ip).or_insert(0);
-        if total >= MAX_HANDSHAKES || *here >= MAX_HANDSHAKES_PER_ADDRESS {
-            return None;
+    fn begin(&self, ip: IpAddr, max: usize) -> Handshaking<'_> {
+        let mut p = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if p.total >= max.max(1) {
+            let busiest = p
+                .by_address
+                .iter_mut()
+                .max_by_key(|(_, q)| q.len())
+                .and_then(|(_, q)| q.pop_front());
+            if let Some((_, evicted)) = busiest {
+                evicted.notify_one();
+                p.total -= 1;
+            }
         }
-        *here += 1;
-        Some(Handshaking(self, ip))
+        p.next_id += 1;
+        let (id, evicted) = (p.next_id, Arc::new(Notify::new()));
+        p.by_address
+            .entry(ip)
+            .or_default()
+            .push_back((id, evicted.clone()));
+        p.total += 1;
+        Handshaking {
+            handshakes: self,
+            ip,
+            id,
+            evicted,
+        }
     }
 }
 
 impl Drop for Handshaking<'_> {
     fn drop(&mut self) {
-        let mut map = self.0 .0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = map.get_mut(&self.1) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.1);
-            }
+        let mut p = self.handshakes.0.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(q) = p.by_address.get_mut(&self.ip) else {
+            return;
+        };
+        let before = q.len();
+        q.retain(|(id, _)| *id != self.id);
+        let removed = before - q.len();
+        if q.is_empty() {
+            p.by_address.remove(&self.ip);
         }
+        p.total -= removed;
     }
 }
 
@@ -73,19 +104,16 @@ impl Drop for Counted<'_> {
 }
 
 pub async fn serve(mut stream: TcpStream, ip: IpAddr, context: Context) {
-    let Some(handshaking) = context.handshakes.begin(ip) else {
-        // Answered without reading or lingering: this address is flooding.
-        let body = error_body(
-            "too_many_handshakes",
-            "too many connections from this address are still sending their request",
-        );
-        let _ = stream
-            .write_all(response("503 Service Unavailable", &body, "Retry-After: 1\r\n").as_bytes())
-            .await;
-        return;
-    };
+    let handshaking = context
+        .handshakes
+        .begin(ip, context.shared.max_handshakes.load(Relaxed));
     let timeout = Duration::from_millis(context.shared.handshake_timeout_ms.load(Relaxed));
-    let (buf, head_len) = match tokio::time::timeout(timeout, read_head(&mut stream)).await {
+    let head = tokio::select! {
+        head = tokio::time::timeout(timeout, read_head(&mut stream)) => head,
+        // Evicted to make room: it sent nothing useful for longer than anyone else there.
+        _ = handshaking.evicted.notified() => return,
+    };
+    let (buf, head_len) = match head {
         Err(_) => {
             let body = error_body(
                 "timeout",

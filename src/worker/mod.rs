@@ -228,6 +228,7 @@ fn apply_settings(shared: &Shared) {
     shared
         .max_subscriptions
         .store(gucs::max_subscriptions(), Relaxed);
+    shared.max_handshakes.store(gucs::max_handshakes(), Relaxed);
     shared
         .heartbeat_interval_s
         .store(gucs::heartbeat_interval_s(), Relaxed);
