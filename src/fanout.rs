@@ -165,6 +165,7 @@ impl Fanout {
         drop(sessions);
         let mut rx = self.next.subscribe();
         let next = *rx.borrow_and_update();
+        slot.next.store(next, Relaxed);
         Cursor {
             fanout: self.clone(),
             next,
@@ -177,17 +178,22 @@ impl Fanout {
         self.started.elapsed().as_millis() as u64 + 1
     }
 
-    /// Count what stalled sessions pin, shrink the ring by it, and close the longest-stalled
-    /// sessions while they alone pin more than half the budget. Run every `JANITOR_EVERY`.
+    /// Drop the batches every session has read; count what stalled sessions pin, shrink the
+    /// ring by it, and close the longest-stalled sessions while they alone pin more than half
+    /// the budget. Run every `JANITOR_EVERY`.
     pub fn sweep(&self) {
         let now = self.now_ms();
         let stalled_after = STALLED_AFTER.as_millis() as u64;
-        let mut stalled: Vec<(u64, usize, Arc<Slot>)> = self
+        let live: Vec<Arc<Slot>> = self
             .sessions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
             .filter_map(Weak::upgrade)
+            .collect();
+        let read_by_all = live.iter().map(|s| s.next.load(Relaxed)).min();
+        let mut stalled: Vec<(u64, usize, Arc<Slot>)> = live
+            .into_iter()
             .filter_map(|slot| {
                 let since = slot.since.load(Relaxed);
                 let pinned = slot.pinned.load(Relaxed);
@@ -206,7 +212,16 @@ impl Fanout {
             total -= pinned;
         }
         self.stalled_bytes.store(total, Relaxed);
-        self.evict(&mut self.ring());
+        let mut ring = self.ring();
+        let read_by_all = read_by_all.unwrap_or(ring.first + ring.batches.len() as u64);
+        while ring.first < read_by_all {
+            let Some((_, size)) = ring.batches.pop_front() else {
+                break;
+            };
+            ring.bytes -= size;
+            ring.first += 1;
+        }
+        self.evict(&mut ring);
     }
 }
 
@@ -230,6 +245,8 @@ struct Slot {
     since: AtomicU64,
     /// Set by the janitor: this session must close.
     kick: Notify,
+    /// The sequence number this session reads next.
+    next: AtomicU64,
 }
 
 /// One session's position in the fan-out.
@@ -273,10 +290,12 @@ impl Cursor {
                     .collect()
             });
             self.next = ring.first;
+            self.slot.next.store(self.next, Relaxed);
             return Some(Err(Missed::Lagged(known)));
         }
         let (batch, _) = ring.batches.get((self.next - ring.first) as usize)?;
         self.next += 1;
+        self.slot.next.store(self.next, Relaxed);
         Some(Ok(batch.clone()))
     }
 
@@ -347,6 +366,24 @@ mod unit {
         fanout.send(gap(50_000));
         assert!(matches!(fast.try_recv(), Some(Ok(_))));
         assert_eq!(fanout.ring().batches.len(), 1);
+    }
+
+    #[test]
+    fn batches_everyone_has_read_are_dropped() {
+        let fanout = Fanout::new(1000, 1 << 30);
+        let mut a = fanout.cursor();
+        for _ in 0..5 {
+            fanout.send(gap(1000));
+        }
+        fanout.sweep();
+        assert_eq!(fanout.ring().batches.len(), 5, "a has read nothing yet");
+        while let Some(Ok(_)) = a.try_recv() {}
+        fanout.sweep();
+        assert_eq!(fanout.ring_bytes(), 0);
+        drop(a);
+        fanout.send(gap(1000));
+        fanout.sweep();
+        assert_eq!(fanout.ring_bytes(), 0, "nobody is connected");
     }
 
     #[test]

@@ -358,7 +358,15 @@ fn memory_held_for_slow_clients_is_bounded_and_returned() {
         peak < before + 128 * 1024,
         "worker grew from {before} KiB to {peak} KiB with one slow client"
     );
+    let backlog = |c: &Cluster| c.health().unwrap()["backlog_bytes"].as_u64().unwrap();
+    assert!(backlog(&cluster) > 0, "the slow client's backlog is kept");
+    // Once it goes, so does what was kept for it.
     drop(stuck);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while backlog(&cluster) > 0 {
+        assert!(Instant::now() < deadline, "{} bytes still kept", backlog(&cluster));
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]
