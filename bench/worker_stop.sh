@@ -3,7 +3,8 @@
 # moments, while pgbench commits single-row INSERTs into a watched table that a client reads.
 # A writer waits only if a stop lands while the worker holds the queue lock, so the count of
 # slow commits shows how long the worker's critical sections are. Against the demo cluster
-# (./demo.sh), as root (signals the postgres-owned worker).
+# (./demo.sh), as root (signals the postgres-owned worker). Commits do not wait for WAL flushes
+# (synchronous_commit = off), whose own stalls would hide the signal.
 #   bench/worker_stop.sh [clients=4] [stops=100]
 set -euo pipefail
 CLIENTS=${1:-4}; STOPS=${2:-100}
@@ -24,7 +25,7 @@ sleep 1
 worker=$("$BIN/psql" -XAtc "SELECT pid FROM pg_stat_activity WHERE backend_type = 'realtime_ext'")
 echo "INSERT INTO stop_probe (pad) VALUES (repeat('x', 200));" > "$dir/w.sql"
 seconds=$(( STOPS / 10 + 2 ))
-(cd "$dir" && "$BIN/pgbench" -n -c "$CLIENTS" -j 2 -T "$seconds" -f w.sql --log --log-prefix=tx >/dev/null 2>&1) &
+(cd "$dir" && PGOPTIONS="-c synchronous_commit=off" "$BIN/pgbench" -n -c "$CLIENTS" -j 2 -T "$seconds" -f w.sql --log --log-prefix=tx >/dev/null 2>&1) &
 bench=$!
 sleep 0.5
 for _ in $(seq "$STOPS"); do
