@@ -1,0 +1,150 @@
+#!/usr/bin/env python3
+"""Slow clients against a healthy one, on the demo cluster (./demo.sh).
+
+N clients subscribe to table `burst` and never read; one healthy client subscribes to `pulse`
+and reads promptly. A burst of rows commits to `burst` while `pulse` gets 10 rows/s. Prints the
+worker's peak RSS, the healthy client's gaps and worst latency, and the RSS after the slow
+clients leave.
+
+    bench/slow_clients.py [non_readers=10000] [burst_rows=200000] [row_bytes=100]
+
+Needs `ulimit -n` above N (run as root; the script raises its soft limit to the hard one).
+Plain sockets only: no WebSocket library needed.
+"""
+import base64, json, os, resource, socket, struct, subprocess, sys, threading, time
+
+N = int(sys.argv[1]) if len(sys.argv) > 1 else 10000
+ROWS = int(sys.argv[2]) if len(sys.argv) > 2 else 200000
+ROW_BYTES = int(sys.argv[3]) if len(sys.argv) > 3 else 100
+WS_PORT = int(os.environ.get("WSPORT", "8080"))
+PSQL = ["/usr/lib/postgresql/15/bin/psql", "-XAtq", "-h", "localhost", "-p",
+        os.environ.get("PGPORT", "54320"), "-U", "postgres", "-d", "postgres"]
+
+
+def sql(text):
+    return subprocess.run(PSQL + ["-c", text], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def connect(source="127.0.0.1", rcvbuf=None):
+    s = socket.socket()
+    if rcvbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.bind((source, 0))
+    s.connect(("127.0.0.1", WS_PORT))
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall((f"GET /realtime HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return s
+
+
+def send_text(s, text):
+    data = text.encode()
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+    n = len(data)
+    head = bytes([0x81]) + (bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack(">H", n))
+    s.sendall(head + mask + masked)
+
+
+def read_frame(s, buf):
+    """Returns (opcode, payload, rest of buf)."""
+    def need(n):
+        nonlocal buf
+        while len(buf) < n:
+            chunk = s.recv(65536)
+            if not chunk:
+                raise EOFError
+            buf += chunk
+    need(2)
+    op, n = buf[0] & 0x0F, buf[1] & 0x7F
+    at = 2
+    if n == 126:
+        need(4); n = struct.unpack(">H", buf[2:4])[0]; at = 4
+    elif n == 127:
+        need(10); n = struct.unpack(">Q", buf[2:10])[0]; at = 10
+    need(at + n)
+    return op, buf[at:at + n], buf[at + n:]
+
+
+def subscribe(s, table):
+    send_text(s, json.dumps({"type": "subscribe", "id": "s", "table": table}))
+    buf = b""
+    while True:
+        op, payload, buf = read_frame(s, buf)
+        if op == 1:
+            assert b"subscribed" in payload, payload
+            return buf
+
+
+def worker_rss_mib():
+    pid = sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'realtime_ext'")
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+
+
+def main():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    sql("DROP TABLE IF EXISTS burst, pulse; CREATE TABLE burst (id int, pad text); "
+        "CREATE TABLE pulse (id int); SELECT realtime_watch('burst'); SELECT realtime_watch('pulse')")
+    rss_before = worker_rss_mib()
+    stuck = []
+    for i in range(N):
+        # Loopback has many addresses: spread the clients so that no source runs out of ports.
+        s = connect(source=f"127.0.{1 + i // 20000}.{2 + (i // 250) % 250}", rcvbuf=4096)
+        subscribe(s, "burst")
+        stuck.append(s)
+    healthy = connect()
+    buf = subscribe(healthy, "pulse")
+    sent, got, gaps, worst = {}, [], [], [0.0]
+
+    def read():
+        nonlocal buf
+        healthy.settimeout(10)
+        try:
+            while True:
+                op, payload, buf = read_frame(healthy, buf)
+                if op != 1:
+                    continue
+                m = json.loads(payload)
+                if m["type"] == "gap":
+                    gaps.append(m)
+                elif m["type"] == "change":
+                    i = m["new"]["id"]
+                    worst[0] = max(worst[0], time.monotonic() - sent[i])
+                    got.append(i)
+        except (socket.timeout, EOFError):
+            pass
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    burst = subprocess.Popen(PSQL + ["-c", f"INSERT INTO burst SELECT g, repeat('x', {ROW_BYTES}) "
+                                          f"FROM generate_series(1, {ROWS}) g"])
+    peak, i = rss_before, 0
+    while burst.poll() is None or i < 30:
+        sent[i] = time.monotonic()
+        sql(f"INSERT INTO pulse VALUES ({i})")
+        i += 1
+        peak = max(peak, worker_rss_mib())
+        time.sleep(0.1)
+    time.sleep(3)
+    peak = max(peak, worker_rss_mib())
+    for s in stuck:
+        s.close()
+    time.sleep(2)
+    rss_after = worker_rss_mib()
+    reader.join()
+    print(f"non-readers={N} burst_rows={ROWS} row_bytes={ROW_BYTES}")
+    print(f"worker RSS: before {rss_before:.0f} MiB, peak {peak:.0f} MiB, after the slow clients left {rss_after:.0f} MiB")
+    print(f"healthy client: {len(got)} of {i} pulse rows, {len(gaps)} gaps, worst latency {worst[0] * 1000:.0f} ms")
+    sql("DROP TABLE burst, pulse")
+
+
+if __name__ == "__main__":
+    main()
