@@ -3,9 +3,10 @@
 //! A ring of the most recent batches: each session reads it with a cursor of its own, and one
 //! that falls behind the ring's start is told it lagged (it then sends its client a gap). The
 //! ring holds at most `realtime.client_backlog` batches and `realtime.client_memory` bytes,
-//! less what stalled sessions pin: a session blocked on a write keeps the batch it is writing
-//! alive after the ring dropped it. When stalled sessions alone pin more than half the budget,
-//! the longest-stalled are closed. So the memory held for slow clients stays within the budget
+//! less what stalled sessions pin: a session blocked on a write keeps the batches it is writing
+//! alive after the ring dropped them (each counted once, however many sessions hold it), and
+//! its socket writer holds a copy of what it is writing. When stalled sessions alone pin more
+//! than half the budget, the longest-stalled are closed. So the memory held for slow clients stays within the budget
 //! across all of them, and is returned when they go.
 //!
 //! A dropped batch leaves a summary behind (its tables, a few bytes): a session that fell
@@ -14,14 +15,15 @@
 //! scanned it.
 
 use crate::bridge::Batch;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 
-/// A delivery that has not finished after this long counts as stalled.
-const STALLED_AFTER: Duration = Duration::from_millis(100);
+/// A delivery that has not finished after this long counts as stalled. Long enough that a
+/// client reading a fast stream, whose writes block now and then, is not taken for one.
+const STALLED_AFTER: Duration = Duration::from_secs(1);
 /// How often stalled sessions are counted.
 pub const JANITOR_EVERY: Duration = Duration::from_millis(100);
 /// Rough bytes a change costs besides its frame (the struct and its shared pieces).
@@ -38,6 +40,8 @@ pub struct Fanout {
     /// Bytes pinned by stalled sessions, as last counted by the janitor.
     stalled_bytes: AtomicUsize,
     sessions: Mutex<Vec<Weak<Slot>>>,
+    /// Most sessions alive since memory was last handed back to the system.
+    peak_sessions: AtomicUsize,
     started: Instant,
     closed: AtomicBool,
 }
@@ -101,6 +105,7 @@ impl Fanout {
             max_bytes: AtomicUsize::new(max_bytes),
             stalled_bytes: AtomicUsize::new(0),
             sessions: Mutex::new(Vec::new()),
+            peak_sessions: AtomicUsize::new(0),
             started: Instant::now(),
             closed: AtomicBool::new(false),
         })
@@ -169,6 +174,7 @@ impl Fanout {
         Cursor {
             fanout: self.clone(),
             next,
+            last: 0,
             rx,
             slot,
         }
@@ -192,24 +198,45 @@ impl Fanout {
             .filter_map(Weak::upgrade)
             .collect();
         let read_by_all = live.iter().map(|s| s.next.load(Relaxed)).min();
-        let mut stalled: Vec<(u64, usize, Arc<Slot>)> = live
+        self.return_memory_when_sessions_leave(live.len());
+        let mut stalled: Vec<(u64, Arc<Slot>)> = live
             .into_iter()
             .filter_map(|slot| {
                 let since = slot.since.load(Relaxed);
-                let pinned = slot.pinned.load(Relaxed);
-                (since != 0 && now.saturating_sub(since) > stalled_after && pinned > 0)
-                    .then(|| (since, pinned, slot))
+                (since != 0 && now.saturating_sub(since) > stalled_after).then_some((since, slot))
             })
             .collect();
-        let mut total: usize = stalled.iter().map(|s| s.1).sum();
-        let limit = self.max_bytes.load(Relaxed) / 2;
         stalled.sort_by_key(|s| s.0);
-        for (_, pinned, slot) in &stalled {
+        // Batches the ring no longer holds count once, with how many stalled sessions hold them.
+        let first = self.ring().first;
+        let mut outside: HashMap<u64, (usize, usize)> = HashMap::new();
+        let mut total = 0;
+        let held: Vec<Vec<(u64, usize)>> = stalled.iter().map(|(_, slot)| slot.held()).collect();
+        for ((_, slot), held) in stalled.iter().zip(&held) {
+            total += slot.copy.load(Relaxed);
+            for &(seq, size) in held.iter().filter(|(seq, _)| *seq < first) {
+                let entry = outside.entry(seq).or_insert((size, 0));
+                if entry.1 == 0 {
+                    total += size;
+                }
+                entry.1 += 1;
+            }
+        }
+        let limit = self.max_bytes.load(Relaxed) / 2;
+        for ((_, slot), held) in stalled.iter().zip(&held) {
             if total <= limit {
                 break;
             }
             slot.kick.notify_one();
-            total -= pinned;
+            total -= slot.copy.load(Relaxed);
+            for (seq, _) in held.iter().filter(|(seq, _)| *seq < first) {
+                if let Some((size, holders)) = outside.get_mut(seq) {
+                    *holders -= 1;
+                    if *holders == 0 {
+                        total -= *size;
+                    }
+                }
+            }
         }
         self.stalled_bytes.store(total, Relaxed);
         let mut ring = self.ring();
@@ -222,6 +249,19 @@ impl Fanout {
             ring.first += 1;
         }
         self.evict(&mut ring);
+    }
+}
+
+impl Fanout {
+    /// malloc keeps what thousands of departed sessions freed (their buffers, the batches they
+    /// held) for reuse; once at least half of a crowd of over 1,000 has gone, give it back.
+    fn return_memory_when_sessions_leave(&self, live: usize) {
+        let peak = self.peak_sessions.fetch_max(live, Relaxed).max(live);
+        if peak > 1000 && live < peak / 2 {
+            self.peak_sessions.store(live, Relaxed);
+            // SAFETY: malloc_trim only releases free heap memory; any thread may call it.
+            unsafe { libc::malloc_trim(0) };
+        }
     }
 }
 
@@ -239,8 +279,11 @@ fn batch_bytes(batch: &Batch) -> usize {
 /// What one session is delivering, for the janitor.
 #[derive(Default)]
 struct Slot {
-    /// Bytes of the batch being delivered (twice its frames: the socket writer copies them).
-    pinned: AtomicUsize,
+    /// The batches the current delivery holds: (sequence number, bytes).
+    held: Mutex<Vec<(u64, usize)>>,
+    /// What its socket writer may have copied besides its own buffer (which every connection
+    /// has, slow or not): the largest frame it is writing.
+    copy: AtomicUsize,
     /// When the delivery started (milliseconds since the fan-out began; 0: not delivering).
     since: AtomicU64,
     /// Set by the janitor: this session must close.
@@ -253,6 +296,8 @@ struct Slot {
 pub struct Cursor {
     fanout: Arc<Fanout>,
     next: u64,
+    /// Sequence number of the batch last returned.
+    last: u64,
     rx: watch::Receiver<u64>,
     slot: Arc<Slot>,
 }
@@ -294,9 +339,15 @@ impl Cursor {
             return Some(Err(Missed::Lagged(known)));
         }
         let (batch, _) = ring.batches.get((self.next - ring.first) as usize)?;
+        self.last = self.next;
         self.next += 1;
         self.slot.next.store(self.next, Relaxed);
         Some(Ok(batch.clone()))
+    }
+
+    /// Sequence number of the batch `recv` or `try_recv` returned last.
+    pub fn last_seq(&self) -> u64 {
+        self.last
     }
 
     /// Mark the start of a delivery; the returned guard counts the batches it writes and
@@ -313,19 +364,39 @@ impl Cursor {
     }
 }
 
+impl Slot {
+    fn held(&self) -> Vec<(u64, usize)> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
 pub struct Delivering(Arc<Slot>);
 
 impl Delivering {
-    /// This delivery also holds `batch` (twice its frames: the socket writer copies them).
-    pub fn add(&self, batch: &Batch) {
-        self.0.pinned.fetch_add(2 * batch_bytes(batch), Relaxed);
+    /// This delivery also holds `batch`, number `seq` (`Cursor::last_seq`).
+    pub fn add(&self, seq: u64, batch: &Batch) {
+        let largest = match batch {
+            Batch::Changes(changes) => changes.iter().map(|c| c.frame.len()).max().unwrap_or(0),
+            _ => 0,
+        };
+        self.0.copy.fetch_max(largest, Relaxed);
+        self.0
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((seq, batch_bytes(batch)));
     }
 }
 
 impl Drop for Delivering {
     fn drop(&mut self) {
         self.0.since.store(0, Relaxed);
-        self.0.pinned.store(0, Relaxed);
+        self.0.copy.store(0, Relaxed);
+        self.0
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 }
 
@@ -387,23 +458,43 @@ mod unit {
     }
 
     #[test]
-    fn stalled_sessions_shrink_the_ring_and_the_longest_stalled_are_kicked() {
-        let fanout = Fanout::new(1000, 100_000);
-        let a = fanout.cursor();
-        let b = fanout.cursor();
-        let big = gap(20_000);
-        let _da = a.delivering();
-        _da.add(&big);
-        std::thread::sleep(Duration::from_millis(150));
-        let _db = b.delivering();
-        _db.add(&big);
-        std::thread::sleep(Duration::from_millis(150));
+    fn stalled_sessions_count_their_copies_and_dropped_batches_once() {
+        let fanout = Fanout::new(1, 200_000);
+        let (mut a, mut b) = (fanout.cursor(), fanout.cursor());
+        let frame = |n: usize| "x".repeat(n);
+        let big = Batch::Changes(vec![crate::bridge::Change::new(
+            1,
+            7,
+            Arc::new(("s".into(), "t".into())),
+            crate::event::Op::Insert,
+            frame(30_000),
+        )]);
+        fanout.send(big);
+        let big = a.try_recv().unwrap().unwrap();
+        b.try_recv().unwrap().unwrap();
+        let (da, db) = (a.delivering(), b.delivering());
+        da.add(a.last_seq(), &big);
+        db.add(b.last_seq(), &big);
+        // Both stall; a newer batch pushes theirs out of the ring.
+        for slot in [&a.slot, &b.slot] {
+            slot.since.store(1, Relaxed);
+        }
+        std::thread::sleep(STALLED_AFTER + Duration::from_millis(10));
+        fanout.send(gap(10));
         fanout.sweep();
-        // Both stalled, 2 × 2 × 20,000 pinned > half of 100,000: the older one is kicked.
-        assert_eq!(fanout.stalled_bytes.load(Relaxed), 40_320);
-        let kicked = futures_util::FutureExt::now_or_never(a.kicked());
-        assert!(kicked.is_some());
+        // The dropped batch once (30,160) and each writer's copy of its frame (2 × 30,000):
+        // under half of 200,000, so nobody is kicked.
+        assert_eq!(fanout.stalled_bytes.load(Relaxed), 30_160 + 2 * 30_000);
+        assert!(futures_util::FutureExt::now_or_never(a.kicked()).is_none());
+        // With a smaller budget the longest-stalled goes first, then the other.
+        fanout.set_max_bytes(160_000);
+        a.slot.since.store(1, Relaxed);
+        b.slot.since.store(2, Relaxed);
+        fanout.sweep();
+        assert!(futures_util::FutureExt::now_or_never(a.kicked()).is_some());
         assert!(futures_util::FutureExt::now_or_never(b.kicked()).is_none());
+        assert_eq!(fanout.stalled_bytes.load(Relaxed), 30_160 + 30_000);
+        drop((da, db));
     }
 
     impl PartialEq for Batch {

@@ -364,7 +364,11 @@ fn memory_held_for_slow_clients_is_bounded_and_returned() {
     drop(stuck);
     let deadline = Instant::now() + Duration::from_secs(10);
     while backlog(&cluster) > 0 {
-        assert!(Instant::now() < deadline, "{} bytes still kept", backlog(&cluster));
+        assert!(
+            Instant::now() < deadline,
+            "{} bytes still kept",
+            backlog(&cluster)
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }

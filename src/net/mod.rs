@@ -155,6 +155,25 @@ fn raise_fd_limit() {
     }
 }
 
+/// Bytes the kernel may hold for one client that is not reading (Linux doubles the value set).
+/// Left to autotuning, a loopback socket took megabytes of frames from a client that never
+/// read, and writing them cost every other client the network threads' time.
+const SEND_BUFFER: libc::c_int = 64 * 1024;
+
+fn cap_send_buffer(stream: &tokio::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setsockopt on a socket this task owns, with a pointer to a live c_int.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&SEND_BUFFER as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
 /// Postgres delivers signals to whichever thread has them unblocked; network threads must
 /// never run Postgres's signal handlers, so they start with every signal blocked.
 fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
@@ -174,6 +193,7 @@ async fn accept_loop(listener: TcpListener, context: Context) {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
+                cap_send_buffer(&stream);
                 tokio::spawn(http::serve(stream, peer.ip(), context.clone()));
             }
             // Out of file descriptors and the like: back off instead of spinning.

@@ -163,13 +163,13 @@ pub async fn run(ws: WebSocketStream<TcpStream>, context: Context) {
                     // flushes once: one write per catch-up instead of one per batch.
                     let pinned = batches.delivering();
                     let delivery = tokio::time::timeout(timeout, async {
-                        pinned.add(&batch);
+                        pinned.add(batches.last_seq(), &batch);
                         session.deliver(&batch).await?;
                         drop(batch);
                         for _ in 0..CATCH_UP_BATCHES {
                             match batches.try_recv() {
                                 Some(Ok(batch)) => {
-                                    pinned.add(&batch);
+                                    pinned.add(batches.last_seq(), &batch);
                                     session.deliver(&batch).await?
                                 }
                                 Some(Err(Missed::Lagged(missed))) => session.missed(missed),
