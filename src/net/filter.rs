@@ -199,7 +199,8 @@ fn key(kind: ValueKind, v: &Value) -> Option<Key> {
                 "NaN" => Bound::NaN,
                 "Infinity" => Bound::PosInf,
                 "-Infinity" => Bound::NegInf,
-                _ => return None,
+                // oid renders as a JSON string.
+                digits => Bound::Finite(Decimal::parse(digits)?),
             },
             _ => return None,
         })),
