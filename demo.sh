@@ -39,7 +39,8 @@ realtime.listen_addresses = 'localhost'
 max_prepared_transactions = 10
 CONF
 fi
-as_pg "$BIN/pg_ctl" -D "$DATA" -l "$DATA/server.log" -w start >/dev/null
+# pgrx adds a Rust backtrace to the DETAIL of every error when RUST_BACKTRACE is set.
+as_pg env -u RUST_BACKTRACE "$BIN/pg_ctl" -D "$DATA" -l "$DATA/server.log" -w start >/dev/null
 
 psql_() { "$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h localhost -p "$PGPORT" -U postgres -d postgres "$@"; }
 psql_ <<'SQL'

@@ -74,7 +74,10 @@ unsafe extern "C-unwind" fn process_utility(
         _ => {}
     }
     match PREV_UTILITY_HOOK {
-        Some(prev) => prev(pstmt, query, read_only_tree, context, params, env, dest, qc),
+        // Another extension's hook may raise an ERROR (a longjmp): guard it as pg_sys calls are.
+        Some(prev) => pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| {
+            prev(pstmt, query, read_only_tree, context, params, env, dest, qc)
+        }),
         None => pg_sys::standard_ProcessUtility(
             pstmt,
             query,
