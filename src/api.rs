@@ -102,7 +102,7 @@ COMMENT ON FUNCTION realtime_unwatch(regclass) IS 'Stop streaming changes of a t
 fn realtime_unwatch(tbl: pg_sys::Oid) {
     let rel = check_watchable(tbl);
     if drop_triggers(tbl, &rel) {
-        crate::capture::end_subscriptions(tbl, EndReason::TableUnwatched);
+        crate::capture::end_subscriptions(tbl, EndReason::Unwatched);
     }
 }
 
@@ -113,7 +113,7 @@ CREATE FUNCTION realtime.table_dropped(tbl oid)
 RETURNS void STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
 "#)]
 fn table_dropped(tbl: pg_sys::Oid) {
-    crate::capture::end_subscriptions(tbl, EndReason::TableDropped);
+    crate::capture::end_subscriptions(tbl, EndReason::Dropped);
 }
 
 fn spi_failed(e: pgrx::spi::Error) -> ! {

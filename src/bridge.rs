@@ -142,27 +142,23 @@ impl Batch {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum EndReason {
-    TableDropped = 1,
-    TableUnwatched = 2,
-    TableRenamed = 3,
+    Dropped = 1,
+    Unwatched = 2,
+    Renamed = 3,
 }
 
 impl EndReason {
     pub fn name(self) -> &'static str {
         match self {
-            EndReason::TableDropped => "table_dropped",
-            EndReason::TableUnwatched => "table_unwatched",
-            EndReason::TableRenamed => "table_renamed",
+            EndReason::Dropped => "table_dropped",
+            EndReason::Unwatched => "table_unwatched",
+            EndReason::Renamed => "table_renamed",
         }
     }
     pub fn from_u8(b: u8) -> Option<EndReason> {
-        [
-            EndReason::TableDropped,
-            EndReason::TableUnwatched,
-            EndReason::TableRenamed,
-        ]
-        .into_iter()
-        .find(|r| *r as u8 == b)
+        [EndReason::Dropped, EndReason::Unwatched, EndReason::Renamed]
+            .into_iter()
+            .find(|r| *r as u8 == b)
     }
 }
 

@@ -152,7 +152,7 @@ impl Compiled {
         match self.op {
             FilterOp::Eq => k == *first,
             FilterOp::Neq => k != *first,
-            FilterOp::In => self.keys.iter().any(|f| k == *f),
+            FilterOp::In => self.keys.contains(&k),
             FilterOp::Lt => k.cmp(first) == Ordering::Less,
             FilterOp::Lte => k.cmp(first) != Ordering::Greater,
             FilterOp::Gt => k.cmp(first) == Ordering::Greater,

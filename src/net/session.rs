@@ -428,8 +428,7 @@ impl Session {
                 let seen = self.seen;
                 for change in changes.iter().filter(|c| c.position > seen) {
                     if self.subscriptions.iter().any(|s| s.renamed(change)) {
-                        self.end(EndReason::TableRenamed, |s| s.renamed(change))
-                            .await?;
+                        self.end(EndReason::Renamed, |s| s.renamed(change)).await?;
                     }
                     let wanted = self.subscriptions.iter().map(|s| s.wants(change)).max();
                     match wanted {
