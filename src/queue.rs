@@ -37,8 +37,22 @@ struct Header {
     wake_on_commit: bool,
 }
 
-static mut HEADER: *mut Header = ptr::null_mut();
-static mut DATA: *mut u8 = ptr::null_mut();
+/// The queue in shared memory, once `shmem_startup` has run.
+static mut QUEUE: Option<Ring> = None;
+
+/// A byte ring: its header and its data. The queue is the one in shared memory; tests make
+/// private ones.
+#[derive(Clone, Copy)]
+struct Ring {
+    header: *mut Header,
+    data: *mut u8,
+}
+
+fn queue() -> Option<Ring> {
+    // SAFETY: written once by shmem_startup in the postmaster (or a backend, on EXEC_BACKEND)
+    // before anything here runs, never again.
+    unsafe { QUEUE }
+}
 static mut PREV_REQUEST_HOOK: pg_sys::shmem_request_hook_type = None;
 static mut PREV_STARTUP_HOOK: pg_sys::shmem_startup_hook_type = None;
 
@@ -74,8 +88,11 @@ unsafe extern "C-unwind" fn shmem_startup() {
     pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
     let mut found = false;
     let base = pg_sys::ShmemInitStruct(SHMEM_NAME.as_ptr(), total_size(), &mut found) as *mut u8;
-    HEADER = base as *mut Header;
-    DATA = base.add(std::mem::size_of::<Header>());
+    let header = base as *mut Header;
+    QUEUE = Some(Ring {
+        header,
+        data: base.add(std::mem::size_of::<Header>()),
+    });
     if !found {
         // First start, or reinitialisation after a crash: queue records that referenced spill
         // files are gone with the old shared memory, so the files are too. Prepared
@@ -88,7 +105,7 @@ unsafe extern "C-unwind" fn shmem_startup() {
             }
         }
         ptr::write(
-            HEADER,
+            header,
             Header {
                 lock: &mut (*pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr())).lock,
                 capacity: crate::gucs::queue_size_bytes() as u64,
@@ -116,16 +133,12 @@ fn initial_position() -> u64 {
         .unwrap_or(1)
 }
 
-/// Exclusive access to the queue for the life of the guard.
-struct Locked(&'static mut Header);
+/// Exclusive access to a ring for the life of the guard.
+struct Locked(&'static mut Header, *mut u8);
 
 impl Locked {
     fn acquire() -> Option<Locked> {
-        unsafe {
-            let h = HEADER.as_mut()?;
-            pg_sys::LWLockAcquire(h.lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
-            Some(Locked(h))
-        }
+        Some(queue()?.lock())
     }
     fn free(&self) -> u64 {
         self.0.capacity - (self.0.head - self.0.tail)
@@ -135,8 +148,8 @@ impl Locked {
         let at = (offset % self.0.capacity) as usize;
         let first = bytes.len().min(cap - at);
         unsafe {
-            ptr::copy_nonoverlapping(bytes.as_ptr(), DATA.add(at), first);
-            ptr::copy_nonoverlapping(bytes.as_ptr().add(first), DATA, bytes.len() - first);
+            ptr::copy_nonoverlapping(bytes.as_ptr(), self.1.add(at), first);
+            ptr::copy_nonoverlapping(bytes.as_ptr().add(first), self.1, bytes.len() - first);
         }
     }
     fn copy_in(&mut self, bytes: &[u8]) {
@@ -144,13 +157,8 @@ impl Locked {
         self.0.head += bytes.len() as u64;
     }
     fn copy_out(&self, from: u64, out: &mut Vec<u8>, len: usize) {
-        let cap = self.0.capacity as usize;
-        let at = (from % self.0.capacity) as usize;
-        let first = len.min(cap - at);
-        unsafe {
-            out.extend_from_slice(std::slice::from_raw_parts(DATA.add(at), first));
-            out.extend_from_slice(std::slice::from_raw_parts(DATA, len - first));
-        }
+        // SAFETY: the lock is held; the bytes lie within the ring.
+        unsafe { copy_ring(self.0, self.1, from, out, len) }
     }
     /// Returns the offset of the record (after its length prefix).
     fn write_record(&mut self, parts: &[&[u8]]) -> u64 {
@@ -174,6 +182,17 @@ impl Locked {
     }
 }
 
+impl Ring {
+    fn lock(self) -> Locked {
+        // SAFETY: `header` points to an initialized Header whose lock lives as long as it.
+        unsafe {
+            let h = &mut *self.header;
+            pg_sys::LWLockAcquire(h.lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+            Locked(h, self.data)
+        }
+    }
+}
+
 impl Drop for Locked {
     fn drop(&mut self) {
         unsafe { pg_sys::LWLockRelease(self.0.lock) }
@@ -191,14 +210,19 @@ fn gap_record(txns: u64, events: u64) -> ([u8; RECORD_HEADER_LEN], [u8; 16]) {
 
 /// Largest record a writer should try to publish inline; bigger transactions spill to a file.
 pub fn max_inline_record() -> usize {
-    unsafe { HEADER.as_ref().map_or(0, |h| h.capacity as usize / 4) }
+    // SAFETY: capacity never changes after startup.
+    queue().map_or(0, |q| unsafe { (*q.header).capacity as usize / 4 })
 }
 
 /// Append one record made of `parts`; returns its offset, for `mark`. Never blocks on the worker
 /// and never errors: with no room the transaction's `events` are counted into the pending gap
 /// and `None` is returned.
 pub fn publish(parts: &[&[u8]], events: u32) -> Option<u64> {
-    let mut q = Locked::acquire()?;
+    publish_to(queue()?, parts, events)
+}
+
+fn publish_to(ring: Ring, parts: &[&[u8]], events: u32) -> Option<u64> {
+    let mut q = ring.lock();
     let need = 4 + parts.iter().map(|p| p.len() as u64).sum::<u64>();
     let gap_pending = q.0.pending_gap_txns > 0;
     let gap_need = if gap_pending { GAP_RECORD_LEN } else { 0 };
@@ -218,9 +242,13 @@ pub fn publish(parts: &[&[u8]], events: u32) -> Option<u64> {
 /// Settle a pending record: set its kind (committed or aborted) and commit time. A no-op if it
 /// was settled already (the worker settles a stuck record from the commit log) or consumed.
 pub fn mark(offset: u64, kind: RecordKind, commit_time: i64) {
-    let Some(mut q) = Locked::acquire() else {
-        return;
-    };
+    if let Some(ring) = queue() {
+        mark_in(ring, offset, kind, commit_time)
+    }
+}
+
+fn mark_in(ring: Ring, offset: u64, kind: RecordKind, commit_time: i64) {
+    let mut q = ring.lock();
     if offset >= q.0.tail && q.is_pending(offset) {
         q.write_at(offset, &[kind as u8]);
         q.write_at(offset + COMMIT_TIME_AT as u64, &commit_time.to_le_bytes());
@@ -230,7 +258,7 @@ pub fn mark(offset: u64, kind: RecordKind, commit_time: i64) {
 /// Wake the worker (once per commit, not per row).
 pub fn wake_worker() {
     unsafe {
-        if let Some(h) = HEADER.as_ref() {
+        if let Some(h) = queue().map(|q| &*q.header) {
             let latch = ptr::read_volatile(&h.worker_latch);
             if !latch.is_null() && ptr::read_volatile(&h.wake_on_commit) {
                 pg_sys::SetLatch(latch);
@@ -243,7 +271,7 @@ pub fn wake_worker() {
 /// A plain store: a writer that reads a stale value only changes when the worker hears of it.
 pub fn set_wake_on_commit(on: bool) {
     unsafe {
-        if let Some(h) = HEADER.as_mut() {
+        if let Some(h) = queue().map(|q| &mut *q.header) {
             ptr::write_volatile(&mut h.wake_on_commit, on);
         }
     }
@@ -276,8 +304,19 @@ const MAX_SCAN: usize = 256;
 /// copied without it. That is safe because writers only write past the head, and `mark` only
 /// touches records still pending, while everything copied here is settled.
 pub fn drain(out: &mut Vec<u8>, max_bytes: usize) -> Option<Unsettled> {
+    drain_from(queue()?, out, max_bytes, || {})
+}
+
+/// `drain` of any ring; `while_copying` runs when the bodies are about to be copied, without
+/// the lock (tests check that it is free then).
+fn drain_from(
+    ring: Ring,
+    out: &mut Vec<u8>,
+    max_bytes: usize,
+    while_copying: impl FnOnce(),
+) -> Option<Unsettled> {
     let (from, to, unsettled) = {
-        let q = Locked::acquire()?;
+        let q = ring.lock();
         let mut at = q.0.tail;
         let mut header = Vec::with_capacity(4 + RECORD_HEADER_LEN);
         let mut unsettled = None;
@@ -300,15 +339,15 @@ pub fn drain(out: &mut Vec<u8>, max_bytes: usize) -> Option<Unsettled> {
         (q.0.tail, at, unsettled)
     };
     if to > from {
+        while_copying();
         // SAFETY: [from, to) lies between tail and head, holds settled records only, and
         // nothing writes there until the tail moves past it below.
-        unsafe { copy_ring(from, out, (to - from) as usize) };
-        let mut q = Locked::acquire()?;
+        unsafe { copy_ring(&*ring.header, ring.data, from, out, (to - from) as usize) };
+        let mut q = ring.lock();
         q.0.tail = to;
         take_pending_gap(&mut q, out);
     } else if unsettled.is_none() {
-        let mut q = Locked::acquire()?;
-        take_pending_gap(&mut q, out);
+        take_pending_gap(&mut ring.lock(), out);
     }
     unsettled
 }
@@ -325,17 +364,17 @@ fn take_pending_gap(q: &mut Locked, out: &mut Vec<u8>) {
     }
 }
 
-/// Copy `len` bytes of the ring starting at `from` into `out`, without the lock.
+/// Copy `len` bytes of the ring starting at `from` into `out`.
 ///
 /// # Safety
-/// The caller guarantees nobody writes those bytes meanwhile (see `drain`).
-unsafe fn copy_ring(from: u64, out: &mut Vec<u8>, len: usize) {
-    let header = &*HEADER;
+/// `data` holds `header.capacity` bytes, and nobody writes those `len` bytes meanwhile: the
+/// caller holds the lock, or knows (see `drain`).
+unsafe fn copy_ring(header: &Header, data: *mut u8, from: u64, out: &mut Vec<u8>, len: usize) {
     let cap = header.capacity as usize;
     let at = (from % header.capacity) as usize;
     let first = len.min(cap - at);
-    out.extend_from_slice(std::slice::from_raw_parts(DATA.add(at), first));
-    out.extend_from_slice(std::slice::from_raw_parts(DATA, len - first));
+    out.extend_from_slice(std::slice::from_raw_parts(data.add(at), first));
+    out.extend_from_slice(std::slice::from_raw_parts(data, len - first));
 }
 
 /// Split the output of `drain` into records.
@@ -378,5 +417,77 @@ pub fn stats() -> Stats {
 pub fn record_loss(events: u32) {
     if let Some(mut q) = Locked::acquire() {
         q.count_loss(events);
+    }
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use super::*;
+    use pgrx::prelude::*;
+
+    /// A ring in this backend's memory with a lock of its own, so the worker's queue is not
+    /// touched.
+    fn private_ring(capacity: u64) -> Ring {
+        // SAFETY: palloc'd memory that lives until the test's transaction ends; the lock is
+        // initialized before use and only this backend sees it.
+        unsafe {
+            let lock = pg_sys::palloc0(std::mem::size_of::<pg_sys::LWLock>()).cast();
+            pg_sys::LWLockInitialize(lock, pg_sys::LWLockNewTrancheId());
+            let header: *mut Header = pg_sys::palloc0(std::mem::size_of::<Header>()).cast();
+            ptr::write(
+                header,
+                Header {
+                    lock,
+                    capacity,
+                    head: 0,
+                    tail: 0,
+                    pending_gap_txns: 0,
+                    pending_gap_events: 0,
+                    lost_txns_total: 0,
+                    next_position: 1,
+                    worker_latch: ptr::null_mut(),
+                    wake_on_commit: false,
+                },
+            );
+            Ring {
+                header,
+                data: pg_sys::palloc0(capacity as usize).cast(),
+            }
+        }
+    }
+
+    /// A writer that lands while the worker drains must not wait for it: the worker holds the
+    /// lock only to read a bounded number of record headers, never while copying bodies.
+    #[pg_test]
+    fn the_worker_copies_records_without_holding_the_queue_lock() {
+        let ring = private_ring(4 << 20);
+        let body = [7u8; 1000];
+        for xid in 0..1000 {
+            let header = record_header(RecordKind::Pending, xid, 0, 1);
+            let offset = publish_to(ring, &[&header, &body], 1).expect("room");
+            mark_in(ring, offset, RecordKind::Txn, 1);
+        }
+        let lock = unsafe { (*ring.header).lock };
+        let mut out = Vec::new();
+        let mut free = false;
+        drain_from(ring, &mut out, 4 << 20, || unsafe {
+            free = pg_sys::LWLockConditionalAcquire(lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+            if free {
+                pg_sys::LWLockRelease(lock);
+            }
+        });
+        assert!(free, "a writer would have waited for the worker's copy");
+        let drained: Vec<&[u8]> = records(&out).collect();
+        assert_eq!(drained.len(), MAX_SCAN, "headers read per hold of the lock");
+        assert!(drained
+            .iter()
+            .all(|r| r.len() == RECORD_HEADER_LEN + body.len()));
+        // The rest follows on the next passes.
+        let mut rest = Vec::new();
+        for _ in 0..1000 / MAX_SCAN {
+            drain_from(ring, &mut rest, 4 << 20, || {});
+        }
+        assert_eq!(records(&rest).count(), 1000 - MAX_SCAN);
     }
 }
