@@ -104,6 +104,17 @@ unsafe extern "C-unwind" fn shmem_startup() {
                 }
             }
         }
+        // A committed prepared transaction's spill file outlives its state file until the
+        // worker has read it; with the queue gone, nothing will.
+        if let Ok(entries) = std::fs::read_dir(crate::capture::PREPARED_DIR) {
+            for path in entries.flatten().map(|e| e.path()) {
+                let orphan = path.extension().is_some_and(|e| e == "spill")
+                    && !path.with_extension("").exists();
+                if orphan {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
         ptr::write(
             header,
             Header {

@@ -165,3 +165,41 @@ fn prepared_transactions_survive_worker_and_server_restarts() {
     assert_eq!(ws.change_ids(10000), (100..10100).collect::<Vec<_>>());
     assert_eq!(prepared_files(&cluster), 0);
 }
+
+#[test]
+fn spill_files_orphaned_by_a_crash_are_removed_at_start() {
+    let cluster = Cluster::start("2pc_orphans", &[]);
+    cluster.pg_ctl(&["stop", "-m", "immediate"]);
+    let dir = cluster.data().join("pg_realtime/prepared");
+    std::fs::create_dir_all(&dir).unwrap();
+    // What a crash after COMMIT PREPARED leaves when the worker had not read the spill file
+    // yet, beside a transaction still prepared (its state file and spill file).
+    let orphan = dir.join("00000000000000aa-5.spill");
+    let kept = [
+        dir.join("00000000000000bb-6"),
+        dir.join("00000000000000bb-6.spill"),
+    ];
+    for f in std::iter::once(&orphan).chain(&kept) {
+        std::fs::write(f, b"x").unwrap();
+    }
+    // As root the server runs as postgres; otherwise as us, who already own them.
+    let _ = std::process::Command::new("chown")
+        .args([
+            "-R",
+            "postgres:",
+            cluster.data().join("pg_realtime").to_str().unwrap(),
+        ])
+        .status();
+    cluster.pg_ctl(&[
+        "start",
+        "-w",
+        "-l",
+        cluster.dir.join("server.log").to_str().unwrap(),
+    ]);
+    cluster.wait_healthy();
+    assert!(!orphan.exists(), "the orphaned spill file is removed");
+    assert!(
+        kept.iter().all(|f| f.exists()),
+        "a prepared transaction's files stay"
+    );
+}
