@@ -5,9 +5,10 @@
 //! ring holds at most `realtime.client_backlog` batches and `realtime.client_memory` bytes,
 //! less what stalled sessions pin: a session blocked on a write keeps the batches it is writing
 //! alive after the ring dropped them (each counted once, however many sessions hold it), and
-//! its socket writer holds a copy of what it is writing. When stalled sessions alone pin more
-//! than half the budget, the longest-stalled are closed. So the memory held for slow clients stays within the budget
-//! across all of them, and is returned when they go.
+//! its socket writer holds a copy of the frame it is writing. When stalled sessions alone pin
+//! more than half the budget, the longest-stalled are closed. So the memory held for slow
+//! clients stays within the budget across all of them; batches every session has read are
+//! dropped, so it is returned when they go.
 //!
 //! A dropped batch leaves a summary behind (its tables, a few bytes): a session that fell
 //! behind batches holding nothing for it is not told of a gap. So a client that keeps up with
