@@ -7,16 +7,9 @@ fn cluster() -> &'static Cluster {
     common::shared("changes")
 }
 
-/// A fresh watched table and a client subscribed to it.
+/// A fresh watched table on the shared cluster and a client subscribed to it.
 fn watched(table: &str, ddl: &str) -> Ws {
-    let mut db = cluster().client();
-    db.batch_execute(&format!(
-        "CREATE TABLE {table} {ddl}; SELECT realtime_watch('{table}')"
-    ))
-    .unwrap();
-    let mut ws = cluster().ws();
-    ws.subscribe("s", table, None);
-    ws
+    cluster().watched(table, ddl)
 }
 
 fn j(text: &str) -> Value {

@@ -283,11 +283,8 @@ fn silent_sockets_from_one_address_do_not_lock_out_others() {
 fn a_client_that_stops_reading_is_closed_after_the_heartbeat_timeout() {
     let _heavy = heavy();
     let cluster = Cluster::start("stuck_reader", &["realtime.heartbeat_interval = 1"]);
+    let stuck = cluster.watched("flood", "(id int, pad text)");
     let mut db = cluster.client();
-    db.batch_execute("CREATE TABLE flood (id int, pad text); SELECT realtime_watch('flood')")
-        .unwrap();
-    let mut stuck = cluster.ws();
-    stuck.subscribe("f", "flood", None);
     let mut healthy = cluster.ws();
     healthy.subscribe("f", "flood", None);
     assert_eq!(cluster.health().unwrap()["connections"], 2);

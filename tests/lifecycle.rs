@@ -44,11 +44,7 @@ fn barriers_are_answered_idle_busy_and_with_clients() {
     let cluster = Cluster::start("barriers", &[]);
     run_barrier_statements(&cluster, "idle");
 
-    let mut db = cluster.client();
-    db.batch_execute("CREATE TABLE b (id int, pad text); SELECT realtime_watch('b')")
-        .unwrap();
-    let mut ws = cluster.ws();
-    ws.subscribe("b", "b", None);
+    let mut ws = cluster.watched("b", "(id int, pad text)");
     run_barrier_statements(&cluster, "clients");
     let reader = std::thread::spawn(move || ws.change_ids(200_000).len());
 

@@ -15,10 +15,7 @@ fn commit_prepared_then_update_arrive_in_commit_order() {
     let cluster = Cluster::start("2pc_order", &[]);
     let mut a = cluster.client();
     let mut b = cluster.client();
-    a.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text); SELECT realtime_watch('t')")
-        .unwrap();
-    let mut ws = cluster.ws();
-    ws.subscribe("t", "t", None);
+    let mut ws = cluster.watched("t", "(id int PRIMARY KEY, v text)");
     for i in 0..30 {
         a.batch_execute(&format!(
             "BEGIN; INSERT INTO t VALUES ({i}, 'prepared'); PREPARE TRANSACTION 'g{i}'"
@@ -86,10 +83,7 @@ fn prepared_and_plain_writers_of_one_row_are_delivered_in_commit_order() {
 fn a_large_prepared_transaction_is_not_overtaken_by_later_commits() {
     let cluster = Cluster::start("2pc_large", &[]);
     let mut db = cluster.client();
-    db.batch_execute("CREATE TABLE big (id int); SELECT realtime_watch('big')")
-        .unwrap();
-    let mut ws = cluster.ws();
-    ws.subscribe("b", "big", None);
+    let mut ws = cluster.watched("big", "(id int)");
     db.batch_execute(
         "BEGIN; INSERT INTO big SELECT g FROM generate_series(1, 30000) g;
          PREPARE TRANSACTION 'large'",
@@ -105,10 +99,7 @@ fn a_large_prepared_transaction_is_not_overtaken_by_later_commits() {
 fn rolled_back_prepared_transactions_are_never_delivered() {
     let cluster = Cluster::start("2pc_rollback", &[]);
     let mut db = cluster.client();
-    db.batch_execute("CREATE TABLE r (id int); SELECT realtime_watch('r')")
-        .unwrap();
-    let mut ws = cluster.ws();
-    ws.subscribe("r", "r", None);
+    let mut ws = cluster.watched("r", "(id int)");
     db.batch_execute("BEGIN; INSERT INTO r VALUES (1); PREPARE TRANSACTION 'no'")
         .unwrap();
     db.batch_execute(

@@ -245,6 +245,19 @@ impl Cluster {
         Ws::connect(self.ws_port)
     }
 
+    /// A fresh table (`CREATE TABLE {table} {columns}`), watched, and a client subscribed to it
+    /// with id "s".
+    pub fn watched(&self, table: &str, columns: &str) -> Ws {
+        self.client()
+            .batch_execute(&format!(
+                "CREATE TABLE {table} {columns}; SELECT realtime_watch('{table}')"
+            ))
+            .unwrap();
+        let mut ws = self.ws();
+        ws.subscribe("s", table, None);
+        ws
+    }
+
     /// Resident memory of the worker process, in KiB.
     pub fn worker_rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.worker_pid()))
