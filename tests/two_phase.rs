@@ -4,6 +4,18 @@ mod common;
 use common::Cluster;
 use std::time::Duration;
 
+/// Run `statement` in a transaction and prepare it as `gid`.
+fn prepare(db: &mut postgres::Client, gid: &str, statement: &str) {
+    db.batch_execute(&format!("BEGIN; {statement}; PREPARE TRANSACTION '{gid}'"))
+        .unwrap();
+}
+
+/// Spill captured changes past 64 kB in this session, so large transactions go to files.
+fn spill_early(db: &mut postgres::Client) {
+    db.batch_execute("SET realtime.spill_threshold = '64kB'")
+        .unwrap();
+}
+
 fn prepared_files(cluster: &Cluster) -> usize {
     std::fs::read_dir(cluster.data().join("pg_realtime/prepared"))
         .map(|d| d.count())
@@ -17,10 +29,11 @@ fn commit_prepared_then_update_arrive_in_commit_order() {
     let mut b = cluster.client();
     let mut ws = cluster.watched("t", "(id int PRIMARY KEY, v text)");
     for i in 0..30 {
-        a.batch_execute(&format!(
-            "BEGIN; INSERT INTO t VALUES ({i}, 'prepared'); PREPARE TRANSACTION 'g{i}'"
-        ))
-        .unwrap();
+        prepare(
+            &mut a,
+            &format!("g{i}"),
+            &format!("INSERT INTO t VALUES ({i}, 'prepared')"),
+        );
         b.batch_execute(&format!("COMMIT PREPARED 'g{i}'")).unwrap();
         b.batch_execute(&format!("UPDATE t SET v = 'updated' WHERE id = {i}"))
             .unwrap();
@@ -56,11 +69,8 @@ fn prepared_and_plain_writers_of_one_row_are_delivered_in_commit_order() {
                 let mut db = cluster.client();
                 for r in 0..ROUNDS {
                     if w % 2 == 0 {
-                        db.batch_execute(&format!(
-                            "BEGIN; UPDATE counter SET n = n + 1 WHERE id = 1;
-                             PREPARE TRANSACTION 'w{w}r{r}'"
-                        ))
-                        .unwrap();
+                        let gid = format!("w{w}r{r}");
+                        prepare(&mut db, &gid, "UPDATE counter SET n = n + 1 WHERE id = 1");
                         db.batch_execute(&format!("COMMIT PREPARED 'w{w}r{r}'"))
                             .unwrap();
                     } else {
@@ -84,11 +94,11 @@ fn a_large_prepared_transaction_is_not_overtaken_by_later_commits() {
     let cluster = Cluster::start("2pc_large", &[]);
     let mut db = cluster.client();
     let mut ws = cluster.watched("big", "(id int)");
-    db.batch_execute(
-        "BEGIN; INSERT INTO big SELECT g FROM generate_series(1, 30000) g;
-         PREPARE TRANSACTION 'large'",
-    )
-    .unwrap();
+    prepare(
+        &mut db,
+        "large",
+        "INSERT INTO big SELECT g FROM generate_series(1, 30000) g",
+    );
     db.batch_execute("COMMIT PREPARED 'large'").unwrap();
     db.batch_execute("INSERT INTO big VALUES (30001)").unwrap();
     let ids = ws.change_ids(30001);
@@ -100,14 +110,13 @@ fn rolled_back_prepared_transactions_are_never_delivered() {
     let cluster = Cluster::start("2pc_rollback", &[]);
     let mut db = cluster.client();
     let mut ws = cluster.watched("r", "(id int)");
-    db.batch_execute("BEGIN; INSERT INTO r VALUES (1); PREPARE TRANSACTION 'no'")
-        .unwrap();
-    db.batch_execute(
-        "SET realtime.spill_threshold = '64kB';
-         BEGIN; INSERT INTO r SELECT g FROM generate_series(2, 20000) g;
-         PREPARE TRANSACTION 'no_big'",
-    )
-    .unwrap();
+    prepare(&mut db, "no", "INSERT INTO r VALUES (1)");
+    spill_early(&mut db);
+    prepare(
+        &mut db,
+        "no_big",
+        "INSERT INTO r SELECT g FROM generate_series(2, 20000) g",
+    );
     assert!(
         prepared_files(&cluster) >= 3,
         "state files and a spill file"
@@ -128,14 +137,13 @@ fn prepared_transactions_survive_worker_and_server_restarts() {
     let mut db = cluster.client();
     db.batch_execute("CREATE TABLE p (id int); SELECT realtime_watch('p')")
         .unwrap();
-    db.batch_execute("BEGIN; INSERT INTO p VALUES (1); PREPARE TRANSACTION 'across_worker'")
-        .unwrap();
-    db.batch_execute(
-        "SET realtime.spill_threshold = '64kB';
-         BEGIN; INSERT INTO p SELECT g FROM generate_series(100, 10099) g;
-         PREPARE TRANSACTION 'across_server'",
-    )
-    .unwrap();
+    prepare(&mut db, "across_worker", "INSERT INTO p VALUES (1)");
+    spill_early(&mut db);
+    prepare(
+        &mut db,
+        "across_server",
+        "INSERT INTO p SELECT g FROM generate_series(100, 10099) g",
+    );
     let pid = cluster.worker_pid();
     db.execute("SELECT pg_terminate_backend($1)", &[&pid])
         .unwrap();
