@@ -6,7 +6,9 @@ A scenario that failed or is missing shows as such; it never stops the report.
 import json, os, platform, statistics, sys
 
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-meta = {"quick": sys.argv[3] == "1", "cores": os.cpu_count(), "machine": platform.platform()}
+meta = {"quick": sys.argv[3] == "1", "cores": os.cpu_count(), "machine": platform.platform(),
+        "commit": os.environ.get("BENCH_COMMIT", "unknown"),
+        "dirty": os.environ.get("BENCH_DIRTY", "unknown") == "true"}
 json.dump({"meta": meta, "results": rows}, open(sys.argv[2], "w"), indent=1)
 
 
@@ -33,6 +35,7 @@ def ok(cond):
     return "yes" if cond else "no"
 
 
+print(f"commit {meta['commit'][:12]}{' (dirty tree)' if meta['dirty'] else ''}, {meta['cores']} cores{', quick' if meta['quick'] else ''}\n")
 print("| # | scenario | plain | pg_notify + Node bridge | realtime_ext | target | met |")
 print("|---|---|---:|---:|---:|---|---|")
 def ratios(t, base):

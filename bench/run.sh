@@ -8,6 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 QUICK=0; [ "${1:-}" = --quick ] && QUICK=1
+# Recorded with the results: which code was measured.
+export BENCH_COMMIT=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+export BENCH_DIRTY=$([ -z "$(git status --porcelain 2>/dev/null)" ] && echo false || echo true)
 BIN=/usr/lib/postgresql/15/bin
 say() { printf '\n==> %s\n' "$*" >&2; }
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
