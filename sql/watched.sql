@@ -1,5 +1,14 @@
--- What is watched is read straight from the triggers realtime_watch() creates.
--- tgtype bits: 4 INSERT, 8 DELETE, 16 UPDATE, 32 TRUNCATE.
+-- What is watched is read straight from the triggers realtime_watch() creates: every trigger
+-- that calls one of schema realtime's trigger functions (not partitions' clones of them).
+CREATE VIEW realtime.capture_triggers AS
+SELECT t.oid, t.tgrelid, t.tgname, t.tgtype
+  FROM pg_trigger t
+  JOIN pg_proc p ON p.oid = t.tgfoid
+ WHERE p.pronamespace = 'realtime'::regnamespace
+   AND p.prorettype = 'trigger'::regtype
+   AND t.tgparentid = 0;
+
+-- tgtype bits (PostgreSQL's pg_trigger.h): 4 INSERT, 8 DELETE, 16 UPDATE, 32 TRUNCATE.
 CREATE VIEW realtime.watched AS
 SELECT t.tgrelid::regclass AS tbl,
        bit_or(t.tgtype::int) AS tgtype,
@@ -8,11 +17,7 @@ SELECT t.tgrelid::regclass AS tbl,
            CASE WHEN bit_or(t.tgtype::int) & 16 <> 0 THEN 'UPDATE' END,
            CASE WHEN bit_or(t.tgtype::int) & 8  <> 0 THEN 'DELETE' END,
            CASE WHEN bit_or(t.tgtype::int) & 32 <> 0 THEN 'TRUNCATE' END], NULL) AS events
-  FROM pg_trigger t
- WHERE t.tgname IN ('realtime_ext_capture_row', 'realtime_ext_capture_insert',
-                     'realtime_ext_capture_update', 'realtime_ext_capture_delete',
-                     'realtime_ext_capture_truncate')
-   AND t.tgparentid = 0
+  FROM realtime.capture_triggers t
  GROUP BY t.tgrelid;
 
 CREATE FUNCTION realtime_watched() RETURNS TABLE (tbl regclass, events text[])
@@ -27,12 +32,8 @@ CREATE FUNCTION realtime.adopt_triggers() RETURNS event_trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM realtime.depend_on_extension(t.tgrelid)
-       FROM pg_trigger t
-      WHERE t.tgname IN ('realtime_ext_capture_row', 'realtime_ext_capture_insert',
-                     'realtime_ext_capture_update', 'realtime_ext_capture_delete',
-                     'realtime_ext_capture_truncate')
-        AND t.tgparentid = 0
-        AND NOT EXISTS (SELECT FROM pg_depend d
+       FROM realtime.capture_triggers t
+      WHERE NOT EXISTS (SELECT FROM pg_depend d
                          WHERE d.classid = 'pg_trigger'::regclass AND d.objid = t.oid
                            AND d.refclassid = 'pg_extension'::regclass);
 END

@@ -3,7 +3,8 @@
 //! only record of what is watched, so a restart, pg_dump/pg_restore or DROP TABLE can never
 //! leave a stale list behind.
 
-use crate::bridge::EndReason;
+use realtime_core::bridge::EndReason;
+use realtime_core::ops::OpSet;
 use crate::error::raise;
 use crate::event::Op;
 use pgrx::prelude::*;
@@ -31,14 +32,6 @@ const STATEMENT_TRIGGERS: [(Op, &str, &str); 3] = [
     ),
 ];
 const TRUNCATE_TRIGGER: &str = "realtime_ext_capture_truncate";
-/// Every trigger name realtime_watch() may create (sql/watched.sql lists them too).
-pub const TRIGGERS: [&str; 5] = [
-    ROW_TRIGGER,
-    STATEMENT_TRIGGERS[0].1,
-    STATEMENT_TRIGGERS[1].1,
-    STATEMENT_TRIGGERS[2].1,
-    TRUNCATE_TRIGGER,
-];
 
 extension_sql_file!(
     "../sql/watched.sql",
@@ -56,9 +49,9 @@ fn realtime_watch(tbl: pg_sys::Oid, events: Vec<String>) {
     check_database();
     let rel = check_watchable(tbl);
     let ops = parse_events(&events);
-    let row_ops: Vec<&str> = [Op::Insert, Op::Update, Op::Delete]
-        .into_iter()
-        .filter(|op| ops & op.bit() != 0)
+    let row_ops: Vec<&str> = ops
+        .iter()
+        .filter(|op| *op != Op::Truncate)
         .map(Op::name)
         .collect();
     drop_triggers(tbl, &rel);
@@ -76,7 +69,7 @@ fn realtime_watch(tbl: pg_sys::Oid, events: Vec<String>) {
         Spi::run(&sql).unwrap_or_else(|e| spi_failed(e));
     }
     for (op, name, referencing) in STATEMENT_TRIGGERS {
-        if !partitioned && ops & op.bit() != 0 {
+        if !partitioned && ops.contains(op) {
             let sql = format!(
                 "CREATE TRIGGER {name} AFTER {} ON {rel} {referencing} FOR EACH STATEMENT EXECUTE FUNCTION realtime.capture_rows()",
                 op.name()
@@ -84,7 +77,7 @@ fn realtime_watch(tbl: pg_sys::Oid, events: Vec<String>) {
             Spi::run(&sql).unwrap_or_else(|e| spi_failed(e));
         }
     }
-    if ops & Op::Truncate.bit() != 0 {
+    if ops.contains(Op::Truncate) {
         let sql = format!(
             "CREATE TRIGGER {TRUNCATE_TRIGGER} AFTER TRUNCATE ON {rel} FOR EACH STATEMENT EXECUTE FUNCTION realtime.capture_truncate()"
         );
@@ -225,7 +218,7 @@ fn check_watchable(tbl: pg_sys::Oid) -> String {
     rel
 }
 
-fn parse_events(events: &[String]) -> u8 {
+fn parse_events(events: &[String]) -> OpSet {
     if events.is_empty() {
         raise(
             ERRCODE_INVALID_PARAMETER_VALUE,
@@ -233,34 +226,34 @@ fn parse_events(events: &[String]) -> u8 {
             "Use any of INSERT, UPDATE, DELETE, TRUNCATE.",
         );
     }
-    events
-        .iter()
-        .fold(0, |ops, name| match Op::from_name(name.trim()) {
-            Some(op) => ops | op.bit(),
-            None => raise(
-                ERRCODE_INVALID_PARAMETER_VALUE,
-                format!("unknown event \"{name}\""),
-                "Use any of INSERT, UPDATE, DELETE, TRUNCATE.",
-            ),
-        })
+    OpSet::parse(events).unwrap_or_else(|name| {
+        raise(
+            ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("unknown event \"{name}\""),
+            "Use any of INSERT, UPDATE, DELETE, TRUNCATE.",
+        )
+    })
 }
 
 /// Drops whichever of the capture triggers exist; returns whether there were any.
 fn drop_triggers(tbl: pg_sys::Oid, rel: &str) -> bool {
-    let mut dropped = false;
-    for name in TRIGGERS {
-        let exists = Spi::get_one_with_args::<bool>(
-            "SELECT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = $1 AND tgname = $2)",
-            &[tbl.into(), name.into()],
-        )
-        .unwrap_or_else(|e| spi_failed(e));
-        if exists == Some(true) {
-            Spi::run(&format!("DROP TRIGGER {} ON {rel}", quote_identifier(name)))
-                .unwrap_or_else(|e| spi_failed(e));
-            dropped = true;
-        }
+    let names: Vec<String> = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT tgname::text FROM realtime.capture_triggers WHERE tgrelid = $1",
+                None,
+                &[tbl.into()],
+            )?
+            .map(|row| row.get::<String>(1))
+            .collect::<Result<Vec<_>, _>>()
+            .map(|v| v.into_iter().flatten().collect())
+    })
+    .unwrap_or_else(|e| spi_failed(e));
+    for name in &names {
+        Spi::run(&format!("DROP TRIGGER {} ON {rel}", quote_identifier(name)))
+            .unwrap_or_else(|e| spi_failed(e));
     }
-    dropped
+    !names.is_empty()
 }
 
 /// Make the triggers part of the extension's footprint: DROP EXTENSION removes them without
@@ -282,13 +275,13 @@ fn adopt(tbl: pg_sys::Oid) {
     let trigger_oids: Vec<pg_sys::Oid> = Spi::connect(|client| {
         client
             .select(
-                "SELECT t.oid FROM pg_trigger t
-                  WHERE t.tgrelid = $1 AND t.tgname = ANY($2)
+                "SELECT t.oid FROM realtime.capture_triggers t
+                  WHERE t.tgrelid = $1
                     AND NOT EXISTS (SELECT FROM pg_depend d
                                      WHERE d.classid = 'pg_trigger'::regclass AND d.objid = t.oid
                                        AND d.refclassid = 'pg_extension'::regclass)",
                 None,
-                &[tbl.into(), TRIGGERS.to_vec().into()],
+                &[tbl.into()],
             )?
             .map(|row| row.get::<pg_sys::Oid>(1))
             .collect::<Result<Vec<_>, _>>()

@@ -9,7 +9,7 @@
 //! Tuple:  TUPLE|op u8 | new len u32 + bytes | old len u32 + bytes
 //!         A change whose images are raw tuples of the last shape, rendered by the worker.
 //! End:    END u8 | relid u32 | reason u8
-//!         Not a change: the table was dropped or unwatched (`bridge::EndReason`).
+//!         Not a change: the table was dropped or unwatched (`realtime_core::bridge::EndReason`).
 //! Record (one per queue entry): kind u8 | xid u32 | commit_time i64 | count u32 | body
 //!   TXN:      body = `count` events
 //!   SPILLED:  body = path of a file holding `count` events
@@ -18,41 +18,7 @@
 //!   (Prepared transactions wait in files until COMMIT PREPARED: `capture::prepared`.)
 //!   GAP:      body = lost transactions u64 | lost events u64
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Op {
-    Insert = 1,
-    Update = 2,
-    Delete = 3,
-    Truncate = 4,
-}
-
-impl Op {
-    pub fn name(self) -> &'static str {
-        match self {
-            Op::Insert => "INSERT",
-            Op::Update => "UPDATE",
-            Op::Delete => "DELETE",
-            Op::Truncate => "TRUNCATE",
-        }
-    }
-    pub fn from_name(name: &str) -> Option<Op> {
-        [Op::Insert, Op::Update, Op::Delete, Op::Truncate]
-            .into_iter()
-            .find(|op| op.name().eq_ignore_ascii_case(name))
-    }
-    fn from_u8(b: u8) -> Option<Op> {
-        [Op::Insert, Op::Update, Op::Delete, Op::Truncate]
-            .into_iter()
-            .find(|op| *op as u8 == b)
-    }
-    /// Bit for sets of ops (subscriptions, watched events).
-    pub fn bit(self) -> u8 {
-        1 << (self as u8 - 1)
-    }
-}
-
-pub const ALL_OPS: u8 = 0b1111;
+pub use realtime_core::ops::Op;
 
 const ABSENT: u32 = u32::MAX;
 const SHAPE: u8 = 0x40;
@@ -253,6 +219,19 @@ pub enum RecordKind {
 }
 
 impl RecordKind {
+    const ALL: [RecordKind; 6] = [
+        RecordKind::Txn,
+        RecordKind::Spilled,
+        RecordKind::Gap,
+        RecordKind::Pending,
+        RecordKind::PendingSpilled,
+        RecordKind::Aborted,
+    ];
+
+    fn from_u8(b: u8) -> Option<RecordKind> {
+        RecordKind::ALL.into_iter().find(|k| *k as u8 == b)
+    }
+
     /// What a pending record becomes once its transaction has committed.
     pub fn committed(self) -> RecordKind {
         match self {
@@ -266,11 +245,8 @@ impl RecordKind {
 /// Kind and xid of a record still awaiting its transaction's outcome, read from the first bytes
 /// of the record; `None` for a settled record (or too few bytes).
 pub fn pending_header(header: &[u8]) -> Option<(RecordKind, u32)> {
-    let kind = match *header.first()? {
-        k if k == RecordKind::Pending as u8 => RecordKind::Pending,
-        k if k == RecordKind::PendingSpilled as u8 => RecordKind::PendingSpilled,
-        _ => return None,
-    };
+    let kind = RecordKind::from_u8(*header.first()?)
+        .filter(|k| matches!(k, RecordKind::Pending | RecordKind::PendingSpilled))?;
     Some((kind, u32::from_le_bytes(header.get(1..5)?.try_into().ok()?)))
 }
 
@@ -324,33 +300,32 @@ pub enum Record<'a> {
 
 pub fn decode_record(buf: &[u8]) -> Option<Record<'_>> {
     let mut r = Reader { buf, at: 0 };
-    let kind = r.u8()?;
+    let kind = RecordKind::from_u8(r.u8()?)?;
     let xid = r.u32()?;
     let commit_time = r.u64()? as i64;
     let count = r.u32()?;
     let body = &buf[RECORD_HEADER_LEN..];
     Some(match kind {
-        1 => Record::Txn {
+        RecordKind::Txn => Record::Txn {
             xid,
             commit_time,
             count,
             events: body,
         },
-        2 => Record::Spilled {
+        RecordKind::Spilled => Record::Spilled {
             xid,
             commit_time,
             count,
             path: std::str::from_utf8(body).ok()?,
         },
-        5 => {
+        RecordKind::Gap => {
             let _lost_txns = r.u64()?;
             Record::Gap {
                 lost_events: r.u64()?,
             }
         }
-        6 | 7 => Record::Pending,
-        8 => Record::Aborted,
-        _ => return None,
+        RecordKind::Pending | RecordKind::PendingSpilled => Record::Pending,
+        RecordKind::Aborted => Record::Aborted,
     })
 }
 

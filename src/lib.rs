@@ -16,15 +16,11 @@
 use pgrx::prelude::*;
 
 mod api;
-mod bridge;
 mod capture;
 mod error;
 mod event;
-mod fanout;
 mod gucs;
-mod net;
 mod pg;
-mod protocol;
 mod queue;
 mod render;
 mod shape;

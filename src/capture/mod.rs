@@ -11,7 +11,7 @@ mod xact;
 pub use prepared::DIR as PREPARED_DIR;
 
 /// Once the current transaction commits, subscriptions to `relid` end with `reason`.
-pub fn end_subscriptions(relid: pgrx::pg_sys::Oid, reason: crate::bridge::EndReason) {
+pub fn end_subscriptions(relid: pgrx::pg_sys::Oid, reason: realtime_core::bridge::EndReason) {
     pending::push_end(relid.to_u32(), reason)
 }
 

@@ -2,12 +2,12 @@
 //! Each question runs in its own transaction; a Postgres error becomes an error reply.
 
 use super::security::{as_owner, with_time_limit};
-use crate::bridge::{FilterOp, FilterSpec, Request, ResolvedFilter, ResolvedTable, ValueKind};
-use crate::net::filter::check_op;
-use crate::protocol::ErrorCode;
 use pgrx::prelude::*;
+use realtime_core::bridge::{Request, ResolveError, ResolvedTable};
+use realtime_core::filter::{check_op, FilterOp, FilterSpec, ResolvedFilter, ValueKind};
+use realtime_core::ops::{Op, OpSet};
 
-type Answer<T> = Result<T, (ErrorCode, String)>;
+type Answer<T> = Result<T, ResolveError>;
 
 /// Longest a catalog question may keep the worker from delivering changes: a domain CHECK
 /// that sleeps is cancelled past it.
@@ -18,7 +18,7 @@ fn optional<T: Default>(result: Result<T, pgrx::spi::Error>) -> Answer<T> {
     match result {
         Ok(v) => Ok(v),
         Err(pgrx::spi::Error::InvalidPosition) => Ok(T::default()),
-        Err(e) => Err((ErrorCode::Internal, e.to_string())),
+        Err(e) => Err(ResolveError::Internal(e.to_string())),
     }
 }
 
@@ -45,7 +45,7 @@ fn in_transaction<T>(f: impl FnOnce() -> Answer<T> + std::panic::UnwindSafe) -> 
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
     }
     let result = PgTryBuilder::new(f)
-        .catch_others(|e| Err((ErrorCode::Internal, crate::error::message(&e))))
+        .catch_others(|e| Err(ResolveError::Internal(crate::error::message(&e))))
         .execute();
     unsafe {
         if result.is_ok() {
@@ -86,12 +86,7 @@ const MAX_FILTER_DIGITS: usize = 1000;
 const MAX_FILTER_EXPONENT: i64 = 1000;
 
 fn resolve(table: &str, filter: Option<&FilterSpec>) -> Answer<ResolvedTable> {
-    let unknown = || {
-        (
-            ErrorCode::UnknownTable,
-            format!("table \"{table}\" does not exist"),
-        )
-    };
+    let unknown = || ResolveError::UnknownTable(table.to_string());
     // The name is read as SQL reads one (quotes, case folding); unqualified means public.
     // parse_ident raises on a malformed name: that too means "no such table".
     let parts = in_subtransaction(|| {
@@ -110,29 +105,22 @@ fn resolve(table: &str, filter: Option<&FilterSpec>) -> Answer<ResolvedTable> {
     // System catalogs are not there as far as clients can tell.
     let found = optional(Spi::get_three_with_args::<i64, i64, i32>(
         "SELECT c.oid::int8, c.relowner::int8,
-                (SELECT bit_or(t.tgtype::int) FROM pg_trigger t
-                  WHERE t.tgrelid = c.oid AND t.tgparentid = 0 AND t.tgname = ANY($3))
+                (SELECT bit_or(t.tgtype::int) FROM realtime.capture_triggers t
+                  WHERE t.tgrelid = c.oid)
            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
           WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
             AND c.oid >= 16384
             AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')",
-        &[
-            schema.into(),
-            name.into(),
-            crate::api::TRIGGERS.to_vec().into(),
-        ],
+        &[schema.into(), name.into()],
     ))?;
     let (Some(relid), Some(owner), tgtype) = found else {
         return Err(unknown());
     };
     let Some(tgtype) = tgtype else {
-        return Err((
-            ErrorCode::TableNotWatched,
-            format!(
-                "table \"{schema}.{name}\" is not watched; run SELECT realtime_watch('{}')",
-                quote_name(schema, name)
-            ),
-        ));
+        return Err(ResolveError::NotWatched {
+            table: format!("{schema}.{name}"),
+            quoted: quote_name(schema, name),
+        });
     };
     let filter = filter
         .map(|f| resolve_filter(relid, pg_sys::Oid::from(owner as u32), f))
@@ -141,7 +129,7 @@ fn resolve(table: &str, filter: Option<&FilterSpec>) -> Answer<ResolvedTable> {
         relid: relid as u32,
         schema: schema.to_string(),
         table: name.to_string(),
-        watched_ops: ops_of_tgtype(tgtype),
+        watched: ops_of_tgtype(tgtype),
         filter,
     })
 }
@@ -155,17 +143,19 @@ fn quote_name(schema: &str, name: &str) -> String {
     )
 }
 
-fn ops_of_tgtype(tgtype: i32) -> u8 {
-    use crate::event::Op;
+/// The events of a table's capture triggers, from their `pg_trigger.tgtype` bits.
+fn ops_of_tgtype(tgtype: i32) -> OpSet {
+    use pg_sys::{TRIGGER_TYPE_DELETE, TRIGGER_TYPE_INSERT, TRIGGER_TYPE_TRUNCATE, TRIGGER_TYPE_UPDATE};
     [
-        (4, Op::Insert),
-        (16, Op::Update),
-        (8, Op::Delete),
-        (32, Op::Truncate),
+        (TRIGGER_TYPE_INSERT, Op::Insert),
+        (TRIGGER_TYPE_UPDATE, Op::Update),
+        (TRIGGER_TYPE_DELETE, Op::Delete),
+        (TRIGGER_TYPE_TRUNCATE, Op::Truncate),
     ]
     .into_iter()
-    .filter(|(bit, _)| tgtype & bit != 0)
-    .fold(0, |ops, (_, op)| ops | op.bit())
+    .filter(|(bit, _)| tgtype as u32 & bit != 0)
+    .map(|(_, op)| op)
+    .collect()
 }
 
 /// How a column's values compare, or why filters on it are refused.
@@ -211,21 +201,16 @@ fn resolve_filter(relid: i64, owner: pg_sys::Oid, spec: &FilterSpec) -> Answer<R
         &[relid.into(), spec.column.as_str().into()],
     ))?;
     let (Some(type_name), Some(typid), Some(collation)) = column else {
-        return Err((
-            ErrorCode::UnknownColumn,
-            format!("column \"{}\" does not exist", spec.column),
-        ));
+        return Err(ResolveError::UnknownColumn(spec.column.clone()));
     };
     // SAFETY: syscache lookups on the worker's Postgres thread, inside a transaction.
     let (base, is_enum) = unsafe {
         let base = pg_sys::getBaseType(pg_sys::Oid::from(typid as u32));
         (base, pg_sys::type_is_enum(base))
     };
-    let refuse = |why: String| {
-        (
-            ErrorCode::InvalidFilter,
-            format!("column \"{}\": {why}", spec.column),
-        )
+    let refuse = |why: String| ResolveError::FilterRefused {
+        column: spec.column.clone(),
+        why,
     };
     if collation == "nondeterministic" {
         return Err(refuse(
@@ -241,16 +226,13 @@ fn resolve_filter(relid: i64, owner: pg_sys::Oid, spec: &FilterSpec) -> Answer<R
             "filters are not supported on type {type_name}: its values do not compare as their text does"
         )));
     };
-    check_op(kind, spec.op).map_err(refuse)?;
+    check_op(kind, spec.op).map_err(|e| refuse(e.to_string()))?;
     if kind == ValueKind::Number {
         if let Some(v) = spec.values.iter().find(|v| !modest_number(v)) {
-            return Err((
-                ErrorCode::InvalidFilterValue,
-                format!(
-                    "\"{}\": numbers in filters may have at most {MAX_FILTER_DIGITS} digits and an exponent within ±{MAX_FILTER_EXPONENT}",
-                    shorten(v)
-                ),
-            ));
+            return Err(ResolveError::FilterValue(format!(
+                "\"{}\": numbers in filters may have at most {MAX_FILTER_DIGITS} digits and an exponent within ±{MAX_FILTER_EXPONENT}",
+                shorten(v)
+            )));
         }
     }
     let values = render_values(owner, &type_name, &spec.values)?;
@@ -299,10 +281,10 @@ fn render_values(
     let mut rendered = Vec::with_capacity(values.len());
     for v in values {
         let invalid = |why: &str| {
-            (
-                ErrorCode::InvalidFilterValue,
-                format!("\"{}\" is not a valid {type_name}: {why}", shorten(v)),
-            )
+            ResolveError::FilterValue(format!(
+                "\"{}\" is not a valid {type_name}: {why}",
+                shorten(v)
+            ))
         };
         let json = in_subtransaction(|| {
             as_owner(owner, || {

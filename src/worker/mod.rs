@@ -7,8 +7,9 @@ mod publisher;
 mod rows;
 mod security;
 
-use crate::bridge::{self, Shared};
-use crate::{gucs, net, queue};
+use crate::{gucs, queue};
+use realtime_core::bridge::{self, Limits, Shared};
+use realtime_core::net::{self, fanout::Fanout};
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
 };
@@ -68,11 +69,10 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
         );
     }
 
-    let shared = Arc::new(Shared::new());
-    apply_settings(&shared);
+    let shared = Arc::new(Shared::new(limits()));
     let (handle, inbox) = bridge::request_channel()
         .unwrap_or_else(|e| fatal(format!("could not create channel: {e}")));
-    let batches = crate::fanout::Fanout::new(gucs::client_backlog(), gucs::client_memory_bytes());
+    let batches = Fanout::new(gucs::client_backlog(), gucs::client_memory_bytes());
     let address = net::Address {
         hosts: gucs::listen_addresses(),
         port: gucs::port(),
@@ -111,7 +111,7 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
         process_interrupts();
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
-            apply_settings(&shared);
+            shared.set_limits(limits());
             batches.set_max_bytes(gucs::client_memory_bytes());
         }
         // Questions are taken before the queue is drained and answered after, so that the
@@ -218,23 +218,16 @@ fn process_interrupts() {
     }
 }
 
-fn apply_settings(shared: &Shared) {
-    shared
-        .max_connections
-        .store(gucs::max_connections(), Relaxed);
-    shared
-        .max_message_size
-        .store(gucs::max_message_size(), Relaxed);
-    shared
-        .max_subscriptions
-        .store(gucs::max_subscriptions(), Relaxed);
-    shared.max_handshakes.store(gucs::max_handshakes(), Relaxed);
-    shared
-        .heartbeat_interval_s
-        .store(gucs::heartbeat_interval_s(), Relaxed);
-    shared
-        .handshake_timeout_ms
-        .store(gucs::handshake_timeout_ms(), Relaxed);
+/// The settings the network threads obey, as they are now.
+fn limits() -> Limits {
+    Limits {
+        max_connections: gucs::max_connections(),
+        max_message_size: gucs::max_message_size(),
+        max_subscriptions: gucs::max_subscriptions(),
+        max_handshakes: gucs::max_handshakes(),
+        heartbeat_interval: Duration::from_secs(gucs::heartbeat_interval_s()),
+        handshake_timeout: Duration::from_millis(gucs::handshake_timeout_ms()),
+    }
 }
 
 fn fatal(message: String) -> ! {

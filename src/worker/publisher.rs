@@ -2,13 +2,11 @@
 //! Runs on the worker's Postgres thread (it reads clog for prepared transactions).
 
 use super::rows::Rows;
-use crate::bridge::{Batch, BatchSender, Change, Shared};
+use realtime_core::bridge::{Batch, BatchSender, Change, EndReason, GapReason, Shared, Txn};
 use crate::event::{decode_record, events, EventRef, Item, Record};
-use crate::protocol::ServerMessage;
 use crate::queue;
 use pgrx::pg_sys;
 use std::collections::HashMap;
-use std::fmt::Write;
 use std::io::Read;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -28,10 +26,9 @@ const SPILL_READ: usize = 1024 * 1024;
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
 const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 
-/// A transaction being turned into frames: its positions run from `next` to `end`.
+/// A transaction being turned into changes: its positions run from `next` to `end`.
 struct Emitting {
-    xid: u32,
-    commit_time: String,
+    txn: Arc<Txn>,
     next: u64,
     end: u64,
     /// Table of the tuples that follow (the last shape's).
@@ -141,7 +138,7 @@ impl Publisher {
                     count,
                     path,
                 }) => self.emit_file(xid, commit_time, count, path),
-                Some(Record::Gap { lost_events }) => self.emit_gap("queue_overflow", lost_events),
+                Some(Record::Gap { lost_events }) => self.emit_gap(GapReason::QueueOverflow, lost_events),
                 Some(Record::Aborted) => {}
                 Some(Record::Pending) | None => {
                     pgrx::warning!("realtime_ext: skipped an unreadable queue record")
@@ -201,7 +198,7 @@ impl Publisher {
             Ok(f) => f,
             Err(e) => {
                 pgrx::warning!("realtime_ext: could not read spilled changes {path}: {e}");
-                return self.emit_gap("spill_unreadable", count as u64);
+                return self.emit_gap(GapReason::SpillUnreadable, count as u64);
             }
         };
         let mut txn = self.begin_txn(xid, commit_time, count);
@@ -228,8 +225,10 @@ impl Publisher {
     fn begin_txn(&mut self, xid: u32, commit_time: i64, count: u32) -> Emitting {
         let next = self.take_positions(count as u64);
         Emitting {
-            xid,
-            commit_time: format_time(commit_time),
+            txn: Arc::new(Txn {
+                xid,
+                commit_time: format_time(commit_time),
+            }),
             next,
             end: next + count as u64,
             shape_relid: 0,
@@ -240,7 +239,7 @@ impl Publisher {
     fn end_txn(&mut self, txn: Emitting) {
         if let Some(lost) = txn.failed {
             if lost.from < txn.end {
-                self.send_gap("render_failed", lost.from, txn.end - 1, Some(lost.tables));
+                self.send_gap(GapReason::RenderFailed, lost.from, txn.end - 1, Some(lost.tables));
             }
         }
     }
@@ -249,7 +248,7 @@ impl Publisher {
         if let Item::End { relid, reason } = item {
             // Sent even after a rendering failure: the gap comes later, at the end of the
             // transaction, and only to subscriptions that still exist.
-            if let Some(reason) = crate::bridge::EndReason::from_u8(reason) {
+            if let Some(reason) = EndReason::from_u8(reason) {
                 self.flush();
                 self.send(Batch::Ended {
                     relid,
@@ -273,37 +272,31 @@ impl Publisher {
             lost.add(relid);
             return;
         }
-        let framed = match item {
-            Item::Change(ev) => Ok((
-                frame(txn.next, txn.xid, &txn.commit_time, &ev),
-                self.names.get(ev.relid, ev.schema, ev.table),
-                ev.relid,
-                ev.op,
-            )),
+        let change = match item {
+            Item::Change(ev) => Ok(self.change(txn, &ev)),
             Item::Shape(shape) => match self.rows.shape(&shape) {
                 Ok(()) => return,
                 Err(e) => Err(e),
             },
             Item::End { .. } => return,
-            Item::Tuple(tuple) => self.rows.render(&tuple).and_then(|()| {
-                let ev = self.rows.event(tuple.op)?;
-                Ok((
-                    frame(txn.next, txn.xid, &txn.commit_time, &ev),
-                    self.names.get(ev.relid, ev.schema, ev.table),
-                    ev.relid,
-                    ev.op,
-                ))
-            }),
+            Item::Tuple(tuple) => self
+                .rows
+                .render(&tuple)
+                .and_then(|()| self.rows.event(tuple.op))
+                .map(|ev| {
+                    let names = self.names.get(ev.relid, ev.schema, ev.table);
+                    new_change(txn, names, &ev)
+                }),
         };
-        match framed {
-            Ok((frame, names, relid, op)) => {
-                self.push(Change::new(txn.next, relid, names, op, frame));
+        match change {
+            Ok(change) => {
+                self.push(change);
                 txn.next += 1;
             }
             Err(e) => {
                 pgrx::warning!(
                     "realtime_ext: could not render changes of transaction {}: {e}; subscribers receive a gap",
-                    txn.xid
+                    txn.txn.xid
                 );
                 txn.failed = Some(LostRest {
                     from: txn.next,
@@ -313,21 +306,21 @@ impl Publisher {
         }
     }
 
-    fn emit_gap(&mut self, reason: &'static str, lost_events: u64) {
+    fn change(&mut self, txn: &Emitting, ev: &EventRef) -> Change {
+        let names = self.names.get(ev.relid, ev.schema, ev.table);
+        new_change(txn, names, ev)
+    }
+
+    fn emit_gap(&mut self, reason: GapReason, lost_events: u64) {
         let first = self.take_positions(lost_events.max(1));
         self.send_gap(reason, first, first + lost_events.max(1) - 1, None);
     }
 
-    fn send_gap(&mut self, reason: &'static str, first: u64, last: u64, tables: Option<Vec<u32>>) {
+    fn send_gap(&mut self, reason: GapReason, first: u64, last: u64, tables: Option<Vec<u32>>) {
         self.flush();
-        let frame = ServerMessage::Gap {
-            reason,
-            from_position: first,
-            to_position: last,
-        }
-        .to_text();
         self.send(Batch::Gap {
-            frame: frame.into(),
+            reason,
+            first_position: first,
             last_position: last,
             tables,
         });
@@ -383,7 +376,7 @@ impl Publisher {
     }
 
     fn push(&mut self, change: Change) {
-        self.batch_bytes += change.frame.len();
+        self.batch_bytes += change.image_bytes();
         self.batch.push(change);
         if self.batch_bytes >= BATCH_BYTES || self.batch.len() >= BATCH_CHANGES {
             self.flush();
@@ -405,25 +398,18 @@ impl Publisher {
     }
 }
 
-/// The `change` message, built once per event by string assembly: the row images are already
-/// JSON (rendered in the writer, or by `Rows`) and are copied in, not re-encoded.
-fn frame(position: u64, xid: u32, commit_time: &str, ev: &EventRef) -> String {
-    let images = ev.new.map_or(4, str::len) + ev.old.map_or(4, str::len);
-    let mut s = String::with_capacity(160 + images + ev.schema.len() + ev.table.len());
-    let _ = write!(
-        s,
-        r#"{{"type":"change","position":{position},"xid":{xid},"commit_time":"{commit_time}","op":"{}","schema":{},"table":{},"new":{},"old":{}}}"#,
-        ev.op.name(),
-        json_string(ev.schema),
-        json_string(ev.table),
-        ev.new.unwrap_or("null"),
-        ev.old.unwrap_or("null"),
-    );
-    s
-}
-
-fn json_string(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+/// A change of `txn` at its next position. The images are already JSON (rendered in the
+/// writer, or by `Rows`); each protocol wraps them in its own frame later.
+fn new_change(txn: &Emitting, names: Arc<(String, String)>, ev: &EventRef) -> Change {
+    Change::new(
+        txn.next,
+        txn.txn.clone(),
+        ev.relid,
+        names,
+        ev.op,
+        ev.new.map(Box::from),
+        ev.old.map(Box::from),
+    )
 }
 
 /// How a transaction ended, from the commit log: `None` while it is still running (or

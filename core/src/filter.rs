@@ -8,23 +8,116 @@
 //!
 //! Filter values are turned into keys once, at subscribe; a row value costs one linear parse.
 
-use crate::bridge::{FilterOp, FilterSpec, ResolvedFilter, ValueKind};
 use serde_json::{Map, Value};
 use std::cmp::Ordering;
+
+/// A filter as the client wrote it: `column=op.value`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FilterSpec {
+    pub column: String,
+    pub op: FilterOp,
+    pub values: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FilterOp {
+    Eq,
+    Neq,
+    Lt,
+    Lte,
+    Gt,
+    Gte,
+    In,
+}
+
+/// How values of a column compare, decided by the worker from its SQL type and collation.
+/// Types not listed have no kind: filters on them are refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ValueKind {
+    /// int2/4/8, numeric, float4/8, oid: exact decimals; NaN above Infinity.
+    Number,
+    /// timestamptz: instants, whatever offset a writer's TimeZone rendered.
+    Instant,
+    /// timestamp without time zone.
+    Timestamp,
+    Date,
+    /// time without time zone.
+    Time,
+    /// text, varchar, bpchar, name, uuid. `ordered`: the collation orders by code point, so
+    /// lt/gt agree with SQL; `blank_padded`: bpchar, whose trailing spaces do not count.
+    Text {
+        ordered: bool,
+        blank_padded: bool,
+    },
+    /// bool, enums, inet, cidr, macaddr, timetz, bit, "char": equality only, and their
+    /// rendering is canonical (equal text iff equal values).
+    Exact,
+    /// jsonb: equality as jsonb defines it.
+    Jsonb,
+}
+
+impl ValueKind {
+    /// Whether lt/lte/gt/gte agree with SQL for this kind.
+    pub fn ordered(self) -> bool {
+        match self {
+            ValueKind::Number
+            | ValueKind::Instant
+            | ValueKind::Timestamp
+            | ValueKind::Date
+            | ValueKind::Time => true,
+            ValueKind::Text { ordered, .. } => ordered,
+            ValueKind::Exact | ValueKind::Jsonb => false,
+        }
+    }
+}
+
+/// A filter whose column and values Postgres has checked: values are the column type's own
+/// JSON rendering of what the client wrote (`to_json(value::type)`).
+#[derive(Clone, Debug)]
+pub struct ResolvedFilter {
+    pub column: String,
+    pub op: FilterOp,
+    pub kind: ValueKind,
+    pub values: Vec<serde_json::Value>,
+}
+
+/// Why a filter is refused before any value is looked at.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FilterError {
+    #[error("filter must look like column=op.value")]
+    Shape,
+    #[error("filter names no column")]
+    NoColumn,
+    #[error("unknown filter operator \"{0}\"; use eq, neq, lt, lte, gt, gte or in")]
+    UnknownOperator(String),
+    #[error("in takes a list: column=in.(a,b,c)")]
+    NotAList,
+    #[error("in takes at least one value")]
+    EmptyList,
+    #[error("in takes at most {MAX_IN_VALUES} values")]
+    TooManyValues,
+    #[error("unterminated quote in in.(...)")]
+    UnterminatedQuote,
+    #[error("expected a comma between values in in.(...)")]
+    MissingComma,
+    #[error("the column's collation does not order text by code point; use eq, neq or in")]
+    UnorderedText,
+    #[error("this column's type supports only eq, neq and in")]
+    Unordered,
+    /// The worker rendered a value this side cannot read back: a bug, not bad input.
+    #[error("unreadable filter value {0}")]
+    Unreadable(String),
+}
 
 /// Most values an `in` list may hold.
 pub const MAX_IN_VALUES: usize = 100;
 
 /// Parse `column=op.value` (for `in`: `column=in.(a,b,c)`).
-pub fn parse(text: &str) -> Result<FilterSpec, String> {
-    let (column, rest) = text
-        .split_once('=')
-        .ok_or("filter must look like column=op.value")?;
-    let (op, value) = rest
-        .split_once('.')
-        .ok_or("filter must look like column=op.value")?;
+pub fn parse(text: &str) -> Result<FilterSpec, FilterError> {
+    let (column, rest) = text.split_once('=').ok_or(FilterError::Shape)?;
+    let (op, value) = rest.split_once('.').ok_or(FilterError::Shape)?;
     if column.is_empty() {
-        return Err("filter names no column".into());
+        return Err(FilterError::NoColumn);
     }
     let op = match op {
         "eq" => FilterOp::Eq,
@@ -34,19 +127,15 @@ pub fn parse(text: &str) -> Result<FilterSpec, String> {
         "gt" => FilterOp::Gt,
         "gte" => FilterOp::Gte,
         "in" => FilterOp::In,
-        other => {
-            return Err(format!(
-                "unknown filter operator \"{other}\"; use eq, neq, lt, lte, gt, gte or in"
-            ))
-        }
+        other => return Err(FilterError::UnknownOperator(other.to_string())),
     };
     let values = if op == FilterOp::In {
         let inner = value
             .strip_prefix('(')
             .and_then(|v| v.strip_suffix(')'))
-            .ok_or("in takes a list: column=in.(a,b,c)")?;
+            .ok_or(FilterError::NotAList)?;
         if inner.is_empty() {
-            return Err("in takes at least one value".into());
+            return Err(FilterError::EmptyList);
         }
         split_list(inner)?
     } else {
@@ -60,16 +149,16 @@ pub fn parse(text: &str) -> Result<FilterSpec, String> {
 }
 
 /// Split `a, "b,c", d`: double quotes let a value hold a comma.
-fn split_list(list: &str) -> Result<Vec<String>, String> {
+fn split_list(list: &str) -> Result<Vec<String>, FilterError> {
     let mut values = Vec::new();
     let mut rest = list.trim_start();
     loop {
         if values.len() == MAX_IN_VALUES {
-            return Err(format!("in takes at most {MAX_IN_VALUES} values"));
+            return Err(FilterError::TooManyValues);
         }
         let (value, after) = match rest.strip_prefix('"') {
             Some(quoted) => {
-                let end = quoted.find('"').ok_or("unterminated quote in in.(...)")?;
+                let end = quoted.find('"').ok_or(FilterError::UnterminatedQuote)?;
                 (&quoted[..end], quoted[end + 1..].trim_start())
             }
             None => {
@@ -81,23 +170,21 @@ fn split_list(list: &str) -> Result<Vec<String>, String> {
         match after.strip_prefix(',') {
             Some(next) => rest = next.trim_start(),
             None if after.is_empty() => return Ok(values),
-            None => return Err("expected a comma between values in in.(...)".into()),
+            None => return Err(FilterError::MissingComma),
         }
     }
 }
 
 /// Which operators a column kind supports.
-pub fn check_op(kind: ValueKind, op: FilterOp) -> Result<(), String> {
+pub fn check_op(kind: ValueKind, op: FilterOp) -> Result<(), FilterError> {
     let ordering = matches!(
         op,
         FilterOp::Lt | FilterOp::Lte | FilterOp::Gt | FilterOp::Gte
     );
     if ordering && !kind.ordered() {
         return Err(match kind {
-            ValueKind::Text { .. } => {
-                "the column's collation does not order text by code point; use eq, neq or in".into()
-            }
-            _ => "this column's type supports only eq, neq and in".into(),
+            ValueKind::Text { .. } => FilterError::UnorderedText,
+            _ => FilterError::Unordered,
         });
     }
     Ok(())
@@ -122,11 +209,11 @@ pub struct Compiled {
 
 impl Compiled {
     /// Fails if the worker's rendering of a value cannot be read back (a bug, not bad input).
-    pub fn new(filter: ResolvedFilter) -> Result<Compiled, String> {
+    pub fn new(filter: ResolvedFilter) -> Result<Compiled, FilterError> {
         let keys = filter
             .values
             .iter()
-            .map(|v| key(filter.kind, v).ok_or_else(|| format!("unreadable filter value {v}")))
+            .map(|v| key(filter.kind, v).ok_or_else(|| FilterError::Unreadable(v.to_string())))
             .collect::<Result<_, _>>()?;
         Ok(Compiled {
             column: filter.column,
@@ -478,9 +565,10 @@ mod unit {
             parse(&list(MAX_IN_VALUES)).unwrap().values.len(),
             MAX_IN_VALUES
         );
-        assert!(parse(&list(MAX_IN_VALUES + 1))
-            .unwrap_err()
-            .contains("at most"));
+        assert_eq!(
+            parse(&list(MAX_IN_VALUES + 1)).unwrap_err(),
+            FilterError::TooManyValues
+        );
     }
 
     #[test]

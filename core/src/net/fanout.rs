@@ -27,7 +27,7 @@ use tokio::sync::{watch, Notify};
 const STALLED_AFTER: Duration = Duration::from_secs(1);
 /// How often stalled sessions are counted.
 pub const JANITOR_EVERY: Duration = Duration::from_millis(100);
-/// Rough bytes a change costs besides its frame (the struct and its shared pieces).
+/// Rough bytes a change costs besides its images (the struct, the envelope of its frame).
 const CHANGE_OVERHEAD: usize = 160;
 /// Summaries of dropped batches kept (each a few dozen bytes).
 const SUMMARIES_KEPT: usize = 1 << 16;
@@ -266,14 +266,15 @@ impl Fanout {
     }
 }
 
+/// What a batch will cost: each change's images, and the frame its protocol encodes them into
+/// (about as large again).
 fn batch_bytes(batch: &Batch) -> usize {
     match batch {
         Batch::Changes(changes) => changes
             .iter()
-            .map(|c| c.frame.len() + CHANGE_OVERHEAD)
+            .map(|c| 2 * c.image_bytes() + CHANGE_OVERHEAD)
             .sum(),
-        Batch::Gap { frame, .. } => frame.len() + CHANGE_OVERHEAD,
-        Batch::Ended { .. } => CHANGE_OVERHEAD,
+        Batch::Gap { .. } | Batch::Ended { .. } => CHANGE_OVERHEAD,
     }
 }
 
@@ -377,7 +378,7 @@ impl Delivering {
     /// This delivery also holds `batch`, number `seq` (`Cursor::last_seq`).
     pub fn add(&self, seq: u64, batch: &Batch) {
         let largest = match batch {
-            Batch::Changes(changes) => changes.iter().map(|c| c.frame.len()).max().unwrap_or(0),
+            Batch::Changes(changes) => changes.iter().map(|c| c.image_bytes() + CHANGE_OVERHEAD).max().unwrap_or(0),
             _ => 0,
         };
         self.0.copy.fetch_max(largest, Relaxed);
@@ -405,12 +406,23 @@ impl Drop for Delivering {
 mod unit {
     use super::*;
 
-    fn gap(n: usize) -> Batch {
-        Batch::Gap {
-            frame: "x".repeat(n).into(),
-            last_position: 1,
-            tables: None,
-        }
+    /// A batch of one change whose image is `n` bytes: it costs 2n + CHANGE_OVERHEAD.
+    fn batch(n: usize) -> Batch {
+        let txn = Arc::new(crate::bridge::Txn {
+            xid: 1,
+            commit_time: String::new(),
+        });
+        let names = Arc::new(("s".to_string(), "t".to_string()));
+        let image = Some("x".repeat(n).into_boxed_str());
+        Batch::Changes(vec![crate::bridge::Change::new(
+            1,
+            txn,
+            7,
+            names,
+            crate::ops::Op::Insert,
+            image,
+            None,
+        )])
     }
 
     #[test]
@@ -418,7 +430,7 @@ mod unit {
         let fanout = Fanout::new(4, 10_000);
         let mut slow = fanout.cursor();
         for _ in 0..10 {
-            fanout.send(gap(3_000));
+            fanout.send(batch(1_500));
         }
         let ring = fanout.ring();
         assert!(ring.bytes <= 10_000 && ring.batches.len() <= 4);
@@ -431,11 +443,11 @@ mod unit {
             7,
             "3 of 10 batches of 3,160 bytes fit in 10,000"
         );
-        assert!(missed.iter().all(|s| *s == Summary::Gap(None)));
+        assert!(missed.iter().all(|s| *s == Summary::Changes([7].into())));
         assert!(matches!(slow.try_recv(), Some(Ok(_))));
         // One batch larger than the budget is still delivered.
         let mut fast = fanout.cursor();
-        fanout.send(gap(50_000));
+        fanout.send(batch(25_000));
         assert!(matches!(fast.try_recv(), Some(Ok(_))));
         assert_eq!(fanout.ring().batches.len(), 1);
     }
@@ -445,7 +457,7 @@ mod unit {
         let fanout = Fanout::new(1000, 1 << 30);
         let mut a = fanout.cursor();
         for _ in 0..5 {
-            fanout.send(gap(1000));
+            fanout.send(batch(500));
         }
         fanout.sweep();
         assert_eq!(fanout.ring().batches.len(), 5, "a has read nothing yet");
@@ -453,24 +465,16 @@ mod unit {
         fanout.sweep();
         assert_eq!(fanout.ring_bytes(), 0);
         drop(a);
-        fanout.send(gap(1000));
+        fanout.send(batch(500));
         fanout.sweep();
         assert_eq!(fanout.ring_bytes(), 0, "nobody is connected");
     }
 
     #[test]
     fn stalled_sessions_count_their_copies_and_dropped_batches_once() {
-        let fanout = Fanout::new(1, 200_000);
+        let fanout = Fanout::new(1, 300_000);
         let (mut a, mut b) = (fanout.cursor(), fanout.cursor());
-        let frame = |n: usize| "x".repeat(n);
-        let big = Batch::Changes(vec![crate::bridge::Change::new(
-            1,
-            7,
-            Arc::new(("s".into(), "t".into())),
-            crate::event::Op::Insert,
-            frame(30_000),
-        )]);
-        fanout.send(big);
+        fanout.send(batch(30_000));
         let big = a.try_recv().unwrap().unwrap();
         b.try_recv().unwrap().unwrap();
         let (da, db) = (a.delivering(), b.delivering());
@@ -481,20 +485,20 @@ mod unit {
             slot.since.store(1, Relaxed);
         }
         std::thread::sleep(STALLED_AFTER + Duration::from_millis(10));
-        fanout.send(gap(10));
+        fanout.send(batch(10));
         fanout.sweep();
-        // The dropped batch once (30,160) and each writer's copy of its frame (2 × 30,000):
-        // under half of 200,000, so nobody is kicked.
-        assert_eq!(fanout.stalled_bytes.load(Relaxed), 30_160 + 2 * 30_000);
+        // The dropped batch once (60,160) and each writer's copy of its frame (2 × 30,160):
+        // under half of 300,000, so nobody is kicked.
+        assert_eq!(fanout.stalled_bytes.load(Relaxed), 60_160 + 2 * 30_160);
         assert!(futures_util::FutureExt::now_or_never(a.kicked()).is_none());
         // With a smaller budget the longest-stalled goes first, then the other.
-        fanout.set_max_bytes(160_000);
+        fanout.set_max_bytes(200_000);
         a.slot.since.store(1, Relaxed);
         b.slot.since.store(2, Relaxed);
         fanout.sweep();
         assert!(futures_util::FutureExt::now_or_never(a.kicked()).is_some());
         assert!(futures_util::FutureExt::now_or_never(b.kicked()).is_none());
-        assert_eq!(fanout.stalled_bytes.load(Relaxed), 30_160 + 30_000);
+        assert_eq!(fanout.stalled_bytes.load(Relaxed), 60_160 + 30_160);
         drop((da, db));
     }
 

@@ -1,9 +1,11 @@
 //! The network side: a tokio runtime on threads of its own serving HTTP and WebSocket.
-//! Nothing in this module calls Postgres; it talks to the worker through `bridge`.
+//! Nothing here can call Postgres (this crate has no pgrx); it talks to the worker through
+//! `bridge`.
 
-pub mod filter;
+pub mod fanout;
 mod http;
 mod session;
+pub mod subscriptions;
 
 use crate::bridge::{BatchSender, Shared, WorkerHandle};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -104,7 +106,7 @@ pub fn start(
     }
     let janitor = context.batches.clone();
     runtime.spawn(async move {
-        let mut every = tokio::time::interval(crate::fanout::JANITOR_EVERY);
+        let mut every = tokio::time::interval(fanout::JANITOR_EVERY);
         loop {
             every.tick().await;
             janitor.sweep();
@@ -145,12 +147,10 @@ fn resolve(address: &Address) -> Result<Vec<SocketAddr>, String> {
 /// Each client is a file descriptor; the soft limit a postmaster inherits (often 1024) would
 /// cap connections far below realtime.max_connections. Raise it to the hard limit.
 fn raise_fd_limit() {
-    unsafe {
-        let mut limit: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
         }
     }
 }
@@ -158,34 +158,17 @@ fn raise_fd_limit() {
 /// Bytes the kernel may hold for one client that is not reading (Linux doubles the value set).
 /// Left to autotuning, a loopback socket took megabytes of frames from a client that never
 /// read, and writing them cost every other client the network threads' time.
-const SEND_BUFFER: libc::c_int = 64 * 1024;
-
-fn cap_send_buffer(stream: &tokio::net::TcpStream) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: setsockopt on a socket this task owns, with a pointer to a live c_int.
-    unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUF,
-            (&SEND_BUFFER as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
-}
+const SEND_BUFFER: usize = 64 * 1024;
 
 /// Postgres delivers signals to whichever thread has them unblocked; network threads must
 /// never run Postgres's signal handlers, so they start with every signal blocked.
 fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
-    unsafe {
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        let mut old: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
-        let result = f();
-        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-        result
-    }
+    use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
+    let mut old = SigSet::empty();
+    let _ = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&SigSet::all()), Some(&mut old));
+    let result = f();
+    let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+    result
 }
 
 async fn accept_loop(listener: TcpListener, context: Context) {
@@ -193,7 +176,7 @@ async fn accept_loop(listener: TcpListener, context: Context) {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                cap_send_buffer(&stream);
+                let _ = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER);
                 tokio::spawn(http::serve(stream, peer.ip(), context.clone()));
             }
             // Out of file descriptors and the like: back off instead of spinning.

@@ -1,0 +1,318 @@
+//! Everything that crosses between the worker's Postgres thread and the network threads.
+//!
+//! Network threads never call Postgres: they send a `Request` through `WorkerHandle` and await
+//! the reply. The Postgres thread publishes changes as `Batch`es on the fan-out (`net::fanout`)
+//! and mirrors its numbers (positions, queue state) and settings into `Shared`.
+
+use crate::filter::{FilterSpec, ResolvedFilter};
+use crate::ops::{Op, OpSet};
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+type Row = serde_json::Map<String, serde_json::Value>;
+
+/// The transaction a change belongs to, shared by all of its changes.
+#[derive(Debug)]
+pub struct Txn {
+    pub xid: u32,
+    /// RFC 3339 in UTC, microseconds.
+    pub commit_time: String,
+}
+
+/// One committed change: its row images as JSON text (`row_to_json` of the row) and what is
+/// known about it. Each protocol encodes it once (`encoded`) and every matching session of that
+/// protocol is sent the same bytes.
+pub struct Change {
+    pub position: u64,
+    pub txn: Arc<Txn>,
+    pub relid: u32,
+    /// The table's schema and name when the change was captured (shared between changes).
+    pub names: Arc<(String, String)>,
+    pub op: Op,
+    pub new: Option<Box<str>>,
+    pub old: Option<Box<str>>,
+    /// `new` and `old` parsed, on first use by a filter.
+    rows: OnceLock<(Option<Row>, Option<Row>)>,
+    frames: [OnceLock<Utf8Bytes>; Encoding::COUNT],
+}
+
+/// The frames a change is encoded into, one slot each on every change.
+#[derive(Clone, Copy, Debug)]
+pub enum Encoding {
+    NativeChange,
+    NativeLeave,
+}
+
+impl Encoding {
+    const COUNT: usize = 2;
+}
+
+impl Change {
+    pub fn new(
+        position: u64,
+        txn: Arc<Txn>,
+        relid: u32,
+        names: Arc<(String, String)>,
+        op: Op,
+        new: Option<Box<str>>,
+        old: Option<Box<str>>,
+    ) -> Change {
+        Change {
+            position,
+            txn,
+            relid,
+            names,
+            op,
+            new,
+            old,
+            rows: OnceLock::new(),
+            frames: Default::default(),
+        }
+    }
+
+    /// The change as `encoding`, built by `encode` the first time any session asks.
+    pub fn encoded(&self, encoding: Encoding, encode: impl FnOnce(&Change) -> String) -> Utf8Bytes {
+        self.frames[encoding as usize]
+            .get_or_init(|| encode(self).into())
+            .clone()
+    }
+
+    /// Bytes of row images, for memory accounting.
+    pub fn image_bytes(&self) -> usize {
+        self.new.as_ref().map_or(0, |s| s.len()) + self.old.as_ref().map_or(0, |s| s.len())
+    }
+
+    fn rows(&self) -> &(Option<Row>, Option<Row>) {
+        self.rows.get_or_init(|| {
+            let parse = |image: &Option<Box<str>>| {
+                image
+                    .as_deref()
+                    .and_then(|text| serde_json::from_str::<Row>(text).ok())
+            };
+            (parse(&self.new), parse(&self.old))
+        })
+    }
+
+    /// The row a filter looks at: `new`, or `old` for DELETE.
+    pub fn row(&self) -> Option<&Row> {
+        if self.op == Op::Delete {
+            self.old_row()
+        } else {
+            self.rows().0.as_ref()
+        }
+    }
+
+    pub fn old_row(&self) -> Option<&Row> {
+        self.rows().1.as_ref()
+    }
+}
+
+/// What the worker broadcasts: consecutive changes, or a gap clients must be told of.
+pub enum Batch {
+    Changes(Vec<Change>),
+    /// A committed transaction dropped, unwatched or renamed a table: its subscriptions end,
+    /// after every change committed before it.
+    Ended {
+        relid: u32,
+        reason: EndReason,
+        last_position: u64,
+    },
+    Gap {
+        reason: GapReason,
+        first_position: u64,
+        last_position: u64,
+        /// Tables whose changes are in the gap, for clients subscribed to one of them; `None`
+        /// when nobody knows which (the changes were lost before they were read), for everyone.
+        tables: Option<Vec<u32>>,
+    },
+}
+
+impl Batch {
+    pub fn first_position(&self) -> u64 {
+        match self {
+            Batch::Changes(c) => c.first().map_or(0, |c| c.position),
+            Batch::Gap { first_position, .. } => *first_position,
+            Batch::Ended { last_position, .. } => *last_position,
+        }
+    }
+    pub fn last_position(&self) -> u64 {
+        match self {
+            Batch::Changes(c) => c.last().map_or(0, |c| c.position),
+            Batch::Gap { last_position, .. } | Batch::Ended { last_position, .. } => *last_position,
+        }
+    }
+}
+
+/// Why positions were skipped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GapReason {
+    /// The shared queue was full when transactions committed.
+    QueueOverflow,
+    /// A spilled transaction's file could not be read back.
+    SpillUnreadable,
+    /// The worker could not render a transaction's rows.
+    RenderFailed,
+    /// This session fell behind what the fan-out keeps.
+    SlowClient,
+}
+
+/// Why the server ended a subscription.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum EndReason {
+    Dropped = 1,
+    Unwatched = 2,
+    Renamed = 3,
+}
+
+impl EndReason {
+    /// The byte the queue stores.
+    pub fn from_u8(b: u8) -> Option<EndReason> {
+        [EndReason::Dropped, EndReason::Unwatched, EndReason::Renamed]
+            .into_iter()
+            .find(|r| *r as u8 == b)
+    }
+}
+
+pub type BatchSender = Arc<crate::net::fanout::Fanout>;
+
+#[derive(Clone, Debug)]
+pub struct ResolvedTable {
+    pub relid: u32,
+    pub schema: String,
+    pub table: String,
+    /// Events the table is watched for.
+    pub watched: OpSet,
+    pub filter: Option<ResolvedFilter>,
+}
+
+/// Why the worker could not resolve a subscription.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("table \"{0}\" does not exist")]
+    UnknownTable(String),
+    #[error("table \"{table}\" is not watched; run SELECT realtime_watch('{quoted}')")]
+    NotWatched { table: String, quoted: String },
+    #[error("column \"{0}\" does not exist")]
+    UnknownColumn(String),
+    #[error("column \"{column}\": {why}")]
+    FilterRefused { column: String, why: String },
+    #[error("{0}")]
+    FilterValue(String),
+    #[error("the realtime worker is restarting; retry")]
+    Unavailable,
+    #[error("{0}")]
+    Internal(String),
+}
+
+pub type Reply<T> = tokio::sync::oneshot::Sender<Result<T, ResolveError>>;
+
+pub enum Request {
+    /// Look up a table for a subscription, and check its filter.
+    Resolve {
+        table: String,
+        filter: Option<FilterSpec>,
+        reply: Reply<ResolvedTable>,
+    },
+}
+
+/// The network side's way to ask the Postgres thread something.
+#[derive(Clone)]
+pub struct WorkerHandle {
+    tx: crossbeam_channel::Sender<Request>,
+    /// Writing a byte here wakes the worker's WaitLatchOrSocket.
+    poke: Arc<UnixStream>,
+}
+
+impl WorkerHandle {
+    pub async fn resolve(
+        &self,
+        table: String,
+        filter: Option<FilterSpec>,
+    ) -> Result<ResolvedTable, ResolveError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Request::Resolve {
+                table,
+                filter,
+                reply,
+            })
+            .map_err(|_| ResolveError::Unavailable)?;
+        // A full socket buffer means a wake-up is already pending.
+        let _ = (&*self.poke).write(&[1]);
+        rx.await.map_err(|_| ResolveError::Unavailable)?
+    }
+}
+
+/// The worker's end of the request channel.
+pub struct RequestInbox {
+    pub rx: crossbeam_channel::Receiver<Request>,
+    pub poke: UnixStream,
+}
+
+pub fn request_channel() -> std::io::Result<(WorkerHandle, RequestInbox)> {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let (a, b) = UnixStream::pair()?;
+    a.set_nonblocking(true)?;
+    b.set_nonblocking(true)?;
+    Ok((
+        WorkerHandle {
+            tx,
+            poke: Arc::new(a),
+        },
+        RequestInbox { rx, poke: b },
+    ))
+}
+
+/// The reloadable settings the network side obeys, as the worker last read them.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_message_size: usize,
+    pub max_subscriptions: usize,
+    pub max_handshakes: usize,
+    pub heartbeat_interval: Duration,
+    pub handshake_timeout: Duration,
+}
+
+/// Numbers both sides read; written by the side named in each comment.
+pub struct Shared {
+    /// Worker: last position broadcast.
+    pub position: AtomicU64,
+    /// Worker: queue bytes in use / capacity, transactions lost to overflow.
+    pub queue_used: AtomicU64,
+    pub queue_capacity: AtomicU64,
+    pub lost_txns: AtomicU64,
+    /// Network: open connections, and subscriptions held or being made on them.
+    pub connections: AtomicUsize,
+    pub subscriptions: AtomicUsize,
+    /// Worker, from reloadable settings (`set_limits`).
+    limits: Mutex<Limits>,
+}
+
+impl Shared {
+    pub fn new(limits: Limits) -> Shared {
+        Shared {
+            position: AtomicU64::new(0),
+            queue_used: AtomicU64::new(0),
+            queue_capacity: AtomicU64::new(0),
+            lost_txns: AtomicU64::new(0),
+            connections: AtomicUsize::new(0),
+            subscriptions: AtomicUsize::new(0),
+            limits: Mutex::new(limits),
+        }
+    }
+    pub fn position(&self) -> u64 {
+        self.position.load(Relaxed)
+    }
+    pub fn limits(&self) -> Limits {
+        *self.limits.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    pub fn set_limits(&self, limits: Limits) {
+        *self.limits.lock().unwrap_or_else(|e| e.into_inner()) = limits;
+    }
+}

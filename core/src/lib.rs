@@ -1,0 +1,16 @@
+//! realtime-core: the half of realtime_ext that never touches Postgres. It has no pgrx
+//! dependency, so nothing here can call into the server from a network thread.
+//!
+//! - `ops`: the four kinds of change and sets of them.
+//! - `bridge`: the only types that cross between the worker's Postgres thread and the network
+//!   threads: `Change`, `Batch`, `Request`/`WorkerHandle`, `Shared` numbers and `Limits`.
+//! - `filter`: `column=op.value` filters: parsing, and matching rows the way SQL compares.
+//! - `protocol`: the wire protocols; `native` is realtime_ext's own JSON messages.
+//! - `net`: tokio threads: listeners, the HTTP front door, the fan-out ring, the subscription
+//!   set, and one session loop per protocol.
+
+pub mod bridge;
+pub mod filter;
+pub mod net;
+pub mod ops;
+pub mod protocol;

@@ -1,0 +1,169 @@
+//! Reading a request head: bounded in size, header count and time, and in how many slow heads
+//! one source address may keep open.
+
+use super::super::Context;
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+const MAX_HEAD: usize = 16 * 1024;
+pub const MAX_HEADERS: usize = 64;
+
+/// A parsed request head, and whatever the client sent after it.
+pub struct Head {
+    pub method: String,
+    /// Without the query string.
+    pub path: String,
+    headers: Vec<(String, String)>,
+    pub rest: Vec<u8>,
+}
+
+impl Head {
+    /// The first value of header `name` (any case), or "".
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map_or("", |(_, v)| v.as_str())
+    }
+}
+
+/// Why no head was read.
+pub enum HeadError {
+    /// The peer left, or was evicted to make room: nothing to answer.
+    Gone,
+    Timeout,
+    Malformed,
+    TooLarge,
+    TooManyHeaders,
+}
+
+/// Read and parse the request head within realtime.handshake_timeout.
+pub async fn read(stream: &mut TcpStream, ip: IpAddr, context: &Context) -> Result<Head, HeadError> {
+    let limits = context.shared.limits();
+    let handshaking = context.handshakes.begin(ip, limits.max_handshakes);
+    let (buf, len) = tokio::select! {
+        head = tokio::time::timeout(limits.handshake_timeout, read_until_blank_line(stream)) => {
+            head.map_err(|_| HeadError::Timeout)??
+        }
+        // Evicted to make room: it sent nothing useful for longer than anyone else there.
+        _ = handshaking.evicted.notified() => return Err(HeadError::Gone),
+    };
+    drop(handshaking);
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(&buf[..len]) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
+        _ => return Err(HeadError::Malformed),
+    }
+    let path = request.path.unwrap_or("/");
+    Ok(Head {
+        method: request.method.unwrap_or("").to_string(),
+        path: path.split('?').next().unwrap_or("/").to_string(),
+        headers: request
+            .headers
+            .iter()
+            .filter_map(|h| Some((h.name.to_string(), std::str::from_utf8(h.value).ok()?.to_string())))
+            .collect(),
+        rest: buf[len..].to_vec(),
+    })
+}
+
+/// Read until the end of the request head; returns the bytes read and the head's length.
+async fn read_until_blank_line(stream: &mut TcpStream) -> Result<(Vec<u8>, usize), HeadError> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 2048];
+    loop {
+        let n = stream.read(&mut chunk).await.map_err(|_| HeadError::Gone)?;
+        if n == 0 {
+            return Err(if buf.is_empty() {
+                HeadError::Gone
+            } else {
+                HeadError::Malformed
+            });
+        }
+        let searched_from = buf.len().saturating_sub(3);
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf[searched_from..]
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+        {
+            return Ok((buf, searched_from + i + 4));
+        }
+        if buf.len() > MAX_HEAD {
+            return Err(HeadError::TooLarge);
+        }
+    }
+}
+
+/// Connections still sending their request head, per source address. At
+/// realtime.max_handshakes, a new connection evicts the oldest one of the address that has the
+/// most: a flood of silent sockets from one place only ever evicts its own, and never locks
+/// anyone else out. They do not count against realtime.max_connections.
+#[derive(Default)]
+pub struct Handshakes(Mutex<Pending>);
+
+#[derive(Default)]
+struct Pending {
+    by_address: HashMap<IpAddr, VecDeque<(u64, Arc<Notify>)>>,
+    total: usize,
+    next_id: u64,
+}
+
+/// One connection counted in `Handshakes` until it is dropped; `evicted` fires if it must go.
+struct Handshaking<'a> {
+    handshakes: &'a Handshakes,
+    ip: IpAddr,
+    id: u64,
+    evicted: Arc<Notify>,
+}
+
+impl Handshakes {
+    fn begin(&self, ip: IpAddr, max: usize) -> Handshaking<'_> {
+        let mut p = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if p.total >= max.max(1) {
+            let busiest = p
+                .by_address
+                .iter_mut()
+                .max_by_key(|(_, q)| q.len())
+                .and_then(|(_, q)| q.pop_front());
+            if let Some((_, evicted)) = busiest {
+                evicted.notify_one();
+                p.total -= 1;
+            }
+        }
+        p.next_id += 1;
+        let (id, evicted) = (p.next_id, Arc::new(Notify::new()));
+        p.by_address
+            .entry(ip)
+            .or_default()
+            .push_back((id, evicted.clone()));
+        p.total += 1;
+        Handshaking {
+            handshakes: self,
+            ip,
+            id,
+            evicted,
+        }
+    }
+}
+
+impl Drop for Handshaking<'_> {
+    fn drop(&mut self) {
+        let mut p = self.handshakes.0.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(q) = p.by_address.get_mut(&self.ip) else {
+            return;
+        };
+        let before = q.len();
+        q.retain(|(id, _)| *id != self.id);
+        let removed = before - q.len();
+        if q.is_empty() {
+            p.by_address.remove(&self.ip);
+        }
+        p.total -= removed;
+    }
+}

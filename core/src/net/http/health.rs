@@ -1,0 +1,22 @@
+//! `GET /health`: liveness and the numbers an operator looks at first.
+
+use super::super::Context;
+use super::Response;
+use std::sync::atomic::Ordering::Relaxed;
+
+pub fn health(context: &Context) -> Response {
+    let s = &context.shared;
+    let body = serde_json::json!({
+        "status": "ok",
+        "position": s.position(),
+        "connections": s.connections.load(Relaxed),
+        "subscriptions": s.subscriptions.load(Relaxed),
+        "backlog_bytes": context.batches.ring_bytes(),
+        "queue": {
+            "used_bytes": s.queue_used.load(Relaxed),
+            "capacity_bytes": s.queue_capacity.load(Relaxed),
+            "lost_transactions": s.lost_txns.load(Relaxed),
+        },
+    });
+    Response::json("200 OK", body.to_string())
+}

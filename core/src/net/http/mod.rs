@@ -1,0 +1,142 @@
+//! The HTTP front door: read the request head (`head`), pick a route (`router`), and answer
+//! with that route's one function (`health`, `upgrade`). Errors are JSON bodies with a code.
+
+mod head;
+mod health;
+mod router;
+mod upgrade;
+
+use super::{session, Context};
+use head::HeadError;
+use router::Route;
+use std::net::IpAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub use head::Handshakes;
+pub use router::WEBSOCKET_PATH;
+
+/// Before closing, unread input is drained for at most this long (or this many bytes), so that
+/// the kernel does not answer it with a reset that destroys the response.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 8 * 1024 * 1024;
+
+pub async fn serve(mut stream: TcpStream, ip: IpAddr, context: Context) {
+    let head = match head::read(&mut stream, ip, &context).await {
+        Ok(head) => head,
+        Err(e) => {
+            let response = match e {
+                HeadError::Gone => return,
+                HeadError::Timeout => Response::error(
+                    "408 Request Timeout",
+                    "timeout",
+                    "no complete HTTP request within realtime.handshake_timeout",
+                ),
+                HeadError::TooLarge => Response::error(
+                    "431 Request Header Fields Too Large",
+                    "bad_request",
+                    "malformed or oversized HTTP request",
+                ),
+                HeadError::TooManyHeaders => Response::error(
+                    "431 Request Header Fields Too Large",
+                    "too_many_headers",
+                    &format!("a request may have at most {} headers", head::MAX_HEADERS),
+                ),
+                HeadError::Malformed => {
+                    Response::error("400 Bad Request", "bad_request", "malformed HTTP request")
+                }
+            };
+            return response.send(stream).await;
+        }
+    };
+    match router::route(&head.method, &head.path) {
+        Route::Health { head_only } => {
+            let mut response = health::health(&context);
+            response.head_only = head_only;
+            response.send(stream).await
+        }
+        Route::Native => match upgrade::upgrade(stream, head, &context).await {
+            Ok(upgrade::Upgraded { ws, counted }) => {
+                session::native::run(ws, context.clone()).await;
+                drop(counted)
+            }
+            Err(Some((stream, refusal))) => refusal.send(stream).await,
+            Err(None) => {}
+        },
+        Route::NotFound => {
+            let message = format!("no such path; WebSocket clients connect to {WEBSOCKET_PATH}");
+            Response::error("404 Not Found", "not_found", &message)
+                .send(stream)
+                .await
+        }
+        Route::MethodNotAllowed => {
+            Response::error("405 Method Not Allowed", "method_not_allowed", "only GET and HEAD are supported")
+                .header("Allow: GET, HEAD")
+                .send(stream)
+                .await
+        }
+    }
+}
+
+/// A complete answer to a request that is not upgraded; the connection closes after it.
+pub struct Response {
+    status: &'static str,
+    body: String,
+    headers: String,
+    /// Answering HEAD: the same head, no body.
+    head_only: bool,
+}
+
+impl Response {
+    pub fn json(status: &'static str, body: String) -> Response {
+        Response {
+            status,
+            body,
+            headers: String::new(),
+            head_only: false,
+        }
+    }
+
+    pub fn error(status: &'static str, code: &str, message: &str) -> Response {
+        Response::json(
+            status,
+            serde_json::json!({ "error": code, "message": message }).to_string(),
+        )
+    }
+
+    pub fn header(mut self, line: &str) -> Response {
+        self.headers.push_str(line);
+        self.headers.push_str("\r\n");
+        self
+    }
+
+    async fn send(self, mut stream: TcpStream) {
+        let mut text = format!(
+            "HTTP/1.1 {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{}\r\n",
+            self.status,
+            self.body.len(),
+            self.headers
+        );
+        if self.head_only {
+            let _ = stream.write_all(text.as_bytes()).await;
+            return;
+        }
+        text.push_str(&self.body);
+        let _ = stream.write_all(text.as_bytes()).await;
+        let _ = stream.shutdown().await;
+        // Lingering close: closing with unread input makes the kernel send a reset, which can
+        // destroy the response before the client reads it. Drain a little first, bounded.
+        let mut sink = [0u8; 4096];
+        let _ = tokio::time::timeout(LINGER, async {
+            let mut drained = 0;
+            while drained < LINGER_BYTES {
+                match stream.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => drained += n,
+                }
+            }
+        })
+        .await;
+    }
+}

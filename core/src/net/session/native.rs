@@ -1,0 +1,245 @@
+//! A connection on `/realtime`, speaking the native protocol: reads client messages, writes
+//! what its `SubscriptionSet` says to send, encoded as native frames, and keeps the heartbeat.
+//!
+//! Every session reads the same fan-out of batches (`fanout`); a session that falls behind
+//! what it keeps skips ahead and is sent a `gap` message saying which positions it missed, and
+//! one stuck on a full socket is closed. Nobody else waits for it.
+
+use super::super::fanout::Missed;
+use super::super::subscriptions::{Outgoing, SubscriptionSet, Wish};
+use super::super::Context;
+use crate::bridge::{Batch, Encoding};
+use crate::ops::OpSet;
+use crate::protocol::native::{self, ClientMessage, Coded, ErrorCode, ServerMessage};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+/// Most batches written between two flushes when catching up.
+const CATCH_UP_BATCHES: usize = 64;
+/// How long a closing session waits for its close frame to be written.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+type Sink = futures_util::stream::SplitSink<WebSocketStream<TcpStream>, Message>;
+
+struct Session {
+    sink: Sink,
+    subscriptions: SubscriptionSet<Value>,
+}
+
+pub async fn run(ws: WebSocketStream<TcpStream>, context: Context) {
+    let mut batches = context.batches.cursor();
+    let kicked = batches.kicked();
+    tokio::pin!(kicked);
+    let (sink, mut stream) = ws.split();
+    let interval = context.shared.limits().heartbeat_interval;
+    let mut session = Session {
+        sink,
+        subscriptions: SubscriptionSet::new(context.shared.clone(), context.worker.clone()),
+    };
+    // A client silent this long is gone; so is one whose socket accepted nothing for as long
+    // (a session blocked on a write cannot run its heartbeat, so every write is bounded too).
+    let timeout = 2 * interval;
+    let timed_out = || Some((CloseCode::Away, "heartbeat timed out".to_string()));
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    let mut last_heard = Instant::now();
+
+    let close = loop {
+        tokio::select! {
+            message = stream.next() => {
+                last_heard = Instant::now();
+                let handled = match message {
+                    Some(Ok(Message::Text(text))) => tokio::time::timeout(timeout, session.on_text(&text)).await,
+                    Some(Ok(Message::Binary(_))) => {
+                        tokio::time::timeout(timeout, session.error(ErrorCode::BinaryNotSupported, "send JSON text messages", None)).await
+                    }
+                    // tungstenite answers pings itself; the pong goes out with the next flush.
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
+                        tokio::time::timeout(timeout, async { let _ = session.sink.flush().await; }).await
+                    }
+                    Some(Ok(Message::Close(_))) | None => break None,
+                    Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
+                        break Some((CloseCode::Size, format!("message of {size} bytes exceeds realtime.max_message_size ({max_size})")))
+                    }
+                    Some(Err(WsError::Utf8(_))) => {
+                        break Some((CloseCode::Invalid, "text message is not valid UTF-8".into()))
+                    }
+                    Some(Err(WsError::Protocol(e))) => break Some((CloseCode::Protocol, e.to_string())),
+                    Some(Err(_)) => break None,
+                };
+                if handled.is_err() {
+                    break timed_out();
+                }
+            }
+            batch = batches.recv() => match batch {
+                Ok(batch) => {
+                    // A session that fell behind writes every batch already waiting, then
+                    // flushes once: one write per catch-up instead of one per batch.
+                    let pinned = batches.delivering();
+                    let delivery = tokio::time::timeout(timeout, async {
+                        pinned.add(batches.last_seq(), &batch);
+                        session.deliver(&batch).await?;
+                        drop(batch);
+                        for _ in 0..CATCH_UP_BATCHES {
+                            match batches.try_recv() {
+                                Some(Ok(batch)) => {
+                                    pinned.add(batches.last_seq(), &batch);
+                                    session.deliver(&batch).await?
+                                }
+                                Some(Err(Missed::Lagged(missed))) => session.subscriptions.missed(missed),
+                                Some(Err(Missed::Closed)) | None => break,
+                            }
+                        }
+                        session.sink.flush().await
+                    });
+                    let delivered = tokio::select! {
+                        delivered = delivery => delivered,
+                        _ = &mut kicked => break Some((CloseCode::Again, "slow client: realtime.client_memory is exhausted".into())),
+                    };
+                    match delivered {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => break None,
+                        Err(_) => break timed_out(),
+                    }
+                }
+                Err(Missed::Lagged(missed)) => session.subscriptions.missed(missed),
+                Err(Missed::Closed) => break Some((CloseCode::Restart, "server is restarting".into())),
+            },
+            _ = heartbeat.tick() => {
+                if last_heard.elapsed() > timeout {
+                    break Some((CloseCode::Away, "no pong received; heartbeat timed out".into()));
+                }
+                match tokio::time::timeout(timeout, session.sink.send(Message::Ping(Default::default()))).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break None,
+                    Err(_) => break timed_out(),
+                }
+            }
+        }
+    };
+    if let Some((code, reason)) = close {
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        // A client that stopped reading cannot take even this; do not wait on it for long.
+        let _ = tokio::time::timeout(CLOSE_WAIT, async {
+            let _ = session.sink.send(Message::Close(Some(frame))).await;
+            let _ = session.sink.close().await;
+        })
+        .await;
+    }
+}
+
+impl Session {
+    async fn send(&mut self, message: ServerMessage<'_>) {
+        let _ = self.sink.send(Message::text(message.to_text())).await;
+    }
+
+    async fn error(&mut self, code: ErrorCode, message: &str, id: Option<&Value>) {
+        self.send(ServerMessage::Error { code, message, id }).await
+    }
+
+    /// Tell the client why its message was refused: the error's code and text.
+    async fn refuse(&mut self, refusal: impl Coded, id: Option<&Value>) {
+        let message = refusal.to_string();
+        self.error(refusal.code(), &message, id).await
+    }
+
+    async fn on_text(&mut self, text: &str) {
+        match native::parse(text) {
+            Err(e) => self.refuse(e, None).await,
+            Ok(ClientMessage::Ping { reference }) => {
+                let position = self.subscriptions.position();
+                self.send(ServerMessage::Pong {
+                    reference: reference.as_ref(),
+                    position,
+                })
+                .await
+            }
+            Ok(ClientMessage::Unsubscribe { id }) => {
+                if self.subscriptions.unsubscribe(|key| native::same_id(key, &id)) {
+                    self.send(ServerMessage::Unsubscribed {
+                        id: &id,
+                        reason: None,
+                    })
+                    .await
+                } else {
+                    self.error(
+                        ErrorCode::UnknownSubscription,
+                        "no subscription with this id",
+                        Some(&id),
+                    )
+                    .await
+                }
+            }
+            Ok(ClientMessage::Subscribe {
+                id,
+                table,
+                events,
+                filter,
+            }) => {
+                let events = match events.as_deref().map(OpSet::parse).transpose() {
+                    Ok(events) => events,
+                    Err(name) => {
+                        let e = super::super::subscriptions::SubscribeError::UnknownEvent(name);
+                        return self.refuse(e, Some(&id)).await;
+                    }
+                };
+                let wish = Wish {
+                    table,
+                    events,
+                    filter,
+                };
+                let text = match self
+                    .subscriptions
+                    .subscribe(id.clone(), wish, native::same_id)
+                    .await
+                {
+                    Ok(made) => ServerMessage::Subscribed {
+                        id: &id,
+                        schema: made.schema,
+                        table: made.table,
+                        events: made.events.iter().map(|op| op.name()).collect(),
+                        position: made.position,
+                    }
+                    .to_text(),
+                    Err(e) => {
+                        return self.refuse(e, Some(&id)).await;
+                    }
+                };
+                let _ = self.sink.send(Message::text(text)).await;
+            }
+        }
+    }
+
+    async fn deliver(&mut self, batch: &Batch) -> Result<(), WsError> {
+        for outgoing in self.subscriptions.deliver(batch) {
+            let text = match outgoing {
+                Outgoing::Change(change) => change.encoded(Encoding::NativeChange, native::change_frame),
+                Outgoing::Leave(change) => change.encoded(Encoding::NativeLeave, native::leave_frame),
+                Outgoing::Ended(id, reason) => ServerMessage::Unsubscribed {
+                    id: &id,
+                    reason: Some(reason),
+                }
+                .to_text()
+                .into(),
+                Outgoing::Gap { reason, from, to } => ServerMessage::Gap {
+                    reason,
+                    from_position: from,
+                    to_position: to,
+                }
+                .to_text()
+                .into(),
+            };
+            self.sink.feed(Message::Text(text)).await?;
+        }
+        Ok(())
+    }
+}

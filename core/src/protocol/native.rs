@@ -1,0 +1,317 @@
+//! realtime_ext's own WebSocket protocol on `/realtime`: JSON text messages (README.md,
+//! "Protocol"). Parses what clients send and encodes what they are sent, including each
+//! change's frame, built once per change for every native session.
+
+use crate::bridge::{Change, EndReason, GapReason, ResolveError};
+use crate::filter::FilterError;
+use crate::net::subscriptions::SubscribeError;
+use crate::ops::Op;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::fmt::Write;
+
+/// Messages a client sends.
+#[derive(Deserialize, Debug)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMessage {
+    Subscribe {
+        /// Client-chosen subscription id (string or number), unique on this connection.
+        id: Value,
+        table: String,
+        events: Option<Vec<String>>,
+        filter: Option<String>,
+    },
+    Unsubscribe {
+        id: Value,
+    },
+    Ping {
+        #[serde(rename = "ref")]
+        reference: Option<Value>,
+    },
+}
+
+/// Stable error codes.
+#[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    InvalidJson,
+    InvalidMessage,
+    UnknownType,
+    BinaryNotSupported,
+    UnknownTable,
+    TableNotWatched,
+    UnknownColumn,
+    InvalidFilter,
+    InvalidFilterValue,
+    InvalidEvents,
+    DuplicateSubscription,
+    UnknownSubscription,
+    TooManySubscriptions,
+    Unavailable,
+    Internal,
+}
+
+/// Messages the server sends, apart from `change` and `leave` (`change_frame`, `leave_frame`).
+#[derive(Serialize, Debug)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage<'a> {
+    Subscribed {
+        id: &'a Value,
+        schema: &'a str,
+        table: &'a str,
+        events: Vec<&'static str>,
+        position: u64,
+    },
+    Unsubscribed {
+        id: &'a Value,
+        /// Why the server ended it; absent when the client asked.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<EndReason>,
+    },
+    Pong {
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a Value>,
+        position: u64,
+    },
+    Error {
+        code: ErrorCode,
+        message: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a Value>,
+    },
+    Gap {
+        reason: GapReason,
+        from_position: u64,
+        to_position: u64,
+    },
+}
+
+impl Serialize for EndReason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match self {
+            EndReason::Dropped => "table_dropped",
+            EndReason::Unwatched => "table_unwatched",
+            EndReason::Renamed => "table_renamed",
+        })
+    }
+}
+
+impl Serialize for GapReason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match self {
+            GapReason::QueueOverflow => "queue_overflow",
+            GapReason::SpillUnreadable => "spill_unreadable",
+            GapReason::RenderFailed => "render_failed",
+            GapReason::SlowClient => "slow_client",
+        })
+    }
+}
+
+impl ServerMessage<'_> {
+    pub fn to_text(&self) -> String {
+        serde_json::to_string(self).expect("server messages always serialize")
+    }
+}
+
+/// Why a client message was refused before anything was done with it.
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    #[error("invalid JSON: {0}")]
+    Json(serde_json::Error),
+    #[error("message must be a JSON object with a string \"type\"")]
+    NoType,
+    #[error("unknown message type \"{0}\"")]
+    UnknownType(String),
+    #[error("invalid {kind} message: {source}")]
+    Invalid {
+        kind: String,
+        source: serde_json::Error,
+    },
+    #[error("id must be a string or a number")]
+    Id,
+    /// PostgreSQL text cannot hold NUL: a name would be cut at it and mean another table.
+    #[error("subscribe strings cannot contain NUL characters")]
+    Nul,
+}
+
+/// Parse a client message, telling malformed JSON from an unknown message type.
+pub fn parse(text: &str) -> Result<ClientMessage, ParseError> {
+    let value: Value = serde_json::from_str(text).map_err(ParseError::Json)?;
+    let kind = match value.get("type").and_then(Value::as_str) {
+        None => return Err(ParseError::NoType),
+        Some(kind @ ("subscribe" | "unsubscribe" | "ping")) => kind.to_string(),
+        Some(other) => return Err(ParseError::UnknownType(other.to_string())),
+    };
+    let message = serde_json::from_value(value).map_err(|source| ParseError::Invalid { kind, source })?;
+    match &message {
+        ClientMessage::Subscribe { id, .. } | ClientMessage::Unsubscribe { id } if !valid_id(id) => {
+            Err(ParseError::Id)
+        }
+        ClientMessage::Subscribe {
+            table,
+            filter,
+            events,
+            ..
+        } if table.contains('\0')
+            || filter.as_deref().is_some_and(|f| f.contains('\0'))
+            || events.iter().flatten().any(|e| e.contains('\0')) =>
+        {
+            Err(ParseError::Nul)
+        }
+        _ => Ok(message),
+    }
+}
+
+fn valid_id(id: &Value) -> bool {
+    id.is_string() || id.is_number()
+}
+
+/// Whether two subscription ids are the same: numbers by value (`1` and `1.0` are one id).
+pub fn same_id(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            crate::filter::numbers_equal(&x.to_string(), &y.to_string())
+        }
+        _ => a == b,
+    }
+}
+
+/// Each refusal's stable code on the wire.
+pub trait Coded: std::fmt::Display {
+    fn code(&self) -> ErrorCode;
+}
+
+impl Coded for ParseError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            ParseError::Json(_) => ErrorCode::InvalidJson,
+            ParseError::UnknownType(_) => ErrorCode::UnknownType,
+            ParseError::NoType | ParseError::Invalid { .. } | ParseError::Id | ParseError::Nul => {
+                ErrorCode::InvalidMessage
+            }
+        }
+    }
+}
+
+impl Coded for FilterError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            FilterError::Unreadable(_) => ErrorCode::Internal,
+            _ => ErrorCode::InvalidFilter,
+        }
+    }
+}
+
+impl Coded for ResolveError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            ResolveError::UnknownTable(_) => ErrorCode::UnknownTable,
+            ResolveError::NotWatched { .. } => ErrorCode::TableNotWatched,
+            ResolveError::UnknownColumn(_) => ErrorCode::UnknownColumn,
+            ResolveError::FilterRefused { .. } => ErrorCode::InvalidFilter,
+            ResolveError::FilterValue(_) => ErrorCode::InvalidFilterValue,
+            ResolveError::Unavailable => ErrorCode::Unavailable,
+            ResolveError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+impl Coded for SubscribeError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            SubscribeError::Duplicate => ErrorCode::DuplicateSubscription,
+            SubscribeError::TooMany(_) => ErrorCode::TooManySubscriptions,
+            SubscribeError::NoEvents
+            | SubscribeError::UnknownEvent(_)
+            | SubscribeError::NotWatched => ErrorCode::InvalidEvents,
+            SubscribeError::Filter(e) => e.code(),
+            SubscribeError::Resolve(e) => e.code(),
+        }
+    }
+}
+
+/// The `change` message, assembled as text: the row images are already JSON and are copied
+/// in, not re-encoded.
+pub fn change_frame(change: &Change) -> String {
+    let (schema, table) = &*change.names;
+    let mut s = String::with_capacity(160 + change.image_bytes() + schema.len() + table.len());
+    let _ = write!(
+        s,
+        r#"{{"type":"change","position":{},"xid":{},"commit_time":"{}","op":"{}","schema":{},"table":{},"new":{},"old":{}}}"#,
+        change.position,
+        change.txn.xid,
+        change.txn.commit_time,
+        change.op.name(),
+        json_string(schema),
+        json_string(table),
+        change.new.as_deref().unwrap_or("null"),
+        change.old.as_deref().unwrap_or("null"),
+    );
+    s
+}
+
+/// The `leave` message, for subscribers whose filter an UPDATE's new row no longer matches:
+/// the change's position, transaction, table and old row.
+pub fn leave_frame(change: &Change) -> String {
+    let (schema, table) = &*change.names;
+    let old = change.old.as_deref().unwrap_or("null");
+    let mut s = String::with_capacity(160 + old.len() + schema.len() + table.len());
+    let _ = write!(
+        s,
+        r#"{{"type":"leave","position":{},"xid":{},"commit_time":"{}","op":"{}","schema":{},"table":{},"old":{old}}}"#,
+        change.position,
+        change.txn.xid,
+        change.txn.commit_time,
+        Op::Update.name(),
+        json_string(schema),
+        json_string(table),
+    );
+    s
+}
+
+fn json_string(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn parse_errors_are_distinguished() {
+        assert_eq!(parse("{").unwrap_err().code(), ErrorCode::InvalidJson);
+        assert_eq!(parse("[1]").unwrap_err().code(), ErrorCode::InvalidMessage);
+        assert_eq!(
+            parse(r#"{"type":"nope"}"#).unwrap_err().code(),
+            ErrorCode::UnknownType
+        );
+        assert_eq!(
+            parse(r#"{"type":"subscribe"}"#).unwrap_err().code(),
+            ErrorCode::InvalidMessage
+        );
+        assert!(matches!(
+            parse(r#"{"type":"subscribe","id":1,"table":"t","filter":"a=eq.1"}"#),
+            Ok(ClientMessage::Subscribe { .. })
+        ));
+    }
+
+    #[test]
+    fn nul_and_odd_ids_are_refused() {
+        for bad in [
+            r#"{"type":"subscribe","id":1,"table":"pulse\u0000"}"#,
+            r#"{"type":"subscribe","id":1,"table":"t","filter":"a=eq.\u0000"}"#,
+            r#"{"type":"subscribe","id":{"a":1},"table":"t"}"#,
+            r#"{"type":"unsubscribe","id":null}"#,
+        ] {
+            assert_eq!(
+                parse(bad).unwrap_err().code(),
+                ErrorCode::InvalidMessage,
+                "{bad}"
+            );
+        }
+        let n = |s: &str| serde_json::from_str::<Value>(s).unwrap();
+        assert!(same_id(&n("1"), &n("1.0")));
+        assert!(same_id(&n("1e2"), &n("100")));
+        assert!(!same_id(&n("1"), &n("\"1\"")));
+    }
+}
