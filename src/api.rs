@@ -3,13 +3,13 @@
 //! only record of what is watched, so a restart, pg_dump/pg_restore or DROP TABLE can never
 //! leave a stale list behind.
 
-use realtime_core::bridge::EndReason;
-use realtime_core::ops::OpSet;
 use crate::error::raise;
 use crate::event::Op;
 use pgrx::prelude::*;
 use pgrx::spi::quote_identifier;
 use pgrx::PgSqlErrorCode::*;
+use realtime_core::bridge::EndReason;
+use realtime_core::ops::OpSet;
 
 /// Partitioned tables: one row trigger, cloned by PostgreSQL onto every partition.
 const ROW_TRIGGER: &str = "realtime_ext_capture_row";
@@ -268,6 +268,7 @@ fn depend_on_extension(tbl: pg_sys::Oid) {
 }
 
 fn adopt(tbl: pg_sys::Oid) {
+    // SAFETY: catalog lookup by name inside the caller's transaction; the C string is static.
     let ext = unsafe { pg_sys::get_extension_oid(c"realtime_ext".as_ptr(), true) };
     if ext == pg_sys::InvalidOid {
         return;
@@ -299,6 +300,7 @@ fn adopt(tbl: pg_sys::Oid) {
             objectId: ext,
             objectSubId: 0,
         };
+        // SAFETY: both addresses are live locals; called inside the transaction that created the trigger.
         unsafe {
             pg_sys::recordDependencyOn(
                 &trigger,

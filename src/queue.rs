@@ -57,6 +57,7 @@ static mut PREV_REQUEST_HOOK: pg_sys::shmem_request_hook_type = None;
 static mut PREV_STARTUP_HOOK: pg_sys::shmem_startup_hook_type = None;
 
 pub fn init() {
+    // SAFETY: _PG_init runs in the postmaster before any other process: nobody else touches the hooks.
     unsafe {
         PREV_REQUEST_HOOK = pg_sys::shmem_request_hook;
         pg_sys::shmem_request_hook = Some(shmem_request);
@@ -158,6 +159,7 @@ impl Locked {
         let cap = self.0.capacity as usize;
         let at = (offset % self.0.capacity) as usize;
         let first = bytes.len().min(cap - at);
+        // SAFETY: `at < cap` and `first <= cap - at`, so both copies stay within the ring's `cap` bytes and `bytes`.
         unsafe {
             ptr::copy_nonoverlapping(bytes.as_ptr(), self.1.add(at), first);
             ptr::copy_nonoverlapping(bytes.as_ptr().add(first), self.1, bytes.len() - first);
@@ -206,6 +208,7 @@ impl Ring {
 
 impl Drop for Locked {
     fn drop(&mut self) {
+        // SAFETY: `Locked` is only made by taking this lock, and releases it once.
         unsafe { pg_sys::LWLockRelease(self.0.lock) }
     }
 }
@@ -268,6 +271,7 @@ fn mark_in(ring: Ring, offset: u64, kind: RecordKind, commit_time: i64) {
 
 /// Wake the worker (once per commit, not per row).
 pub fn wake_worker() {
+    // SAFETY: the header lives in shared memory for the life of the server; the latch pointer is read once (volatile) and SetLatch tolerates a latch whose owner has exited.
     unsafe {
         if let Some(h) = queue().map(|q| &*q.header) {
             let latch = ptr::read_volatile(&h.worker_latch);
@@ -281,6 +285,7 @@ pub fn wake_worker() {
 /// Worker side: whether commits should wake the worker (see `Header::wake_on_commit`).
 /// A plain store: a writer that reads a stale value only changes when the worker hears of it.
 pub fn set_wake_on_commit(on: bool) {
+    // SAFETY: the header lives in shared memory for the life of the server; a torn bool cannot happen.
     unsafe {
         if let Some(h) = queue().map(|q| &mut *q.header) {
             ptr::write_volatile(&mut h.wake_on_commit, on);
@@ -479,9 +484,11 @@ mod tests {
             let offset = publish_to(ring, &[&header, &body], 1).expect("room");
             mark_in(ring, offset, RecordKind::Txn, 1);
         }
+        // SAFETY: the ring's header lives in shared memory for the life of the server.
         let lock = unsafe { (*ring.header).lock };
         let mut out = Vec::new();
         let mut free = false;
+        // SAFETY: the ring's header lives in shared memory for the life of the server.
         drain_from(ring, &mut out, 4 << 20, || unsafe {
             free = pg_sys::LWLockConditionalAcquire(lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
             if free {

@@ -49,11 +49,7 @@ thread_local! {
     static SLOTS: RefCell<(Vec<Datum>, Vec<bool>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
-// The fmgr entry points themselves (pg_sys only exposes guarded wrappers).
-unsafe extern "C-unwind" {
-    fn row_to_json(fcinfo: pg_sys::FunctionCallInfo) -> Datum;
-    fn array_to_json(fcinfo: pg_sys::FunctionCallInfo) -> Datum;
-}
+use crate::pg::{array_to_json, row_to_json};
 
 /// The memory context `RowFormat::render` runs in, emptied after each row, so that a
 /// million-row statement does not keep a million rows' worth of output strings and copies.
@@ -61,6 +57,7 @@ pub struct RowMemory(pg_sys::MemoryContext);
 
 impl RowMemory {
     pub fn new(parent: pg_sys::MemoryContext) -> RowMemory {
+        // SAFETY: a child of a live context, with PostgreSQL's default sizes.
         RowMemory(unsafe {
             pg_sys::AllocSetContextCreateInternal(
                 parent,
@@ -74,6 +71,7 @@ impl RowMemory {
 
     /// Run `f` in this context, then empty it.
     pub fn run<T>(&self, f: impl FnOnce() -> T) -> T {
+        // SAFETY: `self.0` lives until `self` is dropped; the previous context is restored before returning.
         unsafe {
             let previous = pg_sys::MemoryContextSwitchTo(self.0);
             let result = f();
@@ -85,12 +83,14 @@ impl RowMemory {
 
     /// Empty it; after an ERROR escaped `run`, what the row had allocated is still there.
     pub fn reset(&self) {
+        // SAFETY: `self.0` lives until `self` is dropped.
         unsafe { pg_sys::MemoryContextReset(self.0) };
     }
 }
 
 impl Drop for RowMemory {
     fn drop(&mut self) {
+        // SAFETY: deleted once, by its owner.
         unsafe { pg_sys::MemoryContextDelete(self.0) };
     }
 }
@@ -108,6 +108,7 @@ pub enum Casts {
 impl RowFormat {
     /// Works out how to render rows of `desc` (json.c: json_categorize_type, per column).
     pub fn new(desc: pg_sys::TupleDesc, casts: Casts) -> RowFormat {
+        // SAFETY: `desc` is a valid tuple descriptor for the call; everything cached is allocated in the context created here, which lives as long as the RowFormat.
         unsafe {
             let memory = pg_sys::AllocSetContextCreateInternal(
                 pg_sys::TopMemoryContext,
@@ -145,6 +146,7 @@ impl RowFormat {
     /// Whether this plan was made for a descriptor shaped like `desc`. Invalidation callbacks
     /// normally drop a stale plan first; this is the guard that does not rely on them.
     pub fn fits(&self, desc: pg_sys::TupleDesc) -> bool {
+        // SAFETY: `desc` is a valid tuple descriptor.
         unsafe { (*desc).natts as usize == self.natts }
     }
 
@@ -160,9 +162,11 @@ impl RowFormat {
         SLOTS.with(|slots| {
             let (values, nulls) = &mut *slots.borrow_mut();
             // heap_deform_tuple fills one slot per attribute of `desc`.
+            // SAFETY: `desc` is a valid tuple descriptor.
             let n = self.natts.max(unsafe { (*desc).natts } as usize);
             values.resize(n, Datum::from(0));
             nulls.resize(n, true);
+            // SAFETY: `tuple` is a tuple of `desc`, and both arrays hold at least natts slots.
             unsafe {
                 pg_sys::heap_deform_tuple(tuple, desc, values.as_mut_ptr(), nulls.as_mut_ptr())
             };
@@ -180,6 +184,7 @@ impl RowFormat {
             if nulls[column.index] {
                 out.extend_from_slice(b"null");
             } else {
+                // SAFETY: the datum was deformed from a tuple of this format's descriptor, and `column.kind` was worked out from that column's type.
                 unsafe { render_value(&column.kind, values[column.index], out) };
             }
         }
@@ -189,6 +194,7 @@ impl RowFormat {
 
 impl Drop for RowFormat {
     fn drop(&mut self) {
+        // SAFETY: deleted once, by its owner.
         unsafe { pg_sys::MemoryContextDelete(self.memory) };
     }
 }

@@ -13,10 +13,7 @@ use crate::event::{put_name, Reader};
 use pgrx::pg_sys;
 use std::ffi::{c_int, CStr, CString};
 
-// utils/bytea.h is not in pgrx's bindings.
-unsafe extern "C" {
-    static mut bytea_output: c_int;
-}
+use crate::pg::bytea_output;
 
 /// Session settings that change the text of values rendered by the worker.
 #[derive(Debug, PartialEq)]
@@ -32,6 +29,7 @@ pub struct Settings {
 impl Settings {
     /// This backend's current settings.
     pub fn current() -> Settings {
+        // SAFETY: reads the session's settings on its own thread.
         unsafe {
             let tz = pg_sys::pg_get_timezone_name(pg_sys::session_timezone);
             Settings {
@@ -48,6 +46,7 @@ impl Settings {
     /// Make these the backend's settings (the variables behind the GUCs, not the GUCs: they
     /// are restored when rendering is done). Fails on a time zone this server does not know.
     pub fn apply(&self) -> Result<(), String> {
+        // SAFETY: writes the session's settings on its own thread; pg_tzset's result is checked before use.
         unsafe {
             let tz = pg_sys::pg_tzset(self.time_zone.as_ptr());
             if tz.is_null() {
@@ -94,6 +93,7 @@ impl Settings {
 /// A relation's columns as the shape records them; built once per relation by the writer.
 pub fn describe(desc: pg_sys::TupleDesc) -> Vec<u8> {
     let mut out = Vec::new();
+    // SAFETY: `desc` is a valid tuple descriptor; attributes are read within natts.
     unsafe {
         let natts = (*desc).natts as usize;
         out.extend_from_slice(&(natts as u16).to_le_bytes());
@@ -119,6 +119,7 @@ pub fn decode(bytes: &[u8]) -> Option<(Settings, pg_sys::TupleDesc)> {
     let mut r = Reader::new(bytes);
     let settings = Settings::decode(&mut r)?;
     let natts = r.u16()? as usize;
+    // SAFETY: allocates a descriptor in the current memory context.
     let desc = unsafe { pg_sys::CreateTemplateTupleDesc(natts as c_int) };
     for i in 0..natts {
         let name = r.name()?;
@@ -128,6 +129,7 @@ pub fn decode(bytes: &[u8]) -> Option<(Settings, pg_sys::TupleDesc)> {
         if name.len() >= pg_sys::NAMEDATALEN as usize {
             return None;
         }
+        // SAFETY: `i < natts`, the number of attributes the descriptor was created with.
         unsafe {
             let a = &mut *(*desc).attrs.as_mut_ptr().add(i);
             *a = std::mem::zeroed();

@@ -28,7 +28,10 @@ pub async fn connect(url: &str, n: usize) -> std::io::Result<Ws> {
     let server: SocketAddr = tokio::net::lookup_host(hostport).await?.next().unwrap();
     let socket = TcpSocket::new_v4()?;
     if server.ip().is_loopback() {
-        socket.bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (n / 20_000) as u8)), 0))?;
+        socket.bind(SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (n / 20_000) as u8)),
+            0,
+        ))?;
     }
     let stream = socket.connect(server).await?;
     stream.set_nodelay(true)?;
@@ -45,10 +48,14 @@ pub async fn connect(url: &str, n: usize) -> std::io::Result<Ws> {
 pub async fn subscriber(url: &str, n: usize, table: &str) -> std::io::Result<Ws> {
     let mut ws = connect(url, n).await?;
     let msg = format!(r#"{{"type":"subscribe","id":"b","table":"{table}"}}"#);
-    ws.send(Message::text(msg)).await.map_err(std::io::Error::other)?;
+    ws.send(Message::text(msg))
+        .await
+        .map_err(std::io::Error::other)?;
     match ws.next().await {
         Some(Ok(Message::Text(t))) if t.contains("subscribed") => Ok(ws),
-        other => Err(std::io::Error::other(format!("subscribe failed: {other:?}"))),
+        other => Err(std::io::Error::other(format!(
+            "subscribe failed: {other:?}"
+        ))),
     }
 }
 
@@ -70,13 +77,19 @@ pub async fn setup_table(db: &tokio_postgres::Client, target: Target, table: &st
 }
 
 pub fn now_us() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64
 }
 
 /// The writer's timestamp from a change message, found without parsing the whole message.
 pub fn sent_at_us(text: &str) -> Option<i64> {
     let at = text.find("\"sent_at_us\":")? + "\"sent_at_us\":".len();
-    let digits: String = text[at..].chars().take_while(|c| c.is_ascii_digit()).collect();
+    let digits: String = text[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
     digits.parse().ok()
 }
 

@@ -18,18 +18,26 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 const BACKLOG: usize = 1024;
 
 pub async fn serve(port: u16) -> ! {
-    let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("bind the floor server's port");
+    let listener = TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind the floor server's port");
     let (tx, _) = broadcast::channel::<Utf8Bytes>(BACKLOG);
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         tokio::spawn(session(stream, tx.clone()));
     }
 }
 
 async fn session(stream: TcpStream, tx: broadcast::Sender<Utf8Bytes>) {
     let _ = stream.set_nodelay(true);
-    let config = WebSocketConfig::default().read_buffer_size(4 * 1024).write_buffer_size(16 * 1024);
-    let Ok(ws) = tokio_tungstenite::accept_async_with_config(stream, Some(config)).await else { return };
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(16 * 1024);
+    let Ok(ws) = tokio_tungstenite::accept_async_with_config(stream, Some(config)).await else {
+        return;
+    };
     let (mut sink, mut stream) = ws.split();
     let mut rx = tx.subscribe();
     loop {

@@ -30,7 +30,10 @@ impl Args {
         let mut values = HashMap::new();
         let mut i = 1;
         while i < argv.len() {
-            let key = argv[i].strip_prefix("--").unwrap_or_else(|| usage()).to_string();
+            let key = argv[i]
+                .strip_prefix("--")
+                .unwrap_or_else(|| usage())
+                .to_string();
             let value = argv.get(i + 1).cloned().unwrap_or_else(|| usage());
             values.insert(key, value);
             i += 2;
@@ -38,10 +41,16 @@ impl Args {
         Args { scenario, values }
     }
     pub fn str(&self, key: &str, default: &str) -> String {
-        self.values.get(key).cloned().unwrap_or_else(|| default.to_string())
+        self.values
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| default.to_string())
     }
     pub fn num(&self, key: &str, default: f64) -> f64 {
-        self.values.get(key).map_or(default, |v| v.parse().unwrap_or_else(|_| panic!("--{key} takes a number")))
+        self.values.get(key).map_or(default, |v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("--{key} takes a number"))
+        })
     }
     pub fn target(&self) -> client::Target {
         match self.str("target", "realtime").as_str() {

@@ -13,8 +13,13 @@ use tokio_tungstenite::tungstenite::Message;
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
 async fn database(args: &Args) -> tokio_postgres::Client {
-    let conninfo = args.str("pg", "host=127.0.0.1 port=54320 user=postgres dbname=postgres");
-    let (db, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await.expect("connect to PostgreSQL");
+    let conninfo = args.str(
+        "pg",
+        "host=127.0.0.1 port=54320 user=postgres dbname=postgres",
+    );
+    let (db, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+        .await
+        .expect("connect to PostgreSQL");
     tokio::spawn(conn);
     db
 }
@@ -34,7 +39,11 @@ async fn subscribers(url: &str, n: usize, table: &str) -> Result<Vec<Ws>, String
             })
             .collect();
         for b in batch {
-            all.push(b.await.unwrap().map_err(|e| format!("client {} could not subscribe: {e}", all.len()))?);
+            all.push(
+                b.await
+                    .unwrap()
+                    .map_err(|e| format!("client {} could not subscribe: {e}", all.len()))?,
+            );
         }
     }
     Ok(all)
@@ -48,7 +57,13 @@ fn failed(scenario: &str, args: &Args, error: String) -> Value {
 
 fn percentiles(mut v: Vec<f64>) -> Value {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let p = |q: f64| if v.is_empty() { Value::Null } else { json!(v[((v.len() - 1) as f64 * q).round() as usize]) };
+    let p = |q: f64| {
+        if v.is_empty() {
+            Value::Null
+        } else {
+            json!(v[((v.len() - 1) as f64 * q).round() as usize])
+        }
+    };
     json!({"p50": p(0.5), "p95": p(0.95), "p99": p(0.99), "max": v.last().copied()})
 }
 
@@ -115,26 +130,40 @@ pub async fn latency(args: &Args) -> Value {
     match &db {
         None => {
             // The floor server makes the events itself, stamped as it makes them.
-            let mut control = client::connect(&url(args), clients).await.expect("connect to the floor server");
+            let mut control = client::connect(&url(args), clients)
+                .await
+                .expect("connect to the floor server");
             let start = format!(r#"{{"type":"start","events":{events},"rate":{rate}}}"#);
-            control.send(Message::text(start)).await.expect("start the floor server");
+            control
+                .send(Message::text(start))
+                .await
+                .expect("start the floor server");
             tokio::time::sleep(Duration::from_secs_f64(events as f64 / rate)).await;
             progress.committed.store(events, Relaxed);
         }
         Some(db) => {
-            let insert = db.prepare("INSERT INTO bench_latency VALUES ($1, $2, $3)").await.unwrap();
+            let insert = db
+                .prepare("INSERT INTO bench_latency VALUES ($1, $2, $3)")
+                .await
+                .unwrap();
             let interval = Duration::from_secs_f64(1.0 / rate);
             let mut next = tokio::time::Instant::now();
             for id in 0..events as i64 {
                 tokio::time::sleep_until(next).await;
                 next += interval;
-                match db.execute(&insert, &[&id, &client::now_us(), &payload]).await {
+                match db
+                    .execute(&insert, &[&id, &client::now_us(), &payload])
+                    .await
+                {
                     Ok(_) => {
                         progress.committed.fetch_add(1, Relaxed);
                     }
                     Err(e) => {
                         failed += 1;
-                        error.get_or_insert_with(|| e.as_db_error().map_or(e.to_string(), |d| d.message().to_string()));
+                        error.get_or_insert_with(|| {
+                            e.as_db_error()
+                                .map_or(e.to_string(), |d| d.message().to_string())
+                        });
                     }
                 }
             }
@@ -201,7 +230,9 @@ pub async fn fanout(args: &Args) -> Value {
         .await
         .unwrap();
     while started.elapsed().as_secs_f64() < seconds {
-        db.execute(&insert, &[&rows, &(rows + batch - 1), &client::now_us()]).await.unwrap();
+        db.execute(&insert, &[&rows, &(rows + batch - 1), &client::now_us()])
+            .await
+            .unwrap();
         rows += batch;
     }
     let write_secs = started.elapsed().as_secs_f64();
@@ -211,7 +242,10 @@ pub async fn fanout(args: &Args) -> Value {
     let mut last = received.load(Relaxed);
     let mut last_change = Instant::now();
     let drain_until = Instant::now() + DRAIN_LIMIT;
-    while received.load(Relaxed) < expected && last_change.elapsed() < Duration::from_secs(1) && Instant::now() < drain_until {
+    while received.load(Relaxed) < expected
+        && last_change.elapsed() < Duration::from_secs(1)
+        && Instant::now() < drain_until
+    {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let now = received.load(Relaxed);
         if now != last {
@@ -219,7 +253,9 @@ pub async fn fanout(args: &Args) -> Value {
             last_change = Instant::now();
         }
     }
-    let delivery_secs = (last_change.min(Instant::now()) - started).as_secs_f64().max(write_secs);
+    let delivery_secs = (last_change.min(Instant::now()) - started)
+        .as_secs_f64()
+        .max(write_secs);
     stop.store(true, Relaxed);
     for r in readers {
         let _ = r.await;
@@ -245,13 +281,18 @@ pub async fn idle(args: &Args) -> Value {
     .await
     .unwrap();
     let pid: i32 = db
-        .query_one("SELECT pid FROM pg_stat_activity WHERE backend_type = 'realtime_ext'", &[])
+        .query_one(
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'realtime_ext'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
     let pid = pid as u32;
     // Warm up the worker's allocator with one client so that the delta is per connection.
-    let warm = subscribers(&url(args), 1, "bench_idle").await.expect("first client");
+    let warm = subscribers(&url(args), 1, "bench_idle")
+        .await
+        .expect("first client");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (rss0, _) = client::memory_kib(pid);
     let started = Instant::now();
@@ -265,7 +306,9 @@ pub async fn idle(args: &Args) -> Value {
     let mut subscribe_ms = Vec::new();
     for i in 0..20 {
         let t = Instant::now();
-        let ws = client::subscriber(&url(args), clients + 10 + i, "bench_idle").await.expect("subscribe while loaded");
+        let ws = client::subscriber(&url(args), clients + 10 + i, "bench_idle")
+            .await
+            .expect("subscribe while loaded");
         subscribe_ms.push(t.elapsed().as_secs_f64() * 1000.0);
         drop(ws);
     }
@@ -282,7 +325,9 @@ pub async fn idle(args: &Args) -> Value {
 pub async fn count(args: &Args) -> Value {
     let table = args.str("table", "bench_bulk");
     let events = args.num("events", 1_000_000.0) as u64;
-    let mut ws = client::subscriber(&url(args), 0, &table).await.expect("subscribe");
+    let mut ws = client::subscriber(&url(args), 0, &table)
+        .await
+        .expect("subscribe");
     println!("subscribed");
     let mut got = 0u64;
     let mut gaps = 0u64;

@@ -85,10 +85,21 @@ mod unit {
 
     #[test]
     fn sets_and_names() {
-        assert_eq!(OpSet::parse(&["insert", " Update "]).unwrap().iter().collect::<Vec<_>>(), [Op::Insert, Op::Update]);
-        assert_eq!(OpSet::parse(&["INSERT", "upsert"]), Err("upsert".to_string()));
+        assert_eq!(
+            OpSet::parse(&["insert", " Update "])
+                .unwrap()
+                .iter()
+                .collect::<Vec<_>>(),
+            [Op::Insert, Op::Update]
+        );
+        assert_eq!(
+            OpSet::parse(&["INSERT", "upsert"]),
+            Err("upsert".to_string())
+        );
         assert_eq!(Op::ALL.into_iter().collect::<OpSet>(), OpSet::ALL);
-        assert!(OpSet::ALL.intersection(OpSet::EMPTY.with(Op::Delete)).contains(Op::Delete));
+        assert!(OpSet::ALL
+            .intersection(OpSet::EMPTY.with(Op::Delete))
+            .contains(Op::Delete));
         assert!(Op::ALL.iter().all(|op| Op::from_u8(*op as u8) == Some(*op)));
     }
 }

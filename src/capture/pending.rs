@@ -89,6 +89,7 @@ impl Pending {
 
 fn open_spill(xid: u32) -> std::io::Result<Spill> {
     std::fs::create_dir_all(SPILL_DIR)?;
+    // SAFETY: MyProcPid is set once at backend start and only read here.
     let path = format!("{SPILL_DIR}/{}-{xid}.spill", unsafe { pg_sys::MyProcPid });
     let file = File::create(&path)?;
     Ok(Spill {
@@ -134,8 +135,10 @@ fn append(is_change: bool, encode: impl FnOnce(&mut Vec<u8>)) {
     PENDING.with(|p| {
         let mut p = p.borrow_mut();
         if p.count == 0 && p.len() == 0 {
+            // SAFETY: inside the writer's transaction (a trigger is running).
             p.xid = unsafe { pg_sys::GetTopTransactionIdIfAny() }.into_inner();
         }
+        // SAFETY: inside the writer's transaction (a trigger is running).
         let subid = unsafe { pg_sys::GetCurrentSubTransactionId() };
         if p.marks.last().map(|m| m.0) != Some(subid) {
             let (len, count) = (p.len(), p.count);

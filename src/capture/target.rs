@@ -7,7 +7,6 @@ use crate::render::{Casts, RowFormat};
 use pgrx::pg_sys;
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::ffi::CStr;
 use std::rc::Rc;
 
 pub struct Target {
@@ -43,6 +42,7 @@ unsafe extern "C-unwind" fn cast_changed(_arg: pg_sys::Datum, _cache: std::ffi::
 }
 
 pub fn register_invalidation() {
+    // SAFETY: registered once per backend, from _PG_init's capture::init; the callbacks are plain functions that live forever.
     unsafe {
         pg_sys::CacheRegisterRelcacheCallback(Some(relation_changed), pg_sys::Datum::from(0));
         let casts = pg_sys::SysCacheIdentifier::CASTSOURCETARGET as std::ffi::c_int;
@@ -52,52 +52,35 @@ pub fn register_invalidation() {
 
 /// `is_clone`: the trigger was cloned from a partitioned ancestor.
 pub fn resolve(rel: pg_sys::Relation, is_clone: bool) -> Rc<Target> {
+    // SAFETY: `rel` is the trigger's open relation, valid for the trigger call.
     let relid = unsafe { (*rel).rd_id };
     if let Some(t) = CACHE.with(|c| c.borrow().get(&relid).cloned()) {
+        // SAFETY: `rel` is the trigger's open relation, valid for the trigger call.
         if t.format.fits(unsafe { (*rel).rd_att }) {
             return t;
         }
     }
     let root = if is_clone {
-        topmost_ancestor(relid)
+        // SAFETY: a trigger runs inside the writer's transaction.
+        unsafe { crate::pg::topmost_ancestor(relid) }
     } else {
         relid
     };
+    // SAFETY: `rel` is the trigger's open relation, valid for the trigger call.
     let desc = unsafe { (*rel).rd_att };
     let format = RowFormat::new(desc, Casts::Honour);
+    // SAFETY: catalog lookups inside the trigger's transaction; NULL results are handled by string_from.
     let target = Rc::new(unsafe {
         Target {
             relid: root.to_u32(),
-            schema: cstr(pg_sys::get_namespace_name(pg_sys::get_rel_namespace(root))),
-            table: cstr(pg_sys::get_rel_name(root)),
+            schema: crate::pg::string_from(pg_sys::get_namespace_name(pg_sys::get_rel_namespace(
+                root,
+            ))),
+            table: crate::pg::string_from(pg_sys::get_rel_name(root)),
             columns: format.deferrable().then(|| crate::shape::describe(desc)),
             format,
         }
     });
     CACHE.with(|c| c.borrow_mut().insert(relid, target.clone()));
     target
-}
-
-// partition.h is not in pgrx's bindings.
-unsafe extern "C-unwind" {
-    fn get_partition_ancestors(relid: pg_sys::Oid) -> *mut pg_sys::List;
-}
-
-fn topmost_ancestor(relid: pg_sys::Oid) -> pg_sys::Oid {
-    unsafe {
-        let list = get_partition_ancestors(relid);
-        let n = if list.is_null() { 0 } else { (*list).length };
-        if n == 0 {
-            return relid;
-        }
-        (*(*list).elements.add(n as usize - 1)).oid_value
-    }
-}
-
-unsafe fn cstr(p: *mut std::ffi::c_char) -> String {
-    if p.is_null() {
-        String::new()
-    } else {
-        CStr::from_ptr(p).to_string_lossy().into_owned()
-    }
 }

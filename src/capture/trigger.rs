@@ -53,11 +53,6 @@ thread_local! {
     static IMAGES: RefCell<(Vec<u8>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
-// access/heaptoast.h is not in pgrx's bindings.
-unsafe extern "C-unwind" {
-    fn toast_flatten_tuple(tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc) -> pg_sys::HeapTuple;
-}
-
 fn op_of(td: &pg_sys::TriggerData) -> Op {
     match td.tg_event & pg_sys::TRIGGER_EVENT_OPMASK {
         pg_sys::TRIGGER_EVENT_INSERT => Op::Insert,
@@ -84,8 +79,10 @@ fn render<'o>(
 
 fn capture_row_event(td: &pg_sys::TriggerData) {
     let op = op_of(td);
+    // SAFETY: tg_trigger and tg_relation are valid for the trigger call.
     let is_clone = unsafe { (*td.tg_trigger).tgisclone };
     let target = target::resolve(td.tg_relation, is_clone);
+    // SAFETY: tg_relation is valid for the trigger call.
     let desc = unsafe { (*td.tg_relation).rd_att };
     let (new, old) = match op {
         Op::Insert => (td.tg_trigtuple, std::ptr::null_mut()),
@@ -104,10 +101,12 @@ fn capture_row_event(td: &pg_sys::TriggerData) {
 fn capture_statement(td: &pg_sys::TriggerData) {
     let op = op_of(td);
     let target = target::resolve(td.tg_relation, false);
+    // SAFETY: tg_relation is valid for the trigger call.
     let desc = unsafe { (*td.tg_relation).rd_att };
     // For an UPDATE, the n-th old row and the n-th new row are the same row.
     let mut new_rows = Transition::open(td.tg_newtable, desc);
     let mut old_rows = Transition::open(td.tg_oldtable, desc);
+    // SAFETY: the slot comes from the transition table just read and holds a tuple of `desc`.
     let memory = RowMemory::new(unsafe { pg_sys::CurrentMemoryContext });
     let mut shaped = false;
     IMAGES.with(|images| {
@@ -118,6 +117,7 @@ fn capture_statement(td: &pg_sys::TriggerData) {
             if new.is_none() && old.is_none() {
                 break;
             }
+            // SAFETY: the slots hold tuples of `desc` until the next fetch; all allocation happens in `memory`.
             memory.run(|| unsafe {
                 if let Some(columns) = &target.columns {
                     if !shaped {
@@ -157,7 +157,8 @@ unsafe fn raw_tuple<'m>(slot: *mut pg_sys::TupleTableSlot, desc: pg_sys::TupleDe
         tuple = pg_sys::heap_form_minimal_tuple(desc, (*slot).tts_values, (*slot).tts_isnull);
     }
     if (*tuple).t_infomask as u32 & pg_sys::HEAP_HASEXTERNAL != 0 {
-        let flat = toast_flatten_tuple(pg_sys::heap_tuple_from_minimal_tuple(tuple), desc);
+        let flat =
+            crate::pg::toast_flatten_tuple(pg_sys::heap_tuple_from_minimal_tuple(tuple), desc);
         tuple = pg_sys::minimal_tuple_from_heap_tuple(flat);
     }
     std::slice::from_raw_parts(tuple.cast(), (*tuple).t_len as usize)
@@ -176,6 +177,7 @@ impl Transition {
         if store.is_null() {
             return None;
         }
+        // SAFETY: `store` is the trigger's transition tuplestore, valid for the trigger call; the slot is dropped with `self`.
         unsafe {
             let pointer =
                 pg_sys::tuplestore_alloc_read_pointer(store, pg_sys::EXEC_FLAG_REWIND as _);
@@ -192,6 +194,7 @@ impl Transition {
 
     /// The next row, valid until the next call.
     fn next(&mut self) -> Option<*mut pg_sys::TupleTableSlot> {
+        // SAFETY: store, pointer and slot were set up by `open` for this trigger call.
         unsafe {
             pg_sys::tuplestore_select_read_pointer(self.store, self.pointer);
             pg_sys::tuplestore_gettupleslot(self.store, true, false, self.slot).then_some(self.slot)
@@ -201,6 +204,7 @@ impl Transition {
 
 impl Drop for Transition {
     fn drop(&mut self) {
+        // SAFETY: the slot was made by `open` and is dropped once.
         unsafe { pg_sys::ExecDropSingleTupleTableSlot(self.slot) };
     }
 }

@@ -32,6 +32,7 @@ thread_local! {
 }
 
 pub fn register_callbacks() {
+    // SAFETY: registered once per backend from _PG_init; the callbacks are plain functions that live forever.
     unsafe {
         pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut());
         pg_sys::RegisterSubXactCallback(Some(on_subxact), std::ptr::null_mut());
@@ -170,6 +171,7 @@ fn settle(mut committed: bool) {
     }
     if let Some(offset) = reserved.offset {
         if committed {
+            // SAFETY: called from the commit callback, where the stop timestamp has been set.
             let commit_time = unsafe { pg_sys::GetCurrentTransactionStopTimestamp() };
             queue::mark(offset, reserved.kind.committed(), commit_time);
         } else {

@@ -2,6 +2,7 @@
 //! Each question runs in its own transaction; a Postgres error becomes an error reply.
 
 use super::security::{as_owner, with_time_limit};
+use crate::pg::xact::{in_subtransaction, in_transaction};
 use pgrx::prelude::*;
 use realtime_core::bridge::{Request, ResolveError, ResolvedTable};
 use realtime_core::filter::{check_op, FilterOp, FilterSpec, ResolvedFilter, ValueKind};
@@ -30,53 +31,10 @@ pub fn answer(request: Request) {
             reply,
         } => {
             let answer = with_time_limit(REQUEST_TIME_LIMIT, || {
-                in_transaction(|| resolve(&table, filter.as_ref()))
+                in_transaction(|| resolve(&table, filter.as_ref()), ResolveError::Internal)
             });
             let _ = reply.send(answer);
         }
-    }
-}
-
-/// Run `f` in a transaction of its own; an ERROR it raises is rolled back and returned.
-fn in_transaction<T>(f: impl FnOnce() -> Answer<T> + std::panic::UnwindSafe) -> Answer<T> {
-    unsafe {
-        pg_sys::SetCurrentStatementStartTimestamp();
-        pg_sys::StartTransactionCommand();
-        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-    }
-    let result = PgTryBuilder::new(f)
-        .catch_others(|e| Err(ResolveError::Internal(crate::error::message(&e))))
-        .execute();
-    unsafe {
-        if result.is_ok() {
-            pg_sys::PopActiveSnapshot();
-            pg_sys::CommitTransactionCommand();
-        } else {
-            pg_sys::AbortCurrentTransaction();
-        }
-    }
-    result
-}
-
-/// Run `f` in a subtransaction, as a PL/pgSQL EXCEPTION block does: an ERROR it raises is
-/// rolled back and becomes its message, and the surrounding transaction carries on.
-fn in_subtransaction<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> Result<T, String> {
-    unsafe {
-        let context = pg_sys::CurrentMemoryContext;
-        let owner = pg_sys::CurrentResourceOwner;
-        pg_sys::BeginInternalSubTransaction(std::ptr::null());
-        pg_sys::MemoryContextSwitchTo(context);
-        let result = PgTryBuilder::new(|| Ok(f()))
-            .catch_others(|e| Err(crate::error::message(&e)))
-            .execute();
-        if result.is_ok() {
-            pg_sys::ReleaseCurrentSubTransaction();
-        } else {
-            pg_sys::RollbackAndReleaseCurrentSubTransaction();
-        }
-        pg_sys::MemoryContextSwitchTo(context);
-        pg_sys::CurrentResourceOwner = owner;
-        result
     }
 }
 
@@ -145,7 +103,9 @@ fn quote_name(schema: &str, name: &str) -> String {
 
 /// The events of a table's capture triggers, from their `pg_trigger.tgtype` bits.
 fn ops_of_tgtype(tgtype: i32) -> OpSet {
-    use pg_sys::{TRIGGER_TYPE_DELETE, TRIGGER_TYPE_INSERT, TRIGGER_TYPE_TRUNCATE, TRIGGER_TYPE_UPDATE};
+    use pg_sys::{
+        TRIGGER_TYPE_DELETE, TRIGGER_TYPE_INSERT, TRIGGER_TYPE_TRUNCATE, TRIGGER_TYPE_UPDATE,
+    };
     [
         (TRIGGER_TYPE_INSERT, Op::Insert),
         (TRIGGER_TYPE_UPDATE, Op::Update),

@@ -8,13 +8,13 @@ mod rows;
 mod security;
 
 use crate::{gucs, queue};
-use realtime_core::bridge::{self, Limits, Shared};
-use realtime_core::net::{self, fanout::Fanout};
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
 };
 use pgrx::prelude::*;
 use publisher::Publisher;
+use realtime_core::bridge::{self, Limits, Shared};
+use realtime_core::net::{self, fanout::Fanout};
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering::Relaxed;
@@ -87,6 +87,7 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
 
     let mut publisher = Publisher::new(batches.clone(), shared.clone());
     let waiter = Waiter::new(&inbox);
+    // SAFETY: the worker's own latch, set at process start; it outlives the queue's reference (cleared before exit).
     queue::set_worker_latch(unsafe { pg_sys::MyLatch });
     let mut subscribed = false;
     let mut short_waits = 0;
@@ -110,6 +111,7 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
         };
         process_interrupts();
         if BackgroundWorker::sighup_received() {
+            // SAFETY: the worker's Postgres thread, between transactions, as a SIGHUP handler would.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
             shared.set_limits(limits());
             batches.set_max_bytes(gucs::client_memory_bytes());
@@ -147,6 +149,7 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
     log!("realtime_ext: worker shutting down");
     // Exit code 1 so that the postmaster restarts the worker after pg_terminate_backend();
     // at server shutdown it is not restarted either way.
+    // SAFETY: the worker's Postgres thread; proc_exit does not return.
     unsafe { pg_sys::proc_exit(1) };
 }
 
@@ -157,6 +160,7 @@ struct Waiter(*mut pg_sys::WaitEventSet);
 
 impl Waiter {
     fn new(inbox: &bridge::RequestInbox) -> Waiter {
+        // SAFETY: made once in TopMemoryContext on the worker's Postgres thread; the socket outlives the set (both live until exit).
         unsafe {
             let set = pg_sys::CreateWaitEventSet(pg_sys::TopMemoryContext, 3);
             pg_sys::AddWaitEventToSet(
@@ -187,6 +191,7 @@ impl Waiter {
     /// Sleep until a commit sets the latch, a network thread pokes, a signal, or `timeout`.
     /// Returns false when the worker must stop.
     fn wait(&self, inbox: &bridge::RequestInbox, timeout: Duration) -> bool {
+        // SAFETY: the set was made by `new`; `event` is a live local.
         unsafe {
             let mut event: pg_sys::WaitEvent = std::mem::zeroed();
             pg_sys::WaitEventSetWait(

@@ -2,10 +2,10 @@
 //! Runs on the worker's Postgres thread (it reads clog for prepared transactions).
 
 use super::rows::Rows;
-use realtime_core::bridge::{Batch, BatchSender, Change, EndReason, GapReason, Shared, Txn};
 use crate::event::{decode_record, events, EventRef, Item, Record};
 use crate::queue;
 use pgrx::pg_sys;
+use realtime_core::bridge::{Batch, BatchSender, Change, EndReason, GapReason, Shared, Txn};
 use std::collections::HashMap;
 use std::io::Read;
 use std::sync::atomic::Ordering::Relaxed;
@@ -138,7 +138,9 @@ impl Publisher {
                     count,
                     path,
                 }) => self.emit_file(xid, commit_time, count, path),
-                Some(Record::Gap { lost_events }) => self.emit_gap(GapReason::QueueOverflow, lost_events),
+                Some(Record::Gap { lost_events }) => {
+                    self.emit_gap(GapReason::QueueOverflow, lost_events)
+                }
                 Some(Record::Aborted) => {}
                 Some(Record::Pending) | None => {
                     pgrx::warning!("realtime_ext: skipped an unreadable queue record")
@@ -239,7 +241,12 @@ impl Publisher {
     fn end_txn(&mut self, txn: Emitting) {
         if let Some(lost) = txn.failed {
             if lost.from < txn.end {
-                self.send_gap(GapReason::RenderFailed, lost.from, txn.end - 1, Some(lost.tables));
+                self.send_gap(
+                    GapReason::RenderFailed,
+                    lost.from,
+                    txn.end - 1,
+                    Some(lost.tables),
+                );
             }
         }
     }
@@ -416,13 +423,16 @@ fn new_change(txn: &Emitting, names: Arc<(String, String)>, ev: &EventRef) -> Ch
 /// prepared), then whether it committed.
 fn outcome(xid: u32) -> Option<bool> {
     let xid = pg_sys::TransactionId::from(xid);
+    // SAFETY: the worker's Postgres thread; reads the proc array and commit log.
     if unsafe { pg_sys::TransactionIdIsInProgress(xid) } {
         return None;
     }
+    // SAFETY: the worker's Postgres thread; reads the commit log.
     Some(unsafe { pg_sys::TransactionIdDidCommit(xid) })
 }
 
 fn now() -> i64 {
+    // SAFETY: reads the clock.
     unsafe { pg_sys::GetCurrentTimestamp() }
 }
 

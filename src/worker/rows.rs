@@ -5,10 +5,10 @@
 //! can report the rest of that transaction as a gap and carry on.
 
 use crate::event::{EventRef, Op, ShapeRef, TupleRef};
+use crate::pg::xact::{catching, Transaction};
 use crate::render::{Casts, RowFormat, RowMemory};
 use crate::shape::{self, Settings};
 use pgrx::pg_sys;
-use pgrx::PgTryBuilder;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
@@ -25,6 +25,7 @@ struct Plan {
 
 impl Drop for Plan {
     fn drop(&mut self) {
+        // SAFETY: the descriptor was made by plan_for and is freed once.
         unsafe { pg_sys::FreeTupleDesc(self.desc) };
     }
 }
@@ -39,7 +40,8 @@ struct Current {
 pub struct Rows {
     plans: HashMap<Vec<u8>, Rc<Plan>>,
     current: Option<Current>,
-    in_transaction: bool,
+    /// Open from the first shape of a pass to `finish`.
+    transaction: Transaction,
     /// The worker's own settings, while a writer's are applied.
     saved: Option<Settings>,
     memory: RowMemory,
@@ -49,11 +51,12 @@ pub struct Rows {
 
 impl Rows {
     pub fn new() -> Rows {
+        // SAFETY: TopMemoryContext exists for the life of the process.
         let memory = RowMemory::new(unsafe { pg_sys::TopMemoryContext });
         Rows {
             plans: HashMap::new(),
             current: None,
-            in_transaction: false,
+            transaction: Transaction::default(),
             saved: None,
             memory,
             new_json: Vec::new(),
@@ -64,7 +67,7 @@ impl Rows {
     /// The tuples that follow are of this shape.
     pub fn shape(&mut self, shape: &ShapeRef) -> Result<(), String> {
         self.guarded(|rows| {
-            rows.begin();
+            rows.transaction.begin();
             let plan = match rows.plans.get(shape.shape) {
                 Some(plan) => plan.clone(),
                 None => {
@@ -107,6 +110,7 @@ impl Rows {
                 if bytes.len() < 16 || bytes[..4] != (bytes.len() as u32).to_le_bytes() {
                     return Err("a captured row is damaged".into());
                 }
+                // SAFETY: `bytes` was checked to be a MinimalTuple of its own length; the plan's descriptor matches the shape it was captured with.
                 rows.memory.run(|| unsafe {
                     let heap = pg_sys::heap_tuple_from_minimal_tuple(bytes.as_ptr() as _);
                     current.plan.format.render(heap, current.plan.desc, out);
@@ -139,30 +143,14 @@ impl Rows {
             let _ = settings.apply();
         }
         self.current = None;
-        if std::mem::take(&mut self.in_transaction) {
-            unsafe { pg_sys::CommitTransactionCommand() };
-        }
-    }
-
-    fn begin(&mut self) {
-        if !std::mem::replace(&mut self.in_transaction, true) {
-            unsafe {
-                pg_sys::SetCurrentStatementStartTimestamp();
-                pg_sys::StartTransactionCommand();
-            }
-        }
+        self.transaction.commit();
     }
 
     /// Run `f`; if it raises an ERROR, roll back and return the error's message.
     fn guarded(&mut self, f: impl FnOnce(&mut Rows) -> Result<(), String>) -> Result<(), String> {
-        let this: *mut Rows = self;
-        let result = PgTryBuilder::new(AssertUnwindSafe(|| f(unsafe { &mut *this })))
-            .catch_others(|e| Err(crate::error::message(&e)))
-            .execute();
+        let result = catching(AssertUnwindSafe(|| f(self))).and_then(|r| r);
         if result.is_err() {
-            if std::mem::take(&mut self.in_transaction) {
-                unsafe { pg_sys::AbortCurrentTransaction() };
-            }
+            self.transaction.abort();
             self.memory.reset();
             // Cached output-function state may be half-built.
             self.plans.clear();
@@ -183,6 +171,7 @@ fn utf8(json: &[u8], present: bool) -> Result<Option<&str>, String> {
 
 fn plan_for(shape: &ShapeRef) -> Result<Plan, String> {
     let damaged = || format!("the captured shape of {} is damaged", shape.table);
+    // SAFETY: on the worker's Postgres thread; the previous memory context is restored below.
     let (settings, desc) = unsafe {
         let previous = pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
         let decoded = shape::decode(shape.shape);

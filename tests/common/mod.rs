@@ -28,6 +28,7 @@ fn free_port() -> u16 {
 }
 
 fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
     unsafe { libc_geteuid() == 0 }
 }
 extern "C" {
@@ -304,6 +305,7 @@ pub fn shared(name: &str) -> &'static Cluster {
         }
     }
     SHARED.get_or_init(|| {
+        // SAFETY: stop_shared is a plain function that lives forever.
         unsafe { atexit(stop_shared) };
         Cluster::start(name, &[])
     })

@@ -378,7 +378,11 @@ impl Delivering {
     /// This delivery also holds `batch`, number `seq` (`Cursor::last_seq`).
     pub fn add(&self, seq: u64, batch: &Batch) {
         let largest = match batch {
-            Batch::Changes(changes) => changes.iter().map(|c| c.image_bytes() + CHANGE_OVERHEAD).max().unwrap_or(0),
+            Batch::Changes(changes) => changes
+                .iter()
+                .map(|c| c.image_bytes() + CHANGE_OVERHEAD)
+                .max()
+                .unwrap_or(0),
             _ => 0,
         };
         self.0.copy.fetch_max(largest, Relaxed);

@@ -98,7 +98,9 @@ enum Wanted {
 
 impl<K> Subscription<K> {
     fn wants(&self, change: &Change) -> Wanted {
-        if change.relid != self.relid || !self.ops.contains(change.op) || change.position <= self.after
+        if change.relid != self.relid
+            || !self.ops.contains(change.op)
+            || change.position <= self.after
         {
             return Wanted::No;
         }
@@ -120,7 +122,8 @@ impl<K> Subscription<K> {
     /// The change is of this subscription's table under another name: it was renamed (or
     /// moved to another schema) since the subscription was made.
     fn renamed(&self, change: &Change) -> bool {
-        change.relid == self.relid && (change.names.0 != self.schema || change.names.1 != self.table)
+        change.relid == self.relid
+            && (change.names.0 != self.schema || change.names.1 != self.table)
     }
 }
 
@@ -297,7 +300,9 @@ impl<K> SubscriptionSet<K> {
                     }
                 }
             }
-            Batch::Ended { relid, reason, .. } => self.end(*reason, |s| s.relid == *relid, &mut out),
+            Batch::Ended { relid, reason, .. } => {
+                self.end(*reason, |s| s.relid == *relid, &mut out)
+            }
         }
         self.seen = self.seen.max(batch.last_position());
         out

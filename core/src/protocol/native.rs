@@ -142,9 +142,12 @@ pub fn parse(text: &str) -> Result<ClientMessage, ParseError> {
         Some(kind @ ("subscribe" | "unsubscribe" | "ping")) => kind.to_string(),
         Some(other) => return Err(ParseError::UnknownType(other.to_string())),
     };
-    let message = serde_json::from_value(value).map_err(|source| ParseError::Invalid { kind, source })?;
+    let message =
+        serde_json::from_value(value).map_err(|source| ParseError::Invalid { kind, source })?;
     match &message {
-        ClientMessage::Subscribe { id, .. } | ClientMessage::Unsubscribe { id } if !valid_id(id) => {
+        ClientMessage::Subscribe { id, .. } | ClientMessage::Unsubscribe { id }
+            if !valid_id(id) =>
+        {
             Err(ParseError::Id)
         }
         ClientMessage::Subscribe {

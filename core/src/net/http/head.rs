@@ -42,7 +42,11 @@ pub enum HeadError {
 }
 
 /// Read and parse the request head within realtime.handshake_timeout.
-pub async fn read(stream: &mut TcpStream, ip: IpAddr, context: &Context) -> Result<Head, HeadError> {
+pub async fn read(
+    stream: &mut TcpStream,
+    ip: IpAddr,
+    context: &Context,
+) -> Result<Head, HeadError> {
     let limits = context.shared.limits();
     let handshaking = context.handshakes.begin(ip, limits.max_handshakes);
     let (buf, len) = tokio::select! {
@@ -67,7 +71,12 @@ pub async fn read(stream: &mut TcpStream, ip: IpAddr, context: &Context) -> Resu
         headers: request
             .headers
             .iter()
-            .filter_map(|h| Some((h.name.to_string(), std::str::from_utf8(h.value).ok()?.to_string())))
+            .filter_map(|h| {
+                Some((
+                    h.name.to_string(),
+                    std::str::from_utf8(h.value).ok()?.to_string(),
+                ))
+            })
             .collect(),
         rest: buf[len..].to_vec(),
     })

@@ -71,10 +71,14 @@ pub async fn serve(mut stream: TcpStream, ip: IpAddr, context: Context) {
                 .await
         }
         Route::MethodNotAllowed => {
-            Response::error("405 Method Not Allowed", "method_not_allowed", "only GET and HEAD are supported")
-                .header("Allow: GET, HEAD")
-                .send(stream)
-                .await
+            Response::error(
+                "405 Method Not Allowed",
+                "method_not_allowed",
+                "only GET and HEAD are supported",
+            )
+            .header("Allow: GET, HEAD")
+            .send(stream)
+            .await
         }
     }
 }

@@ -5,7 +5,9 @@ pub const WEBSOCKET_PATH: &str = "/realtime";
 
 pub enum Route {
     /// `GET` or `HEAD /health`.
-    Health { head_only: bool },
+    Health {
+        head_only: bool,
+    },
     /// `GET /realtime`: the native protocol's WebSocket.
     Native,
     NotFound,

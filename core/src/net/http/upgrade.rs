@@ -56,7 +56,10 @@ pub async fn upgrade(
     let response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
     );
-    stream.write_all(response.as_bytes()).await.map_err(|_| None)?;
+    stream
+        .write_all(response.as_bytes())
+        .await
+        .map_err(|_| None)?;
     // tungstenite preallocates its read buffer; 128 KiB by default would cost an idle
     // connection 128 KiB. It grows when a larger message arrives.
     let config = WebSocketConfig::default()
@@ -64,11 +67,9 @@ pub async fn upgrade(
         .write_buffer_size(WRITE_BUFFER)
         .max_message_size(Some(limits.max_message_size))
         .max_frame_size(Some(limits.max_message_size));
-    let ws = WebSocketStream::from_partially_read(stream, head.rest, Role::Server, Some(config)).await;
-    Ok(Upgraded {
-        ws,
-        counted,
-    })
+    let ws =
+        WebSocketStream::from_partially_read(stream, head.rest, Role::Server, Some(config)).await;
+    Ok(Upgraded { ws, counted })
 }
 
 /// Everything RFC 6455 asks of the client's handshake.

@@ -164,7 +164,10 @@ impl Session {
                 .await
             }
             Ok(ClientMessage::Unsubscribe { id }) => {
-                if self.subscriptions.unsubscribe(|key| native::same_id(key, &id)) {
+                if self
+                    .subscriptions
+                    .unsubscribe(|key| native::same_id(key, &id))
+                {
                     self.send(ServerMessage::Unsubscribed {
                         id: &id,
                         reason: None,
@@ -222,8 +225,12 @@ impl Session {
     async fn deliver(&mut self, batch: &Batch) -> Result<(), WsError> {
         for outgoing in self.subscriptions.deliver(batch) {
             let text = match outgoing {
-                Outgoing::Change(change) => change.encoded(Encoding::NativeChange, native::change_frame),
-                Outgoing::Leave(change) => change.encoded(Encoding::NativeLeave, native::leave_frame),
+                Outgoing::Change(change) => {
+                    change.encoded(Encoding::NativeChange, native::change_frame)
+                }
+                Outgoing::Leave(change) => {
+                    change.encoded(Encoding::NativeLeave, native::leave_frame)
+                }
                 Outgoing::Ended(id, reason) => ServerMessage::Unsubscribed {
                     id: &id,
                     reason: Some(reason),

@@ -1,0 +1,62 @@
+//! The FFI layer: every PostgreSQL symbol pgrx's bindings lack, and the raw helpers built on
+//! them. Everything here runs on a Postgres backend's (or the worker's Postgres) thread.
+//! `xact` holds the worker's transaction brackets.
+
+pub mod xact;
+
+use pgrx::pg_sys;
+use std::ffi::{c_char, c_int, CStr};
+
+/// utils/timeout.h: `TimeoutId`'s STATEMENT_TIMEOUT (the fourth predefined reason).
+pub const STATEMENT_TIMEOUT: c_int = 3;
+
+unsafe extern "C-unwind" {
+    /// utils/timeout.h
+    pub fn enable_timeout_after(id: c_int, delay_ms: c_int);
+    /// utils/timeout.h
+    pub fn disable_timeout(id: c_int, keep_indicator: bool);
+    /// catalog/partition.h
+    fn get_partition_ancestors(relid: pg_sys::Oid) -> *mut pg_sys::List;
+    /// access/heaptoast.h
+    pub fn toast_flatten_tuple(
+        tuple: pg_sys::HeapTuple,
+        desc: pg_sys::TupleDesc,
+    ) -> pg_sys::HeapTuple;
+    /// The fmgr entry points themselves (pg_sys only exposes guarded wrappers).
+    pub fn row_to_json(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum;
+    pub fn array_to_json(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum;
+}
+
+unsafe extern "C" {
+    /// utils/bytea.h: the session's bytea_output setting.
+    pub static mut bytea_output: c_int;
+}
+
+/// The topmost partitioned table above `relid`, or `relid` itself if it is not a partition.
+///
+/// # Safety
+/// Inside a transaction (it reads the catalogs); raises an ERROR as PostgreSQL does.
+pub unsafe fn topmost_ancestor(relid: pg_sys::Oid) -> pg_sys::Oid {
+    // SAFETY: the caller is in a transaction; the list is palloc'd and read before it is freed.
+    unsafe {
+        let list = get_partition_ancestors(relid);
+        let n = if list.is_null() { 0 } else { (*list).length };
+        if n == 0 {
+            return relid;
+        }
+        (*(*list).elements.add(n as usize - 1)).oid_value
+    }
+}
+
+/// A C string PostgreSQL returned, copied out ("" for NULL).
+///
+/// # Safety
+/// `p` is NULL or points to a NUL-terminated string that lives for the call.
+pub unsafe fn string_from(p: *const c_char) -> String {
+    if p.is_null() {
+        String::new()
+    } else {
+        // SAFETY: non-NULL and NUL-terminated, as the caller promises.
+        unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+    }
+}
