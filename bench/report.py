@@ -8,7 +8,8 @@ import json, os, platform, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 meta = {"quick": sys.argv[3] == "1", "cores": os.cpu_count(), "machine": platform.platform(),
         "commit": os.environ.get("BENCH_COMMIT", "unknown"),
-        "dirty": os.environ.get("BENCH_DIRTY", "unknown") == "true"}
+        "dirty": os.environ.get("BENCH_DIRTY", "unknown") == "true",
+        "scenarios": os.environ.get("BENCH_SCENARIOS", "WLFCTP")}
 json.dump({"meta": meta, "results": rows}, open(sys.argv[2], "w"), indent=1)
 
 

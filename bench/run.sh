@@ -2,6 +2,7 @@
 # realtime_ext against the architecture it replaces, side by side, in one run.
 #   bench/run.sh            full run (about 25 minutes on 2 cores)
 #   bench/run.sh --quick    smaller counts, shorter runs (under 5 minutes once built)
+#   BENCH_SCENARIOS=LF bench/run.sh    only the scenarios named (any of W L F C T P)
 # Builds what it needs, starts its own PostgreSQL 15 cluster (synchronous_commit on, fsync on)
 # and the Node LISTEN/NOTIFY bridge, runs every scenario, prints a markdown table and writes
 # the raw results to bench/results/<time>.json.
@@ -11,10 +12,10 @@ QUICK=0; [ "${1:-}" = --quick ] && QUICK=1
 # Recorded with the results: which code was measured.
 export BENCH_COMMIT=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 export BENCH_DIRTY=$([ -z "$(git status --porcelain 2>/dev/null)" ] && echo false || echo true)
-BIN=/usr/lib/postgresql/15/bin
+. scripts/lib.sh
 say() { printf '\n==> %s\n' "$*" >&2; }
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+SCENARIOS=${BENCH_SCENARIOS:-WLFCTP}
+want() { [[ $SCENARIOS == *$1* ]]; }
 
 if [ $QUICK = 1 ]; then
   W_SECONDS=4; W_ROUNDS=1; L_EVENTS=1000; F_CLIENTS=1000; F_SECONDS=5; C_CLIENTS=5000; T_ROWS=100000; P_EVENTS=20
@@ -26,7 +27,7 @@ say "building (extension, load generator, Node bridge)"
 bash .ci/prereqs.sh
 command -v node >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; }
 command -v bc >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bc >/dev/null
-cargo pgrx install --release --pg-config "$BIN/pg_config" >/dev/null
+cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null
 (cd bench && cargo build --release -q)
 (cd bench/baselines/node-bridge && npm install --silent --no-audit --no-fund >/dev/null)
 LOADGEN=$PWD/bench/target/release/realtime_bench
@@ -84,6 +85,7 @@ RESULTS=$OUT.jsonl
 : > "$RESULTS"
 record() { tail -n 1 | tee -a "$RESULTS" | cut -c1-160 >&2; }
 
+if want W; then
 say "W: writer throughput (pgbench single-row INSERT; plain / pg_notify trigger / realtime_ext)"
 psql_ <<'SQL'
 CREATE TABLE w_plain (id bigserial PRIMARY KEY, camera text, kind text, score numeric(5,4), meta jsonb, created_at timestamptz DEFAULT now());
@@ -119,7 +121,9 @@ for writers in 1 8 32; do
     done
   done
 done
+fi
 
+if want L; then
 say "L: commit->client latency at 1,000 events/s"
 # The floor: the same load generator against a broadcaster with no database (bench/src/floor.rs).
 FLOOR_PORT=$(free_port)
@@ -133,18 +137,24 @@ for clients in 1 100 1000; do
   "$LOADGEN" latency --target bridge --pg "$PG" --ws "$BRIDGE_URL" --clients $clients --events $L_EVENTS --rate 1000 | record
 done
 kill "$FLOOR_PID"; FLOOR_PID=
+fi
 
+if want F; then
 say "F: fan-out to $F_CLIENTS clients"
 "$LOADGEN" fanout --pg "$PG" --ws "$RT_URL" --clients $F_CLIENTS --seconds $F_SECONDS --batch 100 | record
 ensure_bridge fanout
 "$LOADGEN" fanout --target bridge --pg "$PG" --ws "$BRIDGE_URL" --clients $F_CLIENTS --seconds $F_SECONDS --batch 100 | record
+fi
 
+if want C; then
 say "C: idle connections held (file descriptor limit here: $(ulimit -Hn))"
 # Every connection is a descriptor on both ends; neither process may exceed the hard limit.
 c_clients=$(( C_CLIENTS < $(ulimit -Hn) - 1000 ? C_CLIENTS : $(ulimit -Hn) - 1000 ))
 "$LOADGEN" idle --pg "$PG" --ws "$RT_URL" --clients $c_clients | record
 echo "{\"scenario\":\"idle_target\",\"requested_clients\":$C_CLIENTS,\"held_clients\":$c_clients,\"fd_hard_limit\":$(ulimit -Hn)}" | record
+fi
 
+if want T; then
 say "T: one transaction inserting $T_ROWS rows"
 WORKER=$(psql_ -tAc "SELECT pid FROM pg_stat_activity WHERE backend_type = 'realtime_ext'")
 insert_bulk() { psql_ -c "INSERT INTO $1 SELECT g, 'cam-' || g % 8, g / 1000.0, jsonb_build_object('g', g) FROM generate_series(1, $T_ROWS) g"; }
@@ -170,7 +180,9 @@ for round in 1 2 3; do
   hwm=$(awk '/VmHWM/ {print $2}' /proc/$WORKER/status)
   echo "{\"scenario\":\"bulk\",\"round\":$round,\"rows\":$T_ROWS,\"plain_seconds\":$plain_s,\"watched_seconds\":$watched_s,\"worker_rss_kib_before\":$rss_before,\"worker_peak_rss_kib\":$hwm,\"queue_size_kib\":65536}" | record
 done
+fi
 
+if want P; then
 say "P: payload sizes"
 # A fresh bridge, so that P measures payload sizes and not what the fan-out flood left behind.
 kill "$BRIDGE_PID" 2>/dev/null && wait "$BRIDGE_PID" 2>/dev/null || true
@@ -180,6 +192,7 @@ for size in 1000 10000 100000 1000000; do
   ensure_bridge "payload $size"
   "$LOADGEN" latency --target bridge --pg "$PG" --ws "$BRIDGE_URL" --clients 1 --events $P_EVENTS --rate 50 --payload $size | record
 done
+fi
 
 python3 bench/report.py "$RESULTS" "$OUT.json" "$QUICK" | tee "$OUT.md"
 rm -f "$RESULTS"

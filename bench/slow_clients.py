@@ -17,7 +17,9 @@ N = int(sys.argv[1]) if len(sys.argv) > 1 else 10000
 ROWS = int(sys.argv[2]) if len(sys.argv) > 2 else 200000
 ROW_BYTES = int(sys.argv[3]) if len(sys.argv) > 3 else 100
 WS_PORT = int(os.environ.get("WSPORT", "8080"))
-PSQL = ["/usr/lib/postgresql/15/bin/psql", "-XAtq", "-h", "localhost", "-p",
+BIN = subprocess.run(["bash", "-c", ". scripts/lib.sh && echo $BIN"], check=True, capture_output=True,
+                     text=True, cwd=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")).stdout.strip()
+PSQL = [f"{BIN}/psql", "-XAtq", "-h", "localhost", "-p",
         os.environ.get("PGPORT", "54320"), "-U", "postgres", "-d", "postgres"]
 
 

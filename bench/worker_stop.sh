@@ -9,7 +9,7 @@
 set -euo pipefail
 CLIENTS=${1:-4}; STOPS=${2:-100}
 PGPORT=${PGPORT:-54320}
-BIN=/usr/lib/postgresql/15/bin
+. "$(dirname "$0")/../scripts/lib.sh"
 export PGHOST=localhost PGPORT PGUSER=postgres PGDATABASE=postgres
 dir=$(mktemp -d); chmod 777 "$dir"
 "$BIN/psql" -Xq <<'SQL'

@@ -7,7 +7,7 @@
 set -euo pipefail
 CLIENTS=${1:-8}; SECONDS_PER_RUN=${2:-20}; ROUNDS=${3:-2}; SYNC=${4:-on}
 PGPORT=${PGPORT:-54320}
-BIN=/usr/lib/postgresql/15/bin
+. "$(dirname "$0")/../scripts/lib.sh"
 export PGHOST=localhost PGPORT PGUSER=postgres PGDATABASE=postgres
 dir=$(mktemp -d)
 "$BIN/psql" -Xq <<'SQL'
