@@ -9,10 +9,7 @@ cd "$(dirname "$0")"
 DATA=${REALTIME_DEMO_DIR:-/tmp/realtime_ext_demo}
 PGPORT=${PGPORT:-54320}
 WSPORT=${REALTIME_PORT:-8080}
-BIN=/usr/lib/postgresql/15/bin
-
-# PostgreSQL refuses to run as root: run the cluster as the postgres user then.
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+. scripts/lib.sh
 
 if [ "${1:-}" = stop ]; then
   as_pg "$BIN/pg_ctl" -D "$DATA" stop -m fast
@@ -21,7 +18,7 @@ fi
 
 bash .ci/prereqs.sh
 echo "==> building and installing realtime_ext (release)"
-cargo pgrx install --release --pg-config "$BIN/pg_config" >/dev/null
+cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null
 
 if [ -f "$DATA/postmaster.pid" ]; then as_pg "$BIN/pg_ctl" -D "$DATA" stop -m fast >/dev/null || true; fi
 if [ ! -f "$DATA/PG_VERSION" ]; then

@@ -3,14 +3,12 @@
 # PostgreSQL 15 with server headers, clang, sudo, OpenSSL headers (cargo-pgrx links OpenSSL),
 # cargo-pgrx 0.18.0 and its pg15 configuration.
 set -euo pipefail
+. "$(dirname "$0")/../scripts/lib.sh"
 
-PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
 PGRX_VERSION=0.18.0
 
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
-
 missing=()
-for pkg in postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo libssl-dev pkg-config; do
+for pkg in postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR libclang-dev clang sudo libssl-dev pkg-config; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -24,7 +22,15 @@ if ! cargo pgrx --version 2>/dev/null | grep -q "$PGRX_VERSION"; then
   cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
 fi
 
-if ! grep -qs "pg15" "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; then
-  echo "==> cargo pgrx init (pg15 = $PG_CONFIG)"
-  cargo pgrx init --pg15="$PG_CONFIG" >/dev/null
+if ! grep -qs "pg$PG_MAJOR" "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; then
+  echo "==> cargo pgrx init (pg$PG_MAJOR = $PG_CONFIG)"
+  cargo pgrx init --pg$PG_MAJOR="$PG_CONFIG" >/dev/null
 fi
+
+# The lint gate (.ci/lint.sh) needs these toolchain components.
+for component in rustfmt clippy; do
+  if ! rustup component list --installed 2>/dev/null | grep -q "^$component"; then
+    echo "==> rustup component add $component"
+    rustup component add "$component"
+  fi
+done

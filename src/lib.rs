@@ -24,6 +24,7 @@ mod pg;
 mod queue;
 mod render;
 mod shape;
+mod spill;
 mod worker;
 
 ::pgrx::pg_module_magic!();

@@ -15,8 +15,6 @@ use std::ptr;
 
 const TRANCHE: &std::ffi::CStr = c"realtime_ext";
 const SHMEM_NAME: &std::ffi::CStr = c"realtime_ext change queue";
-/// Spill files of captured changes, relative to the data directory.
-pub const SPILL_DIR: &str = "pg_realtime";
 
 #[repr(C)]
 struct Header {
@@ -95,27 +93,7 @@ unsafe extern "C-unwind" fn shmem_startup() {
         data: base.add(std::mem::size_of::<Header>()),
     });
     if !found {
-        // First start, or reinitialisation after a crash: queue records that referenced spill
-        // files are gone with the old shared memory, so the files are too. Prepared
-        // transactions' files (a directory below) outlive restarts, as those transactions do.
-        if let Ok(entries) = std::fs::read_dir(SPILL_DIR) {
-            for entry in entries.flatten() {
-                if entry.file_type().is_ok_and(|t| t.is_file()) {
-                    let _ = std::fs::remove_file(entry.path());
-                }
-            }
-        }
-        // A committed prepared transaction's spill file outlives its state file until the
-        // worker has read it; with the queue gone, nothing will.
-        if let Ok(entries) = std::fs::read_dir(crate::capture::PREPARED_DIR) {
-            for path in entries.flatten().map(|e| e.path()) {
-                let orphan = path.extension().is_some_and(|e| e == "spill")
-                    && !path.with_extension("").exists();
-                if orphan {
-                    let _ = std::fs::remove_file(path);
-                }
-            }
-        }
+        crate::spill::clear_orphans();
         ptr::write(
             header,
             Header {

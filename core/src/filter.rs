@@ -210,6 +210,9 @@ pub struct Compiled {
 impl Compiled {
     /// Fails if the worker's rendering of a value cannot be read back (a bug, not bad input).
     pub fn new(filter: ResolvedFilter) -> Result<Compiled, FilterError> {
+        if filter.values.is_empty() {
+            return Err(FilterError::EmptyList);
+        }
         let keys = filter
             .values
             .iter()

@@ -8,8 +8,6 @@ mod target;
 mod trigger;
 mod xact;
 
-pub use prepared::DIR as PREPARED_DIR;
-
 /// Once the current transaction commits, subscriptions to `relid` end with `reason`.
 pub fn end_subscriptions(relid: pgrx::pg_sys::Oid, reason: realtime_core::bridge::EndReason) {
     pending::push_end(relid.to_u32(), reason)

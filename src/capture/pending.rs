@@ -4,7 +4,6 @@
 
 use super::target::Target;
 use crate::event::{encode_end, encode_event, encode_shape, encode_tuple, Op};
-use crate::queue::SPILL_DIR;
 use pgrx::pg_sys;
 use std::cell::RefCell;
 use std::fs::File;
@@ -88,10 +87,8 @@ impl Pending {
 }
 
 fn open_spill(xid: u32) -> std::io::Result<Spill> {
-    std::fs::create_dir_all(SPILL_DIR)?;
     // SAFETY: MyProcPid is set once at backend start and only read here.
-    let path = format!("{SPILL_DIR}/{}-{xid}.spill", unsafe { pg_sys::MyProcPid });
-    let file = File::create(&path)?;
+    let (file, path) = crate::spill::create(unsafe { pg_sys::MyProcPid }, xid)?;
     Ok(Spill {
         file,
         path,
@@ -221,7 +218,7 @@ pub fn take() -> Option<Captured> {
 
 fn discard_spill(spill: Option<Spill>) {
     if let Some(s) = spill {
-        let _ = std::fs::remove_file(&s.path);
+        crate::spill::discard(&s.path);
     }
 }
 

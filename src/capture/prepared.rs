@@ -19,7 +19,7 @@ use std::cell::RefCell;
 use std::ffi::CStr;
 use std::io::Write;
 
-pub const DIR: &str = "pg_realtime/prepared";
+use crate::spill::{self, PREPARED_DIR as DIR};
 
 static mut PREV_UTILITY_HOOK: pg_sys::ProcessUtility_hook_type = None;
 
@@ -116,7 +116,7 @@ pub fn save(gid: &str, captured: Captured) -> std::io::Result<String> {
         Captured::Inline { xid, count, events } => (xid, count, false, events),
         Captured::Spilled { xid, count, path } => {
             // Moved next to the state file: spill files elsewhere do not survive a restart.
-            let kept = format!("{DIR}/{}{xid}.spill", prefix(gid));
+            let kept = spill::beside(&format!("{DIR}/{}{xid}", prefix(gid)));
             std::fs::rename(&path, &kept)?;
             std::fs::File::open(&kept)?.sync_all()?;
             (xid, count, true, kept.into_bytes())
@@ -165,7 +165,7 @@ fn files_of(gid: &str) -> Vec<Prepared> {
     entries
         .flatten()
         .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|name| name.starts_with(&prefix) && !name.ends_with(".spill"))
+        .filter(|name| name.starts_with(&prefix) && !spill::is_spill(name))
         .filter_map(|name| read(&format!("{DIR}/{name}"), gid))
         .collect()
 }
@@ -191,10 +191,10 @@ pub fn find(gid: &str) -> Option<Prepared> {
 pub fn remove(p: &Prepared) {
     if p.spilled {
         if let Ok(path) = std::str::from_utf8(&p.body) {
-            let _ = std::fs::remove_file(path);
+            spill::discard(path);
         }
     }
-    let _ = std::fs::remove_file(&p.state_file);
+    spill::discard(&p.state_file);
 }
 
 /// ROLLBACK PREPARED succeeded: nothing of that transaction will ever be delivered.

@@ -53,7 +53,7 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
             settle(false);
             pending::discard();
             if let Some(path) = PREPARING_FILE.with(|f| f.borrow_mut().take()) {
-                let _ = std::fs::remove_file(path);
+                crate::spill::discard(path);
             }
         }
         _ => {}
@@ -90,7 +90,7 @@ fn reserve() {
     let offset = queue::publish(&[&record_header(kind, xid, 0, count), &body], count);
     if offset.is_none() {
         if let Some(path) = spill {
-            let _ = std::fs::remove_file(path);
+            crate::spill::discard(path);
         }
         return;
     }
@@ -162,7 +162,7 @@ fn settle(mut committed: bool) {
         match (committed, reserved.offset) {
             // The spill file, if any, is now the queue record's: the worker removes it.
             (true, Some(_)) => {
-                let _ = std::fs::remove_file(&p.state_file);
+                crate::spill::discard(&p.state_file);
             }
             // Published as a gap (the queue was full): nothing will read it.
             (true, None) => prepared::remove(p),
@@ -179,7 +179,7 @@ fn settle(mut committed: bool) {
         }
     }
     if let (false, Some(path)) = (committed, reserved.spill) {
-        let _ = std::fs::remove_file(path);
+        crate::spill::discard(path);
     }
     queue::wake_worker();
 }

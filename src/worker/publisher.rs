@@ -193,7 +193,7 @@ impl Publisher {
     /// Stream a spilled transaction without holding it in memory at once.
     fn emit_file(&mut self, xid: u32, commit_time: i64, count: u32, path: &str) {
         if self.skip_unheard(count) {
-            let _ = std::fs::remove_file(path);
+            crate::spill::discard(path);
             return;
         }
         let mut file = match std::fs::File::open(path) {
@@ -221,7 +221,7 @@ impl Publisher {
             }
         }
         self.end_txn(txn);
-        let _ = std::fs::remove_file(path);
+        crate::spill::discard(path);
     }
 
     fn begin_txn(&mut self, xid: u32, commit_time: i64, count: u32) -> Emitting {

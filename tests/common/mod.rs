@@ -7,11 +7,29 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
 
-const BIN: &str = "/usr/lib/postgresql/15/bin";
+/// PostgreSQL's bin directory: that of the pg_config cargo-pgrx was set up with (by
+/// .ci/prereqs.sh, from scripts/lib.sh), for the major version the tests are built for.
+fn bin() -> &'static str {
+    static BIN: OnceLock<String> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let home = std::env::var("PGRX_HOME")
+            .unwrap_or_else(|_| format!("{}/.pgrx", std::env::var("HOME").unwrap_or_default()));
+        let config = std::fs::read_to_string(format!("{home}/config.toml"))
+            .expect("cargo-pgrx is configured (run ./test.sh, which sets it up)");
+        let pg_config = config
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("pg15 = "))
+            .expect("cargo-pgrx knows a pg15")
+            .trim_matches('"');
+        let out = Command::new(pg_config).arg("--bindir").output().unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    })
+}
 
 pub struct Cluster {
     pub dir: PathBuf,
@@ -39,7 +57,7 @@ extern "C" {
 
 /// Run a PostgreSQL program as the postgres user when we are root (it refuses to run as root).
 pub fn pg_command(program: &str) -> Command {
-    let path = format!("{BIN}/{program}");
+    let path = format!("{}/{program}", bin());
     if is_root() {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--", &path]);
@@ -294,7 +312,7 @@ impl Drop for Cluster {
     }
 }
 
-static SHARED: std::sync::OnceLock<Cluster> = std::sync::OnceLock::new();
+static SHARED: OnceLock<Cluster> = OnceLock::new();
 
 /// One cluster for every test in this test binary. Statics are never dropped, so it is stopped
 /// and removed when the test process exits.

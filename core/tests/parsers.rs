@@ -1,0 +1,207 @@
+//! Property tests of everything that parses client input: whatever arrives, the parsers return
+//! a value or a defined error, and never panic. Bounded: a few thousand cases each, seconds in
+//! all (PROPTEST_CASES overrides the count).
+
+use proptest::prelude::*;
+use realtime_core::filter::{self, Compiled, FilterOp, ResolvedFilter, ValueKind, MAX_IN_VALUES};
+use realtime_core::ops::OpSet;
+use realtime_core::protocol::native::{self, ClientMessage, Coded};
+use serde_json::{json, Map, Value};
+
+fn config() -> ProptestConfig {
+    ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(2000),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+/// Any JSON value, a few levels deep.
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(|n| json!(n)),
+        any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        "\\PC{0,12}".prop_map(Value::String),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            prop::collection::btree_map("\\PC{0,6}", inner, 0..4)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// Messages that look like ours: a known or unknown type, known and unknown fields.
+fn message_like() -> impl Strategy<Value = String> {
+    let kind = prop_oneof![
+        Just("subscribe"),
+        Just("unsubscribe"),
+        Just("ping"),
+        Just("other"),
+    ];
+    let field = prop_oneof![
+        Just("id"),
+        Just("table"),
+        Just("events"),
+        Just("filter"),
+        Just("ref"),
+        Just("extra"),
+    ];
+    (
+        kind,
+        prop::collection::btree_map(field, json_value(), 0..5),
+    )
+        .prop_map(|(kind, fields)| {
+            let mut m: Map<String, Value> = fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+            m.insert("type".into(), json!(kind));
+            Value::Object(m).to_string()
+        })
+}
+
+fn op_name() -> impl Strategy<Value = &'static str> {
+    prop_oneof![
+        Just("eq"),
+        Just("neq"),
+        Just("lt"),
+        Just("lte"),
+        Just("gt"),
+        Just("gte"),
+        Just("in"),
+        Just("like"),
+        Just(""),
+    ]
+}
+
+fn value_kind() -> impl Strategy<Value = ValueKind> {
+    prop_oneof![
+        Just(ValueKind::Number),
+        Just(ValueKind::Instant),
+        Just(ValueKind::Timestamp),
+        Just(ValueKind::Date),
+        Just(ValueKind::Time),
+        (any::<bool>(), any::<bool>()).prop_map(|(ordered, blank_padded)| ValueKind::Text {
+            ordered,
+            blank_padded
+        }),
+        Just(ValueKind::Exact),
+        Just(ValueKind::Jsonb),
+    ]
+}
+
+/// Text that parsers of numbers, times and dates find interesting.
+fn value_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[-+0-9.eE]{0,12}",
+        "[0-9]{1,6}-[0-9]{1,2}-[0-9]{1,2}( BC)?",
+        "[0-9]{1,6}-[0-9]{1,2}-[0-9]{1,2}T[0-9]{1,2}:[0-9]{1,2}:[0-9]{1,2}(\\.[0-9]{0,8})?([+-][0-9]{2}(:[0-9]{2}){0,2})?( BC)?",
+        "[0-9]{1,2}:[0-9]{1,2}:[0-9]{1,2}(\\.[0-9]{0,8})?",
+        Just("infinity".to_string()),
+        Just("-infinity".to_string()),
+        Just("NaN".to_string()),
+        "\\PC{0,16}",
+    ]
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn any_text_is_a_message_or_a_coded_error(text in "\\PC{0,200}") {
+        if let Err(e) = native::parse(&text) {
+            let _ = (e.code(), e.to_string());
+        }
+    }
+
+    #[test]
+    fn message_like_json_is_a_message_or_a_coded_error(text in message_like()) {
+        match native::parse(&text) {
+            Ok(ClientMessage::Subscribe { id, table, .. }) => {
+                prop_assert!(id.is_string() || id.is_number());
+                prop_assert!(!table.contains('\0'));
+            }
+            Ok(ClientMessage::Unsubscribe { id }) => prop_assert!(id.is_string() || id.is_number()),
+            Ok(ClientMessage::Ping { .. }) => {}
+            Err(e) => prop_assert!(!e.to_string().is_empty(), "{:?}", e.code()),
+        }
+    }
+
+    #[test]
+    fn event_names_parse_or_name_the_culprit(names in prop::collection::vec("\\PC{0,10}", 0..6)) {
+        match OpSet::parse(&names) {
+            Ok(set) => prop_assert!(set.iter().count() <= 4),
+            Err(bad) => prop_assert!(names.contains(&bad)),
+        }
+    }
+
+    #[test]
+    fn any_text_is_a_filter_or_a_filter_error(text in "\\PC{0,120}") {
+        if let Ok(spec) = filter::parse(&text) {
+            prop_assert!(!spec.column.is_empty());
+            prop_assert!(!spec.values.is_empty() && spec.values.len() <= MAX_IN_VALUES);
+        }
+    }
+
+    #[test]
+    fn well_formed_filters_read_back(
+        column in "[a-z_][a-z0-9_ ]{0,10}",
+        op in op_name(),
+        values in prop::collection::vec("[^,\"()]{0,8}", 1..5),
+    ) {
+        let text = if op == "in" {
+            format!("{column}=in.({})", values.join(","))
+        } else {
+            format!("{column}={op}.{}", values[0])
+        };
+        match filter::parse(&text) {
+            Ok(spec) => {
+                prop_assert_eq!(spec.column, column);
+                let expected: Vec<String> = if op == "in" {
+                    values.iter().map(|v| v.trim().to_string()).collect()
+                } else {
+                    vec![values[0].clone()]
+                };
+                prop_assert_eq!(spec.values, expected);
+                prop_assert!(spec.op == FilterOp::In || op != "in");
+            }
+            // `in.()` is refused: it names no value.
+            Err(e) => prop_assert!(
+                matches!(op, "like" | "") || (op == "in" && values.concat().is_empty()),
+                "{text}: {e}"
+            ),
+        }
+    }
+
+    /// Whatever the worker sent and whatever a row holds, matching answers without panicking,
+    /// and eq agrees with neq.
+    #[test]
+    fn matching_any_row_value_never_panics(
+        kind in value_kind(),
+        filter_value in value_text(),
+        row_value in prop_oneof![value_text().prop_map(Value::String), json_value()],
+    ) {
+        let filter_json = match kind {
+            ValueKind::Number => serde_json::from_str(&filter_value).unwrap_or(json!(filter_value)),
+            _ => json!(filter_value),
+        };
+        let compile = |op| Compiled::new(ResolvedFilter {
+            column: "c".into(),
+            op,
+            kind,
+            values: vec![filter_json.clone()],
+        });
+        let row: Map<String, Value> = [("c".to_string(), row_value)].into_iter().collect();
+        if let (Ok(eq), Ok(neq)) = (compile(FilterOp::Eq), compile(FilterOp::Neq)) {
+            let (e, n) = (eq.matches(Some(&row)), neq.matches(Some(&row)));
+            prop_assert!(!(e && n));
+            for op in [FilterOp::Lt, FilterOp::Lte, FilterOp::Gt, FilterOp::Gte, FilterOp::In] {
+                let _ = compile(op).map(|f| f.matches(Some(&row)));
+            }
+        }
+    }
+}

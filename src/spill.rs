@@ -1,0 +1,56 @@
+//! Files under `$PGDATA/pg_realtime/`: a transaction's changes spill to `<pid>-<xid>.spill`
+//! once they outgrow realtime.spill_threshold, and prepared transactions keep their changes in
+//! `prepared/` until COMMIT PREPARED. Every path, creation and removal of them is here.
+
+use std::fs::File;
+use std::path::Path;
+
+/// Relative to the data directory, which is every backend's working directory.
+pub const DIR: &str = "pg_realtime";
+/// Prepared transactions' state files, and spill files moved next to them.
+pub const PREPARED_DIR: &str = "pg_realtime/prepared";
+const EXTENSION: &str = "spill";
+
+/// A new spill file for transaction `xid` of backend `pid`, and its path.
+pub fn create(pid: i32, xid: u32) -> std::io::Result<(File, String)> {
+    std::fs::create_dir_all(DIR)?;
+    let path = format!("{DIR}/{pid}-{xid}.{EXTENSION}");
+    Ok((File::create(&path)?, path))
+}
+
+/// Where a prepared transaction's spill file lives: next to its state file `state`.
+pub fn beside(state: &str) -> String {
+    format!("{state}.{EXTENSION}")
+}
+
+pub fn is_spill(name: &str) -> bool {
+    Path::new(name).extension().is_some_and(|e| e == EXTENSION)
+}
+
+/// Remove a file nobody will read again; one already gone is fine.
+pub fn discard(path: impl AsRef<Path>) {
+    let _ = std::fs::remove_file(path);
+}
+
+/// At server start (or after a crash): queue records that referenced spill files are gone with
+/// the old shared memory, so the files are too. Prepared transactions' files outlive restarts,
+/// as those transactions do, except a spill file whose state file is gone: its transaction
+/// committed and only the lost queue record would have read it.
+pub fn clear_orphans() {
+    if let Ok(entries) = std::fs::read_dir(DIR) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_file()) {
+                discard(entry.path());
+            }
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(PREPARED_DIR) {
+        for path in entries.flatten().map(|e| e.path()) {
+            let orphan = path.extension().is_some_and(|e| e == EXTENSION)
+                && !path.with_extension("").exists();
+            if orphan {
+                discard(path);
+            }
+        }
+    }
+}
