@@ -25,7 +25,8 @@ fn json_value() -> impl Strategy<Value = Value> {
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(|n| json!(n)),
-        any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        any::<f64>()
+            .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
         "\\PC{0,12}".prop_map(Value::String),
     ];
     leaf.prop_recursive(3, 24, 4, |inner| {
@@ -53,15 +54,14 @@ fn message_like() -> impl Strategy<Value = String> {
         Just("ref"),
         Just("extra"),
     ];
-    (
-        kind,
-        prop::collection::btree_map(field, json_value(), 0..5),
-    )
-        .prop_map(|(kind, fields)| {
-            let mut m: Map<String, Value> = fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-            m.insert("type".into(), json!(kind));
-            Value::Object(m).to_string()
-        })
+    (kind, prop::collection::btree_map(field, json_value(), 0..5)).prop_map(|(kind, fields)| {
+        let mut m: Map<String, Value> = fields
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        m.insert("type".into(), json!(kind));
+        Value::Object(m).to_string()
+    })
 }
 
 fn op_name() -> impl Strategy<Value = &'static str> {
