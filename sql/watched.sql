@@ -43,7 +43,7 @@ CREATE EVENT TRIGGER realtime_adopt_triggers ON ddl_command_end
 
 -- Table owners call realtime_watch(); the triggers it creates call realtime.capture_*().
 GRANT USAGE ON SCHEMA realtime TO PUBLIC;
-GRANT SELECT ON realtime.watched TO PUBLIC;
+GRANT SELECT ON realtime.capture_triggers, realtime.watched TO PUBLIC;
 -- Internal entry points: only the event triggers below (security definer) call them.
 REVOKE ALL ON FUNCTION realtime.depend_on_extension(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION realtime.table_dropped(oid) FROM PUBLIC;
