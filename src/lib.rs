@@ -1,17 +1,16 @@
 //! realtime_ext: stream committed row changes to WebSocket clients from inside PostgreSQL.
 //!
-//! Map of the crate (the arrow is the path of one change):
+//! This crate is the PostgreSQL side; the network side is the `realtime_core` crate, which has
+//! no pgrx and so cannot call into Postgres. The path of one change:
 //!
 //! writer backend: `capture` (statement trigger reads the transition tables -> `pending` buffer
-//! -> commit callback) -> `queue` (shared memory) -> `worker` (the background worker's Postgres
-//! thread: drains the queue, renders raw rows, numbers events, answers catalog questions) ->
-//! `bridge` (the only types that cross threads) -> `net` (tokio threads: HTTP, WebSocket
-//! sessions, filters) -> browser, speaking `protocol`. `render` turns rows into JSON (in the
-//! writer, or in the worker for rows recorded with their `shape`); `event` is the byte layout
-//! the writer, the queue and the worker share.
-//!
-//! `net` and `protocol` never touch pgrx: everything they need from Postgres arrives through
-//! `bridge` channels, so a network thread cannot call into Postgres by accident.
+//! -> transaction callbacks) -> `queue` (shared memory; `spill` files for large transactions)
+//! -> `worker` (the background worker's Postgres thread: drains the queue, renders raw rows,
+//! numbers changes, answers catalog questions) -> `realtime_core::bridge` -> network threads
+//! -> browser. `render` turns rows into JSON as row_to_json does (in the writer, or in the
+//! worker for rows recorded with their `shape`); `event` is the byte layout the writer, the
+//! queue and the worker share; `pg` declares the PostgreSQL symbols pgrx lacks; `api` is the
+//! SQL surface, `gucs` the settings, `error` how errors reach SQL callers.
 
 use pgrx::prelude::*;
 

@@ -45,12 +45,14 @@ impl Settings {
 
     /// Make these the backend's settings (the variables behind the GUCs, not the GUCs: they
     /// are restored when rendering is done). Fails on a time zone this server does not know.
-    pub fn apply(&self) -> Result<(), String> {
+    pub fn apply(&self) -> Result<(), crate::worker::RenderError> {
         // SAFETY: writes the session's settings on its own thread; pg_tzset's result is checked before use.
         unsafe {
             let tz = pg_sys::pg_tzset(self.time_zone.as_ptr());
             if tz.is_null() {
-                return Err(format!("unknown time zone {:?}", self.time_zone));
+                return Err(crate::worker::RenderError::UnknownTimeZone(
+                    self.time_zone.clone(),
+                ));
             }
             pg_sys::session_timezone = tz;
             pg_sys::DateStyle = self.date_style;

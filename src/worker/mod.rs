@@ -7,6 +7,8 @@ mod publisher;
 mod rows;
 mod security;
 
+pub use rows::RenderError;
+
 use crate::{gucs, queue};
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,

@@ -37,6 +37,26 @@ struct Current {
     plan: Rc<Plan>,
 }
 
+/// Why the worker could not render a transaction's rows (its rest becomes a gap).
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("a captured row is damaged")]
+    DamagedRow,
+    #[error("a captured row without its shape")]
+    NoShape,
+    #[error("the captured shape of {0} is damaged")]
+    DamagedShape(String),
+    #[error("the column types of {0} changed after its rows were captured")]
+    TypesChanged(String),
+    #[error("a rendered row is not valid UTF-8")]
+    NotUtf8,
+    #[error("unknown time zone {0:?}")]
+    UnknownTimeZone(std::ffi::CString),
+    /// PostgreSQL raised an ERROR while rendering: its message.
+    #[error("{0}")]
+    Raised(String),
+}
+
 pub struct Rows {
     plans: HashMap<Vec<u8>, Rc<Plan>>,
     current: Option<Current>,
@@ -65,7 +85,7 @@ impl Rows {
     }
 
     /// The tuples that follow are of this shape.
-    pub fn shape(&mut self, shape: &ShapeRef) -> Result<(), String> {
+    pub fn shape(&mut self, shape: &ShapeRef) -> Result<(), RenderError> {
         self.guarded(|rows| {
             rows.transaction.begin();
             let plan = match rows.plans.get(shape.shape) {
@@ -94,12 +114,9 @@ impl Rows {
     }
 
     /// Render a tuple of the current shape; `event` then hands out the change.
-    pub fn render(&mut self, tuple: &TupleRef) -> Result<(), String> {
+    pub fn render(&mut self, tuple: &TupleRef) -> Result<(), RenderError> {
         self.guarded(|rows| {
-            let current = rows
-                .current
-                .as_ref()
-                .ok_or("a captured row without its shape")?;
+            let current = rows.current.as_ref().ok_or(RenderError::NoShape)?;
             for (image, out) in [
                 (tuple.new, &mut rows.new_json),
                 (tuple.old, &mut rows.old_json),
@@ -108,7 +125,7 @@ impl Rows {
                 let Some(bytes) = image else { continue };
                 // A MinimalTuple starts with its length.
                 if bytes.len() < 16 || bytes[..4] != (bytes.len() as u32).to_le_bytes() {
-                    return Err("a captured row is damaged".into());
+                    return Err(RenderError::DamagedRow);
                 }
                 // SAFETY: `bytes` was checked to be a MinimalTuple of its own length; the plan's descriptor matches the shape it was captured with.
                 rows.memory.run(|| unsafe {
@@ -121,11 +138,8 @@ impl Rows {
     }
 
     /// The change last rendered.
-    pub fn event(&self, op: Op) -> Result<EventRef<'_>, String> {
-        let current = self
-            .current
-            .as_ref()
-            .ok_or("a captured row without its shape")?;
+    pub fn event(&self, op: Op) -> Result<EventRef<'_>, RenderError> {
+        let current = self.current.as_ref().ok_or(RenderError::NoShape)?;
         Ok(EventRef {
             op,
             relid: current.relid,
@@ -147,8 +161,12 @@ impl Rows {
     }
 
     /// Run `f`; if it raises an ERROR, roll back and return the error's message.
-    fn guarded(&mut self, f: impl FnOnce(&mut Rows) -> Result<(), String>) -> Result<(), String> {
-        let result = catching(AssertUnwindSafe(|| f(self))).and_then(|r| r);
+    fn guarded(
+        &mut self,
+        f: impl FnOnce(&mut Rows) -> Result<(), RenderError>,
+    ) -> Result<(), RenderError> {
+        let result =
+            catching(AssertUnwindSafe(|| f(self))).unwrap_or_else(|e| Err(RenderError::Raised(e)));
         if result.is_err() {
             self.transaction.abort();
             self.memory.reset();
@@ -160,17 +178,17 @@ impl Rows {
     }
 }
 
-fn utf8(json: &[u8], present: bool) -> Result<Option<&str>, String> {
+fn utf8(json: &[u8], present: bool) -> Result<Option<&str>, RenderError> {
     match present {
         false => Ok(None),
         true => std::str::from_utf8(json)
             .map(Some)
-            .map_err(|_| "a rendered row is not valid UTF-8".to_string()),
+            .map_err(|_| RenderError::NotUtf8),
     }
 }
 
-fn plan_for(shape: &ShapeRef) -> Result<Plan, String> {
-    let damaged = || format!("the captured shape of {} is damaged", shape.table);
+fn plan_for(shape: &ShapeRef) -> Result<Plan, RenderError> {
+    let damaged = || RenderError::DamagedShape(shape.table.to_string());
     // SAFETY: on the worker's Postgres thread; the previous memory context is restored below.
     let (settings, desc) = unsafe {
         let previous = pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
@@ -185,10 +203,7 @@ fn plan_for(shape: &ShapeRef) -> Result<Plan, String> {
         format,
     };
     if !plan.format.deferrable() {
-        return Err(format!(
-            "the column types of {} changed after its rows were captured",
-            shape.table
-        ));
+        return Err(RenderError::TypesChanged(shape.table.to_string()));
     }
     Ok(plan)
 }
