@@ -51,50 +51,6 @@ thread_local! {
 
 use crate::pg::{array_to_json, row_to_json};
 
-/// The memory context `RowFormat::render` runs in, emptied after each row, so that a
-/// million-row statement does not keep a million rows' worth of output strings and copies.
-pub struct RowMemory(pg_sys::MemoryContext);
-
-impl RowMemory {
-    pub fn new(parent: pg_sys::MemoryContext) -> RowMemory {
-        // SAFETY: a child of a live context, with PostgreSQL's default sizes.
-        RowMemory(unsafe {
-            pg_sys::AllocSetContextCreateInternal(
-                parent,
-                c"realtime_ext row".as_ptr(),
-                pg_sys::ALLOCSET_DEFAULT_MINSIZE as usize,
-                pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
-                pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
-            )
-        })
-    }
-
-    /// Run `f` in this context, then empty it.
-    pub fn run<T>(&self, f: impl FnOnce() -> T) -> T {
-        // SAFETY: `self.0` lives until `self` is dropped; the previous context is restored before returning.
-        unsafe {
-            let previous = pg_sys::MemoryContextSwitchTo(self.0);
-            let result = f();
-            pg_sys::MemoryContextSwitchTo(previous);
-            self.reset();
-            result
-        }
-    }
-
-    /// Empty it; after an ERROR escaped `run`, what the row had allocated is still there.
-    pub fn reset(&self) {
-        // SAFETY: `self.0` lives until `self` is dropped.
-        unsafe { pg_sys::MemoryContextReset(self.0) };
-    }
-}
-
-impl Drop for RowMemory {
-    fn drop(&mut self) {
-        // SAFETY: deleted once, by its owner.
-        unsafe { pg_sys::MemoryContextDelete(self.0) };
-    }
-}
-
 /// Whether a user-defined cast to json decides how a type renders.
 #[derive(Clone, Copy, PartialEq)]
 pub enum Casts {

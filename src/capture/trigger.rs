@@ -11,7 +11,7 @@
 
 use super::{pending, target};
 use crate::event::Op;
-use crate::render::RowMemory;
+use crate::pg::memory::RowMemory;
 use pgrx::pg_sys;
 use std::cell::RefCell;
 
@@ -106,8 +106,7 @@ fn capture_statement(td: &pg_sys::TriggerData) {
     // For an UPDATE, the n-th old row and the n-th new row are the same row.
     let mut new_rows = Transition::open(td.tg_newtable, desc);
     let mut old_rows = Transition::open(td.tg_oldtable, desc);
-    // SAFETY: the slot comes from the transition table just read and holds a tuple of `desc`.
-    let memory = RowMemory::new(unsafe { pg_sys::CurrentMemoryContext });
+    let memory = RowMemory::under_current();
     let mut shaped = false;
     IMAGES.with(|images| {
         let (new_json, old_json) = &mut *images.borrow_mut();

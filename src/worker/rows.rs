@@ -5,8 +5,9 @@
 //! can report the rest of that transaction as a gap and carry on.
 
 use crate::event::{EventRef, Op, ShapeRef, TupleRef};
+use crate::pg::memory::RowMemory;
 use crate::pg::xact::{catching, Transaction};
-use crate::render::{Casts, RowFormat, RowMemory};
+use crate::render::{Casts, RowFormat};
 use crate::shape::{self, Settings};
 use pgrx::pg_sys;
 use std::collections::HashMap;
@@ -71,8 +72,7 @@ pub struct Rows {
 
 impl Rows {
     pub fn new() -> Rows {
-        // SAFETY: TopMemoryContext exists for the life of the process.
-        let memory = RowMemory::new(unsafe { pg_sys::TopMemoryContext });
+        let memory = RowMemory::under_top();
         Rows {
             plans: HashMap::new(),
             current: None,
