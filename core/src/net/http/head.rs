@@ -1,7 +1,7 @@
 //! Reading a request head: bounded in size, header count and time, and in how many slow heads
 //! one source address may keep open.
 
-use super::super::Context;
+use crate::net::Context;
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};

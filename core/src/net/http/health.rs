@@ -1,7 +1,7 @@
 //! `GET /health`: liveness and the numbers an operator looks at first.
 
-use super::super::Context;
 use super::Response;
+use crate::net::Context;
 use std::sync::atomic::Ordering::Relaxed;
 
 pub fn health(context: &Context) -> Response {

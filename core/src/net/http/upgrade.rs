@@ -1,9 +1,9 @@
 //! The WebSocket upgrade (RFC 6455 section 4.2): checks the request, counts the connection
 //! against realtime.max_connections, answers 101 and hands over the stream.
 
-use super::super::Context;
 use super::head::Head;
 use super::Response;
+use crate::net::Context;
 use std::sync::atomic::Ordering::Relaxed;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;

@@ -5,10 +5,10 @@
 //! what it keeps skips ahead and is sent a `gap` message saying which positions it missed, and
 //! one stuck on a full socket is closed. Nobody else waits for it.
 
-use super::super::fanout::Missed;
-use super::super::subscriptions::{Outgoing, SubscriptionSet, Wish};
-use super::super::Context;
 use crate::bridge::{Batch, Encoding};
+use crate::net::fanout::Missed;
+use crate::net::subscriptions::{Outgoing, SubscribeError, SubscriptionSet, Wish};
+use crate::net::Context;
 use crate::ops::OpSet;
 use crate::protocol::native::{self, ClientMessage, Coded, ErrorCode, ServerMessage};
 use futures_util::{SinkExt, StreamExt};
@@ -191,8 +191,9 @@ impl Session {
                 let events = match events.as_deref().map(OpSet::parse).transpose() {
                     Ok(events) => events,
                     Err(name) => {
-                        let e = super::super::subscriptions::SubscribeError::UnknownEvent(name);
-                        return self.refuse(e, Some(&id)).await;
+                        return self
+                            .refuse(SubscribeError::UnknownEvent(name), Some(&id))
+                            .await;
                     }
                 };
                 let wish = Wish {
@@ -213,9 +214,7 @@ impl Session {
                         position: made.position,
                     }
                     .to_text(),
-                    Err(e) => {
-                        return self.refuse(e, Some(&id)).await;
-                    }
+                    Err(e) => return self.refuse(e, Some(&id)).await,
                 };
                 let _ = self.sink.send(Message::text(text)).await;
             }
