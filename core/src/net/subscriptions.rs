@@ -45,8 +45,8 @@ pub struct Subscribed<'a> {
     pub position: u64,
 }
 
-/// What a session is to send, in order, for a batch.
-pub enum Outgoing<'a, K> {
+/// What a session is to send, in order, for a batch (changes by their index in it).
+pub enum Outgoing<K> {
     /// The server ended subscription `K`.
     Ended(K, EndReason),
     Gap {
@@ -54,9 +54,9 @@ pub enum Outgoing<'a, K> {
         from: u64,
         to: u64,
     },
-    Change(&'a Change),
+    Change(usize),
     /// An UPDATE moved the row out of a subscription's filter.
-    Leave(&'a Change),
+    Leave(usize),
 }
 
 struct Subscription<K> {
@@ -241,11 +241,11 @@ impl<K> SubscriptionSet<K> {
     }
 
     /// End the subscriptions `which` selects.
-    fn end<'a>(
+    fn end(
         &mut self,
         reason: EndReason,
         which: impl Fn(&Subscription<K>) -> bool,
-        out: &mut Vec<Outgoing<'a, K>>,
+        out: &mut Vec<Outgoing<K>>,
     ) {
         let (ended, kept) = std::mem::take(&mut self.subscriptions)
             .into_iter()
@@ -254,11 +254,12 @@ impl<K> SubscriptionSet<K> {
         out.extend(ended.into_iter().map(|s| Outgoing::Ended(s.key, reason)));
     }
 
-    /// What to send for `batch`, in order.
-    pub fn deliver<'a>(&mut self, batch: &'a Batch) -> Vec<Outgoing<'a, K>> {
-        let mut out = Vec::new();
+    /// Append to `out` what to send for `batch`, in order. (`out` is the session's, reused
+    /// from batch to batch: thousands of sessions each reading every batch would otherwise
+    /// allocate for each.)
+    pub fn deliver(&mut self, batch: &Batch, out: &mut Vec<Outgoing<K>>) {
         for (relid, reason) in std::mem::take(&mut self.pending_ends) {
-            self.end(reason, |s| s.relid == relid, &mut out);
+            self.end(reason, |s| s.relid == relid, out);
         }
         if std::mem::take(&mut self.lagged) {
             let from = self.seen + 1;
@@ -289,22 +290,23 @@ impl<K> SubscriptionSet<K> {
             }
             Batch::Changes(changes) => {
                 let seen = self.seen;
-                for change in changes.iter().filter(|c| c.position > seen) {
+                for (i, change) in changes
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| c.position > seen)
+                {
                     if self.subscriptions.iter().any(|s| s.renamed(change)) {
-                        self.end(EndReason::Renamed, |s| s.renamed(change), &mut out);
+                        self.end(EndReason::Renamed, |s| s.renamed(change), out);
                     }
                     match self.subscriptions.iter().map(|s| s.wants(change)).max() {
-                        Some(Wanted::Change) => out.push(Outgoing::Change(change)),
-                        Some(Wanted::Leave) => out.push(Outgoing::Leave(change)),
+                        Some(Wanted::Change) => out.push(Outgoing::Change(i)),
+                        Some(Wanted::Leave) => out.push(Outgoing::Leave(i)),
                         _ => {}
                     }
                 }
             }
-            Batch::Ended { relid, reason, .. } => {
-                self.end(*reason, |s| s.relid == *relid, &mut out)
-            }
+            Batch::Ended { relid, reason, .. } => self.end(*reason, |s| s.relid == *relid, out),
         }
         self.seen = self.seen.max(batch.last_position());
-        out
     }
 }

@@ -23,6 +23,8 @@ use tokio_tungstenite::WebSocketStream;
 
 /// Most batches written between two flushes when catching up.
 const CATCH_UP_BATCHES: usize = 64;
+/// Entries of the outgoing list a session keeps allocated between batches.
+const OUTGOING_KEPT: usize = 64;
 /// How long a closing session waits for its close frame to be written.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
@@ -31,6 +33,7 @@ type Sink = futures_util::stream::SplitSink<WebSocketStream<TcpStream>, Message>
 struct Session {
     sink: Sink,
     subscriptions: SubscriptionSet<Value>,
+    outgoing: Vec<Outgoing<Value>>,
 }
 
 pub async fn run(ws: WebSocketStream<TcpStream>, context: Context) {
@@ -42,6 +45,7 @@ pub async fn run(ws: WebSocketStream<TcpStream>, context: Context) {
     let mut session = Session {
         sink,
         subscriptions: SubscriptionSet::new(context.shared.clone(), context.worker.clone()),
+        outgoing: Vec::new(),
     };
     // A client silent this long is gone; so is one whose socket accepted nothing for as long
     // (a session blocked on a write cannot run its heartbeat, so every write is bounded too).
@@ -222,13 +226,32 @@ impl Session {
     }
 
     async fn deliver(&mut self, batch: &Batch) -> Result<(), WsError> {
-        for outgoing in self.subscriptions.deliver(batch) {
-            let text = match outgoing {
-                Outgoing::Change(change) => {
-                    change.encoded(Encoding::NativeChange, native::change_frame)
+        let mut outgoing = std::mem::take(&mut self.outgoing);
+        self.subscriptions.deliver(batch, &mut outgoing);
+        let result = self.send_all(batch, &mut outgoing).await;
+        outgoing.clear();
+        // Kept small: a big batch's worth for each of thousands of idle sessions adds up.
+        outgoing.shrink_to(OUTGOING_KEPT);
+        self.outgoing = outgoing;
+        result
+    }
+
+    async fn send_all(
+        &mut self,
+        batch: &Batch,
+        outgoing: &mut Vec<Outgoing<Value>>,
+    ) -> Result<(), WsError> {
+        let changes = match batch {
+            Batch::Changes(changes) => changes.as_slice(),
+            _ => &[],
+        };
+        for item in outgoing.drain(..) {
+            let text = match item {
+                Outgoing::Change(i) => {
+                    changes[i].encoded(Encoding::NativeChange, native::change_frame)
                 }
-                Outgoing::Leave(change) => {
-                    change.encoded(Encoding::NativeLeave, native::leave_frame)
+                Outgoing::Leave(i) => {
+                    changes[i].encoded(Encoding::NativeLeave, native::leave_frame)
                 }
                 Outgoing::Ended(id, reason) => ServerMessage::Unsubscribed {
                     id: &id,
