@@ -126,9 +126,6 @@ impl Fanout {
     }
 
     pub fn send(&self, batch: Batch) {
-        if self.next.receiver_count() > 0 {
-            crate::protocol::encode_ahead(&batch);
-        }
         let size = batch_bytes(&batch);
         let next = {
             let mut ring = self.ring();
