@@ -7,6 +7,10 @@ use std::ffi::CString;
 /// Addresses the WebSocket server listens on: comma-separated host names or IPs, `*` for all.
 static LISTEN_ADDRESSES: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"localhost"));
+/// Origins a browser page may open a WebSocket from (empty: any).
+static ALLOWED_ORIGINS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+/// Host names requests may be addressed to (empty: any); against DNS rebinding.
+static ALLOWED_HOSTS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 /// TCP port of the WebSocket/HTTP server.
 static PORT: GucSetting<i32> = GucSetting::<i32>::new(8080);
 /// The one database whose watched tables the worker serves.
@@ -123,6 +127,22 @@ pub fn init() {
         Sighup,
         none,
     );
+    GucRegistry::define_string_guc(
+        c"realtime.allowed_origins",
+        c"Origins whose pages may open a WebSocket to the realtime server.",
+        c"Comma-separated, as browsers send them (https://app.example.com); empty allows any. Requests without an Origin header (not from a browser) are not affected.",
+        &ALLOWED_ORIGINS,
+        Sighup,
+        none,
+    );
+    GucRegistry::define_string_guc(
+        c"realtime.allowed_hosts",
+        c"Host names requests to the realtime server may be addressed to.",
+        c"Comma-separated host names or IP addresses, without port; empty allows any. Set it to stop DNS rebinding.",
+        &ALLOWED_HOSTS,
+        Sighup,
+        none,
+    );
     GucRegistry::define_int_guc(
         c"realtime.max_message_size",
         c"Largest message a WebSocket client may send.",
@@ -172,6 +192,20 @@ fn string(setting: &GucSetting<Option<CString>>) -> String {
         .unwrap_or_default()
 }
 
+/// A comma-separated list setting, trimmed, lower-cased, empty entries dropped.
+fn list(setting: &GucSetting<Option<CString>>) -> Vec<String> {
+    string(setting)
+        .split(',')
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+pub fn allowed_origins() -> Vec<String> {
+    list(&ALLOWED_ORIGINS)
+}
+pub fn allowed_hosts() -> Vec<String> {
+    list(&ALLOWED_HOSTS)
+}
 pub fn listen_addresses() -> String {
     string(&LISTEN_ADDRESSES)
 }

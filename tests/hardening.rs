@@ -9,15 +9,6 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 use tungstenite::Message;
 
-fn raw(cluster: &Cluster, bytes: &[u8]) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", cluster.ws_port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let _ = s.write_all(bytes);
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// The tests that push hundreds of megabytes through a worker run one at a time: on two cores,
 /// two of them at once measure the machine, not the server.
 static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -188,14 +179,14 @@ fn protocol_edges_get_the_specified_answers() {
 fn http_edges_get_the_specified_answers() {
     let cluster = Cluster::start("http_edges", &[]);
     let line = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(1 << 20));
-    assert!(raw(&cluster, line.as_bytes()).starts_with("HTTP/1.1 431"));
+    assert!(cluster.raw(line.as_bytes()).starts_with("HTTP/1.1 431"));
     let mut many = String::from("GET /health HTTP/1.1\r\n");
     for i in 0..65 {
         many.push_str(&format!("X-H{i}: v\r\n"));
     }
     many.push_str("\r\n");
-    assert!(raw(&cluster, many.as_bytes()).starts_with("HTTP/1.1 431"));
-    let head = raw(&cluster, b"HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(cluster.raw(many.as_bytes()).starts_with("HTTP/1.1 431"));
+    let head = cluster.raw(b"HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(head.ends_with("\r\n\r\n"), "HEAD has no body: {head}");
     for key in [
@@ -203,9 +194,7 @@ fn http_edges_get_the_specified_answers() {
         "dGhlIHNhbXBsZSBub25jZQ=",
         "dGhlIHNhbXBsZSBub25jZR==",
     ] {
-        let reply = raw(
-            &cluster,
-            format!("GET /realtime HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").as_bytes(),
+        let reply = cluster.raw(format!("GET /realtime HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").as_bytes(),
         );
         assert!(reply.starts_with("HTTP/1.1 400"), "{key}: {reply}");
     }

@@ -269,7 +269,7 @@ pub fn request_channel() -> std::io::Result<(WorkerHandle, RequestInbox)> {
 }
 
 /// The reloadable settings the network side obeys, as the worker last read them.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Limits {
     pub max_connections: usize,
     pub max_message_size: usize,
@@ -277,6 +277,10 @@ pub struct Limits {
     pub max_handshakes: usize,
     pub heartbeat_interval: Duration,
     pub handshake_timeout: Duration,
+    /// Lower-case origins a WebSocket upgrade may come from; empty: any.
+    pub allowed_origins: Vec<String>,
+    /// Lower-case host names (no port) requests may name in `Host`; empty: any.
+    pub allowed_hosts: Vec<String>,
 }
 
 /// Numbers both sides read; written by the side named in each comment.
@@ -310,7 +314,10 @@ impl Shared {
         self.position.load(Relaxed)
     }
     pub fn limits(&self) -> Limits {
-        *self.limits.lock().unwrap_or_else(|e| e.into_inner())
+        self.limits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
     pub fn set_limits(&self, limits: Limits) {
         *self.limits.lock().unwrap_or_else(|e| e.into_inner()) = limits;

@@ -234,6 +234,8 @@ fn limits() -> Limits {
         max_handshakes: gucs::max_handshakes(),
         heartbeat_interval: Duration::from_secs(gucs::heartbeat_interval_s()),
         handshake_timeout: Duration::from_millis(gucs::handshake_timeout_ms()),
+        allowed_origins: gucs::allowed_origins(),
+        allowed_hosts: gucs::allowed_hosts(),
     }
 }
 

@@ -230,6 +230,17 @@ impl Cluster {
         (status, body)
     }
 
+    /// Send `bytes` to the WebSocket port as they are; everything the server answers until it
+    /// closes (or 5 s).
+    pub fn raw(&self, bytes: &[u8]) -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", self.ws_port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = s.write_all(bytes);
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
     pub fn health(&self) -> Option<Value> {
         let mut s = TcpStream::connect(("127.0.0.1", self.ws_port)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;

@@ -1,6 +1,8 @@
-//! The HTTP front door: read the request head (`head`), pick a route (`router`), and answer
-//! with that route's one function (`health`, `upgrade`). Errors are JSON bodies with a code.
+//! The HTTP front door: read the request head (`head`), check its `Host` (`access`), pick a
+//! route (`router`), and answer with that route's one function (`health`, `upgrade`). Errors
+//! are JSON bodies with a code.
 
+mod access;
 mod head;
 mod health;
 mod router;
@@ -50,6 +52,9 @@ pub async fn serve(mut stream: TcpStream, ip: IpAddr, context: Context) {
             return response.send(stream).await;
         }
     };
+    if let Err(refusal) = access::check_host(&head, &context.shared.limits().allowed_hosts) {
+        return refusal.send(stream).await;
+    }
     match router::route(&head.method, &head.path) {
         Route::Health { head_only } => {
             let mut response = health::health(&context);

@@ -1,6 +1,7 @@
-//! The WebSocket upgrade (RFC 6455 section 4.2): checks the request, counts the connection
+//! The WebSocket upgrade (RFC 6455 section 4.2): checks the request and its `Origin`, counts the connection
 //! against realtime.max_connections, answers 101 and hands over the stream.
 
+use super::access;
 use super::head::Head;
 use super::Response;
 use crate::net::Context;
@@ -37,12 +38,14 @@ pub async fn upgrade(
     head: Head,
     context: &Context,
 ) -> Result<Upgraded, Option<(TcpStream, Response)>> {
-    if let Err(refusal) = check(&head) {
+    let limits = context.shared.limits();
+    if let Err(refusal) =
+        check(&head).and_then(|()| access::check_origin(&head, &limits.allowed_origins))
+    {
         return Err(Some((stream, refusal)));
     }
     let open = context.shared.connections.fetch_add(1, Relaxed) + 1;
     let counted = Counted(context.clone());
-    let limits = context.shared.limits();
     if open > limits.max_connections {
         let refusal = Response::error(
             "503 Service Unavailable",
