@@ -268,11 +268,9 @@ fn depend_on_extension(tbl: pg_sys::Oid) {
 }
 
 fn adopt(tbl: pg_sys::Oid) {
-    // SAFETY: catalog lookup by name inside the caller's transaction; the C string is static.
-    let ext = unsafe { pg_sys::get_extension_oid(c"realtime_ext".as_ptr(), true) };
-    if ext == pg_sys::InvalidOid {
+    let Some(ext) = crate::pg::extension_oid(c"realtime_ext") else {
         return;
-    }
+    };
     let trigger_oids: Vec<pg_sys::Oid> = Spi::connect(|client| {
         client
             .select(
@@ -290,23 +288,6 @@ fn adopt(tbl: pg_sys::Oid) {
     })
     .unwrap_or_else(|e| spi_failed(e));
     for oid in trigger_oids {
-        let trigger = pg_sys::ObjectAddress {
-            classId: pg_sys::TriggerRelationId,
-            objectId: oid,
-            objectSubId: 0,
-        };
-        let extension = pg_sys::ObjectAddress {
-            classId: pg_sys::ExtensionRelationId,
-            objectId: ext,
-            objectSubId: 0,
-        };
-        // SAFETY: both addresses are live locals; called inside the transaction that created the trigger.
-        unsafe {
-            pg_sys::recordDependencyOn(
-                &trigger,
-                &extension,
-                pg_sys::DependencyType::DEPENDENCY_AUTO,
-            )
-        };
+        crate::pg::depend_on_extension(oid, ext);
     }
 }

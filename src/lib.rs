@@ -33,8 +33,7 @@ extension_sql_file!("../sql/bootstrap.sql", bootstrap);
 #[allow(non_snake_case)]
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
-    // SAFETY: a global PostgreSQL sets before loading preloaded libraries; read-only here.
-    if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+    if !pg::loading_preloaded_libraries() {
         error::raise(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             "realtime_ext must be loaded via shared_preload_libraries",
@@ -44,8 +43,7 @@ pub extern "C-unwind" fn _PG_init() {
     gucs::init();
     queue::init();
     capture::init();
-    // SAFETY: a global set at postmaster start; read-only here.
-    if !unsafe { pg_sys::IsBinaryUpgrade } {
+    if !pg::binary_upgrade() {
         worker::register();
     }
 }

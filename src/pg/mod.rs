@@ -61,3 +61,46 @@ pub unsafe fn string_from(p: *const c_char) -> String {
         unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
     }
 }
+
+/// Whether PostgreSQL is loading shared_preload_libraries (in the postmaster) right now.
+pub fn loading_preloaded_libraries() -> bool {
+    // SAFETY: a global PostgreSQL sets before loading preloaded libraries; read-only here.
+    unsafe { pg_sys::process_shared_preload_libraries_in_progress }
+}
+
+/// Whether the server runs for pg_upgrade.
+pub fn binary_upgrade() -> bool {
+    // SAFETY: a global set at postmaster start; read-only here.
+    unsafe { pg_sys::IsBinaryUpgrade }
+}
+
+/// The OID of extension `name`, if it is installed in this database. Needs a transaction.
+pub fn extension_oid(name: &CStr) -> Option<pg_sys::Oid> {
+    // SAFETY: a catalog lookup by a NUL-terminated name; callers are SQL functions, inside a
+    // transaction.
+    let oid = unsafe { pg_sys::get_extension_oid(name.as_ptr(), true) };
+    (oid != pg_sys::InvalidOid).then_some(oid)
+}
+
+/// Make trigger `trigger` part of extension `extension` (DEPENDENCY_AUTO), so that DROP
+/// EXTENSION removes it. Needs a transaction.
+pub fn depend_on_extension(trigger: pg_sys::Oid, extension: pg_sys::Oid) {
+    let trigger = pg_sys::ObjectAddress {
+        classId: pg_sys::TriggerRelationId,
+        objectId: trigger,
+        objectSubId: 0,
+    };
+    let extension = pg_sys::ObjectAddress {
+        classId: pg_sys::ExtensionRelationId,
+        objectId: extension,
+        objectSubId: 0,
+    };
+    // SAFETY: both addresses are live locals; callers are SQL functions, inside a transaction.
+    unsafe {
+        pg_sys::recordDependencyOn(
+            &trigger,
+            &extension,
+            pg_sys::DependencyType::DEPENDENCY_AUTO,
+        )
+    };
+}
