@@ -11,6 +11,12 @@ static LISTEN_ADDRESSES: GucSetting<Option<CString>> =
 static ALLOWED_ORIGINS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 /// Host names requests may be addressed to (empty: any); against DNS rebinding.
 static ALLOWED_HOSTS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+/// Serve wss:// and https:// instead of ws:// and http://.
+static SSL: GucSetting<bool> = GucSetting::<bool>::new(false);
+/// PEM certificate chain and private key for realtime.ssl; empty: PostgreSQL's ssl_cert_file
+/// and ssl_key_file.
+static SSL_CERT_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static SSL_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 /// TCP port of the WebSocket/HTTP server.
 static PORT: GucSetting<i32> = GucSetting::<i32>::new(8080);
 /// The one database whose watched tables the worker serves.
@@ -127,6 +133,30 @@ pub fn init() {
         Sighup,
         none,
     );
+    GucRegistry::define_bool_guc(
+        c"realtime.ssl",
+        c"Serve the realtime WebSocket and HTTP endpoints over TLS (wss://, https://).",
+        c"The certificate and key are realtime.ssl_cert_file and realtime.ssl_key_file, or PostgreSQL's ssl_cert_file and ssl_key_file when those are empty; they are read again on reload.",
+        &SSL,
+        Postmaster,
+        none,
+    );
+    GucRegistry::define_string_guc(
+        c"realtime.ssl_cert_file",
+        c"PEM certificate chain for realtime.ssl; empty means PostgreSQL's ssl_cert_file.",
+        c"",
+        &SSL_CERT_FILE,
+        Sighup,
+        none,
+    );
+    GucRegistry::define_string_guc(
+        c"realtime.ssl_key_file",
+        c"PEM private key for realtime.ssl; empty means PostgreSQL's ssl_key_file.",
+        c"",
+        &SSL_KEY_FILE,
+        Sighup,
+        none,
+    );
     GucRegistry::define_string_guc(
         c"realtime.allowed_origins",
         c"Origins whose pages may open a WebSocket to the realtime server.",
@@ -199,6 +229,23 @@ fn list(setting: &GucSetting<Option<CString>>) -> Vec<String> {
         .map(|s| s.trim().to_ascii_lowercase())
         .filter(|s| !s.is_empty())
         .collect()
+}
+pub fn ssl() -> bool {
+    SSL.get()
+}
+/// The certificate and key files realtime.ssl uses: realtime's own, else PostgreSQL's.
+pub fn ssl_files() -> (String, String) {
+    let or_postgres = |own: String, name: &std::ffi::CStr| {
+        if own.is_empty() {
+            crate::pg::setting(name)
+        } else {
+            own
+        }
+    };
+    (
+        or_postgres(string(&SSL_CERT_FILE), c"ssl_cert_file"),
+        or_postgres(string(&SSL_KEY_FILE), c"ssl_key_file"),
+    )
 }
 pub fn allowed_origins() -> Vec<String> {
     list(&ALLOWED_ORIGINS)

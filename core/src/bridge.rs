@@ -296,6 +296,8 @@ pub struct Shared {
     pub subscriptions: AtomicUsize,
     /// Worker, from reloadable settings (`set_limits`).
     limits: Mutex<Limits>,
+    /// Worker: how new connections are accepted over TLS (realtime.ssl), or `None`.
+    tls: Mutex<Option<crate::net::tls::TlsAcceptor>>,
 }
 
 impl Shared {
@@ -308,6 +310,7 @@ impl Shared {
             connections: AtomicUsize::new(0),
             subscriptions: AtomicUsize::new(0),
             limits: Mutex::new(limits),
+            tls: Mutex::new(None),
         }
     }
     pub fn position(&self) -> u64 {
@@ -321,5 +324,11 @@ impl Shared {
     }
     pub fn set_limits(&self, limits: Limits) {
         *self.limits.lock().unwrap_or_else(|e| e.into_inner()) = limits;
+    }
+    pub fn tls(&self) -> Option<crate::net::tls::TlsAcceptor> {
+        self.tls.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    pub fn set_tls(&self, tls: Option<crate::net::tls::TlsAcceptor>) {
+        *self.tls.lock().unwrap_or_else(|e| e.into_inner()) = tls;
     }
 }

@@ -104,3 +104,10 @@ pub fn depend_on_extension(trigger: pg_sys::Oid, extension: pg_sys::Oid) {
         )
     };
 }
+
+/// The current value of setting `name` as text ("" if it has none).
+pub fn setting(name: &CStr) -> String {
+    // SAFETY: a GUC lookup by a NUL-terminated name on a Postgres thread; the value is copied
+    // out before any other GUC call.
+    unsafe { string_from(pg_sys::GetConfigOption(name.as_ptr(), true, false)) }
+}

@@ -16,6 +16,7 @@ use pgrx::bgworkers::{
 use pgrx::prelude::*;
 use publisher::Publisher;
 use realtime_core::bridge::{self, Limits, Shared};
+use realtime_core::net::tls::{self, TlsAcceptor};
 use realtime_core::net::{self, fanout::Fanout};
 use std::io::Read;
 use std::os::fd::AsRawFd;
@@ -72,6 +73,13 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
     }
 
     let shared = Arc::new(Shared::new(limits()));
+    shared.set_tls(tls().unwrap_or_else(|e| {
+        crate::error::raise(
+            PgSqlErrorCode::ERRCODE_CONFIG_FILE_ERROR,
+            format!("realtime_ext: realtime.ssl is on, but {e}"),
+            "Point realtime.ssl_cert_file and realtime.ssl_key_file (or ssl_cert_file and ssl_key_file) at PEM files the server can read; the worker retries every second.",
+        )
+    }));
     let (handle, inbox) = bridge::request_channel()
         .unwrap_or_else(|e| fatal(format!("could not create channel: {e}")));
     let batches = Fanout::new(gucs::client_backlog(), gucs::client_memory_bytes());
@@ -82,8 +90,9 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
     let server =
         net::start(&address, shared.clone(), handle, batches.clone()).unwrap_or_else(|e| fatal(e));
     log!(
-        "realtime_ext: serving WebSocket clients on {} (database \"{}\")",
+        "realtime_ext: serving WebSocket clients on {}{} (database \"{}\")",
         server.description(),
+        if gucs::ssl() { " over TLS" } else { "" },
         gucs::database()
     );
 
@@ -116,6 +125,10 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
             // SAFETY: the worker's Postgres thread, between transactions, as a SIGHUP handler would.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
             shared.set_limits(limits());
+            match tls() {
+                Ok(tls) => shared.set_tls(tls),
+                Err(e) => warning!("realtime_ext: keeping the previous TLS certificate: {e}"),
+            }
             batches.set_max_bytes(gucs::client_memory_bytes());
         }
         // Questions are taken before the queue is drained and answered after, so that the
@@ -223,6 +236,15 @@ fn process_interrupts() {
             pg_sys::ProcessInterrupts();
         }
     }
+}
+
+/// How the network threads accept connections over TLS, if realtime.ssl is on.
+fn tls() -> Result<Option<TlsAcceptor>, String> {
+    if !gucs::ssl() {
+        return Ok(None);
+    }
+    let (cert, key) = gucs::ssl_files();
+    tls::acceptor(&cert, &key).map(Some)
 }
 
 /// The settings the network threads obey, as they are now.

@@ -6,6 +6,7 @@ pub mod fanout;
 mod http;
 mod session;
 pub mod subscriptions;
+pub mod tls;
 
 use crate::bridge::{BatchSender, Shared, WorkerHandle};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -15,6 +16,10 @@ use tokio::net::TcpListener;
 
 /// How long a stopping worker waits for its clients to receive their close frames.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
+
+/// What a connection is read from and written to: a TCP socket, or TLS over one.
+pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Stream for T {}
 
 /// Where to listen: `hosts` as in realtime.listen_addresses.
 pub struct Address {
@@ -177,7 +182,19 @@ async fn accept_loop(listener: TcpListener, context: Context) {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
                 let _ = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER);
-                tokio::spawn(http::serve(stream, peer.ip(), context.clone()));
+                let (ip, context) = (peer.ip(), context.clone());
+                match context.shared.tls() {
+                    None => tokio::spawn(http::serve(stream, ip, context)),
+                    // The TLS handshake has the request head's time limit too.
+                    Some(tls) => tokio::spawn(async move {
+                        let limit = context.shared.limits().handshake_timeout;
+                        if let Ok(Ok(stream)) =
+                            tokio::time::timeout(limit, tls.accept(stream)).await
+                        {
+                            http::serve(stream, ip, context).await
+                        }
+                    }),
+                };
             }
             // Out of file descriptors and the like: back off instead of spinning.
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,

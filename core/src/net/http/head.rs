@@ -2,11 +2,11 @@
 //! one source address may keep open.
 
 use crate::net::Context;
+use crate::net::Stream;
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 const MAX_HEAD: usize = 16 * 1024;
@@ -42,8 +42,8 @@ pub enum HeadError {
 }
 
 /// Read and parse the request head within realtime.handshake_timeout.
-pub async fn read(
-    stream: &mut TcpStream,
+pub async fn read<S: Stream>(
+    stream: &mut S,
     ip: IpAddr,
     context: &Context,
 ) -> Result<Head, HeadError> {
@@ -83,7 +83,7 @@ pub async fn read(
 }
 
 /// Read until the end of the request head; returns the bytes read and the head's length.
-async fn read_until_blank_line(stream: &mut TcpStream) -> Result<(Vec<u8>, usize), HeadError> {
+async fn read_until_blank_line<S: Stream>(stream: &mut S) -> Result<(Vec<u8>, usize), HeadError> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 2048];
     loop {

@@ -8,13 +8,13 @@ mod health;
 mod router;
 mod upgrade;
 
+use super::Stream;
 use super::{session, Context};
 use head::HeadError;
 use router::Route;
 use std::net::IpAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 pub use head::Handshakes;
 pub use router::WEBSOCKET_PATH;
@@ -24,7 +24,7 @@ pub use router::WEBSOCKET_PATH;
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 8 * 1024 * 1024;
 
-pub async fn serve(mut stream: TcpStream, ip: IpAddr, context: Context) {
+pub async fn serve<S: Stream>(mut stream: S, ip: IpAddr, context: Context) {
     let head = match head::read(&mut stream, ip, &context).await {
         Ok(head) => head,
         Err(e) => {
@@ -120,7 +120,7 @@ impl Response {
         self
     }
 
-    async fn send(self, mut stream: TcpStream) {
+    async fn send<S: Stream>(self, mut stream: S) {
         let mut text = format!(
             "HTTP/1.1 {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{}\r\n",
             self.status,

@@ -5,9 +5,9 @@ use super::access;
 use super::head::Head;
 use super::Response;
 use crate::net::Context;
+use crate::net::Stream;
 use std::sync::atomic::Ordering::Relaxed;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
@@ -27,17 +27,17 @@ impl Drop for Counted {
 }
 
 /// An upgraded connection, counted until dropped.
-pub struct Upgraded {
-    pub ws: WebSocketStream<TcpStream>,
+pub struct Upgraded<S> {
+    pub ws: WebSocketStream<S>,
     pub counted: Counted,
 }
 
 /// Upgrade, or the response that refuses it (`None`: the client left).
-pub async fn upgrade(
-    mut stream: TcpStream,
+pub async fn upgrade<S: Stream>(
+    mut stream: S,
     head: Head,
     context: &Context,
-) -> Result<Upgraded, Option<(TcpStream, Response)>> {
+) -> Result<Upgraded<S>, Option<(S, Response)>> {
     let limits = context.shared.limits();
     if let Err(refusal) =
         check(&head).and_then(|()| access::check_origin(&head, &limits.allowed_origins))

@@ -9,12 +9,12 @@ use crate::bridge::{Batch, Encoding};
 use crate::net::fanout::Missed;
 use crate::net::subscriptions::{Outgoing, SubscribeError, SubscriptionSet, Wish};
 use crate::net::Context;
+use crate::net::Stream;
 use crate::ops::OpSet;
 use crate::protocol::native::{self, ClientMessage, Coded, ErrorCode, ServerMessage};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -28,15 +28,15 @@ const OUTGOING_KEPT: usize = 64;
 /// How long a closing session waits for its close frame to be written.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
-type Sink = futures_util::stream::SplitSink<WebSocketStream<TcpStream>, Message>;
+type Sink<S> = futures_util::stream::SplitSink<WebSocketStream<S>, Message>;
 
-struct Session {
-    sink: Sink,
+struct Session<S> {
+    sink: Sink<S>,
     subscriptions: SubscriptionSet<Value>,
     outgoing: Vec<Outgoing<Value>>,
 }
 
-pub async fn run(ws: WebSocketStream<TcpStream>, context: Context) {
+pub async fn run<S: Stream>(ws: WebSocketStream<S>, context: Context) {
     let mut batches = context.batches.cursor();
     let kicked = batches.kicked();
     tokio::pin!(kicked);
@@ -141,7 +141,7 @@ pub async fn run(ws: WebSocketStream<TcpStream>, context: Context) {
     }
 }
 
-impl Session {
+impl<S: Stream> Session<S> {
     async fn send(&mut self, message: ServerMessage<'_>) {
         let _ = self.sink.send(Message::text(message.to_text())).await;
     }
