@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing realtime_ext needs, skipping whatever is already there:
-# PostgreSQL 15 with server headers, clang, sudo, OpenSSL headers (cargo-pgrx links OpenSSL),
+# PostgreSQL 15 with server headers, clang, sudo, OpenSSL headers (cargo-pgrx links OpenSSL) and
+# the openssl command (the TLS test makes its certificate with it),
 # cargo-pgrx 0.18.0 and its pg15 configuration.
 set -euo pipefail
 . "$(dirname "$0")/../scripts/lib.sh"
@@ -8,7 +9,7 @@ set -euo pipefail
 PGRX_VERSION=0.18.0
 
 missing=()
-for pkg in postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR libclang-dev clang sudo libssl-dev pkg-config; do
+for pkg in postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR libclang-dev clang sudo libssl-dev pkg-config openssl; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
