@@ -40,6 +40,18 @@ fi
 as_pg env -u RUST_BACKTRACE "$BIN/pg_ctl" -D "$DATA" -l "$DATA/server.log" -w start >/dev/null
 
 psql_() { "$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h localhost -p "$PGPORT" -U postgres -d postgres "$@"; }
+# The extension's version number does not change with every build while its SQL may: a cluster
+# set up by another build gets the extension created again (its watched tables are watched
+# again below).
+EXT_DIR="$("$PG_CONFIG" --sharedir)/extension"
+SCRIPT="$EXT_DIR/realtime_ext--$(sed -n "s/^default_version = '\(.*\)'/\1/p" "$EXT_DIR/realtime_ext.control").sql"
+# pgrx writes the script's functions in varying order: compare its lines, sorted.
+script_hash=$(sort "$SCRIPT" | sha256sum | cut -d' ' -f1)
+installed=$(psql_ -tAc "SELECT count(*) FROM pg_extension WHERE extname = 'realtime_ext'")
+if [ "$installed" = 1 ] && [ "$(cat "$DATA/realtime_ext.sql.sha256" 2>/dev/null)" != "$script_hash" ]; then
+  echo "==> realtime_ext's SQL changed since this cluster was set up: creating the extension again"
+  psql_ -c "DROP EXTENSION realtime_ext CASCADE"
+fi
 psql_ <<'SQL'
 CREATE EXTENSION IF NOT EXISTS realtime_ext;
 CREATE TABLE IF NOT EXISTS defects (
@@ -52,6 +64,7 @@ CREATE TABLE IF NOT EXISTS defects (
 );
 SELECT realtime_watch('defects');
 SQL
+echo "$script_hash" | as_pg tee "$DATA/realtime_ext.sql.sha256" >/dev/null
 
 cat <<MSG
 
