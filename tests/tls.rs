@@ -92,6 +92,7 @@ fn wss_with_postgres_certificate_and_a_bad_reload_keeps_it() {
         "tls",
         &[
             "realtime.ssl = on",
+            "realtime.max_handshakes = 100",
             &format!("ssl_cert_file = '{}'", crt.display()),
             &format!("ssl_key_file = '{}'", key.display()),
         ],
@@ -126,6 +127,22 @@ fn wss_with_postgres_certificate_and_a_bad_reload_keeps_it() {
     // Plain WebSocket and HTTP on the TLS port get no answer they could read.
     assert!(tungstenite::connect(format!("ws://127.0.0.1:{}/realtime", cluster.ws_port)).is_err());
     assert!(cluster.http_get("/health").0 != 200);
+
+    // Silent sockets that never start their TLS handshake count as handshakes: three times
+    // more than may wait, and the oldest 200 are dropped to make room.
+    let silent: Vec<TcpStream> = (0..300)
+        .map(|_| TcpStream::connect(("127.0.0.1", cluster.ws_port)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut dropped = 0;
+    for mut s in &silent {
+        s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        if matches!(s.read(&mut [0u8; 16]), Ok(0)) {
+            dropped += 1;
+        }
+    }
+    assert_eq!(dropped, 200, "the 200 oldest silent sockets were dropped");
+    drop(silent);
 
     // A reload naming a file that is not there keeps the certificate that works.
     let mut sql = cluster.client();

@@ -182,19 +182,7 @@ async fn accept_loop(listener: TcpListener, context: Context) {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
                 let _ = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER);
-                let (ip, context) = (peer.ip(), context.clone());
-                match context.shared.tls() {
-                    None => tokio::spawn(http::serve(stream, ip, context)),
-                    // The TLS handshake has the request head's time limit too.
-                    Some(tls) => tokio::spawn(async move {
-                        let limit = context.shared.limits().handshake_timeout;
-                        if let Ok(Ok(stream)) =
-                            tokio::time::timeout(limit, tls.accept(stream)).await
-                        {
-                            http::serve(stream, ip, context).await
-                        }
-                    }),
-                };
+                tokio::spawn(http::serve(stream, peer.ip(), context.clone()));
             }
             // Out of file descriptors and the like: back off instead of spinning.
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,

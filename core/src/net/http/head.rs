@@ -1,13 +1,13 @@
 //! Reading a request head: bounded in size, header count and time, and in how many slow heads
 //! one source address may keep open.
 
-use crate::net::Context;
 use crate::net::Stream;
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use tokio::io::AsyncReadExt;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 const MAX_HEAD: usize = 16 * 1024;
 pub const MAX_HEADERS: usize = 64;
@@ -41,22 +41,19 @@ pub enum HeadError {
     TooManyHeaders,
 }
 
-/// Read and parse the request head within realtime.handshake_timeout.
+/// Read and parse the request head by `deadline`, unless the connection is evicted first.
 pub async fn read<S: Stream>(
     stream: &mut S,
-    ip: IpAddr,
-    context: &Context,
+    handshaking: &Handshaking,
+    deadline: Instant,
 ) -> Result<Head, HeadError> {
-    let limits = context.shared.limits();
-    let handshaking = context.handshakes.begin(ip, limits.max_handshakes);
     let (buf, len) = tokio::select! {
-        head = tokio::time::timeout(limits.handshake_timeout, read_until_blank_line(stream)) => {
+        head = tokio::time::timeout_at(deadline, read_until_blank_line(stream)) => {
             head.map_err(|_| HeadError::Timeout)??
         }
         // Evicted to make room: it sent nothing useful for longer than anyone else there.
-        _ = handshaking.evicted.notified() => return Err(HeadError::Gone),
+        _ = handshaking.evicted() => return Err(HeadError::Gone),
     };
-    drop(handshaking);
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     match request.parse(&buf[..len]) {
@@ -124,15 +121,17 @@ struct Pending {
 }
 
 /// One connection counted in `Handshakes` until it is dropped; `evicted` fires if it must go.
-struct Handshaking<'a> {
-    handshakes: &'a Handshakes,
+pub struct Handshaking {
+    handshakes: Arc<Handshakes>,
     ip: IpAddr,
     id: u64,
     evicted: Arc<Notify>,
 }
 
 impl Handshakes {
-    fn begin(&self, ip: IpAddr, max: usize) -> Handshaking<'_> {
+    /// Count a new connection from `ip` until its request head is read (TLS handshake
+    /// included); at `max`, evict the oldest of the address with the most.
+    pub fn begin(self: &Arc<Handshakes>, ip: IpAddr, max: usize) -> Handshaking {
         let mut p = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if p.total >= max.max(1) {
             let busiest = p
@@ -153,7 +152,7 @@ impl Handshakes {
             .push_back((id, evicted.clone()));
         p.total += 1;
         Handshaking {
-            handshakes: self,
+            handshakes: self.clone(),
             ip,
             id,
             evicted,
@@ -161,7 +160,14 @@ impl Handshakes {
     }
 }
 
-impl Drop for Handshaking<'_> {
+impl Handshaking {
+    /// Completes when this connection was evicted to make room for a newer one.
+    pub async fn evicted(&self) {
+        self.evicted.notified().await
+    }
+}
+
+impl Drop for Handshaking {
     fn drop(&mut self) {
         let mut p = self.handshakes.0.lock().unwrap_or_else(|e| e.into_inner());
         let Some(q) = p.by_address.get_mut(&self.ip) else {

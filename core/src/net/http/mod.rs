@@ -10,11 +10,13 @@ mod upgrade;
 
 use super::Stream;
 use super::{session, Context};
-use head::HeadError;
+use head::{Handshaking, HeadError};
 use router::Route;
 use std::net::IpAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 pub use head::Handshakes;
 pub use router::WEBSOCKET_PATH;
@@ -24,8 +26,35 @@ pub use router::WEBSOCKET_PATH;
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 8 * 1024 * 1024;
 
-pub async fn serve<S: Stream>(mut stream: S, ip: IpAddr, context: Context) {
-    let head = match head::read(&mut stream, ip, &context).await {
+/// Serve one connection: over TLS if realtime.ssl is on. The TLS handshake and the request
+/// head share realtime.handshake_timeout and count as one handshake in `Handshakes`.
+pub async fn serve(stream: TcpStream, ip: IpAddr, context: Context) {
+    let limits = context.shared.limits();
+    let handshaking = context.handshakes.begin(ip, limits.max_handshakes);
+    let deadline = Instant::now() + limits.handshake_timeout;
+    match context.shared.tls() {
+        None => answer(stream, handshaking, deadline, context).await,
+        Some(tls) => {
+            let accepted = tokio::select! {
+                accepted = tokio::time::timeout_at(deadline, tls.accept(stream)) => accepted,
+                _ = handshaking.evicted() => return,
+            };
+            if let Ok(Ok(stream)) = accepted {
+                answer(stream, handshaking, deadline, context).await
+            }
+        }
+    }
+}
+
+async fn answer<S: Stream>(
+    mut stream: S,
+    handshaking: Handshaking,
+    deadline: Instant,
+    context: Context,
+) {
+    let head = head::read(&mut stream, &handshaking, deadline).await;
+    drop(handshaking);
+    let head = match head {
         Ok(head) => head,
         Err(e) => {
             let response = match e {
