@@ -130,18 +130,13 @@ fn wss_with_postgres_certificate_and_a_bad_reload_keeps_it() {
 
     // Silent sockets that never start their TLS handshake count as handshakes: three times
     // more than may wait, and the oldest 200 are dropped to make room.
-    let silent: Vec<TcpStream> = (0..300)
-        .map(|_| TcpStream::connect(("127.0.0.1", cluster.ws_port)).unwrap())
-        .collect();
+    let silent = cluster.silent_sockets(300);
     std::thread::sleep(Duration::from_millis(300));
-    let mut dropped = 0;
-    for mut s in &silent {
-        s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
-        if matches!(s.read(&mut [0u8; 16]), Ok(0)) {
-            dropped += 1;
-        }
-    }
-    assert_eq!(dropped, 200, "the 200 oldest silent sockets were dropped");
+    assert_eq!(
+        common::closed_by_server(&silent),
+        200,
+        "the 200 oldest silent sockets were dropped"
+    );
     drop(silent);
 
     // A reload naming a file that is not there keeps the certificate that works.

@@ -295,7 +295,7 @@ pub struct Shared {
     pub connections: AtomicUsize,
     pub subscriptions: AtomicUsize,
     /// Worker, from reloadable settings (`set_limits`).
-    limits: Mutex<Limits>,
+    limits: Mutex<Arc<Limits>>,
     /// Worker: how new connections are accepted over TLS (realtime.ssl), or `None`.
     tls: Mutex<Option<crate::net::tls::TlsAcceptor>>,
 }
@@ -309,21 +309,21 @@ impl Shared {
             lost_txns: AtomicU64::new(0),
             connections: AtomicUsize::new(0),
             subscriptions: AtomicUsize::new(0),
-            limits: Mutex::new(limits),
+            limits: Mutex::new(Arc::new(limits)),
             tls: Mutex::new(None),
         }
     }
     pub fn position(&self) -> u64 {
         self.position.load(Relaxed)
     }
-    pub fn limits(&self) -> Limits {
+    pub fn limits(&self) -> Arc<Limits> {
         self.limits
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
     pub fn set_limits(&self, limits: Limits) {
-        *self.limits.lock().unwrap_or_else(|e| e.into_inner()) = limits;
+        *self.limits.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(limits);
     }
     pub fn tls(&self) -> Option<crate::net::tls::TlsAcceptor> {
         self.tls.lock().unwrap_or_else(|e| e.into_inner()).clone()

@@ -215,12 +215,7 @@ impl Cluster {
 
     /// GET a path; returns status code and body.
     pub fn http_get(&self, path: &str) -> (u16, String) {
-        let mut s = TcpStream::connect(("127.0.0.1", self.ws_port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        // The server may answer (503) before reading the request: a failed write is fine.
-        let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out);
+        let out = self.raw(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes());
         let status = out
             .split(' ')
             .nth(1)
@@ -235,10 +230,18 @@ impl Cluster {
     pub fn raw(&self, bytes: &[u8]) -> String {
         let mut s = TcpStream::connect(("127.0.0.1", self.ws_port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        // The server may answer (503) before reading the request: a failed write is fine.
         let _ = s.write_all(bytes);
         let mut out = Vec::new();
         let _ = s.read_to_end(&mut out);
         String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// `n` connections to the WebSocket port that never send anything.
+    pub fn silent_sockets(&self, n: usize) -> Vec<TcpStream> {
+        (0..n)
+            .map(|_| TcpStream::connect(("127.0.0.1", self.ws_port)).unwrap())
+            .collect()
     }
 
     pub fn health(&self) -> Option<Value> {
@@ -327,6 +330,18 @@ static SHARED: OnceLock<Cluster> = OnceLock::new();
 
 /// One cluster for every test in this test binary. Statics are never dropped, so it is stopped
 /// and removed when the test process exits.
+/// How many of `sockets` the server has closed (read returns end of file at once).
+pub fn closed_by_server(sockets: &[TcpStream]) -> usize {
+    let mut closed = 0;
+    for mut s in sockets {
+        s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        if matches!(s.read(&mut [0u8; 16]), Ok(0)) {
+            closed += 1;
+        }
+    }
+    closed
+}
+
 pub fn shared(name: &str) -> &'static Cluster {
     extern "C" fn stop_shared() {
         if let Some(c) = SHARED.get() {

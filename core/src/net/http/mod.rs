@@ -10,6 +10,7 @@ mod upgrade;
 
 use super::Stream;
 use super::{session, Context};
+use crate::bridge::Limits;
 use head::{Handshaking, HeadError};
 use router::Route;
 use std::net::IpAddr;
@@ -33,14 +34,14 @@ pub async fn serve(stream: TcpStream, ip: IpAddr, context: Context) {
     let handshaking = context.handshakes.begin(ip, limits.max_handshakes);
     let deadline = Instant::now() + limits.handshake_timeout;
     match context.shared.tls() {
-        None => answer(stream, handshaking, deadline, context).await,
+        None => answer(stream, handshaking, deadline, &limits, context).await,
         Some(tls) => {
             let accepted = tokio::select! {
                 accepted = tokio::time::timeout_at(deadline, tls.accept(stream)) => accepted,
                 _ = handshaking.evicted() => return,
             };
             if let Ok(Ok(stream)) = accepted {
-                answer(stream, handshaking, deadline, context).await
+                answer(stream, handshaking, deadline, &limits, context).await
             }
         }
     }
@@ -50,6 +51,7 @@ async fn answer<S: Stream>(
     mut stream: S,
     handshaking: Handshaking,
     deadline: Instant,
+    limits: &Limits,
     context: Context,
 ) {
     let head = head::read(&mut stream, &handshaking, deadline).await;
@@ -81,7 +83,7 @@ async fn answer<S: Stream>(
             return response.send(stream).await;
         }
     };
-    if let Err(refusal) = access::check_host(&head, &context.shared.limits().allowed_hosts) {
+    if let Err(refusal) = access::check_host(&head, &limits.allowed_hosts) {
         return refusal.send(stream).await;
     }
     match router::route(&head.method, &head.path) {
@@ -90,9 +92,9 @@ async fn answer<S: Stream>(
             response.head_only = head_only;
             response.send(stream).await
         }
-        Route::Native => match upgrade::upgrade(stream, head, &context).await {
+        Route::Native => match upgrade::upgrade(stream, head, limits, &context).await {
             Ok(upgrade::Upgraded { ws, counted }) => {
-                session::native::run(ws, context.clone()).await;
+                session::native::run(ws, context).await;
                 drop(counted)
             }
             Err(Some((stream, refusal))) => refusal.send(stream).await,

@@ -4,6 +4,7 @@
 use super::access;
 use super::head::Head;
 use super::Response;
+use crate::bridge::Limits;
 use crate::net::Context;
 use crate::net::Stream;
 use std::sync::atomic::Ordering::Relaxed;
@@ -36,9 +37,9 @@ pub struct Upgraded<S> {
 pub async fn upgrade<S: Stream>(
     mut stream: S,
     head: Head,
+    limits: &Limits,
     context: &Context,
 ) -> Result<Upgraded<S>, Option<(S, Response)>> {
-    let limits = context.shared.limits();
     if let Err(refusal) =
         check(&head).and_then(|()| access::check_origin(&head, &limits.allowed_origins))
     {
