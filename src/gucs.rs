@@ -17,6 +17,22 @@ static SSL: GucSetting<bool> = GucSetting::<bool>::new(false);
 /// and ssl_key_file.
 static SSL_CERT_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static SSL_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+/// How tokens are verified: an HMAC secret, a JWK or JWKS as JSON, or `@file` holding either.
+static JWT_SECRET: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static JWT_SECRET_IS_BASE64: GucSetting<bool> = GucSetting::<bool>::new(false);
+/// The `aud` tokens must carry (empty: not checked).
+static JWT_AUDIENCE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+/// Where in the claims the role is, as PostgREST's jwt-role-claim-key.
+static JWT_ROLE_CLAIM_KEY: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c".role"));
+/// The role connections without a token act as (empty: they must present one).
+static ANON_ROLE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+/// The role that must be a member of every role a token names.
+static AUTHENTICATOR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+/// Whether tokens may name superusers and BYPASSRLS roles.
+static ALLOW_PRIVILEGED_ROLES: GucSetting<bool> = GucSetting::<bool>::new(false);
+/// Most connections one role may hold at once (0: no limit).
+static MAX_CONNECTIONS_PER_ROLE: GucSetting<i32> = GucSetting::<i32>::new(0);
 /// TCP port of the WebSocket/HTTP server.
 static PORT: GucSetting<i32> = GucSetting::<i32>::new(8080);
 /// The one database whose watched tables the worker serves.
@@ -173,6 +189,72 @@ pub fn init() {
         Sighup,
         none,
     );
+    GucRegistry::define_string_guc(
+        c"realtime.jwt_secret",
+        c"Key that verifies client tokens: an HMAC secret (32 characters or more), a JWK or JWKS as JSON, or @path of a file holding one.",
+        c"Only superusers can see it. Empty: tokens are refused, and only realtime.anon_role can be used.",
+        &JWT_SECRET,
+        Sighup,
+        GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL,
+    );
+    GucRegistry::define_bool_guc(
+        c"realtime.jwt_secret_is_base64",
+        c"realtime.jwt_secret is an HMAC secret in base64.",
+        c"",
+        &JWT_SECRET_IS_BASE64,
+        Sighup,
+        none,
+    );
+    GucRegistry::define_string_guc(
+        c"realtime.jwt_audience",
+        c"The aud claim tokens must carry; empty: not checked.",
+        c"",
+        &JWT_AUDIENCE,
+        Sighup,
+        none,
+    );
+    GucRegistry::define_string_guc(
+        c"realtime.jwt_role_claim_key",
+        c"Where the role is in a token's claims, as PostgREST's jwt-role-claim-key (.role, .app_metadata.role, .roles[0]).",
+        c"",
+        &JWT_ROLE_CLAIM_KEY,
+        Sighup,
+        none,
+    );
+    GucRegistry::define_string_guc(
+        c"realtime.anon_role",
+        c"Role that connections without a token act as; empty: a token is required.",
+        c"Also the role of a token without a role claim.",
+        &ANON_ROLE,
+        Sighup,
+        none,
+    );
+    GucRegistry::define_string_guc(
+        c"realtime.authenticator",
+        c"Role that must be a member of every role a token names (as PostgREST's authenticator).",
+        c"Empty: tokens may name no role but realtime.anon_role.",
+        &AUTHENTICATOR,
+        Sighup,
+        none,
+    );
+    GucRegistry::define_bool_guc(
+        c"realtime.allow_privileged_roles",
+        c"Let tokens and realtime.anon_role name superusers and roles with BYPASSRLS.",
+        c"",
+        &ALLOW_PRIVILEGED_ROLES,
+        Sighup,
+        none,
+    );
+    GucRegistry::define_int_guc(
+        c"realtime.max_connections_per_role",
+        c"Most WebSocket connections one role may hold at once; 0 means no limit.",
+        c"",
+        &MAX_CONNECTIONS_PER_ROLE,
+        0,
+        1_000_000,
+        Sighup,
+        none,
+    );
     GucRegistry::define_int_guc(
         c"realtime.max_message_size",
         c"Largest message a WebSocket client may send.",
@@ -291,4 +373,25 @@ pub fn handshake_timeout_ms() -> u64 {
 }
 pub fn spill_threshold_bytes() -> usize {
     SPILL_THRESHOLD_KB.get() as usize * 1024
+}
+pub fn auth_settings() -> realtime_core::auth::AuthSettings {
+    realtime_core::auth::AuthSettings {
+        secret: string(&JWT_SECRET),
+        secret_is_base64: JWT_SECRET_IS_BASE64.get(),
+        audience: string(&JWT_AUDIENCE),
+        role_claim_key: string(&JWT_ROLE_CLAIM_KEY),
+        anon_role: anon_role(),
+    }
+}
+pub fn anon_role() -> String {
+    string(&ANON_ROLE).trim().to_string()
+}
+pub fn authenticator() -> String {
+    string(&AUTHENTICATOR).trim().to_string()
+}
+pub fn allow_privileged_roles() -> bool {
+    ALLOW_PRIVILEGED_ROLES.get()
+}
+pub fn max_connections_per_role() -> usize {
+    MAX_CONNECTIONS_PER_ROLE.get() as usize
 }

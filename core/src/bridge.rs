@@ -4,8 +4,11 @@
 //! the reply. The Postgres thread publishes changes as `Batch`es on the fan-out (`net::fanout`)
 //! and mirrors its numbers (positions, queue state) and settings into `Shared`.
 
+use crate::auth::{AuthConfig, Principal};
 use crate::filter::{FilterSpec, ResolvedFilter};
 use crate::ops::{Op, OpSet};
+use crate::visibility::{AudienceId, RowAccess, Verdict};
+use std::collections::HashSet;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -38,17 +41,21 @@ pub struct Change {
     /// `new` and `old` parsed, on first use by a filter.
     rows: OnceLock<(Option<Row>, Option<Row>)>,
     frames: [OnceLock<Utf8Bytes>; Encoding::COUNT],
+    /// The worker's row-security verdicts for the audiences it judges this change for.
+    verdicts: Vec<(AudienceId, Verdict)>,
 }
 
 /// The frames a change is encoded into, one slot each on every change.
 #[derive(Clone, Copy, Debug)]
 pub enum Encoding {
     NativeChange,
+    /// The change without its old row, for subscribers who could not see the row before.
+    NativeChangeNoOld,
     NativeLeave,
 }
 
 impl Encoding {
-    const COUNT: usize = 2;
+    const COUNT: usize = 3;
 }
 
 impl Change {
@@ -71,7 +78,21 @@ impl Change {
             old,
             rows: OnceLock::new(),
             frames: Default::default(),
+            verdicts: Vec::new(),
         }
+    }
+
+    /// Attach the worker's verdicts, before the change is published.
+    pub fn set_verdicts(&mut self, verdicts: Vec<(AudienceId, Verdict)>) {
+        self.verdicts = verdicts;
+    }
+
+    /// The worker's verdict for `audience`, if it judged this change for it.
+    pub fn verdict(&self, audience: AudienceId) -> Option<Verdict> {
+        self.verdicts
+            .iter()
+            .find(|(a, _)| *a == audience)
+            .map(|(_, v)| *v)
     }
 
     /// The change as `encoding`, built by `encode` the first time any session asks.
@@ -102,8 +123,12 @@ impl Change {
         if self.op == Op::Delete {
             self.old_row()
         } else {
-            self.rows().0.as_ref()
+            self.new_row()
         }
+    }
+
+    pub fn new_row(&self) -> Option<&Row> {
+        self.rows().0.as_ref()
     }
 
     pub fn old_row(&self) -> Option<&Row> {
@@ -158,6 +183,9 @@ pub enum GapReason {
     RenderFailed,
     /// This session fell behind what the fan-out keeps.
     SlowClient,
+    /// Row-level security could not be evaluated for this subscriber (an error in a policy,
+    /// or its time limit).
+    PolicyFailed,
 }
 
 /// Why the server ended a subscription.
@@ -167,6 +195,10 @@ pub enum EndReason {
     Dropped = 1,
     Unwatched = 2,
     Renamed = 3,
+    /// The principal lost the right to read the table (REVOKE, a dropped role, ...).
+    Forbidden = 4,
+    /// The token expired and no fresh one arrived.
+    TokenExpired = 5,
 }
 
 impl EndReason {
@@ -188,6 +220,9 @@ pub struct ResolvedTable {
     /// Events the table is watched for.
     pub watched: OpSet,
     pub filter: Option<ResolvedFilter>,
+    /// The columns the principal may SELECT, when it may not SELECT them all.
+    pub columns: Option<HashSet<String>>,
+    pub rows: RowAccess,
 }
 
 /// Why the worker could not resolve a subscription.
@@ -203,6 +238,12 @@ pub enum ResolveError {
     FilterRefused { column: String, why: String },
     #[error("{0}")]
     FilterValue(String),
+    /// The principal may not be used: unknown role, not granted to realtime.authenticator, or
+    /// privileged.
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
     #[error("the realtime worker is restarting; retry")]
     Unavailable,
     #[error("{0}")]
@@ -212,12 +253,21 @@ pub enum ResolveError {
 pub type Reply<T> = tokio::sync::oneshot::Sender<Result<T, ResolveError>>;
 
 pub enum Request {
-    /// Look up a table for a subscription, and check its filter.
+    /// Whether a principal's role may be used.
+    Authorize {
+        principal: Arc<Principal>,
+        reply: Reply<()>,
+    },
+    /// Look up a table for a subscription by `principal`: its privileges and row security,
+    /// and check its filter.
     Resolve {
         table: String,
         filter: Option<FilterSpec>,
+        principal: Arc<Principal>,
         reply: Reply<ResolvedTable>,
     },
+    /// A subscription judged by the worker (`RowAccess::Checked`) ended.
+    Release { audience: AudienceId },
 }
 
 /// The network side's way to ask the Postgres thread something.
@@ -229,22 +279,45 @@ pub struct WorkerHandle {
 }
 
 impl WorkerHandle {
+    pub async fn authorize(&self, principal: Arc<Principal>) -> Result<(), ResolveError> {
+        self.ask(|reply| Request::Authorize { principal, reply })
+            .await
+    }
+
     pub async fn resolve(
         &self,
         table: String,
         filter: Option<FilterSpec>,
+        principal: Arc<Principal>,
     ) -> Result<ResolvedTable, ResolveError> {
+        self.ask(|reply| Request::Resolve {
+            table,
+            filter,
+            principal,
+            reply,
+        })
+        .await
+    }
+
+    /// Tell the worker, without waiting, that nobody is left in `audience`.
+    pub fn release(&self, audience: AudienceId) {
+        if self.tx.send(Request::Release { audience }).is_ok() {
+            self.wake();
+        }
+    }
+
+    async fn ask<T>(&self, request: impl FnOnce(Reply<T>) -> Request) -> Result<T, ResolveError> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.tx
-            .send(Request::Resolve {
-                table,
-                filter,
-                reply,
-            })
+            .send(request(reply))
             .map_err(|_| ResolveError::Unavailable)?;
+        self.wake();
+        rx.await.map_err(|_| ResolveError::Unavailable)?
+    }
+
+    fn wake(&self) {
         // A full socket buffer means a wake-up is already pending.
         let _ = (&*self.poke).write(&[1]);
-        rx.await.map_err(|_| ResolveError::Unavailable)?
     }
 }
 
@@ -272,6 +345,8 @@ pub fn request_channel() -> std::io::Result<(WorkerHandle, RequestInbox)> {
 #[derive(Clone, Debug)]
 pub struct Limits {
     pub max_connections: usize,
+    /// Most connections one role may hold at once; 0: no limit.
+    pub max_connections_per_role: usize,
     pub max_message_size: usize,
     pub max_subscriptions: usize,
     pub max_handshakes: usize,
@@ -298,6 +373,13 @@ pub struct Shared {
     limits: Mutex<Arc<Limits>>,
     /// Worker: how new connections are accepted over TLS (realtime.ssl), or `None`.
     tls: Mutex<Option<crate::net::tls::TlsAcceptor>>,
+    /// Worker: how tokens are checked (realtime.jwt_*, realtime.anon_role).
+    auth: Mutex<Arc<AuthConfig>>,
+    /// Worker: bumped when a catalog change may alter what a principal may see (GRANT,
+    /// REVOKE, policies, row security, roles); sessions then authorize again.
+    pub catalog_epoch: tokio::sync::watch::Sender<u64>,
+    /// Network: connections per role, for realtime.max_connections_per_role.
+    roles: Mutex<std::collections::HashMap<String, usize>>,
 }
 
 impl Shared {
@@ -311,6 +393,9 @@ impl Shared {
             subscriptions: AtomicUsize::new(0),
             limits: Mutex::new(Arc::new(limits)),
             tls: Mutex::new(None),
+            auth: Mutex::new(Arc::new(AuthConfig::closed())),
+            catalog_epoch: tokio::sync::watch::Sender::new(0),
+            roles: Mutex::default(),
         }
     }
     pub fn position(&self) -> u64 {
@@ -330,5 +415,30 @@ impl Shared {
     }
     pub fn set_tls(&self, tls: Option<crate::net::tls::TlsAcceptor>) {
         *self.tls.lock().unwrap_or_else(|e| e.into_inner()) = tls;
+    }
+    /// Count a connection for `role` unless it already has `max` (0: no limit).
+    pub fn take_role(&self, role: &str, max: usize) -> bool {
+        let mut roles = self.roles.lock().unwrap_or_else(|e| e.into_inner());
+        let n = roles.entry(role.to_string()).or_default();
+        if max > 0 && *n >= max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+    pub fn release_role(&self, role: &str) {
+        let mut roles = self.roles.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = roles.get_mut(role) {
+            *n -= 1;
+            if *n == 0 {
+                roles.remove(role);
+            }
+        }
+    }
+    pub fn auth(&self) -> Arc<AuthConfig> {
+        self.auth.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    pub fn set_auth(&self, auth: AuthConfig) {
+        *self.auth.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(auth);
     }
 }

@@ -2,15 +2,19 @@
 //! dependency, so nothing here can call into the server from a network thread.
 //!
 //! - `ops`: the four kinds of change and sets of them.
+//! - `auth`: verifying JWTs into the principal (role and claims) a connection acts as.
 //! - `bridge`: the only types that cross between the worker's Postgres thread and the network
 //!   threads: `Change`, `Batch`, `Request`/`WorkerHandle`, `Shared` numbers and `Limits`.
 //! - `filter`: `column=op.value` filters: parsing, and matching rows the way SQL compares.
 //! - `protocol`: the wire protocols; `native` is realtime_ext's own JSON messages.
+//! - `visibility`: the columns and rows (row-level security) a subscriber may see.
 //! - `net`: tokio threads: listeners, the HTTP front door, the fan-out ring, the subscription
 //!   set, and one session loop per protocol.
 
+pub mod auth;
 pub mod bridge;
 pub mod filter;
 pub mod net;
 pub mod ops;
 pub mod protocol;
+pub mod visibility;

@@ -126,9 +126,22 @@ proptest! {
                 prop_assert!(!table.contains('\0'));
             }
             Ok(ClientMessage::Unsubscribe { id }) => prop_assert!(id.is_string() || id.is_number()),
-            Ok(ClientMessage::Ping { .. }) => {}
+            Ok(ClientMessage::Ping { .. } | ClientMessage::Auth { .. }) => {}
             Err(e) => prop_assert!(!e.to_string().is_empty(), "{:?}", e.code()),
         }
+    }
+
+    #[test]
+    fn any_text_or_jwt_shape_is_refused_as_a_token(
+        parts in prop::collection::vec("[A-Za-z0-9_=+/-]{0,40}", 0..5),
+        text in "\\PC{0,200}",
+    ) {
+        let auth = realtime_core::auth::AuthConfig::new(&realtime_core::auth::AuthSettings {
+            secret: "a-test-secret-that-is-32-bytes-long!!".into(),
+            ..Default::default()
+        }).unwrap();
+        prop_assert!(auth.verify(&parts.join(".")).is_err());
+        prop_assert!(auth.verify(&text).is_err());
     }
 
     #[test]

@@ -1,12 +1,18 @@
 //! Answers the network threads' questions from the catalogs, on the worker's Postgres thread.
 //! Each question runs in its own transaction; a Postgres error becomes an error reply.
 
+use super::audiences::Audiences;
+use super::policy::Policies;
 use super::security::{as_owner, with_time_limit};
+use crate::gucs;
 use crate::pg::xact::{in_subtransaction, in_transaction};
 use pgrx::prelude::*;
+use realtime_core::auth::Principal;
 use realtime_core::bridge::{Request, ResolveError, ResolvedTable};
 use realtime_core::filter::{check_op, FilterOp, FilterSpec, ResolvedFilter, ValueKind};
 use realtime_core::ops::{Op, OpSet};
+use realtime_core::visibility::RowAccess;
+use std::collections::HashSet;
 
 type Answer<T> = Result<T, ResolveError>;
 
@@ -23,18 +29,44 @@ fn optional<T: Default>(result: Result<T, pgrx::spi::Error>) -> Answer<T> {
     }
 }
 
-pub fn answer(request: Request) {
+pub fn answer(request: Request, audiences: &mut Audiences) {
     match request {
-        Request::Resolve {
-            table,
-            filter,
-            reply,
-        } => {
+        Request::Authorize { principal, reply } => {
             let answer = with_time_limit(REQUEST_TIME_LIMIT, || {
-                in_transaction(|| resolve(&table, filter.as_ref()), ResolveError::Internal)
+                in_transaction(|| role(&principal).map(|_| ()), ResolveError::Internal)
             });
             let _ = reply.send(answer);
         }
+        Request::Resolve {
+            table,
+            filter,
+            principal,
+            reply,
+        } => {
+            let answer = with_time_limit(REQUEST_TIME_LIMIT, || {
+                in_transaction(
+                    || resolve(&table, filter.as_ref(), &principal),
+                    ResolveError::Internal,
+                )
+            });
+            // The audience is joined only once the answer stands (its transaction committed).
+            let answer = answer.map(|(mut resolved, checked)| {
+                super::invalidation::track(resolved.relid);
+                if let Some(Checked { role, condition }) = checked {
+                    resolved.rows = RowAccess::Checked(audiences.join(
+                        resolved.relid,
+                        role,
+                        &principal.claims,
+                        condition,
+                        quote_name(&resolved.schema, &resolved.table),
+                        pgrx::spi::quote_identifier(&resolved.table),
+                    ));
+                }
+                resolved
+            });
+            let _ = reply.send(answer);
+        }
+        Request::Release { audience } => audiences.leave(audience),
     }
 }
 
@@ -43,7 +75,62 @@ pub fn answer(request: Request) {
 const MAX_FILTER_DIGITS: usize = 1000;
 const MAX_FILTER_EXPONENT: i64 = 1000;
 
-fn resolve(table: &str, filter: Option<&FilterSpec>) -> Answer<ResolvedTable> {
+/// The role a principal acts as, once it is known to be one it may use.
+struct Role {
+    oid: pg_sys::Oid,
+    /// Superuser or BYPASSRLS: row security never applies.
+    bypasses_rls: bool,
+}
+
+/// Check that `principal`'s role exists and may be used: the anonymous role always (a
+/// superuser named it), any other only if realtime.authenticator is a member of it; and a
+/// superuser or BYPASSRLS role only if realtime.allow_privileged_roles is on.
+fn role(principal: &Principal) -> Answer<Role> {
+    let anon = gucs::anon_role();
+    let authenticator = gucs::authenticator();
+    let (oid, privileged, granted) = optional(Spi::get_three_with_args::<i64, bool, bool>(
+        "SELECT r.oid::int8, r.rolsuper OR r.rolbypassrls,
+                EXISTS (SELECT FROM pg_roles a
+                         WHERE a.rolname = $2 AND pg_has_role(a.oid, r.oid, 'MEMBER'))
+           FROM pg_roles r WHERE r.rolname = $1",
+        &[principal.role.as_str().into(), authenticator.as_str().into()],
+    ))?;
+    let name = &principal.role;
+    let Some(oid) = oid else {
+        return Err(ResolveError::Unauthorized(format!(
+            "role \"{name}\" does not exist"
+        )));
+    };
+    if *name != anon && granted != Some(true) {
+        return Err(ResolveError::Unauthorized(if authenticator.is_empty() {
+            format!("role \"{name}\" may not be used: realtime.authenticator is not set")
+        } else {
+            format!("role \"{name}\" is not granted to realtime.authenticator (\"{authenticator}\")")
+        }));
+    }
+    let privileged = privileged == Some(true);
+    if privileged && !gucs::allow_privileged_roles() {
+        return Err(ResolveError::Unauthorized(format!(
+            "role \"{name}\" is a superuser or has BYPASSRLS; realtime.allow_privileged_roles is off"
+        )));
+    }
+    Ok(Role {
+        oid: pg_sys::Oid::from(oid as u32),
+        bypasses_rls: privileged,
+    })
+}
+
+/// A subscription whose rows the worker judges in batches: as whom, and the policies' SQL.
+struct Checked {
+    role: pg_sys::Oid,
+    condition: String,
+}
+
+fn resolve(
+    table: &str,
+    filter: Option<&FilterSpec>,
+    principal: &Principal,
+) -> Answer<(ResolvedTable, Option<Checked>)> {
     let unknown = || ResolveError::UnknownTable(table.to_string());
     // The name is read as SQL reads one (quotes, case folding); unqualified means public.
     // parse_ident raises on a malformed name: that too means "no such table".
@@ -74,22 +161,96 @@ fn resolve(table: &str, filter: Option<&FilterSpec>) -> Answer<ResolvedTable> {
     let (Some(relid), Some(owner), tgtype) = found else {
         return Err(unknown());
     };
+    let role = role(principal)?;
+    let columns = readable_columns(relid, &role, &quote_name(schema, name))?;
     let Some(tgtype) = tgtype else {
         return Err(ResolveError::NotWatched {
             table: format!("{schema}.{name}"),
             quoted: quote_name(schema, name),
         });
     };
+    if let (Some(f), Some(columns)) = (filter, &columns) {
+        if !columns.contains(&f.column) {
+            return Err(ResolveError::Forbidden(format!(
+                "permission denied for column \"{}\"",
+                f.column
+            )));
+        }
+    }
     let filter = filter
         .map(|f| resolve_filter(relid, pg_sys::Oid::from(owner as u32), f))
         .transpose()?;
-    Ok(ResolvedTable {
-        relid: relid as u32,
-        schema: schema.to_string(),
-        table: name.to_string(),
-        watched: ops_of_tgtype(tgtype),
-        filter,
-    })
+    let (rows, checked) = row_access(relid, &role, principal)?;
+    Ok((
+        ResolvedTable {
+            relid: relid as u32,
+            schema: schema.to_string(),
+            table: name.to_string(),
+            watched: ops_of_tgtype(tgtype),
+            filter,
+            columns,
+            rows,
+        },
+        checked,
+    ))
+}
+
+/// The columns `role` may SELECT: `None` for all (a table-level grant, or every column's),
+/// refused if none.
+fn readable_columns(relid: i64, role: &Role, quoted: &str) -> Answer<Option<HashSet<String>>> {
+    let (table_grant, columns, all) = optional(Spi::get_three_with_args::<bool, Vec<String>, i64>(
+        "SELECT has_table_privilege($1, $2::oid, 'SELECT'),
+                ARRAY(SELECT a.attname::text FROM pg_attribute a
+                       WHERE a.attrelid = $2::oid AND a.attnum > 0 AND NOT a.attisdropped
+                         AND has_column_privilege($1, $2::oid, a.attnum, 'SELECT')),
+                (SELECT count(*) FROM pg_attribute a
+                  WHERE a.attrelid = $2::oid AND a.attnum > 0 AND NOT a.attisdropped)",
+        &[role.oid.into(), relid.into()],
+    ))?;
+    let columns = columns.unwrap_or_default();
+    if table_grant == Some(true) || columns.len() as i64 == all.unwrap_or(0) {
+        return Ok(None);
+    }
+    if columns.is_empty() {
+        return Err(ResolveError::Forbidden(format!(
+            "permission denied for table {quoted}"
+        )));
+    }
+    Ok(Some(columns.into_iter().collect()))
+}
+
+/// Which rows `role` may see with these claims: all, a compiled rule, or judged here in
+/// batches (`Checked`).
+fn row_access(
+    relid: i64,
+    role: &Role,
+    principal: &Principal,
+) -> Answer<(RowAccess, Option<Checked>)> {
+    let (enabled, forced, owner) = optional(Spi::get_three_with_args::<bool, bool, bool>(
+        "SELECT relrowsecurity, relforcerowsecurity, pg_has_role($2, relowner, 'USAGE')
+           FROM pg_class WHERE oid = $1::oid",
+        &[relid.into(), role.oid.into()],
+    ))?;
+    // As check_enable_rls decides: off, or the role is exempt (BYPASSRLS, superuser, or the
+    // owner unless FORCE ROW LEVEL SECURITY).
+    if enabled != Some(true) || role.bypasses_rls || (owner == Some(true) && forced != Some(true))
+    {
+        return Ok((RowAccess::All, None));
+    }
+    let relid = pg_sys::Oid::from(relid as u32);
+    let policies = Policies::load(relid, role.oid).map_err(ResolveError::Internal)?;
+    if let Some(rule) = policies
+        .rule(role.oid, principal)
+        .map_err(|e| ResolveError::Internal(format!("row security policy failed: {e}")))?
+    {
+        return Ok((RowAccess::Rule(std::sync::Arc::new(rule)), None));
+    }
+    // Joined by `answer` once the transaction committed.
+    let checked = Checked {
+        role: role.oid,
+        condition: policies.condition(),
+    };
+    Ok((RowAccess::Checked(0), Some(checked)))
 }
 
 /// `schema.table` as SQL text, quoted where needed.

@@ -2,7 +2,10 @@
 //! it drains the shared queue, numbers and serializes changes, answers the network threads'
 //! catalog questions, and handles signals. The network server runs on threads of its own.
 
+mod audiences;
 mod catalog;
+mod invalidation;
+mod policy;
 mod publisher;
 mod rows;
 mod security;
@@ -15,6 +18,7 @@ use pgrx::bgworkers::{
 };
 use pgrx::prelude::*;
 use publisher::Publisher;
+use realtime_core::auth::AuthConfig;
 use realtime_core::bridge::{self, Limits, Shared};
 use realtime_core::net::tls::{self, TlsAcceptor};
 use realtime_core::net::{self, fanout::Fanout};
@@ -35,8 +39,6 @@ pub fn register() {
         .load();
 }
 
-/// How long to sleep with nothing to do; shorter while a transaction awaits settling.
-const IDLE_WAIT: Duration = Duration::from_secs(1);
 /// With no client subscribed, commits do not wake the worker; it drains the queue this often
 /// so that the queue does not fill.
 const UNSUBSCRIBED_DRAIN: Duration = Duration::from_millis(100);
@@ -80,6 +82,11 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
             "Point realtime.ssl_cert_file and realtime.ssl_key_file (or ssl_cert_file and ssl_key_file) at PEM files the server can read; the worker retries every second.",
         )
     }));
+    shared.set_auth(auth().unwrap_or_else(|e| {
+        warning!("realtime_ext: {e}; tokens are refused until it is fixed");
+        AuthConfig::closed()
+    }));
+    invalidation::register();
     let (handle, inbox) = bridge::request_channel()
         .unwrap_or_else(|e| fatal(format!("could not create channel: {e}")));
     let batches = Fanout::new(gucs::client_backlog(), gucs::client_memory_bytes());
@@ -107,7 +114,7 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
         let wait = match (publisher.needs_poll(), subscribed) {
             _ if !questions.is_empty() => Duration::ZERO,
             (true, _) => SETTLE_POLL,
-            (false, true) => IDLE_WAIT,
+            (false, true) => invalidation::CHECK_INTERVAL,
             (false, false) => UNSUBSCRIBED_DRAIN,
         };
         let wait_started = std::time::Instant::now();
@@ -129,6 +136,12 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
                 Ok(tls) => shared.set_tls(tls),
                 Err(e) => warning!("realtime_ext: keeping the previous TLS certificate: {e}"),
             }
+            match auth() {
+                Ok(auth) => shared.set_auth(auth),
+                Err(e) => warning!("realtime_ext: keeping the previous token settings: {e}"),
+            }
+            // realtime.anon_role, realtime.authenticator and the like change who may see what.
+            invalidation::changed();
             batches.set_max_bytes(gucs::client_memory_bytes());
         }
         // Questions are taken before the queue is drained and answered after, so that the
@@ -152,9 +165,12 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
             let Some(request) = questions.pop_front() else {
                 break;
             };
-            catalog::answer(request);
+            catalog::answer(request, &mut publisher.audiences);
         }
         publisher.persist_position();
+        if subscribed {
+            invalidation::poll(&shared);
+        }
         if moved && short_waits >= BUSY_STREAK {
             std::thread::sleep(MIN_PASS.saturating_sub(pass_started.elapsed()));
         }
@@ -247,10 +263,16 @@ fn tls() -> Result<Option<TlsAcceptor>, String> {
     tls::acceptor(&cert, &key).map(Some)
 }
 
+/// How tokens are checked, from the settings as they are now.
+fn auth() -> Result<AuthConfig, String> {
+    AuthConfig::new(&gucs::auth_settings())
+}
+
 /// The settings the network threads obey, as they are now.
 fn limits() -> Limits {
     Limits {
         max_connections: gucs::max_connections(),
+        max_connections_per_role: gucs::max_connections_per_role(),
         max_message_size: gucs::max_message_size(),
         max_subscriptions: gucs::max_subscriptions(),
         max_handshakes: gucs::max_handshakes(),

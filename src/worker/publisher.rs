@@ -1,6 +1,7 @@
 //! Turns queue records into numbered, serialized changes and broadcasts them in batches.
 //! Runs on the worker's Postgres thread (it reads clog for prepared transactions).
 
+use super::audiences::Audiences;
 use super::rows::Rows;
 use crate::event::{decode_record, events, EventRef, Item, Record};
 use crate::queue;
@@ -84,6 +85,8 @@ pub struct Publisher {
     next_position: u64,
     stored_position: u64,
     stats_at: std::time::Instant,
+    /// Subscribers whose row security is judged here, batch by batch.
+    pub audiences: Audiences,
 }
 
 impl Publisher {
@@ -102,6 +105,7 @@ impl Publisher {
             next_position,
             stored_position: next_position,
             stats_at: std::time::Instant::now(),
+            audiences: Audiences::default(),
         }
     }
 
@@ -392,7 +396,8 @@ impl Publisher {
 
     fn flush(&mut self) {
         if !self.batch.is_empty() {
-            let changes = std::mem::take(&mut self.batch);
+            let mut changes = std::mem::take(&mut self.batch);
+            self.audiences.judge(&mut changes);
             self.batch_bytes = 0;
             self.send(Batch::Changes(changes));
         }

@@ -91,6 +91,35 @@ fn run(mut c: Command) {
     );
 }
 
+/// The HMAC secret test clusters verify tokens with (`token`).
+pub const JWT_SECRET: &str = "realtime-ext-test-secret-0123456789abcdef";
+/// The role test connections without a token act as: it may read every table.
+pub const READER: &str = "realtime_reader";
+/// realtime.authenticator of test clusters.
+pub const AUTHENTICATOR: &str = "realtime_authenticator";
+
+/// A token signed with the test clusters' secret, carrying `claims`.
+pub fn token(claims: Value) -> String {
+    token_with(jsonwebtoken::Algorithm::HS256, JWT_SECRET.as_bytes(), claims)
+}
+
+pub fn token_with(alg: jsonwebtoken::Algorithm, secret: &[u8], claims: Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(alg),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .unwrap()
+}
+
+/// Seconds since the epoch.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
 impl Cluster {
     /// Start a cluster with the extension created; `conf` lines are appended to postgresql.conf.
     pub fn start(name: &str, conf: &[&str]) -> Cluster {
@@ -138,7 +167,8 @@ impl Cluster {
         let mut text = format!(
             "port = {}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
              shared_preload_libraries = 'realtime_ext'\nrealtime.port = {}\nrealtime.listen_addresses = '127.0.0.1'\n\
-             max_prepared_transactions = 10\nfsync = off\nmax_connections = 100\n",
+             max_prepared_transactions = 10\nfsync = off\nmax_connections = 100\n\
+             realtime.jwt_secret = '{JWT_SECRET}'\nrealtime.anon_role = '{READER}'\nrealtime.authenticator = '{AUTHENTICATOR}'\n",
             cluster.port,
             cluster.dir.display(),
             cluster.ws_port
@@ -159,6 +189,13 @@ impl Cluster {
             "-l",
             cluster.dir.join("server.log").to_str().unwrap(),
         ]);
+        cluster
+            .client()
+            .batch_execute(&format!(
+                "CREATE ROLE {READER} NOLOGIN; GRANT pg_read_all_data TO {READER};
+                 CREATE ROLE {AUTHENTICATOR} NOLOGIN NOINHERIT;"
+            ))
+            .unwrap();
         cluster
     }
 

@@ -3,6 +3,7 @@
 //! `bridge`.
 
 pub mod fanout;
+mod identity;
 mod http;
 mod session;
 pub mod subscriptions;

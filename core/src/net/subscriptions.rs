@@ -3,13 +3,16 @@
 //! in its own protocol's frames, the `Outgoing` items it gets back.
 
 use super::fanout::Summary;
+use crate::auth::Principal;
 use crate::bridge::{Batch, Change, EndReason, GapReason, ResolveError, Shared, WorkerHandle};
 use crate::filter::{self, FilterError, FilterSpec};
 use crate::ops::{Op, OpSet};
+use crate::visibility::{AudienceId, Columns, RowAccess};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 /// What a client asked to subscribe to, parsed by its protocol.
+#[derive(Clone)]
 pub struct Wish {
     pub table: String,
     /// `None`: every event the table is watched for.
@@ -54,21 +57,40 @@ pub enum Outgoing<K> {
         from: u64,
         to: u64,
     },
-    Change(usize),
-    /// An UPDATE moved the row out of a subscription's filter.
-    Leave(usize),
+    Change {
+        index: usize,
+        /// The subscriber could see the row before the change: send the old image.
+        old: bool,
+        columns: Columns,
+    },
+    /// An UPDATE moved the row out of a subscription's filter or out of the rows the
+    /// subscriber may see.
+    Leave { index: usize, columns: Columns },
 }
 
 struct Subscription<K> {
     key: K,
+    wish: Wish,
     relid: u32,
     schema: String,
     table: String,
     filter: Option<filter::Compiled>,
     ops: OpSet,
+    columns: Columns,
+    rows: RowAccess,
     /// Changes at or before this position predate the subscription.
     after: u64,
+    _audience: Option<Audience>,
     _counted: Counted,
+}
+
+/// Holds a place in an audience the worker judges changes for, and leaves it when dropped.
+struct Audience(WorkerHandle, AudienceId);
+
+impl Drop for Audience {
+    fn drop(&mut self) {
+        self.0.release(self.1);
+    }
 }
 
 /// Keeps `Shared::subscriptions` counting a subscription for as long as it exists, from the
@@ -92,7 +114,10 @@ impl Drop for Counted {
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 enum Wanted {
     No,
+    /// Row security could not be evaluated for it.
+    Missed,
     Leave,
+    ChangeWithoutOld,
     Change,
 }
 
@@ -104,18 +129,24 @@ impl<K> Subscription<K> {
         {
             return Wanted::No;
         }
-        match &self.filter {
-            // TRUNCATE affects every row, so it reaches filtered subscriptions too.
-            Some(f) if change.op != Op::Truncate => {
-                if f.matches(change.row()) {
-                    Wanted::Change
-                } else if change.op == Op::Update && f.matches(change.old_row()) {
-                    Wanted::Leave
-                } else {
-                    Wanted::No
-                }
-            }
-            _ => Wanted::Change,
+        // TRUNCATE affects every row: it reaches everyone who may read the table.
+        if change.op == Op::Truncate {
+            return Wanted::Change;
+        }
+        let seen = self.rows.judge(change);
+        if seen.failed {
+            return Wanted::Missed;
+        }
+        let passes = |row| self.filter.as_ref().is_none_or(|f| f.matches(row));
+        let new = seen.new && passes(change.new_row());
+        let old = seen.old && passes(change.old_row());
+        match change.op {
+            Op::Delete if old => Wanted::Change,
+            Op::Insert if new => Wanted::Change,
+            Op::Update if new && seen.old => Wanted::Change,
+            Op::Update if new => Wanted::ChangeWithoutOld,
+            Op::Update if old => Wanted::Leave,
+            _ => Wanted::No,
         }
     }
 
@@ -158,12 +189,14 @@ impl<K> SubscriptionSet<K> {
         self.shared.position().max(self.seen)
     }
 
-    /// Subscribe `key` (unique on the connection by `same`) to what `wish` describes. The
-    /// worker resolves the table and checks the filter.
+    /// Subscribe `key` (unique on the connection by `same`) to what `wish` describes, as
+    /// `principal`. The worker resolves the table, checks the principal's rights to it and
+    /// the filter.
     pub async fn subscribe(
         &mut self,
         key: K,
         wish: Wish,
+        principal: &Arc<Principal>,
         same: impl Fn(&K, &K) -> bool,
     ) -> Result<Subscribed<'_>, SubscribeError> {
         if self.subscriptions.iter().any(|s| same(&s.key, &key)) {
@@ -173,42 +206,92 @@ impl<K> SubscriptionSet<K> {
         if self.subscriptions.len() >= max {
             return Err(SubscribeError::TooMany(max));
         }
+        // Counted before the worker is asked, so that by the time it answers, commits already
+        // wake it (see queue::set_wake_on_commit); a failed subscribe drops the count.
+        let counted = Counted::new(&self.shared);
+        let made = self.make(key, wish, principal, counted).await?;
+        self.subscriptions.push(made);
+        let s = self.subscriptions.last().expect("just pushed");
+        Ok(Subscribed {
+            schema: &s.schema,
+            table: &s.table,
+            events: s.ops,
+            position: s.after,
+        })
+    }
+
+    async fn make(
+        &self,
+        key: K,
+        wish: Wish,
+        principal: &Arc<Principal>,
+        counted: Counted,
+    ) -> Result<Subscription<K>, SubscribeError> {
         if wish.events.is_some_and(OpSet::is_empty) {
             return Err(SubscribeError::NoEvents);
         }
         let spec: Option<FilterSpec> = wish.filter.as_deref().map(filter::parse).transpose()?;
-        // Counted before the worker is asked, so that by the time it answers, commits already
-        // wake it (see queue::set_wake_on_commit); a failed subscribe drops the count.
-        let counted = Counted::new(&self.shared);
-        let mut resolved = self.worker.resolve(wish.table, spec).await?;
-        let filter = resolved
-            .filter
-            .take()
-            .map(filter::Compiled::new)
-            .transpose()?;
+        let resolved = self
+            .worker
+            .resolve(wish.table.clone(), spec, principal.clone())
+            .await?;
+        // Left if anything below refuses the subscription.
+        let audience = match resolved.rows {
+            RowAccess::Checked(id) => Some(Audience(self.worker.clone(), id)),
+            _ => None,
+        };
+        let filter = resolved.filter.map(filter::Compiled::new).transpose()?;
         let requested = wish.events.unwrap_or(OpSet::ALL);
         let ops = requested.intersection(resolved.watched);
         if wish.events.is_some() && ops != requested {
             return Err(SubscribeError::NotWatched);
         }
-        let after = self.position();
-        self.subscriptions.push(Subscription {
+        Ok(Subscription {
             key,
+            wish,
             relid: resolved.relid,
             schema: resolved.schema,
             table: resolved.table,
             filter,
             ops,
-            after,
+            columns: resolved.columns.map(Arc::new),
+            rows: resolved.rows,
+            after: self.position(),
+            _audience: audience,
             _counted: counted,
-        });
-        let s = self.subscriptions.last().expect("just pushed");
-        Ok(Subscribed {
-            schema: &s.schema,
-            table: &s.table,
-            events: ops,
-            position: after,
         })
+    }
+
+    /// Work out every subscription's rights again, as `principal` (a refreshed token, or a
+    /// catalog change): each keeps its place in the stream with what it may see now, or ends
+    /// (`Ended` in `out`) if it may no longer read its table.
+    pub async fn reauthorize(&mut self, principal: &Arc<Principal>, out: &mut Vec<Outgoing<K>>)
+    where
+        K: Clone,
+    {
+        for old in std::mem::take(&mut self.subscriptions) {
+            let counted = Counted::new(&self.shared);
+            let again = self
+                .make(old.key.clone(), old.wish.clone(), principal, counted)
+                .await;
+            match again {
+                Ok(mut made) if made.relid == old.relid => {
+                    made.after = old.after;
+                    self.subscriptions.push(made)
+                }
+                Err(SubscribeError::Resolve(
+                    ResolveError::Unauthorized(_) | ResolveError::Forbidden(_),
+                )) => out.push(Outgoing::Ended(old.key, EndReason::Forbidden)),
+                // Dropped, unwatched or renamed: the change that did it ends the
+                // subscription in its place in the stream. Worker restarting: nothing changed.
+                _ => self.subscriptions.push(old),
+            }
+        }
+    }
+
+    /// End every subscription, for `reason`.
+    pub fn end_all(&mut self, reason: EndReason, out: &mut Vec<Outgoing<K>>) {
+        self.end(reason, |_| true, out);
     }
 
     /// Remove the subscription `same` picks; whether there was one.
@@ -298,11 +381,29 @@ impl<K> SubscriptionSet<K> {
                     if self.subscriptions.iter().any(|s| s.renamed(change)) {
                         self.end(EndReason::Renamed, |s| s.renamed(change), out);
                     }
-                    match self.subscriptions.iter().map(|s| s.wants(change)).max() {
-                        Some(Wanted::Change) => out.push(Outgoing::Change(i)),
-                        Some(Wanted::Leave) => out.push(Outgoing::Leave(i)),
-                        _ => {}
-                    }
+                    // One message per change, whichever subscriptions want it. They all
+                    // see the table as the same principal, so with the same columns.
+                    let wanted = self
+                        .subscriptions
+                        .iter()
+                        .map(|s| (s.wants(change), &s.columns))
+                        .max_by(|a, b| a.0.cmp(&b.0));
+                    let Some((wanted, columns)) = wanted else { continue };
+                    let columns = columns.clone();
+                    out.push(match wanted {
+                        Wanted::No => continue,
+                        Wanted::Missed => Outgoing::Gap {
+                            reason: GapReason::PolicyFailed,
+                            from: change.position,
+                            to: change.position,
+                        },
+                        Wanted::Leave => Outgoing::Leave { index: i, columns },
+                        Wanted::ChangeWithoutOld | Wanted::Change => Outgoing::Change {
+                            index: i,
+                            old: wanted == Wanted::Change,
+                            columns,
+                        },
+                    });
                 }
             }
             Batch::Ended { relid, reason, .. } => self.end(*reason, |s| s.relid == *relid, out),

@@ -2,10 +2,13 @@
 //! "Protocol"). Parses what clients send and encodes what they are sent, including each
 //! change's frame, built once per change for every native session.
 
+use crate::auth::AuthError;
 use crate::bridge::{Change, EndReason, GapReason, ResolveError};
 use crate::filter::FilterError;
 use crate::net::subscriptions::SubscribeError;
 use crate::ops::Op;
+use crate::visibility;
+use std::collections::HashSet;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::fmt::Write;
@@ -28,6 +31,10 @@ pub enum ClientMessage {
         #[serde(rename = "ref")]
         reference: Option<Value>,
     },
+    /// Act as the principal of this JWT from now on (first sign-in, or a refresh).
+    Auth {
+        token: String,
+    },
 }
 
 /// Stable error codes.
@@ -47,6 +54,10 @@ pub enum ErrorCode {
     DuplicateSubscription,
     UnknownSubscription,
     TooManySubscriptions,
+    Unauthorized,
+    Forbidden,
+    TokenExpired,
+    TooManyConnections,
     Unavailable,
     Internal,
 }
@@ -84,6 +95,13 @@ pub enum ServerMessage<'a> {
         from_position: u64,
         to_position: u64,
     },
+    /// The connection now acts as `role`; `expires_at` is when its token stops being valid
+    /// (Unix seconds), absent when it does not expire.
+    Authenticated {
+        role: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        expires_at: Option<u64>,
+    },
 }
 
 impl Serialize for EndReason {
@@ -92,6 +110,8 @@ impl Serialize for EndReason {
             EndReason::Dropped => "table_dropped",
             EndReason::Unwatched => "table_unwatched",
             EndReason::Renamed => "table_renamed",
+            EndReason::Forbidden => "forbidden",
+            EndReason::TokenExpired => "token_expired",
         })
     }
 }
@@ -103,6 +123,7 @@ impl Serialize for GapReason {
             GapReason::SpillUnreadable => "spill_unreadable",
             GapReason::RenderFailed => "render_failed",
             GapReason::SlowClient => "slow_client",
+            GapReason::PolicyFailed => "policy_failed",
         })
     }
 }
@@ -139,7 +160,7 @@ pub fn parse(text: &str) -> Result<ClientMessage, ParseError> {
     let value: Value = serde_json::from_str(text).map_err(ParseError::Json)?;
     let kind = match value.get("type").and_then(Value::as_str) {
         None => return Err(ParseError::NoType),
-        Some(kind @ ("subscribe" | "unsubscribe" | "ping")) => kind.to_string(),
+        Some(kind @ ("subscribe" | "unsubscribe" | "ping" | "auth")) => kind.to_string(),
         Some(other) => return Err(ParseError::UnknownType(other.to_string())),
     };
     let message =
@@ -213,8 +234,19 @@ impl Coded for ResolveError {
             ResolveError::UnknownColumn(_) => ErrorCode::UnknownColumn,
             ResolveError::FilterRefused { .. } => ErrorCode::InvalidFilter,
             ResolveError::FilterValue(_) => ErrorCode::InvalidFilterValue,
+            ResolveError::Unauthorized(_) => ErrorCode::Unauthorized,
+            ResolveError::Forbidden(_) => ErrorCode::Forbidden,
             ResolveError::Unavailable => ErrorCode::Unavailable,
             ResolveError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+impl Coded for AuthError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            AuthError::Expired => ErrorCode::TokenExpired,
+            _ => ErrorCode::Unauthorized,
         }
     }
 }
@@ -236,28 +268,59 @@ impl Coded for SubscribeError {
 /// The `change` message, assembled as text: the row images are already JSON and are copied
 /// in, not re-encoded.
 pub fn change_frame(change: &Change) -> String {
+    change_text(change, change.new.as_deref(), change.old.as_deref())
+}
+
+/// The `change` message for a subscriber who could not see the row before the UPDATE.
+pub fn change_frame_without_old(change: &Change) -> String {
+    change_text(change, change.new.as_deref(), None)
+}
+
+/// The `leave` message, for subscribers whose filter, or whose view of the table, an
+/// UPDATE's new row is no longer in: the change's position, transaction, table and old row.
+pub fn leave_frame(change: &Change) -> String {
+    leave_text(change, change.old.as_deref())
+}
+
+/// A change or leave message with only the columns a subscriber may see: encoded for that
+/// subscriber, not shared.
+pub fn projected_frame(
+    change: &Change,
+    leave: bool,
+    with_old: bool,
+    columns: &HashSet<String>,
+) -> String {
+    let project = |row: Option<&serde_json::Map<String, Value>>| {
+        row.map(|r| visibility::project(r, columns))
+    };
+    let old = project(change.old_row().filter(|_| with_old || leave));
+    if leave {
+        leave_text(change, old.as_deref())
+    } else {
+        change_text(change, project(change.new_row()).as_deref(), old.as_deref())
+    }
+}
+
+fn change_text(change: &Change, new: Option<&str>, old: Option<&str>) -> String {
     let (schema, table) = &*change.names;
-    let mut s = String::with_capacity(160 + change.image_bytes() + schema.len() + table.len());
+    let (new, old) = (new.unwrap_or("null"), old.unwrap_or("null"));
+    let mut s = String::with_capacity(160 + new.len() + old.len() + schema.len() + table.len());
     let _ = write!(
         s,
-        r#"{{"type":"change","position":{},"xid":{},"commit_time":"{}","op":"{}","schema":{},"table":{},"new":{},"old":{}}}"#,
+        r#"{{"type":"change","position":{},"xid":{},"commit_time":"{}","op":"{}","schema":{},"table":{},"new":{new},"old":{old}}}"#,
         change.position,
         change.txn.xid,
         change.txn.commit_time,
         change.op.name(),
         json_string(schema),
         json_string(table),
-        change.new.as_deref().unwrap_or("null"),
-        change.old.as_deref().unwrap_or("null"),
     );
     s
 }
 
-/// The `leave` message, for subscribers whose filter an UPDATE's new row no longer matches:
-/// the change's position, transaction, table and old row.
-pub fn leave_frame(change: &Change) -> String {
+fn leave_text(change: &Change, old: Option<&str>) -> String {
     let (schema, table) = &*change.names;
-    let old = change.old.as_deref().unwrap_or("null");
+    let old = old.unwrap_or("null");
     let mut s = String::with_capacity(160 + old.len() + schema.len() + table.len());
     let _ = write!(
         s,

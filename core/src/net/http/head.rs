@@ -17,11 +17,20 @@ pub struct Head {
     pub method: String,
     /// Without the query string.
     pub path: String,
+    /// What follows `?` in the request target, if anything.
+    pub query: String,
     headers: Vec<(String, String)>,
     pub rest: Vec<u8>,
 }
 
 impl Head {
+    /// The first value of query parameter `name`, percent-decoded.
+    pub fn param(&self, name: &str) -> Option<String> {
+        form_urlencoded::parse(self.query.as_bytes())
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    }
+
     /// The first value of header `name` (any case), or "".
     pub fn header(&self, name: &str) -> &str {
         self.headers
@@ -65,6 +74,7 @@ pub async fn read<S: Stream>(
     Ok(Head {
         method: request.method.unwrap_or("").to_string(),
         path: path.split('?').next().unwrap_or("/").to_string(),
+        query: path.split_once('?').map_or("", |(_, q)| q).to_string(),
         headers: request
             .headers
             .iter()

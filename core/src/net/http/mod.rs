@@ -93,8 +93,12 @@ async fn answer<S: Stream>(
             response.send(stream).await
         }
         Route::Native => match upgrade::upgrade(stream, head, limits, &context).await {
-            Ok(upgrade::Upgraded { ws, counted }) => {
-                session::native::run(ws, context).await;
+            Ok(upgrade::Upgraded {
+                ws,
+                identity,
+                counted,
+            }) => {
+                session::native::run(ws, context, identity).await;
                 drop(counted)
             }
             Err(Some((stream, refusal))) => refusal.send(stream).await,

@@ -1,11 +1,14 @@
 //! The WebSocket upgrade (RFC 6455 section 4.2): checks the request and its `Origin`, counts the connection
-//! against realtime.max_connections, answers 101 and hands over the stream.
+//! against realtime.max_connections, checks the token of the `token` (or `apikey`) query
+//! parameter, answers 101 and hands over the stream.
 
 use super::access;
 use super::head::Head;
 use super::Response;
 use crate::bridge::Limits;
+use crate::net::identity::{Identity, Refusal};
 use crate::net::Context;
+use crate::protocol::native::{Coded, ErrorCode};
 use crate::net::Stream;
 use std::sync::atomic::Ordering::Relaxed;
 use tokio::io::AsyncWriteExt;
@@ -30,6 +33,7 @@ impl Drop for Counted {
 /// An upgraded connection, counted until dropped.
 pub struct Upgraded<S> {
     pub ws: WebSocketStream<S>,
+    pub identity: Identity,
     pub counted: Counted,
 }
 
@@ -56,6 +60,17 @@ pub async fn upgrade<S: Stream>(
         .header("Retry-After: 1");
         return Err(Some((stream, refusal)));
     }
+    let token = head.param("token").or_else(|| head.param("apikey"));
+    let identity = Identity::start(
+        token.as_deref(),
+        context.shared.clone(),
+        context.worker.clone(),
+    )
+    .await;
+    let identity = match identity {
+        Ok(identity) => identity,
+        Err(refusal) => return Err(Some((stream, refused(&refusal)))),
+    };
     let accept = derive_accept_key(head.header("sec-websocket-key").as_bytes());
     let response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
@@ -73,7 +88,25 @@ pub async fn upgrade<S: Stream>(
         .max_frame_size(Some(limits.max_message_size));
     let ws =
         WebSocketStream::from_partially_read(stream, head.rest, Role::Server, Some(config)).await;
-    Ok(Upgraded { ws, counted })
+    Ok(Upgraded {
+        ws,
+        identity,
+        counted,
+    })
+}
+
+/// The HTTP answer to a token or role refused at the upgrade.
+fn refused(refusal: &Refusal) -> Response {
+    let code = refusal.code();
+    let status = match code {
+        ErrorCode::Unauthorized | ErrorCode::TokenExpired => "401 Unauthorized",
+        ErrorCode::TooManyConnections => "429 Too Many Requests",
+        ErrorCode::Unavailable => "503 Service Unavailable",
+        _ => "500 Internal Server Error",
+    };
+    let name = serde_json::to_value(code).ok();
+    let name = name.as_ref().and_then(|v| v.as_str()).unwrap_or("error");
+    Response::error(status, name, &refusal.to_string())
 }
 
 /// Everything RFC 6455 asks of the client's handshake.

@@ -5,8 +5,9 @@
 //! what it keeps skips ahead and is sent a `gap` message saying which positions it missed, and
 //! one stuck on a full socket is closed. Nobody else waits for it.
 
-use crate::bridge::{Batch, Encoding};
+use crate::bridge::{Batch, EndReason, Encoding};
 use crate::net::fanout::Missed;
+use crate::net::identity::Identity;
 use crate::net::subscriptions::{Outgoing, SubscribeError, SubscriptionSet, Wish};
 use crate::net::Context;
 use crate::net::Stream;
@@ -30,13 +31,17 @@ const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 type Sink<S> = futures_util::stream::SplitSink<WebSocketStream<S>, Message>;
 
+/// How far ahead "never" is, for a token without `exp`.
+const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 struct Session<S> {
     sink: Sink<S>,
+    identity: Identity,
     subscriptions: SubscriptionSet<Value>,
     outgoing: Vec<Outgoing<Value>>,
 }
 
-pub async fn run<S: Stream>(ws: WebSocketStream<S>, context: Context) {
+pub async fn run<S: Stream>(ws: WebSocketStream<S>, context: Context, identity: Identity) {
     let mut batches = context.batches.cursor();
     let kicked = batches.kicked();
     tokio::pin!(kicked);
@@ -44,6 +49,7 @@ pub async fn run<S: Stream>(ws: WebSocketStream<S>, context: Context) {
     let interval = context.shared.limits().heartbeat_interval;
     let mut session = Session {
         sink,
+        identity,
         subscriptions: SubscriptionSet::new(context.shared.clone(), context.worker.clone()),
         outgoing: Vec::new(),
     };
@@ -53,13 +59,21 @@ pub async fn run<S: Stream>(ws: WebSocketStream<S>, context: Context) {
     let timed_out = || Some((CloseCode::Away, "heartbeat timed out".to_string()));
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     let mut last_heard = Instant::now();
+    let expiry = tokio::time::sleep(session.identity.expires_in().unwrap_or(NEVER));
+    tokio::pin!(expiry);
+    let mut catalog = context.shared.catalog_epoch.subscribe();
 
     let close = loop {
         tokio::select! {
             message = stream.next() => {
                 last_heard = Instant::now();
                 let handled = match message {
-                    Some(Ok(Message::Text(text))) => tokio::time::timeout(timeout, session.on_text(&text)).await,
+                    Some(Ok(Message::Text(text))) => {
+                        let handled = tokio::time::timeout(timeout, session.on_text(&text)).await;
+                        let expires_in = session.identity.expires_in().unwrap_or(NEVER);
+                        expiry.as_mut().reset(tokio::time::Instant::now() + expires_in);
+                        handled
+                    }
                     Some(Ok(Message::Binary(_))) => {
                         tokio::time::timeout(timeout, session.error(ErrorCode::BinaryNotSupported, "send JSON text messages", None)).await
                     }
@@ -115,6 +129,21 @@ pub async fn run<S: Stream>(ws: WebSocketStream<S>, context: Context) {
                 Err(Missed::Lagged(missed)) => session.subscriptions.missed(missed),
                 Err(Missed::Closed) => break Some((CloseCode::Restart, "server is restarting".into())),
             },
+            () = &mut expiry => {
+                session.identity.expire();
+                let mut ended = Vec::new();
+                session.subscriptions.end_all(EndReason::TokenExpired, &mut ended);
+                if tokio::time::timeout(timeout, session.send_ended(ended)).await.is_err() {
+                    break timed_out();
+                }
+                expiry.as_mut().reset(tokio::time::Instant::now() + NEVER);
+            }
+            Ok(()) = catalog.changed() => {
+                // What the principal may see may have changed: GRANT, REVOKE, a policy, a role.
+                if tokio::time::timeout(timeout, session.reauthorize()).await.is_err() {
+                    break timed_out();
+                }
+            }
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() > timeout {
                     break Some((CloseCode::Away, "no pong received; heartbeat timed out".into()));
@@ -156,9 +185,37 @@ impl<S: Stream> Session<S> {
         self.error(refusal.code(), &message, id).await
     }
 
+    /// Send the subscription ends in `ended`.
+    async fn send_ended(&mut self, mut ended: Vec<Outgoing<Value>>) {
+        let _ = self.send_all(&Batch::Changes(Vec::new()), &mut ended).await;
+        let _ = self.sink.flush().await;
+    }
+
+    async fn reauthorize(&mut self) {
+        let Ok(principal) = self.identity.principal().cloned() else {
+            return;
+        };
+        let mut ended = Vec::new();
+        self.subscriptions.reauthorize(&principal, &mut ended).await;
+        self.send_ended(ended).await
+    }
+
     async fn on_text(&mut self, text: &str) {
         match native::parse(text) {
             Err(e) => self.refuse(e, None).await,
+            Ok(ClientMessage::Auth { token }) => match self.identity.sign_in(Some(&token)).await {
+                Ok(principal) => {
+                    let mut ended = Vec::new();
+                    self.subscriptions.reauthorize(&principal, &mut ended).await;
+                    self.send(ServerMessage::Authenticated {
+                        role: &principal.role,
+                        expires_at: principal.expires.map(|e| e - crate::auth::LEEWAY_SECS),
+                    })
+                    .await;
+                    self.send_ended(ended).await
+                }
+                Err(e) => self.refuse(e, None).await,
+            },
             Ok(ClientMessage::Ping { reference }) => {
                 let position = self.subscriptions.position();
                 self.send(ServerMessage::Pong {
@@ -205,9 +262,13 @@ impl<S: Stream> Session<S> {
                     events,
                     filter,
                 };
+                let principal = match self.identity.principal() {
+                    Ok(principal) => principal.clone(),
+                    Err(e) => return self.refuse(e, Some(&id)).await,
+                };
                 let text = match self
                     .subscriptions
-                    .subscribe(id.clone(), wish, native::same_id)
+                    .subscribe(id.clone(), wish, &principal, native::same_id)
                     .await
                 {
                     Ok(made) => ServerMessage::Subscribed {
@@ -247,12 +308,34 @@ impl<S: Stream> Session<S> {
         };
         for item in outgoing.drain(..) {
             let text = match item {
-                Outgoing::Change(i) => {
-                    changes[i].encoded(Encoding::NativeChange, native::change_frame)
+                Outgoing::Change {
+                    index,
+                    old,
+                    columns: None,
+                } => {
+                    let change = &changes[index];
+                    if old {
+                        change.encoded(Encoding::NativeChange, native::change_frame)
+                    } else {
+                        change.encoded(
+                            Encoding::NativeChangeNoOld,
+                            native::change_frame_without_old,
+                        )
+                    }
                 }
-                Outgoing::Leave(i) => {
-                    changes[i].encoded(Encoding::NativeLeave, native::leave_frame)
-                }
+                Outgoing::Leave {
+                    index,
+                    columns: None,
+                } => changes[index].encoded(Encoding::NativeLeave, native::leave_frame),
+                Outgoing::Change {
+                    index,
+                    old,
+                    columns: Some(columns),
+                } => native::projected_frame(&changes[index], false, old, &columns).into(),
+                Outgoing::Leave {
+                    index,
+                    columns: Some(columns),
+                } => native::projected_frame(&changes[index], true, true, &columns).into(),
                 Outgoing::Ended(id, reason) => ServerMessage::Unsubscribed {
                     id: &id,
                     reason: Some(reason),
