@@ -398,8 +398,16 @@ pub struct Ws {
 
 impl Ws {
     pub fn connect(port: u16) -> Ws {
-        let (socket, _) = tungstenite::connect(format!("ws://127.0.0.1:{port}/realtime"))
-            .expect("websocket connect");
+        Ws::connect_to(&format!("ws://127.0.0.1:{port}/realtime"))
+    }
+
+    /// Connect presenting `token` in the upgrade request.
+    pub fn connect_as(port: u16, token: &str) -> Ws {
+        Ws::connect_to(&format!("ws://127.0.0.1:{port}/realtime?token={token}"))
+    }
+
+    pub fn connect_to(url: &str) -> Ws {
+        let (socket, _) = tungstenite::connect(url).expect("websocket connect");
         if let MaybeTlsStream::Plain(s) = socket.get_ref() {
             s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         }

@@ -1,0 +1,307 @@
+//! Every subscriber receives exactly what PostgreSQL's own SELECT, as its role and with its
+//! claims, returns: an authorization matrix of principals × tables (no privilege, table
+//! GRANT, column GRANT, row security of several shapes, FORCE, BYPASSRLS) × a sequence of
+//! INSERTs, UPDATEs into and out of view, DELETEs and a TRUNCATE. The expected messages are
+//! worked out from PostgreSQL's answers before and after each statement, not written by hand.
+
+mod common;
+
+use common::{token, Cluster, Ws};
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+
+const COLUMNS: [&str; 6] = ["id", "owner", "team", "secret", "public", "archived"];
+
+const SETUP: &str = "
+    CREATE ROLE app_user NOLOGIN;
+    CREATE ROLE app_owner NOLOGIN;
+    CREATE ROLE app_bypass NOLOGIN BYPASSRLS;
+    GRANT app_user, app_owner, app_bypass TO realtime_authenticator;
+    CREATE FUNCTION uid() RETURNS text LANGUAGE sql STABLE
+        AS $$ SELECT current_setting('request.jwt.claims', true)::json->>'sub' $$;
+    CREATE TABLE members (team int, member text);
+    INSERT INTO members VALUES (1, 'alice'), (2, 'bob'), (2, 'alice');
+    GRANT SELECT ON members TO app_user, app_owner, realtime_reader;
+    CREATE TABLE sentinel (id int);
+    GRANT SELECT ON sentinel TO app_user, app_owner, app_bypass;
+    SELECT realtime_watch('sentinel');
+";
+
+/// Each table: its name and what is done to it after it is created like the others.
+const TABLES: [(&str, &str); 8] = [
+    ("t_nopriv", ""),
+    ("t_table", "GRANT SELECT ON t_table TO app_user, app_owner, app_bypass;"),
+    (
+        "t_column",
+        "GRANT SELECT (id, owner, team) ON t_column TO app_user, app_owner, app_bypass;",
+    ),
+    (
+        "t_owner",
+        "ALTER TABLE t_owner ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY mine ON t_owner USING (owner = current_setting('request.jwt.claims', true)::json->>'sub');
+         GRANT SELECT ON t_owner TO app_user, app_owner, app_bypass;",
+    ),
+    (
+        "t_teams",
+        "ALTER TABLE t_teams ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY teams ON t_teams USING (team = ANY (string_to_array(current_setting('request.jwt.claims', true)::json->>'teams', ',')::int[]));
+         GRANT SELECT ON t_teams TO app_user, app_owner, app_bypass;",
+    ),
+    (
+        "t_subselect",
+        "ALTER TABLE t_subselect ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY member ON t_subselect USING (EXISTS (SELECT 1 FROM members m WHERE m.team = t_subselect.team AND m.member = uid()));
+         GRANT SELECT ON t_subselect TO app_user, app_owner, app_bypass;",
+    ),
+    (
+        "t_mixed",
+        "ALTER TABLE t_mixed ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY mine ON t_mixed USING (owner = uid());
+         CREATE POLICY open ON t_mixed USING (public);
+         CREATE POLICY live ON t_mixed AS RESTRICTIVE USING (NOT archived);
+         GRANT SELECT ON t_mixed TO app_user, app_owner, app_bypass;",
+    ),
+    (
+        "t_force",
+        "ALTER TABLE t_force ENABLE ROW LEVEL SECURITY;
+         ALTER TABLE t_force FORCE ROW LEVEL SECURITY;
+         CREATE POLICY mine ON t_force USING (owner = uid());
+         ALTER TABLE t_force OWNER TO app_owner;
+         GRANT SELECT ON t_force TO app_user, app_bypass;",
+    ),
+];
+
+/// The statements run on every table, in order, each in its own transaction, and the id of
+/// the one row each changes.
+const STEPS: [(&str, i64); 12] = [
+    ("INSERT INTO {t} VALUES (1, 'alice', 1, 's1', false, false)", 1),
+    ("INSERT INTO {t} VALUES (2, 'bob', 2, 's2', false, false)", 2),
+    ("INSERT INTO {t} VALUES (3, 'carol', 3, 's3', true, false)", 3),
+    ("INSERT INTO {t} VALUES (4, NULL, NULL, 's4', false, false)", 4),
+    ("INSERT INTO {t} VALUES (5, 'alice', 1, 's5', true, true)", 5),
+    // Out of alice's view, into bob's.
+    ("UPDATE {t} SET owner = 'bob', team = 2 WHERE id = 1", 1),
+    // Into alice's view.
+    ("UPDATE {t} SET owner = 'alice', team = 1 WHERE id = 2", 2),
+    ("UPDATE {t} SET secret = 's3b' WHERE id = 3", 3),
+    ("UPDATE {t} SET archived = false WHERE id = 5", 5),
+    ("DELETE FROM {t} WHERE id = 1", 1),
+    ("DELETE FROM {t} WHERE id = 4", 4),
+    ("TRUNCATE {t}", 0),
+];
+
+struct Principal {
+    name: &'static str,
+    role: &'static str,
+    /// `None`: no token, the anonymous role.
+    claims: Option<Value>,
+}
+
+fn principals() -> Vec<Principal> {
+    let user = |name, role, sub: &str, teams: &str| Principal {
+        name,
+        role,
+        claims: Some(json!({"role": role, "sub": sub, "teams": teams})),
+    };
+    vec![
+        user("alice", "app_user", "alice", "1,2"),
+        user("bob", "app_user", "bob", "2"),
+        user("owner", "app_owner", "carol", "3"),
+        user("bypass", "app_bypass", "dave", ""),
+        Principal {
+            name: "anonymous",
+            role: common::READER,
+            claims: None,
+        },
+    ]
+}
+
+impl Principal {
+    fn claims_text(&self) -> String {
+        match &self.claims {
+            Some(c) => c.to_string(),
+            None => json!({"role": self.role}).to_string(),
+        }
+    }
+}
+
+/// What PostgreSQL shows `p` of `table`: rows by id, with the columns it may read; `None` if
+/// it may read no column at all.
+fn select_as(
+    db: &mut postgres::Client,
+    p: &Principal,
+    table: &str,
+    columns: &[String],
+) -> Option<BTreeMap<i64, Value>> {
+    if columns.is_empty() {
+        return None;
+    }
+    let mut tx = db.transaction().unwrap();
+    tx.batch_execute(&format!("SET LOCAL ROLE {}", p.role)).unwrap();
+    tx.execute(
+        "SELECT set_config('request.jwt.claims', $1, true)",
+        &[&p.claims_text()],
+    )
+    .unwrap();
+    // Every table's readable columns include id.
+    let object = columns
+        .iter()
+        .map(|c| format!("'{c}', {c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let rows = tx
+        .query(
+            &format!("SELECT id, json_build_object({object})::text FROM {table}"),
+            &[],
+        )
+        .unwrap();
+    tx.commit().unwrap();
+    Some(
+        rows.iter()
+            .map(|r| (r.get::<_, i32>(0) as i64, serde_json::from_str(r.get::<_, &str>(1)).unwrap()))
+            .collect(),
+    )
+}
+
+/// The columns `p` may SELECT from `table`, as PostgreSQL answers for each.
+fn readable(db: &mut postgres::Client, p: &Principal, table: &str) -> Vec<String> {
+    COLUMNS
+        .iter()
+        .filter(|c| {
+            let mut tx = db.transaction().unwrap();
+            tx.batch_execute(&format!("SET LOCAL ROLE {}", p.role)).unwrap();
+            let ok = tx
+                .batch_execute(&format!("SELECT {c} FROM {table} LIMIT 0"))
+                .is_ok();
+            let _ = tx.rollback();
+            ok
+        })
+        .map(|c| c.to_string())
+        .collect()
+}
+
+/// One expected message: table, type and op, new, old.
+type Expected = (String, String, Value, Value);
+
+#[test]
+fn every_subscriber_receives_what_its_select_would_return() {
+    let cluster = Cluster::start("authorization", &["realtime.allow_privileged_roles = on"]);
+    let mut db = cluster.client();
+    db.batch_execute(SETUP).unwrap();
+    for (table, grants) in TABLES {
+        db.batch_execute(&format!(
+            "CREATE TABLE {table} (id int PRIMARY KEY, owner text, team int, secret text, public bool, archived bool);
+             SELECT realtime_watch('{table}');
+             {grants}"
+        ))
+        .unwrap();
+    }
+    let principals = principals();
+    let mut clients: Vec<Ws> = principals
+        .iter()
+        .map(|p| match &p.claims {
+            Some(c) => Ws::connect_as(cluster.ws_port, &token(c.clone())),
+            None => Ws::connect(cluster.ws_port),
+        })
+        .collect();
+    let mut columns: Vec<Vec<Vec<String>>> = Vec::new();
+    for (p, ws) in principals.iter().zip(&mut clients) {
+        let mut mine = Vec::new();
+        for (table, _) in TABLES {
+            let cols = readable(&mut db, p, table);
+            let reply = ws.try_subscribe(table, table, None);
+            if cols.is_empty() {
+                assert_eq!(reply["type"], "error", "{} on {table}: {reply}", p.name);
+                assert_eq!(reply["code"], "forbidden", "{} on {table}: {reply}", p.name);
+            } else {
+                assert_eq!(reply["type"], "subscribed", "{} on {table}: {reply}", p.name);
+            }
+            mine.push(cols);
+        }
+        ws.subscribe("sentinel", "sentinel", None);
+        columns.push(mine);
+    }
+
+    let mut expected: Vec<Vec<Expected>> = vec![Vec::new(); principals.len()];
+    let mut seen: Vec<Vec<Option<BTreeMap<i64, Value>>>> = principals
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            TABLES
+                .iter()
+                .enumerate()
+                .map(|(t, (table, _))| select_as(&mut db, p, table, &columns[i][t]))
+                .collect()
+        })
+        .collect();
+    for (step, id) in STEPS {
+        for (t, (table, _)) in TABLES.iter().enumerate() {
+            db.batch_execute(&step.replace("{t}", table)).unwrap();
+            for (i, p) in principals.iter().enumerate() {
+                let after = select_as(&mut db, p, table, &columns[i][t]);
+                let Some(before) = seen[i][t].take() else {
+                    continue;
+                };
+                let after_rows = after.clone().unwrap();
+                let row = |rows: &BTreeMap<i64, Value>| rows.get(&id).cloned();
+                let op = step.split_whitespace().next().unwrap();
+                let message = match (op, row(&before), row(&after_rows)) {
+                    ("TRUNCATE", _, _) => Some(("TRUNCATE", Value::Null, Value::Null)),
+                    ("INSERT", _, Some(new)) => Some(("INSERT", new, Value::Null)),
+                    ("UPDATE", old, Some(new)) => Some(("UPDATE", new, old.unwrap_or(Value::Null))),
+                    ("UPDATE", Some(old), None) => Some(("leave", Value::Null, old)),
+                    ("DELETE", Some(old), None) => Some(("DELETE", Value::Null, old)),
+                    _ => None,
+                };
+                if let Some((kind, new, old)) = message {
+                    expected[i].push((table.to_string(), kind.to_string(), new, old));
+                }
+                seen[i][t] = after;
+            }
+        }
+    }
+    db.batch_execute("INSERT INTO sentinel VALUES (1)").unwrap();
+
+    for (i, (p, ws)) in principals.iter().zip(&mut clients).enumerate() {
+        let mut received = Vec::new();
+        loop {
+            let m = ws.recv();
+            if m["table"] == "sentinel" {
+                break;
+            }
+            let kind = if m["type"] == "leave" {
+                "leave".to_string()
+            } else {
+                assert_eq!(m["type"], "change", "{}: {m}", p.name);
+                m["op"].as_str().unwrap().to_string()
+            };
+            let field = |k: &str| m.get(k).cloned().unwrap_or(Value::Null);
+            let new = if kind == "leave" { Value::Null } else { field("new") };
+            received.push((m["table"].as_str().unwrap().to_string(), kind, new, field("old")));
+        }
+        let by_table = |list: &[Expected]| {
+            let mut map: BTreeMap<String, Vec<Expected>> = BTreeMap::new();
+            for e in list {
+                map.entry(e.0.clone()).or_default().push(e.clone());
+            }
+            map
+        };
+        let (want, got) = (by_table(&expected[i]), by_table(&received));
+        for (table, _) in TABLES {
+            assert_eq!(
+                got.get(table),
+                want.get(table),
+                "{} on {table}: received (left) differs from what SELECT shows (right)",
+                p.name
+            );
+        }
+        assert_eq!(received, expected[i], "{}: order", p.name);
+    }
+    // The matrix covered what it claims: rows left and entered views, and columns were cut.
+    let all: Vec<&Expected> = expected.iter().flatten().collect();
+    assert!(all.iter().any(|e| e.1 == "leave"));
+    assert!(all.iter().any(|e| e.1 == "UPDATE" && e.3.is_null()));
+    assert!(all
+        .iter()
+        .any(|e| e.0 == "t_column" && e.2.as_object().is_some_and(|o: &Map<String, Value>| o.len() == 3)));
+}
