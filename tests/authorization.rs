@@ -74,11 +74,26 @@ const TABLES: [(&str, &str); 8] = [
 /// The statements run on every table, in order, each in its own transaction, and the id of
 /// the one row each changes.
 const STEPS: [(&str, i64); 12] = [
-    ("INSERT INTO {t} VALUES (1, 'alice', 1, 's1', false, false)", 1),
-    ("INSERT INTO {t} VALUES (2, 'bob', 2, 's2', false, false)", 2),
-    ("INSERT INTO {t} VALUES (3, 'carol', 3, 's3', true, false)", 3),
-    ("INSERT INTO {t} VALUES (4, NULL, NULL, 's4', false, false)", 4),
-    ("INSERT INTO {t} VALUES (5, 'alice', 1, 's5', true, true)", 5),
+    (
+        "INSERT INTO {t} VALUES (1, 'alice', 1, 's1', false, false)",
+        1,
+    ),
+    (
+        "INSERT INTO {t} VALUES (2, 'bob', 2, 's2', false, false)",
+        2,
+    ),
+    (
+        "INSERT INTO {t} VALUES (3, 'carol', 3, 's3', true, false)",
+        3,
+    ),
+    (
+        "INSERT INTO {t} VALUES (4, NULL, NULL, 's4', false, false)",
+        4,
+    ),
+    (
+        "INSERT INTO {t} VALUES (5, 'alice', 1, 's5', true, true)",
+        5,
+    ),
     // Out of alice's view, into bob's.
     ("UPDATE {t} SET owner = 'bob', team = 2 WHERE id = 1", 1),
     // Into alice's view.
@@ -137,7 +152,8 @@ fn select_as(
         return None;
     }
     let mut tx = db.transaction().unwrap();
-    tx.batch_execute(&format!("SET LOCAL ROLE {}", p.role)).unwrap();
+    tx.batch_execute(&format!("SET LOCAL ROLE {}", p.role))
+        .unwrap();
     tx.execute(
         "SELECT set_config('request.jwt.claims', $1, true)",
         &[&p.claims_text()],
@@ -158,7 +174,12 @@ fn select_as(
     tx.commit().unwrap();
     Some(
         rows.iter()
-            .map(|r| (r.get::<_, i32>(0) as i64, serde_json::from_str(r.get::<_, &str>(1)).unwrap()))
+            .map(|r| {
+                (
+                    r.get::<_, i32>(0) as i64,
+                    serde_json::from_str(r.get::<_, &str>(1)).unwrap(),
+                )
+            })
             .collect(),
     )
 }
@@ -169,7 +190,8 @@ fn readable(db: &mut postgres::Client, p: &Principal, table: &str) -> Vec<String
         .iter()
         .filter(|c| {
             let mut tx = db.transaction().unwrap();
-            tx.batch_execute(&format!("SET LOCAL ROLE {}", p.role)).unwrap();
+            tx.batch_execute(&format!("SET LOCAL ROLE {}", p.role))
+                .unwrap();
             let ok = tx
                 .batch_execute(&format!("SELECT {c} FROM {table} LIMIT 0"))
                 .is_ok();
@@ -214,7 +236,11 @@ fn every_subscriber_receives_what_its_select_would_return() {
                 assert_eq!(reply["type"], "error", "{} on {table}: {reply}", p.name);
                 assert_eq!(reply["code"], "forbidden", "{} on {table}: {reply}", p.name);
             } else {
-                assert_eq!(reply["type"], "subscribed", "{} on {table}: {reply}", p.name);
+                assert_eq!(
+                    reply["type"], "subscribed",
+                    "{} on {table}: {reply}",
+                    p.name
+                );
             }
             mine.push(cols);
         }
@@ -276,8 +302,17 @@ fn every_subscriber_receives_what_its_select_would_return() {
                 m["op"].as_str().unwrap().to_string()
             };
             let field = |k: &str| m.get(k).cloned().unwrap_or(Value::Null);
-            let new = if kind == "leave" { Value::Null } else { field("new") };
-            received.push((m["table"].as_str().unwrap().to_string(), kind, new, field("old")));
+            let new = if kind == "leave" {
+                Value::Null
+            } else {
+                field("new")
+            };
+            received.push((
+                m["table"].as_str().unwrap().to_string(),
+                kind,
+                new,
+                field("old"),
+            ));
         }
         let by_table = |list: &[Expected]| {
             let mut map: BTreeMap<String, Vec<Expected>> = BTreeMap::new();
@@ -301,7 +336,8 @@ fn every_subscriber_receives_what_its_select_would_return() {
     let all: Vec<&Expected> = expected.iter().flatten().collect();
     assert!(all.iter().any(|e| e.1 == "leave"));
     assert!(all.iter().any(|e| e.1 == "UPDATE" && e.3.is_null()));
-    assert!(all
-        .iter()
-        .any(|e| e.0 == "t_column" && e.2.as_object().is_some_and(|o: &Map<String, Value>| o.len() == 3)));
+    assert!(all.iter().any(|e| e.0 == "t_column"
+        && e.2
+            .as_object()
+            .is_some_and(|o: &Map<String, Value>| o.len() == 3)));
 }

@@ -132,7 +132,12 @@ impl AuthConfig {
         if self.keys.is_empty() {
             return Err(AuthError::NoKeys);
         }
-        // Algorithms outside the enum (`none` among them) fail here.
+        if unsigned(token) {
+            return Err(AuthError::Invalid(
+                "alg \"none\" is refused: tokens must be signed".into(),
+            ));
+        }
+        // Algorithms outside the enum fail here.
         let header = jsonwebtoken::decode_header(token).map_err(|e| invalid(&e))?;
         let candidates = self.keys.iter().filter(|k| {
             k.algorithms.contains(&header.alg)
@@ -201,6 +206,23 @@ impl AuthConfig {
             anonymous: false,
         })
     }
+}
+
+/// Whether the token's header says `"alg": "none"` (which jsonwebtoken cannot even parse;
+/// named here so that the client learns why).
+fn unsigned(token: &str) -> bool {
+    use base64::Engine;
+    let header = token.split('.').next().unwrap_or("");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header.trim_end_matches('='))
+        .ok()
+        .and_then(|h| serde_json::from_slice::<Value>(&h).ok())
+        .and_then(|h| {
+            h.get("alg")?
+                .as_str()
+                .map(|a| a.eq_ignore_ascii_case("none"))
+        })
+        .unwrap_or(false)
 }
 
 fn follow<'a>(path: &[Step], claims: &'a Map<String, Value>) -> Option<&'a Value> {
@@ -424,7 +446,9 @@ mod unit {
         let c = config("realtime", "web_anon");
         let with = |aud: Value| token(Algorithm::HS256, serde_json::json!({"aud": aud}));
         assert_eq!(c.verify(&with("other".into())), Err(AuthError::Audience));
-        assert!(c.verify(&token(Algorithm::HS256, serde_json::json!({}))).is_err());
+        assert!(c
+            .verify(&token(Algorithm::HS256, serde_json::json!({})))
+            .is_err());
         // No role claim: the anonymous role, with the token's claims.
         let p = c.verify(&with("realtime".into())).unwrap();
         assert_eq!((p.role.as_str(), p.anonymous), ("web_anon", false));
@@ -460,7 +484,10 @@ mod unit {
             secret: "short".into(),
             ..Default::default()
         };
-        assert!(AuthConfig::new(&short).err().unwrap().contains("at least 32"));
+        assert!(AuthConfig::new(&short)
+            .err()
+            .unwrap()
+            .contains("at least 32"));
         let jwks = AuthSettings {
             secret: r#"{"keys":[{"kty":"EC","crv":"P-256","kid":"k1","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#.into(),
             ..Default::default()
@@ -471,6 +498,9 @@ mod unit {
             secret: "@/nonexistent/jwks.json".into(),
             ..Default::default()
         };
-        assert!(AuthConfig::new(&missing).err().unwrap().contains("cannot read"));
+        assert!(AuthConfig::new(&missing)
+            .err()
+            .unwrap()
+            .contains("cannot read"));
     }
 }

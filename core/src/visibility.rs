@@ -209,8 +209,14 @@ mod unit {
             Rule::And(vec![unknown.clone(), no.clone()]).eval(&r),
             Some(false)
         );
-        assert_eq!(Rule::And(vec![unknown.clone(), owner.clone()]).eval(&r), None);
-        assert_eq!(Rule::Or(vec![unknown.clone(), owner.clone()]).eval(&r), Some(true));
+        assert_eq!(
+            Rule::And(vec![unknown.clone(), owner.clone()]).eval(&r),
+            None
+        );
+        assert_eq!(
+            Rule::Or(vec![unknown.clone(), owner.clone()]).eval(&r),
+            Some(true)
+        );
         assert_eq!(Rule::Or(vec![unknown.clone(), no.clone()]).eval(&r), None);
         assert_eq!(Rule::Not(Box::new(unknown.clone())).eval(&r), None);
         // NOT (owner = 'bob') on a NULL owner is NULL: not visible.

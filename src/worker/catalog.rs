@@ -93,7 +93,10 @@ fn role(principal: &Principal) -> Answer<Role> {
                 EXISTS (SELECT FROM pg_roles a
                          WHERE a.rolname = $2 AND pg_has_role(a.oid, r.oid, 'MEMBER'))
            FROM pg_roles r WHERE r.rolname = $1",
-        &[principal.role.as_str().into(), authenticator.as_str().into()],
+        &[
+            principal.role.as_str().into(),
+            authenticator.as_str().into(),
+        ],
     ))?;
     let name = &principal.role;
     let Some(oid) = oid else {
@@ -101,18 +104,20 @@ fn role(principal: &Principal) -> Answer<Role> {
             "role \"{name}\" does not exist"
         )));
     };
-    if *name != anon && granted != Some(true) {
-        return Err(ResolveError::Unauthorized(if authenticator.is_empty() {
-            format!("role \"{name}\" may not be used: realtime.authenticator is not set")
-        } else {
-            format!("role \"{name}\" is not granted to realtime.authenticator (\"{authenticator}\")")
-        }));
-    }
     let privileged = privileged == Some(true);
     if privileged && !gucs::allow_privileged_roles() {
         return Err(ResolveError::Unauthorized(format!(
             "role \"{name}\" is a superuser or has BYPASSRLS; realtime.allow_privileged_roles is off"
         )));
+    }
+    if *name != anon && granted != Some(true) {
+        return Err(ResolveError::Unauthorized(if authenticator.is_empty() {
+            format!("role \"{name}\" may not be used: realtime.authenticator is not set")
+        } else {
+            format!(
+                "role \"{name}\" is not granted to realtime.authenticator (\"{authenticator}\")"
+            )
+        }));
     }
     Ok(Role {
         oid: pg_sys::Oid::from(oid as u32),
@@ -198,15 +203,16 @@ fn resolve(
 /// The columns `role` may SELECT: `None` for all (a table-level grant, or every column's),
 /// refused if none.
 fn readable_columns(relid: i64, role: &Role, quoted: &str) -> Answer<Option<HashSet<String>>> {
-    let (table_grant, columns, all) = optional(Spi::get_three_with_args::<bool, Vec<String>, i64>(
-        "SELECT has_table_privilege($1, $2::oid, 'SELECT'),
+    let (table_grant, columns, all) =
+        optional(Spi::get_three_with_args::<bool, Vec<String>, i64>(
+            "SELECT has_table_privilege($1, $2::oid, 'SELECT'),
                 ARRAY(SELECT a.attname::text FROM pg_attribute a
                        WHERE a.attrelid = $2::oid AND a.attnum > 0 AND NOT a.attisdropped
                          AND has_column_privilege($1, $2::oid, a.attnum, 'SELECT')),
                 (SELECT count(*) FROM pg_attribute a
                   WHERE a.attrelid = $2::oid AND a.attnum > 0 AND NOT a.attisdropped)",
-        &[role.oid.into(), relid.into()],
-    ))?;
+            &[role.oid.into(), relid.into()],
+        ))?;
     let columns = columns.unwrap_or_default();
     if table_grant == Some(true) || columns.len() as i64 == all.unwrap_or(0) {
         return Ok(None);
@@ -233,8 +239,7 @@ fn row_access(
     ))?;
     // As check_enable_rls decides: off, or the role is exempt (BYPASSRLS, superuser, or the
     // owner unless FORCE ROW LEVEL SECURITY).
-    if enabled != Some(true) || role.bypasses_rls || (owner == Some(true) && forced != Some(true))
-    {
+    if enabled != Some(true) || role.bypasses_rls || (owner == Some(true) && forced != Some(true)) {
         return Ok((RowAccess::All, None));
     }
     let relid = pg_sys::Oid::from(relid as u32);

@@ -39,7 +39,11 @@ pub fn register() {
             pg_sys::SysCacheIdentifier::AUTHMEMMEMROLE,
             pg_sys::SysCacheIdentifier::PROCOID,
         ] {
-            pg_sys::CacheRegisterSyscacheCallback(cache as i32, Some(catalog), pg_sys::Datum::from(0));
+            pg_sys::CacheRegisterSyscacheCallback(
+                cache as i32,
+                Some(catalog),
+                pg_sys::Datum::from(0),
+            );
         }
     }
 }

@@ -89,8 +89,7 @@ impl Policies {
         let Some(templates) = &self.templates else {
             return Ok(None);
         };
-        let (permissive, restrictive): (Vec<_>, Vec<_>) =
-            templates.iter().partition(|(p, _)| *p);
+        let (permissive, restrictive): (Vec<_>, Vec<_>) = templates.iter().partition(|(p, _)| *p);
         in_subtransaction(|| {
             as_owner(role, || {
                 set_claims(&principal.claims)?;
@@ -190,7 +189,10 @@ fn evaluate(template: &Template) -> Result<Rule, String> {
                     .map_err(|e| e.to_string())?;
                 Rule::In {
                     column: column.clone(),
-                    values: value.map(canonical).transpose()?.map(|v| HashSet::from([v])),
+                    values: value
+                        .map(canonical)
+                        .transpose()?
+                        .map(|v| HashSet::from([v])),
                     has_null: false,
                 }
             }
@@ -333,7 +335,8 @@ unsafe fn equality_as_json(opno: pg_sys::Oid, collation: pg_sys::Oid) -> bool {
     let cache = pg_sys::lookup_type_cache(left, pg_sys::TYPECACHE_EQ_OPR as i32);
     (*cache).eq_opr == opno
         && (left != pg_sys::TEXTOID
-            || (collation != pg_sys::InvalidOid && pg_sys::get_collation_isdeterministic(collation)))
+            || (collation != pg_sys::InvalidOid
+                && pg_sys::get_collation_isdeterministic(collation)))
 }
 
 /// Whether `node` reads nothing but settings and constants: no column, sub-select or
@@ -376,7 +379,11 @@ unsafe fn claims_only(node: *mut pg_sys::Node) -> bool {
                     | T_List
             );
             !allowed
-                || pg_sys::check_functions_in_node(node, Some(user_or_volatile), std::ptr::null_mut())
+                || pg_sys::check_functions_in_node(
+                    node,
+                    Some(user_or_volatile),
+                    std::ptr::null_mut(),
+                )
                 || pg_sys::expression_tree_walker(node, Some(refuses), std::ptr::null_mut())
         }
     }

@@ -100,7 +100,11 @@ pub const AUTHENTICATOR: &str = "realtime_authenticator";
 
 /// A token signed with the test clusters' secret, carrying `claims`.
 pub fn token(claims: Value) -> String {
-    token_with(jsonwebtoken::Algorithm::HS256, JWT_SECRET.as_bytes(), claims)
+    token_with(
+        jsonwebtoken::Algorithm::HS256,
+        JWT_SECRET.as_bytes(),
+        claims,
+    )
 }
 
 pub fn token_with(alg: jsonwebtoken::Algorithm, secret: &[u8], claims: Value) -> String {

@@ -3,8 +3,8 @@
 //! `bridge`.
 
 pub mod fanout;
-mod identity;
 mod http;
+mod identity;
 mod session;
 pub mod subscriptions;
 pub mod tls;

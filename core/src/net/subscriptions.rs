@@ -388,7 +388,9 @@ impl<K> SubscriptionSet<K> {
                         .iter()
                         .map(|s| (s.wants(change), &s.columns))
                         .max_by(|a, b| a.0.cmp(&b.0));
-                    let Some((wanted, columns)) = wanted else { continue };
+                    let Some((wanted, columns)) = wanted else {
+                        continue;
+                    };
                     let columns = columns.clone();
                     out.push(match wanted {
                         Wanted::No => continue,

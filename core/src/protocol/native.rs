@@ -8,9 +8,9 @@ use crate::filter::FilterError;
 use crate::net::subscriptions::SubscribeError;
 use crate::ops::Op;
 use crate::visibility;
-use std::collections::HashSet;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::collections::HashSet;
 use std::fmt::Write;
 
 /// Messages a client sends.
@@ -290,9 +290,8 @@ pub fn projected_frame(
     with_old: bool,
     columns: &HashSet<String>,
 ) -> String {
-    let project = |row: Option<&serde_json::Map<String, Value>>| {
-        row.map(|r| visibility::project(r, columns))
-    };
+    let project =
+        |row: Option<&serde_json::Map<String, Value>>| row.map(|r| visibility::project(r, columns));
     let old = project(change.old_row().filter(|_| with_old || leave));
     if leave {
         leave_text(change, old.as_deref())

@@ -5,7 +5,7 @@
 //! what it keeps skips ahead and is sent a `gap` message saying which positions it missed, and
 //! one stuck on a full socket is closed. Nobody else waits for it.
 
-use crate::bridge::{Batch, EndReason, Encoding};
+use crate::bridge::{Batch, Encoding, EndReason};
 use crate::net::fanout::Missed;
 use crate::net::identity::Identity;
 use crate::net::subscriptions::{Outgoing, SubscribeError, SubscriptionSet, Wish};

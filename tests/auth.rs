@@ -1,0 +1,304 @@
+//! Authentication: tokens in the upgrade request and in `auth` messages, what is refused and
+//! how, refresh, expiry, and rights that change while a client is connected.
+
+mod common;
+
+use common::{token, token_with, unix_now, Cluster, Ws, AUTHENTICATOR};
+use jsonwebtoken::Algorithm;
+use serde_json::{json, Value};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+fn cluster() -> &'static Cluster {
+    static SETUP: Once = Once::new();
+    let cluster = common::shared("auth");
+    SETUP.call_once(|| {
+        cluster
+            .client()
+            .batch_execute(&format!(
+                "CREATE ROLE web_user NOLOGIN;
+                 CREATE ROLE stranger NOLOGIN;
+                 CREATE ROLE bypasser NOLOGIN BYPASSRLS;
+                 GRANT web_user, bypasser TO {AUTHENTICATOR};
+                 CREATE FUNCTION uid() RETURNS text LANGUAGE sql STABLE
+                     AS $$ SELECT current_setting('request.jwt.claims', true)::json->>'sub' $$;
+                 CREATE TABLE notes (id int, owner text);
+                 ALTER TABLE notes ENABLE ROW LEVEL SECURITY;
+                 CREATE POLICY mine ON notes USING (owner = uid());
+                 GRANT SELECT ON notes TO web_user;
+                 SELECT realtime_watch('notes');"
+            ))
+            .unwrap();
+    });
+    cluster
+}
+
+fn user(sub: &str, exp: i64) -> String {
+    token(json!({"role": "web_user", "sub": sub, "exp": exp}))
+}
+
+/// The status and JSON body of a WebSocket upgrade presenting `token`.
+fn upgrade_with(cluster: &Cluster, token: &str) -> (u16, Value) {
+    let out = cluster.raw(
+        format!(
+            "GET /realtime?token={token} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("null");
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+#[test]
+fn bad_tokens_are_refused_at_the_upgrade() {
+    let c = cluster();
+    let later = unix_now() + 600;
+    let b64 = |s: &str| {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+    };
+    let cases = [
+        (
+            "expired",
+            user("alice", unix_now() - 60),
+            "token_expired",
+            "expired",
+        ),
+        (
+            "not yet valid",
+            token(json!({"role": "web_user", "nbf": unix_now() + 60})),
+            "unauthorized",
+            "not valid yet",
+        ),
+        (
+            "wrongly signed",
+            token_with(
+                Algorithm::HS256,
+                b"some-other-secret-that-is-long-enough",
+                json!({"role": "web_user"}),
+            ),
+            "unauthorized",
+            "signature",
+        ),
+        (
+            "alg none",
+            format!(
+                "{}.{}.",
+                b64(r#"{"alg":"none"}"#),
+                b64(r#"{"role":"postgres"}"#)
+            ),
+            "unauthorized",
+            "alg \"none\" is refused",
+        ),
+        (
+            "garbage",
+            "not.a.jwt".into(),
+            "unauthorized",
+            "invalid token",
+        ),
+        (
+            "unknown role",
+            token(json!({"role": "no_such_role", "exp": later})),
+            "unauthorized",
+            "does not exist",
+        ),
+        (
+            "role not granted to the authenticator",
+            token(json!({"role": "stranger", "exp": later})),
+            "unauthorized",
+            "not granted",
+        ),
+        (
+            "superuser",
+            token(json!({"role": "postgres", "exp": later})),
+            "unauthorized",
+            "superuser",
+        ),
+        (
+            "BYPASSRLS role",
+            token(json!({"role": "bypasser", "exp": later})),
+            "unauthorized",
+            "BYPASSRLS",
+        ),
+    ];
+    for (what, token, code, text) in cases {
+        let (status, body) = upgrade_with(c, &token);
+        assert_eq!(status, 401, "{what}: {body}");
+        assert_eq!(body["error"], code, "{what}: {body}");
+        let message = body["message"].as_str().unwrap_or("");
+        assert!(message.contains(text), "{what}: {message}");
+    }
+    // And a good one is let in, as its role.
+    let mut ws = Ws::connect_as(c.ws_port, &user("alice", later));
+    ws.subscribe("n", "notes", None);
+}
+
+#[test]
+fn auth_messages_sign_in_and_refresh() {
+    let c = cluster();
+    let mut db = c.client();
+    let later = unix_now() + 600;
+    // Without a token the connection is the anonymous role: it has no sub, so the policy
+    // shows it nothing.
+    let mut ws = Ws::connect(c.ws_port);
+    ws.subscribe("n", "notes", None);
+    db.batch_execute("INSERT INTO notes VALUES (1, 'alice')")
+        .unwrap();
+    ws.nothing_more();
+
+    ws.send(json!({"type": "auth", "token": user("alice", later)}));
+    let m = ws.recv();
+    assert_eq!(
+        (m["type"].as_str(), m["role"].as_str()),
+        (Some("authenticated"), Some("web_user")),
+        "{m}"
+    );
+    assert_eq!(m["expires_at"], later);
+    db.batch_execute("INSERT INTO notes VALUES (2, 'bob'), (3, 'alice')")
+        .unwrap();
+    assert_eq!(ws.change_ids(1), vec![3]);
+
+    // A refresh as someone else: the same subscription now follows bob's rows.
+    ws.send(json!({"type": "auth", "token": user("bob", later)}));
+    assert_eq!(ws.recv()["type"], "authenticated");
+    db.batch_execute("INSERT INTO notes VALUES (4, 'alice'), (5, 'bob')")
+        .unwrap();
+    assert_eq!(ws.change_ids(1), vec![5]);
+
+    // A refused refresh changes nothing.
+    ws.send(json!({"type": "auth", "token": "nonsense"}));
+    let m = ws.recv();
+    assert_eq!(m["code"], "unauthorized", "{m}");
+    db.batch_execute("INSERT INTO notes VALUES (6, 'bob')")
+        .unwrap();
+    assert_eq!(ws.change_ids(1), vec![6]);
+    ws.nothing_more();
+}
+
+#[test]
+fn an_expired_token_ends_its_subscriptions() {
+    let c = cluster();
+    let mut ws = Ws::connect_as(c.ws_port, &user("carol", unix_now() + 1));
+    ws.subscribe("n", "notes", None);
+    // exp plus the 5 s leeway.
+    ws.set_timeout(Duration::from_secs(15));
+    ws.expect_ended("n", "token_expired");
+    let m = ws.try_subscribe("again", "notes", None);
+    assert_eq!(m["code"], "token_expired", "{m}");
+    ws.send(json!({"type": "auth", "token": user("carol", unix_now() + 600)}));
+    assert_eq!(ws.recv()["type"], "authenticated");
+    ws.subscribe("again", "notes", None);
+    c.client()
+        .batch_execute("INSERT INTO notes VALUES (7, 'carol')")
+        .unwrap();
+    assert_eq!(ws.change_ids(1), vec![7]);
+}
+
+#[test]
+fn policy_changes_and_revoke_apply_while_connected() {
+    let c = cluster();
+    let mut db = c.client();
+    db.batch_execute(
+        "CREATE TABLE board (id int, owner text);
+         GRANT SELECT ON board TO web_user;
+         SELECT realtime_watch('board');",
+    )
+    .unwrap();
+    let mut ws = Ws::connect_as(c.ws_port, &user("alice", unix_now() + 600));
+    ws.subscribe("b", "board", None);
+    db.batch_execute("INSERT INTO board VALUES (1, 'bob')")
+        .unwrap();
+    assert_eq!(ws.change_ids(1), vec![1]);
+
+    db.batch_execute(
+        "ALTER TABLE board ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY mine ON board USING (owner = uid());",
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    db.batch_execute("INSERT INTO board VALUES (2, 'bob'), (3, 'alice')")
+        .unwrap();
+    assert_eq!(ws.change_ids(1), vec![3]);
+
+    let revoked = Instant::now();
+    db.batch_execute("REVOKE SELECT ON board FROM web_user")
+        .unwrap();
+    ws.expect_ended("b", "forbidden");
+    let took = revoked.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "REVOKE took {took:?} to apply"
+    );
+    db.batch_execute("INSERT INTO board VALUES (4, 'alice')")
+        .unwrap();
+    ws.nothing_more();
+    let m = ws.try_subscribe("b", "board", None);
+    assert_eq!(m["code"], "forbidden", "{m}");
+}
+
+#[test]
+fn without_an_anonymous_role_tokens_are_required_and_checked_for_audience_and_limits() {
+    let c = Cluster::start(
+        "auth_strict",
+        &[
+            "realtime.anon_role = ''",
+            "realtime.jwt_audience = 'dashboard'",
+            "realtime.max_connections_per_role = 2",
+        ],
+    );
+    c.client()
+        .batch_execute(&format!(
+            "CREATE ROLE web_user NOLOGIN; GRANT web_user TO {AUTHENTICATOR};
+             CREATE TABLE t (id int); GRANT SELECT ON t TO web_user; SELECT realtime_watch('t');"
+        ))
+        .unwrap();
+    let later = unix_now() + 600;
+    let good = token(json!({"role": "web_user", "aud": "dashboard", "exp": later}));
+
+    let mut anonymous = Ws::connect(c.ws_port);
+    let m = anonymous.try_subscribe("t", "t", None);
+    assert_eq!(m["code"], "unauthorized", "{m}");
+    assert!(m["message"].as_str().unwrap().contains("anon_role"), "{m}");
+
+    for (aud, what) in [
+        (json!("elsewhere"), "wrong audience"),
+        (Value::Null, "no audience"),
+    ] {
+        let t = token(json!({"role": "web_user", "aud": aud, "exp": later}));
+        let (status, body) = upgrade_with(&c, &t);
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (401, Some("unauthorized")),
+            "{what}: {body}"
+        );
+    }
+
+    // The anonymous connection signs in: one of web_user's two connections.
+    anonymous.send(json!({"type": "auth", "token": good}));
+    assert_eq!(anonymous.recv()["type"], "authenticated");
+    anonymous.subscribe("t", "t", None);
+    let _second = Ws::connect_as(c.ws_port, &good);
+    let (status, body) = upgrade_with(&c, &good);
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (429, Some("too_many_connections")),
+        "{body}"
+    );
+    drop(_second);
+    // A closed connection gives its place back.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while upgrade_with(&c, &good).0 == 429 {
+        assert!(
+            Instant::now() < deadline,
+            "the closed connection's place was not freed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
