@@ -36,6 +36,11 @@ realtime.listen_addresses = 'localhost'
 max_prepared_transactions = 10
 CONF
 fi
+# The key tokens are signed with (scripts/mint_token.sh reads it), made once per cluster.
+if [ ! -s "$DATA/jwt_secret" ]; then
+  openssl rand -hex 32 | as_pg tee "$DATA/jwt_secret" >/dev/null
+  as_pg chmod 600 "$DATA/jwt_secret"
+fi
 # pgrx adds a Rust backtrace to the DETAIL of every error when RUST_BACKTRACE is set.
 as_pg env -u RUST_BACKTRACE "$BIN/pg_ctl" -D "$DATA" -l "$DATA/server.log" -w start >/dev/null
 
@@ -63,7 +68,22 @@ CREATE TABLE IF NOT EXISTS defects (
     created_at timestamptz NOT NULL DEFAULT now()
 );
 SELECT realtime_watch('defects');
+-- Identity as in PostgREST: browsers without a token act as web_anon; a token's "role" claim
+-- may name web_user, which realtime_authenticator may become.
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'web_anon') THEN CREATE ROLE web_anon NOLOGIN; END IF;
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'web_user') THEN CREATE ROLE web_user NOLOGIN; END IF;
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'realtime_authenticator') THEN
+    CREATE ROLE realtime_authenticator NOLOGIN NOINHERIT;
+  END IF;
+END $$;
+GRANT SELECT ON defects TO web_anon, web_user;
+GRANT web_anon, web_user TO realtime_authenticator;
 SQL
+psql_ -c "ALTER SYSTEM SET realtime.anon_role = 'web_anon'" \
+      -c "ALTER SYSTEM SET realtime.authenticator = 'realtime_authenticator'" \
+      -c "ALTER SYSTEM SET realtime.jwt_secret = '@$DATA/jwt_secret'" \
+      -c "SELECT pg_reload_conf()" >/dev/null
 echo "$script_hash" | as_pg tee "$DATA/realtime_ext.sql.sha256" >/dev/null
 
 cat <<MSG
@@ -79,5 +99,7 @@ In a browser console:
   ws.onmessage = (m) => console.log(JSON.parse(m.data));
 Then:
   psql -h localhost -p $PGPORT -U postgres -c "INSERT INTO defects (camera, kind, score) VALUES ('cam-1', 'scratch', 0.93)"
+Without a token the browser acts as role web_anon (SELECT on defects only). As a signed-in user:
+  new WebSocket('ws://localhost:$WSPORT/realtime?token=' + TOKEN)   # TOKEN from scripts/mint_token.sh alice
 Stop with: ./demo.sh stop
 MSG

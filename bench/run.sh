@@ -49,6 +49,8 @@ realtime.port = $WSPORT
 realtime.listen_addresses = '127.0.0.1'
 realtime.max_connections = 100000
 realtime.queue_size = 64MB
+# Load clients connect without a token, as a role that may read every table.
+realtime.anon_role = 'bench_reader'
 CONF
 as_pg "$BIN/pg_ctl" -D "$DATA/pg" -l "$DATA/server.log" -w start >/dev/null
 BRIDGE_PID= FLOOR_PID=
@@ -62,7 +64,8 @@ trap cleanup EXIT
 export PGHOST=127.0.0.1 PGPORT PGUSER=postgres PGDATABASE=postgres
 PG="host=127.0.0.1 port=$PGPORT user=postgres dbname=postgres"
 psql_() { "$BIN/psql" -Xq -v ON_ERROR_STOP=1 "$@"; }
-psql_ -c "CREATE EXTENSION realtime_ext" -f bench/baselines/node-bridge/notify_trigger.sql
+psql_ -c "CREATE ROLE bench_reader NOLOGIN" -c "GRANT pg_read_all_data TO bench_reader" \
+      -c "CREATE EXTENSION realtime_ext" -f bench/baselines/node-bridge/notify_trigger.sql
 start_bridge() {
   node bench/baselines/node-bridge/bridge.js "postgres://postgres@127.0.0.1:$PGPORT/postgres" "$BRIDGE_PORT" bench >>"$DATA/bridge.log" 2>&1 &
   BRIDGE_PID=$!
