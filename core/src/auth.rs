@@ -21,7 +21,7 @@ pub struct Principal {
     /// The token's claims as JSON text (for `request.jwt.claims`); for the anonymous role,
     /// `{"role": <anon_role>}`.
     pub claims: String,
-    /// Unix time at which the token stops being valid (`exp` plus the leeway).
+    /// The token's `exp` (Unix seconds); it is accepted until `LEEWAY_SECS` after.
     pub expires: Option<u64>,
     /// Acting as realtime.anon_role, without a token.
     pub anonymous: bool,
@@ -189,8 +189,7 @@ impl AuthConfig {
                 exp.as_f64()
                     .filter(|e| e.is_finite() && *e >= 0.0)
                     .ok_or_else(|| AuthError::Invalid("exp is not a number".into()))?
-                    as u64
-                    + LEEWAY_SECS,
+                    as u64,
             ),
         };
         let claimed = follow(&self.role_claim, &claims);
@@ -408,7 +407,7 @@ mod unit {
             ))
             .unwrap();
         assert_eq!(p.role, "alice");
-        assert_eq!(p.expires, Some(later + LEEWAY_SECS));
+        assert_eq!(p.expires, Some(later));
         assert!(p.claims.contains("\"sub\":\"1\""));
         let expired = token(
             Algorithm::HS256,

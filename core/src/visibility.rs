@@ -67,9 +67,8 @@ impl Rule {
         match self {
             Rule::Known(v) => *v,
             Rule::Not(r) => r.eval(row).map(|v| !v),
-            // AND: false wins over NULL; OR: true wins over NULL.
-            Rule::And(rules) => and(rules, row),
-            Rule::Or(rules) => or(rules, row),
+            Rule::And(rules) => combine(rules, row, false),
+            Rule::Or(rules) => combine(rules, row, true),
             Rule::In {
                 column,
                 values,
@@ -92,28 +91,18 @@ impl Rule {
     }
 }
 
-fn and(rules: &[Rule], row: &Row) -> Option<bool> {
+/// AND (`decisive` false) or OR (`decisive` true) in three-valued logic: a decisive operand
+/// decides; otherwise any NULL makes NULL.
+fn combine(rules: &[Rule], row: &Row, decisive: bool) -> Option<bool> {
     let mut unknown = false;
     for r in rules {
         match r.eval(row) {
-            Some(false) => return Some(false),
+            Some(v) if v == decisive => return Some(decisive),
             None => unknown = true,
-            Some(true) => {}
+            Some(_) => {}
         }
     }
-    (!unknown).then_some(true)
-}
-
-fn or(rules: &[Rule], row: &Row) -> Option<bool> {
-    let mut unknown = false;
-    for r in rules {
-        match r.eval(row) {
-            Some(true) => return Some(true),
-            None => unknown = true,
-            Some(false) => {}
-        }
-    }
-    (!unknown).then_some(false)
+    (!unknown).then_some(!decisive)
 }
 
 /// Which columns a subscription may see: `None` for all of them.

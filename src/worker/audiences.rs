@@ -174,8 +174,9 @@ impl Audience {
         match result {
             Ok(ordinals) => {
                 let mut visible = vec![false; 2 * which.len()];
+                // Ordinals count from 1.
                 for n in ordinals.into_iter().flatten() {
-                    if let Some(v) = visible.get_mut(n as usize - 1) {
+                    if let Some(v) = (n as usize).checked_sub(1).and_then(|i| visible.get_mut(i)) {
                         *v = true;
                     }
                 }

@@ -2,7 +2,7 @@
 //! upgrade request or a later message), the principal the worker accepted for it, and its
 //! place in realtime.max_connections_per_role.
 
-use crate::auth::{AuthError, Principal};
+use crate::auth::{AuthError, Principal, LEEWAY_SECS};
 use crate::bridge::{ResolveError, Shared, WorkerHandle};
 use crate::protocol::native::{Coded, ErrorCode};
 use std::sync::Arc;
@@ -108,9 +108,10 @@ impl Identity {
         self.acting.as_ref().map_err(Clone::clone)
     }
 
-    /// How long until the token expires, if it does and has not yet.
+    /// How long until the token is no longer accepted (`exp` plus the leeway), if it
+    /// expires and is still in use.
     pub fn expires_in(&self) -> Option<Duration> {
-        let expires = self.acting.as_ref().ok()?.expires?;
+        let expires = self.acting.as_ref().ok()?.expires? + LEEWAY_SECS;
         let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?;
         Some(Duration::from_secs(expires).saturating_sub(now))
     }

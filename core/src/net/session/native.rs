@@ -209,7 +209,7 @@ impl<S: Stream> Session<S> {
                     self.subscriptions.reauthorize(&principal, &mut ended).await;
                     self.send(ServerMessage::Authenticated {
                         role: &principal.role,
-                        expires_at: principal.expires.map(|e| e - crate::auth::LEEWAY_SECS),
+                        expires_at: principal.expires,
                     })
                     .await;
                     self.send_ended(ended).await
