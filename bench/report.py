@@ -106,6 +106,31 @@ for size in (1000, 10000, 100000, 1000000):
     br = find(scenario="latency", target="Bridge", clients=1, payload_bytes=size)
     met = rt is not None and not rt.get("error") and not rt.get("failed_writes") and rt["delivered"] == rt["expected"]
     print(f"| P | {size:,}-byte rows, 1 client: p50 / p99 | | {lat(br)} | {lat(rt)} | delivered at every size | {ok(met)} |")
+base = find(scenario="rls", mode="filter")
+for mode, label in (("filter", "no RLS, each client filtered to its rows (baseline)"),
+                    ("policy", "owner policy on a claim (compiled)"),
+                    ("subselect", "policy with a sub-select (judged per batch)")):
+    r = find(scenario="rls", mode=mode)
+    if r is None or r.get("error"):
+        print(f"| R | {label} | | | {'missing' if r is None else 'FAILED: ' + r['error'][:60]} | | |")
+        continue
+    l = r["latency_ms"]
+    exact = r["missing"] == 0 and r["wrong_rows"] == 0
+    cpu = r["worker_cpu_share"] * 100
+    if mode == "filter" or base is None:
+        target, met = "every client gets exactly its rows", exact
+    else:
+        p99_x = l["p99"] / base["latency_ms"]["p99"]
+        cpu_x = r["worker_cpu_share"] / base["worker_cpu_share"]
+        target = f"p99 ≤ 2× baseline ({p99_x:.2f}×), worker CPU ≤ 1.5× ({cpu_x:.2f}×)"
+        met = exact and p99_x <= 2 and cpu_x <= 1.5
+    print(f"| R | {r['clients']:,} users, {r['rate_per_s']:,.0f} changes/s: {label} | | | {f(l['p50'])} / {f(l['p99'])} ms, "
+          f"worker CPU {cpu:.1f}%, {r['delivered']:,} delivered, {r['missing']} missing, {r['wrong_rows']} wrong | {target} | {ok(met)} |")
+pq = find(scenario="rls", mode="perquery")
+if pq and pq.get("per_query"):
+    q = pq["per_query"]
+    print(f"| R | one query per subscriber per change (Supabase's method), {pq['clients']:,} subscribers | | | "
+          f"{q['changes_per_s']:,.1f} changes/s judged ({f(q['ms_per_change']['p50'])} ms each), {q['wrong_answers']} wrong | for comparison | |")
 for r in rows:
     if r.get("scenario") == "bridge_crashed":
         print(f"\nThe Node bridge had died before \"{r['before']}\" and was restarted; its log ended: `{r['log'].strip()[-160:]}`")

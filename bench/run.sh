@@ -2,7 +2,7 @@
 # realtime_ext against the architecture it replaces, side by side, in one run.
 #   bench/run.sh            full run (about 25 minutes on 2 cores)
 #   bench/run.sh --quick    smaller counts, shorter runs (under 5 minutes once built)
-#   BENCH_SCENARIOS=LF bench/run.sh    only the scenarios named (any of W L F C T P)
+#   BENCH_SCENARIOS=LF bench/run.sh    only the scenarios named (any of W L F C T P R)
 # Builds what it needs, starts its own PostgreSQL 15 cluster (synchronous_commit on, fsync on)
 # and the Node LISTEN/NOTIFY bridge, runs every scenario, prints a markdown table and writes
 # the raw results to bench/results/<time>.json.
@@ -14,13 +14,13 @@ export BENCH_COMMIT=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 export BENCH_DIRTY=$([ -z "$(git status --porcelain 2>/dev/null)" ] && echo false || echo true)
 . scripts/lib.sh
 say() { printf '\n==> %s\n' "$*" >&2; }
-SCENARIOS=${BENCH_SCENARIOS:-WLFCTP}
+SCENARIOS=${BENCH_SCENARIOS:-WLFCTPR}
 want() { [[ $SCENARIOS == *$1* ]]; }
 
 if [ $QUICK = 1 ]; then
-  W_SECONDS=4; W_ROUNDS=1; L_EVENTS=1000; F_CLIENTS=1000; F_SECONDS=5; C_CLIENTS=5000; T_ROWS=100000; P_EVENTS=20
+  W_SECONDS=4; W_ROUNDS=1; L_EVENTS=1000; F_CLIENTS=1000; F_SECONDS=5; C_CLIENTS=5000; T_ROWS=100000; P_EVENTS=20; R_EVENTS=2000
 else
-  W_SECONDS=8; W_ROUNDS=4; L_EVENTS=10000; F_CLIENTS=10000; F_SECONDS=15; C_CLIENTS=50000; T_ROWS=1000000; P_EVENTS=100
+  W_SECONDS=8; W_ROUNDS=4; L_EVENTS=10000; F_CLIENTS=10000; F_SECONDS=15; C_CLIENTS=50000; T_ROWS=1000000; P_EVENTS=100; R_EVENTS=20000
 fi
 
 say "building (extension, load generator, Node bridge)"
@@ -34,6 +34,7 @@ LOADGEN=$PWD/bench/target/release/realtime_bench
 
 say "starting PostgreSQL 15 with realtime_ext"
 DATA=$(mktemp -d /tmp/realtime_bench.XXXXXX)
+JWT_SECRET=$(openssl rand -hex 32)
 PGPORT=$(free_port); WSPORT=$(free_port); BRIDGE_PORT=$(free_port)
 [ "$(id -u)" = 0 ] && chown postgres: "$DATA"
 as_pg "$BIN/initdb" -D "$DATA/pg" -U postgres --auth=trust --locale=C.UTF-8 >/dev/null
@@ -49,8 +50,11 @@ realtime.port = $WSPORT
 realtime.listen_addresses = '127.0.0.1'
 realtime.max_connections = 100000
 realtime.queue_size = 64MB
-# Load clients connect without a token, as a role that may read every table.
+# Load clients connect without a token, as a role that may read every table; R's clients
+# present tokens for bench_user.
 realtime.anon_role = 'bench_reader'
+realtime.authenticator = 'bench_authenticator'
+realtime.jwt_secret = '$JWT_SECRET'
 CONF
 as_pg "$BIN/pg_ctl" -D "$DATA/pg" -l "$DATA/server.log" -w start >/dev/null
 BRIDGE_PID= FLOOR_PID=
@@ -65,6 +69,8 @@ export PGHOST=127.0.0.1 PGPORT PGUSER=postgres PGDATABASE=postgres
 PG="host=127.0.0.1 port=$PGPORT user=postgres dbname=postgres"
 psql_() { "$BIN/psql" -Xq -v ON_ERROR_STOP=1 "$@"; }
 psql_ -c "CREATE ROLE bench_reader NOLOGIN" -c "GRANT pg_read_all_data TO bench_reader" \
+      -c "CREATE ROLE bench_user NOLOGIN" -c "CREATE ROLE bench_authenticator NOLOGIN NOINHERIT" \
+      -c "GRANT bench_user TO bench_authenticator" \
       -c "CREATE EXTENSION realtime_ext" -f bench/baselines/node-bridge/notify_trigger.sql
 start_bridge() {
   node bench/baselines/node-bridge/bridge.js "postgres://postgres@127.0.0.1:$PGPORT/postgres" "$BRIDGE_PORT" bench >>"$DATA/bridge.log" 2>&1 &
@@ -194,6 +200,16 @@ for size in 1000 10000 100000 1000000; do
   "$LOADGEN" latency --pg "$PG" --ws "$RT_URL" --clients 1 --events $P_EVENTS --rate 50 --payload $size | record
   ensure_bridge "payload $size"
   "$LOADGEN" latency --target bridge --pg "$PG" --ws "$BRIDGE_URL" --clients 1 --events $P_EVENTS --rate 50 --payload $size | record
+done
+fi
+
+if want R; then
+say "R: row-level security, 1,000 clients each a distinct user, 1,000 changes/s each for one of them"
+worker_pid=$(psql_ -tAc "SELECT pid FROM pg_stat_activity WHERE backend_type = 'realtime_ext'")
+for mode in filter policy subselect perquery; do
+  events=$R_EVENTS; [ $mode = perquery ] && events=$(( R_EVENTS / 10 ))
+  "$LOADGEN" rls --pg "$PG" --ws "$RT_URL" --clients 1000 --events $events --rate 1000 --mode $mode \
+    --secret "$JWT_SECRET" --worker-pid "$worker_pid" | record
 done
 fi
 

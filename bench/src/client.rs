@@ -46,8 +46,19 @@ pub async fn connect(url: &str, n: usize) -> std::io::Result<Ws> {
 
 /// Connect and subscribe to `table`; returns once the server acknowledged.
 pub async fn subscriber(url: &str, n: usize, table: &str) -> std::io::Result<Ws> {
+    subscribe_with(url, n, table, None).await
+}
+
+/// Connect to `url` (which may carry `?token=`) and subscribe to `table` with `filter`.
+pub async fn subscribe_with(
+    url: &str,
+    n: usize,
+    table: &str,
+    filter: Option<&str>,
+) -> std::io::Result<Ws> {
     let mut ws = connect(url, n).await?;
-    let msg = format!(r#"{{"type":"subscribe","id":"b","table":"{table}"}}"#);
+    let filter = filter.map_or(String::new(), |f| format!(r#","filter":"{f}""#));
+    let msg = format!(r#"{{"type":"subscribe","id":"b","table":"{table}"{filter}}}"#);
     ws.send(Message::text(msg))
         .await
         .map_err(std::io::Error::other)?;

@@ -6,6 +6,11 @@
 //!   fanout   --clients N --seconds S --batch B                   delivered messages/s
 //!   idle     --clients N --worker-pid PID                        memory per idle connection, subscribe time
 //!   count    --events E                                          receive E changes (bulk transaction check)
+//!   rls      --clients N --events E --rate R --mode M [--secret S --worker-pid PID]
+//!            row-level security: N clients, each a distinct user, each change visible to one
+//!            of them. M: policy (owner = claim, compiled), subselect (a policy the worker judges
+//!            per batch), filter (no RLS, each client filtered to its rows: the baseline),
+//!            perquery (no delivery: one query per subscriber per change, as Supabase checks)
 //!   floor-server --port P                                        a broadcaster with no database (see floor.rs);
 //!                                                                measure it with latency --target floor
 //!
@@ -76,6 +81,7 @@ async fn main() {
         "fanout" => scenarios::fanout(&args).await,
         "idle" => scenarios::idle(&args).await,
         "count" => scenarios::count(&args).await,
+        "rls" => scenarios::rls(&args).await,
         "floor-server" => floor::serve(args.num("port", 8090.0) as u16).await,
         _ => usage(),
     };

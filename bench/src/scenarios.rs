@@ -351,3 +351,232 @@ pub async fn count(args: &Args) -> Value {
         "receive_seconds": first.map(|f| f.elapsed().as_secs_f64()),
     })
 }
+
+/// CPU seconds (user + system) process `pid` has used, from /proc.
+fn process_cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / hz
+}
+
+/// Row-level security at scale: `clients` connections, each a distinct user `u<i>`, and one
+/// writer committing `rate` single-row transactions per second, row `k` owned by `u<k % clients>`,
+/// so that each change is for exactly one client.
+pub async fn rls(args: &Args) -> Value {
+    let clients = args.num("clients", 1000.0) as usize;
+    let events = args.num("events", 10_000.0) as i64;
+    let rate = args.num("rate", 1000.0);
+    let mode = args.str("mode", "policy");
+    let secret = args.str("secret", "");
+    let worker = args.num("worker-pid", 0.0) as u32;
+    let db = database(args).await;
+    let policy = match mode.as_str() {
+        "policy" | "perquery" => {
+            "CREATE POLICY mine ON bench_rls USING (owner = current_setting('request.jwt.claims', true)::json->>'sub')"
+        }
+        "subselect" => {
+            "CREATE POLICY member ON bench_rls USING (EXISTS (SELECT FROM bench_members m
+               WHERE m.owner = bench_rls.owner AND m.member = current_setting('request.jwt.claims', true)::json->>'sub'))"
+        }
+        "filter" => "SELECT",
+        other => panic!("unknown --mode {other}"),
+    };
+    let rls = if mode == "filter" {
+        "DISABLE"
+    } else {
+        "ENABLE"
+    };
+    db.batch_execute(&format!(
+        "DROP TABLE IF EXISTS bench_rls, bench_members;
+         CREATE TABLE bench_rls (id bigint PRIMARY KEY, owner text, sent_at_us bigint, payload text);
+         CREATE TABLE bench_members (owner text, member text);
+         INSERT INTO bench_members SELECT 'u' || g, 'u' || g FROM generate_series(0, {clients} - 1) g;
+         CREATE INDEX ON bench_members (owner, member);
+         ALTER TABLE bench_rls {rls} ROW LEVEL SECURITY;
+         {policy};
+         GRANT SELECT ON bench_rls, bench_members TO bench_user;
+         SELECT realtime_watch('bench_rls');"
+    ))
+    .await
+    .unwrap();
+    let cpu_worker0 = process_cpu_seconds(worker);
+    let checker = if mode == "perquery" {
+        Some(per_query_checker(args, clients).await)
+    } else {
+        None
+    };
+    let mut sockets = Vec::new();
+    if checker.is_none() {
+        for i in 0..clients {
+            let user = format!("u{i}");
+            let (url, filter) = if mode == "filter" {
+                (url(args), Some(format!("owner=eq.{user}")))
+            } else {
+                let claims = json!({"role": "bench_user", "sub": user});
+                let token = jsonwebtoken::encode(
+                    &jsonwebtoken::Header::default(),
+                    &claims,
+                    &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+                )
+                .unwrap();
+                (format!("{}?token={token}", url(args)), None)
+            };
+            match client::subscribe_with(&url, i, "bench_rls", filter.as_deref()).await {
+                Ok(ws) => sockets.push(ws),
+                Err(e) => return failed("rls", args, format!("client {i}: {e}")),
+            }
+        }
+    }
+    let progress = Arc::new(Progress::default());
+    let wrong = Arc::new(AtomicU64::new(0));
+    let per_client = |i: usize| (events as usize + clients - 1 - i) / clients;
+    let readers: Vec<_> = sockets
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut ws)| {
+            let (progress, wrong) = (progress.clone(), wrong.clone());
+            let mine = format!(r#""owner":"u{i}""#);
+            let expected = per_client(i) as u64;
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while !(progress.done.load(Relaxed) && latencies.len() as u64 >= expected) {
+                    match tokio::time::timeout(Duration::from_millis(500), ws.next()).await {
+                        Ok(Some(Ok(Message::Text(t)))) => {
+                            if !t.contains(&mine) {
+                                wrong.fetch_add(1, Relaxed);
+                            } else if let Some(sent) = client::sent_at_us(&t) {
+                                latencies.push((client::now_us() - sent) as f64 / 1000.0);
+                            }
+                        }
+                        Ok(Some(Ok(_))) => {}
+                        Err(_) if progress.done.load(Relaxed) => break,
+                        Err(_) => {}
+                        Ok(_) => break,
+                    }
+                }
+                latencies
+            })
+        })
+        .collect();
+    let insert = db
+        .prepare("INSERT INTO bench_rls VALUES ($1, $2, $3, 'rls')")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let cpu_worker1 = process_cpu_seconds(worker);
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let mut next = tokio::time::Instant::now();
+    for id in 0..events {
+        tokio::time::sleep_until(next).await;
+        next += interval;
+        let owner = format!("u{}", id as usize % clients);
+        db.execute(&insert, &[&id, &owner, &client::now_us()])
+            .await
+            .unwrap();
+        if let Some(check) = &checker {
+            check.send(id).await.unwrap();
+        }
+    }
+    progress.done.store(true, Relaxed);
+    let mut all = Vec::new();
+    let mut short = 0usize;
+    for (i, r) in readers.into_iter().enumerate() {
+        let got = r.await.unwrap();
+        short += per_client(i).saturating_sub(got.len());
+        all.extend(got);
+    }
+    let checked = match checker {
+        Some(check) => {
+            drop(check);
+            Some(per_query_finish().await)
+        }
+        None => None,
+    };
+    let wall = started.elapsed().as_secs_f64();
+    let worker_cpu = process_cpu_seconds(worker) - cpu_worker1;
+    json!({
+        "scenario": "rls", "mode": mode, "clients": clients, "events": events, "rate_per_s": rate,
+        "delivered": all.len(), "missing": short, "wrong_rows": wrong.load(Relaxed),
+        "latency_ms": percentiles(all), "seconds": wall,
+        "worker_cpu_share": worker_cpu / wall, "worker_cpu_seconds_subscribing": cpu_worker1 - cpu_worker0,
+        "per_query": checked,
+    })
+}
+
+const PER_QUERY_LIMIT: Duration = Duration::from_secs(30);
+
+static PER_QUERY: std::sync::Mutex<Option<tokio::task::JoinHandle<Value>>> =
+    std::sync::Mutex::new(None);
+
+/// Supabase's method, for comparison: for every change, one query per subscriber, as that
+/// subscriber (role and claims), asking whether it may see the row. Runs on its own
+/// connection, as fast as it can behind the writer; reports how many changes it judged per
+/// second and how long each took.
+async fn per_query_checker(args: &Args, clients: usize) -> tokio::sync::mpsc::Sender<i64> {
+    let db = database(args).await;
+    db.batch_execute(
+        "CREATE OR REPLACE FUNCTION bench_visible_to(row_id bigint, subscribers int) RETURNS int
+         LANGUAGE plpgsql AS $$
+         DECLARE n int := 0; ok bool;
+         BEGIN
+           FOR i IN 0 .. subscribers - 1 LOOP
+             PERFORM set_config('role', 'bench_user', true);
+             PERFORM set_config('request.jwt.claims', json_build_object('sub', 'u' || i)::text, true);
+             SELECT true INTO ok FROM bench_rls WHERE id = row_id;
+             PERFORM set_config('role', 'none', true);
+             IF ok THEN n := n + 1; END IF;
+           END LOOP;
+           RETURN n;
+         END $$;",
+    )
+    .await
+    .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<i64>(1_000_000);
+    let task = tokio::spawn(async move {
+        let check = db.prepare("SELECT bench_visible_to($1, $2)").await.unwrap();
+        let mut per_change_ms = Vec::new();
+        let started = Instant::now();
+        let mut wrong = 0u64;
+        // It falls far behind the writer: judge for at most PER_QUERY_LIMIT, then report.
+        while let Some(id) = rx.recv().await {
+            if started.elapsed() > PER_QUERY_LIMIT {
+                break;
+            }
+            let t = Instant::now();
+            // One statement: its set_config(..., true) calls end with it.
+            let n: i32 = db
+                .query_one(&check, &[&id, &(clients as i32)])
+                .await
+                .map(|r| r.get(0))
+                .unwrap_or(-1);
+            if n != 1 {
+                wrong += 1;
+            }
+            per_change_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        let judged = per_change_ms.len();
+        json!({"changes_judged": judged, "wrong_answers": wrong,
+               "changes_per_s": judged as f64 / started.elapsed().as_secs_f64(),
+               "ms_per_change": percentiles(per_change_ms)})
+    });
+    *PER_QUERY.lock().unwrap() = Some(task);
+    tx
+}
+
+async fn per_query_finish() -> Value {
+    let task = PER_QUERY.lock().unwrap().take();
+    match task {
+        Some(t) => t.await.unwrap(),
+        None => Value::Null,
+    }
+}

@@ -358,6 +358,9 @@ pub struct Limits {
     pub allowed_hosts: Vec<String>,
 }
 
+/// Roles remembered as authorized; past it the memory starts over.
+const MAX_AUTHORIZED_ROLES: usize = 10_000;
+
 /// Numbers both sides read; written by the side named in each comment.
 pub struct Shared {
     /// Worker: last position broadcast.
@@ -380,6 +383,9 @@ pub struct Shared {
     pub catalog_epoch: tokio::sync::watch::Sender<u64>,
     /// Network: connections per role, for realtime.max_connections_per_role.
     roles: Mutex<std::collections::HashMap<String, usize>>,
+    /// Network: roles the worker accepted, with the catalog epoch it did so in (a connection
+    /// of a known role then needs no question).
+    authorized: Mutex<std::collections::HashMap<String, u64>>,
 }
 
 impl Shared {
@@ -396,6 +402,7 @@ impl Shared {
             auth: Mutex::new(Arc::new(AuthConfig::closed())),
             catalog_epoch: tokio::sync::watch::Sender::new(0),
             roles: Mutex::default(),
+            authorized: Mutex::default(),
         }
     }
     pub fn position(&self) -> u64 {
@@ -434,6 +441,19 @@ impl Shared {
                 roles.remove(role);
             }
         }
+    }
+    /// Whether the worker accepted `role` since the catalogs last changed.
+    pub fn recently_authorized(&self, role: &str) -> bool {
+        let epoch = *self.catalog_epoch.borrow();
+        let authorized = self.authorized.lock().unwrap_or_else(|e| e.into_inner());
+        authorized.get(role) == Some(&epoch)
+    }
+    pub fn note_authorized(&self, role: &str, epoch: u64) {
+        let mut authorized = self.authorized.lock().unwrap_or_else(|e| e.into_inner());
+        if authorized.len() >= MAX_AUTHORIZED_ROLES {
+            authorized.clear();
+        }
+        authorized.insert(role.to_string(), epoch);
     }
     pub fn auth(&self) -> Arc<AuthConfig> {
         self.auth.lock().unwrap_or_else(|e| e.into_inner()).clone()

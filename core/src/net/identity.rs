@@ -84,7 +84,13 @@ impl Identity {
             Some(token) => auth.verify(token)?,
             None => auth.anonymous()?,
         });
-        self.worker.authorize(principal.clone()).await?;
+        // Whether a role may be used does not depend on the claims: asked once per role
+        // until the catalogs (or settings) change.
+        if !self.shared.recently_authorized(&principal.role) {
+            let epoch = *self.shared.catalog_epoch.borrow();
+            self.worker.authorize(principal.clone()).await?;
+            self.shared.note_authorized(&principal.role, epoch);
+        }
         let same_role = matches!(&self.acting, Ok(p) if p.role == principal.role);
         if !same_role {
             let max = self.shared.limits().max_connections_per_role;
