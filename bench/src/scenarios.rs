@@ -439,32 +439,49 @@ pub async fn rls(args: &Args) -> Value {
     }
     let progress = Arc::new(Progress::default());
     let wrong = Arc::new(AtomicU64::new(0));
+    let gaps = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::<
+        String,
+        u64,
+    >::new()));
     let per_client = |i: usize| (events as usize + clients - 1 - i) / clients;
     let readers: Vec<_> = sockets
         .into_iter()
         .enumerate()
         .map(|(i, mut ws)| {
-            let (progress, wrong) = (progress.clone(), wrong.clone());
+            let (progress, wrong, gaps) = (progress.clone(), wrong.clone(), gaps.clone());
             let mine = format!(r#""owner":"u{i}""#);
             let expected = per_client(i) as u64;
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
+                let mut last_at = Instant::now();
                 while !(progress.done.load(Relaxed) && latencies.len() as u64 >= expected) {
                     match tokio::time::timeout(Duration::from_millis(500), ws.next()).await {
                         Ok(Some(Ok(Message::Text(t)))) => {
-                            if !t.contains(&mine) {
+                            if t.starts_with(r#"{"type":"gap""#) {
+                                let reason = serde_json::from_str::<Value>(&t)
+                                    .ok()
+                                    .and_then(|m| m["reason"].as_str().map(String::from))
+                                    .unwrap_or_default();
+                                *gaps.lock().unwrap().entry(reason).or_default() += 1;
+                            } else if !t.contains(&mine) {
                                 wrong.fetch_add(1, Relaxed);
                             } else if let Some(sent) = client::sent_at_us(&t) {
                                 latencies.push((client::now_us() - sent) as f64 / 1000.0);
+                                last_at = Instant::now();
                             }
                         }
                         Ok(Some(Ok(_))) => {}
-                        Err(_) if progress.done.load(Relaxed) => break,
+                        // Behind the writer: wait for the rest while it keeps coming.
+                        Err(_)
+                            if progress.done.load(Relaxed) && last_at.elapsed() > RLS_SILENCE =>
+                        {
+                            break
+                        }
                         Err(_) => {}
                         Ok(_) => break,
                     }
                 }
-                latencies
+                (latencies, last_at)
             })
         })
         .collect();
@@ -490,11 +507,14 @@ pub async fn rls(args: &Args) -> Value {
     progress.done.store(true, Relaxed);
     let mut all = Vec::new();
     let mut short = 0usize;
+    let mut last = started;
     for (i, r) in readers.into_iter().enumerate() {
-        let got = r.await.unwrap();
+        let (got, last_at) = r.await.unwrap();
         short += per_client(i).saturating_sub(got.len());
         all.extend(got);
+        last = last.max(last_at);
     }
+    let delivery_secs = (last - started).as_secs_f64();
     let checked = match checker {
         Some(check) => {
             drop(check);
@@ -507,6 +527,8 @@ pub async fn rls(args: &Args) -> Value {
     json!({
         "scenario": "rls", "mode": mode, "clients": clients, "events": events, "rate_per_s": rate,
         "delivered": all.len(), "missing": short, "wrong_rows": wrong.load(Relaxed),
+        "gaps": *gaps.lock().unwrap(),
+        "delivered_per_s": all.len() as f64 / delivery_secs,
         "latency_ms": percentiles(all), "seconds": wall,
         "worker_cpu_share": worker_cpu / wall, "worker_cpu_seconds_subscribing": cpu_worker1 - cpu_worker0,
         "per_query": checked,
@@ -514,6 +536,8 @@ pub async fn rls(args: &Args) -> Value {
 }
 
 const PER_QUERY_LIMIT: Duration = Duration::from_secs(30);
+/// How long R's clients wait for more once the writer is done and nothing arrived.
+const RLS_SILENCE: Duration = Duration::from_secs(5);
 
 static PER_QUERY: std::sync::Mutex<Option<tokio::task::JoinHandle<Value>>> =
     std::sync::Mutex::new(None);
