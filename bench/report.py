@@ -71,7 +71,7 @@ for clients in (1, 100, 1000):
     p99 = lambda r: (r or {}).get("latency_ms", {}).get("p99") if r and not r.get("error") else None
     met = p99(rt) is not None and (p99(br) is None or p99(rt) < p99(br)) and (clients < 1000 or p99(rt) <= 5)
     print(f"| L | {clients:,} clients, 1,000 events/s: p50 / p99 (delivered/expected) | no database: {lat(fl)} | {lat(br)} | {lat(rt)} | p99 below bridge{', ≤ 5 ms' if clients == 1000 else ''} | {ok(met)} |")
-rt, br = find(scenario="fanout", target="Realtime"), find(scenario="fanout", target="Bridge")
+rt, br = find(scenario="fanout", target="Realtime", tls=False), find(scenario="fanout", target="Bridge")
 def fan(r):
     if r is None:
         return "missing"
@@ -106,6 +106,14 @@ for size in (1000, 10000, 100000, 1000000):
     br = find(scenario="latency", target="Bridge", clients=1, payload_bytes=size)
     met = rt is not None and not rt.get("error") and not rt.get("failed_writes") and rt["delivered"] == rt["expected"]
     print(f"| P | {size:,}-byte rows, 1 client: p50 / p99 | | {lat(br)} | {lat(rt)} | delivered at every size | {ok(met)} |")
+fans = [r for r in rows if r.get("scenario") == "fanout" and r.get("target") == "Realtime"]
+plain = [r for r in fans if not r.get("tls")][-1:]
+tls = [r for r in fans if r.get("tls")]
+if plain and tls:
+    p_, t_ = plain[0], tls[0]
+    x = t_["delivered_per_s"] / p_["delivered_per_s"]
+    print(f"| S | {t_['clients']:,} clients, 100-row transactions, wss:// vs ws:// (just before it) | | | {f(t_['delivered_per_s'], 0)} vs {f(p_['delivered_per_s'], 0)} messages/s "
+          f"({x:.2f}×), {t_['gap_messages']} gaps | ≥ 0.7× ws | {ok(x >= 0.7)} |")
 base = find(scenario="rls", mode="filter")
 for mode, label in (("filter", "no RLS, each client filtered to its rows (baseline)"),
                     ("policy", "owner policy on a claim (compiled)"),

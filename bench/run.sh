@@ -2,7 +2,7 @@
 # realtime_ext against the architecture it replaces, side by side, in one run.
 #   bench/run.sh            full run (about 25 minutes on 2 cores)
 #   bench/run.sh --quick    smaller counts, shorter runs (under 5 minutes once built)
-#   BENCH_SCENARIOS=LF bench/run.sh    only the scenarios named (any of W L F C T P R)
+#   BENCH_SCENARIOS=LF bench/run.sh    only the scenarios named (any of W L F C T P R S)
 # Builds what it needs, starts its own PostgreSQL 15 cluster (synchronous_commit on, fsync on)
 # and the Node LISTEN/NOTIFY bridge, runs every scenario, prints a markdown table and writes
 # the raw results to bench/results/<time>.json.
@@ -14,7 +14,7 @@ export BENCH_COMMIT=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 export BENCH_DIRTY=$([ -z "$(git status --porcelain 2>/dev/null)" ] && echo false || echo true)
 . scripts/lib.sh
 say() { printf '\n==> %s\n' "$*" >&2; }
-SCENARIOS=${BENCH_SCENARIOS:-WLFCTPR}
+SCENARIOS=${BENCH_SCENARIOS:-WLFCTPRS}
 want() { [[ $SCENARIOS == *$1* ]]; }
 
 if [ $QUICK = 1 ]; then
@@ -211,6 +211,21 @@ for mode in filter policy subselect perquery; do
   "$LOADGEN" rls --pg "$PG" --ws "$RT_URL" --clients 1000 --events $events --rate 1000 --mode $mode \
     --secret "$JWT_SECRET" --worker-pid "$worker_pid" | record
 done
+fi
+
+if want S; then
+say "S: fan-out to $F_CLIENTS clients over TLS (wss://), beside the same over ws://"
+# Last: it restarts the server with realtime.ssl on.
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost \
+  -addext subjectAltName=DNS:localhost -addext basicConstraints=critical,CA:FALSE \
+  -keyout "$DATA/tls.key" -out "$DATA/tls.crt" 2>/dev/null
+chown postgres: "$DATA/tls.key" "$DATA/tls.crt" 2>/dev/null || true
+"$LOADGEN" fanout --pg "$PG" --ws "$RT_URL" --clients $F_CLIENTS --seconds $F_SECONDS --batch 100 | record
+psql_ -c "ALTER SYSTEM SET realtime.ssl = on" -c "ALTER SYSTEM SET realtime.ssl_cert_file = '$DATA/tls.crt'" \
+      -c "ALTER SYSTEM SET realtime.ssl_key_file = '$DATA/tls.key'"
+as_pg "$BIN/pg_ctl" -D "$DATA/pg" -l "$DATA/server.log" -w restart >/dev/null
+sleep 2
+"$LOADGEN" fanout --pg "$PG" --ws "wss://localhost:$WSPORT/realtime" --ca "$DATA/tls.crt" --clients $F_CLIENTS --seconds $F_SECONDS --batch 100 | record
 fi
 
 python3 bench/report.py "$RESULTS" "$OUT.json" "$QUICK" | tee "$OUT.md"

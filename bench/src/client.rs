@@ -2,7 +2,8 @@
 
 use futures_util::{SinkExt, StreamExt};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use tokio::net::{TcpSocket, TcpStream};
+use std::sync::{Arc, OnceLock};
+use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
@@ -19,12 +20,42 @@ pub enum Target {
 
 const READ_BUFFER: usize = 8 * 1024;
 
-pub type Ws = WebSocketStream<TcpStream>;
+/// A client's connection: TCP, or TLS over it for `wss://` URLs.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+pub type Ws = WebSocketStream<Box<dyn Io>>;
+
+/// How `wss://` servers are trusted: the certificate given with --ca.
+static TLS: OnceLock<tokio_rustls::TlsConnector> = OnceLock::new();
+
+/// Trust the PEM certificate in `path` for `wss://` connections.
+pub fn trust(path: &str) {
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    let pem = std::fs::read(path).expect("read --ca");
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(cert.expect("a PEM certificate")).unwrap();
+    }
+    let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let _ = TLS.set(tokio_rustls::TlsConnector::from(Arc::new(config)));
+}
 
 /// Connect client number `n`, from 127.0.0.(2 + n / 20000) so that each source address uses
 /// well under the ~28,000 ephemeral ports Linux gives it.
 pub async fn connect(url: &str, n: usize) -> std::io::Result<Ws> {
-    let hostport = url.trim_start_matches("ws://").split('/').next().unwrap();
+    let tls = url.starts_with("wss://");
+    let hostport = url
+        .trim_start_matches("ws://")
+        .trim_start_matches("wss://")
+        .split('/')
+        .next()
+        .unwrap();
     let server: SocketAddr = tokio::net::lookup_host(hostport).await?.next().unwrap();
     let socket = TcpSocket::new_v4()?;
     if server.ip().is_loopback() {
@@ -35,6 +66,13 @@ pub async fn connect(url: &str, n: usize) -> std::io::Result<Ws> {
     }
     let stream = socket.connect(server).await?;
     stream.set_nodelay(true)?;
+    let stream: Box<dyn Io> = if tls {
+        let connector = TLS.get().expect("wss:// needs --ca");
+        let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        Box::new(connector.connect(name, stream).await?)
+    } else {
+        Box::new(stream)
+    };
     // tungstenite zero-fills its whole read buffer before every read; at its 128 KiB default
     // that memset was a third of this process's CPU while receiving small messages.
     let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);

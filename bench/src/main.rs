@@ -14,6 +14,8 @@
 //!   floor-server --port P                                        a broadcaster with no database (see floor.rs);
 //!                                                                measure it with latency --target floor
 //!
+//! Any scenario: --ws wss://... --ca CERT.pem connects over TLS, trusting CERT.
+//!
 //! Latency is measured from a timestamp the writer puts in the row just before it commits to the
 //! client's receipt, on the same machine clock, the same way for both targets.
 
@@ -76,6 +78,9 @@ fn usage() -> ! {
 async fn main() {
     client::raise_fd_limit();
     let args = Args::parse();
+    if let Some(ca) = args.values.get("ca") {
+        client::trust(ca);
+    }
     let result = match args.scenario.as_str() {
         "latency" => scenarios::latency(&args).await,
         "fanout" => scenarios::fanout(&args).await,

@@ -4,6 +4,9 @@
 //! it, never one per change per subscriber.
 
 use super::policy::set_claims;
+use pgrx::spi::OwnedPreparedStatement;
+use pgrx::{PgBuiltInOids, PgOid};
+use std::collections::hash_map::Entry;
 use super::security::{as_owner, with_time_limit};
 use crate::pg::xact::{in_subtransaction, in_transaction};
 use pgrx::prelude::*;
@@ -15,6 +18,12 @@ use std::time::Duration;
 /// Longest the policies of one audience may take over one batch; past it the audience is
 /// told it missed those changes (`policy_failed`), and everyone else is served.
 const BATCH_TIME_LIMIT: Duration = Duration::from_millis(250);
+/// Longest all audiences together may take over one batch, so that delivery to everyone
+/// else never waits longer: audiences not judged by then are told they missed the batch.
+/// Each batch starts with the audience after the last one judged, so none is always last.
+const JUDGING_BUDGET: Duration = Duration::from_millis(250);
+/// Prepared statements kept (one per table and policy set); past it they are made afresh.
+const MAX_PLANS: usize = 256;
 
 #[derive(PartialEq, Eq, Hash, Clone)]
 struct Key {
@@ -37,7 +46,12 @@ struct Audience {
 pub struct Audiences {
     next: AudienceId,
     ids: HashMap<Key, AudienceId>,
-    audiences: HashMap<AudienceId, Audience>,
+    audiences: std::collections::BTreeMap<AudienceId, Audience>,
+    /// The judging statement of each table and policy set, planned once (PostgreSQL plans it
+    /// again itself when the role or the catalogs call for it).
+    plans: HashMap<String, OwnedPreparedStatement>,
+    /// Where the last batch's judging stopped.
+    resume_after: AudienceId,
 }
 
 impl Audiences {
@@ -89,13 +103,21 @@ impl Audiences {
     }
 
     /// Attach to each change the verdicts of the audiences of its table.
-    pub fn judge(&self, changes: &mut [Change]) {
+    pub fn judge(&mut self, changes: &mut [Change]) {
         if self.audiences.is_empty() {
             return;
         }
+        if self.plans.len() > MAX_PLANS {
+            self.plans.clear();
+        }
+        let started = std::time::Instant::now();
         let mut verdicts: Vec<Vec<(AudienceId, Verdict)>> = vec![Vec::new(); changes.len()];
         let mut judged = false;
-        for (id, audience) in &self.audiences {
+        let order = self
+            .audiences
+            .range(self.resume_after + 1..)
+            .chain(self.audiences.range(..=self.resume_after));
+        for (id, audience) in order {
             let mine: Vec<usize> = (0..changes.len())
                 .filter(|i| changes[*i].relid == audience.key.relid)
                 .collect();
@@ -103,7 +125,12 @@ impl Audiences {
                 continue;
             }
             judged = true;
-            let visible = audience.visible(changes, &mine);
+            let visible = if started.elapsed() < JUDGING_BUDGET {
+                self.resume_after = *id;
+                audience.visible(changes, &mine, &mut self.plans)
+            } else {
+                None
+            };
             for (n, i) in mine.into_iter().enumerate() {
                 let verdict = match &visible {
                     Some(v) => Verdict {
@@ -131,7 +158,12 @@ impl Audiences {
 impl Audience {
     /// For each of the changes at `which`, whether its new and its old row pass the policies
     /// (two entries per change); `None` if the policies failed.
-    fn visible(&self, changes: &[Change], which: &[usize]) -> Option<Vec<bool>> {
+    fn visible(
+        &self,
+        changes: &[Change],
+        which: &[usize],
+        plans: &mut HashMap<String, OwnedPreparedStatement>,
+    ) -> Option<Vec<bool>> {
         // Every image, new then old per change; an absent one is JSON null and never passes.
         let mut images = String::from("[");
         for (n, i) in which.iter().enumerate() {
@@ -153,15 +185,28 @@ impl Audience {
             alias = self.alias,
             condition = self.key.condition,
         );
-        let run = || {
+        let mut run = || {
             with_time_limit(BATCH_TIME_LIMIT, || {
-                in_subtransaction(|| {
+                in_subtransaction(std::panic::AssertUnwindSafe(|| {
                     as_owner(self.key.role, || {
-                        set_claims(&self.key.claims)?;
-                        Spi::get_one_with_args::<Vec<i64>>(&sql, &[images.as_str().into()])
-                            .map_err(|e| e.to_string())
+                        set_claims(&self.key.claims);
+                        Spi::connect(|client| {
+                            let plan = match plans.entry(sql.clone()) {
+                                Entry::Occupied(e) => e.into_mut(),
+                                Entry::Vacant(e) => e.insert(
+                                    client
+                                        .prepare(sql.as_str(), &[PgOid::BuiltIn(PgBuiltInOids::TEXTOID)])?
+                                        .keep(),
+                                ),
+                            };
+                            client
+                                .select(&*plan, None, &[images.as_str().into()])?
+                                .first()
+                                .get_one::<Vec<i64>>()
+                        })
+                        .map_err(|e: pgrx::spi::Error| e.to_string())
                     })
-                })
+                }))
                 .and_then(|r| r)
             })
         };
@@ -169,7 +214,7 @@ impl Audience {
         let result = if unsafe { pg_sys::IsTransactionState() } {
             run()
         } else {
-            in_transaction(run, |e| e)
+            in_transaction(std::panic::AssertUnwindSafe(run), |e| e)
         };
         match result {
             Ok(ordinals) => {

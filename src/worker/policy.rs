@@ -92,7 +92,7 @@ impl Policies {
         let (permissive, restrictive): (Vec<_>, Vec<_>) = templates.iter().partition(|(p, _)| *p);
         in_subtransaction(|| {
             as_owner(role, || {
-                set_claims(&principal.claims)?;
+                set_claims(&principal.claims);
                 // No permissive policy: no row is visible (PostgreSQL's default deny).
                 let mut all = vec![Rule::Or(
                     permissive
@@ -134,12 +134,18 @@ impl Policies {
 
 /// Make the principal's claims what `current_setting('request.jwt.claims', true)` returns,
 /// until the caller's GUC nest level is left (`as_owner` restores it).
-pub fn set_claims(claims: &str) -> Result<(), String> {
-    Spi::run_with_args(
-        "SELECT set_config('request.jwt.claims', $1, true)",
-        &[claims.into()],
-    )
-    .map_err(|e| e.to_string())
+pub fn set_claims(claims: &str) {
+    let value = std::ffi::CString::new(claims).unwrap_or_default();
+    // SAFETY: on the worker's Postgres thread inside a transaction and `as_owner`'s GUC nest
+    // level, which AtEOXact_GUC unwinds; a custom (dotted) name is created as a placeholder.
+    unsafe {
+        pg_sys::SetConfigOption(
+            c"request.jwt.claims".as_ptr(),
+            value.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+        )
+    }
 }
 
 /// Evaluate a template's claim sides, as the role and claims in force.
