@@ -341,3 +341,50 @@ fn every_subscriber_receives_what_its_select_would_return() {
             .as_object()
             .is_some_and(|o: &Map<String, Value>| o.len() == 3)));
 }
+
+#[test]
+fn a_failing_policy_costs_its_audience_a_gap_and_nobody_else_anything() {
+    let cluster = Cluster::start("authorization_failing", &[]);
+    let mut db = cluster.client();
+    db.batch_execute(
+        "CREATE ROLE app_user NOLOGIN;
+         GRANT app_user TO realtime_authenticator;
+         CREATE TABLE fragile (id int, owner text);
+         ALTER TABLE fragile ENABLE ROW LEVEL SECURITY;
+         -- A sub-select, so the worker judges it; it divides by zero on owner 'boom'.
+         CREATE POLICY p ON fragile USING ((SELECT 1 / CASE WHEN fragile.owner = 'boom' THEN 0 ELSE 1 END) = 1);
+         GRANT SELECT ON fragile TO app_user;
+         CREATE TABLE calm (id int);
+         GRANT SELECT ON calm TO app_user;
+         SELECT realtime_watch('fragile'), realtime_watch('calm');",
+    )
+    .unwrap();
+    let mut judged = Ws::connect_as(cluster.ws_port, &token(json!({"role": "app_user"})));
+    judged.subscribe("f", "fragile", None);
+    let mut other = Ws::connect(cluster.ws_port);
+    other.subscribe("c", "calm", None);
+    for (id, owner) in [(1, "ok"), (2, "boom"), (3, "ok")] {
+        db.execute("INSERT INTO fragile VALUES ($1, $2)", &[&id, &owner])
+            .unwrap();
+        db.execute("INSERT INTO calm VALUES ($1)", &[&id]).unwrap();
+        // Separate batches: a failing statement fails its whole batch for its audience.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    assert_eq!(judged.change_ids(1), vec![1]);
+    let gap = judged.recv();
+    assert_eq!(
+        (gap["type"].as_str(), gap["reason"].as_str()),
+        (Some("gap"), Some("policy_failed")),
+        "{gap}"
+    );
+    assert_eq!(gap["from_position"], gap["to_position"]);
+    assert_eq!(judged.change_ids(1), vec![3]);
+    assert_eq!(other.change_ids(3), vec![1, 2, 3]);
+    assert!(
+        cluster
+            .log()
+            .contains("row security policies of public.fragile failed"),
+        "{}",
+        cluster.log()
+    );
+}

@@ -4,14 +4,15 @@
 //! it, never one per change per subscriber.
 
 use super::policy::set_claims;
-use pgrx::spi::OwnedPreparedStatement;
-use pgrx::{PgBuiltInOids, PgOid};
-use std::collections::hash_map::Entry;
 use super::security::{as_owner, with_time_limit};
 use crate::pg::xact::{in_subtransaction, in_transaction};
 use pgrx::prelude::*;
+use pgrx::spi::OwnedPreparedStatement;
+use pgrx::{PgBuiltInOids, PgOid};
+use realtime_core::auth::Principal;
 use realtime_core::bridge::Change;
 use realtime_core::visibility::{AudienceId, Verdict};
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -35,6 +36,7 @@ struct Key {
 
 struct Audience {
     key: Key,
+    role_name: String,
     /// `schema.table`, quoted, for the row type.
     table: String,
     /// The table's own name, quoted: the policies refer to its columns by it.
@@ -60,7 +62,7 @@ impl Audiences {
         &mut self,
         relid: u32,
         role: pg_sys::Oid,
-        claims: &str,
+        principal: &Principal,
         condition: String,
         table: String,
         alias: String,
@@ -68,7 +70,7 @@ impl Audiences {
         let key = Key {
             relid,
             role,
-            claims: claims.to_string(),
+            claims: principal.claims.clone(),
             condition,
         };
         if let Some(id) = self.ids.get(&key) {
@@ -84,6 +86,7 @@ impl Audiences {
             id,
             Audience {
                 key,
+                role_name: principal.role.clone(),
                 table,
                 alias,
                 members: 1,
@@ -195,7 +198,10 @@ impl Audience {
                                 Entry::Occupied(e) => e.into_mut(),
                                 Entry::Vacant(e) => e.insert(
                                     client
-                                        .prepare(sql.as_str(), &[PgOid::BuiltIn(PgBuiltInOids::TEXTOID)])?
+                                        .prepare(
+                                            sql.as_str(),
+                                            &[PgOid::BuiltIn(PgBuiltInOids::TEXTOID)],
+                                        )?
                                         .keep(),
                                 ),
                             };
@@ -229,9 +235,9 @@ impl Audience {
             }
             Err(e) => {
                 warning!(
-                    "realtime_ext: row security policies of {} failed for role {}: {e}",
+                    "realtime_ext: row security policies of {} failed for role \"{}\": {e}",
                     self.table,
-                    self.key.role
+                    self.role_name
                 );
                 None
             }

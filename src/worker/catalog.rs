@@ -56,7 +56,7 @@ pub fn answer(request: Request, audiences: &mut Audiences) {
                     resolved.rows = RowAccess::Checked(audiences.join(
                         resolved.relid,
                         role,
-                        &principal.claims,
+                        &principal,
                         condition,
                         quote_name(&resolved.schema, &resolved.table),
                         pgrx::spi::quote_identifier(&resolved.table),

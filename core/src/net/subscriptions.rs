@@ -392,6 +392,18 @@ impl<K> SubscriptionSet<K> {
                         continue;
                     };
                     let columns = columns.clone();
+                    // Consecutive misses make one gap.
+                    if wanted == Wanted::Missed {
+                        if let Some(Outgoing::Gap {
+                            reason: GapReason::PolicyFailed,
+                            to,
+                            ..
+                        }) = out.last_mut()
+                        {
+                            *to = change.position;
+                            continue;
+                        }
+                    }
                     out.push(match wanted {
                         Wanted::No => continue,
                         Wanted::Missed => Outgoing::Gap {
