@@ -227,6 +227,11 @@ fn policy_changes_and_revoke_apply_while_connected() {
         .unwrap();
     assert_eq!(ws.change_ids(1), vec![3]);
 
+    db.batch_execute("ALTER TABLE board DISABLE ROW LEVEL SECURITY").unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    db.batch_execute("INSERT INTO board VALUES (5, 'bob')").unwrap();
+    assert_eq!(ws.change_ids(1), vec![5]);
+
     let revoked = Instant::now();
     db.batch_execute("REVOKE SELECT ON board FROM web_user")
         .unwrap();
@@ -301,4 +306,23 @@ fn without_an_anonymous_role_tokens_are_required_and_checked_for_audience_and_li
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[test]
+fn a_dropped_role_ends_its_subscriptions() {
+    let c = cluster();
+    let mut db = c.client();
+    db.batch_execute(&format!(
+        "CREATE ROLE passing NOLOGIN; GRANT web_user TO passing; GRANT passing TO {AUTHENTICATOR};"
+    ))
+    .unwrap();
+    let t = token(json!({"role": "passing", "sub": "dora", "exp": unix_now() + 600}));
+    let mut ws = Ws::connect_as(c.ws_port, &t);
+    ws.subscribe("n", "notes", None);
+    db.batch_execute("INSERT INTO notes VALUES (8, 'dora')").unwrap();
+    assert_eq!(ws.change_ids(1), vec![8]);
+    db.batch_execute("DROP ROLE passing").unwrap();
+    ws.expect_ended("n", "forbidden");
+    let m = ws.try_subscribe("n", "notes", None);
+    assert_eq!(m["code"], "unauthorized", "{m}");
 }

@@ -36,9 +36,13 @@ pub fn trust(path: &str) {
     for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
         roots.add(cert.expect("a PEM certificate")).unwrap();
     }
-    let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(Arc::new(
-        tokio_rustls::rustls::crypto::ring::default_provider(),
-    ))
+    // Cipher suites in a browser's order (AES-128-GCM first, as Chrome and Firefox offer
+    // them): the server takes the client's preference, so this is what browsers get.
+    let mut provider = tokio_rustls::rustls::crypto::ring::default_provider();
+    provider
+        .cipher_suites
+        .sort_by_key(|s| !format!("{:?}", s.suite()).contains("AES_128_GCM"));
+    let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(Arc::new(provider))
     .with_safe_default_protocol_versions()
     .unwrap()
     .with_root_certificates(roots)

@@ -477,6 +477,42 @@ mod unit {
         );
     }
 
+    /// A key made for this test only.
+    const EC_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgvIzN7+H4N063V/XJ
+zMLavcf9TypjzBC+jtAIX1441AOhRANCAAQrQQfw91G33RvwYYglH2g5rjEzFQUH
+NoDtY4O0hq0l9XzAKRw4WT3nEbNVT4j/ccA7zSxBaV29u6bcYs+2ku2d
+-----END PRIVATE KEY-----";
+    const EC_JWKS: &str = r#"{"keys":[{"kty":"EC","crv":"P-256","kid":"k1","alg":"ES256","x":"K0EH8PdRt90b8GGIJR9oOa4xMxUFBzaA7WODtIatJfU","y":"fMApHDhZPecRs1VPiP9xwDvNLEFpXb27ptxiz7aS7Z0"}]}"#;
+
+    #[test]
+    fn es256_tokens_verify_against_a_jwks_inline_or_in_a_file() {
+        let key = EncodingKey::from_ec_pem(EC_KEY.as_bytes()).unwrap();
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some("k1".into());
+        let signed = encode(&header, &serde_json::json!({"role": "web_user"}), &key).unwrap();
+        let file = std::env::temp_dir().join(format!("realtime_jwks_{}.json", std::process::id()));
+        std::fs::write(&file, EC_JWKS).unwrap();
+        for secret in [EC_JWKS.to_string(), format!("@{}", file.display())] {
+            let c = AuthConfig::new(&AuthSettings {
+                secret,
+                ..Default::default()
+            })
+            .map_err(|e| e.to_string())
+            .unwrap();
+            assert_eq!(c.verify(&signed).unwrap().role, "web_user");
+            // The same claims under HS256 with the key's x as secret: refused.
+            let forged = encode(
+                &Header::new(Algorithm::HS256),
+                &serde_json::json!({"role": "web_user"}),
+                &EncodingKey::from_secret(b"K0EH8PdRt90b8GGIJR9oOa4xMxUFBzaA7WODtIatJfU"),
+            )
+            .unwrap();
+            assert!(matches!(c.verify(&forged), Err(AuthError::Invalid(_))));
+        }
+        let _ = std::fs::remove_file(file);
+    }
+
     #[test]
     fn secrets() {
         let short = AuthSettings {
