@@ -78,6 +78,8 @@ DO $$ BEGIN
   END IF;
 END $$;
 GRANT SELECT ON defects TO web_anon, web_user;
+-- Signed-in users may also read the tables postgres creates later (bench tables, examples).
+ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public GRANT SELECT ON TABLES TO web_user;
 GRANT web_anon, web_user TO realtime_authenticator;
 SQL
 psql_ -c "ALTER SYSTEM SET realtime.anon_role = 'web_anon'" \

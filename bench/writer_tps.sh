@@ -15,6 +15,10 @@ DROP TABLE IF EXISTS tps_plain, tps_watched;
 CREATE TABLE tps_plain (id bigserial PRIMARY KEY, camera text, kind text, score numeric(5,4), meta jsonb, created_at timestamptz DEFAULT now());
 CREATE TABLE tps_watched (LIKE tps_plain INCLUDING ALL);
 SELECT realtime_watch('tps_watched');
+-- The demo's clients without a token act as web_anon.
+DO $$ BEGIN
+  IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'web_anon') THEN GRANT SELECT ON tps_watched TO web_anon; END IF;
+END $$;
 SQL
 if [ "${SUBSCRIBER:-0}" = 1 ]; then
   "$(dirname "$0")/target/release/realtime_bench" count --ws "ws://127.0.0.1:${WSPORT:-8080}/realtime" \
