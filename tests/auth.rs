@@ -227,9 +227,11 @@ fn policy_changes_and_revoke_apply_while_connected() {
         .unwrap();
     assert_eq!(ws.change_ids(1), vec![3]);
 
-    db.batch_execute("ALTER TABLE board DISABLE ROW LEVEL SECURITY").unwrap();
+    db.batch_execute("ALTER TABLE board DISABLE ROW LEVEL SECURITY")
+        .unwrap();
     std::thread::sleep(Duration::from_secs(1));
-    db.batch_execute("INSERT INTO board VALUES (5, 'bob')").unwrap();
+    db.batch_execute("INSERT INTO board VALUES (5, 'bob')")
+        .unwrap();
     assert_eq!(ws.change_ids(1), vec![5]);
 
     let revoked = Instant::now();
@@ -319,7 +321,8 @@ fn a_dropped_role_ends_its_subscriptions() {
     let t = token(json!({"role": "passing", "sub": "dora", "exp": unix_now() + 600}));
     let mut ws = Ws::connect_as(c.ws_port, &t);
     ws.subscribe("n", "notes", None);
-    db.batch_execute("INSERT INTO notes VALUES (8, 'dora')").unwrap();
+    db.batch_execute("INSERT INTO notes VALUES (8, 'dora')")
+        .unwrap();
     assert_eq!(ws.change_ids(1), vec![8]);
     db.batch_execute("DROP ROLE passing").unwrap();
     ws.expect_ended("n", "forbidden");

@@ -64,7 +64,14 @@ pub fn answer(request: Request, audiences: &mut Audiences) {
                 }
                 resolved
             });
-            let _ = reply.send(answer);
+            // A session that left before the answer will not release its audience.
+            if let Err(Ok(ResolvedTable {
+                rows: RowAccess::Checked(id),
+                ..
+            })) = reply.send(answer)
+            {
+                audiences.leave(id);
+            }
         }
         Request::Release { audience } => audiences.leave(audience),
     }
