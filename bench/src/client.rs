@@ -43,10 +43,10 @@ pub fn trust(path: &str) {
         .cipher_suites
         .sort_by_key(|s| !format!("{:?}", s.suite()).contains("AES_128_GCM"));
     let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(Arc::new(provider))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     let _ = TLS.set(tokio_rustls::TlsConnector::from(Arc::new(config)));
 }
 
