@@ -388,3 +388,64 @@ fn a_failing_policy_costs_its_audience_a_gap_and_nobody_else_anything() {
         cluster.log()
     );
 }
+
+/// A change wakes the sessions whose claims its row values name, and nobody else: the fan-out
+/// looks them up (`/health` counts each batch handed to a session).
+#[test]
+fn a_change_reaches_its_receivers_by_lookup_not_by_asking_everyone() {
+    let cluster = Cluster::start("routing", &[]);
+    let mut db = cluster.client();
+    db.batch_execute(
+        "CREATE ROLE app_user NOLOGIN;
+         GRANT app_user TO realtime_authenticator;
+         CREATE FUNCTION uid() RETURNS text LANGUAGE sql STABLE
+             AS $$ SELECT current_setting('request.jwt.claims', true)::json->>'sub' $$;
+         CREATE TABLE notes (id int, owner text);
+         ALTER TABLE notes ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY mine ON notes USING (owner = uid() OR owner = 'everyone');
+         CREATE TABLE open_notes (id int);
+         GRANT SELECT ON notes, open_notes TO app_user;
+         SELECT realtime_watch('notes'), realtime_watch('open_notes');",
+    )
+    .unwrap();
+    const USERS: usize = 40;
+    let mut users: Vec<Ws> = (0..USERS)
+        .map(|i| {
+            let claims = json!({"role": "app_user", "sub": format!("u{i}")});
+            let mut ws = Ws::connect_as(cluster.ws_port, &token(claims));
+            ws.subscribe("notes", "notes", None);
+            ws.subscribe("open", "open_notes", None);
+            ws
+        })
+        .collect();
+    let handed = || {
+        let (_, body) = cluster.http_get("/health");
+        let health: Value = serde_json::from_str(&body).unwrap();
+        health["batches_handed"].as_u64().unwrap()
+    };
+    let mut step = |sql: &str, receivers: &[usize], expected: u64| {
+        let before = handed();
+        db.batch_execute(sql).unwrap();
+        for &i in receivers {
+            let message = users[i].recv();
+            assert!(message["position"].is_u64(), "{sql}: u{i} got {message}");
+        }
+        assert_eq!(handed() - before, expected, "{sql}");
+    };
+    step("INSERT INTO notes VALUES (1, 'u7')", &[7], 1);
+    // Moving a row from one owner to another concerns both: u7 sees it leave.
+    step("UPDATE notes SET owner = 'u9' WHERE id = 1", &[7, 9], 2);
+    let all: Vec<usize> = (0..USERS).collect();
+    step(
+        "INSERT INTO notes VALUES (2, 'everyone')",
+        &all,
+        USERS as u64,
+    );
+    step("INSERT INTO open_notes VALUES (1)", &all, USERS as u64);
+    // Nobody received more than that: each user's next message is the marker below.
+    db.batch_execute("INSERT INTO open_notes VALUES (2)")
+        .unwrap();
+    for ws in &mut users {
+        assert_eq!(ws.changes(1)[0]["new"]["id"], 2);
+    }
+}

@@ -87,6 +87,11 @@ impl Change {
         self.verdicts = verdicts;
     }
 
+    /// The worker's verdicts, one per audience it judged this change for.
+    pub fn verdicts(&self) -> &[(AudienceId, Verdict)] {
+        &self.verdicts
+    }
+
     /// The worker's verdict for `audience`, if it judged this change for it.
     pub fn verdict(&self, audience: AudienceId) -> Option<Verdict> {
         self.verdicts

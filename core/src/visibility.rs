@@ -63,6 +63,34 @@ impl Rule {
         row.is_some_and(|row| self.eval(row) == Some(true))
     }
 
+    /// Column values one of which a row must hold for the rule to admit it, as (column,
+    /// canonical JSON text); `None` when there is no such list (`NOT`, `true`). An empty list:
+    /// no row is ever admitted. The fan-out indexes subscribers by these values.
+    pub fn keys(&self) -> Option<Vec<(&str, &str)>> {
+        match self {
+            Rule::Known(Some(true)) | Rule::Not(_) => None,
+            Rule::Known(_) | Rule::In { values: None, .. } => Some(Vec::new()),
+            Rule::In {
+                column,
+                values: Some(values),
+                ..
+            } => Some(
+                values
+                    .iter()
+                    .map(|v| (column.as_str(), v.as_str()))
+                    .collect(),
+            ),
+            // Every conjunct must hold: the shortest list of any of them will do.
+            Rule::And(rules) => rules.iter().filter_map(Rule::keys).min_by_key(Vec::len),
+            // One disjunct must hold: all of their lists, if each has one.
+            Rule::Or(rules) => rules
+                .iter()
+                .map(Rule::keys)
+                .collect::<Option<Vec<_>>>()
+                .map(|lists| lists.concat()),
+        }
+    }
+
     fn eval(&self, row: &Row) -> Option<bool> {
         match self {
             Rule::Known(v) => *v,
@@ -212,5 +240,30 @@ mod unit {
         let bob = Rule::Not(Box::new(is_in("gone", &["\"bob\""], false)));
         assert!(!bob.admits(Some(&r)));
         assert!(!owner.admits(None));
+    }
+
+    #[test]
+    fn keys_are_values_a_row_must_hold_to_be_admitted() {
+        let owner = is_in("owner", &["\"alice\""], false);
+        let teams = is_in("team", &["3", "4"], true);
+        let or = Rule::Or(vec![owner.clone(), teams.clone()]);
+        let mut both = or.keys().unwrap();
+        both.sort();
+        assert_eq!(both, [("owner", "\"alice\""), ("team", "3"), ("team", "4")]);
+        // AND: the shortest conjunct's list; a conjunct without one is no help.
+        let and = Rule::And(vec![
+            Rule::Not(Box::new(owner.clone())),
+            teams,
+            owner.clone(),
+        ]);
+        assert_eq!(and.keys().unwrap(), [("owner", "\"alice\"")]);
+        assert_eq!(Rule::And(vec![]).keys(), None, "AND of nothing is true");
+        assert_eq!(
+            Rule::Or(vec![]).keys(),
+            Some(vec![]),
+            "OR of nothing is false"
+        );
+        assert_eq!(Rule::Or(vec![owner, Rule::Known(Some(true))]).keys(), None);
+        assert_eq!(Rule::Known(None).keys(), Some(vec![]));
     }
 }

@@ -37,12 +37,23 @@ pub struct Cluster {
     pub ws_port: u16,
 }
 
+/// A port nobody listens on, never the same twice in one test binary: tests run in parallel,
+/// and the kernel may hand a just-released port to the next caller, so two clusters could
+/// otherwise race for one port and a client reach the wrong server.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 fn is_root() -> bool {

@@ -1,8 +1,10 @@
-//! The broadcast of batches from the worker to every session, bounded in bytes.
+//! The delivery of batches from the worker to the sessions they concern, bounded in bytes.
 //!
-//! A ring of the most recent batches: each session reads it with a cursor of its own, and one
-//! that falls behind the ring's start is told it lagged (it then sends its client a gap). The
-//! ring holds at most `realtime.client_backlog` batches and `realtime.client_memory` bytes,
+//! A ring of the most recent batches. Each batch is looked up in the index of who wants what
+//! (`interest`), and the number of the batch is put in the inbox of each session it may
+//! concern, which is woken; nobody else is. A session reads the batches its inbox names, and
+//! one whose batches left the ring before it read them is told it lagged (it then sends its
+//! client a gap). The ring holds at most `realtime.client_backlog` batches and `realtime.client_memory` bytes,
 //! less what stalled sessions pin: a session blocked on a write keeps the batches it is writing
 //! alive after the ring dropped them (each counted once, however many sessions hold it), and
 //! its socket writer holds a copy of the frame it is writing. When stalled sessions alone pin
@@ -10,17 +12,18 @@
 //! clients stays within the budget across all of them; batches every session has read are
 //! dropped, so it is returned when they go.
 //!
-//! A dropped batch leaves a summary behind (its tables, a few bytes): a session that fell
-//! behind batches holding nothing for it is not told of a gap. So a client that keeps up with
-//! its own tables never gets a gap because a burst on other tables went by faster than it
-//! scanned it.
+//! A dropped batch leaves a summary behind (its tables, a few bytes), for the sessions that
+//! were to read it: a subscription that ends in it still ends. Batches that concern nobody
+//! are dropped as soon as the janitor sees them, so a burst on tables nobody reads costs
+//! nothing, and a client never gets a gap for a burst that held nothing for it.
 
+use super::interest::{Interests, Keys, SessionId};
 use crate::bridge::Batch;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 
 /// A delivery that has not finished after this long counts as stalled. Long enough that a
 /// client reading a fast stream, whose writes block now and then, is not taken for one.
@@ -34,8 +37,7 @@ const SUMMARIES_KEPT: usize = 1 << 16;
 
 pub struct Fanout {
     ring: Mutex<Ring>,
-    /// The sequence number the next batch will get; sessions wait for it to move.
-    next: watch::Sender<u64>,
+    index: Mutex<Index>,
     max_batches: usize,
     max_bytes: AtomicUsize,
     /// Bytes pinned by stalled sessions, as last counted by the janitor.
@@ -43,8 +45,23 @@ pub struct Fanout {
     sessions: Mutex<Vec<Weak<Slot>>>,
     /// Most sessions alive since memory was last handed back to the system.
     peak_sessions: AtomicUsize,
+    next_session: AtomicU64,
+    /// Batches handed to sessions, counted once per session (for /health).
+    handed: AtomicU64,
     started: Instant,
     closed: AtomicBool,
+}
+
+/// Who wants what, and how far batches have been handed out by it.
+#[derive(Default)]
+struct Index {
+    interests: Interests<Slot>,
+    /// Last position of the batches handed out so far: a subscription registered now
+    /// receives exactly the changes after it.
+    dispatched: u64,
+    /// Sequence number of the next batch to hand out: the janitor keeps it and later ones,
+    /// which may not be in every inbox yet.
+    handing: u64,
 }
 
 struct Ring {
@@ -101,19 +118,32 @@ impl Fanout {
                 bytes: 0,
                 dropped: VecDeque::new(),
             }),
-            next: watch::channel(0).0,
+            index: Mutex::default(),
             max_batches: max_batches.max(1),
             max_bytes: AtomicUsize::new(max_bytes),
             stalled_bytes: AtomicUsize::new(0),
             sessions: Mutex::new(Vec::new()),
             peak_sessions: AtomicUsize::new(0),
+            next_session: AtomicU64::new(1),
+            handed: AtomicU64::new(0),
             started: Instant::now(),
             closed: AtomicBool::new(false),
         })
     }
 
-    fn ring(&self) -> std::sync::MutexGuard<'_, Ring> {
-        self.ring.lock().unwrap_or_else(|e| e.into_inner())
+    fn ring(&self) -> MutexGuard<'_, Ring> {
+        lock(&self.ring)
+    }
+
+    fn index(&self) -> MutexGuard<'_, Index> {
+        lock(&self.index)
+    }
+
+    fn live(&self) -> Vec<Arc<Slot>> {
+        lock(&self.sessions)
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect()
     }
 
     pub fn set_max_bytes(&self, bytes: usize) {
@@ -125,16 +155,30 @@ impl Fanout {
         self.ring().bytes
     }
 
+    /// Batches handed to sessions so far, once per session each (for /health).
+    pub fn batches_handed(&self) -> u64 {
+        self.handed.load(Relaxed)
+    }
+
+    /// Add `batch` to the ring and wake the sessions it may concern.
     pub fn send(&self, batch: Batch) {
         let size = batch_bytes(&batch);
-        let next = {
+        let batch = Arc::new(batch);
+        let seq = {
             let mut ring = self.ring();
-            ring.batches.push_back((Arc::new(batch), size));
+            ring.batches.push_back((batch.clone(), size));
             ring.bytes += size;
             self.evict(&mut ring);
-            ring.first + ring.batches.len() as u64
+            ring.first + ring.batches.len() as u64 - 1
         };
-        self.next.send_replace(next);
+        let mut index = self.index();
+        let mut handed = 0;
+        index.interests.receivers(&batch, |slot| {
+            handed += slot.hand(seq, self.max_batches) as u64;
+        });
+        self.handed.fetch_add(handed, Relaxed);
+        index.dispatched = index.dispatched.max(batch.last_position());
+        index.handing = seq + 1;
     }
 
     fn evict(&self, ring: &mut Ring) {
@@ -159,24 +203,26 @@ impl Fanout {
     /// Wake every session with `Missed::Closed`.
     pub fn close(&self) {
         self.closed.store(true, Relaxed);
-        self.next.send_modify(|_| {});
+        for slot in self.live() {
+            slot.ready.notify_one();
+        }
     }
 
-    /// A cursor at the end of the ring: it reads batches sent from now on.
+    /// A new session's cursor: it reads the batches sent, from now on, to the subscriptions
+    /// registered through its `Registrar`.
     pub fn cursor(self: &Arc<Fanout>) -> Cursor {
         let slot = Arc::new(Slot::default());
-        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sessions = lock(&self.sessions);
         sessions.retain(|s| s.strong_count() > 0);
         sessions.push(Arc::downgrade(&slot));
         drop(sessions);
-        let mut rx = self.next.subscribe();
-        let next = *rx.borrow_and_update();
-        slot.next.store(next, Relaxed);
         Cursor {
-            fanout: self.clone(),
-            next,
+            registrar: Registrar {
+                fanout: self.clone(),
+                session: self.next_session.fetch_add(1, Relaxed),
+                slot: slot.clone(),
+            },
             last: 0,
-            rx,
             slot,
         }
     }
@@ -191,14 +237,16 @@ impl Fanout {
     pub fn sweep(&self) {
         let now = self.now_ms();
         let stalled_after = STALLED_AFTER.as_millis() as u64;
-        let live: Vec<Arc<Slot>> = self
-            .sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        // Read before the inboxes: every batch before it is in the inbox of each session that
+        // has yet to read it.
+        let handing = self.index().handing;
+        let live = self.live();
+        let read_by_all = live
             .iter()
-            .filter_map(Weak::upgrade)
-            .collect();
-        let read_by_all = live.iter().map(|s| s.next.load(Relaxed)).min();
+            .filter_map(|s| s.waiting_for())
+            .min()
+            .unwrap_or(handing)
+            .min(handing);
         self.return_memory_when_sessions_leave(live.len());
         let mut stalled: Vec<(u64, Arc<Slot>)> = live
             .into_iter()
@@ -241,7 +289,6 @@ impl Fanout {
         }
         self.stalled_bytes.store(total, Relaxed);
         let mut ring = self.ring();
-        let read_by_all = read_by_all.unwrap_or(ring.first + ring.batches.len() as u64);
         while ring.first < read_by_all {
             let Some((_, size)) = ring.batches.pop_front() else {
                 break;
@@ -278,9 +325,23 @@ fn batch_bytes(batch: &Batch) -> usize {
     }
 }
 
-/// What one session is delivering, for the janitor.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One session as the fan-out sees it: the batches handed to it, and what it is delivering.
 #[derive(Default)]
-struct Slot {
+pub struct Slot {
+    /// Sequence numbers of the batches handed to it and not yet read, oldest first.
+    inbox: Mutex<VecDeque<u64>>,
+    /// The inbox was full and lost its oldest numbers: one more than the first it lost
+    /// (0: none lost).
+    overflowed_from: AtomicU64,
+    /// One more than the last sequence number handed to it: a batch is handed once, however
+    /// many of its subscriptions it concerns.
+    handed: AtomicU64,
+    /// Woken when a batch is handed to it, or the fan-out closes.
+    ready: Notify,
     /// The batches the current delivery holds: (sequence number, bytes).
     held: Mutex<Vec<(u64, usize)>>,
     /// What its socket writer may have copied besides its own buffer (which every connection
@@ -290,31 +351,97 @@ struct Slot {
     since: AtomicU64,
     /// Set by the janitor: this session must close.
     kick: Notify,
-    /// The sequence number this session reads next.
-    next: AtomicU64,
 }
 
-/// One session's position in the fan-out.
+impl Slot {
+    /// Put batch `seq` in the inbox. The ring never holds more than `max_batches` batches, so
+    /// an inbox that long starts with numbers already gone: the oldest makes room.
+    /// Whether it was handed now (not already, for another subscription).
+    fn hand(&self, seq: u64, max_batches: usize) -> bool {
+        if self.handed.swap(seq + 1, Relaxed) == seq + 1 {
+            return false;
+        }
+        let mut inbox = lock(&self.inbox);
+        if inbox.len() >= max_batches {
+            if let Some(lost) = inbox.pop_front() {
+                let _ = self
+                    .overflowed_from
+                    .compare_exchange(0, lost + 1, Relaxed, Relaxed);
+            }
+        }
+        inbox.push_back(seq);
+        drop(inbox);
+        self.ready.notify_one();
+        true
+    }
+
+    /// The oldest batch handed to this session and not yet read.
+    fn waiting_for(&self) -> Option<u64> {
+        lock(&self.inbox).front().copied()
+    }
+}
+
+/// One session's place in the fan-out.
 pub struct Cursor {
-    fanout: Arc<Fanout>,
-    next: u64,
+    registrar: Registrar,
     /// Sequence number of the batch last returned.
     last: u64,
-    rx: watch::Receiver<u64>,
     slot: Arc<Slot>,
 }
 
+/// Registers a session's subscriptions in the fan-out's index.
+#[derive(Clone)]
+pub struct Registrar {
+    fanout: Arc<Fanout>,
+    session: SessionId,
+    slot: Arc<Slot>,
+}
+
+impl Registrar {
+    /// Hand this session the batches that concern a subscription to `relid` narrowed by
+    /// `keys`, for as long as the returned `Interest` lives; and the last position of the
+    /// batches handed out before (the subscription's changes come after it).
+    pub fn register(&self, relid: u32, keys: Keys) -> (Interest, u64) {
+        let mut index = self.fanout.index();
+        index.interests.add(self.session, &self.slot, relid, &keys);
+        let interest = Interest {
+            registrar: self.clone(),
+            relid,
+            keys,
+        };
+        (interest, index.dispatched)
+    }
+}
+
+/// A subscription's place in the index; it leaves when dropped.
+pub struct Interest {
+    registrar: Registrar,
+    relid: u32,
+    keys: Keys,
+}
+
+impl Drop for Interest {
+    fn drop(&mut self) {
+        let r = &self.registrar;
+        r.fanout
+            .index()
+            .interests
+            .remove(r.session, self.relid, &self.keys);
+    }
+}
+
 impl Cursor {
+    pub fn registrar(&self) -> Registrar {
+        self.registrar.clone()
+    }
+
     /// The next batch, waiting for one if need be.
     pub async fn recv(&mut self) -> Result<Arc<Batch>, Missed> {
         loop {
-            self.rx.borrow_and_update();
             if let Some(found) = self.take() {
                 return found;
             }
-            if self.rx.changed().await.is_err() {
-                return Err(Missed::Closed);
-            }
+            self.slot.ready.notified().await;
         }
     }
 
@@ -324,26 +451,34 @@ impl Cursor {
     }
 
     fn take(&mut self) -> Option<Result<Arc<Batch>, Missed>> {
-        if self.fanout.closed.load(Relaxed) {
+        let fanout = &self.registrar.fanout;
+        if fanout.closed.load(Relaxed) {
             return Some(Err(Missed::Closed));
         }
-        let ring = self.fanout.ring();
-        if self.next < ring.first {
-            let missed = (ring.first - self.next) as usize;
-            let known = (missed <= ring.dropped.len()).then(|| {
-                ring.dropped
-                    .range(ring.dropped.len() - missed..)
-                    .cloned()
-                    .collect()
-            });
-            self.next = ring.first;
-            self.slot.next.store(self.next, Relaxed);
+        let mut inbox = lock(&self.slot.inbox);
+        let seq = *inbox.front()?;
+        let ring = fanout.ring();
+        let overflowed_from = self.slot.overflowed_from.swap(0, Relaxed);
+        if seq < ring.first || overflowed_from != 0 {
+            // What the batches that left the ring held, if every one is still known: those
+            // handed to this session, or all of them since the first its full inbox lost.
+            let mut lost = Vec::new();
+            while let Some(seq) = inbox.front().copied().filter(|s| *s < ring.first) {
+                inbox.pop_front();
+                lost.push(seq);
+            }
+            if overflowed_from != 0 {
+                lost = (overflowed_from - 1..ring.first).collect();
+            }
+            let known = lost
+                .into_iter()
+                .map(|seq| ring.summary(seq).cloned())
+                .collect();
             return Some(Err(Missed::Lagged(known)));
         }
-        let (batch, _) = ring.batches.get((self.next - ring.first) as usize)?;
-        self.last = self.next;
-        self.next += 1;
-        self.slot.next.store(self.next, Relaxed);
+        inbox.pop_front();
+        self.last = seq;
+        let (batch, _) = &ring.batches[(seq - ring.first) as usize];
         Some(Ok(batch.clone()))
     }
 
@@ -355,7 +490,9 @@ impl Cursor {
     /// Mark the start of a delivery; the returned guard counts the batches it writes and
     /// marks its end.
     pub fn delivering(&self) -> Delivering {
-        self.slot.since.store(self.fanout.now_ms(), Relaxed);
+        self.slot
+            .since
+            .store(self.registrar.fanout.now_ms(), Relaxed);
         Delivering(self.slot.clone())
     }
 
@@ -368,7 +505,16 @@ impl Cursor {
 
 impl Slot {
     fn held(&self) -> Vec<(u64, usize)> {
-        self.held.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        lock(&self.held).clone()
+    }
+}
+
+impl Ring {
+    /// What dropped batch `seq` held, if that is still kept.
+    fn summary(&self, seq: u64) -> Option<&Summary> {
+        let back = self.first.checked_sub(seq).filter(|b| *b > 0)? as usize;
+        let len = self.dropped.len();
+        (back <= len).then(|| &self.dropped[len - back])
     }
 }
 
@@ -433,6 +579,7 @@ mod unit {
     fn the_ring_is_bounded_in_bytes_and_batches_and_laggards_are_told() {
         let fanout = Fanout::new(4, 10_000);
         let mut slow = fanout.cursor();
+        let _interest = slow.registrar().register(7, Keys::Everything);
         for _ in 0..10 {
             fanout.send(batch(1_500));
         }
@@ -451,6 +598,7 @@ mod unit {
         assert!(matches!(slow.try_recv(), Some(Ok(_))));
         // One batch larger than the budget is still delivered.
         let mut fast = fanout.cursor();
+        let _interest = fast.registrar().register(7, Keys::Everything);
         fanout.send(batch(25_000));
         assert!(matches!(fast.try_recv(), Some(Ok(_))));
         assert_eq!(fanout.ring().batches.len(), 1);
@@ -460,6 +608,7 @@ mod unit {
     fn batches_everyone_has_read_are_dropped() {
         let fanout = Fanout::new(1000, 1 << 30);
         let mut a = fanout.cursor();
+        let interest = a.registrar().register(7, Keys::Everything);
         for _ in 0..5 {
             fanout.send(batch(500));
         }
@@ -468,7 +617,7 @@ mod unit {
         while let Some(Ok(_)) = a.try_recv() {}
         fanout.sweep();
         assert_eq!(fanout.ring_bytes(), 0);
-        drop(a);
+        drop((a, interest));
         fanout.send(batch(500));
         fanout.sweep();
         assert_eq!(fanout.ring_bytes(), 0, "nobody is connected");
@@ -478,6 +627,7 @@ mod unit {
     fn stalled_sessions_count_their_copies_and_dropped_batches_once() {
         let fanout = Fanout::new(1, 300_000);
         let (mut a, mut b) = (fanout.cursor(), fanout.cursor());
+        let _interests = [&a, &b].map(|c| c.registrar().register(7, Keys::Everything));
         fanout.send(batch(30_000));
         let big = a.try_recv().unwrap().unwrap();
         b.try_recv().unwrap().unwrap();
@@ -504,6 +654,40 @@ mod unit {
         assert!(futures_util::FutureExt::now_or_never(b.kicked()).is_none());
         assert_eq!(fanout.stalled_bytes.load(Relaxed), 60_160 + 30_160);
         drop((da, db));
+    }
+
+    #[test]
+    fn a_session_reads_only_the_batches_handed_to_it() {
+        let fanout = Fanout::new(1000, 1 << 30);
+        let mut seven = fanout.cursor();
+        let mut other = fanout.cursor();
+        let (_seven, before) = seven.registrar().register(7, Keys::Everything);
+        let (_other, _) = other.registrar().register(8, Keys::Everything);
+        assert_eq!(before, 0);
+        fanout.send(batch(10));
+        assert!(matches!(seven.try_recv(), Some(Ok(_))));
+        assert!(other.try_recv().is_none(), "table 8 had no change");
+        assert!(futures_util::FutureExt::now_or_never(other.recv()).is_none());
+        // A subscription registered now comes after what was handed out.
+        let (_again, after) = other.registrar().register(7, Keys::Everything);
+        assert_eq!(after, 1);
+        // A batch nobody reads is dropped by the next sweep.
+        fanout.sweep();
+        assert_eq!(fanout.ring_bytes(), 0);
+        // Batches that left the ring unread are reported with what they held.
+        let small = Fanout::new(2, 1 << 30);
+        let mut slow = small.cursor();
+        let _slow = slow.registrar().register(7, Keys::Everything);
+        for _ in 0..5 {
+            small.send(batch(10));
+        }
+        let Some(Err(Missed::Lagged(Some(missed)))) = slow.try_recv() else {
+            panic!("three batches left the ring");
+        };
+        assert_eq!(missed.len(), 3);
+        assert!(matches!(slow.try_recv(), Some(Ok(_))));
+        assert!(matches!(slow.try_recv(), Some(Ok(_))));
+        assert!(slow.try_recv().is_none());
     }
 
     impl PartialEq for Batch {

@@ -5,6 +5,7 @@
 pub mod fanout;
 mod http;
 mod identity;
+pub mod interest;
 mod session;
 pub mod subscriptions;
 pub mod tls;

@@ -2,7 +2,8 @@
 //! which end, and which gaps concern them. A session loop hands it batches and writes out,
 //! in its own protocol's frames, the `Outgoing` items it gets back.
 
-use super::fanout::Summary;
+use super::fanout::{Interest, Registrar, Summary};
+use super::interest::Keys;
 use crate::auth::Principal;
 use crate::bridge::{Batch, Change, EndReason, GapReason, ResolveError, Shared, WorkerHandle};
 use crate::filter::{self, FilterError, FilterSpec};
@@ -80,6 +81,9 @@ struct Subscription<K> {
     rows: RowAccess,
     /// Changes at or before this position predate the subscription.
     after: u64,
+    /// Its place in the fan-out's index: the batches that may concern it are handed to this
+    /// connection.
+    _interest: Interest,
     _audience: Option<Audience>,
     _counted: Counted,
 }
@@ -162,6 +166,7 @@ impl<K> Subscription<K> {
 pub struct SubscriptionSet<K> {
     shared: Arc<Shared>,
     worker: WorkerHandle,
+    registrar: Registrar,
     subscriptions: Vec<Subscription<K>>,
     /// Last position this connection has looked at.
     seen: u64,
@@ -172,11 +177,12 @@ pub struct SubscriptionSet<K> {
 }
 
 impl<K> SubscriptionSet<K> {
-    pub fn new(shared: Arc<Shared>, worker: WorkerHandle) -> SubscriptionSet<K> {
+    pub fn new(shared: Arc<Shared>, worker: WorkerHandle, registrar: Registrar) -> Self {
         let seen = shared.position();
         SubscriptionSet {
             shared,
             worker,
+            registrar,
             subscriptions: Vec::new(),
             seen,
             lagged: false,
@@ -246,6 +252,9 @@ impl<K> SubscriptionSet<K> {
         if wish.events.is_some() && ops != requested {
             return Err(SubscribeError::NotWatched);
         }
+        let (interest, registered_after) = self
+            .registrar
+            .register(resolved.relid, Keys::of(&resolved.rows));
         Ok(Subscription {
             key,
             wish,
@@ -256,7 +265,8 @@ impl<K> SubscriptionSet<K> {
             ops,
             columns: resolved.columns.map(Arc::new),
             rows: resolved.rows,
-            after: self.position(),
+            after: registered_after.max(self.seen),
+            _interest: interest,
             _audience: audience,
             _counted: counted,
         })

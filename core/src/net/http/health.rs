@@ -12,6 +12,7 @@ pub fn health(context: &Context) -> Response {
         "connections": s.connections.load(Relaxed),
         "subscriptions": s.subscriptions.load(Relaxed),
         "backlog_bytes": context.batches.ring_bytes(),
+        "batches_handed": context.batches.batches_handed(),
         "queue": {
             "used_bytes": s.queue_used.load(Relaxed),
             "capacity_bytes": s.queue_capacity.load(Relaxed),

@@ -1,9 +1,10 @@
 //! A connection on `/realtime`, speaking the native protocol: reads client messages, writes
 //! what its `SubscriptionSet` says to send, encoded as native frames, and keeps the heartbeat.
 //!
-//! Every session reads the same fan-out of batches (`fanout`); a session that falls behind
-//! what it keeps skips ahead and is sent a `gap` message saying which positions it missed, and
-//! one stuck on a full socket is closed. Nobody else waits for it.
+//! A session reads the batches the fan-out hands it (those its subscriptions may want); one
+//! that falls behind what the fan-out keeps skips ahead and is sent a `gap` message saying
+//! which positions it missed, and one stuck on a full socket is closed. Nobody else waits for
+//! it.
 
 use crate::bridge::{Batch, Encoding, EndReason};
 use crate::net::fanout::Missed;
@@ -50,7 +51,11 @@ pub async fn run<S: Stream>(ws: WebSocketStream<S>, context: Context, identity: 
     let mut session = Session {
         sink,
         identity,
-        subscriptions: SubscriptionSet::new(context.shared.clone(), context.worker.clone()),
+        subscriptions: SubscriptionSet::new(
+            context.shared.clone(),
+            context.worker.clone(),
+            batches.registrar(),
+        ),
         outgoing: Vec::new(),
     };
     // A client silent this long is gone; so is one whose socket accepted nothing for as long

@@ -1,0 +1,325 @@
+//! Who wants which changes: the index the fan-out looks a batch's receivers up in.
+//!
+//! Every subscription registers its table and, where the rows its subscriber may see are
+//! narrowed by values, those values: an owner policy compiled for the claims of `alice`
+//! registers `owner = "alice"`, so a change of bob's row wakes nobody but bob's sessions.
+//! A change costs one lookup per indexed column of its table plus one per receiver, however
+//! many sessions are connected. Subscriptions no value narrows (no row security, a policy
+//! that is `true` or a `NOT`) receive every change of their table; those the worker judges
+//! (`Checked`) receive the changes their audience's verdicts let through.
+//!
+//! The index only ever picks too many receivers, never too few: each session still judges
+//! what it is handed, with its filters and rules.
+
+use crate::bridge::{Batch, Change};
+use crate::ops::Op;
+use crate::visibility::{AudienceId, RowAccess};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// A session, as the index knows it.
+pub type SessionId = u64;
+
+/// What a subscription registers under its table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Keys {
+    /// Every change of the table.
+    Everything,
+    /// Changes whose new or old row holds one of these (column, canonical JSON text) pairs.
+    Values(Vec<(String, String)>),
+    /// Changes the worker's verdict for this audience lets through (or failed to judge).
+    Audience(AudienceId),
+}
+
+impl Keys {
+    pub fn of(rows: &RowAccess) -> Keys {
+        match rows {
+            RowAccess::All => Keys::Everything,
+            RowAccess::Rule(rule) => match rule.keys() {
+                None => Keys::Everything,
+                Some(keys) => Keys::Values(
+                    keys.into_iter()
+                        .map(|(c, v)| (c.to_string(), v.to_string()))
+                        .collect(),
+                ),
+            },
+            RowAccess::Checked(audience) => Keys::Audience(*audience),
+        }
+    }
+}
+
+/// Sessions, each with how many of its subscriptions put it there.
+type Bucket<T> = HashMap<SessionId, (Arc<T>, usize)>;
+
+fn put<T>(bucket: &mut Bucket<T>, session: SessionId, target: &Arc<T>) {
+    bucket
+        .entry(session)
+        .or_insert_with(|| (target.clone(), 0))
+        .1 += 1;
+}
+
+/// Take one count of `session` out of `bucket`; whether the bucket is now empty.
+fn take<T>(bucket: &mut Bucket<T>, session: SessionId) -> bool {
+    if let Some(entry) = bucket.get_mut(&session) {
+        entry.1 -= 1;
+        if entry.1 == 0 {
+            bucket.remove(&session);
+        }
+    }
+    bucket.is_empty()
+}
+
+struct Table<T> {
+    /// Every session subscribed to the table (TRUNCATE, gaps and ends reach them all).
+    all: Bucket<T>,
+    everything: Bucket<T>,
+    /// Column → canonical JSON value → sessions.
+    values: HashMap<String, HashMap<String, Bucket<T>>>,
+    audiences: HashMap<AudienceId, Bucket<T>>,
+}
+
+impl<T> Default for Table<T> {
+    fn default() -> Self {
+        Table {
+            all: HashMap::new(),
+            everything: HashMap::new(),
+            values: HashMap::new(),
+            audiences: HashMap::new(),
+        }
+    }
+}
+
+/// The index: tables → keys → sessions, each session represented by a `T` to wake.
+pub struct Interests<T> {
+    tables: HashMap<u32, Table<T>>,
+}
+
+impl<T> Default for Interests<T> {
+    fn default() -> Self {
+        Interests {
+            tables: HashMap::new(),
+        }
+    }
+}
+
+impl<T> Interests<T> {
+    pub fn add(&mut self, session: SessionId, target: &Arc<T>, relid: u32, keys: &Keys) {
+        let table = self.tables.entry(relid).or_default();
+        put(&mut table.all, session, target);
+        match keys {
+            Keys::Everything => put(&mut table.everything, session, target),
+            Keys::Values(pairs) => {
+                for (column, value) in pairs {
+                    let values = table.values.entry(column.clone()).or_default();
+                    put(values.entry(value.clone()).or_default(), session, target);
+                }
+            }
+            Keys::Audience(id) => put(table.audiences.entry(*id).or_default(), session, target),
+        }
+    }
+
+    /// Undo one `add` with the same arguments.
+    pub fn remove(&mut self, session: SessionId, relid: u32, keys: &Keys) {
+        let Some(table) = self.tables.get_mut(&relid) else {
+            return;
+        };
+        match keys {
+            Keys::Everything => {
+                take(&mut table.everything, session);
+            }
+            Keys::Values(pairs) => {
+                for (column, value) in pairs {
+                    let Some(values) = table.values.get_mut(column) else {
+                        continue;
+                    };
+                    if values.get_mut(value).is_some_and(|b| take(b, session)) {
+                        values.remove(value);
+                    }
+                    if values.is_empty() {
+                        table.values.remove(column);
+                    }
+                }
+            }
+            Keys::Audience(id) => {
+                if table
+                    .audiences
+                    .get_mut(id)
+                    .is_some_and(|b| take(b, session))
+                {
+                    table.audiences.remove(id);
+                }
+            }
+        }
+        if take(&mut table.all, session) {
+            self.tables.remove(&relid);
+        }
+    }
+
+    /// Call `visit` for every session `batch` may concern; a session may be visited more
+    /// than once.
+    pub fn receivers(&self, batch: &Batch, mut visit: impl FnMut(&Arc<T>)) {
+        let all = |table: &Table<T>| table.all.values().for_each(|(t, _)| visit(t));
+        match batch {
+            Batch::Gap { tables: None, .. } => self.tables.values().for_each(all),
+            Batch::Gap {
+                tables: Some(relids),
+                ..
+            } => relids
+                .iter()
+                .filter_map(|r| self.tables.get(r))
+                .for_each(all),
+            Batch::Ended { relid, .. } => self.tables.get(relid).into_iter().for_each(all),
+            Batch::Changes(changes) => {
+                for change in changes {
+                    if let Some(table) = self.tables.get(&change.relid) {
+                        table.receivers(change, &mut visit);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<T> Table<T> {
+    fn receivers(&self, change: &Change, visit: &mut impl FnMut(&Arc<T>)) {
+        let mut bucket = |b: &Bucket<T>| b.values().for_each(|(t, _)| visit(t));
+        // TRUNCATE reaches everyone who may read the table.
+        if change.op == Op::Truncate {
+            return bucket(&self.all);
+        }
+        bucket(&self.everything);
+        if !self.values.is_empty() {
+            for row in [change.new_row(), change.old_row()].into_iter().flatten() {
+                for (column, values) in &self.values {
+                    let found = row
+                        .get(column)
+                        .filter(|v| !v.is_null())
+                        .and_then(|v| values.get(&v.to_string()));
+                    if let Some(b) = found {
+                        bucket(b);
+                    }
+                }
+            }
+        }
+        for (audience, verdict) in change.verdicts() {
+            if verdict.new_visible || verdict.old_visible || verdict.failed {
+                if let Some(b) = self.audiences.get(audience) {
+                    bucket(b);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+    use crate::bridge::Txn;
+    use crate::visibility::Rule;
+
+    fn change(op: Op, new: Option<&str>, old: Option<&str>) -> Change {
+        let txn = Arc::new(Txn {
+            xid: 1,
+            commit_time: String::new(),
+        });
+        let names = Arc::new(("s".to_string(), "t".to_string()));
+        Change::new(
+            1,
+            txn,
+            7,
+            names,
+            op,
+            new.map(Into::into),
+            old.map(Into::into),
+        )
+    }
+
+    fn receivers(index: &Interests<u32>, batch: &Batch) -> Vec<u32> {
+        let mut found = Vec::new();
+        index.receivers(batch, |t| found.push(**t));
+        found.sort();
+        found.dedup();
+        found
+    }
+
+    fn owner(name: &str) -> Keys {
+        Keys::of(&RowAccess::Rule(Arc::new(Rule::In {
+            column: "owner".into(),
+            values: Some([format!("\"{name}\"")].into()),
+            has_null: false,
+        })))
+    }
+
+    #[test]
+    fn a_change_reaches_the_sessions_its_values_name() {
+        let mut index = Interests::default();
+        let (alice, bob, all) = (Arc::new(1), Arc::new(2), Arc::new(3));
+        index.add(1, &alice, 7, &owner("alice"));
+        index.add(2, &bob, 7, &owner("bob"));
+        index.add(3, &all, 7, &Keys::Everything);
+        let batch = |changes| Batch::Changes(changes);
+        let insert = change(Op::Insert, Some(r#"{"owner":"alice"}"#), None);
+        assert_eq!(receivers(&index, &batch(vec![insert])), [1, 3]);
+        // An UPDATE from bob to alice concerns both: bob sees it leave.
+        let moved = change(
+            Op::Update,
+            Some(r#"{"owner":"alice"}"#),
+            Some(r#"{"owner":"bob"}"#),
+        );
+        assert_eq!(receivers(&index, &batch(vec![moved])), [1, 2, 3]);
+        let nobody = change(Op::Delete, None, Some(r#"{"owner":null}"#));
+        assert_eq!(receivers(&index, &batch(vec![nobody])), [3]);
+        let truncate = change(Op::Truncate, None, None);
+        assert_eq!(receivers(&index, &batch(vec![truncate])), [1, 2, 3]);
+        let ended = Batch::Ended {
+            relid: 7,
+            reason: crate::bridge::EndReason::Dropped,
+            last_position: 1,
+        };
+        assert_eq!(receivers(&index, &ended), [1, 2, 3]);
+        // Another table's changes and gaps reach nobody here.
+        let gap = Batch::Gap {
+            reason: crate::bridge::GapReason::QueueOverflow,
+            first_position: 1,
+            last_position: 2,
+            tables: Some(vec![8]),
+        };
+        assert!(receivers(&index, &gap).is_empty());
+
+        // Removing undoes adding, one subscription at a time.
+        index.add(1, &alice, 7, &owner("alice"));
+        index.remove(1, 7, &owner("alice"));
+        let insert = change(Op::Insert, Some(r#"{"owner":"alice"}"#), None);
+        assert_eq!(receivers(&index, &batch(vec![insert])), [1, 3]);
+        for (session, keys) in [
+            (1, owner("alice")),
+            (2, owner("bob")),
+            (3, Keys::Everything),
+        ] {
+            index.remove(session, 7, &keys);
+        }
+        assert!(index.tables.is_empty());
+    }
+
+    #[test]
+    fn audiences_receive_what_their_verdicts_let_through() {
+        use crate::visibility::Verdict;
+        let mut index = Interests::default();
+        index.add(1, &Arc::new(1), 7, &Keys::Audience(10));
+        index.add(2, &Arc::new(2), 7, &Keys::Audience(11));
+        let mut seen = change(Op::Insert, Some("{}"), None);
+        let verdict = |new_visible, failed| Verdict {
+            new_visible,
+            old_visible: false,
+            failed,
+        };
+        seen.set_verdicts(vec![
+            (10, verdict(false, false)),
+            (11, verdict(true, false)),
+        ]);
+        assert_eq!(receivers(&index, &Batch::Changes(vec![seen])), [2]);
+        let mut failed = change(Op::Insert, Some("{}"), None);
+        failed.set_verdicts(vec![(10, verdict(false, true))]);
+        assert_eq!(receivers(&index, &Batch::Changes(vec![failed])), [1]);
+    }
+}
