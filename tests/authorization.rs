@@ -28,7 +28,7 @@ const SETUP: &str = "
 ";
 
 /// Each table: its name and what is done to it after it is created like the others.
-const TABLES: [(&str, &str); 8] = [
+const TABLES: [(&str, &str); 9] = [
     ("t_nopriv", ""),
     ("t_table", "GRANT SELECT ON t_table TO app_user, app_owner, app_bypass;"),
     (
@@ -52,6 +52,14 @@ const TABLES: [(&str, &str); 8] = [
         "ALTER TABLE t_subselect ENABLE ROW LEVEL SECURITY;
          CREATE POLICY member ON t_subselect USING (EXISTS (SELECT 1 FROM members m WHERE m.team = t_subselect.team AND m.member = uid()));
          GRANT SELECT ON t_subselect TO app_user, app_owner, app_bypass;",
+    ),
+    // The same reading the claims directly: every user of a role is judged in one statement.
+    (
+        "t_direct",
+        "ALTER TABLE t_direct ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY member ON t_direct USING (EXISTS (SELECT 1 FROM members m WHERE m.team = t_direct.team
+             AND m.member = current_setting('request.jwt.claims', true)::json->>'sub'));
+         GRANT SELECT ON t_direct TO app_user, app_owner, app_bypass;",
     ),
     (
         "t_mixed",
@@ -448,4 +456,43 @@ fn a_change_reaches_its_receivers_by_lookup_not_by_asking_everyone() {
     for ws in &mut users {
         assert_eq!(ws.changes(1)[0]["new"]["id"], 2);
     }
+}
+
+/// Users judged together in one statement: when the statement fails for one user's claims,
+/// each is judged alone, and only that user misses the change.
+#[test]
+fn one_user_s_failing_claims_cost_the_users_judged_with_it_nothing() {
+    // DEBUG1 says when a statement judging users together failed.
+    let cluster = Cluster::start("authorization_together", &["log_min_messages = debug1"]);
+    let mut db = cluster.client();
+    db.batch_execute(
+        "CREATE ROLE app_user NOLOGIN;
+         GRANT app_user TO realtime_authenticator;
+         CREATE TABLE touchy (id int);
+         ALTER TABLE touchy ENABLE ROW LEVEL SECURITY;
+         -- A sub-select, so the worker judges it; it divides by zero for user 'boom'.
+         CREATE POLICY p ON touchy USING ((SELECT 1 / CASE WHEN
+             current_setting('request.jwt.claims', true)::json->>'sub' = 'boom' THEN 0 ELSE 1 END) = 1);
+         GRANT SELECT ON touchy TO app_user;
+         SELECT realtime_watch('touchy');",
+    )
+    .unwrap();
+    let user = |sub: &str| {
+        let claims = json!({"role": "app_user", "sub": sub});
+        let mut ws = Ws::connect_as(cluster.ws_port, &token(claims));
+        ws.subscribe("t", "touchy", None);
+        ws
+    };
+    let (mut fine, mut boom, mut also_fine) = (user("fine"), user("boom"), user("also fine"));
+    db.batch_execute("INSERT INTO touchy VALUES (1)").unwrap();
+    assert_eq!(fine.change_ids(1), vec![1]);
+    assert_eq!(also_fine.change_ids(1), vec![1]);
+    let gap = boom.recv();
+    assert_eq!(gap["reason"], "policy_failed", "{gap}");
+    let log = cluster.log();
+    assert!(
+        log.contains("failed for 3 audiences of role \"app_user\" judged together"),
+        "the three were judged in one statement first"
+    );
+    assert_eq!(log.matches("WARNING:  realtime_ext: row security").count(), 1);
 }

@@ -1,8 +1,11 @@
 //! Row security the network side cannot judge by value (policies with sub-selects, functions
 //! of the row, ...), judged here for each batch of changes: one statement per batch for each
 //! distinct table, role, claims and policy set (an audience), however many subscribers share
-//! it, never one per change per subscriber.
+//! it, never one per change per subscriber. Where the policies read the claims only as
+//! `claims_column` can rewrite, one statement judges every audience of a table, role and
+//! policy set together, with the claims as a column.
 
+use super::claims_column;
 use super::policy::set_claims;
 use super::security::{as_owner, with_time_limit};
 use crate::pg::xact::{in_subtransaction, in_transaction};
@@ -13,8 +16,8 @@ use realtime_core::auth::Principal;
 use realtime_core::bridge::Change;
 use realtime_core::visibility::{AudienceId, Verdict};
 use std::collections::hash_map::Entry;
-use std::collections::HashMap;
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
 
 /// Longest the policies of one audience may take over one batch; past it the audience is
 /// told it missed those changes (`policy_failed`), and everyone else is served.
@@ -34,8 +37,16 @@ struct Key {
     condition: String,
 }
 
+/// The policies a subscription is judged by, as SQL over the table's columns.
+pub struct Condition {
+    pub sql: String,
+    /// The same reading the claims from `claims_column::CLAIMS`, when it can.
+    pub over_claims: Option<String>,
+}
+
 struct Audience {
     key: Key,
+    over_claims: Option<String>,
     role_name: String,
     /// `schema.table`, quoted, for the row type.
     table: String,
@@ -48,13 +59,16 @@ struct Audience {
 pub struct Audiences {
     next: AudienceId,
     ids: HashMap<Key, AudienceId>,
-    audiences: std::collections::BTreeMap<AudienceId, Audience>,
-    /// The judging statement of each table and policy set, planned once (PostgreSQL plans it
-    /// again itself when the role or the catalogs call for it).
+    audiences: BTreeMap<AudienceId, Audience>,
+    /// The judging statements, planned once each (PostgreSQL plans one again itself when the
+    /// role or the catalogs call for it).
     plans: HashMap<String, OwnedPreparedStatement>,
-    /// Where the last batch's judging stopped.
+    /// Where the last batch's judging one by one stopped.
     resume_after: AudienceId,
 }
+
+/// Which of a batch's row images pass, new then old per change (two entries per change).
+type Visible = Vec<bool>;
 
 impl Audiences {
     /// A subscriber joins the audience of these table, role, claims and policies.
@@ -63,7 +77,7 @@ impl Audiences {
         relid: u32,
         role: pg_sys::Oid,
         principal: &Principal,
-        condition: String,
+        condition: Condition,
         table: String,
         alias: String,
     ) -> AudienceId {
@@ -71,7 +85,7 @@ impl Audiences {
             relid,
             role,
             claims: principal.claims.clone(),
-            condition,
+            condition: condition.sql,
         };
         if let Some(id) = self.ids.get(&key) {
             if let Some(a) = self.audiences.get_mut(id) {
@@ -86,6 +100,7 @@ impl Audiences {
             id,
             Audience {
                 key,
+                over_claims: condition.over_claims,
                 role_name: principal.role.clone(),
                 table,
                 alias,
@@ -113,134 +128,252 @@ impl Audiences {
         if self.plans.len() > MAX_PLANS {
             self.plans.clear();
         }
-        let started = std::time::Instant::now();
-        let mut verdicts: Vec<Vec<(AudienceId, Verdict)>> = vec![Vec::new(); changes.len()];
-        let mut judged = false;
+        let started = Instant::now();
+        let of_table = |relid: u32| -> Vec<usize> {
+            (0..changes.len())
+                .filter(|i| changes[*i].relid == relid)
+                .collect()
+        };
+        let mut judged: HashMap<AudienceId, Option<Visible>> = HashMap::new();
+
+        // Together first: one statement for each table, role and policy set.
+        let mut groups: HashMap<(u32, pg_sys::Oid, &str), Vec<AudienceId>> = HashMap::new();
+        for (id, a) in &self.audiences {
+            if let Some(sql) = &a.over_claims {
+                groups
+                    .entry((a.key.relid, a.key.role, sql.as_str()))
+                    .or_default()
+                    .push(*id);
+            }
+        }
+        for ((relid, _, _), ids) in groups {
+            let mine = of_table(relid);
+            if mine.is_empty() || started.elapsed() >= JUDGING_BUDGET {
+                continue;
+            }
+            let members: Vec<&Audience> = ids.iter().map(|id| &self.audiences[id]).collect();
+            // Failed: judged one by one below, so that one audience's claims cost nobody else.
+            if let Some(visible) = visible_together(&members, changes, &mine, &mut self.plans) {
+                judged.extend(ids.into_iter().zip(visible.into_iter().map(Some)));
+            }
+        }
+
+        // Then one by one, from where the last batch stopped, so none is always last.
         let order = self
             .audiences
             .range(self.resume_after + 1..)
             .chain(self.audiences.range(..=self.resume_after));
         for (id, audience) in order {
-            let mine: Vec<usize> = (0..changes.len())
-                .filter(|i| changes[*i].relid == audience.key.relid)
-                .collect();
+            if judged.contains_key(id) {
+                continue;
+            }
+            let mine = of_table(audience.key.relid);
             if mine.is_empty() {
                 continue;
             }
-            judged = true;
             let visible = if started.elapsed() < JUDGING_BUDGET {
                 self.resume_after = *id;
                 audience.visible(changes, &mine, &mut self.plans)
             } else {
                 None
             };
-            for (n, i) in mine.into_iter().enumerate() {
-                let verdict = match &visible {
-                    Some(v) => Verdict {
-                        new_visible: v[2 * n],
-                        old_visible: v[2 * n + 1],
-                        failed: false,
+            judged.insert(*id, visible);
+        }
+
+        if judged.is_empty() {
+            return;
+        }
+        let mut verdicts: Vec<Vec<(AudienceId, Verdict)>> = vec![Vec::new(); changes.len()];
+        for (id, visible) in judged {
+            let relid = self.audiences[&id].key.relid;
+            for (n, i) in of_table(relid).into_iter().enumerate() {
+                verdicts[i].push((
+                    id,
+                    match &visible {
+                        Some(v) => Verdict {
+                            new_visible: v[2 * n],
+                            old_visible: v[2 * n + 1],
+                            failed: false,
+                        },
+                        None => Verdict {
+                            new_visible: false,
+                            old_visible: false,
+                            failed: true,
+                        },
                     },
-                    None => Verdict {
-                        new_visible: false,
-                        old_visible: false,
-                        failed: true,
-                    },
-                };
-                verdicts[i].push((*id, verdict));
+                ));
             }
         }
-        if judged {
-            for (change, v) in changes.iter_mut().zip(verdicts) {
-                change.set_verdicts(v);
-            }
+        for (change, v) in changes.iter_mut().zip(verdicts) {
+            change.set_verdicts(v);
         }
     }
 }
 
+/// The FROM and WHERE of a judging statement: every image of `$1` (a JSON array of row
+/// images) as a row of the table, under its own name, that passes `condition`. The
+/// statement's own columns have names no unqualified column of a policy can mean.
+fn judging(audience: &Audience, condition: &str) -> String {
+    format!(
+        "jsonb_array_elements($1::jsonb) WITH ORDINALITY AS \"realtime image\"(\"realtime json\", \"realtime n\"),
+              LATERAL jsonb_populate_record(NULL::{table}, \"realtime image\".\"realtime json\") AS {alias}
+        WHERE jsonb_typeof(\"realtime image\".\"realtime json\") = 'object' AND ({condition})",
+        table = audience.table,
+        alias = audience.alias,
+    )
+}
+
+/// Every image of the changes at `which`, new then old per change, as a JSON array; an absent
+/// one is JSON null and never passes.
+fn images(changes: &[Change], which: &[usize]) -> String {
+    let mut images = String::from("[");
+    for (n, i) in which.iter().enumerate() {
+        let c = &changes[*i];
+        if n > 0 {
+            images.push(',');
+        }
+        images.push_str(c.new.as_deref().unwrap_or("null"));
+        images.push(',');
+        images.push_str(c.old.as_deref().unwrap_or("null"));
+    }
+    images.push(']');
+    images
+}
+
+/// What each of `members` (one table, role and policy set that reads the claims as a column)
+/// may see of the changes at `which`, in one statement; `None` if it failed.
+fn visible_together(
+    members: &[&Audience],
+    changes: &[Change],
+    which: &[usize],
+    plans: &mut HashMap<String, OwnedPreparedStatement>,
+) -> Option<Vec<Visible>> {
+    let first = members.first()?;
+    let condition = first.over_claims.as_deref()?;
+    let sql = format!(
+        "SELECT \"realtime audience\".\"realtime i\", \"realtime image\".\"realtime n\"
+           FROM unnest($2::text[]) WITH ORDINALITY AS \"realtime audience\"({claims}, \"realtime i\"),
+                {judging}",
+        claims = claims_column::CLAIMS_NAME,
+        judging = judging(first, condition),
+    );
+    let claims: Vec<String> = members.iter().map(|a| a.key.claims.clone()).collect();
+    let images = images(changes, which);
+    let passed = run(first, As::Together(&claims), &sql, &images, plans)
+        .map_err(|e| {
+            debug1!(
+                "realtime_ext: row security policies of {} failed for {} audiences of role \"{}\" judged together, judging each alone: {e}",
+                first.table,
+                members.len(),
+                first.role_name
+            )
+        })
+        .ok()?;
+    let mut visible = vec![vec![false; 2 * which.len()]; members.len()];
+    for (audience, image) in passed {
+        // Both count from 1.
+        if let Some(v) = (audience as usize)
+            .checked_sub(1)
+            .and_then(|a| visible.get_mut(a))
+            .and_then(|v| v.get_mut((image as usize).checked_sub(1)?))
+        {
+            *v = true;
+        }
+    }
+    Some(visible)
+}
+
 impl Audience {
-    /// For each of the changes at `which`, whether its new and its old row pass the policies
-    /// (two entries per change); `None` if the policies failed.
+    /// What this audience may see of the changes at `which`; `None` if its policies failed.
     fn visible(
         &self,
         changes: &[Change],
         which: &[usize],
         plans: &mut HashMap<String, OwnedPreparedStatement>,
-    ) -> Option<Vec<bool>> {
-        // Every image, new then old per change; an absent one is JSON null and never passes.
-        let mut images = String::from("[");
-        for (n, i) in which.iter().enumerate() {
-            let c = &changes[*i];
-            if n > 0 {
-                images.push(',');
-            }
-            images.push_str(c.new.as_deref().unwrap_or("null"));
-            images.push(',');
-            images.push_str(c.old.as_deref().unwrap_or("null"));
-        }
-        images.push(']');
+    ) -> Option<Visible> {
         let sql = format!(
-            "SELECT coalesce(array_agg(\"realtime image\".n), '{{}}')
-               FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS \"realtime image\"(j, n),
-                    LATERAL jsonb_populate_record(NULL::{table}, \"realtime image\".j) AS {alias}
-              WHERE jsonb_typeof(\"realtime image\".j) = 'object' AND ({condition})",
-            table = self.table,
-            alias = self.alias,
-            condition = self.key.condition,
+            "SELECT 1::bigint, \"realtime image\".\"realtime n\" FROM {}",
+            judging(self, &self.key.condition)
         );
-        let mut run = || {
-            with_time_limit(BATCH_TIME_LIMIT, || {
-                in_subtransaction(std::panic::AssertUnwindSafe(|| {
-                    as_owner(self.key.role, || {
-                        set_claims(&self.key.claims);
-                        Spi::connect(|client| {
-                            let plan = match plans.entry(sql.clone()) {
-                                Entry::Occupied(e) => e.into_mut(),
-                                Entry::Vacant(e) => e.insert(
-                                    client
-                                        .prepare(
-                                            sql.as_str(),
-                                            &[PgOid::BuiltIn(PgBuiltInOids::TEXTOID)],
-                                        )?
-                                        .keep(),
-                                ),
-                            };
-                            client
-                                .select(&*plan, None, &[images.as_str().into()])?
-                                .first()
-                                .get_one::<Vec<i64>>()
-                        })
-                        .map_err(|e: pgrx::spi::Error| e.to_string())
-                    })
-                }))
-                .and_then(|r| r)
-            })
-        };
-        // SAFETY: a plain read of the transaction state on the worker's Postgres thread.
-        let result = if unsafe { pg_sys::IsTransactionState() } {
-            run()
-        } else {
-            in_transaction(std::panic::AssertUnwindSafe(run), |e| e)
-        };
-        match result {
-            Ok(ordinals) => {
-                let mut visible = vec![false; 2 * which.len()];
-                // Ordinals count from 1.
-                for n in ordinals.into_iter().flatten() {
-                    if let Some(v) = (n as usize).checked_sub(1).and_then(|i| visible.get_mut(i)) {
-                        *v = true;
-                    }
-                }
-                Some(visible)
-            }
-            Err(e) => {
+        let images = images(changes, which);
+        let passed = run(self, As::One(&self.key.claims), &sql, &images, plans)
+            .map_err(|e| {
                 warning!(
                     "realtime_ext: row security policies of {} failed for role \"{}\": {e}",
                     self.table,
                     self.role_name
-                );
-                None
+                )
+            })
+            .ok()?;
+        let mut visible = vec![false; 2 * which.len()];
+        for (_, image) in passed {
+            if let Some(v) = (image as usize)
+                .checked_sub(1)
+                .and_then(|i| visible.get_mut(i))
+            {
+                *v = true;
             }
         }
+        Some(visible)
+    }
+}
+
+/// Whose claims a judging statement runs with.
+enum As<'a> {
+    /// One audience's, set as `request.jwt.claims`.
+    One(&'a str),
+    /// Each audience's, as the `$2` array the condition reads them from.
+    Together(&'a [String]),
+}
+
+/// Run a judging statement over `images` as `audience`'s role, in a subtransaction and
+/// within the time limit: its (audience, image) ordinal pairs.
+fn run(
+    audience: &Audience,
+    claims: As,
+    sql: &str,
+    images: &str,
+    plans: &mut HashMap<String, OwnedPreparedStatement>,
+) -> Result<Vec<(i64, i64)>, String> {
+    let mut run = || {
+        with_time_limit(BATCH_TIME_LIMIT, || {
+            in_subtransaction(std::panic::AssertUnwindSafe(|| {
+                as_owner(audience.key.role, || {
+                    // Made here: datums need the transaction.
+                    let mut types = vec![PgOid::BuiltIn(PgBuiltInOids::TEXTOID)];
+                    let mut args = vec![images.into()];
+                    match claims {
+                        As::One(claims) => set_claims(claims),
+                        As::Together(claims) => {
+                            types.push(PgOid::BuiltIn(PgBuiltInOids::TEXTARRAYOID));
+                            args.push(claims.to_vec().into());
+                        }
+                    }
+                    Spi::connect(|client| {
+                        let plan = match plans.entry(sql.to_string()) {
+                            Entry::Occupied(e) => e.into_mut(),
+                            Entry::Vacant(e) => e.insert(client.prepare(sql, &types)?.keep()),
+                        };
+                        client
+                            .select(&*plan, None, &args)?
+                            .map(|row| Ok((row.get::<i64>(1)?, row.get::<i64>(2)?)))
+                            .filter_map(|pair| match pair {
+                                Ok((Some(a), Some(n))) => Some(Ok((a, n))),
+                                Ok(_) => None,
+                                Err(e) => Some(Err(e)),
+                            })
+                            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+                    })
+                    .map_err(|e: pgrx::spi::Error| e.to_string())
+                })
+            }))
+            .and_then(|r| r)
+        })
+    };
+    // SAFETY: a plain read of the transaction state on the worker's Postgres thread.
+    if unsafe { pg_sys::IsTransactionState() } {
+        run()
+    } else {
+        in_transaction(std::panic::AssertUnwindSafe(run), |e| e)
     }
 }

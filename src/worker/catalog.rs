@@ -1,7 +1,7 @@
 //! Answers the network threads' questions from the catalogs, on the worker's Postgres thread.
 //! Each question runs in its own transaction; a Postgres error becomes an error reply.
 
-use super::audiences::Audiences;
+use super::audiences::{Audiences, Condition};
 use super::policy::Policies;
 use super::security::{as_owner, with_time_limit};
 use crate::gucs;
@@ -135,7 +135,7 @@ fn role(principal: &Principal) -> Answer<Role> {
 /// A subscription whose rows the worker judges in batches: as whom, and the policies' SQL.
 struct Checked {
     role: pg_sys::Oid,
-    condition: String,
+    condition: Condition,
 }
 
 fn resolve(
@@ -260,7 +260,10 @@ fn row_access(
     // Joined by `answer` once the transaction committed.
     let checked = Checked {
         role: role.oid,
-        condition: policies.condition(),
+        condition: Condition {
+            sql: policies.condition(),
+            over_claims: policies.condition_over_claims(),
+        },
     };
     Ok((RowAccess::Checked(0), Some(checked)))
 }

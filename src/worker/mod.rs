@@ -4,6 +4,7 @@
 
 mod audiences;
 mod catalog;
+mod claims_column;
 mod invalidation;
 mod policy;
 mod publisher;

@@ -8,6 +8,7 @@
 //! judges rows by value. Any other policy is judged here for each batch of changes
 //! (`audiences`), so the combined condition is kept as SQL text.
 
+use super::claims_column::{self, user_or_volatile};
 use super::security::as_owner;
 use crate::pg::xact::in_subtransaction;
 use pgrx::prelude::*;
@@ -37,6 +38,8 @@ enum Template {
 pub struct Policies {
     /// Each policy's condition as SQL (`pg_get_expr`), and whether it is permissive.
     conditions: Vec<(bool, String)>,
+    /// The same with the claims read from a column (`claims_column`), when they can be.
+    over_claims: Option<Vec<(bool, String)>>,
     /// The same, compiled, when every one of them could be.
     templates: Option<Vec<(bool, Template)>>,
 }
@@ -77,8 +80,13 @@ impl Policies {
                 Some((*permissive, template))
             })
             .collect();
+        let over_claims = rows
+            .iter()
+            .map(|(permissive, tree, sql)| Some((*permissive, claims_column::rewrite(tree, sql)?)))
+            .collect();
         Ok(Policies {
             conditions: rows.into_iter().map(|(p, _, sql)| (p, sql)).collect(),
+            over_claims,
             templates,
         })
     }
@@ -111,25 +119,34 @@ impl Policies {
 
     /// The combined condition as SQL over the table's columns, for judging in batches.
     pub fn condition(&self) -> String {
-        let permissive: Vec<_> = self
-            .conditions
-            .iter()
-            .filter(|(p, _)| *p)
-            .map(|(_, sql)| format!("({sql})"))
-            .collect();
-        let mut all = vec![if permissive.is_empty() {
-            "false".to_string()
-        } else {
-            format!("({})", permissive.join(" OR "))
-        }];
-        all.extend(
-            self.conditions
-                .iter()
-                .filter(|(p, _)| !*p)
-                .map(|(_, sql)| format!("({sql})")),
-        );
-        all.join(" AND ")
+        combine(&self.conditions)
     }
+
+    /// The same reading the claims from `claims_column::CLAIMS`, if it can.
+    pub fn condition_over_claims(&self) -> Option<String> {
+        self.over_claims.as_deref().map(combine)
+    }
+}
+
+/// Permissive conditions OR'ed, restrictive ones AND'ed, as PostgreSQL combines policies.
+fn combine(conditions: &[(bool, String)]) -> String {
+    let permissive: Vec<_> = conditions
+        .iter()
+        .filter(|(p, _)| *p)
+        .map(|(_, sql)| format!("({sql})"))
+        .collect();
+    let mut all = vec![if permissive.is_empty() {
+        "false".to_string()
+    } else {
+        format!("({})", permissive.join(" OR "))
+    }];
+    all.extend(
+        conditions
+            .iter()
+            .filter(|(p, _)| !*p)
+            .map(|(_, sql)| format!("({sql})")),
+    );
+    all.join(" AND ")
 }
 
 /// Make the principal's claims what `current_setting('request.jwt.claims', true)` returns,
@@ -349,11 +366,6 @@ unsafe fn equality_as_json(opno: pg_sys::Oid, collation: pg_sys::Oid) -> bool {
 /// parameter, and only built-in functions that are not volatile. (SQL functions such as
 /// `auth.uid()` were inlined into their bodies by `eval_const_expressions`.)
 unsafe fn claims_only(node: *mut pg_sys::Node) -> bool {
-    unsafe extern "C-unwind" fn user_or_volatile(funcid: pg_sys::Oid, _: *mut c_void) -> bool {
-        // SAFETY: a catalog lookup, called by check_functions_in_node on the same thread.
-        u32::from(funcid) >= pg_sys::FirstNormalObjectId
-            || unsafe { pg_sys::func_volatile(funcid) } == pg_sys::PROVOLATILE_VOLATILE as i8
-    }
     unsafe extern "C-unwind" fn refuses(node: *mut pg_sys::Node, _: *mut c_void) -> bool {
         use pg_sys::NodeTag::*;
         if node.is_null() {
