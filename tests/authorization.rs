@@ -494,5 +494,8 @@ fn one_user_s_failing_claims_cost_the_users_judged_with_it_nothing() {
         log.contains("failed for 3 audiences of role \"app_user\" judged together"),
         "the three were judged in one statement first"
     );
-    assert_eq!(log.matches("WARNING:  realtime_ext: row security").count(), 1);
+    assert_eq!(
+        log.matches("WARNING:  realtime_ext: row security").count(),
+        1
+    );
 }

@@ -6,7 +6,7 @@
 //! policy set together, with the claims as a column.
 
 use super::claims_column;
-use super::policy::set_claims;
+use super::policy::{set_claims, set_setting};
 use super::security::{as_owner, with_time_limit};
 use crate::pg::xact::{in_subtransaction, in_transaction};
 use pgrx::prelude::*;
@@ -217,27 +217,65 @@ fn judging(audience: &Audience, condition: &str) -> String {
     format!(
         "jsonb_array_elements($1::jsonb) WITH ORDINALITY AS \"realtime image\"(\"realtime json\", \"realtime n\"),
               LATERAL jsonb_populate_record(NULL::{table}, \"realtime image\".\"realtime json\") AS {alias}
-        WHERE jsonb_typeof(\"realtime image\".\"realtime json\") = 'object' AND ({condition})",
+        WHERE ({condition})",
         table = audience.table,
         alias = audience.alias,
     )
 }
 
-/// Every image of the changes at `which`, new then old per change, as a JSON array; an absent
-/// one is JSON null and never passes.
-fn images(changes: &[Change], which: &[usize]) -> String {
-    let mut images = String::from("[");
-    for (n, i) in which.iter().enumerate() {
-        let c = &changes[*i];
-        if n > 0 {
-            images.push(',');
+/// The row images of some changes, as the `$1` of a judging statement.
+struct Images {
+    /// The images that exist, new then old per change, as a JSON array of objects. (No
+    /// placeholder for absent ones: a filter on the array would spoil the planner's estimate
+    /// of its size.)
+    json: String,
+    /// For each image in `json`, its place in a `Visible`: 2n for the new image of the n-th
+    /// change, 2n + 1 for the old.
+    places: Vec<usize>,
+    changes: usize,
+}
+
+impl Images {
+    fn of(changes: &[Change], which: &[usize]) -> Images {
+        let mut json = String::from("[");
+        let mut places = Vec::new();
+        for (n, i) in which.iter().enumerate() {
+            let c = &changes[*i];
+            for (k, image) in [&c.new, &c.old].into_iter().enumerate() {
+                if let Some(image) = image {
+                    if !places.is_empty() {
+                        json.push(',');
+                    }
+                    json.push_str(image);
+                    places.push(2 * n + k);
+                }
+            }
         }
-        images.push_str(c.new.as_deref().unwrap_or("null"));
-        images.push(',');
-        images.push_str(c.old.as_deref().unwrap_or("null"));
+        json.push(']');
+        Images {
+            json,
+            places,
+            changes: which.len(),
+        }
     }
-    images.push(']');
-    images
+
+    /// What `audiences` audiences may see, from a statement's (audience, image) ordinal pairs
+    /// (both counting from 1).
+    fn tally(&self, audiences: usize, passed: Vec<(i64, i64)>) -> Vec<Visible> {
+        let mut visible = vec![vec![false; 2 * self.changes]; audiences];
+        for (audience, image) in passed {
+            let place = (image as usize)
+                .checked_sub(1)
+                .and_then(|i| self.places.get(i));
+            let of = (audience as usize)
+                .checked_sub(1)
+                .and_then(|a| visible.get_mut(a));
+            if let (Some(place), Some(v)) = (place, of) {
+                v[*place] = true;
+            }
+        }
+        visible
+    }
 }
 
 /// What each of `members` (one table, role and policy set that reads the claims as a column)
@@ -258,8 +296,8 @@ fn visible_together(
         judging = judging(first, condition),
     );
     let claims: Vec<String> = members.iter().map(|a| a.key.claims.clone()).collect();
-    let images = images(changes, which);
-    let passed = run(first, As::Together(&claims), &sql, &images, plans)
+    let images = Images::of(changes, which);
+    let passed = run(first, As::Together(&claims), &sql, &images.json, plans)
         .map_err(|e| {
             debug1!(
                 "realtime_ext: row security policies of {} failed for {} audiences of role \"{}\" judged together, judging each alone: {e}",
@@ -269,18 +307,7 @@ fn visible_together(
             )
         })
         .ok()?;
-    let mut visible = vec![vec![false; 2 * which.len()]; members.len()];
-    for (audience, image) in passed {
-        // Both count from 1.
-        if let Some(v) = (audience as usize)
-            .checked_sub(1)
-            .and_then(|a| visible.get_mut(a))
-            .and_then(|v| v.get_mut((image as usize).checked_sub(1)?))
-        {
-            *v = true;
-        }
-    }
-    Some(visible)
+    Some(images.tally(members.len(), passed))
 }
 
 impl Audience {
@@ -295,8 +322,8 @@ impl Audience {
             "SELECT 1::bigint, \"realtime image\".\"realtime n\" FROM {}",
             judging(self, &self.key.condition)
         );
-        let images = images(changes, which);
-        let passed = run(self, As::One(&self.key.claims), &sql, &images, plans)
+        let images = Images::of(changes, which);
+        let passed = run(self, As::One(&self.key.claims), &sql, &images.json, plans)
             .map_err(|e| {
                 warning!(
                     "realtime_ext: row security policies of {} failed for role \"{}\": {e}",
@@ -305,16 +332,7 @@ impl Audience {
                 )
             })
             .ok()?;
-        let mut visible = vec![false; 2 * which.len()];
-        for (_, image) in passed {
-            if let Some(v) = (image as usize)
-                .checked_sub(1)
-                .and_then(|i| visible.get_mut(i))
-            {
-                *v = true;
-            }
-        }
-        Some(visible)
+        images.tally(1, passed).pop()
     }
 }
 
@@ -347,6 +365,10 @@ fn run(
                         As::Together(claims) => {
                             types.push(PgOid::BuiltIn(PgBuiltInOids::TEXTARRAYOID));
                             args.push(claims.to_vec().into());
+                            // Planned for each batch with its values: the planner then knows
+                            // how many audiences there are, and hashes them once instead of
+                            // going through all of them for every row.
+                            set_setting(c"plan_cache_mode", c"force_custom_plan");
                         }
                     }
                     Spi::connect(|client| {

@@ -153,11 +153,16 @@ fn combine(conditions: &[(bool, String)]) -> String {
 /// until the caller's GUC nest level is left (`as_owner` restores it).
 pub fn set_claims(claims: &str) {
     let value = std::ffi::CString::new(claims).unwrap_or_default();
+    set_setting(c"request.jwt.claims", &value)
+}
+
+/// Set a user-settable setting until the caller's GUC nest level is left (`as_owner`).
+pub fn set_setting(name: &CStr, value: &CStr) {
     // SAFETY: on the worker's Postgres thread inside a transaction and `as_owner`'s GUC nest
     // level, which AtEOXact_GUC unwinds; a custom (dotted) name is created as a placeholder.
     unsafe {
         pg_sys::SetConfigOption(
-            c"request.jwt.claims".as_ptr(),
+            name.as_ptr(),
             value.as_ptr(),
             pg_sys::GucContext::PGC_USERSET,
             pg_sys::GucSource::PGC_S_SESSION,
