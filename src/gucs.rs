@@ -44,6 +44,10 @@ static QUEUE_SIZE_KB: GucSetting<i32> = GucSetting::<i32>::new(16 * 1024);
 static CLIENT_BACKLOG: GucSetting<i32> = GucSetting::<i32>::new(1024);
 /// Bytes of recent changes kept for clients that fall behind, across all clients, in kB.
 static CLIENT_MEMORY_KB: GucSetting<i32> = GucSetting::<i32>::new(128 * 1024);
+/// Disk kept for the history of published changes (clients resume from it), in MB; 0: none.
+static HISTORY_SIZE_MB: GucSetting<i32> = GucSetting::<i32>::new(256);
+/// How long the history keeps changes, in seconds.
+static HISTORY_AGE_S: GucSetting<i32> = GucSetting::<i32>::new(24 * 3600);
 /// Most WebSocket connections served at once; further ones get HTTP 503.
 static MAX_CONNECTIONS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 /// Most connections still sending their HTTP request; past it the oldest of the busiest
@@ -118,6 +122,26 @@ pub fn init() {
         i32::MAX,
         Sighup,
         GucFlags::UNIT_KB,
+    );
+    GucRegistry::define_int_guc(
+        c"realtime.history_size",
+        c"Disk kept under $PGDATA/pg_realtime/history for clients that resume from a position.",
+        c"The oldest changes are dropped past it; a client resuming from before them gets a history_expired gap. 0 keeps no history.",
+        &HISTORY_SIZE_MB,
+        0,
+        i32::MAX,
+        Sighup,
+        GucFlags::UNIT_MB,
+    );
+    GucRegistry::define_int_guc(
+        c"realtime.history_age",
+        c"How long the history keeps published changes.",
+        c"Older changes are dropped (a segment at a time); a client resuming from before them gets a history_expired gap.",
+        &HISTORY_AGE_S,
+        1,
+        i32::MAX,
+        Sighup,
+        GucFlags::UNIT_S,
     );
     GucRegistry::define_int_guc(
         c"realtime.max_connections",
@@ -352,6 +376,13 @@ pub fn client_backlog() -> usize {
 }
 pub fn client_memory_bytes() -> usize {
     CLIENT_MEMORY_KB.get() as usize * 1024
+}
+/// The history's limits; `None`: keep no history.
+pub fn history_limits() -> Option<realtime_core::history::Limits> {
+    (HISTORY_SIZE_MB.get() > 0).then(|| realtime_core::history::Limits {
+        bytes: HISTORY_SIZE_MB.get() as u64 * 1024 * 1024,
+        age: std::time::Duration::from_secs(HISTORY_AGE_S.get() as u64),
+    })
 }
 pub fn max_connections() -> usize {
     MAX_CONNECTIONS.get() as usize

@@ -1,6 +1,6 @@
 //! Files under `$PGDATA/pg_realtime/`: a transaction's changes spill to `<pid>-<xid>.spill`
 //! once they outgrow realtime.spill_threshold, and prepared transactions keep their changes in
-//! `prepared/` until COMMIT PREPARED. Every path, creation and removal of them is here.
+//! `prepared/` until COMMIT PREPARED. (`history/` beside them is the history's.) Every path, creation and removal of them is here.
 
 use std::fs::File;
 use std::path::Path;

@@ -451,7 +451,15 @@ fn a_100_000_row_transaction_arrives_complete_and_in_order() {
     assert!(c.iter().all(|m| m["xid"] == c[0]["xid"]));
     // The spill file is gone once streamed.
     let spill = cluster().data().join("pg_realtime");
-    let left = std::fs::read_dir(&spill).map(|d| d.count()).unwrap_or(0);
+    let left = std::fs::read_dir(&spill)
+        .map(|d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "spill"))
+            })
+            .count()
+        })
+        .unwrap_or(0);
     assert_eq!(left, 0, "spill files left in {spill:?}");
 }
 

@@ -179,18 +179,45 @@ impl Batch {
 
 /// Why positions were skipped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
 pub enum GapReason {
     /// The shared queue was full when transactions committed.
-    QueueOverflow,
+    QueueOverflow = 1,
     /// A spilled transaction's file could not be read back.
-    SpillUnreadable,
+    SpillUnreadable = 2,
     /// The worker could not render a transaction's rows.
-    RenderFailed,
+    RenderFailed = 3,
     /// This session fell behind what the fan-out keeps.
-    SlowClient,
+    SlowClient = 4,
     /// Row-level security could not be evaluated for this subscriber (an error in a policy,
     /// or its time limit).
-    PolicyFailed,
+    PolicyFailed = 5,
+    /// The worker or the server stopped without accounting for everything committed (a crash,
+    /// or commits racing a shutdown).
+    ServerRestart = 6,
+    /// A resume asked for positions older than the history keeps.
+    HistoryExpired = 7,
+    /// The history could not be written for a while, or lost a file.
+    HistoryLost = 8,
+}
+
+impl GapReason {
+    /// The byte the history stores.
+    pub fn from_u8(b: u8) -> Option<GapReason> {
+        use GapReason::*;
+        [
+            QueueOverflow,
+            SpillUnreadable,
+            RenderFailed,
+            SlowClient,
+            PolicyFailed,
+            ServerRestart,
+            HistoryExpired,
+            HistoryLost,
+        ]
+        .into_iter()
+        .find(|r| *r as u8 == b)
+    }
 }
 
 /// Why the server ended a subscription.
@@ -273,6 +300,13 @@ pub enum Request {
     },
     /// A subscription judged by the worker (`RowAccess::Checked`) ended.
     Release { audience: AudienceId },
+    /// Judge changes read back from the history for one audience, as live ones were: they
+    /// come back with its verdicts attached.
+    Judge {
+        audience: AudienceId,
+        changes: Vec<Change>,
+        reply: Reply<Vec<Change>>,
+    },
 }
 
 /// The network side's way to ask the Postgres thread something.
@@ -299,6 +333,19 @@ impl WorkerHandle {
             table,
             filter,
             principal,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn judge(
+        &self,
+        audience: AudienceId,
+        changes: Vec<Change>,
+    ) -> Result<Vec<Change>, ResolveError> {
+        self.ask(|reply| Request::Judge {
+            audience,
+            changes,
             reply,
         })
         .await

@@ -6,6 +6,7 @@
 //! - `bridge`: the only types that cross between the worker's Postgres thread and the network
 //!   threads: `Change`, `Batch`, `Request`/`WorkerHandle`, `Shared` numbers and `Limits`.
 //! - `filter`: `column=op.value` filters: parsing, and matching rows the way SQL compares.
+//! - `history`: published changes kept on disk, read back for clients that resume.
 //! - `protocol`: the wire protocols; `native` is realtime_ext's own JSON messages.
 //! - `visibility`: the columns and rows (row-level security) a subscriber may see.
 //! - `net`: tokio threads: listeners, the HTTP front door, the fan-out ring, the subscription
@@ -14,6 +15,7 @@
 pub mod auth;
 pub mod bridge;
 pub mod filter;
+pub mod history;
 pub mod net;
 pub mod ops;
 pub mod protocol;

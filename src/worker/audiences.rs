@@ -120,6 +120,19 @@ impl Audiences {
         }
     }
 
+    /// Attach to each change (of one table, read back from the history) the verdict of one
+    /// audience; a failure, or an audience that no longer exists, is a failed verdict.
+    pub fn judge_one(&mut self, id: AudienceId, changes: &mut [Change]) {
+        let which: Vec<usize> = (0..changes.len()).collect();
+        let visible = self
+            .audiences
+            .get(&id)
+            .and_then(|a| a.visible(changes, &which, &mut self.plans));
+        for (n, change) in changes.iter_mut().enumerate() {
+            change.set_verdicts(vec![(id, verdict(visible.as_ref(), n))]);
+        }
+    }
+
     /// Attach to each change the verdicts of the audiences of its table.
     pub fn judge(&mut self, changes: &mut [Change]) {
         if self.audiences.is_empty() {
@@ -187,26 +200,28 @@ impl Audiences {
         for (id, visible) in judged {
             let relid = self.audiences[&id].key.relid;
             for (n, i) in of_table(relid).into_iter().enumerate() {
-                verdicts[i].push((
-                    id,
-                    match &visible {
-                        Some(v) => Verdict {
-                            new_visible: v[2 * n],
-                            old_visible: v[2 * n + 1],
-                            failed: false,
-                        },
-                        None => Verdict {
-                            new_visible: false,
-                            old_visible: false,
-                            failed: true,
-                        },
-                    },
-                ));
+                verdicts[i].push((id, verdict(visible.as_ref(), n)));
             }
         }
         for (change, v) in changes.iter_mut().zip(verdicts) {
             change.set_verdicts(v);
         }
+    }
+}
+
+/// The verdict on the `n`-th change judged, from what was visible (`None`: it failed).
+fn verdict(visible: Option<&Visible>, n: usize) -> Verdict {
+    match visible {
+        Some(v) => Verdict {
+            new_visible: v[2 * n],
+            old_visible: v[2 * n + 1],
+            failed: false,
+        },
+        None => Verdict {
+            new_visible: false,
+            old_visible: false,
+            failed: true,
+        },
     }
 }
 

@@ -74,6 +74,14 @@ pub fn answer(request: Request, audiences: &mut Audiences) {
             }
         }
         Request::Release { audience } => audiences.leave(audience),
+        Request::Judge {
+            audience,
+            mut changes,
+            reply,
+        } => {
+            audiences.judge_one(audience, &mut changes);
+            let _ = reply.send(Ok(changes));
+        }
     }
 }
 

@@ -8,6 +8,7 @@ mod claims_column;
 mod invalidation;
 mod policy;
 mod publisher;
+mod retention;
 mod rows;
 mod security;
 
@@ -95,8 +96,15 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
         hosts: gucs::listen_addresses(),
         port: gucs::port(),
     };
-    let server =
-        net::start(&address, shared.clone(), handle, batches.clone()).unwrap_or_else(|e| fatal(e));
+    let history = retention::open();
+    let server = net::start(
+        &address,
+        shared.clone(),
+        handle,
+        batches.clone(),
+        history.clone(),
+    )
+    .unwrap_or_else(|e| fatal(e));
     log!(
         "realtime_ext: serving WebSocket clients on {}{} (database \"{}\")",
         server.description(),
@@ -104,7 +112,7 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
         gucs::database()
     );
 
-    let mut publisher = Publisher::new(batches.clone(), shared.clone());
+    let mut publisher = Publisher::new(batches.clone(), shared.clone(), history.clone());
     let waiter = Waiter::new(&inbox);
     // SAFETY: the worker's own latch, set at process start; it outlives the queue's reference (cleared before exit).
     queue::set_worker_latch(unsafe { pg_sys::MyLatch });
@@ -144,6 +152,9 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
             // realtime.anon_role, realtime.authenticator and the like change who may see what.
             invalidation::changed();
             batches.set_max_bytes(gucs::client_memory_bytes());
+            if let (Some(history), Some(limits)) = (&history, gucs::history_limits()) {
+                history.set_limits(limits);
+            }
         }
         // Questions are taken before the queue is drained and answered after, so that the
         // changes committed before a subscription was asked for are numbered at or below the
@@ -177,6 +188,13 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
         }
     }
     queue::set_worker_latch(std::ptr::null_mut());
+    // What is already committed goes into the history before the stop entry: the queue does
+    // not survive a server restart.
+    while publisher.pump() {}
+    publisher.persist_position();
+    if let Some(history) = &history {
+        retention::stop(history, publisher.published());
+    }
     server.shutdown();
     log!("realtime_ext: worker shutting down");
     // Exit code 1 so that the postmaster restarts the worker after pg_terminate_backend();

@@ -7,6 +7,7 @@ use crate::event::{decode_record, events, EventRef, Item, Record};
 use crate::queue;
 use pgrx::pg_sys;
 use realtime_core::bridge::{Batch, BatchSender, Change, EndReason, GapReason, Shared, Txn};
+use realtime_core::history::History;
 use std::collections::HashMap;
 use std::io::Read;
 use std::sync::atomic::Ordering::Relaxed;
@@ -87,10 +88,14 @@ pub struct Publisher {
     stats_at: std::time::Instant,
     /// Subscribers whose row security is judged here, batch by batch.
     pub audiences: Audiences,
+    /// Where every batch is written before sessions are handed it, for clients that resume.
+    history: Option<Arc<History>>,
+    /// The last write to the history failed (warned once until one succeeds).
+    history_failing: bool,
 }
 
 impl Publisher {
-    pub fn new(tx: BatchSender, shared: Arc<Shared>) -> Publisher {
+    pub fn new(tx: BatchSender, shared: Arc<Shared>, history: Option<Arc<History>>) -> Publisher {
         let next_position = queue::next_position();
         shared.position.store(next_position - 1, Relaxed);
         Publisher {
@@ -106,6 +111,8 @@ impl Publisher {
             stored_position: next_position,
             stats_at: std::time::Instant::now(),
             audiences: Audiences::default(),
+            history,
+            history_failing: false,
         }
     }
 
@@ -364,12 +371,13 @@ impl Publisher {
         true
     }
 
-    /// With no subscription anywhere, nobody can receive a change: number it without rendering
-    /// its frame. Safe against a subscription being made meanwhile: it is counted before the
+    /// With no subscription anywhere and no history, nobody can receive a change: number it
+    /// without rendering its rows. Safe against a subscription being made meanwhile: it is counted before the
     /// worker is asked to resolve it, and answered only after this pass, so it starts after
     /// these positions.
     fn skip_unheard(&mut self, count: u32) -> bool {
-        if self.shared.subscriptions.load(Relaxed) > 0 {
+        // With a history, a client may resume and ask for it later.
+        if self.history.is_some() || self.shared.subscriptions.load(Relaxed) > 0 {
             return false;
         }
         self.flush();
@@ -403,8 +411,24 @@ impl Publisher {
         }
     }
 
+    /// The last position published.
+    pub fn published(&self) -> u64 {
+        self.next_position - 1
+    }
+
     fn send(&mut self, batch: Batch) {
         let last = batch.last_position();
+        // Written first: whatever a session is handed, a client can resume from.
+        if let Some(history) = &self.history {
+            match history.append(&batch) {
+                Ok(()) => self.history_failing = false,
+                Err(e) if !self.history_failing => {
+                    self.history_failing = true;
+                    pgrx::warning!("realtime_ext: could not write to the history: {e}; clients that resume across these changes get a history_lost gap");
+                }
+                Err(_) => {}
+            }
+        }
         self.tx.send(batch);
         self.shared.position.store(last, Relaxed);
     }

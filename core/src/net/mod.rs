@@ -11,6 +11,7 @@ pub mod subscriptions;
 pub mod tls;
 
 use crate::bridge::{BatchSender, Shared, WorkerHandle};
+use crate::history::History;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +37,8 @@ pub struct Context {
     pub worker: WorkerHandle,
     pub batches: BatchSender,
     pub handshakes: Arc<http::Handshakes>,
+    /// Published changes kept on disk, for clients that resume (`None`: no history).
+    pub history: Option<Arc<History>>,
 }
 
 pub struct Server {
@@ -77,6 +80,7 @@ pub fn start(
     shared: Arc<Shared>,
     worker: WorkerHandle,
     batches: BatchSender,
+    history: Option<Arc<History>>,
 ) -> Result<Server, String> {
     let addrs = resolve(address)?;
     raise_fd_limit();
@@ -93,6 +97,7 @@ pub fn start(
         worker,
         batches,
         handshakes: Arc::new(http::Handshakes::default()),
+        history,
     };
     let mut bound = Vec::new();
     let mut errors = Vec::new();

@@ -7,6 +7,7 @@ use super::interest::Keys;
 use crate::auth::Principal;
 use crate::bridge::{Batch, Change, EndReason, GapReason, ResolveError, Shared, WorkerHandle};
 use crate::filter::{self, FilterError, FilterSpec};
+use crate::history::History;
 use crate::ops::{Op, OpSet};
 use crate::visibility::{AudienceId, Columns, RowAccess};
 use std::sync::atomic::Ordering::Relaxed;
@@ -19,6 +20,8 @@ pub struct Wish {
     /// `None`: every event the table is watched for.
     pub events: Option<OpSet>,
     pub filter: Option<String>,
+    /// Resume after this position from the history.
+    pub since: Option<u64>,
 }
 
 /// Why a subscription was not made.
@@ -45,8 +48,20 @@ pub struct Subscribed<'a> {
     pub schema: &'a str,
     pub table: &'a str,
     pub events: OpSet,
-    /// Changes after this position are delivered.
+    /// Changes after this position are delivered live.
     pub position: u64,
+    /// With `Wish::since`: what to read back from the history before the live changes.
+    pub resume: Option<Resume>,
+}
+
+/// The stretch a resuming subscription reads back from the history: after `after`, through
+/// `through` (the position its live changes start after).
+#[derive(Clone, Copy, Debug)]
+pub struct Resume {
+    pub after: u64,
+    pub through: u64,
+    /// Nothing in it is missing from the history for this table.
+    pub complete: bool,
 }
 
 /// What a session is to send, in order, for a batch (changes by their index in it).
@@ -127,10 +142,16 @@ enum Wanted {
 
 impl<K> Subscription<K> {
     fn wants(&self, change: &Change) -> Wanted {
-        if change.relid != self.relid
-            || !self.ops.contains(change.op)
-            || change.position <= self.after
-        {
+        if change.position <= self.after {
+            return Wanted::No;
+        }
+        self.would_want(change)
+    }
+
+    /// What it makes of a change whenever it was committed (for changes read back from the
+    /// history, which come before `after`).
+    fn would_want(&self, change: &Change) -> Wanted {
+        if change.relid != self.relid || !self.ops.contains(change.op) {
             return Wanted::No;
         }
         // TRUNCATE affects every row: it reaches everyone who may read the table.
@@ -167,6 +188,7 @@ pub struct SubscriptionSet<K> {
     shared: Arc<Shared>,
     worker: WorkerHandle,
     registrar: Registrar,
+    history: Option<Arc<History>>,
     subscriptions: Vec<Subscription<K>>,
     /// Last position this connection has looked at.
     seen: u64,
@@ -177,12 +199,18 @@ pub struct SubscriptionSet<K> {
 }
 
 impl<K> SubscriptionSet<K> {
-    pub fn new(shared: Arc<Shared>, worker: WorkerHandle, registrar: Registrar) -> Self {
+    pub fn new(
+        shared: Arc<Shared>,
+        worker: WorkerHandle,
+        registrar: Registrar,
+        history: Option<Arc<History>>,
+    ) -> Self {
         let seen = shared.position();
         SubscriptionSet {
             shared,
             worker,
             registrar,
+            history,
             subscriptions: Vec::new(),
             seen,
             lagged: false,
@@ -215,7 +243,20 @@ impl<K> SubscriptionSet<K> {
         // Counted before the worker is asked, so that by the time it answers, commits already
         // wake it (see queue::set_wake_on_commit); a failed subscribe drops the count.
         let counted = Counted::new(&self.shared);
+        let since = wish.since;
         let made = self.make(key, wish, principal, counted).await?;
+        let resume = since.map(|after| {
+            let through = made.after;
+            Resume {
+                after,
+                through,
+                complete: after >= through
+                    || self
+                        .history
+                        .as_ref()
+                        .is_some_and(|h| h.complete(after, through, made.relid)),
+            }
+        });
         self.subscriptions.push(made);
         let s = self.subscriptions.last().expect("just pushed");
         Ok(Subscribed {
@@ -223,6 +264,7 @@ impl<K> SubscriptionSet<K> {
             table: &s.table,
             events: s.ops,
             position: s.after,
+            resume,
         })
     }
 
@@ -401,37 +443,106 @@ impl<K> SubscriptionSet<K> {
                     let Some((wanted, columns)) = wanted else {
                         continue;
                     };
-                    let columns = columns.clone();
-                    // Consecutive misses make one gap.
-                    if wanted == Wanted::Missed {
-                        if let Some(Outgoing::Gap {
-                            reason: GapReason::PolicyFailed,
-                            to,
-                            ..
-                        }) = out.last_mut()
-                        {
-                            *to = change.position;
-                            continue;
-                        }
-                    }
-                    out.push(match wanted {
-                        Wanted::No => continue,
-                        Wanted::Missed => Outgoing::Gap {
-                            reason: GapReason::PolicyFailed,
-                            from: change.position,
-                            to: change.position,
-                        },
-                        Wanted::Leave => Outgoing::Leave { index: i, columns },
-                        Wanted::ChangeWithoutOld | Wanted::Change => Outgoing::Change {
-                            index: i,
-                            old: wanted == Wanted::Change,
-                            columns,
-                        },
-                    });
+                    push(out, wanted, i, change.position, columns.clone());
                 }
             }
             Batch::Ended { relid, reason, .. } => self.end(*reason, |s| s.relid == *relid, out),
         }
         self.seen = self.seen.max(batch.last_position());
     }
+
+    /// Append to `out` what to send for `batch`, read back from the history, to the
+    /// subscription `same` picks (resuming). A change this connection was already sent live
+    /// for another subscription is not sent again.
+    pub fn replay(&mut self, same: impl Fn(&K) -> bool, batch: &Batch, out: &mut Vec<Outgoing<K>>) {
+        let Some(at) = self.subscriptions.iter().position(|s| same(&s.key)) else {
+            return;
+        };
+        let s = &self.subscriptions[at];
+        match batch {
+            Batch::Gap {
+                reason,
+                first_position,
+                last_position,
+                tables,
+            } => {
+                if tables.as_ref().is_none_or(|t| t.contains(&s.relid)) {
+                    out.push(Outgoing::Gap {
+                        reason: *reason,
+                        from: *first_position,
+                        to: *last_position,
+                    });
+                }
+            }
+            Batch::Changes(changes) => {
+                for (i, change) in changes.iter().enumerate() {
+                    let sent_live = change.position <= self.seen
+                        && self
+                            .subscriptions
+                            .iter()
+                            .any(|other| other.wants(change) != Wanted::No);
+                    if !sent_live {
+                        push(
+                            out,
+                            s.would_want(change),
+                            i,
+                            change.position,
+                            s.columns.clone(),
+                        );
+                    }
+                }
+            }
+            Batch::Ended { relid, reason, .. } if *relid == s.relid => {
+                self.end(*reason, |s| same(&s.key), out)
+            }
+            Batch::Ended { .. } => {}
+        }
+    }
+
+    /// The audience that judges the rows of the subscription `same` picks, if the worker does.
+    pub fn audience(&self, same: impl Fn(&K) -> bool) -> Option<AudienceId> {
+        self.subscriptions
+            .iter()
+            .find(|s| same(&s.key))
+            .and_then(|s| match s.rows {
+                RowAccess::Checked(id) => Some(id),
+                _ => None,
+            })
+    }
+}
+
+/// Append what a subscription makes of the change at `index` (`position`) to `out`;
+/// consecutive misses make one gap.
+fn push<K>(
+    out: &mut Vec<Outgoing<K>>,
+    wanted: Wanted,
+    index: usize,
+    position: u64,
+    columns: Columns,
+) {
+    if wanted == Wanted::Missed {
+        if let Some(Outgoing::Gap {
+            reason: GapReason::PolicyFailed,
+            to,
+            ..
+        }) = out.last_mut()
+        {
+            *to = position;
+            return;
+        }
+    }
+    out.push(match wanted {
+        Wanted::No => return,
+        Wanted::Missed => Outgoing::Gap {
+            reason: GapReason::PolicyFailed,
+            from: position,
+            to: position,
+        },
+        Wanted::Leave => Outgoing::Leave { index, columns },
+        Wanted::ChangeWithoutOld | Wanted::Change => Outgoing::Change {
+            index,
+            old: wanted == Wanted::Change,
+            columns,
+        },
+    });
 }

@@ -23,6 +23,8 @@ pub enum ClientMessage {
         table: String,
         events: Option<Vec<String>>,
         filter: Option<String>,
+        /// Resume: also send the changes after this position that are still in the history.
+        since: Option<u64>,
     },
     Unsubscribe {
         id: Value,
@@ -72,6 +74,10 @@ pub enum ServerMessage<'a> {
         table: &'a str,
         events: Vec<&'static str>,
         position: u64,
+        /// With `since`: "complete" when every change after it follows, "partial" when a
+        /// `gap` will say what is missing.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        resume: Option<&'static str>,
     },
     Unsubscribed {
         id: &'a Value,
@@ -94,6 +100,9 @@ pub enum ServerMessage<'a> {
         reason: GapReason,
         from_position: u64,
         to_position: u64,
+        /// Subscribe again with this `since` to get what was missed, while the history holds it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        resume_from: Option<u64>,
     },
     /// The connection now acts as `role`; `expires_at` is when its token stops being valid
     /// (Unix seconds), absent when it does not expire.
@@ -124,6 +133,9 @@ impl Serialize for GapReason {
             GapReason::RenderFailed => "render_failed",
             GapReason::SlowClient => "slow_client",
             GapReason::PolicyFailed => "policy_failed",
+            GapReason::ServerRestart => "server_restart",
+            GapReason::HistoryExpired => "history_expired",
+            GapReason::HistoryLost => "history_lost",
         })
     }
 }

@@ -6,16 +6,18 @@
 //! which positions it missed, and one stuck on a full socket is closed. Nobody else waits for
 //! it.
 
-use crate::bridge::{Batch, Encoding, EndReason};
+use crate::bridge::{Batch, Encoding, EndReason, GapReason, WorkerHandle};
+use crate::history::History;
 use crate::net::fanout::Missed;
 use crate::net::identity::Identity;
-use crate::net::subscriptions::{Outgoing, SubscribeError, SubscriptionSet, Wish};
+use crate::net::subscriptions::{Outgoing, Resume, SubscribeError, SubscriptionSet, Wish};
 use crate::net::Context;
 use crate::net::Stream;
 use crate::ops::OpSet;
 use crate::protocol::native::{self, ClientMessage, Coded, ErrorCode, ServerMessage};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -23,6 +25,11 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+/// Changes read back from the history per batch handed to the session (and judged together
+/// by the worker, when it judges the subscription).
+const REPLAY_CHUNK: usize = 256;
+/// Batches read ahead from the history while the session writes.
+const REPLAY_QUEUE: usize = 4;
 /// Most batches written between two flushes when catching up.
 const CATCH_UP_BATCHES: usize = 64;
 /// Entries of the outgoing list a session keeps allocated between batches.
@@ -38,6 +45,8 @@ const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 struct Session<S> {
     sink: Sink<S>,
     identity: Identity,
+    worker: WorkerHandle,
+    history: Option<Arc<History>>,
     subscriptions: SubscriptionSet<Value>,
     outgoing: Vec<Outgoing<Value>>,
 }
@@ -51,10 +60,13 @@ pub async fn run<S: Stream>(ws: WebSocketStream<S>, context: Context, identity: 
     let mut session = Session {
         sink,
         identity,
+        worker: context.worker.clone(),
+        history: context.history.clone(),
         subscriptions: SubscriptionSet::new(
             context.shared.clone(),
             context.worker.clone(),
             batches.registrar(),
+            context.history.clone(),
         ),
         outgoing: Vec::new(),
     };
@@ -253,6 +265,7 @@ impl<S: Stream> Session<S> {
                 table,
                 events,
                 filter,
+                since,
             }) => {
                 let events = match events.as_deref().map(OpSet::parse).transpose() {
                     Ok(events) => events,
@@ -266,29 +279,107 @@ impl<S: Stream> Session<S> {
                     table,
                     events,
                     filter,
+                    since,
                 };
                 let principal = match self.identity.principal() {
                     Ok(principal) => principal.clone(),
                     Err(e) => return self.refuse(e, Some(&id)).await,
                 };
-                let text = match self
+                let (text, resume) = match self
                     .subscriptions
                     .subscribe(id.clone(), wish, &principal, native::same_id)
                     .await
                 {
-                    Ok(made) => ServerMessage::Subscribed {
-                        id: &id,
-                        schema: made.schema,
-                        table: made.table,
-                        events: made.events.iter().map(|op| op.name()).collect(),
-                        position: made.position,
-                    }
-                    .to_text(),
+                    Ok(made) => (
+                        ServerMessage::Subscribed {
+                            id: &id,
+                            schema: made.schema,
+                            table: made.table,
+                            events: made.events.iter().map(|op| op.name()).collect(),
+                            position: made.position,
+                            resume: made.resume.map(|r| {
+                                if r.complete {
+                                    "complete"
+                                } else {
+                                    "partial"
+                                }
+                            }),
+                        }
+                        .to_text(),
+                        made.resume,
+                    ),
                     Err(e) => return self.refuse(e, Some(&id)).await,
                 };
                 let _ = self.sink.send(Message::text(text)).await;
+                if let Some(resume) = resume {
+                    let _ = self.replay(&id, resume).await;
+                }
             }
         }
+    }
+
+    /// Send the subscription `id` what the history holds of the stretch `resume` covers,
+    /// before any of its live changes: read in a blocking thread, judged by the worker where
+    /// it judges the subscription's rows.
+    async fn replay(&mut self, id: &Value, resume: Resume) -> Result<(), WsError> {
+        let same = |key: &Value| native::same_id(key, id);
+        if resume.after >= resume.through {
+            return Ok(());
+        }
+        let Some(history) = self.history.clone() else {
+            let mut gap = vec![Outgoing::Gap {
+                reason: GapReason::HistoryExpired,
+                from: resume.after + 1,
+                to: resume.through,
+            }];
+            return self.send_all(&Batch::Changes(Vec::new()), &mut gap).await;
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::channel(REPLAY_QUEUE);
+        tokio::task::spawn_blocking(move || {
+            let mut chunk = Vec::new();
+            for batch in history.read(resume.after, resume.through) {
+                let sent = match batch {
+                    Batch::Changes(mut changes) => {
+                        chunk.append(&mut changes);
+                        if chunk.len() < REPLAY_CHUNK {
+                            continue;
+                        }
+                        tx.blocking_send(Batch::Changes(std::mem::take(&mut chunk)))
+                    }
+                    other => {
+                        let changes = Batch::Changes(std::mem::take(&mut chunk));
+                        tx.blocking_send(changes)
+                            .and_then(|()| tx.blocking_send(other))
+                    }
+                };
+                // The session went away.
+                if sent.is_err() {
+                    return;
+                }
+            }
+            let _ = tx.blocking_send(Batch::Changes(chunk));
+        });
+        let audience = self.subscriptions.audience(same);
+        let mut outgoing = Vec::new();
+        while let Some(mut batch) = rx.recv().await {
+            if let (Some(audience), Batch::Changes(changes)) = (audience, &mut batch) {
+                if let (Some(first), Some(last)) = (changes.first(), changes.last()) {
+                    let (from, to) = (first.position, last.position);
+                    match self.worker.judge(audience, std::mem::take(changes)).await {
+                        Ok(judged) => *changes = judged,
+                        // The worker is restarting: these could not be judged.
+                        Err(_) => outgoing.push(Outgoing::Gap {
+                            reason: GapReason::PolicyFailed,
+                            from,
+                            to,
+                        }),
+                    }
+                }
+            }
+            self.subscriptions.replay(same, &batch, &mut outgoing);
+            self.send_all(&batch, &mut outgoing).await?;
+        }
+        self.sink.flush().await
     }
 
     async fn deliver(&mut self, batch: &Batch) -> Result<(), WsError> {
@@ -351,6 +442,9 @@ impl<S: Stream> Session<S> {
                     reason,
                     from_position: from,
                     to_position: to,
+                    // What a slow client missed is still in the history.
+                    resume_from: (reason == GapReason::SlowClient && self.history.is_some())
+                        .then(|| from - 1),
                 }
                 .to_text()
                 .into(),

@@ -1,0 +1,263 @@
+//! Resuming from a position: what a client missed while away comes back from the history,
+//! authorized and filtered as live changes are, then the live stream, with nothing lost or
+//! twice; what cannot come back is a `gap` first, never silence.
+
+mod common;
+
+use common::{token, Cluster, Ws};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// Subscribe `id` to `table` resuming after `since`; the `subscribed` reply.
+fn resume(ws: &mut Ws, id: &str, table: &str, filter: Option<&str>, since: u64) -> Value {
+    let mut msg = json!({"type": "subscribe", "id": id, "table": table, "since": since});
+    if let Some(f) = filter {
+        msg["filter"] = json!(f);
+    }
+    ws.send(msg);
+    let reply = ws.recv();
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+    reply
+}
+
+fn position(m: &Value) -> u64 {
+    m["position"].as_u64().expect("a position")
+}
+
+/// Inserts `ids` into `table` (columns id, owner), one transaction each.
+fn insert(db: &mut postgres::Client, table: &str, ids: &[(i32, &str)]) {
+    for (id, owner) in ids {
+        db.execute(
+            &format!("INSERT INTO {table} (id, owner) VALUES ($1, $2)"),
+            &[id, owner],
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn a_client_that_comes_back_gets_what_it_missed_then_the_live_stream() {
+    let cluster = Cluster::start("resume_back", &[]);
+    let mut db = cluster.client();
+    db.batch_execute(
+        "CREATE ROLE app_user NOLOGIN;
+         GRANT app_user TO realtime_authenticator;
+         CREATE TABLE notes (id int, owner text, body text);
+         ALTER TABLE notes ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY mine ON notes USING (owner = current_setting('request.jwt.claims', true)::json->>'sub');
+         GRANT SELECT ON notes TO app_user;
+         SELECT realtime_watch('notes');",
+    )
+    .unwrap();
+    let alice = token(json!({"role": "app_user", "sub": "alice"}));
+    let mut ws = Ws::connect_as(cluster.ws_port, &alice);
+    ws.subscribe("n", "notes", None);
+    insert(&mut db, "notes", &[(1, "alice")]);
+    let last_seen = position(&ws.changes(1)[0]);
+    drop(ws);
+
+    // While away: alice's rows, bob's rows, and an update that moves one of hers to bob.
+    insert(&mut db, "notes", &[(2, "alice"), (3, "bob"), (4, "alice")]);
+    db.execute("UPDATE notes SET owner = 'bob' WHERE id = 2", &[])
+        .unwrap();
+    db.execute("UPDATE notes SET body = 'x' WHERE id = 4", &[])
+        .unwrap();
+
+    let mut ws = Ws::connect_as(cluster.ws_port, &alice);
+    let reply = resume(&mut ws, "n", "notes", None, last_seen);
+    assert_eq!(reply["resume"], "complete", "{reply}");
+    let live_after = position(&reply);
+    let missed = ws.drain();
+    let summary: Vec<(String, i64)> = missed
+        .iter()
+        .map(|m| {
+            let row = if m["type"] == "leave" {
+                &m["old"]
+            } else {
+                &m["new"]
+            };
+            (
+                m["type"].as_str().unwrap().to_string(),
+                row["id"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("change".to_string(), 2),
+            ("change".to_string(), 4),
+            ("leave".to_string(), 2),
+            ("change".to_string(), 4)
+        ],
+        "only alice's rows, in order: {missed:?}"
+    );
+    let positions: Vec<u64> = missed.iter().map(position).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]) && positions[0] > last_seen);
+    assert!(*positions.last().unwrap() <= live_after);
+
+    // Then live, with nothing twice.
+    insert(&mut db, "notes", &[(5, "alice")]);
+    let live = ws.changes(1);
+    assert_eq!(live[0]["new"]["id"], 5);
+    assert!(position(&live[0]) > live_after);
+    ws.nothing_more();
+
+    // A filter applies to what comes back as to live changes.
+    let mut filtered = Ws::connect_as(cluster.ws_port, &alice);
+    let reply = resume(&mut filtered, "f", "notes", Some("id=eq.4"), last_seen);
+    assert_eq!(reply["resume"], "complete");
+    assert_eq!(filtered.change_ids(2), vec![4, 4]);
+    filtered.nothing_more();
+}
+
+#[test]
+fn older_than_the_history_is_a_gap_then_everything_it_keeps() {
+    // 1 MB of history: segments of 1 MB, the oldest dropped past it.
+    let cluster = Cluster::start("resume_expired", &["realtime.history_size = 1"]);
+    let mut db = cluster.client();
+    db.batch_execute(
+        "CREATE TABLE big (id int, owner text, payload text);
+         SELECT realtime_watch('big');",
+    )
+    .unwrap();
+    let mut ws = cluster.ws();
+    ws.subscribe("b", "big", None);
+    db.execute("INSERT INTO big (id) VALUES (0)", &[]).unwrap();
+    let first = position(&ws.changes(1)[0]);
+    drop(ws);
+    for id in 1..=30 {
+        db.execute(
+            "INSERT INTO big (id, payload) VALUES ($1, repeat('x', 100000))",
+            &[&id],
+        )
+        .unwrap();
+    }
+    let mut ws = cluster.ws();
+    ws.set_timeout(Duration::from_secs(20));
+    let reply = resume(&mut ws, "b", "big", None, first);
+    assert_eq!(reply["resume"], "partial", "{reply}");
+    let gap = ws.recv();
+    assert_eq!(
+        (gap["type"].as_str(), gap["reason"].as_str()),
+        (Some("gap"), Some("history_expired")),
+        "{gap}"
+    );
+    assert_eq!(gap["from_position"].as_u64(), Some(first + 1));
+    let kept = ws.drain();
+    let ids: Vec<i64> = kept
+        .iter()
+        .map(|m| m["new"]["id"].as_i64().unwrap())
+        .collect();
+    assert!(
+        !ids.is_empty() && ids.len() < 30,
+        "some, not all, are kept: {ids:?}"
+    );
+    // What is kept is the newest, in order, and starts right after the gap.
+    let expected: Vec<i64> = (31 - ids.len() as i64..=30).collect();
+    assert_eq!(ids, expected);
+    assert_eq!(position(&kept[0]), gap["to_position"].as_u64().unwrap() + 1);
+}
+
+#[test]
+fn a_worker_restart_loses_nothing_a_server_restart_is_a_gap() {
+    let cluster = Cluster::start("resume_restart", &[]);
+    let mut db = cluster.client();
+    db.batch_execute(
+        "CREATE TABLE events (id int, owner text);
+         SELECT realtime_watch('events');",
+    )
+    .unwrap();
+    let mut ws = cluster.ws();
+    ws.subscribe("e", "events", None);
+    insert(&mut db, "events", &[(1, "")]);
+    let seen = position(&ws.changes(1)[0]);
+    drop(ws);
+
+    // The worker stops and comes back; changes committed meanwhile wait in the queue.
+    insert(&mut db, "events", &[(2, "")]);
+    let pid = cluster.worker_pid();
+    db.execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .unwrap();
+    insert(&mut db, "events", &[(3, "")]);
+    std::thread::sleep(Duration::from_millis(1500));
+    cluster.wait_healthy();
+    insert(&mut db, "events", &[(4, "")]);
+    let mut ws = cluster.ws();
+    let reply = resume(&mut ws, "e", "events", None, seen);
+    assert_eq!(reply["resume"], "complete", "{reply}");
+    assert_eq!(ws.change_ids(3), vec![2, 3, 4]);
+    ws.nothing_more();
+    let seen = position(&reply);
+    drop(ws);
+
+    // A server restart cannot account for commits racing its shutdown: a gap, then the rest.
+    drop(db);
+    cluster.restart();
+    let mut db = cluster.client();
+    insert(&mut db, "events", &[(5, "")]);
+    let mut ws = cluster.ws();
+    let reply = resume(&mut ws, "e", "events", None, seen);
+    assert_eq!(reply["resume"], "partial", "{reply}");
+    let gap = ws.recv();
+    assert_eq!(gap["reason"], "server_restart", "{gap}");
+    assert_eq!(ws.change_ids(1), vec![5]);
+    assert!(gap["from_position"].as_u64().unwrap() > seen);
+    assert!(gap["to_position"].as_u64().unwrap() <= position(&reply));
+
+    // So does a crash (immediate shutdown).
+    let seen = position(&reply);
+    drop((ws, db));
+    cluster.pg_ctl(&["stop", "-m", "immediate"]);
+    cluster.pg_ctl(&[
+        "start",
+        "-w",
+        "-l",
+        cluster.dir.join("server.log").to_str().unwrap(),
+    ]);
+    cluster.wait_healthy();
+    let mut db = cluster.client();
+    insert(&mut db, "events", &[(6, "")]);
+    let mut ws = cluster.ws();
+    let reply = resume(&mut ws, "e", "events", None, seen);
+    assert_eq!(reply["resume"], "partial", "{reply}");
+    assert_eq!(ws.recv()["reason"], "server_restart");
+    assert_eq!(ws.change_ids(1), vec![6]);
+}
+
+#[test]
+fn rows_the_worker_judges_are_judged_again_when_they_come_back() {
+    let cluster = Cluster::start("resume_judged", &[]);
+    let mut db = cluster.client();
+    db.batch_execute(
+        "CREATE ROLE app_user NOLOGIN;
+         GRANT app_user TO realtime_authenticator;
+         CREATE TABLE members (team int, member text);
+         INSERT INTO members VALUES (1, 'alice'), (2, 'bob');
+         GRANT SELECT ON members TO app_user;
+         CREATE TABLE tasks (id int, owner text, team int);
+         ALTER TABLE tasks ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY team ON tasks USING (team IN (SELECT m.team FROM members m
+             WHERE m.member = current_setting('request.jwt.claims', true)::json->>'sub'));
+         GRANT SELECT ON tasks TO app_user;
+         SELECT realtime_watch('tasks');",
+    )
+    .unwrap();
+    let alice = token(json!({"role": "app_user", "sub": "alice"}));
+    let mut ws = Ws::connect_as(cluster.ws_port, &alice);
+    let reply = ws.subscribe("t", "tasks", None);
+    let since = position(&reply);
+    drop(ws);
+    for (id, team) in [(1, 1), (2, 2), (3, 1)] {
+        db.execute(
+            "INSERT INTO tasks (id, team) VALUES ($1, $2)",
+            &[&id, &team],
+        )
+        .unwrap();
+    }
+    let mut ws = Ws::connect_as(cluster.ws_port, &alice);
+    let reply = resume(&mut ws, "t", "tasks", None, since);
+    assert_eq!(reply["resume"], "complete");
+    assert_eq!(ws.change_ids(2), vec![1, 3]);
+    ws.nothing_more();
+}
