@@ -261,3 +261,52 @@ fn rows_the_worker_judges_are_judged_again_when_they_come_back() {
     assert_eq!(ws.change_ids(2), vec![1, 3]);
     ws.nothing_more();
 }
+
+#[test]
+fn a_slow_client_resumes_from_its_gap_and_loses_nothing() {
+    let cluster = Cluster::start("resume_slow", &["realtime.client_backlog = 16"]);
+    let mut db = cluster.client();
+    db.batch_execute("CREATE TABLE s (id int, pad text); SELECT realtime_watch('s')")
+        .unwrap();
+    let mut slow = cluster.ws();
+    slow.subscribe("s", "s", None);
+    let mut fast = cluster.ws();
+    fast.subscribe("s", "s", None);
+    const ROWS: i64 = 150;
+    // As in worker.rs: the fast client keeps up, the slow one reads nothing until the end.
+    for i in 0..ROWS as i32 {
+        db.execute("INSERT INTO s VALUES ($1, repeat('y', 200000))", &[&i])
+            .unwrap();
+        assert_eq!(fast.changes(1)[0]["new"]["id"], i);
+    }
+    let mut received = Vec::new();
+    let mut resume_from = None;
+    while received.last() != Some(&(ROWS - 1)) {
+        let m = slow.recv();
+        match m["type"].as_str().unwrap() {
+            "change" => received.push(m["new"]["id"].as_i64().unwrap()),
+            "gap" => {
+                assert_eq!(m["reason"], "slow_client");
+                assert_eq!(
+                    m["resume_from"].as_u64(),
+                    Some(m["from_position"].as_u64().unwrap() - 1)
+                );
+                resume_from.get_or_insert(m["resume_from"].as_u64().unwrap());
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    let resume_from = resume_from.expect("the slow client was sent a gap");
+    // The first row it did not get is where the resume picks up.
+    let first_missed = (0..ROWS).find(|i| !received.contains(i)).unwrap();
+    let mut again = cluster.ws();
+    again.set_timeout(Duration::from_secs(20));
+    let reply = resume(&mut again, "s", "s", None, resume_from);
+    assert_eq!(reply["resume"], "complete", "{reply}");
+    let ids: Vec<i64> = again
+        .drain()
+        .iter()
+        .map(|m| m["new"]["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, (first_missed..ROWS).collect::<Vec<_>>());
+}
