@@ -2,7 +2,7 @@
 # realtime_ext against the architecture it replaces, side by side, in one run.
 #   bench/run.sh            full run (about 25 minutes on 2 cores)
 #   bench/run.sh --quick    smaller counts, shorter runs (under 5 minutes once built)
-#   BENCH_SCENARIOS=LF bench/run.sh    only the scenarios named (any of W L F C T P R S)
+#   BENCH_SCENARIOS=LF bench/run.sh    only the scenarios named (any of W L F C T P R S D)
 # Builds what it needs, starts its own PostgreSQL 15 cluster (synchronous_commit on, fsync on)
 # and the Node LISTEN/NOTIFY bridge, runs every scenario, prints a markdown table and writes
 # the raw results to bench/results/<time>.json.
@@ -14,13 +14,13 @@ export BENCH_COMMIT=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 export BENCH_DIRTY=$([ -z "$(git status --porcelain 2>/dev/null)" ] && echo false || echo true)
 . scripts/lib.sh
 say() { printf '\n==> %s\n' "$*" >&2; }
-SCENARIOS=${BENCH_SCENARIOS:-WLFCTPRS}
+SCENARIOS=${BENCH_SCENARIOS:-WLFCTPRDS}
 want() { [[ $SCENARIOS == *$1* ]]; }
 
 if [ $QUICK = 1 ]; then
-  W_SECONDS=4; W_ROUNDS=1; L_EVENTS=1000; F_CLIENTS=1000; F_SECONDS=5; C_CLIENTS=5000; T_ROWS=100000; P_EVENTS=20; R_EVENTS=2000
+  W_SECONDS=4; W_ROUNDS=1; L_EVENTS=1000; F_CLIENTS=1000; F_SECONDS=5; C_CLIENTS=5000; T_ROWS=100000; P_EVENTS=20; R_EVENTS=2000; D_CLIENTS=100
 else
-  W_SECONDS=8; W_ROUNDS=4; L_EVENTS=10000; F_CLIENTS=10000; F_SECONDS=15; C_CLIENTS=50000; T_ROWS=1000000; P_EVENTS=100; R_EVENTS=20000
+  W_SECONDS=8; W_ROUNDS=4; L_EVENTS=10000; F_CLIENTS=10000; F_SECONDS=15; C_CLIENTS=50000; T_ROWS=1000000; P_EVENTS=100; R_EVENTS=20000; D_CLIENTS=1000
 fi
 
 say "building (extension, load generator, Node bridge)"
@@ -211,6 +211,12 @@ for mode in filter policy subselect perquery; do
   "$LOADGEN" rls --pg "$PG" --ws "$RT_URL" --clients 1000 --events $events --rate 1000 --mode $mode \
     --secret "$JWT_SECRET" --worker-pid "$worker_pid" | record
 done
+fi
+
+if want D; then
+say "D: $D_CLIENTS clients away for 10 s at 1,000 changes/s resume with since; 100 stay connected"
+"$LOADGEN" resume --pg "$PG" --ws "$RT_URL" --clients $D_CLIENTS --steady 100 --rate 1000 \
+  --before 5 --away 10 --after 15 | record
 fi
 
 if want S; then

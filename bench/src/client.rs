@@ -138,7 +138,13 @@ pub fn now_us() -> i64 {
 
 /// The writer's timestamp from a change message, found without parsing the whole message.
 pub fn sent_at_us(text: &str) -> Option<i64> {
-    let at = text.find("\"sent_at_us\":")? + "\"sent_at_us\":".len();
+    number_after(text, "\"sent_at_us\":")
+}
+
+/// The unsigned number right after the first `key` in `text` (cheaper than parsing the JSON
+/// of every message).
+pub fn number_after<T: std::str::FromStr>(text: &str, key: &str) -> Option<T> {
+    let at = text.find(key)? + key.len();
     let digits: String = text[at..]
         .chars()
         .take_while(|c| c.is_ascii_digit())

@@ -11,6 +11,10 @@
 //!            of them. M: policy (owner = claim, compiled), subselect (a policy the worker judges
 //!            per batch), filter (no RLS, each client filtered to its rows: the baseline),
 //!            perquery (no delivery: one query per subscriber per change, as Supabase checks)
+//!   resume   --clients N --steady M --rate R --before S --away S --after S
+//!            N clients drop for `away` seconds while one writer commits R rows/s, then resume
+//!            with `since`; M clients stay connected. Time until each resumed client caught up,
+//!            rows lost or twice, and the steady clients' latency meanwhile
 //!   floor-server --port P                                        a broadcaster with no database (see floor.rs);
 //!                                                                measure it with latency --target floor
 //!
@@ -87,6 +91,7 @@ async fn main() {
         "idle" => scenarios::idle(&args).await,
         "count" => scenarios::count(&args).await,
         "rls" => scenarios::rls(&args).await,
+        "resume" => scenarios::resume(&args).await,
         "floor-server" => floor::serve(args.num("port", 8090.0) as u16).await,
         _ => usage(),
     };

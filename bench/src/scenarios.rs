@@ -605,3 +605,208 @@ async fn per_query_finish() -> Value {
         None => Value::Null,
     }
 }
+
+/// When a resumed client is counted as caught up: it has every row committed before it came
+/// back.
+struct Dropper {
+    /// Rows received (by id), before and after the drop.
+    seen: Vec<u8>,
+    last_position: u64,
+}
+
+impl Dropper {
+    /// Count a message: the row's id if it was one it had not seen.
+    fn take(&mut self, text: &str) -> Option<Option<usize>> {
+        let (Some(position), Some(id)) = (
+            client::number_after::<u64>(text, "\"position\":"),
+            client::number_after::<usize>(text, "\"new\":{\"id\":"),
+        ) else {
+            return None;
+        };
+        self.last_position = position;
+        let n = self.seen.get_mut(id)?;
+        *n = n.saturating_add(1);
+        Some((*n == 1).then_some(id))
+    }
+}
+
+/// Resume after a disconnect: `clients` subscribers drop for `away` seconds while one writer
+/// commits `rate` rows per second, then subscribe again with `since`; `steady` subscribers stay
+/// connected throughout. Reports how long each resumed client took to have every row committed
+/// before it came back, rows lost or received twice, and the steady clients' latency during
+/// the catch-up against before it.
+pub async fn resume(args: &Args) -> Value {
+    let clients = args.num("clients", 1000.0) as usize;
+    let steady = args.num("steady", 100.0) as usize;
+    let rate = args.num("rate", 1000.0);
+    let (before, away, after) = (
+        args.num("before", 5.0),
+        args.num("away", 10.0),
+        args.num("after", 15.0),
+    );
+    let events = ((before + away + after) * rate) as usize;
+    let db = database(args).await;
+    client::setup_table(&db, client::Target::Realtime, "bench_resume").await;
+    let url = url(args);
+    let droppers = match subscribers(&url, clients, "bench_resume").await {
+        Ok(s) => s,
+        Err(e) => return failed("resume", args, e),
+    };
+    let steadies = match subscribers(&url, steady, "bench_resume").await {
+        Ok(s) => s,
+        Err(e) => return failed("resume", args, e),
+    };
+    let committed = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let drop_at = start + Duration::from_secs_f64(before);
+    let back_at = drop_at + Duration::from_secs_f64(away);
+
+    // Steady clients: (receipt time since start in s, latency in ms) of every row.
+    let steady_tasks: Vec<_> = steadies
+        .into_iter()
+        .map(|mut ws| {
+            let done = done.clone();
+            tokio::spawn(async move {
+                let mut samples = Vec::new();
+                loop {
+                    match tokio::time::timeout(Duration::from_millis(500), ws.next()).await {
+                        Ok(Some(Ok(Message::Text(t)))) => {
+                            if let Some(sent) = client::sent_at_us(&t) {
+                                let now = client::now_us();
+                                samples.push((
+                                    start.elapsed().as_secs_f64(),
+                                    (now - sent) as f64 / 1000.0,
+                                ));
+                            }
+                        }
+                        Ok(Some(Ok(_))) => {}
+                        Err(_) if done.load(Relaxed) => break,
+                        Err(_) => {}
+                        Ok(_) => break,
+                    }
+                }
+                samples
+            })
+        })
+        .collect();
+
+    let dropper_tasks: Vec<_> = droppers
+        .into_iter()
+        .enumerate()
+        .map(|(n, mut ws)| {
+            let (done, committed, url) = (done.clone(), committed.clone(), url.clone());
+            tokio::spawn(async move {
+                let mut me = Dropper {
+                    seen: vec![0; events],
+                    last_position: 0,
+                };
+                while Instant::now() < drop_at {
+                    let until = tokio::time::Instant::from_std(drop_at);
+                    match tokio::time::timeout_at(until, ws.next()).await {
+                        Ok(Some(Ok(Message::Text(t)))) => {
+                            me.take(&t);
+                        }
+                        Ok(Some(Ok(_))) | Err(_) => {}
+                        Ok(_) => return Err(format!("client {n} closed before the drop")),
+                    }
+                }
+                let _ = ws.close(None).await;
+                drop(ws);
+                tokio::time::sleep_until(tokio::time::Instant::from_std(back_at)).await;
+                let back = Instant::now();
+                let wanted = committed.load(Relaxed) as usize;
+                let mut ws = client::connect(&url, n).await.map_err(|e| e.to_string())?;
+                let msg = format!(
+                    r#"{{"type":"subscribe","id":"b","table":"bench_resume","since":{}}}"#,
+                    me.last_position
+                );
+                ws.send(Message::text(msg))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut caught_up = None;
+                let mut gaps = 0;
+                let mut complete = false;
+                let mut missing = me.seen[..wanted].iter().filter(|n| **n == 0).count();
+                loop {
+                    if caught_up.is_none() && missing == 0 {
+                        caught_up = Some(back.elapsed().as_secs_f64());
+                    }
+                    match tokio::time::timeout(Duration::from_millis(1000), ws.next()).await {
+                        Ok(Some(Ok(Message::Text(t)))) => match me.take(&t) {
+                            Some(Some(id)) if id < wanted => missing -= 1,
+                            Some(_) => {}
+                            None => {
+                                gaps += t.contains(r#""type":"gap""#) as usize;
+                                complete |= t.contains(r#""resume":"complete""#);
+                            }
+                        },
+                        Ok(Some(Ok(_))) => {}
+                        Err(_) if done.load(Relaxed) => break,
+                        Err(_) => {}
+                        Ok(_) => break,
+                    }
+                }
+                let total = committed.load(Relaxed) as usize;
+                let lost = me.seen[..total].iter().filter(|n| **n == 0).count();
+                let twice = me.seen.iter().filter(|n| **n > 1).count();
+                Ok((caught_up, lost, twice, gaps, complete))
+            })
+        })
+        .collect();
+
+    let insert = db
+        .prepare("INSERT INTO bench_resume VALUES ($1, $2, 'resume')")
+        .await
+        .unwrap();
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let mut next = tokio::time::Instant::now();
+    for id in 0..events as i64 {
+        tokio::time::sleep_until(next).await;
+        next += interval;
+        db.execute(&insert, &[&id, &client::now_us()])
+            .await
+            .unwrap();
+        committed.fetch_add(1, Relaxed);
+    }
+    let writer_done = start.elapsed().as_secs_f64();
+    done.store(true, Relaxed);
+
+    let (mut catch_up, mut lost, mut twice, mut gaps, mut incomplete, mut errors) =
+        (Vec::new(), 0, 0, 0, 0, Vec::new());
+    for t in dropper_tasks {
+        match t.await.unwrap() {
+            Ok((c, l, d, g, complete)) => {
+                catch_up.extend(c);
+                lost += l;
+                twice += d;
+                gaps += g;
+                incomplete += !complete as usize;
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    let caught_all = catch_up.iter().cloned().fold(0.0, f64::max);
+    let window = (back_at - start).as_secs_f64();
+    let mut during = Vec::new();
+    let mut outside = Vec::new();
+    for t in steady_tasks {
+        for (at, ms) in t.await.unwrap() {
+            if at >= window && at <= window + caught_all {
+                during.push(ms);
+            } else if at < (drop_at - start).as_secs_f64() {
+                outside.push(ms);
+            }
+        }
+    }
+    json!({
+        "scenario": "resume", "clients": clients, "steady": steady, "rate_per_s": rate,
+        "away_s": away, "events": events, "writer_seconds": writer_done,
+        "resumed": catch_up.len(), "not_caught_up": clients - catch_up.len() - errors.len(),
+        "errors": errors.len(), "first_error": errors.first(),
+        "catch_up_s": percentiles(catch_up), "rows_lost": lost, "rows_twice": twice, "gaps": gaps,
+        "partial_resumes": incomplete,
+        "steady_latency_ms_during_catch_up": percentiles(during),
+        "steady_latency_ms_before_drop": percentiles(outside),
+    })
+}
