@@ -16,6 +16,7 @@ use pgrx::prelude::*;
 
 mod api;
 mod capture;
+mod clients;
 mod error;
 mod event;
 mod gucs;

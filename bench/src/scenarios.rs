@@ -631,8 +631,8 @@ impl Dropper {
 }
 
 /// Resume after a disconnect: `clients` subscribers drop for `away` seconds while one writer
-/// commits `rate` rows per second, then subscribe again with `since`; `steady` subscribers stay
-/// connected throughout. Reports how long each resumed client took to have every row committed
+/// commits `rate` rows per second, then subscribe again with `since` (and again from a
+/// `slow_client` gap's `resume_from`); `steady` subscribers stay connected throughout. Reports how long each resumed client took to have every row committed
 /// before it came back, rows lost or received twice, and the steady clients' latency during
 /// the catch-up against before it.
 pub async fn resume(args: &Args) -> Value {
@@ -716,37 +716,58 @@ pub async fn resume(args: &Args) -> Value {
                 tokio::time::sleep_until(tokio::time::Instant::from_std(back_at)).await;
                 let back = Instant::now();
                 let wanted = committed.load(Relaxed) as usize;
-                let mut ws = client::connect(&url, n).await.map_err(|e| e.to_string())?;
-                let msg = format!(
-                    r#"{{"type":"subscribe","id":"b","table":"bench_resume","since":{}}}"#,
-                    me.last_position
-                );
-                ws.send(Message::text(msg))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                // As a client would: resume with `since`, and again from any gap's
+                // `resume_from` (on a new connection, leaving the old one unread).
+                let resubscribe = |since: u64| {
+                    let url = url.clone();
+                    async move {
+                        let mut ws = client::connect(&url, n).await.map_err(|e| e.to_string())?;
+                        let msg = format!(
+                            r#"{{"type":"subscribe","id":"b","table":"bench_resume","since":{since}}}"#
+                        );
+                        ws.send(Message::text(msg))
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        Ok::<_, String>(ws)
+                    }
+                };
+                let mut ws = resubscribe(me.last_position).await?;
                 let mut caught_up = None;
                 let mut gaps = 0;
-                let mut complete = false;
+                let mut complete = None;
                 let mut missing = me.seen[..wanted].iter().filter(|n| **n == 0).count();
+                let mut last_at = Instant::now();
                 loop {
                     if caught_up.is_none() && missing == 0 {
                         caught_up = Some(back.elapsed().as_secs_f64());
                     }
-                    match tokio::time::timeout(Duration::from_millis(1000), ws.next()).await {
+                    let next = tokio::time::timeout(Duration::from_millis(1000), ws.next()).await;
+                    if matches!(next, Ok(Some(Ok(Message::Text(_))))) {
+                        last_at = Instant::now();
+                    }
+                    match next {
                         Ok(Some(Ok(Message::Text(t)))) => match me.take(&t) {
                             Some(Some(id)) if id < wanted => missing -= 1,
                             Some(_) => {}
+                            None if t.contains(r#""type":"gap""#) => {
+                                gaps += 1;
+                                if let Some(from) = client::number_after(&t, "\"resume_from\":") {
+                                    ws = resubscribe(from).await?;
+                                }
+                            }
                             None => {
-                                gaps += t.contains(r#""type":"gap""#) as usize;
-                                complete |= t.contains(r#""resume":"complete""#);
+                                complete.get_or_insert(t.contains(r#""resume":"complete""#));
                             }
                         },
                         Ok(Some(Ok(_))) => {}
-                        Err(_) if done.load(Relaxed) => break,
+                        // Still catching up after the writer stopped: wait while rows come.
+                        Err(_) if done.load(Relaxed) && last_at.elapsed() > RLS_SILENCE => break,
                         Err(_) => {}
                         Ok(_) => break,
                     }
                 }
+                // `None`: it never got a reply (it is counted as not caught up).
+                let complete = complete.unwrap_or(true);
                 let total = committed.load(Relaxed) as usize;
                 let lost = me.seen[..total].iter().filter(|n| **n == 0).count();
                 let twice = me.seen.iter().filter(|n| **n > 1).count();

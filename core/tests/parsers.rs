@@ -126,7 +126,7 @@ proptest! {
                 prop_assert!(!table.contains('\0'));
             }
             Ok(ClientMessage::Unsubscribe { id }) => prop_assert!(id.is_string() || id.is_number()),
-            Ok(ClientMessage::Ping { .. } | ClientMessage::Auth { .. }) => {}
+            Ok(ClientMessage::Ping { .. } | ClientMessage::Auth { .. } | ClientMessage::Ack { .. }) => {}
             Err(e) => prop_assert!(!e.to_string().is_empty(), "{:?}", e.code()),
         }
     }

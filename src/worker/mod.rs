@@ -97,12 +97,14 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
         port: gucs::port(),
     };
     let history = retention::open();
+    let _ = std::fs::create_dir_all(crate::spill::DIR);
     let server = net::start(
         &address,
         shared.clone(),
         handle,
         batches.clone(),
         history.clone(),
+        std::path::PathBuf::from(realtime_core::net::clients::REPORT_FILE),
     )
     .unwrap_or_else(|e| fatal(e));
     log!(

@@ -56,7 +56,7 @@ pub fn open() -> Option<Arc<History>> {
             warning!("realtime_ext: could not write to the history: {e}");
         }
         log!(
-            "realtime_ext: the previous worker stopped without accounting for every change; positions {} to {} are a server_restart gap for clients that resume",
+            "realtime_ext: the server restarted, or the previous worker stopped without accounting for every change: positions {} to {} are a server_restart gap for clients that resume",
             last + 1,
             next - 1
         );

@@ -69,8 +69,9 @@ struct Ring {
     /// Sequence number of `batches[0]`.
     first: u64,
     bytes: usize,
-    /// What the batches dropped last were about, up to sequence number `first - 1`.
-    dropped: VecDeque<Summary>,
+    /// What the batches dropped last were about (with their first and last positions), up to
+    /// sequence number `first - 1`.
+    dropped: VecDeque<Dropped>,
 }
 
 /// What a dropped batch held, for a session that never read it.
@@ -99,12 +100,15 @@ impl Summary {
     }
 }
 
+/// A dropped batch: its first and last position, and what it held.
+pub type Dropped = (u64, u64, Summary);
+
 /// Why a cursor got no batch.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Missed {
-    /// Batches were dropped before this session read them: what they held, or `None` when
-    /// even that is no longer known.
-    Lagged(Option<Vec<Summary>>),
+    /// Batches were dropped before this session read them: the first and last position of
+    /// each and what it held, or `None` when even that is no longer known.
+    Lagged(Option<Vec<Dropped>>),
     /// The worker is stopping.
     Closed,
 }
@@ -196,7 +200,11 @@ impl Fanout {
             if ring.dropped.len() == SUMMARIES_KEPT {
                 ring.dropped.pop_front();
             }
-            ring.dropped.push_back(Summary::of(&batch));
+            ring.dropped.push_back((
+                batch.first_position(),
+                batch.last_position(),
+                Summary::of(&batch),
+            ));
         }
     }
 
@@ -398,6 +406,11 @@ pub struct Registrar {
 }
 
 impl Registrar {
+    /// Batches handed to the session and not yet read.
+    pub fn waiting(&self) -> usize {
+        lock(&self.slot.inbox).len()
+    }
+
     /// Hand this session the batches that concern a subscription to `relid` narrowed by
     /// `keys`, for as long as the returned `Interest` lives; and the last position of the
     /// batches handed out before (the subscription's changes come after it).
@@ -511,7 +524,7 @@ impl Slot {
 
 impl Ring {
     /// What dropped batch `seq` held, if that is still kept.
-    fn summary(&self, seq: u64) -> Option<&Summary> {
+    fn summary(&self, seq: u64) -> Option<&Dropped> {
         let back = self.first.checked_sub(seq).filter(|b| *b > 0)? as usize;
         let len = self.dropped.len();
         (back <= len).then(|| &self.dropped[len - back])
@@ -594,7 +607,9 @@ mod unit {
             7,
             "3 of 10 batches of 3,160 bytes fit in 10,000"
         );
-        assert!(missed.iter().all(|s| *s == Summary::Changes([7].into())));
+        assert!(missed
+            .iter()
+            .all(|(_, _, s)| *s == Summary::Changes([7].into())));
         assert!(matches!(slow.try_recv(), Some(Ok(_))));
         // One batch larger than the budget is still delivered.
         let mut fast = fanout.cursor();

@@ -2,6 +2,7 @@
 //! Nothing here can call Postgres (this crate has no pgrx); it talks to the worker through
 //! `bridge`.
 
+pub mod clients;
 pub mod fanout;
 mod http;
 mod identity;
@@ -13,6 +14,7 @@ pub mod tls;
 use crate::bridge::{BatchSender, Shared, WorkerHandle};
 use crate::history::History;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -39,6 +41,8 @@ pub struct Context {
     pub handshakes: Arc<http::Handshakes>,
     /// Published changes kept on disk, for clients that resume (`None`: no history).
     pub history: Option<Arc<History>>,
+    /// What each connection is doing (`realtime_clients()`, /health).
+    pub clients: Arc<clients::Clients>,
 }
 
 pub struct Server {
@@ -46,6 +50,8 @@ pub struct Server {
     bound: Vec<SocketAddr>,
     shared: Arc<Shared>,
     batches: BatchSender,
+    /// The connection report's file, removed when the server stops.
+    report: PathBuf,
 }
 
 impl Server {
@@ -72,6 +78,7 @@ impl Server {
             std::thread::sleep(Duration::from_millis(10));
         }
         self.runtime.shutdown_timeout(Duration::from_millis(100));
+        let _ = std::fs::remove_file(&self.report);
     }
 }
 
@@ -81,6 +88,7 @@ pub fn start(
     worker: WorkerHandle,
     batches: BatchSender,
     history: Option<Arc<History>>,
+    report: PathBuf,
 ) -> Result<Server, String> {
     let addrs = resolve(address)?;
     raise_fd_limit();
@@ -98,6 +106,7 @@ pub fn start(
         batches,
         handshakes: Arc::new(http::Handshakes::default()),
         history,
+        clients: Arc::default(),
     };
     let mut bound = Vec::new();
     let mut errors = Vec::new();
@@ -124,11 +133,21 @@ pub fn start(
             janitor.sweep();
         }
     });
+    let (clients, path) = (context.clients.clone(), report.clone());
+    runtime.spawn(async move {
+        let mut every = tokio::time::interval(clients::REPORT_EVERY);
+        loop {
+            every.tick().await;
+            // Monitoring only: a failed write is retried next time.
+            let _ = clients::write(&path, &clients.report());
+        }
+    });
     Ok(Server {
         runtime,
         batches: context.batches.clone(),
         bound,
         shared,
+        report,
     })
 }
 

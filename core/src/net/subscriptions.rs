@@ -2,7 +2,7 @@
 //! which end, and which gaps concern them. A session loop hands it batches and writes out,
 //! in its own protocol's frames, the `Outgoing` items it gets back.
 
-use super::fanout::{Interest, Registrar, Summary};
+use super::fanout::{Dropped, Interest, Registrar, Summary};
 use super::interest::Keys;
 use crate::auth::Principal;
 use crate::bridge::{Batch, Change, EndReason, GapReason, ResolveError, Shared, WorkerHandle};
@@ -194,8 +194,14 @@ pub struct SubscriptionSet<K> {
     seen: u64,
     /// The fan-out skipped batches this connection was too slow for.
     lagged: bool,
+    /// The first and last position of those it skipped, when known.
+    lost: Option<(u64, u64)>,
+    /// The last position a resume read back from the history and sent.
+    replayed: u64,
     /// Subscription ends in batches it skipped, to send with the next delivery.
     pending_ends: Vec<(u32, EndReason)>,
+    /// Bumped whenever a subscription is made or ends (for the connection report).
+    generation: u64,
 }
 
 impl<K> SubscriptionSet<K> {
@@ -214,13 +220,34 @@ impl<K> SubscriptionSet<K> {
             subscriptions: Vec::new(),
             seen,
             lagged: false,
+            lost: None,
+            replayed: 0,
             pending_ends: Vec::new(),
+            generation: 0,
         }
     }
 
     /// The position this connection has caught up to.
     pub fn position(&self) -> u64 {
         self.shared.position().max(self.seen)
+    }
+
+    /// The last position of the batches it was handed and looked at.
+    pub fn seen(&self) -> u64 {
+        self.seen
+    }
+
+    /// Changes whenever the set of subscriptions does.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// `key: schema.table` of each subscription, `key` as `name` writes it.
+    pub fn describe(&self, name: impl Fn(&K) -> String) -> Vec<String> {
+        self.subscriptions
+            .iter()
+            .map(|s| format!("{}: {}.{}", name(&s.key), s.schema, s.table))
+            .collect()
     }
 
     /// Subscribe `key` (unique on the connection by `same`) to what `wish` describes, as
@@ -258,6 +285,7 @@ impl<K> SubscriptionSet<K> {
             }
         });
         self.subscriptions.push(made);
+        self.generation += 1;
         let s = self.subscriptions.last().expect("just pushed");
         Ok(Subscribed {
             schema: &s.schema,
@@ -321,6 +349,7 @@ impl<K> SubscriptionSet<K> {
     where
         K: Clone,
     {
+        self.generation += 1;
         for old in std::mem::take(&mut self.subscriptions) {
             let counted = Counted::new(&self.shared);
             let again = self
@@ -349,26 +378,55 @@ impl<K> SubscriptionSet<K> {
     /// Remove the subscription `same` picks; whether there was one.
     pub fn unsubscribe(&mut self, same: impl Fn(&K) -> bool) -> bool {
         let before = self.subscriptions.len();
+        self.generation += 1;
         self.subscriptions.retain(|s| !same(&s.key));
         self.subscriptions.len() != before
     }
 
     /// Batches went by that this connection never read: a gap if any could have concerned it.
     /// Ended subscriptions are still ended (by the next delivery).
-    pub fn missed(&mut self, missed: Option<Vec<Summary>>) {
+    pub fn missed(&mut self, missed: Option<Vec<Dropped>>) {
         let Some(missed) = missed else {
             self.lagged = true;
             return;
         };
-        for summary in missed {
-            match summary {
+        for (first, last, summary) in missed {
+            let concerned = match summary {
                 Summary::Changes(tables) | Summary::Gap(Some(tables)) => {
-                    self.lagged |= tables.iter().any(|relid| self.subscribed_to(*relid))
+                    tables.iter().any(|relid| self.subscribed_to(*relid))
                 }
-                Summary::Gap(None) => self.lagged = true,
-                Summary::Ended(relid, reason) => self.pending_ends.push((relid, reason)),
+                Summary::Gap(None) => true,
+                Summary::Ended(relid, reason) => {
+                    self.pending_ends.push((relid, reason));
+                    false
+                }
+            };
+            if concerned {
+                self.lagged = true;
+                let (from, to) = self.lost.unwrap_or((first, last));
+                self.lost = Some((from.min(first), to.max(last)));
             }
         }
+    }
+
+    /// The `slow_client` gap for batches skipped since the last one, if any: from the first
+    /// to the last lost position when known; otherwise from after everything sent (live or
+    /// read back by a resume) to before `next` (the batch about to be sent), or to the
+    /// position published so far when nothing follows yet.
+    pub fn lag_gap(&mut self, next: Option<u64>, out: &mut Vec<Outgoing<K>>) {
+        if !std::mem::take(&mut self.lagged) {
+            return;
+        }
+        let (from, to) = self.lost.take().unwrap_or_else(|| {
+            let from = self.seen.max(self.replayed) + 1;
+            let to = next.map_or(self.shared.position(), |n| n.saturating_sub(1));
+            (from, to.max(from))
+        });
+        out.push(Outgoing::Gap {
+            reason: GapReason::SlowClient,
+            from,
+            to,
+        });
     }
 
     fn subscribed_to(&self, relid: u32) -> bool {
@@ -386,6 +444,9 @@ impl<K> SubscriptionSet<K> {
             .into_iter()
             .partition::<Vec<_>, _>(|s| which(s));
         self.subscriptions = kept;
+        if !ended.is_empty() {
+            self.generation += 1;
+        }
         out.extend(ended.into_iter().map(|s| Outgoing::Ended(s.key, reason)));
     }
 
@@ -396,15 +457,7 @@ impl<K> SubscriptionSet<K> {
         for (relid, reason) in std::mem::take(&mut self.pending_ends) {
             self.end(reason, |s| s.relid == relid, out);
         }
-        if std::mem::take(&mut self.lagged) {
-            let from = self.seen + 1;
-            let to = batch.first_position().saturating_sub(1).max(from);
-            out.push(Outgoing::Gap {
-                reason: GapReason::SlowClient,
-                from,
-                to,
-            });
-        }
+        self.lag_gap(Some(batch.first_position()), out);
         match batch {
             Batch::Gap {
                 reason,
@@ -459,6 +512,7 @@ impl<K> SubscriptionSet<K> {
             return;
         };
         let s = &self.subscriptions[at];
+        self.replayed = self.replayed.max(batch.last_position());
         match batch {
             Batch::Gap {
                 reason,

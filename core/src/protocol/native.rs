@@ -37,6 +37,10 @@ pub enum ClientMessage {
     Auth {
         token: String,
     },
+    /// The client has handled everything up to this position (shown to operators).
+    Ack {
+        position: u64,
+    },
 }
 
 /// Stable error codes.
@@ -172,7 +176,7 @@ pub fn parse(text: &str) -> Result<ClientMessage, ParseError> {
     let value: Value = serde_json::from_str(text).map_err(ParseError::Json)?;
     let kind = match value.get("type").and_then(Value::as_str) {
         None => return Err(ParseError::NoType),
-        Some(kind @ ("subscribe" | "unsubscribe" | "ping" | "auth")) => kind.to_string(),
+        Some(kind @ ("subscribe" | "unsubscribe" | "ping" | "auth" | "ack")) => kind.to_string(),
         Some(other) => return Err(ParseError::UnknownType(other.to_string())),
     };
     let message =

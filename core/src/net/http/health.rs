@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 pub fn health(context: &Context) -> Response {
     let s = &context.shared;
+    let (unacknowledged, backlogged) = context.clients.behind();
     let body = serde_json::json!({
         "status": "ok",
         "position": s.position(),
@@ -13,6 +14,8 @@ pub fn health(context: &Context) -> Response {
         "subscriptions": s.subscriptions.load(Relaxed),
         "backlog_bytes": context.batches.ring_bytes(),
         "batches_handed": context.batches.batches_handed(),
+        "clients_unacknowledged": unacknowledged,
+        "clients_backlogged": backlogged,
         "queue": {
             "used_bytes": s.queue_used.load(Relaxed),
             "capacity_bytes": s.queue_capacity.load(Relaxed),

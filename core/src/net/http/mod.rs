@@ -34,14 +34,14 @@ pub async fn serve(stream: TcpStream, ip: IpAddr, context: Context) {
     let handshaking = context.handshakes.begin(ip, limits.max_handshakes);
     let deadline = Instant::now() + limits.handshake_timeout;
     match context.shared.tls() {
-        None => answer(stream, handshaking, deadline, &limits, context).await,
+        None => answer(stream, ip, handshaking, deadline, &limits, context).await,
         Some(tls) => {
             let accepted = tokio::select! {
                 accepted = tokio::time::timeout_at(deadline, tls.accept(stream)) => accepted,
                 _ = handshaking.evicted() => return,
             };
             if let Ok(Ok(stream)) = accepted {
-                answer(stream, handshaking, deadline, &limits, context).await
+                answer(stream, ip, handshaking, deadline, &limits, context).await
             }
         }
     }
@@ -49,6 +49,7 @@ pub async fn serve(stream: TcpStream, ip: IpAddr, context: Context) {
 
 async fn answer<S: Stream>(
     mut stream: S,
+    ip: IpAddr,
     handshaking: Handshaking,
     deadline: Instant,
     limits: &Limits,
@@ -98,7 +99,7 @@ async fn answer<S: Stream>(
                 identity,
                 counted,
             }) => {
-                session::native::run(ws, context, identity).await;
+                session::native::run(ws, context, identity, ip).await;
                 drop(counted)
             }
             Err(Some((stream, refusal))) => refusal.send(stream).await,

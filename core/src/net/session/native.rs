@@ -8,7 +8,8 @@
 
 use crate::bridge::{Batch, Encoding, EndReason, GapReason, WorkerHandle};
 use crate::history::History;
-use crate::net::fanout::Missed;
+use crate::net::clients::Client;
+use crate::net::fanout::{Dropped, Missed};
 use crate::net::identity::Identity;
 use crate::net::subscriptions::{Outgoing, Resume, SubscribeError, SubscriptionSet, Wish};
 use crate::net::Context;
@@ -17,6 +18,8 @@ use crate::ops::OpSet;
 use crate::protocol::native::{self, ClientMessage, Coded, ErrorCode, ServerMessage};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
+use std::net::IpAddr;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
@@ -45,14 +48,24 @@ const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 struct Session<S> {
     sink: Sink<S>,
     identity: Identity,
+    /// Its entry in the connection report, and the subscriptions generation last put there.
+    client: Arc<Client>,
+    reported: Option<u64>,
     worker: WorkerHandle,
     history: Option<Arc<History>>,
     subscriptions: SubscriptionSet<Value>,
     outgoing: Vec<Outgoing<Value>>,
 }
 
-pub async fn run<S: Stream>(ws: WebSocketStream<S>, context: Context, identity: Identity) {
+pub async fn run<S: Stream>(
+    ws: WebSocketStream<S>,
+    context: Context,
+    identity: Identity,
+    address: IpAddr,
+) {
     let mut batches = context.batches.cursor();
+    let client = context.clients.join(address);
+    client.set_batches(batches.registrar());
     let kicked = batches.kicked();
     tokio::pin!(kicked);
     let (sink, mut stream) = ws.split();
@@ -60,6 +73,8 @@ pub async fn run<S: Stream>(ws: WebSocketStream<S>, context: Context, identity: 
     let mut session = Session {
         sink,
         identity,
+        client,
+        reported: None,
         worker: context.worker.clone(),
         history: context.history.clone(),
         subscriptions: SubscriptionSet::new(
@@ -81,6 +96,7 @@ pub async fn run<S: Stream>(ws: WebSocketStream<S>, context: Context, identity: 
     let mut catalog = context.shared.catalog_epoch.subscribe();
 
     let close = loop {
+        session.report();
         tokio::select! {
             message = stream.next() => {
                 last_heard = Instant::now();
@@ -127,7 +143,7 @@ pub async fn run<S: Stream>(ws: WebSocketStream<S>, context: Context, identity: 
                                     pinned.add(batches.last_seq(), &batch);
                                     session.deliver(&batch).await?
                                 }
-                                Some(Err(Missed::Lagged(missed))) => session.subscriptions.missed(missed),
+                                Some(Err(Missed::Lagged(missed))) => session.lagged(missed).await?,
                                 Some(Err(Missed::Closed)) | None => break,
                             }
                         }
@@ -143,11 +159,17 @@ pub async fn run<S: Stream>(ws: WebSocketStream<S>, context: Context, identity: 
                         Err(_) => break timed_out(),
                     }
                 }
-                Err(Missed::Lagged(missed)) => session.subscriptions.missed(missed),
+                Err(Missed::Lagged(missed)) => {
+                    let told = tokio::time::timeout(timeout, session.lagged(missed)).await;
+                    if !matches!(told, Ok(Ok(()))) {
+                        break timed_out();
+                    }
+                }
                 Err(Missed::Closed) => break Some((CloseCode::Restart, "server is restarting".into())),
             },
             () = &mut expiry => {
                 session.identity.expire();
+                session.reported = None;
                 let mut ended = Vec::new();
                 session.subscriptions.end_all(EndReason::TokenExpired, &mut ended);
                 if tokio::time::timeout(timeout, session.send_ended(ended)).await.is_err() {
@@ -188,6 +210,21 @@ pub async fn run<S: Stream>(ws: WebSocketStream<S>, context: Context, identity: 
 }
 
 impl<S: Stream> Session<S> {
+    /// Bring the connection report's entry up to date.
+    fn report(&mut self) {
+        self.client
+            .delivered
+            .store(self.subscriptions.seen(), Relaxed);
+        let generation = self.subscriptions.generation();
+        if self.reported != Some(generation) {
+            self.reported = Some(generation);
+            let role = self.identity.principal().ok().map(|p| p.role.as_str());
+            self.client.set_role(role);
+            self.client
+                .set_subscriptions(self.subscriptions.describe(|id| id.to_string()));
+        }
+    }
+
     async fn send(&mut self, message: ServerMessage<'_>) {
         let _ = self.sink.send(Message::text(message.to_text())).await;
     }
@@ -220,8 +257,14 @@ impl<S: Stream> Session<S> {
     async fn on_text(&mut self, text: &str) {
         match native::parse(text) {
             Err(e) => self.refuse(e, None).await,
+            Ok(ClientMessage::Ack { position }) => {
+                // Only what was sent can be acknowledged.
+                let position = position.min(self.subscriptions.seen());
+                self.client.acknowledged.fetch_max(position, Relaxed);
+            }
             Ok(ClientMessage::Auth { token }) => match self.identity.sign_in(Some(&token)).await {
                 Ok(principal) => {
+                    self.reported = None;
                     let mut ended = Vec::new();
                     self.subscriptions.reauthorize(&principal, &mut ended).await;
                     self.send(ServerMessage::Authenticated {
@@ -379,6 +422,15 @@ impl<S: Stream> Session<S> {
             self.subscriptions.replay(same, &batch, &mut outgoing);
             self.send_all(&batch, &mut outgoing).await?;
         }
+        self.sink.flush().await
+    }
+
+    /// Batches were lost to this session: tell the client now (nothing may follow soon).
+    async fn lagged(&mut self, missed: Option<Vec<Dropped>>) -> Result<(), WsError> {
+        self.subscriptions.missed(missed);
+        let mut gap = Vec::new();
+        self.subscriptions.lag_gap(None, &mut gap);
+        self.send_all(&Batch::Changes(Vec::new()), &mut gap).await?;
         self.sink.flush().await
     }
 
