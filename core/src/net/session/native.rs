@@ -7,7 +7,7 @@
 //! it.
 
 use crate::bridge::{Batch, Encoding, EndReason, GapReason, WorkerHandle};
-use crate::history::History;
+use crate::history::{History, Reader};
 use crate::net::clients::Client;
 use crate::net::fanout::{Dropped, Missed};
 use crate::net::identity::Identity;
@@ -18,6 +18,7 @@ use crate::ops::OpSet;
 use crate::protocol::native::{self, ClientMessage, Coded, ErrorCode, ServerMessage};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
+use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -31,8 +32,6 @@ use tokio_tungstenite::WebSocketStream;
 /// Changes read back from the history per batch handed to the session (and judged together
 /// by the worker, when it judges the subscription).
 const REPLAY_CHUNK: usize = 256;
-/// Batches read ahead from the history while the session writes.
-const REPLAY_QUEUE: usize = 4;
 /// Most batches written between two flushes when catching up.
 const CATCH_UP_BATCHES: usize = 64;
 /// Entries of the outgoing list a session keeps allocated between batches.
@@ -377,34 +376,30 @@ impl<S: Stream> Session<S> {
             }];
             return self.send_all(&Batch::Changes(Vec::new()), &mut gap).await;
         };
-        let (tx, mut rx) = tokio::sync::mpsc::channel(REPLAY_QUEUE);
-        tokio::task::spawn_blocking(move || {
-            let mut chunk = Vec::new();
-            for batch in history.read(resume.after, resume.through) {
-                let sent = match batch {
-                    Batch::Changes(mut changes) => {
-                        chunk.append(&mut changes);
-                        if chunk.len() < REPLAY_CHUNK {
-                            continue;
-                        }
-                        tx.blocking_send(Batch::Changes(std::mem::take(&mut chunk)))
-                    }
-                    other => {
-                        let changes = Batch::Changes(std::mem::take(&mut chunk));
-                        tx.blocking_send(changes)
-                            .and_then(|()| tx.blocking_send(other))
-                    }
-                };
-                // The session went away.
-                if sent.is_err() {
-                    return;
-                }
-            }
-            let _ = tx.blocking_send(Batch::Changes(chunk));
-        });
+        let mut reader = Some(history.read(resume.after, resume.through));
         let audience = self.subscriptions.audience(same);
         let mut outgoing = Vec::new();
-        while let Some(mut batch) = rx.recv().await {
+        let mut next: VecDeque<Batch> = VecDeque::new();
+        loop {
+            if next.is_empty() {
+                // A chunk at a time on a blocking thread, which is given back between chunks:
+                // thousands of clients resuming at once must not each hold one.
+                let Some(mut r) = reader.take() else { break };
+                let (r, chunk) = tokio::task::spawn_blocking(move || {
+                    let chunk = read_chunk(&mut r);
+                    (r, chunk)
+                })
+                .await
+                .map_err(|e| WsError::Io(std::io::Error::other(e)))?;
+                if chunk.is_empty() {
+                    break;
+                }
+                reader = Some(r);
+                next.extend(chunk);
+            }
+            let Some(mut batch) = next.pop_front() else {
+                break;
+            };
             if let (Some(audience), Batch::Changes(changes)) = (audience, &mut batch) {
                 if let (Some(first), Some(last)) = (changes.first(), changes.last()) {
                     let (from, to) = (first.position, last.position);
@@ -505,4 +500,32 @@ impl<S: Stream> Session<S> {
         }
         Ok(())
     }
+}
+
+/// The next stretch of a replay: batches of up to `REPLAY_CHUNK` changes, a gap or end on its
+/// own; empty at the end.
+fn read_chunk(reader: &mut Reader) -> Vec<Batch> {
+    let mut out = Vec::new();
+    let mut changes = Vec::new();
+    for batch in reader.by_ref() {
+        match batch {
+            Batch::Changes(mut more) => {
+                changes.append(&mut more);
+                if changes.len() >= REPLAY_CHUNK {
+                    break;
+                }
+            }
+            other => {
+                if !changes.is_empty() {
+                    out.push(Batch::Changes(std::mem::take(&mut changes)));
+                }
+                out.push(other);
+                return out;
+            }
+        }
+    }
+    if !changes.is_empty() {
+        out.push(Batch::Changes(changes));
+    }
+    out
 }
