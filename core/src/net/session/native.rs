@@ -374,7 +374,8 @@ impl<S: Stream> Session<S> {
                 from: resume.after + 1,
                 to: resume.through,
             }];
-            return self.send_all(&Batch::Changes(Vec::new()), &mut gap).await;
+            self.send_all(&Batch::Changes(Vec::new()), &mut gap).await?;
+            return self.sink.flush().await;
         };
         let mut reader = Some(history.read(resume.after, resume.through));
         let audience = self.subscriptions.audience(same);
