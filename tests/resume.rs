@@ -310,3 +310,26 @@ fn a_slow_client_resumes_from_its_gap_and_loses_nothing() {
         .collect();
     assert_eq!(ids, (first_missed..ROWS).collect::<Vec<_>>());
 }
+
+#[test]
+fn without_a_history_a_resume_is_a_gap_at_once() {
+    let cluster = Cluster::start("resume_none", &["realtime.history_size = 0"]);
+    let mut db = cluster.client();
+    db.batch_execute("CREATE TABLE n (id int, owner text); SELECT realtime_watch('n')")
+        .unwrap();
+    let mut ws = cluster.ws();
+    ws.subscribe("n", "n", None);
+    insert(&mut db, "n", &[(1, "")]);
+    let seen = position(&ws.changes(1)[0]);
+    drop(ws);
+    insert(&mut db, "n", &[(2, "")]);
+    let mut ws = cluster.ws();
+    let reply = resume(&mut ws, "n", "n", None, seen);
+    assert_eq!(reply["resume"], "partial", "{reply}");
+    let gap = ws
+        .recv_within(Duration::from_secs(2))
+        .expect("the gap comes at once");
+    assert_eq!(gap["reason"], "history_expired", "{gap}");
+    assert_eq!(gap["from_position"].as_u64(), Some(seen + 1));
+    assert!(!cluster.data().join("pg_realtime/history").exists());
+}
