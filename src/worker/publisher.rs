@@ -372,9 +372,9 @@ impl Publisher {
     }
 
     /// With no subscription anywhere and no history, nobody can receive a change: number it
-    /// without rendering its rows. Safe against a subscription being made meanwhile: it is counted before the
-    /// worker is asked to resolve it, and answered only after this pass, so it starts after
-    /// these positions.
+    /// without rendering its rows. Safe against a subscription being made meanwhile: it is
+    /// counted before the worker is asked to resolve it, and answered only after this pass, so
+    /// it starts after these positions.
     fn skip_unheard(&mut self, count: u32) -> bool {
         // With a history, a client may resume and ask for it later.
         if self.history.is_some() || self.shared.subscriptions.load(Relaxed) > 0 {

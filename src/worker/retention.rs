@@ -17,14 +17,15 @@ use crate::queue;
 use pgrx::prelude::*;
 use realtime_core::bridge::{Batch, GapReason};
 use realtime_core::history::History;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 
 /// Open the history (when `realtime.history_size` is not 0) and account for how the last
 /// worker left it, moving the next position past everything it holds.
 pub fn open() -> Option<Arc<History>> {
     let limits = gucs::history_limits()?;
-    let dir = data_dir().join("pg_realtime").join("history");
+    // Relative to the data directory, the worker's working directory (as spill files are).
+    let dir = Path::new(crate::spill::DIR).join("history");
     let (history, recovered) = match History::open(&dir, limits) {
         Ok(opened) => opened,
         Err(e) => {
@@ -69,10 +70,4 @@ pub fn stop(history: &History, last_position: u64) {
     if let Err(e) = history.stop(last_position) {
         warning!("realtime_ext: could not write to the history: {e}");
     }
-}
-
-fn data_dir() -> PathBuf {
-    // SAFETY: DataDir is set by the postmaster before any worker starts and never changes.
-    let dir = unsafe { std::ffi::CStr::from_ptr(pg_sys::DataDir) };
-    PathBuf::from(dir.to_string_lossy().into_owned())
 }

@@ -54,6 +54,16 @@ pub struct Client {
     pub delivered: AtomicU64,
     pub acknowledged: AtomicU64,
     batches: Mutex<Option<Registrar>>,
+    /// The registry it leaves when its connection ends.
+    registry: Weak<Clients>,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        if let Some(clients) = self.registry.upgrade() {
+            lock(&clients.all).remove(&self.id);
+        }
+    }
 }
 
 impl Client {
@@ -68,6 +78,12 @@ impl Client {
         *lock(&self.batches) = Some(registrar);
     }
 
+    fn backlog(&self) -> u64 {
+        lock(&self.batches)
+            .as_ref()
+            .map_or(0, |r| r.waiting() as u64)
+    }
+
     fn row(&self) -> Row {
         Row {
             connection: self.id,
@@ -76,9 +92,7 @@ impl Client {
             subscriptions: lock(&self.subscriptions).clone(),
             delivered_position: self.delivered.load(Relaxed),
             acknowledged_position: self.acknowledged.load(Relaxed),
-            backlog_batches: lock(&self.batches)
-                .as_ref()
-                .map_or(0, |r| r.waiting() as u64),
+            backlog_batches: self.backlog(),
             connected_at: self.connected_at,
         }
     }
@@ -93,7 +107,7 @@ pub struct Clients {
 
 impl Clients {
     /// An entry for a new connection from `address`; it leaves the report when dropped.
-    pub fn join(&self, address: IpAddr) -> Arc<Client> {
+    pub fn join(self: &Arc<Clients>, address: IpAddr) -> Arc<Client> {
         let id = self.next.fetch_add(1, Relaxed) + 1;
         let client = Arc::new(Client {
             id,
@@ -104,19 +118,20 @@ impl Clients {
             delivered: AtomicU64::new(0),
             acknowledged: AtomicU64::new(0),
             batches: Mutex::default(),
+            registry: Arc::downgrade(self),
         });
-        let mut all = lock(&self.all);
-        all.retain(|_, c| c.strong_count() > 0);
-        all.insert(id, Arc::downgrade(&client));
+        lock(&self.all).insert(id, Arc::downgrade(&client));
         client
     }
 
+    /// The entries alive now. (Taken out of the lock first: the last reference to an entry,
+    /// dropped here, removes it from the registry, which takes the lock.)
+    fn alive(&self) -> Vec<Arc<Client>> {
+        lock(&self.all).values().filter_map(Weak::upgrade).collect()
+    }
+
     pub fn report(&self) -> Report {
-        let mut clients: Vec<Row> = lock(&self.all)
-            .values()
-            .filter_map(Weak::upgrade)
-            .map(|c| c.row())
-            .collect();
+        let mut clients: Vec<Row> = self.alive().iter().map(|c| c.row()).collect();
         clients.sort_by_key(|r| r.connection);
         Report {
             as_of: unix_micros(SystemTime::now()),
@@ -125,16 +140,16 @@ impl Clients {
     }
 
     /// Connections whose client has not acknowledged everything it was sent (of those that
-    /// acknowledge at all), and connections with batches waiting.
+    /// acknowledge at all), and connections with batches waiting. (For /health, which anyone
+    /// may ask often: counts only, nothing copied.)
     pub fn behind(&self) -> (usize, usize) {
-        let rows = self.report().clients;
-        let unacknowledged = rows
-            .iter()
-            .filter(|r| {
-                r.acknowledged_position > 0 && r.acknowledged_position < r.delivered_position
-            })
-            .count();
-        let backlogged = rows.iter().filter(|r| r.backlog_batches > 0).count();
+        let (mut unacknowledged, mut backlogged) = (0, 0);
+        for client in self.alive() {
+            let acknowledged = client.acknowledged.load(Relaxed);
+            unacknowledged +=
+                (acknowledged > 0 && acknowledged < client.delivered.load(Relaxed)) as usize;
+            backlogged += (client.backlog() > 0) as usize;
+        }
         (unacknowledged, backlogged)
     }
 }
@@ -154,4 +169,25 @@ fn unix_micros(t: SystemTime) -> u64 {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn an_entry_leaves_when_its_connection_ends_even_while_reported() {
+        let clients = Arc::new(Clients::default());
+        let a = clients.join(IpAddr::from([127, 0, 0, 1]));
+        let b = clients.join(IpAddr::from([127, 0, 0, 2]));
+        a.acknowledged.store(1, Relaxed);
+        a.delivered.store(2, Relaxed);
+        assert_eq!(clients.behind(), (1, 0));
+        let alive = clients.alive();
+        drop((a, b));
+        // The report's references were the last ones: dropping them must not deadlock.
+        drop(alive);
+        assert!(clients.report().clients.is_empty());
+        assert!(lock(&clients.all).is_empty());
+    }
 }

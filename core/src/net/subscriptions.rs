@@ -459,23 +459,7 @@ impl<K> SubscriptionSet<K> {
         }
         self.lag_gap(Some(batch.first_position()), out);
         match batch {
-            Batch::Gap {
-                reason,
-                first_position,
-                last_position,
-                tables,
-            } => {
-                let concerned = tables
-                    .as_ref()
-                    .is_none_or(|relids| relids.iter().any(|r| self.subscribed_to(*r)));
-                if concerned {
-                    out.push(Outgoing::Gap {
-                        reason: *reason,
-                        from: *first_position,
-                        to: *last_position,
-                    });
-                }
-            }
+            Batch::Gap { .. } => out.extend(gap_for(batch, |relid| self.subscribed_to(relid))),
             Batch::Changes(changes) => {
                 let seen = self.seen;
                 for (i, change) in changes
@@ -514,20 +498,7 @@ impl<K> SubscriptionSet<K> {
         let s = &self.subscriptions[at];
         self.replayed = self.replayed.max(batch.last_position());
         match batch {
-            Batch::Gap {
-                reason,
-                first_position,
-                last_position,
-                tables,
-            } => {
-                if tables.as_ref().is_none_or(|t| t.contains(&s.relid)) {
-                    out.push(Outgoing::Gap {
-                        reason: *reason,
-                        from: *first_position,
-                        to: *last_position,
-                    });
-                }
-            }
+            Batch::Gap { .. } => out.extend(gap_for(batch, |relid| relid == s.relid)),
             Batch::Changes(changes) => {
                 for (i, change) in changes.iter().enumerate() {
                     let sent_live = change.position <= self.seen
@@ -563,6 +534,27 @@ impl<K> SubscriptionSet<K> {
                 _ => None,
             })
     }
+}
+
+/// What to send for a gap batch, if it is for everyone or names a table `concerns` accepts.
+fn gap_for<K>(batch: &Batch, concerns: impl Fn(u32) -> bool) -> Option<Outgoing<K>> {
+    let Batch::Gap {
+        reason,
+        first_position,
+        last_position,
+        tables,
+    } = batch
+    else {
+        return None;
+    };
+    let concerned = tables
+        .as_ref()
+        .is_none_or(|relids| relids.iter().any(|r| concerns(*r)));
+    concerned.then_some(Outgoing::Gap {
+        reason: *reason,
+        from: *first_position,
+        to: *last_position,
+    })
 }
 
 /// Append what a subscription makes of the change at `index` (`position`) to `out`;

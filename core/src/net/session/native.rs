@@ -6,7 +6,7 @@
 //! which positions it missed, and one stuck on a full socket is closed. Nobody else waits for
 //! it.
 
-use crate::bridge::{Batch, Encoding, EndReason, GapReason, WorkerHandle};
+use crate::bridge::{Batch, Change, Encoding, EndReason, GapReason, WorkerHandle};
 use crate::history::{History, Reader};
 use crate::net::clients::Client;
 use crate::net::fanout::{Dropped, Missed};
@@ -30,8 +30,10 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 /// Changes read back from the history per batch handed to the session (and judged together
-/// by the worker, when it judges the subscription).
+/// by the worker, when it judges the subscription), and the bytes of row images past which a
+/// batch is cut short: what one replaying session holds at a time.
 const REPLAY_CHUNK: usize = 256;
+const REPLAY_BYTES: usize = 1 << 20;
 /// Most batches written between two flushes when catching up.
 const CATCH_UP_BATCHES: usize = 64;
 /// Entries of the outgoing list a session keeps allocated between batches.
@@ -503,16 +505,18 @@ impl<S: Stream> Session<S> {
     }
 }
 
-/// The next stretch of a replay: batches of up to `REPLAY_CHUNK` changes, a gap or end on its
-/// own; empty at the end.
+/// The next stretch of a replay: a batch of up to `REPLAY_CHUNK` changes or `REPLAY_BYTES`
+/// of images (at least one change), a gap or end on its own; empty at the end.
 fn read_chunk(reader: &mut Reader) -> Vec<Batch> {
     let mut out = Vec::new();
-    let mut changes = Vec::new();
+    let mut changes: Vec<Change> = Vec::new();
+    let mut bytes = 0;
     for batch in reader.by_ref() {
         match batch {
             Batch::Changes(mut more) => {
+                bytes += more.iter().map(Change::image_bytes).sum::<usize>();
                 changes.append(&mut more);
-                if changes.len() >= REPLAY_CHUNK {
+                if changes.len() >= REPLAY_CHUNK || bytes >= REPLAY_BYTES {
                     break;
                 }
             }
