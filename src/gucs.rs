@@ -53,6 +53,7 @@ static MAX_CONNECTIONS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 /// Most connections still sending their HTTP request; past it the oldest of the busiest
 /// source address is dropped.
 static MAX_HANDSHAKES: GucSetting<i32> = GucSetting::<i32>::new(4096);
+static MAX_SNAPSHOT_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(2);
 /// Most subscriptions one connection may hold.
 static MAX_SUBSCRIPTIONS: GucSetting<i32> = GucSetting::<i32>::new(100);
 /// Largest message a client may send, in bytes.
@@ -160,6 +161,16 @@ pub fn init() {
         &MAX_HANDSHAKES,
         1,
         1_000_000,
+        Sighup,
+        none,
+    );
+    GucRegistry::define_int_guc(
+        c"realtime.max_snapshot_workers",
+        c"Maximum snapshot reads (subscribe with snapshot: true) running at once.",
+        c"Each runs in a background worker of its own, counted against max_worker_processes; further snapshots wait for one to finish.",
+        &MAX_SNAPSHOT_WORKERS,
+        1,
+        64,
         Sighup,
         none,
     );
@@ -389,6 +400,9 @@ pub fn max_connections() -> usize {
 }
 pub fn max_handshakes() -> usize {
     MAX_HANDSHAKES.get() as usize
+}
+pub fn max_snapshot_workers() -> usize {
+    MAX_SNAPSHOT_WORKERS.get() as usize
 }
 pub fn max_subscriptions() -> usize {
     MAX_SUBSCRIPTIONS.get() as usize

@@ -307,6 +307,8 @@ pub enum Request {
         changes: Vec<Change>,
         reply: Reply<Vec<Change>>,
     },
+    /// Start a snapshot reader that will connect to `net::snapshots::SOCKET` with `ticket`.
+    StartSnapshot { ticket: u64, reply: Reply<()> },
 }
 
 /// The network side's way to ask the Postgres thread something.
@@ -349,6 +351,11 @@ impl WorkerHandle {
             reply,
         })
         .await
+    }
+
+    pub async fn start_snapshot(&self, ticket: u64) -> Result<(), ResolveError> {
+        self.ask(|reply| Request::StartSnapshot { ticket, reply })
+            .await
     }
 
     /// Tell the worker, without waiting, that nobody is left in `audience`.
@@ -402,6 +409,8 @@ pub struct Limits {
     pub max_message_size: usize,
     pub max_subscriptions: usize,
     pub max_handshakes: usize,
+    /// Snapshot readers that may run at once (realtime.max_snapshot_workers).
+    pub max_snapshot_workers: usize,
     pub heartbeat_interval: Duration,
     pub handshake_timeout: Duration,
     /// Lower-case origins a WebSocket upgrade may come from; empty: any.

@@ -24,9 +24,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-const MAGIC: &[u8; 8] = b"RTHIST01";
-/// Header: magic, then the position the segment starts after.
-const HEADER: u64 = 16;
+const MAGIC: &[u8; 8] = b"RTHIST02";
+/// Header: magic, the position the segment starts after, and the bound of the transaction ids
+/// before it (`Inner::xid_bound`).
+const HEADER: u64 = 20;
 /// One index entry per this many bytes of a segment, for seeking to a position.
 const INDEX_EVERY: u64 = 64 * 1024;
 /// A segment is closed past this share of the size limit, so that dropping the oldest gives
@@ -86,8 +87,11 @@ struct Segment {
     last: u64,
     /// Bytes written, header included.
     len: u64,
-    /// (position of the first entry at or after each `INDEX_EVERY` bytes, its offset).
-    index: Vec<(u64, u64)>,
+    /// Transaction ids of every change before the segment precede this one (0: unknown).
+    xid_base: u32,
+    /// (position of the first entry at or after each `INDEX_EVERY` bytes, its offset, the
+    /// bound of the transaction ids of every change before it).
+    index: Vec<(u64, u64, u32)>,
     written_at: SystemTime,
 }
 
@@ -100,6 +104,19 @@ struct Inner {
     broken: bool,
     /// The gap entries it holds: (first, last, tables), for `complete` without reading.
     gaps: Vec<(u64, u64, Option<Vec<u32>>)>,
+    /// Every change published so far has a transaction id preceding this one (0: unknown):
+    /// what lets a snapshot find where the changes it does not contain begin.
+    xid_bound: u32,
+}
+
+/// The later of two transaction ids or bounds (as PostgreSQL compares them, modulo 2^32),
+/// 0 meaning unknown.
+fn later(a: u32, b: u32) -> u32 {
+    match (a, b) {
+        (0, x) | (x, 0) => x,
+        _ if (b.wrapping_sub(a) as i32) > 0 => b,
+        _ => a,
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -140,8 +157,9 @@ impl History {
             last_position: 0,
             stopped_cleanly: false,
         };
+        let mut xid_bound = 0;
         for (after, path) in names {
-            let Some((segment, stop)) = scan(&path, after, &mut gaps)? else {
+            let Some((segment, stop)) = scan(&path, after, &mut gaps, &mut xid_bound)? else {
                 let _ = fs::remove_file(&path);
                 continue;
             };
@@ -157,6 +175,7 @@ impl History {
                 limits,
                 broken: false,
                 gaps,
+                xid_bound,
             }),
         };
         Ok((Arc::new(history), recovered))
@@ -168,6 +187,34 @@ impl History {
 
     pub fn set_limits(&self, limits: Limits) {
         self.inner().limits = limits;
+    }
+
+    /// Every change published so far, written or not, has a transaction id before
+    /// `next_xid` (the worker says so at start: what a crash lost is covered too).
+    pub fn published_before(&self, next_xid: u32) {
+        let mut inner = self.inner();
+        inner.xid_bound = later(inner.xid_bound, next_xid);
+    }
+
+    /// The last position after which every change a snapshot with this `xmin` does not
+    /// contain follows: each change up to it has an older transaction id, so the snapshot
+    /// saw it. `None` when the history does not reach back that far.
+    pub fn before_xid(&self, xmin: u32) -> Option<u64> {
+        let inner = self.inner();
+        let saw_all = |bound: u32| bound != 0 && (xmin.wrapping_sub(bound) as i32) >= 0;
+        let mut found = None;
+        for s in &inner.segments {
+            let points = std::iter::once((s.after, s.xid_base))
+                .chain(s.index.iter().map(|&(p, _, b)| (p.saturating_sub(1), b)));
+            for (position, bound) in points {
+                // Bounds only grow: past the first that fails, none holds.
+                if !saw_all(bound) {
+                    return found;
+                }
+                found = Some(position);
+            }
+        }
+        found
     }
 
     /// Start an empty history at `position`: it accounts for what comes after.
@@ -217,8 +264,12 @@ impl History {
     pub fn append(&self, batch: &Batch) -> io::Result<()> {
         let mut bytes = Vec::new();
         let mut positions = Vec::new();
+        let mut bound = self.inner().xid_bound;
         let mut add = |entry: Entry| -> io::Result<()> {
-            positions.push((bytes.len() as u64, entry.position()));
+            positions.push((bytes.len() as u64, entry.position(), bound));
+            if let Entry::Change { xid, .. } = entry {
+                bound = later(bound, xid.wrapping_add(1).max(3));
+            }
             frame(&mut bytes, &entry)
         };
         match batch {
@@ -258,6 +309,7 @@ impl History {
                 last_position: *last_position,
             })?,
         }
+        self.inner().xid_bound = bound;
         self.write(&bytes, &positions, batch.first_position())?;
         if let Batch::Gap {
             first_position,
@@ -276,13 +328,14 @@ impl History {
     pub fn stop(&self, last_position: u64) -> io::Result<()> {
         let mut bytes = Vec::new();
         frame(&mut bytes, &Entry::Stop { last_position })?;
-        self.write(&bytes, &[(0, last_position)], last_position)
+        let bound = self.inner().xid_bound;
+        self.write(&bytes, &[(0, last_position, bound)], last_position)
     }
 
     /// Write framed entries (each at an offset in `bytes`, with its position); `first` is the
     /// first position they account for.
-    fn write(&self, bytes: &[u8], positions: &[(u64, u64)], first: u64) -> io::Result<()> {
-        let Some(&(_, last)) = positions.last() else {
+    fn write(&self, bytes: &[u8], positions: &[(u64, u64, u32)], first: u64) -> io::Result<()> {
+        let Some(&(_, last, _)) = positions.last() else {
             return Ok(());
         };
         let mut inner = self.inner();
@@ -298,7 +351,7 @@ impl History {
         &self,
         inner: &mut Inner,
         bytes: &[u8],
-        positions: &[(u64, u64)],
+        positions: &[(u64, u64, u32)],
         first: u64,
         last: u64,
     ) -> io::Result<()> {
@@ -314,14 +367,14 @@ impl History {
         let file = inner.file.as_mut().expect("a segment is open");
         file.write_all(bytes)?;
         let segment = inner.segments.back_mut().expect("a segment is open");
-        for &(offset, position) in positions {
+        for &(offset, position, bound) in positions {
             let at = segment.len + offset;
             if segment
                 .index
                 .last()
-                .is_none_or(|(_, o)| at >= o + INDEX_EVERY)
+                .is_none_or(|(_, o, _)| at >= o + INDEX_EVERY)
             {
-                segment.index.push((position, at));
+                segment.index.push((position, at, bound));
             }
         }
         segment.len += bytes.len() as u64;
@@ -340,6 +393,7 @@ impl History {
             .open(&path)?;
         file.write_all(MAGIC)?;
         file.write_all(&after.to_le_bytes())?;
+        file.write_all(&inner.xid_bound.to_le_bytes())?;
         // A segment with this name (an empty one left by a failure) is replaced.
         inner.segments.retain(|s| s.path != path);
         inner.segments.push_back(Segment {
@@ -347,6 +401,7 @@ impl History {
             after,
             last: after,
             len: HEADER,
+            xid_base: inner.xid_bound,
             index: Vec::new(),
             written_at: SystemTime::now(),
         });
@@ -385,9 +440,9 @@ impl History {
                 let start = s
                     .index
                     .iter()
-                    .take_while(|(position, _)| *position <= after)
+                    .take_while(|(position, _, _)| *position <= after)
                     .last()
-                    .map_or(HEADER, |(_, offset)| *offset);
+                    .map_or(HEADER, |(_, offset, _)| *offset);
                 (s.path.clone(), s.after, start, s.len)
             })
             .collect();
@@ -430,16 +485,19 @@ fn scan(
     path: &Path,
     named_after: u64,
     gaps: &mut Vec<(u64, u64, Option<Vec<u32>>)>,
+    xid_bound: &mut u32,
 ) -> io::Result<Option<(Segment, bool)>> {
     let mut file = OpenOptions::new().read(true).write(true).open(path)?;
     let mut header = [0u8; HEADER as usize];
     if file.read_exact(&mut header).is_err() || &header[..8] != MAGIC {
         return Ok(None);
     }
-    let after = u64::from_le_bytes(header[8..].try_into().expect("8 bytes"));
+    let after = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
     if after != named_after {
         return Ok(None);
     }
+    let xid_base = u32::from_le_bytes(header[16..].try_into().expect("4 bytes"));
+    *xid_bound = later(*xid_bound, xid_base);
     let written_at = file.metadata()?.modified().unwrap_or(SystemTime::now());
     let mut reader = io::BufReader::new(&mut file);
     let mut segment = Segment {
@@ -447,6 +505,7 @@ fn scan(
         after,
         last: after,
         len: HEADER,
+        xid_base,
         index: Vec::new(),
         written_at,
     };
@@ -459,9 +518,12 @@ fn scan(
         if segment
             .index
             .last()
-            .is_none_or(|(_, o)| segment.len >= o + INDEX_EVERY)
+            .is_none_or(|(_, o, _)| segment.len >= o + INDEX_EVERY)
         {
-            segment.index.push((entry.position(), segment.len));
+            segment.index.push((entry.position(), segment.len, *xid_bound));
+        }
+        if let Entry::Change { xid, .. } = entry {
+            *xid_bound = later(*xid_bound, xid.wrapping_add(1).max(3));
         }
         segment.last = segment.last.max(entry.position());
         stop = matches!(entry, Entry::Stop { .. });

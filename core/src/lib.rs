@@ -7,6 +7,7 @@
 //!   threads: `Change`, `Batch`, `Request`/`WorkerHandle`, `Shared` numbers and `Limits`.
 //! - `filter`: `column=op.value` filters: parsing, and matching rows the way SQL compares.
 //! - `history`: published changes kept on disk, read back for clients that resume.
+//! - `snapshot`: which transactions a snapshot contains, and what its reader is asked and sends.
 //! - `protocol`: the wire protocols; `native` is realtime_ext's own JSON messages.
 //! - `visibility`: the columns and rows (row-level security) a subscriber may see.
 //! - `net`: tokio threads: listeners, the HTTP front door, the fan-out ring, the subscription
@@ -19,4 +20,5 @@ pub mod history;
 pub mod net;
 pub mod ops;
 pub mod protocol;
+pub mod snapshot;
 pub mod visibility;

@@ -73,6 +73,9 @@ pub fn answer(request: Request, audiences: &mut Audiences) {
                 audiences.leave(id);
             }
         }
+        Request::StartSnapshot { ticket, reply } => {
+            let _ = reply.send(crate::snapshot::launch(ticket).map_err(ResolveError::Internal));
+        }
         Request::Release { audience } => audiences.leave(audience),
         Request::Judge {
             audience,
@@ -89,6 +92,11 @@ pub fn answer(request: Request, audiences: &mut Audiences) {
 /// (numeric itself allows 131,072 digits: one such value in an `in` list rendered 128 KiB.)
 const MAX_FILTER_DIGITS: usize = 1000;
 const MAX_FILTER_EXPONENT: i64 = 1000;
+
+/// The role `principal` may act as, checked as for a subscription (for snapshot readers).
+pub fn usable_role(principal: &Principal) -> Answer<pg_sys::Oid> {
+    role(principal).map(|r| r.oid)
+}
 
 /// The role a principal acts as, once it is known to be one it may use.
 struct Role {

@@ -12,7 +12,10 @@ mod retention;
 mod rows;
 mod security;
 
+pub use catalog::usable_role;
+pub use policy::set_claims;
 pub use rows::RenderError;
+pub use security::as_owner;
 
 use crate::{gucs, queue};
 use pgrx::bgworkers::{
@@ -297,6 +300,7 @@ fn limits() -> Limits {
         max_message_size: gucs::max_message_size(),
         max_subscriptions: gucs::max_subscriptions(),
         max_handshakes: gucs::max_handshakes(),
+        max_snapshot_workers: gucs::max_snapshot_workers(),
         heartbeat_interval: Duration::from_secs(gucs::heartbeat_interval_s()),
         handshake_timeout: Duration::from_millis(gucs::handshake_timeout_ms()),
         allowed_origins: gucs::allowed_origins(),

@@ -36,6 +36,9 @@ pub fn open() -> Option<Arc<History>> {
             return None;
         }
     };
+    // Whatever was published before now, written or lost, has an older transaction id.
+    // SAFETY: reads the id counter in shared memory under its lock.
+    history.published_before(unsafe { pg_sys::ReadNextFullTransactionId() }.value as u32);
     let last = recovered.last_position;
     let next = queue::next_position();
     if last == 0 {

@@ -8,6 +8,7 @@ mod http;
 mod identity;
 pub mod interest;
 mod session;
+pub mod snapshots;
 pub mod subscriptions;
 pub mod tls;
 
@@ -43,6 +44,8 @@ pub struct Context {
     pub history: Option<Arc<History>>,
     /// What each connection is doing (`realtime_clients()`, /health).
     pub clients: Arc<clients::Clients>,
+    /// Snapshot readers waited for and running.
+    pub snapshots: Arc<snapshots::Snapshots>,
 }
 
 pub struct Server {
@@ -107,7 +110,13 @@ pub fn start(
         handshakes: Arc::new(http::Handshakes::default()),
         history,
         clients: Arc::default(),
+        snapshots: Arc::default(),
     };
+    let readers = context.snapshots.clone();
+    match runtime.block_on(async { readers.listen(std::path::Path::new(snapshots::SOCKET)) }) {
+        Ok(accept) => drop(runtime.spawn(accept)),
+        Err(e) => return Err(format!("could not listen on {}: {e}", snapshots::SOCKET)),
+    }
     let mut bound = Vec::new();
     let mut errors = Vec::new();
     for addr in addrs {

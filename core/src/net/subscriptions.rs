@@ -9,6 +9,7 @@ use crate::bridge::{Batch, Change, EndReason, GapReason, ResolveError, Shared, W
 use crate::filter::{self, FilterError, FilterSpec};
 use crate::history::History;
 use crate::ops::{Op, OpSet};
+use crate::snapshot::{OrderBy, Spec, Xids};
 use crate::visibility::{AudienceId, Columns, RowAccess};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -22,6 +23,8 @@ pub struct Wish {
     pub filter: Option<String>,
     /// Resume after this position from the history.
     pub since: Option<u64>,
+    /// Send only changes this snapshot does not contain (`after_snapshot`).
+    pub after_snapshot: Option<Arc<Xids>>,
 }
 
 /// Why a subscription was not made.
@@ -96,6 +99,8 @@ struct Subscription<K> {
     rows: RowAccess,
     /// Changes at or before this position predate the subscription.
     after: u64,
+    /// The snapshot the client already read: changes of transactions it sees are not sent.
+    seen_by: Option<Arc<Xids>>,
     /// Its place in the fan-out's index: the batches that may concern it are handed to this
     /// connection.
     _interest: Interest,
@@ -152,6 +157,13 @@ impl<K> Subscription<K> {
     /// history, which come before `after`).
     fn would_want(&self, change: &Change) -> Wanted {
         if change.relid != self.relid || !self.ops.contains(change.op) {
+            return Wanted::No;
+        }
+        if self
+            .seen_by
+            .as_ref()
+            .is_some_and(|s| s.contains(change.txn.xid))
+        {
             return Wanted::No;
         }
         // TRUNCATE affects every row: it reaches everyone who may read the table.
@@ -270,7 +282,17 @@ impl<K> SubscriptionSet<K> {
         // Counted before the worker is asked, so that by the time it answers, commits already
         // wake it (see queue::set_wake_on_commit); a failed subscribe drops the count.
         let counted = Counted::new(&self.shared);
-        let since = wish.since;
+        // Read back from the history: after `since`; or, for a snapshot, from where every
+        // change it does not contain follows (unknown: from the start, with a gap).
+        let since = wish.since.or_else(|| {
+            let seen_by = wish.after_snapshot.as_ref()?;
+            Some(
+                self.history
+                    .as_ref()
+                    .and_then(|h| h.before_xid(seen_by.xmin32()))
+                    .unwrap_or(0),
+            )
+        });
         let made = self.make(key, wish, principal, counted).await?;
         let resume = since.map(|after| {
             let through = made.after;
@@ -325,6 +347,7 @@ impl<K> SubscriptionSet<K> {
         let (interest, registered_after) = self
             .registrar
             .register(resolved.relid, Keys::of(&resolved.rows));
+        let seen_by = wish.after_snapshot.clone();
         Ok(Subscription {
             key,
             wish,
@@ -336,6 +359,7 @@ impl<K> SubscriptionSet<K> {
             columns: resolved.columns.map(Arc::new),
             rows: resolved.rows,
             after: registered_after.max(self.seen),
+            seen_by,
             _interest: interest,
             _audience: audience,
             _counted: counted,
@@ -358,6 +382,7 @@ impl<K> SubscriptionSet<K> {
             match again {
                 Ok(mut made) if made.relid == old.relid => {
                     made.after = old.after;
+                    made.seen_by = old.seen_by;
                     self.subscriptions.push(made)
                 }
                 Err(SubscribeError::Resolve(
@@ -482,6 +507,15 @@ impl<K> SubscriptionSet<K> {
                     };
                     push(out, wanted, i, change.position, columns.clone());
                 }
+                // 32-bit transaction ids wrap: a snapshot is forgotten long before they do
+                // (by then everything it saw has long been published).
+                if let Some(last) = changes.last() {
+                    for s in &mut self.subscriptions {
+                        if s.seen_by.as_ref().is_some_and(|x| x.long_past(last.txn.xid)) {
+                            s.seen_by = None;
+                        }
+                    }
+                }
             }
             Batch::Ended { relid, reason, .. } => self.end(*reason, |s| s.relid == *relid, out),
         }
@@ -522,6 +556,45 @@ impl<K> SubscriptionSet<K> {
             }
             Batch::Ended { .. } => {}
         }
+    }
+
+    /// From now on, do not send the subscription `same` picks the changes `seen_by` contains
+    /// (its snapshot was read in it).
+    pub fn set_seen_by(&mut self, same: impl Fn(&K) -> bool, seen_by: Arc<Xids>) {
+        if let Some(s) = self.subscriptions.iter_mut().find(|s| same(&s.key)) {
+            s.seen_by = Some(seen_by);
+        }
+    }
+
+    /// What a snapshot reader is to read for the subscription `same` picks, as `principal`.
+    /// The session applies its filter to the rows, so then the reader cannot apply `limit`.
+    pub fn snapshot_spec(
+        &self,
+        same: impl Fn(&K) -> bool,
+        principal: &Principal,
+        order: Vec<OrderBy>,
+        limit: Option<u64>,
+    ) -> Option<Spec> {
+        let s = self.subscriptions.iter().find(|s| same(&s.key))?;
+        let spec = Spec {
+            role: principal.role.clone(),
+            claims: principal.claims.clone(),
+            relid: s.relid,
+            schema: s.schema.clone(),
+            table: s.table.clone(),
+            columns: s.columns.as_ref().map(|c| c.iter().cloned().collect()),
+            order,
+            limit: limit.filter(|_| s.filter.is_none()),
+        };
+        Some(spec)
+    }
+
+    /// The filter of the subscription `same` picks, if it has one.
+    pub fn filter(&self, same: impl Fn(&K) -> bool) -> Option<&filter::Compiled> {
+        self.subscriptions
+            .iter()
+            .find(|s| same(&s.key))
+            .and_then(|s| s.filter.as_ref())
     }
 
     /// The audience that judges the rows of the subscription `same` picks, if the worker does.

@@ -25,6 +25,15 @@ pub enum ClientMessage {
         filter: Option<String>,
         /// Resume: also send the changes after this position that are still in the history.
         since: Option<u64>,
+        /// First send the table's current rows (`snapshot` pages, then `snapshot_end`), then
+        /// exactly the changes they do not contain.
+        snapshot: Option<bool>,
+        /// With `snapshot`: at most this many rows, in this order (`col.desc,other`).
+        limit: Option<u64>,
+        order: Option<String>,
+        /// A token from `realtime_snapshot_token()` (or a `snapshot_end`): send only the
+        /// changes the reads in that snapshot did not contain.
+        after_snapshot: Option<String>,
     },
     Unsubscribe {
         id: Value,
@@ -60,6 +69,8 @@ pub enum ErrorCode {
     DuplicateSubscription,
     UnknownSubscription,
     TooManySubscriptions,
+    InvalidSnapshot,
+    SnapshotFailed,
     Unauthorized,
     Forbidden,
     TokenExpired,
@@ -107,6 +118,15 @@ pub enum ServerMessage<'a> {
         /// Subscribe again with this `since` to get what was missed, while the history holds it.
         #[serde(skip_serializing_if = "Option::is_none")]
         resume_from: Option<u64>,
+    },
+    /// The snapshot of subscription `id` is complete: `rows` were sent; changes after
+    /// `position` that it did not contain follow. `token` resumes without duplicates (as
+    /// `after_snapshot`, with `since`).
+    SnapshotEnd {
+        id: &'a Value,
+        rows: u64,
+        position: u64,
+        token: String,
     },
     /// The connection now acts as `role`; `expires_at` is when its token stops being valid
     /// (Unix seconds), absent when it does not expire.
@@ -191,9 +211,11 @@ pub fn parse(text: &str) -> Result<ClientMessage, ParseError> {
             table,
             filter,
             events,
+            order,
             ..
         } if table.contains('\0')
             || filter.as_deref().is_some_and(|f| f.contains('\0'))
+            || order.as_deref().is_some_and(|o| o.contains('\0'))
             || events.iter().flatten().any(|e| e.contains('\0')) =>
         {
             Err(ParseError::Nul)
@@ -279,6 +301,19 @@ impl Coded for SubscribeError {
             SubscribeError::Resolve(e) => e.code(),
         }
     }
+}
+
+/// A `snapshot` message: a page of rows, already JSON text, copied in.
+pub fn snapshot_frame<'a>(id: &Value, rows: impl IntoIterator<Item = &'a str>) -> String {
+    let mut s = format!(r#"{{"type":"snapshot","id":{id},"rows":["#);
+    for (i, row) in rows.into_iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(row);
+    }
+    s.push_str("]}");
+    s
 }
 
 /// The `change` message, assembled as text: the row images are already JSON and are copied

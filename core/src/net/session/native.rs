@@ -11,11 +11,13 @@ use crate::history::{History, Reader};
 use crate::net::clients::Client;
 use crate::net::fanout::{Dropped, Missed};
 use crate::net::identity::Identity;
+use crate::net::snapshots::{SnapshotError, Snapshots};
 use crate::net::subscriptions::{Outgoing, Resume, SubscribeError, SubscriptionSet, Wish};
 use crate::net::Context;
 use crate::net::Stream;
 use crate::ops::OpSet;
 use crate::protocol::native::{self, ClientMessage, Coded, ErrorCode, ServerMessage};
+use crate::snapshot::{self, Frame, OrderBy, Xids};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use std::collections::VecDeque;
@@ -46,8 +48,27 @@ type Sink<S> = futures_util::stream::SplitSink<WebSocketStream<S>, Message>;
 /// How far ahead "never" is, for a token without `exp`.
 const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
+/// What a `subscribe` leaves to do after its reply, outside the time limit on handling one
+/// message: each write has its own.
+enum FollowUp {
+    /// Read back what the history holds for the resumed subscription `id`.
+    Replay(Value, Resume),
+    /// Send subscription `id` its snapshot: it starts after `position`.
+    Snapshot {
+        id: Value,
+        position: u64,
+        order: Vec<OrderBy>,
+        limit: Option<u64>,
+    },
+}
+
 struct Session<S> {
     sink: Sink<S>,
+    /// Longest any write may wait for the client.
+    write_limit: Duration,
+    follow_up: Option<FollowUp>,
+    snapshots: Arc<Snapshots>,
+    shared: Arc<crate::bridge::Shared>,
     identity: Identity,
     /// Its entry in the connection report, and the subscriptions generation last put there.
     client: Arc<Client>,
@@ -71,8 +92,15 @@ pub async fn run<S: Stream>(
     tokio::pin!(kicked);
     let (sink, mut stream) = ws.split();
     let interval = context.shared.limits().heartbeat_interval;
+    // A client silent this long is gone; so is one whose socket accepted nothing for as long
+    // (a session blocked on a write cannot run its heartbeat, so every write is bounded too).
+    let timeout = 2 * interval;
     let mut session = Session {
         sink,
+        write_limit: timeout,
+        follow_up: None,
+        snapshots: context.snapshots.clone(),
+        shared: context.shared.clone(),
         identity,
         client,
         reported: None,
@@ -86,9 +114,6 @@ pub async fn run<S: Stream>(
         ),
         outgoing: Vec::new(),
     };
-    // A client silent this long is gone; so is one whose socket accepted nothing for as long
-    // (a session blocked on a write cannot run its heartbeat, so every write is bounded too).
-    let timeout = 2 * interval;
     let timed_out = || Some((CloseCode::Away, "heartbeat timed out".to_string()));
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     let mut last_heard = Instant::now();
@@ -106,7 +131,18 @@ pub async fn run<S: Stream>(
                         let handled = tokio::time::timeout(timeout, session.on_text(&text)).await;
                         let expires_in = session.identity.expires_in().unwrap_or(NEVER);
                         expiry.as_mut().reset(tokio::time::Instant::now() + expires_in);
-                        handled
+                        match (handled, session.follow_up.take()) {
+                            (Ok(()), Some(work)) => {
+                                let done = session.follow(work).await;
+                                // Nothing was read meanwhile: the client is not to blame.
+                                last_heard = Instant::now();
+                                if done.is_err() {
+                                    break None;
+                                }
+                                Ok(())
+                            }
+                            (handled, _) => handled,
+                        }
                     }
                     Some(Ok(Message::Binary(_))) => {
                         tokio::time::timeout(timeout, session.error(ErrorCode::BinaryNotSupported, "send JSON text messages", None)).await
@@ -310,6 +346,10 @@ impl<S: Stream> Session<S> {
                 events,
                 filter,
                 since,
+                snapshot,
+                limit,
+                order,
+                after_snapshot,
             }) => {
                 let events = match events.as_deref().map(OpSet::parse).transpose() {
                     Ok(events) => events,
@@ -319,17 +359,34 @@ impl<S: Stream> Session<S> {
                             .await;
                     }
                 };
+                let snapshot = snapshot == Some(true);
+                let invalid = if !snapshot && (limit.is_some() || order.is_some()) {
+                    Some("limit and order apply to \"snapshot\": true".to_string())
+                } else if snapshot && (since.is_some() || after_snapshot.is_some()) {
+                    Some("a snapshot subscription starts from its own snapshot; to resume one, subscribe with since and after_snapshot (snapshot_end's token)".to_string())
+                } else {
+                    None
+                };
+                let order = order.as_deref().map(snapshot::parse_order).transpose();
+                let after_snapshot = after_snapshot.as_deref().map(Xids::parse).transpose();
+                let (order, after_snapshot) = match (invalid, order, after_snapshot) {
+                    (None, Ok(order), Ok(after)) => (order.unwrap_or_default(), after.map(Arc::new)),
+                    (Some(why), _, _) => return self.error(ErrorCode::InvalidSnapshot, &why, Some(&id)).await,
+                    (_, Err(e), _) => return self.error(ErrorCode::InvalidSnapshot, &e.to_string(), Some(&id)).await,
+                    (_, _, Err(e)) => return self.error(ErrorCode::InvalidSnapshot, &e.to_string(), Some(&id)).await,
+                };
                 let wish = Wish {
                     table,
                     events,
                     filter,
                     since,
+                    after_snapshot,
                 };
                 let principal = match self.identity.principal() {
                     Ok(principal) => principal.clone(),
                     Err(e) => return self.refuse(e, Some(&id)).await,
                 };
-                let (text, resume) = match self
+                let (text, resume, position) = match self
                     .subscriptions
                     .subscribe(id.clone(), wish, &principal, native::same_id)
                     .await
@@ -351,15 +408,115 @@ impl<S: Stream> Session<S> {
                         }
                         .to_text(),
                         made.resume,
+                        made.position,
                     ),
                     Err(e) => return self.refuse(e, Some(&id)).await,
                 };
                 let _ = self.sink.send(Message::text(text)).await;
-                if let Some(resume) = resume {
-                    let _ = self.replay(&id, resume).await;
-                }
+                self.follow_up = match resume {
+                    Some(resume) => Some(FollowUp::Replay(id, resume)),
+                    None if snapshot => Some(FollowUp::Snapshot {
+                        id,
+                        position,
+                        order,
+                        limit,
+                    }),
+                    None => None,
+                };
             }
         }
+    }
+
+    async fn follow(&mut self, work: FollowUp) -> Result<(), WsError> {
+        match work {
+            FollowUp::Replay(id, resume) => self.replay(&id, resume).await,
+            FollowUp::Snapshot {
+                id,
+                position,
+                order,
+                limit,
+            } => match self.snapshot(&id, position, order, limit).await {
+                Err(Failure::Client(e)) => Err(e),
+                Err(Failure::Snapshot(e)) => {
+                    // The client cannot know which rows it lacks: the subscription goes.
+                    self.subscriptions
+                        .unsubscribe(|key| native::same_id(key, &id));
+                    let message = format!("{e}; the subscription was removed");
+                    let limit = self.write_limit;
+                    timed(limit, async {
+                        self.error(ErrorCode::SnapshotFailed, &message, Some(&id))
+                            .await;
+                        Ok(())
+                    })
+                    .await
+                }
+                Ok(()) => Ok(()),
+            },
+        }
+    }
+
+    /// Send subscription `id` the rows of its table it may see and that pass its filter, read
+    /// in one snapshot by a snapshot reader, then `snapshot_end`; from then on it is not sent
+    /// changes that snapshot contains. Its live changes wait in the fan-out meanwhile.
+    async fn snapshot(
+        &mut self,
+        id: &Value,
+        position: u64,
+        order: Vec<OrderBy>,
+        limit: Option<u64>,
+    ) -> Result<(), Failure> {
+        let same = |key: &Value| native::same_id(key, id);
+        let Ok(principal) = self.identity.principal().cloned() else {
+            return Ok(());
+        };
+        let Some(spec) = self
+            .subscriptions
+            .snapshot_spec(same, &principal, order, limit)
+        else {
+            return Ok(());
+        };
+        let max = self.shared.limits().max_snapshot_workers;
+        let mut feed = self.snapshots.read(&self.worker, &spec, max).await?;
+        let Frame::Snapshot(text) = feed.next().await? else {
+            return Err(SnapshotError::Broken.into());
+        };
+        let seen_by = Xids::parse(&text).map_err(|e| SnapshotError::Failed(e.to_string()))?;
+        let token = seen_by.token();
+        self.subscriptions.set_seen_by(same, Arc::new(seen_by));
+        let mut sent = 0u64;
+        let write_limit = self.write_limit;
+        while limit.is_none_or(|limit| sent < limit) {
+            let page = match feed.next().await? {
+                Frame::Rows(page) => page,
+                Frame::End(_) => break,
+                Frame::Snapshot(_) | Frame::Failed(_) => return Err(SnapshotError::Broken.into()),
+            };
+            let filter = self.subscriptions.filter(same);
+            let rows: Vec<&str> = snapshot::rows(&page)
+                .filter_map(|row| std::str::from_utf8(row).ok())
+                .filter(|row| {
+                    filter.is_none_or(|f| {
+                        serde_json::from_str(row).is_ok_and(|row| f.matches(Some(&row)))
+                    })
+                })
+                .take(limit.map_or(usize::MAX, |l| (l - sent) as usize))
+                .collect();
+            if rows.is_empty() {
+                continue;
+            }
+            sent += rows.len() as u64;
+            let text = native::snapshot_frame(id, rows);
+            timed(write_limit, self.sink.send(Message::text(text))).await?;
+        }
+        drop(feed);
+        let end = ServerMessage::SnapshotEnd {
+            id,
+            rows: sent,
+            position,
+            token,
+        };
+        timed(write_limit, self.sink.send(Message::text(end.to_text()))).await?;
+        Ok(())
     }
 
     /// Send the subscription `id` what the history holds of the stretch `resume` covers,
@@ -418,9 +575,11 @@ impl<S: Stream> Session<S> {
                 }
             }
             self.subscriptions.replay(same, &batch, &mut outgoing);
-            self.send_all(&batch, &mut outgoing).await?;
+            let limit = self.write_limit;
+            timed(limit, self.send_all(&batch, &mut outgoing)).await?;
         }
-        self.sink.flush().await
+        let limit = self.write_limit;
+        timed(limit, self.sink.flush()).await
     }
 
     /// Batches were lost to this session: tell the client now (nothing may follow soon).
@@ -503,6 +662,36 @@ impl<S: Stream> Session<S> {
         }
         Ok(())
     }
+}
+
+/// Why a snapshot did not reach its end.
+enum Failure {
+    /// Writing to the client failed: the connection is done.
+    Client(WsError),
+    /// The snapshot could not be read: the client is told.
+    Snapshot(SnapshotError),
+}
+
+impl From<WsError> for Failure {
+    fn from(e: WsError) -> Failure {
+        Failure::Client(e)
+    }
+}
+
+impl From<SnapshotError> for Failure {
+    fn from(e: SnapshotError) -> Failure {
+        Failure::Snapshot(e)
+    }
+}
+
+/// `write`, failing as a timed-out write past `limit`.
+async fn timed<T>(
+    limit: Duration,
+    write: impl std::future::Future<Output = Result<T, WsError>>,
+) -> Result<T, WsError> {
+    tokio::time::timeout(limit, write)
+        .await
+        .unwrap_or_else(|_| Err(WsError::Io(std::io::ErrorKind::TimedOut.into())))
 }
 
 /// The next stretch of a replay: a batch of up to `REPLAY_CHUNK` changes or `REPLAY_BYTES`
