@@ -214,7 +214,11 @@ impl History {
                 found = Some(position);
             }
         }
-        found
+        // And the end: everything written so far.
+        match inner.segments.back() {
+            Some(s) if saw_all(inner.xid_bound) => Some(s.last),
+            _ => found,
+        }
     }
 
     /// Start an empty history at `position`: it accounts for what comes after.
@@ -719,6 +723,43 @@ mod unit {
         bytes: 1 << 30,
         age: Duration::from_secs(3600),
     };
+
+    #[test]
+    fn a_snapshot_finds_where_the_changes_it_did_not_see_begin_even_after_reopening() {
+        let dir = dir("xid");
+        let (history, _) = History::open(&dir, ROOMY).unwrap();
+        history.published_before(1000);
+        history.begin(100).unwrap();
+        // One change per position; big enough rows that index points fall every few changes.
+        // Transaction ids grow with positions but not strictly: a long transaction (id 1005)
+        // commits late, at position 140.
+        let xid_of = |p: u64| if p == 140 { 1005 } else { 1000 + p as u32 };
+        for p in 101..=200u64 {
+            let mut c = change(p, 1);
+            c.new = Some(format!("{{\"pad\":\"{}\"}}", "x".repeat(20_000)).into());
+            c.txn = Arc::new(Txn {
+                xid: xid_of(p),
+                commit_time: String::new(),
+            });
+            history.append(&Batch::Changes(vec![c])).unwrap();
+        }
+        let check = |history: &History| {
+            assert_eq!(history.before_xid(999), None, "older than the history");
+            assert_eq!(history.before_xid(1000), Some(100));
+            for xmin in [1050u32, 1120, 1190, 1201] {
+                let after = history.before_xid(xmin).unwrap();
+                // Every change up to it is older than xmin (the snapshot saw it) ...
+                assert!((101..=after).all(|p| xid_of(p) < xmin), "{xmin}: {after}");
+                // ... and it is close: at most one index stretch (3 changes here) back.
+                let first_unseen = (101..=200).find(|p| xid_of(*p) >= xmin).unwrap_or(201);
+                assert!(after + 4 >= first_unseen, "{xmin}: {after} vs {first_unseen}");
+            }
+        };
+        check(&history);
+        drop(history);
+        let (history, _) = History::open(&dir, ROOMY).unwrap();
+        check(&history);
+    }
 
     #[test]
     fn what_is_appended_is_read_back_after_any_position_and_survives_reopening() {
