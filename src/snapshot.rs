@@ -45,7 +45,8 @@ fn active_snapshot() -> String {
             );
         }
         let next = pg_sys::ReadNextFullTransactionId().value;
-        let full = |xid: pg_sys::TransactionId| next - (next as u32).wrapping_sub(xid.into_inner()) as u64;
+        let full =
+            |xid: pg_sys::TransactionId| next - (next as u32).wrapping_sub(xid.into_inner()) as u64;
         let s = &*snapshot;
         let mut xip: Vec<u64> = (0..s.xcnt as usize).map(|i| full(*s.xip.add(i))).collect();
         xip.sort_unstable();

@@ -123,7 +123,9 @@ impl State {
     fn load(&mut self, row: &Value) {
         let id = row["id"].as_i64().unwrap();
         assert!(
-            self.0.insert(id, row.as_object().unwrap().clone()).is_none(),
+            self.0
+                .insert(id, row.as_object().unwrap().clone())
+                .is_none(),
             "row {id} twice"
         );
     }
@@ -134,7 +136,9 @@ impl State {
             ("change", "INSERT") => self.load(&m["new"]),
             ("change", "UPDATE") if m["old"].is_null() => self.load(&m["new"]),
             ("change", "UPDATE") => {
-                let old = self.0.insert(id(&m["new"]), m["new"].as_object().unwrap().clone());
+                let old = self
+                    .0
+                    .insert(id(&m["new"]), m["new"].as_object().unwrap().clone());
                 assert!(old.is_some(), "update of a row never seen: {m}");
             }
             ("change", "DELETE") | ("leave", _) => {
@@ -198,7 +202,10 @@ fn follow_to_sentinel(ws: &mut Ws, state: &mut State, seen: &Seen) -> usize {
         let m = ws.recv();
         assert_ne!(m["type"], "gap", "{m}");
         let xid = m["xid"].as_u64().unwrap();
-        assert!(!seen.contains(xid), "a change the snapshot already holds: {m}");
+        assert!(
+            !seen.contains(xid),
+            "a change the snapshot already holds: {m}"
+        );
         if m["new"]["id"].as_i64() == Some(SENTINEL) {
             return n;
         }
@@ -247,7 +254,10 @@ fn a_snapshot_then_the_stream_hold_every_row_exactly_once_while_writers_run() {
     insert_sentinel(&cluster);
     let seen = Seen::parse(end["token"].as_str().unwrap());
     let changes = follow_to_sentinel(&mut ws, &mut state, &seen);
-    assert!(changes > 0, "no change after the snapshot ({txns} transactions)");
+    assert!(
+        changes > 0,
+        "no change after the snapshot ({txns} transactions)"
+    );
     state.0.remove(&SENTINEL);
     cluster
         .client()
@@ -302,7 +312,9 @@ fn a_sql_reader_stitches_with_its_snapshot_token() {
     std::thread::sleep(Duration::from_millis(700));
 
     let mut ws = Ws::connect_as(cluster.ws_port, &alice());
-    ws.send(json!({"type": "subscribe", "id": "s", "table": "items", "after_snapshot": snapshot_token}));
+    ws.send(
+        json!({"type": "subscribe", "id": "s", "table": "items", "after_snapshot": snapshot_token}),
+    );
     let reply = ws.recv();
     assert_eq!(
         (reply["type"].as_str(), reply["resume"].as_str()),
@@ -338,7 +350,8 @@ fn filters_order_and_limit_shape_the_snapshot_and_readers_queue_for_a_slot() {
             .map(|r| r.get::<_, i32>(0) as i64)
             .collect()
     };
-    let ids = |rows: &[Value]| -> Vec<i64> { rows.iter().map(|r| r["id"].as_i64().unwrap()).collect() };
+    let ids =
+        |rows: &[Value]| -> Vec<i64> { rows.iter().map(|r| r["id"].as_i64().unwrap()).collect() };
 
     // Two snapshots at once with one reader allowed: the second waits its turn.
     let mut a = Ws::connect_as(cluster.ws_port, &alice());
@@ -372,11 +385,18 @@ fn filters_order_and_limit_shape_the_snapshot_and_readers_queue_for_a_slot() {
     // Then live changes, filtered as usual.
     cluster
         .client()
-        .execute("INSERT INTO items VALUES (30001, 'alice', 'a', 5, 'x')", &[])
+        .execute(
+            "INSERT INTO items VALUES (30001, 'alice', 'a', 5, 'x')",
+            &[],
+        )
         .unwrap();
     // One message per change on a connection, whichever of its subscriptions want it.
     let m = b.recv();
-    assert_eq!((m["op"].as_str(), m["new"]["id"].as_i64()), (Some("INSERT"), Some(30001)), "{m}");
+    assert_eq!(
+        (m["op"].as_str(), m["new"]["id"].as_i64()),
+        (Some("INSERT"), Some(30001)),
+        "{m}"
+    );
     b.nothing_more();
 }
 
@@ -388,7 +408,11 @@ fn bad_snapshot_requests_are_refused_and_change_nothing_else() {
     let refused = |ws: &mut Ws, msg: Value, code: &str| {
         ws.send(msg);
         let m = ws.recv();
-        assert_eq!((m["type"].as_str(), m["code"].as_str()), (Some("error"), Some(code)), "{m}");
+        assert_eq!(
+            (m["type"].as_str(), m["code"].as_str()),
+            (Some("error"), Some(code)),
+            "{m}"
+        );
         m
     };
     for msg in [
@@ -404,10 +428,18 @@ fn bad_snapshot_requests_are_refused_and_change_nothing_else() {
     ws.send(json!({"type": "subscribe", "id": 1, "table": "items", "snapshot": true, "order": "secret"}));
     assert_eq!(ws.recv()["type"], "subscribed");
     let m = ws.recv();
-    assert_eq!((m["code"].as_str(), m["id"].as_i64()), (Some("snapshot_failed"), Some(1)), "{m}");
+    assert_eq!(
+        (m["code"].as_str(), m["id"].as_i64()),
+        (Some("snapshot_failed"), Some(1)),
+        "{m}"
+    );
     assert!(m["message"].as_str().unwrap().contains("secret"), "{m}");
     // The subscription is gone; the connection, the worker and other snapshots carry on.
-    refused(&mut ws, json!({"type": "unsubscribe", "id": 1}), "unknown_subscription");
+    refused(
+        &mut ws,
+        json!({"type": "unsubscribe", "id": 1}),
+        "unknown_subscription",
+    );
     let (_, rows, _) = snapshot(
         &mut ws,
         json!({"type": "subscribe", "id": 2, "table": "items", "snapshot": true, "limit": 1}),

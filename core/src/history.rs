@@ -524,7 +524,9 @@ fn scan(
             .last()
             .is_none_or(|(_, o, _)| segment.len >= o + INDEX_EVERY)
         {
-            segment.index.push((entry.position(), segment.len, *xid_bound));
+            segment
+                .index
+                .push((entry.position(), segment.len, *xid_bound));
         }
         if let Entry::Change { xid, .. } = entry {
             *xid_bound = later(*xid_bound, xid.wrapping_add(1).max(3));
@@ -752,7 +754,10 @@ mod unit {
                 assert!((101..=after).all(|p| xid_of(p) < xmin), "{xmin}: {after}");
                 // ... and it is close: at most one index stretch (3 changes here) back.
                 let first_unseen = (101..=200).find(|p| xid_of(*p) >= xmin).unwrap_or(201);
-                assert!(after + 4 >= first_unseen, "{xmin}: {after} vs {first_unseen}");
+                assert!(
+                    after + 4 >= first_unseen,
+                    "{xmin}: {after} vs {first_unseen}"
+                );
             }
         };
         check(&history);

@@ -50,7 +50,9 @@ impl Xids {
                 .parse::<u64>()
                 .map_err(|_| TokenError("a transaction id is not a number"))?;
             if xid < xmin || xid >= xmax {
-                return Err(TokenError("a transaction in progress is outside xmin..xmax"));
+                return Err(TokenError(
+                    "a transaction in progress is outside xmin..xmax",
+                ));
             }
             xip.push(xid);
         }
@@ -244,10 +246,21 @@ mod unit {
 
     #[test]
     fn hostile_tokens_are_refused() {
-        for bad in ["", "1", "1:2", "a:2:", "5:3:", "1:5:7", "1:5:x", "1:18446744073709551615:"] {
+        for bad in [
+            "",
+            "1",
+            "1:2",
+            "a:2:",
+            "5:3:",
+            "1:5:7",
+            "1:5:x",
+            "1:18446744073709551615:",
+        ] {
             assert!(Xids::parse(bad).is_err(), "{bad}");
         }
-        let many = (0..=MAX_XIP).map(|i| (i + 1).to_string()).collect::<Vec<_>>();
+        let many = (0..=MAX_XIP)
+            .map(|i| (i + 1).to_string())
+            .collect::<Vec<_>>();
         assert!(Xids::parse(&format!("1:{}:{}", MAX_XIP + 5, many.join(","))).is_err());
     }
 
@@ -272,9 +285,15 @@ mod unit {
         let mut page = Vec::new();
         push_row(&mut page, b"{\"a\":\n1}");
         push_row(&mut page, b"{}");
-        assert_eq!(rows(&page).collect::<Vec<_>>(), [&b"{\"a\":\n1}"[..], b"{}"]);
+        assert_eq!(
+            rows(&page).collect::<Vec<_>>(),
+            [&b"{\"a\":\n1}"[..], b"{}"]
+        );
         let f = Frame::Rows(page.clone()).encode();
-        assert_eq!(Frame::decode(f[0], f[5..].to_vec()), Some(Frame::Rows(page)));
+        assert_eq!(
+            Frame::decode(f[0], f[5..].to_vec()),
+            Some(Frame::Rows(page))
+        );
         let f = Frame::End(7).encode();
         assert_eq!(Frame::decode(f[0], f[5..].to_vec()), Some(Frame::End(7)));
     }

@@ -43,7 +43,10 @@ pub struct Snapshots {
 
 impl Snapshots {
     /// Accept readers on `path` (replacing a socket a previous worker left).
-    pub fn listen(self: &Arc<Self>, path: &Path) -> std::io::Result<impl std::future::Future<Output = ()>> {
+    pub fn listen(
+        self: &Arc<Self>,
+        path: &Path,
+    ) -> std::io::Result<impl std::future::Future<Output = ()>> {
         let _ = std::fs::remove_file(path);
         let listener = UnixListener::bind(path)?;
         let me = self.clone();
@@ -60,7 +63,11 @@ impl Snapshots {
         let Ok(Ok(ticket)) = tokio::time::timeout(CONNECT_WAIT, stream.read_u64_le()).await else {
             return;
         };
-        let waiter = self.waiting.lock().unwrap_or_else(|e| e.into_inner()).remove(&ticket);
+        let waiter = self
+            .waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&ticket);
         if let Some(waiter) = waiter {
             let _ = waiter.send(stream);
         }
@@ -93,8 +100,14 @@ impl Snapshots {
             .map_err(|_| SnapshotError::Broken)?;
         drop(forget);
         let spec = serde_json::to_vec(spec).expect("a spec serializes");
-        stream.write_u32_le(spec.len() as u32).await.map_err(|_| SnapshotError::Broken)?;
-        stream.write_all(&spec).await.map_err(|_| SnapshotError::Broken)?;
+        stream
+            .write_u32_le(spec.len() as u32)
+            .await
+            .map_err(|_| SnapshotError::Broken)?;
+        stream
+            .write_all(&spec)
+            .await
+            .map_err(|_| SnapshotError::Broken)?;
         Ok(Feed {
             stream,
             _slot: slot,
@@ -159,8 +172,16 @@ pub struct Feed {
 
 impl Feed {
     pub async fn next(&mut self) -> Result<Frame, SnapshotError> {
-        let kind = self.stream.read_u8().await.map_err(|_| SnapshotError::Broken)?;
-        let len = self.stream.read_u32_le().await.map_err(|_| SnapshotError::Broken)?;
+        let kind = self
+            .stream
+            .read_u8()
+            .await
+            .map_err(|_| SnapshotError::Broken)?;
+        let len = self
+            .stream
+            .read_u32_le()
+            .await
+            .map_err(|_| SnapshotError::Broken)?;
         if len > MAX_FRAME {
             return Err(SnapshotError::Broken);
         }

@@ -511,7 +511,10 @@ impl<K> SubscriptionSet<K> {
                 // (by then everything it saw has long been published).
                 if let Some(last) = changes.last() {
                     for s in &mut self.subscriptions {
-                        if s.seen_by.as_ref().is_some_and(|x| x.long_past(last.txn.xid)) {
+                        if s.seen_by
+                            .as_ref()
+                            .is_some_and(|x| x.long_past(last.txn.xid))
+                        {
                             s.seen_by = None;
                         }
                     }

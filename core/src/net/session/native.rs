@@ -370,10 +370,24 @@ impl<S: Stream> Session<S> {
                 let order = order.as_deref().map(snapshot::parse_order).transpose();
                 let after_snapshot = after_snapshot.as_deref().map(Xids::parse).transpose();
                 let (order, after_snapshot) = match (invalid, order, after_snapshot) {
-                    (None, Ok(order), Ok(after)) => (order.unwrap_or_default(), after.map(Arc::new)),
-                    (Some(why), _, _) => return self.error(ErrorCode::InvalidSnapshot, &why, Some(&id)).await,
-                    (_, Err(e), _) => return self.error(ErrorCode::InvalidSnapshot, &e.to_string(), Some(&id)).await,
-                    (_, _, Err(e)) => return self.error(ErrorCode::InvalidSnapshot, &e.to_string(), Some(&id)).await,
+                    (None, Ok(order), Ok(after)) => {
+                        (order.unwrap_or_default(), after.map(Arc::new))
+                    }
+                    (Some(why), _, _) => {
+                        return self
+                            .error(ErrorCode::InvalidSnapshot, &why, Some(&id))
+                            .await
+                    }
+                    (_, Err(e), _) => {
+                        return self
+                            .error(ErrorCode::InvalidSnapshot, &e.to_string(), Some(&id))
+                            .await
+                    }
+                    (_, _, Err(e)) => {
+                        return self
+                            .error(ErrorCode::InvalidSnapshot, &e.to_string(), Some(&id))
+                            .await
+                    }
                 };
                 let wish = Wish {
                     table,
