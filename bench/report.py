@@ -150,6 +150,15 @@ if d is not None and not d.get("error"):
           f"nothing lost or twice | {ok(exact)} |")
 elif d is not None:
     print(f"| D | resume after a disconnect | | | FAILED: {d['error'][:60]} | | |")
+n = find(scenario="snapshot")
+if n is not None and not n.get("error"):
+    b, du = n["steady_latency_ms_before"], n["steady_latency_ms_during"]
+    met = n["rows_received"] == n["rows"] and du["p99"] <= 2 * b["p99"]
+    print(f"| N | {n['rows']:,}-row snapshot while {n['steady']} clients get {n['rate_per_s']:,.0f} changes/s: rows/s; their p50 / p99 during it (before) | | | "
+          f"{n['rows_per_s']:,.0f} rows/s ({n['rows_received']:,} rows in {n['snapshot_seconds']:.1f} s, {n['mib_per_s']:.0f} MiB/s); "
+          f"{f(du['p50'])} / {f(du['p99'])} ms ({f(b['p50'])} / {f(b['p99'])} ms) | all rows; p99 within 2x | {ok(met)} |")
+elif n is not None:
+    print(f"| N | snapshot then stream | | | FAILED: {n['error'][:60]} | | |")
 for r in rows:
     if r.get("scenario") == "bridge_crashed":
         print(f"\nThe Node bridge had died before \"{r['before']}\" and was restarted; its log ended: `{r['log'].strip()[-160:]}`")

@@ -15,6 +15,10 @@
 //!            N clients drop for `away` seconds while one writer commits R rows/s, then resume
 //!            with `since`; M clients stay connected. Time until each resumed client caught up,
 //!            rows lost or twice, and the steady clients' latency meanwhile
+//!   snapshot --rows N --steady M --rate R --baseline S
+//!            One client reads an N-row table with `snapshot: true` while M clients receive R
+//!            changes/s of another: rows/s, and their latency during the read against the S
+//!            seconds before it.
 //!   floor-server --port P                                        a broadcaster with no database (see floor.rs);
 //!                                                                measure it with latency --target floor
 //!
@@ -92,6 +96,7 @@ async fn main() {
         "count" => scenarios::count(&args).await,
         "rls" => scenarios::rls(&args).await,
         "resume" => scenarios::resume(&args).await,
+        "snapshot" => scenarios::snapshot(&args).await,
         "floor-server" => floor::serve(args.num("port", 8090.0) as u16).await,
         _ => usage(),
     };

@@ -831,3 +831,137 @@ pub async fn resume(args: &Args) -> Value {
         "steady_latency_ms_before_drop": percentiles(outside),
     })
 }
+
+/// N: one client reads a `--rows` table with `snapshot: true` while `--steady` clients receive
+/// `--rate` changes/s of another table: rows/s delivered, and the steady clients' latency during
+/// the snapshot against the same load just before it.
+pub async fn snapshot(args: &Args) -> Value {
+    let rows = args.num("rows", 1_000_000.0) as i64;
+    let steady = args.num("steady", 100.0) as usize;
+    let rate = args.num("rate", 1000.0);
+    let baseline = args.num("baseline", 10.0);
+    let db = database(args).await;
+    db.batch_execute(&format!(
+        "DROP TABLE IF EXISTS bench_snapshot;
+         CREATE TABLE bench_snapshot (id bigint PRIMARY KEY, kind text, score int, note text);
+         INSERT INTO bench_snapshot
+           SELECT g, 'kind' || g % 7, g % 1000, repeat('x', 40) FROM generate_series(1, {rows}) g;
+         VACUUM ANALYZE bench_snapshot;
+         SELECT realtime_watch('bench_snapshot');"
+    ))
+    .await
+    .unwrap();
+    client::setup_table(&db, client::Target::Realtime, "bench_live").await;
+    let url = url(args);
+    let steadies = match subscribers(&url, steady, "bench_live").await {
+        Ok(s) => s,
+        Err(e) => return failed("snapshot", args, e),
+    };
+    let done = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let steady_tasks: Vec<_> = steadies
+        .into_iter()
+        .map(|mut ws| {
+            let done = done.clone();
+            tokio::spawn(async move {
+                let mut samples = Vec::new();
+                loop {
+                    match tokio::time::timeout(Duration::from_millis(500), ws.next()).await {
+                        Ok(Some(Ok(Message::Text(t)))) => {
+                            if let Some(sent) = client::sent_at_us(&t) {
+                                let ms = (client::now_us() - sent) as f64 / 1000.0;
+                                samples.push((start.elapsed().as_secs_f64(), ms));
+                            }
+                        }
+                        Ok(Some(Ok(_))) => {}
+                        Err(_) if done.load(Relaxed) => break,
+                        Err(_) => {}
+                        Ok(_) => break,
+                    }
+                }
+                samples
+            })
+        })
+        .collect();
+    let writer = {
+        let done = done.clone();
+        let db = database(args).await;
+        tokio::spawn(async move {
+            let insert = db
+                .prepare("INSERT INTO bench_live VALUES ($1, $2, 'live')")
+                .await
+                .unwrap();
+            let interval = Duration::from_secs_f64(1.0 / rate);
+            let mut next = tokio::time::Instant::now();
+            let mut id = 0i64;
+            while !done.load(Relaxed) {
+                tokio::time::sleep_until(next).await;
+                next += interval;
+                db.execute(&insert, &[&id, &client::now_us()])
+                    .await
+                    .unwrap();
+                id += 1;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs_f64(baseline)).await;
+
+    let snapshot_started = start.elapsed().as_secs_f64();
+    let read = async {
+        let mut ws = client::connect(&url, steady + 1)
+            .await
+            .map_err(|e| e.to_string())?;
+        ws.send(Message::text(
+            r#"{"type":"subscribe","id":"s","table":"bench_snapshot","snapshot":true}"#,
+        ))
+        .await
+        .map_err(|e| e.to_string())?;
+        let mut received = 0u64;
+        let mut bytes = 0u64;
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) if t.starts_with(r#"{"type":"snapshot","#) => {
+                    bytes += t.len() as u64;
+                    // Rows are objects in the page's array: count their opening braces.
+                    received += t.matches("{\"id\":").count() as u64;
+                }
+                Some(Ok(Message::Text(t))) if t.contains(r#""type":"snapshot_end""#) => {
+                    let told = client::number_after::<u64>(&t, "\"rows\":").unwrap_or(0);
+                    return Ok::<_, String>((received, told, bytes));
+                }
+                Some(Ok(Message::Text(t))) if t.contains(r#""type":"error""#) => {
+                    return Err(t.to_string())
+                }
+                Some(Ok(_)) => {}
+                other => return Err(format!("snapshot connection ended: {other:?}")),
+            }
+        }
+    };
+    let result = read.await;
+    let snapshot_ended = start.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    done.store(true, Relaxed);
+    writer.await.unwrap();
+    let (received, told, bytes) = match result {
+        Ok(r) => r,
+        Err(e) => return failed("snapshot", args, e),
+    };
+    let (mut before, mut during) = (Vec::new(), Vec::new());
+    for t in steady_tasks {
+        for (at, ms) in t.await.unwrap() {
+            if at >= 1.0 && at < snapshot_started {
+                before.push(ms);
+            } else if at >= snapshot_started && at <= snapshot_ended {
+                during.push(ms);
+            }
+        }
+    }
+    let seconds = snapshot_ended - snapshot_started;
+    json!({
+        "scenario": "snapshot", "rows": rows, "steady": steady, "rate_per_s": rate,
+        "rows_received": received, "rows_reported": told, "snapshot_seconds": seconds,
+        "rows_per_s": received as f64 / seconds, "mib_per_s": bytes as f64 / seconds / 1048576.0,
+        "steady_latency_ms_before": percentiles(before),
+        "steady_latency_ms_during": percentiles(during),
+    })
+}
