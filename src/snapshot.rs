@@ -59,7 +59,10 @@ fn active_snapshot() -> String {
 /// snapshot subscribes with `"after_snapshot": token` and receives exactly the changes those
 /// rows did not contain. In READ COMMITTED each statement has its own snapshot: call it in the
 /// same statement as the read, or use REPEATABLE READ.
-#[pg_extern(stable)]
+#[pg_extern(sql = r#"
+CREATE FUNCTION realtime_snapshot_token() RETURNS text STABLE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+COMMENT ON FUNCTION realtime_snapshot_token() IS 'A token for the snapshot this query reads in: subscribe with after_snapshot to receive exactly the changes it does not contain';
+"#)]
 fn realtime_snapshot_token() -> String {
     active_snapshot()
 }

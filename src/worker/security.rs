@@ -12,6 +12,7 @@
 //! | policies judged per batch (sub-selects, functions of the row) | `audiences` | the subscriber's role with its claims, security-restricted, 250 ms per batch |
 //! | rendering raw tuples of deferred shapes | `rows` | worker; only built-in output functions and enums (`render::prints_the_same_in_worker`), casts ignored |
 //! | commit-log lookups of prepared and stuck transactions | `publisher` | worker; no user code |
+//! | a snapshot's rows (`SELECT row_to_json(t) FROM (SELECT <readable columns> FROM table) t ORDER BY ...`), after the role is checked again | `crate::snapshot`, a background worker of its own | the subscriber's role with its claims, security-restricted, read-only REPEATABLE READ |
 //! | `ProcessConfigFile`, interrupts, latch waits | `mod` | worker; no user code |
 //!
 //! Each catalog question is also bounded in time (`with_time_limit`), so code a table owner
