@@ -846,11 +846,14 @@ pub async fn snapshot(args: &Args) -> Value {
          CREATE TABLE bench_snapshot (id bigint PRIMARY KEY, kind text, score int, note text);
          INSERT INTO bench_snapshot
            SELECT g, 'kind' || g % 7, g % 1000, repeat('x', 40) FROM generate_series(1, {rows}) g;
-         VACUUM ANALYZE bench_snapshot;
          SELECT realtime_watch('bench_snapshot');"
     ))
     .await
     .unwrap();
+    // Not in the batch above: VACUUM cannot run inside its implicit transaction.
+    db.batch_execute("VACUUM ANALYZE bench_snapshot")
+        .await
+        .unwrap();
     client::setup_table(&db, client::Target::Realtime, "bench_live").await;
     let url = url(args);
     let steadies = match subscribers(&url, steady, "bench_live").await {

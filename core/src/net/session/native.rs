@@ -360,35 +360,15 @@ impl<S: Stream> Session<S> {
                     }
                 };
                 let snapshot = snapshot == Some(true);
-                let invalid = if !snapshot && (limit.is_some() || order.is_some()) {
-                    Some("limit and order apply to \"snapshot\": true".to_string())
-                } else if snapshot && (since.is_some() || after_snapshot.is_some()) {
-                    Some("a snapshot subscription starts from its own snapshot; to resume one, subscribe with since and after_snapshot (snapshot_end's token)".to_string())
-                } else {
-                    None
-                };
-                let order = order.as_deref().map(snapshot::parse_order).transpose();
-                let after_snapshot = after_snapshot.as_deref().map(Xids::parse).transpose();
-                let (order, after_snapshot) = match (invalid, order, after_snapshot) {
-                    (None, Ok(order), Ok(after)) => {
-                        (order.unwrap_or_default(), after.map(Arc::new))
-                    }
-                    (Some(why), _, _) => {
-                        return self
-                            .error(ErrorCode::InvalidSnapshot, &why, Some(&id))
-                            .await
-                    }
-                    (_, Err(e), _) => {
-                        return self
-                            .error(ErrorCode::InvalidSnapshot, &e.to_string(), Some(&id))
-                            .await
-                    }
-                    (_, _, Err(e)) => {
-                        return self
-                            .error(ErrorCode::InvalidSnapshot, &e.to_string(), Some(&id))
-                            .await
-                    }
-                };
+                let (order, after_snapshot) =
+                    match stitching(snapshot, since, after_snapshot, order, limit) {
+                        Ok(parsed) => parsed,
+                        Err(why) => {
+                            return self
+                                .error(ErrorCode::InvalidSnapshot, &why, Some(&id))
+                                .await
+                        }
+                    };
                 let wish = Wish {
                     table,
                     events,
@@ -676,6 +656,28 @@ impl<S: Stream> Session<S> {
         }
         Ok(())
     }
+}
+
+/// A subscribe's snapshot options, checked: its `order` and the snapshot it resumes after.
+fn stitching(
+    snapshot: bool,
+    since: Option<u64>,
+    after_snapshot: Option<String>,
+    order: Option<String>,
+    limit: Option<u64>,
+) -> Result<(Vec<OrderBy>, Option<Arc<Xids>>), String> {
+    if !snapshot && (limit.is_some() || order.is_some()) {
+        return Err("limit and order apply to \"snapshot\": true".into());
+    }
+    if snapshot && (since.is_some() || after_snapshot.is_some()) {
+        return Err("a snapshot subscription starts from its own snapshot; to resume one, subscribe with since and after_snapshot (snapshot_end's token)".into());
+    }
+    let order = order.as_deref().map(snapshot::parse_order).transpose();
+    let after = after_snapshot.as_deref().map(Xids::parse).transpose();
+    Ok((
+        order.map_err(|e| e.to_string())?.unwrap_or_default(),
+        after.map_err(|e| e.to_string())?.map(Arc::new),
+    ))
 }
 
 /// Why a snapshot did not reach its end.
