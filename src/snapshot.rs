@@ -233,7 +233,7 @@ fn query(spec: &Spec) -> Result<String, Failure> {
             let kept: Vec<String> = all
                 .iter()
                 .filter(|c| allowed.contains(c))
-                .map(|c| quote_identifier(c))
+                .map(quote_identifier)
                 .collect();
             if kept.is_empty() {
                 return Err(Failure::Raised("no column of the table may be read".into()));
