@@ -179,6 +179,11 @@ impl State {
 /// Subscribe with a snapshot; the snapshot's rows and its `snapshot_end`.
 fn snapshot(ws: &mut Ws, msg: Value) -> (Value, Vec<Value>, Value) {
     ws.send(msg);
+    snapshot_reply(ws)
+}
+
+/// The reply to a subscribe with a snapshot: `subscribed`, the rows, `snapshot_end`.
+fn snapshot_reply(ws: &mut Ws) -> (Value, Vec<Value>, Value) {
     let reply = ws.recv();
     assert_eq!(reply["type"], "subscribed", "{reply}");
     let mut rows = Vec::new();
@@ -353,29 +358,22 @@ fn filters_order_and_limit_shape_the_snapshot_and_readers_queue_for_a_slot() {
     let ids =
         |rows: &[Value]| -> Vec<i64> { rows.iter().map(|r| r["id"].as_i64().unwrap()).collect() };
 
-    // Two snapshots at once with one reader allowed: the second waits its turn.
+    // Two snapshots at once with one reader allowed: whichever comes second waits its turn.
+    // (`a` is read first: its reader may hold the slot until `a` takes its rows.)
     let mut a = Ws::connect_as(cluster.ws_port, &alice());
     let mut b = Ws::connect_as(cluster.ws_port, &alice());
     a.send(json!({"type": "subscribe", "id": 1, "table": "items", "snapshot": true}));
-    let (_, rows, _) = snapshot(
-        &mut b,
+    b.send(
         json!({"type": "subscribe", "id": 2, "table": "items", "snapshot": true,
-               "filter": "kind=eq.a", "order": "score.desc,id", "limit": 7}),
+                  "filter": "kind=eq.a", "order": "score.desc,id", "limit": 7}),
     );
+    let (_, all, _) = snapshot_reply(&mut a);
+    assert_eq!(all.len(), 10_000);
+    let (_, rows, _) = snapshot_reply(&mut b);
     assert_eq!(
         ids(&rows),
         sql_ids("SELECT id FROM items WHERE owner = 'alice' AND kind = 'a' ORDER BY score DESC, id LIMIT 7")
     );
-    assert_eq!(a.recv()["type"], "subscribed");
-    let mut all = 0;
-    loop {
-        let m = a.recv();
-        if m["type"] == "snapshot_end" {
-            break;
-        }
-        all += m["rows"].as_array().unwrap().len();
-    }
-    assert_eq!(all, 10_000);
 
     let (_, rows, _) = snapshot(
         &mut b,
@@ -446,4 +444,96 @@ fn bad_snapshot_requests_are_refused_and_change_nothing_else() {
     );
     assert_eq!(rows.len(), 1);
     assert!(cluster.health().is_some());
+}
+
+#[test]
+fn a_million_row_snapshot_streams_while_a_hundred_clients_keep_receiving_changes() {
+    let cluster = Cluster::start("snapshot_million", &[]);
+    cluster
+        .client()
+        .batch_execute(
+            "CREATE TABLE big (id int PRIMARY KEY, note text);
+             INSERT INTO big SELECT g, 'row ' || g FROM generate_series(1, 1000000) g;
+             CREATE TABLE live (id int PRIMARY KEY);
+             SELECT realtime_watch('big'), realtime_watch('live');",
+        )
+        .unwrap();
+    // 100 clients of `live`, each reading on its own thread: every id, no gap.
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..100)
+        .map(|_| {
+            let mut ws = cluster.ws();
+            ws.subscribe("l", "live", None);
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut ids = Vec::new();
+                while let Some(m) = ws.recv_within(Duration::from_secs(10)) {
+                    assert_eq!(m["type"], "change", "{m}");
+                    ids.push(m["new"]["id"].as_i64().unwrap());
+                }
+                assert!(
+                    stop.load(Ordering::Relaxed),
+                    "a live client waited 10 s for a change"
+                );
+                ids
+            })
+        })
+        .collect();
+    // 1,000 commits per second to `live`, until told to stop.
+    let writer = {
+        let mut db = cluster.client();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            let mut n = 0i32;
+            while !stop.load(Ordering::Relaxed) {
+                db.execute("INSERT INTO live VALUES ($1)", &[&n]).unwrap();
+                n += 1;
+                let due = started + Duration::from_millis(n as u64);
+                std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+            }
+            n
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+
+    let mut ws = cluster.ws();
+    ws.send(json!({"type": "subscribe", "id": "b", "table": "big", "snapshot": true}));
+    assert_eq!(ws.recv()["type"], "subscribed");
+    let mut seen = vec![false; 1_000_001];
+    let mut rows = 0;
+    let end = loop {
+        let m = ws.recv();
+        match m["type"].as_str() {
+            Some("snapshot") => {
+                for row in m["rows"].as_array().unwrap() {
+                    let id = row["id"].as_u64().unwrap() as usize;
+                    assert!(!seen[id], "row {id} twice");
+                    seen[id] = true;
+                    rows += 1;
+                }
+            }
+            Some("snapshot_end") => break m,
+            _ => panic!("before snapshot_end: {m}"),
+        }
+    };
+    assert_eq!((rows, end["rows"].as_u64()), (1_000_000, Some(1_000_000)));
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let written = writer.join().unwrap();
+    for reader in readers {
+        let ids = reader.join().unwrap();
+        assert_eq!(ids, (0..written as i64).collect::<Vec<_>>());
+    }
+    // The snapshot's own live stream goes on.
+    cluster
+        .client()
+        .execute("UPDATE big SET note = 'changed' WHERE id = 7", &[])
+        .unwrap();
+    let m = ws.recv();
+    assert_eq!(
+        (m["op"].as_str(), m["new"]["note"].as_str()),
+        (Some("UPDATE"), Some("changed")),
+        "{m}"
+    );
 }
