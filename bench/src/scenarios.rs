@@ -635,6 +635,39 @@ impl Dropper {
 /// `slow_client` gap's `resume_from`); `steady` subscribers stay connected throughout. Reports how long each resumed client took to have every row committed
 /// before it came back, rows lost or received twice, and the steady clients' latency during
 /// the catch-up against before it.
+/// Steady clients: each collects (receipt time since `start` in s, latency in ms) of every row
+/// until `done` and then half a second of silence.
+fn steady_latencies(
+    steadies: Vec<Ws>,
+    start: Instant,
+    done: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Vec<(f64, f64)>>> {
+    steadies
+        .into_iter()
+        .map(|mut ws| {
+            let done = done.clone();
+            tokio::spawn(async move {
+                let mut samples = Vec::new();
+                loop {
+                    match tokio::time::timeout(Duration::from_millis(500), ws.next()).await {
+                        Ok(Some(Ok(Message::Text(t)))) => {
+                            if let Some(sent) = client::sent_at_us(&t) {
+                                let ms = (client::now_us() - sent) as f64 / 1000.0;
+                                samples.push((start.elapsed().as_secs_f64(), ms));
+                            }
+                        }
+                        Ok(Some(Ok(_))) => {}
+                        Err(_) if done.load(Relaxed) => break,
+                        Err(_) => {}
+                        Ok(_) => break,
+                    }
+                }
+                samples
+            })
+        })
+        .collect()
+}
+
 pub async fn resume(args: &Args) -> Value {
     let clients = args.num("clients", 1000.0) as usize;
     let steady = args.num("steady", 100.0) as usize;
@@ -662,34 +695,7 @@ pub async fn resume(args: &Args) -> Value {
     let drop_at = start + Duration::from_secs_f64(before);
     let back_at = drop_at + Duration::from_secs_f64(away);
 
-    // Steady clients: (receipt time since start in s, latency in ms) of every row.
-    let steady_tasks: Vec<_> = steadies
-        .into_iter()
-        .map(|mut ws| {
-            let done = done.clone();
-            tokio::spawn(async move {
-                let mut samples = Vec::new();
-                loop {
-                    match tokio::time::timeout(Duration::from_millis(500), ws.next()).await {
-                        Ok(Some(Ok(Message::Text(t)))) => {
-                            if let Some(sent) = client::sent_at_us(&t) {
-                                let now = client::now_us();
-                                samples.push((
-                                    start.elapsed().as_secs_f64(),
-                                    (now - sent) as f64 / 1000.0,
-                                ));
-                            }
-                        }
-                        Ok(Some(Ok(_))) => {}
-                        Err(_) if done.load(Relaxed) => break,
-                        Err(_) => {}
-                        Ok(_) => break,
-                    }
-                }
-                samples
-            })
-        })
-        .collect();
+    let steady_tasks = steady_latencies(steadies, start, &done);
 
     let dropper_tasks: Vec<_> = droppers
         .into_iter()
@@ -862,30 +868,7 @@ pub async fn snapshot(args: &Args) -> Value {
     };
     let done = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
-    let steady_tasks: Vec<_> = steadies
-        .into_iter()
-        .map(|mut ws| {
-            let done = done.clone();
-            tokio::spawn(async move {
-                let mut samples = Vec::new();
-                loop {
-                    match tokio::time::timeout(Duration::from_millis(500), ws.next()).await {
-                        Ok(Some(Ok(Message::Text(t)))) => {
-                            if let Some(sent) = client::sent_at_us(&t) {
-                                let ms = (client::now_us() - sent) as f64 / 1000.0;
-                                samples.push((start.elapsed().as_secs_f64(), ms));
-                            }
-                        }
-                        Ok(Some(Ok(_))) => {}
-                        Err(_) if done.load(Relaxed) => break,
-                        Err(_) => {}
-                        Ok(_) => break,
-                    }
-                }
-                samples
-            })
-        })
-        .collect();
+    let steady_tasks = steady_latencies(steadies, start, &done);
     let writer = {
         let done = done.clone();
         let db = database(args).await;
