@@ -90,16 +90,10 @@ pub extern "C-unwind" fn realtime_snapshot_main(arg: pg_sys::Datum) {
     // SAFETY: at the start of a background worker, as bgworker.c expects.
     unsafe { pg_sys::BackgroundWorkerUnblockSignals() };
     BackgroundWorker::connect_worker_to_spi(Some(&gucs::database()), None);
+    crate::pg::pin_session(c"realtime_ext snapshot");
     // SAFETY: this process's Postgres thread, before its transaction: the settings apply to
     // the transaction it starts next.
     unsafe {
-        pg_sys::pgstat_report_appname(c"realtime_ext snapshot".as_ptr());
-        pg_sys::SetConfigOption(
-            c"search_path".as_ptr(),
-            c"pg_catalog".as_ptr(),
-            pg_sys::GucContext::PGC_SUSET,
-            pg_sys::GucSource::PGC_S_OVERRIDE,
-        );
         pg_sys::DefaultXactIsoLevel = pg_sys::XACT_REPEATABLE_READ as i32;
         pg_sys::DefaultXactReadOnly = true;
     }

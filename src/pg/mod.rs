@@ -33,6 +33,22 @@ unsafe extern "C" {
     pub static mut bytea_output: c_int;
 }
 
+/// Name this background worker in `pg_stat_activity` and make every name in the SQL it runs
+/// resolve in pg_catalog only: no schema a user can create objects in may capture a function
+/// or operator (see `worker::security`). Once, right after connecting.
+pub fn pin_session(appname: &CStr) {
+    // SAFETY: a background worker's Postgres thread, connected, outside a transaction.
+    unsafe {
+        pg_sys::pgstat_report_appname(appname.as_ptr());
+        pg_sys::SetConfigOption(
+            c"search_path".as_ptr(),
+            c"pg_catalog".as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_OVERRIDE,
+        );
+    }
+}
+
 /// The topmost partitioned table above `relid`, or `relid` itself if it is not a partition.
 ///
 /// # Safety

@@ -66,18 +66,7 @@ const QUESTION_BUDGET: Duration = Duration::from_millis(5);
 pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi(Some(&gucs::database()), None);
-    // SAFETY: the worker's Postgres thread, connected to its database.
-    unsafe {
-        pg_sys::pgstat_report_appname(c"realtime_ext worker".as_ptr());
-        // Every name in the SQL the worker runs resolves in pg_catalog only: no schema a user
-        // can create objects in may capture a function or operator (see `security`).
-        pg_sys::SetConfigOption(
-            c"search_path".as_ptr(),
-            c"pg_catalog".as_ptr(),
-            pg_sys::GucContext::PGC_SUSET,
-            pg_sys::GucSource::PGC_S_OVERRIDE,
-        );
-    }
+    crate::pg::pin_session(c"realtime_ext worker");
 
     let shared = Arc::new(Shared::new(limits()));
     shared.set_tls(tls().unwrap_or_else(|e| {
