@@ -578,7 +578,7 @@ impl<K> SubscriptionSet<K> {
         order: Vec<OrderBy>,
         limit: Option<u64>,
     ) -> Option<Spec> {
-        let s = self.subscriptions.iter().find(|s| same(&s.key))?;
+        let s = self.get(same)?;
         let spec = Spec {
             role: principal.role.clone(),
             claims: principal.claims.clone(),
@@ -594,21 +594,20 @@ impl<K> SubscriptionSet<K> {
 
     /// The filter of the subscription `same` picks, if it has one.
     pub fn filter(&self, same: impl Fn(&K) -> bool) -> Option<&filter::Compiled> {
-        self.subscriptions
-            .iter()
-            .find(|s| same(&s.key))
-            .and_then(|s| s.filter.as_ref())
+        self.get(same).and_then(|s| s.filter.as_ref())
+    }
+
+    /// The subscription `same` picks.
+    fn get(&self, same: impl Fn(&K) -> bool) -> Option<&Subscription<K>> {
+        self.subscriptions.iter().find(|s| same(&s.key))
     }
 
     /// The audience that judges the rows of the subscription `same` picks, if the worker does.
     pub fn audience(&self, same: impl Fn(&K) -> bool) -> Option<AudienceId> {
-        self.subscriptions
-            .iter()
-            .find(|s| same(&s.key))
-            .and_then(|s| match s.rows {
-                RowAccess::Checked(id) => Some(id),
-                _ => None,
-            })
+        self.get(same).and_then(|s| match s.rows {
+            RowAccess::Checked(id) => Some(id),
+            _ => None,
+        })
     }
 }
 
