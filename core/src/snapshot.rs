@@ -134,10 +134,11 @@ pub fn parse_order(text: &str) -> Result<Vec<OrderBy>, OrderError> {
                 _ => return Err(bad()),
             }
         }
+        // Refused as soon as there are too many: a message of commas must not cost more.
+        if keys.len() == MAX_ORDER_KEYS {
+            return Err(bad());
+        }
         keys.push(order);
-    }
-    if keys.len() > MAX_ORDER_KEYS {
-        return Err(bad());
     }
     Ok(keys)
 }
@@ -282,6 +283,11 @@ mod unit {
             ]
         );
         assert!(parse_order("id.sideways").is_err() && parse_order("a,,b").is_err());
+        let keys = |n: usize| vec!["id"; n].join(",");
+        assert!(
+            parse_order(&keys(MAX_ORDER_KEYS)).is_ok()
+                && parse_order(&keys(MAX_ORDER_KEYS + 1)).is_err()
+        );
         let mut page = Vec::new();
         push_row(&mut page, b"{\"a\":\n1}");
         push_row(&mut page, b"{}");

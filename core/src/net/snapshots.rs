@@ -89,7 +89,7 @@ impl Snapshots {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(ticket, tx);
-        let forget = Forget(self.clone(), ticket);
+        let _forget = Forget(self.clone(), ticket);
         worker
             .start_snapshot(ticket)
             .await
@@ -98,7 +98,6 @@ impl Snapshots {
             .await
             .map_err(|_| SnapshotError::NoReader(CONNECT_WAIT))?
             .map_err(|_| SnapshotError::Broken)?;
-        drop(forget);
         let spec = serde_json::to_vec(spec).expect("a spec serializes");
         stream
             .write_u32_le(spec.len() as u32)
