@@ -109,6 +109,11 @@ struct Inner {
     xid_bound: u32,
 }
 
+/// `bound` moved past `xid` (ids 0 to 2 are special, never a change's).
+fn past(bound: u32, xid: u32) -> u32 {
+    later(bound, xid.wrapping_add(1).max(3))
+}
+
 /// The later of two transaction ids or bounds (as PostgreSQL compares them, modulo 2^32),
 /// 0 meaning unknown.
 fn later(a: u32, b: u32) -> u32 {
@@ -272,7 +277,7 @@ impl History {
         let mut add = |entry: Entry| -> io::Result<()> {
             positions.push((bytes.len() as u64, entry.position(), bound));
             if let Entry::Change { xid, .. } = entry {
-                bound = later(bound, xid.wrapping_add(1).max(3));
+                bound = past(bound, xid);
             }
             frame(&mut bytes, &entry)
         };
@@ -313,8 +318,11 @@ impl History {
                 last_position: *last_position,
             })?,
         }
+        // A segment this write starts takes the bound from before these changes; a write that
+        // fails still counts them (they were published).
+        let written = self.write(&bytes, &positions, batch.first_position());
         self.inner().xid_bound = bound;
-        self.write(&bytes, &positions, batch.first_position())?;
+        written?;
         if let Batch::Gap {
             first_position,
             last_position,
@@ -529,7 +537,7 @@ fn scan(
                 .push((entry.position(), segment.len, *xid_bound));
         }
         if let Entry::Change { xid, .. } = entry {
-            *xid_bound = later(*xid_bound, xid.wrapping_add(1).max(3));
+            *xid_bound = past(*xid_bound, xid);
         }
         segment.last = segment.last.max(entry.position());
         stop = matches!(entry, Entry::Stop { .. });
