@@ -57,17 +57,9 @@ if [ "$installed" = 1 ] && [ "$(cat "$DATA/realtime_ext.sql.sha256" 2>/dev/null)
   echo "==> realtime_ext's SQL changed since this cluster was set up: creating the extension again"
   psql_ -c "DROP EXTENSION realtime_ext CASCADE"
 fi
+psql_ -c "CREATE EXTENSION IF NOT EXISTS realtime_ext" -f examples/defects/schema.sql \
+      -f examples/defects/generator.sql >/dev/null
 psql_ <<'SQL'
-CREATE EXTENSION IF NOT EXISTS realtime_ext;
-CREATE TABLE IF NOT EXISTS defects (
-    id         bigserial PRIMARY KEY,
-    camera     text NOT NULL,
-    kind       text NOT NULL,
-    score      numeric(5,4) NOT NULL,
-    meta       jsonb NOT NULL DEFAULT '{}',
-    created_at timestamptz NOT NULL DEFAULT now()
-);
-SELECT realtime_watch('defects');
 -- Identity as in PostgREST: browsers without a token act as web_anon; a token's "role" claim
 -- may name web_user, which realtime_authenticator may become.
 DO $$ BEGIN
@@ -91,16 +83,19 @@ echo "$script_hash" | as_pg tee "$DATA/realtime_ext.sql.sha256" >/dev/null
 cat <<MSG
 
 realtime_ext is running.
+  Dashboard:  http://localhost:$WSPORT/examples/defects/
+  Inspector:  http://localhost:$WSPORT/
   SQL:        psql -h localhost -p $PGPORT -U postgres
   WebSocket:  ws://localhost:$WSPORT/realtime
   Health:     curl http://localhost:$WSPORT/health
 
-In a browser console:
-  const ws = new WebSocket('ws://localhost:$WSPORT/realtime');
-  ws.onopen = () => ws.send(JSON.stringify({type: 'subscribe', id: 'd', table: 'defects'}));
-  ws.onmessage = (m) => console.log(JSON.parse(m.data));
-Then:
-  psql -h localhost -p $PGPORT -U postgres -c "INSERT INTO defects (camera, kind, score) VALUES ('cam-1', 'scratch', 0.93)"
+Make defects appear (5 a second, until Ctrl-C):
+  examples/defects/generate.sh
+or one at a time:
+  psql -h localhost -p $PGPORT -U postgres -c "INSERT INTO defects (camera, kind, score) VALUES ('weld-1', 'scratch', 0.93)"
+In your own page:
+  import { connect } from 'http://localhost:$WSPORT/realtime.js';
+  connect('ws://localhost:$WSPORT/realtime').subscribe('defects', { snapshot: true }, (m) => console.log(m));
 Without a token the browser acts as role web_anon (SELECT on defects only). As a signed-in user:
   new WebSocket('ws://localhost:$WSPORT/realtime?token=' + TOKEN)   # TOKEN from scripts/mint_token.sh alice
 Stop with: ./demo.sh stop

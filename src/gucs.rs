@@ -29,6 +29,8 @@ static JWT_ROLE_CLAIM_KEY: GucSetting<Option<CString>> =
 static ANON_ROLE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 /// The role that must be a member of every role a token names.
 static AUTHENTICATOR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+/// Serve the inspector at / and the example pages; /realtime.js is served either way.
+static SERVE_PAGES: GucSetting<bool> = GucSetting::<bool>::new(true);
 /// Whether tokens may name superusers and BYPASSRLS roles.
 static ALLOW_PRIVILEGED_ROLES: GucSetting<bool> = GucSetting::<bool>::new(false);
 /// Most connections one role may hold at once (0: no limit).
@@ -273,6 +275,14 @@ pub fn init() {
         none,
     );
     GucRegistry::define_bool_guc(
+        c"realtime.serve_pages",
+        c"Serve the inspector page at / and the example pages under /examples/.",
+        c"The pages only show what the token (or realtime.anon_role) a visitor connects with may see; /realtime.js is served whatever this says.",
+        &SERVE_PAGES,
+        Sighup,
+        none,
+    );
+    GucRegistry::define_bool_guc(
         c"realtime.allow_privileged_roles",
         c"Let tokens and realtime.anon_role name superusers and roles with BYPASSRLS.",
         c"",
@@ -433,6 +443,9 @@ pub fn anon_role() -> String {
 }
 pub fn authenticator() -> String {
     string(&AUTHENTICATOR).trim().to_string()
+}
+pub fn serve_pages() -> bool {
+    SERVE_PAGES.get()
 }
 pub fn allow_privileged_roles() -> bool {
     ALLOW_PRIVILEGED_ROLES.get()

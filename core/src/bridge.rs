@@ -282,6 +282,14 @@ pub enum ResolveError {
     Internal(String),
 }
 
+/// A table a principal may subscribe to, as `tables` lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WatchedTable {
+    pub schema: String,
+    pub table: String,
+    pub events: Vec<&'static str>,
+}
+
 pub type Reply<T> = tokio::sync::oneshot::Sender<Result<T, ResolveError>>;
 
 pub enum Request {
@@ -306,6 +314,11 @@ pub enum Request {
         audience: AudienceId,
         changes: Vec<Change>,
         reply: Reply<Vec<Change>>,
+    },
+    /// The watched tables `principal` may read (any column of).
+    Tables {
+        principal: Arc<Principal>,
+        reply: Reply<Vec<WatchedTable>>,
     },
     /// Start a snapshot reader that will connect to `net::snapshots::SOCKET` with `ticket`.
     StartSnapshot { ticket: u64, reply: Reply<()> },
@@ -338,6 +351,13 @@ impl WorkerHandle {
             reply,
         })
         .await
+    }
+
+    pub async fn tables(
+        &self,
+        principal: Arc<Principal>,
+    ) -> Result<Vec<WatchedTable>, ResolveError> {
+        self.ask(|reply| Request::Tables { principal, reply }).await
     }
 
     pub async fn judge(
@@ -417,6 +437,8 @@ pub struct Limits {
     pub allowed_origins: Vec<String>,
     /// Lower-case host names (no port) requests may name in `Host`; empty: any.
     pub allowed_hosts: Vec<String>,
+    /// Serve the inspector and the example pages (realtime.serve_pages).
+    pub serve_pages: bool,
 }
 
 /// Roles remembered as authorized; past it the memory starts over.

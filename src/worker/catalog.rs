@@ -8,7 +8,7 @@ use crate::gucs;
 use crate::pg::xact::{in_subtransaction, in_transaction};
 use pgrx::prelude::*;
 use realtime_core::auth::Principal;
-use realtime_core::bridge::{Request, ResolveError, ResolvedTable};
+use realtime_core::bridge::{Request, ResolveError, ResolvedTable, WatchedTable};
 use realtime_core::filter::{check_op, FilterOp, FilterSpec, ResolvedFilter, ValueKind};
 use realtime_core::ops::{Op, OpSet};
 use realtime_core::visibility::RowAccess;
@@ -72,6 +72,12 @@ pub fn answer(request: Request, audiences: &mut Audiences) {
             {
                 audiences.leave(id);
             }
+        }
+        Request::Tables { principal, reply } => {
+            let answer = with_time_limit(REQUEST_TIME_LIMIT, || {
+                in_transaction(|| readable_tables(&principal), ResolveError::Internal)
+            });
+            let _ = reply.send(answer);
         }
         Request::StartSnapshot { ticket, reply } => {
             let _ = reply.send(crate::snapshot::launch(ticket).map_err(ResolveError::Internal));
@@ -146,6 +152,36 @@ fn role(principal: &Principal) -> Answer<Role> {
         oid: pg_sys::Oid::from(oid as u32),
         bypasses_rls: privileged,
     })
+}
+
+/// Most tables one `tables` answer lists.
+const MAX_TABLES_LISTED: i64 = 1000;
+
+/// The watched tables `principal`'s role may read at least one column of, by name.
+fn readable_tables(principal: &Principal) -> Answer<Vec<WatchedTable>> {
+    let role = role(principal)?;
+    Spi::connect(|client| {
+        let rows = client.select(
+            "SELECT n.nspname::text, c.relname::text, bit_or(t.tgtype::int)
+               FROM realtime.capture_triggers t
+               JOIN pg_class c ON c.oid = t.tgrelid
+               JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE has_any_column_privilege($1, c.oid, 'SELECT')
+              GROUP BY 1, 2 ORDER BY 1, 2 LIMIT $2",
+            None,
+            &[role.oid.into(), MAX_TABLES_LISTED.into()],
+        )?;
+        rows.map(|row| {
+            let tgtype = row.get::<i32>(3)?.unwrap_or(0);
+            Ok(WatchedTable {
+                schema: row.get::<String>(1)?.unwrap_or_default(),
+                table: row.get::<String>(2)?.unwrap_or_default(),
+                events: ops_of_tgtype(tgtype).iter().map(|op| op.name()).collect(),
+            })
+        })
+        .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+    })
+    .map_err(|e| ResolveError::Internal(e.to_string()))
 }
 
 /// A subscription whose rows the worker judges in batches: as whom, and the policies' SQL.

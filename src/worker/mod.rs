@@ -294,6 +294,7 @@ fn limits() -> Limits {
         handshake_timeout: Duration::from_millis(gucs::handshake_timeout_ms()),
         allowed_origins: gucs::allowed_origins(),
         allowed_hosts: gucs::allowed_hosts(),
+        serve_pages: gucs::serve_pages(),
     }
 }
 

@@ -3,7 +3,7 @@
 //! change's frame, built once per change for every native session.
 
 use crate::auth::AuthError;
-use crate::bridge::{Change, EndReason, GapReason, ResolveError};
+use crate::bridge::{Change, EndReason, GapReason, ResolveError, WatchedTable};
 use crate::filter::FilterError;
 use crate::net::subscriptions::SubscribeError;
 use crate::ops::Op;
@@ -39,6 +39,11 @@ pub enum ClientMessage {
         id: Value,
     },
     Ping {
+        #[serde(rename = "ref")]
+        reference: Option<Value>,
+    },
+    /// Which watched tables this connection's principal may subscribe to.
+    Tables {
         #[serde(rename = "ref")]
         reference: Option<Value>,
     },
@@ -104,6 +109,11 @@ pub enum ServerMessage<'a> {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<&'a Value>,
         position: u64,
+    },
+    Tables {
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a Value>,
+        tables: &'a [WatchedTable],
     },
     Error {
         code: ErrorCode,
@@ -196,7 +206,7 @@ pub fn parse(text: &str) -> Result<ClientMessage, ParseError> {
     let value: Value = serde_json::from_str(text).map_err(ParseError::Json)?;
     let kind = match value.get("type").and_then(Value::as_str) {
         None => return Err(ParseError::NoType),
-        Some(kind @ ("subscribe" | "unsubscribe" | "ping" | "auth" | "ack")) => kind.to_string(),
+        Some(kind @ ("subscribe" | "unsubscribe" | "ping" | "tables" | "auth" | "ack")) => kind.to_string(),
         Some(other) => return Err(ParseError::UnknownType(other.to_string())),
     };
     let message =

@@ -1,10 +1,11 @@
 //! The HTTP front door: read the request head (`head`), check its `Host` (`access`), pick a
-//! route (`router`), and answer with that route's one function (`health`, `upgrade`). Errors
-//! are JSON bodies with a code.
+//! route (`router`), and answer with that route's one function (`health`, `pages`,
+//! `upgrade`). Errors are JSON bodies with a code.
 
 mod access;
 mod head;
 mod health;
+mod pages;
 mod router;
 mod upgrade;
 
@@ -87,12 +88,13 @@ async fn answer<S: Stream>(
     if let Err(refusal) = access::check_host(&head, &limits.allowed_hosts) {
         return refusal.send(stream).await;
     }
-    match router::route(&head.method, &head.path) {
+    match router::route(&head.method, &head.path, limits.serve_pages) {
         Route::Health { head_only } => {
             let mut response = health::health(&context);
             response.head_only = head_only;
             response.send(stream).await
         }
+        Route::Asset(asset) => asset.response(&head).send(stream).await,
         Route::Native => match upgrade::upgrade(stream, head, limits, &context).await {
             Ok(upgrade::Upgraded {
                 ws,
@@ -127,7 +129,8 @@ async fn answer<S: Stream>(
 /// A complete answer to a request that is not upgraded; the connection closes after it.
 pub struct Response {
     status: &'static str,
-    body: String,
+    content_type: &'static str,
+    body: std::borrow::Cow<'static, str>,
     headers: String,
     /// Answering HEAD: the same head, no body.
     head_only: bool,
@@ -135,9 +138,18 @@ pub struct Response {
 
 impl Response {
     pub fn json(status: &'static str, body: String) -> Response {
+        Response::text(status, "application/json", body)
+    }
+
+    pub fn text(
+        status: &'static str,
+        content_type: &'static str,
+        body: impl Into<std::borrow::Cow<'static, str>>,
+    ) -> Response {
         Response {
             status,
-            body,
+            content_type,
+            body: body.into(),
             headers: String::new(),
             head_only: false,
         }
@@ -158,8 +170,9 @@ impl Response {
 
     async fn send<S: Stream>(self, mut stream: S) {
         let mut text = format!(
-            "HTTP/1.1 {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{}\r\n",
+            "HTTP/1.1 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n{}\r\n",
             self.status,
+            self.content_type,
             self.body.len(),
             self.headers
         );

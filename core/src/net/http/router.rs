@@ -1,5 +1,7 @@
 //! Which route answers a request: by method and path only.
 
+use super::pages::{self, Asset};
+
 /// Where WebSocket clients of the native protocol connect.
 pub const WEBSOCKET_PATH: &str = "/realtime";
 
@@ -10,17 +12,22 @@ pub enum Route {
     },
     /// `GET /realtime`: the native protocol's WebSocket.
     Native,
+    /// `GET` or `HEAD` of an embedded file (`pages`).
+    Asset(&'static Asset),
     NotFound,
     MethodNotAllowed,
 }
 
-pub fn route(method: &str, path: &str) -> Route {
+pub fn route(method: &str, path: &str, serve_pages: bool) -> Route {
     match (method, path) {
         ("GET" | "HEAD", "/health") => Route::Health {
             head_only: method == "HEAD",
         },
         ("GET", WEBSOCKET_PATH | "/realtime/") => Route::Native,
-        ("GET" | "HEAD", _) => Route::NotFound,
+        ("GET" | "HEAD", _) => match pages::find(path, serve_pages) {
+            Some(asset) => Route::Asset(asset),
+            None => Route::NotFound,
+        },
         _ => Route::MethodNotAllowed,
     }
 }

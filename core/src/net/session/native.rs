@@ -321,6 +321,22 @@ impl<S: Stream> Session<S> {
                 })
                 .await
             }
+            Ok(ClientMessage::Tables { reference }) => {
+                let tables = match self.identity.principal() {
+                    Ok(principal) => self.worker.tables(principal.clone()).await,
+                    Err(e) => return self.refuse(e, None).await,
+                };
+                match tables {
+                    Ok(tables) => {
+                        self.send(ServerMessage::Tables {
+                            reference: reference.as_ref(),
+                            tables: &tables,
+                        })
+                        .await
+                    }
+                    Err(e) => self.refuse(e, None).await,
+                }
+            }
             Ok(ClientMessage::Unsubscribe { id }) => {
                 if self
                     .subscriptions
