@@ -203,7 +203,13 @@ export class Realtime {
     ws.onclose = () => {
       if (ws === this.#ws) this.#lost();
     };
-    ws.onerror = () => {};
+    // Node 20 reports a refused connection with an error alone, still CONNECTING.
+    ws.onerror = () => {
+      if (ws === this.#ws && ws.readyState !== 1) {
+        this.#drop(1000);
+        this.#lost();
+      }
+    };
   }
 
   /** Signed in (or anonymous): subscribe everything again, resuming where each left off. */
@@ -428,7 +434,8 @@ export class Subscription {
       case 'subscribed':
         this.#schema = m.schema;
         this.#table = m.table;
-        this.position = Math.max(this.position, m.position);
+        // Resuming, the missed changes (at or below m.position) are on their way.
+        if (m.resume === undefined) this.position = Math.max(this.position, m.position);
         this.status = this.#options.snapshot && !this.#token ? 'snapshot' : 'live';
         return;
       case 'snapshot':

@@ -141,7 +141,8 @@ test('the dashboard recovers by itself after the worker is terminated, and ends 
   assert.ok(banner, 'the reconnect banner was shown');
   assert.ok(await page.isHidden('#banner'), 'and is gone');
   console.log(`recovery: page reconnected ${reopenedAt - terminatedAt} ms after pg_terminate_backend; ${written} transactions written`);
-  assert.deepEqual(problems, []);
+  // Chromium logs each refused attempt while the worker is away; nothing else may go wrong.
+  assert.deepEqual(problems.filter((p) => !p.includes('ERR_CONNECTION_REFUSED')), []);
   await page.close();
 });
 
@@ -180,7 +181,7 @@ test('the inspector lists readable tables and renders a change of every op', asy
   await until(() => page.evaluate(() => document.querySelectorAll('#table option').length > 0), 'the table list');
   const tables = await page.$$eval('#table option', (os) => os.map((o) => o.textContent));
   assert.ok(tables.includes('public.inspected') && tables.includes('public.defects'), tables.join());
-  await page.selectOption('#table', 'inspected');
+  await page.selectOption('#table', 'public.inspected');
   await page.click('#subscribe button[type=submit]');
   await until(() => page.evaluate(() => window.inspector.rt.status === 'open' && document.querySelectorAll('#subscriptions li').length === 1), 'the subscription');
   await sleep(300);
@@ -214,13 +215,15 @@ test('the inspector shows only what a token may see', async () => {
 });
 
 test('realtime.serve_pages = off turns the pages off but not the client library', async () => {
-  sql("ALTER SYSTEM SET realtime.serve_pages = off; SELECT pg_reload_conf()");
+  sql('ALTER SYSTEM SET realtime.serve_pages = off');
+  sql('SELECT pg_reload_conf()');
   try {
     await until(async () => (await fetch(`${HTTP_URL}/`)).status === 404, 'the inspector to go');
     assert.equal((await fetch(`${HTTP_URL}/examples/defects/`)).status, 404);
     assert.equal((await fetch(`${HTTP_URL}/realtime.js`)).status, 200);
   } finally {
-    sql("ALTER SYSTEM RESET realtime.serve_pages; SELECT pg_reload_conf()");
+    sql('ALTER SYSTEM RESET realtime.serve_pages');
+    sql('SELECT pg_reload_conf()');
   }
   await until(async () => (await fetch(`${HTTP_URL}/`)).status === 200, 'the inspector to come back');
   const page = await fetch(`${HTTP_URL}/`);
