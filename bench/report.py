@@ -159,6 +159,12 @@ if n is not None and not n.get("error"):
           f"{f(du['p50'])} / {f(du['p99'])} ms ({f(b['p50'])} / {f(b['p99'])} ms) | all rows; p99 within 2x | {ok(met)} |")
 elif n is not None:
     print(f"| N | snapshot then stream | | | FAILED: {n['error'][:60]} | | |")
+b = find(scenario="browser")
+if b is not None and not b.get("error"):
+    lat, rec = b["commit_to_dom_ms"], [r["live_ms"] for r in b["recoveries"]]
+    print(f"| B | headless Chromium ({b['browser']}), defects dashboard: commit to DOM p50 / p99 over {b['changes']:,} changes at {b['rate_per_s']}/s; "
+          f"live again after pg_terminate_backend of the worker ({len(rec)} times) | | | {f(lat['p50'])} / {f(lat['p99'])} ms (max {f(lat['max'])}); "
+          f"{min(rec):,} / {b['recover_live_ms_median']:,} / {max(rec):,} ms min / median / max; page shows {b['rows_on_page']:,} of {b['rows_in_table']:,} rows | | |")
 for r in rows:
     if r.get("scenario") == "bridge_crashed":
         print(f"\nThe Node bridge had died before \"{r['before']}\" and was restarted; its log ended: `{r['log'].strip()[-160:]}`")

@@ -2,7 +2,7 @@
 # realtime_ext against the architecture it replaces, side by side, in one run.
 #   bench/run.sh            full run (about 25 minutes on 2 cores)
 #   bench/run.sh --quick    smaller counts, shorter runs (under 5 minutes once built)
-#   BENCH_SCENARIOS=LF bench/run.sh    only the scenarios named (any of W L F C T P R S D N)
+#   BENCH_SCENARIOS=LF bench/run.sh    only the scenarios named (any of W L F C T P R S D N B)
 # Builds what it needs, starts its own PostgreSQL 15 cluster (synchronous_commit on, fsync on)
 # and the Node LISTEN/NOTIFY bridge, runs every scenario, prints a markdown table and writes
 # the raw results to bench/results/<time>.json.
@@ -14,7 +14,7 @@ export BENCH_COMMIT=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 export BENCH_DIRTY=$([ -z "$(git status --porcelain 2>/dev/null)" ] && echo false || echo true)
 . scripts/lib.sh
 say() { printf '\n==> %s\n' "$*" >&2; }
-SCENARIOS=${BENCH_SCENARIOS:-WLFCTPRDNS}
+SCENARIOS=${BENCH_SCENARIOS:-WLFCTPRDNBS}
 want() { [[ $SCENARIOS == *$1* ]]; }
 
 if [ $QUICK = 1 ]; then
@@ -222,6 +222,12 @@ fi
 if want N; then
 say "N: a 1,000,000-row snapshot while 100 other clients receive 1,000 changes/s"
 "$LOADGEN" snapshot --pg "$PG" --ws "$RT_URL" --rows 1000000 --steady 100 --rate 1000 --baseline 10 | record
+fi
+
+if want B; then
+say "B: commit to DOM in headless Chromium, 1,000 changes at 100/s; recovery after the worker is terminated"
+psql_ -f examples/defects/schema.sql >/dev/null
+node bench/browser.mjs "http://127.0.0.1:$WSPORT" "$BIN/psql" "$PGPORT" 1000 100 5 | record
 fi
 
 if want S; then

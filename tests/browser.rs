@@ -26,7 +26,10 @@ fn node_test(cluster: &Cluster, tests: &[&str]) {
     let mut node = Command::new("node");
     // Node 20 and 21 have WebSocket behind a flag; 22 and later have it on.
     if !Command::new("node")
-        .args(["-e", "process.exit(typeof WebSocket === 'function' ? 0 : 1)"])
+        .args([
+            "-e",
+            "process.exit(typeof WebSocket === 'function' ? 0 : 1)",
+        ])
         .status()
         .expect("node is installed (.ci/prereqs.sh installs it)")
         .success()
@@ -34,7 +37,7 @@ fn node_test(cluster: &Cluster, tests: &[&str]) {
         node.arg("--experimental-websocket");
     }
     let status = node
-        .args(["--test", "--test-concurrency=1"])
+        .args(["--test", "--test-concurrency=1", "--test-force-exit"])
         .args(tests)
         .current_dir(root)
         .env(

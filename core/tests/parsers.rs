@@ -44,6 +44,7 @@ fn message_like() -> impl Strategy<Value = String> {
         Just("subscribe"),
         Just("unsubscribe"),
         Just("ping"),
+        Just("tables"),
         Just("other"),
     ];
     let field = prop_oneof![
@@ -126,7 +127,7 @@ proptest! {
                 prop_assert!(!table.contains('\0'));
             }
             Ok(ClientMessage::Unsubscribe { id }) => prop_assert!(id.is_string() || id.is_number()),
-            Ok(ClientMessage::Ping { .. } | ClientMessage::Auth { .. } | ClientMessage::Ack { .. }) => {}
+            Ok(ClientMessage::Ping { .. } | ClientMessage::Tables { .. } | ClientMessage::Auth { .. } | ClientMessage::Ack { .. }) => {}
             Err(e) => prop_assert!(!e.to_string().is_empty(), "{:?}", e.code()),
         }
     }

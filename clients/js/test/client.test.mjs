@@ -198,8 +198,10 @@ test('/realtime.js is the module under test, cacheable and loadable from any ori
 /** A server that completes the WebSocket handshake and then never says anything. */
 async function silentServer() {
   let accepted = 0;
+  const sockets = [];
   const server = createServer((socket) => {
     accepted++;
+    sockets.push(socket);
     socket.once('data', (data) => {
       const key = /Sec-WebSocket-Key: (.*)\r\n/i.exec(data.toString())[1].trim();
       const accept = createHash('sha1').update(`${key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`).digest('base64');
@@ -208,7 +210,11 @@ async function silentServer() {
     socket.on('error', () => {});
   });
   await new Promise((r) => server.listen(0, '127.0.0.1', r));
-  return { server, url: `ws://127.0.0.1:${server.address().port}/realtime`, accepted: () => accepted };
+  const stop = () => {
+    for (const socket of sockets) socket.destroy();
+    server.close();
+  };
+  return { stop, url: `ws://127.0.0.1:${server.address().port}/realtime`, accepted: () => accepted };
 }
 
 test('a connection that goes silent is replaced after two heartbeat intervals', async () => {
@@ -219,7 +225,7 @@ test('a connection that goes silent is replaced after two heartbeat intervals', 
   await until(() => silent.accepted() >= 2, 'a second connection', 5000);
   assert.deepEqual(statuses.slice(0, 2), ['open', 'reconnecting']);
   rt.close();
-  silent.server.close();
+  silent.stop();
 });
 
 /** A WebSocket stand-in that records what is sent and lets a test play the server. */

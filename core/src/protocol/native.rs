@@ -206,7 +206,9 @@ pub fn parse(text: &str) -> Result<ClientMessage, ParseError> {
     let value: Value = serde_json::from_str(text).map_err(ParseError::Json)?;
     let kind = match value.get("type").and_then(Value::as_str) {
         None => return Err(ParseError::NoType),
-        Some(kind @ ("subscribe" | "unsubscribe" | "ping" | "tables" | "auth" | "ack")) => kind.to_string(),
+        Some(kind @ ("subscribe" | "unsubscribe" | "ping" | "tables" | "auth" | "ack")) => {
+            kind.to_string()
+        }
         Some(other) => return Err(ParseError::UnknownType(other.to_string())),
     };
     let message =
