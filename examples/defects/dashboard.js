@@ -9,6 +9,8 @@ const SVG = 'http://www.w3.org/2000/svg';
 
 const rows = new Map(); // id -> row
 const fresh = new Set(); // ids changed since the last render
+const highlighted = new Map(); // id -> until when (ms) its row stays highlighted
+const HIGHLIGHT_MS = 1500;
 const pending = []; // commit times (ms) of changes waiting for the next render
 const latencies = []; // commit -> DOM, ms
 let subscription = null;
@@ -106,6 +108,9 @@ function cell(text, cls) {
 /** Rows are kept by id and only rebuilt when they changed. */
 function renderTable(shown) {
   const body = $('defects').tBodies[0];
+  const now = Date.now();
+  for (const id of fresh) highlighted.set(id, now + HIGHLIGHT_MS);
+  for (const [id, until] of highlighted) if (until <= now) highlighted.delete(id);
   const existing = new Map([...body.rows].map((tr) => [Number(tr.dataset.id), tr]));
   const wanted = shown.map((row) => {
     let tr = existing.get(row.id);
@@ -125,10 +130,11 @@ function renderTable(shown) {
         cell(row.kind),
         scoreCell,
       );
-      if (fresh.has(row.id)) next.classList.add('fresh');
       tr?.replaceWith(next);
       tr = next;
     }
+    const lit = highlighted.has(row.id);
+    if (tr.classList.contains('fresh') !== lit) tr.classList.toggle('fresh', lit);
     return tr;
   });
   body.replaceChildren(...wanted);
@@ -207,4 +213,5 @@ $('min-score').addEventListener('change', subscribe);
 const fromHash = new URLSearchParams(location.hash.slice(1)).get('min');
 if (fromHash) $('min-score').value = fromHash;
 subscribe();
-setInterval(schedule, 10000); // the per-minute chart moves on even when nothing happens
+// Highlights fade and the per-minute chart moves on even when nothing happens.
+setInterval(schedule, 500);
