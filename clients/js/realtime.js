@@ -56,6 +56,9 @@ export class Realtime {
   #signedIn = false;
   #requests = new Map();
   #nextRef = 1;
+  /** Subscriptions the server ended when the token expired: subscribed again once signed in. */
+  #awaitingToken = new Set();
+  #refreshing = false;
 
   constructor(url, options = {}) {
     this.#url = websocketUrl(url);
@@ -124,9 +127,23 @@ export class Realtime {
 
   // ---- internals shared with Subscription ----
 
+  /** @internal The server ended it: nothing to tell the server. */
+  _drop(sub) {
+    this.#subs.delete(sub.id);
+  }
+
+  /** @internal The token expired before a new one came: resume once signed in again. */
+  _awaitToken(sub) {
+    if (!this.#options.getToken) return false;
+    this.#awaitingToken.add(sub);
+    this.#refresh();
+    return true;
+  }
+
   /** @internal */
   _forget(sub) {
     this.#subs.delete(sub.id);
+    if (this.#awaitingToken.delete(sub)) return;
     if (this.#ready()) this.#send({ type: 'unsubscribe', id: sub.id });
   }
 
@@ -224,6 +241,7 @@ export class Realtime {
   #lost() {
     this.#ws = null;
     this.#signedIn = false;
+    this.#awaitingToken.clear();
     clearTimeout(this.#timers.heartbeat);
     for (const sub of this.#subs.values()) sub._disconnected();
     for (const { reject } of this.#requests.values()) reject(new Error('connection lost'));
@@ -306,6 +324,8 @@ export class Realtime {
   }
 
   async #refresh() {
+    if (this.#refreshing) return;
+    this.#refreshing = true;
     try {
       const token = await this.#options.getToken();
       if (this.status !== 'closed') this.setToken(token);
@@ -313,6 +333,8 @@ export class Realtime {
       this._emit('error', { code: 'token_unavailable', message: String(e?.message ?? e) });
       clearTimeout(this.#timers.refresh);
       this.#timers.refresh = setTimeout(() => this.#refresh(), 1000);
+    } finally {
+      this.#refreshing = false;
     }
   }
 
@@ -330,6 +352,8 @@ export class Realtime {
         this.#scheduleRefresh();
         this._emit('authenticated', m);
         if (!this.#signedIn) this.#ready_();
+        else for (const sub of this.#awaitingToken) this.#send(sub.request());
+        this.#awaitingToken.clear();
         return;
       case 'change':
       case 'leave':
@@ -450,10 +474,13 @@ export class Subscription {
         return this.#deliver({ type: 'snapshot', rows, position: m.position });
       }
       case 'unsubscribed':
-        if (m.reason) {
-          this._end(m.reason);
-          this.#rt._forget(this);
+        if (!m.reason) return;
+        if (m.reason === 'token_expired' && this.#rt._awaitToken(this)) {
+          this.status = 'subscribing';
+          return;
         }
+        this._end(m.reason);
+        this.#rt._drop(this);
         return;
     }
   }

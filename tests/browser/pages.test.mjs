@@ -174,6 +174,38 @@ test('a page whose token expires refreshes it through getToken without losing ch
   await page.close();
 });
 
+test('a token that expires before its refresh arrives: the page signs in again and resumes without loss', async () => {
+  const { page, problems } = await open('/examples/defects/');
+  await page.exposeFunction('mintShortToken', () => token({ role: 'page_user', exp: now() + 3 }));
+  sql('TRUNCATE defects');
+  await page.evaluate(async () => {
+    const { connect } = await import('/realtime.js');
+    window.got = [];
+    window.expired = 0;
+    let calls = 0;
+    // The first refresh takes 8 s: past exp and the server's 5 s of leeway.
+    const getToken = async () => {
+      if (++calls === 2) await new Promise((r) => setTimeout(r, 8000));
+      return window.mintShortToken();
+    };
+    const rt = connect(undefined, { getToken });
+    rt.on('message', (m) => m.type === 'unsubscribed' && m.reason === 'token_expired' && window.expired++);
+    window.sub = rt.subscribe('defects', { events: ['INSERT'] }, (m) => window.got.push(m.type === 'change' ? m.new.id : m.type));
+  });
+  await until(() => page.evaluate(() => window.sub.status === 'live'), 'live');
+  const ids = [];
+  for (let i = 0; i < 140; i++) {
+    ids.push(Number(await sqlAsync(`INSERT INTO defects (camera, kind, score) VALUES ('qa-1', 'burr', 0.4) RETURNING id`)));
+    await sleep(100);
+  }
+  await until(async () => (await page.evaluate(() => window.got.length)) >= ids.length, 'every insert', 30000);
+  const { got, expired } = await page.evaluate(() => ({ got: window.got, expired: window.expired }));
+  assert.equal(expired, 1, 'the server ended the subscription once');
+  assert.deepEqual(got, ids);
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
 test('the inspector lists readable tables and renders a change of every op', async () => {
   sql(`CREATE TABLE IF NOT EXISTS inspected (id int PRIMARY KEY, label text, n int); SELECT realtime_watch('inspected');
        TRUNCATE inspected`);
