@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | `parse_ident`, catalog lookups of a table, its triggers and columns | `catalog` | worker; built-in functions only, with `search_path = pg_catalog` so no user schema can capture a name |
 //! | `CAST(value AS column type)` and `to_json` of a filter value: input functions, domain CHECKs, casts to json | `catalog::render_values` | the table's owner, security-restricted (`as_owner`) |
-//! | role lookups, `has_table_privilege`/`has_column_privilege`, `pg_policy`, `pg_class` row-security flags | `catalog`, `policy` | worker; built-in functions only |
+//! | role lookups, `has_table_privilege`/`has_column_privilege`, `pg_policy`, `pg_class` row-security flags; the watched tables a role may read (`has_any_column_privilege`, for `tables`) | `catalog`, `policy` | worker; built-in functions only |
 //! | compiling a subscriber's policies (`eval_const_expressions` inlines SQL functions and may run immutable ones) and evaluating their claim sides | `policy` | the subscriber's role with its claims, security-restricted (`as_owner`) |
 //! | policies judged per batch (sub-selects, functions of the row) | `audiences` | the subscriber's role with its claims, security-restricted, 250 ms per batch |
 //! | rendering raw tuples of deferred shapes | `rows` | worker; only built-in output functions and enums (`render::prints_the_same_in_worker`), casts ignored |

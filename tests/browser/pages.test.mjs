@@ -62,6 +62,16 @@ async function showsWhatSqlSays(page, min, what) {
   }
 }
 
+/** `n` single-row inserts into defects, `ms` apart; their ids. */
+async function insertSlowly(n, ms) {
+  const ids = [];
+  for (let i = 0; i < n; i++) {
+    ids.push(Number(await sqlAsync(`INSERT INTO defects (camera, kind, score) VALUES ('qa-1', 'burr', 0.4) RETURNING id`)));
+    await sleep(ms);
+  }
+  return ids;
+}
+
 const insert = (camera, kind, score) =>
   sql(`INSERT INTO defects (camera, kind, score) VALUES ('${camera}', '${kind}', ${score}) RETURNING id`);
 
@@ -160,11 +170,7 @@ test('a page whose token expires refreshes it through getToken without losing ch
     window.sub = rt.subscribe('defects', { events: ['INSERT'] }, (m) => (m.type === 'change' ? window.got.push(m.new.id) : window.ended.push(m)));
   });
   await until(() => page.evaluate(() => window.sub.status === 'live'), 'live');
-  const ids = [];
-  for (let i = 0; i < 130; i++) {
-    ids.push(Number(await sqlAsync(`INSERT INTO defects (camera, kind, score) VALUES ('qa-2', 'dent', 0.5) RETURNING id`)));
-    await sleep(100);
-  }
+  const ids = await insertSlowly(130, 100);
   await until(async () => (await page.evaluate(() => window.got.length)) >= ids.length, 'every insert');
   const { got, signedIn, ended } = await page.evaluate(() => ({ got: window.got, signedIn: window.signedIn, ended: window.ended }));
   assert.deepEqual(got, ids);
@@ -193,11 +199,7 @@ test('a token that expires before its refresh arrives: the page signs in again a
     window.sub = rt.subscribe('defects', { events: ['INSERT'] }, (m) => window.got.push(m.type === 'change' ? m.new.id : m.type));
   });
   await until(() => page.evaluate(() => window.sub.status === 'live'), 'live');
-  const ids = [];
-  for (let i = 0; i < 140; i++) {
-    ids.push(Number(await sqlAsync(`INSERT INTO defects (camera, kind, score) VALUES ('qa-1', 'burr', 0.4) RETURNING id`)));
-    await sleep(100);
-  }
+  const ids = await insertSlowly(140, 100);
   await until(async () => (await page.evaluate(() => window.got.length)) >= ids.length, 'every insert', 30000);
   const { got, expired } = await page.evaluate(() => ({ got: window.got, expired: window.expired }));
   assert.equal(expired, 1, 'the server ended the subscription once');

@@ -9,7 +9,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::OnceLock;
 
 pub struct Asset {
-    pub path: &'static str,
+    path: &'static str,
     content_type: &'static str,
     body: &'static str,
     /// The client library is loaded by pages of other origins; pages are not.
@@ -20,49 +20,27 @@ const JS: &str = "text/javascript; charset=utf-8";
 const CSS: &str = "text/css; charset=utf-8";
 const HTML: &str = "text/html; charset=utf-8";
 
+/// `asset!(url path, file from the repository root, content type, library?)`
+macro_rules! asset {
+    ($path:literal, $file:literal, $content_type:expr, $library:literal) => {
+        Asset {
+            path: $path,
+            content_type: $content_type,
+            body: include_str!(concat!("../../../../", $file)),
+            library: $library,
+        }
+    };
+}
+
+#[rustfmt::skip] // a table: one file a line
 static ASSETS: &[Asset] = &[
-    Asset {
-        path: "/realtime.js",
-        content_type: JS,
-        body: include_str!("../../../../clients/js/realtime.js"),
-        library: true,
-    },
-    Asset {
-        path: "/",
-        content_type: HTML,
-        body: include_str!("../../../../clients/inspector/index.html"),
-        library: false,
-    },
-    Asset {
-        path: "/inspector.js",
-        content_type: JS,
-        body: include_str!("../../../../clients/inspector/inspector.js"),
-        library: false,
-    },
-    Asset {
-        path: "/inspector.css",
-        content_type: CSS,
-        body: include_str!("../../../../clients/inspector/inspector.css"),
-        library: false,
-    },
-    Asset {
-        path: "/examples/defects/",
-        content_type: HTML,
-        body: include_str!("../../../../examples/defects/index.html"),
-        library: false,
-    },
-    Asset {
-        path: "/examples/defects/dashboard.js",
-        content_type: JS,
-        body: include_str!("../../../../examples/defects/dashboard.js"),
-        library: false,
-    },
-    Asset {
-        path: "/examples/defects/dashboard.css",
-        content_type: CSS,
-        body: include_str!("../../../../examples/defects/dashboard.css"),
-        library: false,
-    },
+    asset!("/realtime.js", "clients/js/realtime.js", JS, true),
+    asset!("/", "clients/inspector/index.html", HTML, false),
+    asset!("/inspector.js", "clients/inspector/inspector.js", JS, false),
+    asset!("/inspector.css", "clients/inspector/inspector.css", CSS, false),
+    asset!("/examples/defects/", "examples/defects/index.html", HTML, false),
+    asset!("/examples/defects/dashboard.js", "examples/defects/dashboard.js", JS, false),
+    asset!("/examples/defects/dashboard.css", "examples/defects/dashboard.css", CSS, false),
 ];
 
 /// The asset at `path`, if one is served there now. `/index.html` and a directory without its
