@@ -283,14 +283,22 @@ fn a_client_that_stops_reading_is_closed_after_the_heartbeat_timeout() {
         let got = healthy.changes(100);
         assert_eq!(got.len(), 100);
     }
+    // The healthy client keeps reading (which answers the server's pings), or it too would be
+    // closed for silence and the count would pass 1 on its way to 0.
     let deadline = Instant::now() + Duration::from_secs(15);
     while cluster.health().unwrap()["connections"] != 1 {
         assert!(
             Instant::now() < deadline,
             "the stuck client was never closed"
         );
-        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(healthy.recv_within(Duration::from_millis(200)), None);
     }
+    healthy.send(json!({"type": "ping", "ref": 1}));
+    assert_eq!(
+        healthy.recv()["type"],
+        "pong",
+        "the healthy client is still served"
+    );
     drop(stuck);
 }
 
