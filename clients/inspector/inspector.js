@@ -52,7 +52,8 @@ async function loadTables() {
   let tables;
   try {
     tables = await rt.tables();
-  } catch {
+  } catch (e) {
+    add(el('li', { class: 'note' }, `could not list the tables: ${e.message}`));
     return;
   }
   const select = $('table');

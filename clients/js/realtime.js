@@ -275,11 +275,21 @@ export class Realtime {
     if (this.#ws?.readyState === 1) this.#ws.send(JSON.stringify(message));
   }
 
+  /** Send `message` with a fresh `ref`; resolves with the reply carrying it. A refusal carries
+   * no ref, so a request unanswered for 10 s is rejected. */
   #request(message) {
     return new Promise((resolve, reject) => {
       if (this.#ws?.readyState !== 1) return reject(new Error('not connected'));
       const ref = this.#nextRef++;
-      this.#requests.set(ref, { resolve, reject });
+      const timer = setTimeout(() => {
+        this.#requests.delete(ref);
+        reject(new Error(`no answer to ${message.type}`));
+      }, 10000);
+      const settle = (f) => (value) => {
+        clearTimeout(timer);
+        f(value);
+      };
+      this.#requests.set(ref, { resolve: settle(resolve), reject: settle(reject) });
       this.#send({ ...message, ref });
     });
   }
