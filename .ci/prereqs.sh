@@ -30,7 +30,7 @@ if ! grep -qs "pg$PG_MAJOR" "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; then
 fi
 
 # The JavaScript tests (tests/browser.rs): Node with a WebSocket (20.10+; 22+ unflagged),
-# Debian's Chromium, and playwright-core at the version tests/browser/package-lock.json pins.
+# Debian's Chromium, and playwright-core and TypeScript at the versions tests/browser/package-lock.json pins.
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   echo "==> installing nodejs npm"
   as_root apt-get update -qq
@@ -42,8 +42,8 @@ if [ ! -x /usr/bin/chromium ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
 browser_tests="$(dirname "$0")/../tests/browser"
-if [ ! -d "$browser_tests/node_modules/playwright-core" ]; then
-  echo "==> npm ci in tests/browser (playwright-core)"
+if [ ! -d "$browser_tests/node_modules/playwright-core" ] || [ ! -d "$browser_tests/node_modules/typescript" ]; then
+  echo "==> npm ci in tests/browser (playwright-core, typescript)"
   (cd "$browser_tests" && npm ci --no-audit --no-fund --loglevel=error)
 fi
 

@@ -10,7 +10,10 @@
 // nothing while the server's history holds what was missed. What cannot be recovered arrives
 // as a gap; a snapshot subscription then reads its snapshot again.
 
-/** @typedef {'connecting'|'open'|'reconnecting'|'closed'} Status */
+/** @typedef {import('./realtime').Status} Status */
+/** @typedef {import('./realtime').Options} Options */
+/** @typedef {import('./realtime').SubscribeOptions} SubscribeOptions */
+/** @typedef {import('./realtime').Message} Message */
 
 const RETRYABLE = new Set(['snapshot_failed', 'unavailable', 'internal']);
 
@@ -18,14 +21,17 @@ const RETRYABLE = new Set(['snapshot_failed', 'unavailable', 'internal']);
  * Open a connection. `url` may be `ws(s)://host:port/realtime`, `http(s)://host:port` (the
  * WebSocket path is added), or omitted in a page served by the worker (same host).
  * @param {string} [url]
- * @param {import('./realtime').Options} [options]
+ * @param {Options} [options]
  * @returns {Realtime}
  */
 export function connect(url, options = {}) {
   return new Realtime(url, options);
 }
 
-/** The WebSocket address for `url` (see `connect`). */
+/**
+ * The WebSocket address for `url` (see `connect`).
+ * @param {string} [url]
+ */
 export function websocketUrl(url) {
   const base = globalThis.location?.href;
   const u = new URL(url ?? '/realtime', base);
@@ -60,8 +66,13 @@ export class Realtime {
   #awaitingToken = new Set();
   #refreshing = false;
 
+  /**
+   * @param {string | undefined} url
+   * @param {Options} options
+   */
   constructor(url, options = {}) {
     this.#url = websocketUrl(url);
+    /** @type {Options & Required<Pick<Options, 'heartbeat' | 'minBackoff' | 'maxBackoff' | 'refreshMargin'>>} */
     this.#options = {
       heartbeat: 15000,
       minBackoff: 250,
@@ -91,6 +102,9 @@ export class Realtime {
    * Subscribe to a watched table. `onMessage` gets `change` and `leave` messages as the server
    * sends them, `snapshot` once with every row of a snapshot (`{type:'snapshot', rows, position}`),
    * `gap`s, and `unsubscribed` when the server ends the subscription.
+   * @param {string} table
+   * @param {SubscribeOptions | ((m: Message) => void)} [options]
+   * @param {(m: Message) => void} [onMessage]
    */
   subscribe(table, options = {}, onMessage = () => {}) {
     if (typeof options === 'function') [options, onMessage] = [{}, options];
@@ -189,7 +203,8 @@ export class Realtime {
         this._emit('error', { code: 'token_unavailable', message: String(e?.message ?? e) });
         return this.#retry();
       }
-      if (this.status === 'closed') return;
+      // close() may have been called while getToken ran.
+      if (/** @type {Status} */ (this.status) === 'closed') return;
     }
     let ws;
     try {

@@ -4,6 +4,8 @@ import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer } from 'node:net';
 import { createHash } from 'node:crypto';
+import { execFileSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { connect, matches, parseFilter, jwtExpiry, websocketUrl } from '../realtime.js';
 import { WS_URL, HTTP_URL, sql, sqlAsync, token, now, terminateWorker, until, sleep } from './server.mjs';
 
@@ -323,4 +325,15 @@ test('helpers: filters, token expiry, addresses', () => {
   assert.equal(websocketUrl('http://db:8080'), 'ws://db:8080/realtime');
   assert.equal(websocketUrl('https://db/'), 'wss://db/realtime');
   assert.equal(websocketUrl('ws://db:1/realtime'), 'ws://db:1/realtime');
+});
+
+test('realtime.d.ts types the API, and realtime.js checks against its own JSDoc', () => {
+  const path = (p) => fileURLToPath(new URL(p, import.meta.url));
+  // TypeScript comes with the browser tests' tooling (tests/browser/package.json).
+  const tsc = (...args) =>
+    execFileSync(process.execPath, [path('../../../tests/browser/node_modules/typescript/bin/tsc'), '--noEmit',
+      '--target', 'es2022', '--lib', 'es2022,dom', '--module', 'es2022', '--moduleResolution', 'bundler', ...args],
+    { encoding: 'utf8' });
+  tsc('--strict', path('usage.ts'));
+  tsc('--allowJs', '--checkJs', path('../realtime.js'));
 });
