@@ -14,6 +14,8 @@ pub struct Asset {
     body: &'static str,
     /// The client library is loaded by pages of other origins; pages are not.
     library: bool,
+    /// Its ETag, computed at first use.
+    etag: OnceLock<String>,
 }
 
 const JS: &str = "text/javascript; charset=utf-8";
@@ -28,12 +30,13 @@ macro_rules! asset {
             content_type: $content_type,
             body: include_str!(concat!("../../../../", $file)),
             library: $library,
+            etag: OnceLock::new(),
         }
     };
 }
 
 #[rustfmt::skip] // a table: one file a line
-static ASSETS: &[Asset] = &[
+static ASSETS: [Asset; 7] = [
     asset!("/realtime.js", "clients/js/realtime.js", JS, true),
     asset!("/", "clients/inspector/index.html", HTML, false),
     asset!("/inspector.js", "clients/inspector/inspector.js", JS, false),
@@ -64,20 +67,12 @@ const PAGE_POLICY: &str = "Content-Security-Policy: default-src 'none'; script-s
 
 impl Asset {
     /// A strong validator: the same bytes always get the same tag, within one build.
-    fn etag(&self) -> &'static str {
-        static TAGS: OnceLock<Vec<String>> = OnceLock::new();
-        let tags = TAGS.get_or_init(|| {
-            ASSETS
-                .iter()
-                .map(|a| {
-                    let mut h = std::hash::DefaultHasher::new();
-                    a.body.hash(&mut h);
-                    format!("\"{:016x}\"", h.finish())
-                })
-                .collect()
-        });
-        let i = ASSETS.iter().position(|a| a.path == self.path).unwrap();
-        &tags[i]
+    fn etag(&self) -> &str {
+        self.etag.get_or_init(|| {
+            let mut h = std::hash::DefaultHasher::new();
+            self.body.hash(&mut h);
+            format!("\"{:016x}\"", h.finish())
+        })
     }
 
     /// The answer to `GET`/`HEAD` of this asset: 304 when the client's copy is current.

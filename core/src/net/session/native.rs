@@ -322,11 +322,11 @@ impl<S: Stream> Session<S> {
                 .await
             }
             Ok(ClientMessage::Tables { reference }) => {
-                let tables = match self.identity.principal() {
-                    Ok(principal) => self.worker.tables(principal.clone()).await,
+                let principal = match self.identity.principal() {
+                    Ok(principal) => principal.clone(),
                     Err(e) => return self.refuse(e, None).await,
                 };
-                match tables {
+                match self.worker.tables(principal).await {
                     Ok(tables) => {
                         self.send(ServerMessage::Tables {
                             reference: reference.as_ref(),
