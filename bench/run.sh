@@ -49,6 +49,7 @@ shared_preload_libraries = 'realtime_ext'
 realtime.port = $WSPORT
 realtime.listen_addresses = '127.0.0.1'
 realtime.max_connections = 100000
+realtime.max_anonymous_per_address = 0
 realtime.queue_size = 64MB
 # Load clients connect without a token, as a role that may read every table; R's clients
 # present tokens for bench_user.

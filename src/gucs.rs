@@ -35,6 +35,8 @@ static SERVE_PAGES: GucSetting<bool> = GucSetting::<bool>::new(true);
 static ALLOW_PRIVILEGED_ROLES: GucSetting<bool> = GucSetting::<bool>::new(false);
 /// Most connections one role may hold at once (0: no limit).
 static MAX_CONNECTIONS_PER_ROLE: GucSetting<i32> = GucSetting::<i32>::new(0);
+/// Anonymous connections one client address may hold; 0: no limit.
+static MAX_ANONYMOUS_PER_ADDRESS: GucSetting<i32> = GucSetting::<i32>::new(1000);
 /// TCP port of the WebSocket/HTTP server.
 static PORT: GucSetting<i32> = GucSetting::<i32>::new(8080);
 /// The one database whose watched tables the worker serves.
@@ -301,6 +303,16 @@ pub fn init() {
         none,
     );
     GucRegistry::define_int_guc(
+        c"realtime.max_anonymous_per_address",
+        c"Most anonymous connections (no token) one client address may hold; 0: no limit.",
+        c"Keeps one address from taking the anonymous role's whole realtime.max_connections_per_role.",
+        &MAX_ANONYMOUS_PER_ADDRESS,
+        0,
+        1_000_000,
+        Sighup,
+        none,
+    );
+    GucRegistry::define_int_guc(
         c"realtime.max_message_size",
         c"Largest message a WebSocket client may send.",
         c"",
@@ -452,4 +464,7 @@ pub fn allow_privileged_roles() -> bool {
 }
 pub fn max_connections_per_role() -> usize {
     MAX_CONNECTIONS_PER_ROLE.get() as usize
+}
+pub fn max_anonymous_per_address() -> usize {
+    MAX_ANONYMOUS_PER_ADDRESS.get() as usize
 }

@@ -10,7 +10,7 @@
 
 use crate::gucs;
 use crate::pg::xact::in_transaction;
-use crate::worker::{as_owner, set_claims, usable_role};
+use crate::worker::{as_subscriber, usable_role};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime};
 use pgrx::prelude::*;
 use pgrx::spi::quote_identifier;
@@ -151,8 +151,7 @@ fn read(spec: &Spec, socket: &mut UnixStream) -> Result<u64, Failure> {
     // Checked again: the role may have changed since the subscription was resolved.
     let role = usable_role(&principal).map_err(|e| Failure::Raised(e.to_string()))?;
     let query = query(spec)?;
-    as_owner(role, || {
-        set_claims(&spec.claims);
+    as_subscriber(role, Some(&spec.claims), || {
         send(Frame::Snapshot(active_snapshot()))?;
         Spi::connect(|client| {
             let mut cursor = client

@@ -56,6 +56,37 @@ fn origins_and_hosts_not_listed_are_refused_and_a_reload_changes_the_lists() {
     assert_eq!(code, "403");
     let (code, _) = status(&cluster, "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
     assert_eq!(code, "200");
+    // A second Host or Origin cannot smuggle a name past the lists, in either order.
+    for (first, second) in [("127.0.0.1", "evil.example"), ("evil.example", "127.0.0.1")] {
+        let request = upgrade(first, Some("https://app.example")).replacen(
+            "\r\n\r\n",
+            &format!("\r\nHost: {second}\r\n\r\n"),
+            1,
+        );
+        let (code, body) = status(&cluster, &request);
+        assert_eq!(code, "400", "Host {first} then {second}: {body}");
+        assert!(
+            body.contains("the host header may appear only once"),
+            "{body}"
+        );
+    }
+    for (first, second) in [
+        ("https://app.example", "https://evil.example"),
+        ("https://evil.example", "https://app.example"),
+    ] {
+        let request = upgrade("127.0.0.1", Some(first)).replacen(
+            "\r\n\r\n",
+            &format!("\r\nOrigin: {second}\r\n\r\n"),
+            1,
+        );
+        let (code, body) = status(&cluster, &request);
+        assert_eq!(code, "400", "Origin {first} then {second}: {body}");
+    }
+    let (code, body) = status(
+        &cluster,
+        "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nhost: evil.example\r\n\r\n",
+    );
+    assert_eq!(code, "400", "{body}");
 
     // Emptied by a reload: any origin and host again.
     let mut sql = cluster.client();

@@ -242,7 +242,23 @@ fn every_subscriber_receives_what_its_select_would_return() {
             let reply = ws.try_subscribe(table, table, None);
             if cols.is_empty() {
                 assert_eq!(reply["type"], "error", "{} on {table}: {reply}", p.name);
-                assert_eq!(reply["code"], "forbidden", "{} on {table}: {reply}", p.name);
+                // Told what a missing table is told: the table's existence is not theirs to learn.
+                assert_eq!(
+                    reply["code"], "unknown_table",
+                    "{} on {table}: {reply}",
+                    p.name
+                );
+                let missing = ws.try_subscribe("missing", &format!("{table}_missing"), None);
+                assert_eq!(
+                    reply["message"].as_str().unwrap().replace(table, "T"),
+                    missing["message"]
+                        .as_str()
+                        .unwrap()
+                        .replace(&format!("{table}_missing"), "T"),
+                    "{} on {table}",
+                    p.name
+                );
+                assert_eq!(missing["code"], "unknown_table");
             } else {
                 assert_eq!(
                     reply["type"], "subscribed",

@@ -214,7 +214,12 @@ fn tcp_from(source: &str, port: u16, recv_buffer: Option<usize>) -> TcpStream {
 
 /// A WebSocket connection from a chosen loopback source address.
 fn ws_from(source: &str, port: u16) -> Result<Ws, String> {
-    let stream = tcp_from(source, port, None);
+    ws_with(source, port, None)
+}
+
+/// The same with a receive buffer of `recv_buffer`.
+fn ws_with(source: &str, port: u16, recv_buffer: Option<usize>) -> Result<Ws, String> {
+    let stream = tcp_from(source, port, recv_buffer);
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
@@ -261,6 +266,133 @@ fn silent_sockets_from_one_address_do_not_lock_out_others() {
     // Silent sockets never counted as connections.
     assert_eq!(cluster.health().unwrap()["connections"], 2);
     drop(silent);
+}
+
+#[test]
+fn one_address_cannot_take_every_anonymous_connection() {
+    let cluster = Cluster::start(
+        "anonymous_per_address",
+        &[
+            "realtime.max_connections_per_role = 5",
+            "realtime.max_anonymous_per_address = 3",
+        ],
+    );
+    let mut first: Vec<Ws> = (0..3)
+        .map(|_| ws_from("127.0.0.1", cluster.ws_port).expect("within the address's bound"))
+        .collect();
+    let refused = ws_from("127.0.0.1", cluster.ws_port)
+        .err()
+        .expect("a fourth is refused");
+    assert!(refused.contains("429"), "{refused}");
+    // Another address still gets in, up to the role's own bound.
+    let second: Vec<Ws> = (0..2)
+        .map(|_| ws_from("127.0.0.2", cluster.ws_port).expect("another address"))
+        .collect();
+    let refused = ws_from("127.0.0.3", cluster.ws_port)
+        .err()
+        .expect("the role is full");
+    assert!(refused.contains("429"), "{refused}");
+    // A connection with a token is not anonymous, whatever its address.
+    let mut db = cluster.client();
+    db.batch_execute("CREATE ROLE alice NOLOGIN; GRANT alice TO realtime_authenticator")
+        .unwrap();
+    let token = common::token(json!({"role": "alice", "exp": common::unix_now() + 600}));
+    let stream = tcp_from("127.0.0.1", cluster.ws_port, None);
+    tungstenite::client(
+        format!("ws://127.0.0.1:{}/realtime?token={token}", cluster.ws_port),
+        stream,
+    )
+    .expect("a signed-in client from the full address");
+    // A place given back is free again.
+    first.pop();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ws_from("127.0.0.1", cluster.ws_port).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the closed connection's place was not given back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(second);
+}
+
+/// Subscribe `id` to `big` with a snapshot and read it to its end: how many rows.
+fn whole_snapshot(ws: &mut Ws, id: &str) -> usize {
+    ws.send(json!({"type": "subscribe", "id": id, "table": "big", "snapshot": true}));
+    let mut rows = 0;
+    loop {
+        let m = ws.recv();
+        match m["type"].as_str() {
+            Some("subscribed") => {}
+            Some("snapshot") => rows += m["rows"].as_array().unwrap().len(),
+            Some("snapshot_end") => return rows,
+            _ => panic!("{id}: {m}"),
+        }
+    }
+}
+
+#[test]
+fn clients_that_stop_reading_snapshots_cannot_hold_every_reader() {
+    let _heavy = heavy();
+    let cluster = Cluster::start("snapshot_hostage", &["realtime.max_snapshot_workers = 2"]);
+    let mut db = cluster.client();
+    db.batch_execute(
+        "CREATE TABLE big (id int PRIMARY KEY, pad text);
+         INSERT INTO big SELECT i, repeat('x', 200) FROM generate_series(1, 200000) i;
+         SELECT realtime_watch('big');
+         CREATE ROLE other NOLOGIN; GRANT other TO realtime_authenticator; GRANT SELECT ON big TO other;",
+    )
+    .unwrap();
+    // Four anonymous clients with tiny receive buffers start snapshots and never read.
+    let mut hostile: Vec<Ws> = (0..4)
+        .map(|i| {
+            let mut ws = ws_with("127.0.0.1", cluster.ws_port, Some(4096)).unwrap();
+            ws.send(json!({"type": "subscribe", "id": format!("h{i}"), "table": "big", "snapshot": true}));
+            ws
+        })
+        .collect();
+    // The anonymous role holds at most one of the two readers: another role's snapshot runs.
+    let started = Instant::now();
+    let token = common::token(json!({"role": "other", "exp": common::unix_now() + 600}));
+    let mut other = Ws::connect_as(cluster.ws_port, &token);
+    assert_eq!(whole_snapshot(&mut other, "other"), 200_000);
+    eprintln!("another role's snapshot took {:?}", started.elapsed());
+    // An anonymous one waits for the readers of those that stopped reading to be stopped.
+    let started = Instant::now();
+    let mut anonymous = cluster.ws();
+    anonymous.set_timeout(Duration::from_secs(90));
+    assert_eq!(whole_snapshot(&mut anonymous, "anonymous"), 200_000);
+    eprintln!(
+        "an anonymous snapshot behind four stalled ones took {:?}",
+        started.elapsed()
+    );
+    // Each stalled client is told why once it reads again (one that got its reader only
+    // after the others were stopped may instead be reading it now, to its end).
+    let mut stopped = 0;
+    for (i, ws) in hostile.iter_mut().enumerate() {
+        let end = loop {
+            let m = ws.recv();
+            if m["type"] == "error" || m["type"] == "snapshot_end" {
+                break m;
+            }
+        };
+        if end["type"] == "error" {
+            assert_eq!(
+                (end["code"].as_str(), end["id"].as_str()),
+                (Some("snapshot_failed"), Some(format!("h{i}").as_str())),
+                "{end}"
+            );
+            assert!(
+                end["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("did not read the snapshot"),
+                "{end}"
+            );
+            stopped += 1;
+        }
+    }
+    assert!(stopped >= 1, "no stalled reader was stopped");
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! Code a table owner wrote never runs with the worker's rights, and owners can watch their own
 //! tables (and nothing else) without being superusers.
 mod common;
-use common::Cluster;
+use common::{token, unix_now, Cluster, Ws, AUTHENTICATOR};
+use serde_json::{json, Value};
 
 /// Mallory owns a table and the code its column types run; she is no superuser.
 const MALLORY: &str = "
@@ -56,13 +57,13 @@ fn filter_values_never_run_user_code_as_the_worker() {
             "{filter} made mallory superuser"
         );
     }
-    // The refusal says why: the code ran as mallory and was denied.
+    // The refusal says why: the code ran read-only, as the subscriber, and was denied.
     let reply = ws.try_subscribe("x", "bait", Some("v=eq.1"));
     assert!(
         reply["message"]
             .as_str()
             .unwrap()
-            .contains("must be superuser to alter superuser roles"),
+            .contains("cannot execute ALTER ROLE in a read-only transaction"),
         "{reply}"
     );
     // The worker is unharmed and ordinary filters on the table still work.
@@ -154,4 +155,258 @@ fn owners_watch_their_own_tables_and_nothing_else() {
         .batch_execute("SELECT realtime_unwatch('alices')")
         .unwrap();
     ws.expect_ended("a", "table_unwatched");
+}
+
+/// What `sql` returns in the session PostgREST would give `role` with `claims`: logged in as
+/// the authenticator, `SET ROLE role`, the claims set. Each row's first column.
+fn as_postgrest(db: &mut postgres::Client, role: &str, claims: &Value, sql: &str) -> Vec<i32> {
+    let mut tx = db.transaction().unwrap();
+    tx.batch_execute(&format!(
+        "SET LOCAL SESSION AUTHORIZATION {AUTHENTICATOR}; SET LOCAL ROLE {role};
+         SELECT set_config('request.jwt.claims', '{}', true);",
+        claims.to_string().replace('\'', "''")
+    ))
+    .unwrap();
+    let ids = tx
+        .query(sql, &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    tx.rollback().unwrap();
+    ids
+}
+
+#[test]
+fn code_a_filter_reaches_on_a_superuser_s_table_runs_as_the_subscriber() {
+    let cluster = Cluster::start("security_superuser_table", &[]);
+    let mut db = cluster.client();
+    db.batch_execute(MALLORY).unwrap();
+    // The table is the superuser's; only the column types are mallory's.
+    db.batch_execute(
+        "CREATE TABLE su_bait (id int, v trap, m mood, p trapped_pair, ok int);
+         SELECT realtime_watch('su_bait');",
+    )
+    .unwrap();
+    let pid = cluster.worker_pid();
+    let mut ws = cluster.ws();
+    for (filter, code) in [
+        ("v=eq.1", "invalid_filter_value"),
+        ("m=eq.happy", "invalid_filter_value"),
+        ("p=eq.(1,2)", "invalid_filter"),
+    ] {
+        let reply = ws.try_subscribe("x", "su_bait", Some(filter));
+        assert_eq!(
+            (reply["type"].as_str(), reply["code"].as_str()),
+            (Some("error"), Some(code)),
+            "{filter}: {reply}"
+        );
+        assert!(
+            !is_superuser(&mut db, "mallory"),
+            "{filter} made mallory superuser"
+        );
+    }
+    // SQL typed by the same role runs the same CHECK as that role, and fails too.
+    let err = db
+        .batch_execute(&format!(
+            "BEGIN; SET LOCAL ROLE {}; SELECT * FROM su_bait WHERE v = '1'; COMMIT",
+            common::READER
+        ))
+        .unwrap_err();
+    assert!(err.to_string().contains("superuser"), "{err}");
+    db.batch_execute("ROLLBACK").unwrap();
+    assert!(!is_superuser(&mut db, "mallory"));
+    ws.subscribe("ok", "su_bait", Some("ok=eq.7"));
+    db.batch_execute("INSERT INTO su_bait (id, ok) VALUES (1, 6), (2, 7)")
+        .unwrap();
+    assert_eq!(ws.changes(1)[0]["new"]["id"], 2);
+    assert_eq!(cluster.worker_pid(), pid);
+}
+
+/// Tables whose policies admit everything to a superuser session: by `session_user`, by
+/// `is_superuser`, and through a function that reads both. Rows 1 and 4 are anyone's.
+const ADMIN_BYPASS: &str = "
+    CREATE ROLE web_user NOLOGIN;
+    GRANT web_user TO realtime_authenticator;
+    CREATE FUNCTION is_admin() RETURNS bool LANGUAGE sql STABLE AS
+      $$ SELECT session_user = 'postgres' OR current_setting('is_superuser')::bool $$;
+    CREATE TABLE by_session (id int PRIMARY KEY);
+    CREATE POLICY p ON by_session USING (id IN (1, 4) OR session_user = 'postgres');
+    CREATE TABLE by_setting (id int PRIMARY KEY);
+    CREATE POLICY p ON by_setting USING (id IN (1, 4) OR current_setting('is_superuser') = 'on');
+    CREATE TABLE by_function (id int PRIMARY KEY);
+    CREATE POLICY p ON by_function USING (id IN (1, 4) OR is_admin());
+    CREATE TABLE audited (id int PRIMARY KEY);
+    CREATE TABLE audit (at timestamptz DEFAULT now(), who text);
+    GRANT INSERT ON audit TO web_user;
+    CREATE FUNCTION audit_read(i int) RETURNS bool LANGUAGE plpgsql AS
+      $$ BEGIN INSERT INTO audit (who) VALUES (current_user); RETURN i IN (1, 4); END $$;
+    CREATE POLICY p ON audited USING (audit_read(id));
+";
+
+#[test]
+fn policies_are_judged_in_the_session_postgrest_would_have() {
+    let cluster = Cluster::start("security_postgrest_session", &[]);
+    let mut db = cluster.client();
+    db.batch_execute(ADMIN_BYPASS).unwrap();
+    let tables = ["by_session", "by_setting", "by_function"];
+    for t in tables.iter().chain(["audited"].iter()) {
+        db.batch_execute(&format!(
+            "ALTER TABLE {t} ENABLE ROW LEVEL SECURITY; GRANT SELECT ON {t} TO web_user;
+             INSERT INTO {t} VALUES (1), (2), (3); SELECT realtime_watch('{t}');"
+        ))
+        .unwrap();
+    }
+    db.batch_execute("CREATE TABLE sentinel (id int); GRANT SELECT ON sentinel TO web_user; SELECT realtime_watch('sentinel')")
+        .unwrap();
+    let claims = json!({"role": "web_user", "sub": "u1", "exp": unix_now() + 600});
+    let mut ws = Ws::connect_as(cluster.ws_port, &token(claims.clone()));
+    ws.subscribe("sentinel", "sentinel", None);
+    for t in tables {
+        let sql = as_postgrest(
+            &mut db,
+            "web_user",
+            &claims,
+            &format!("SELECT id FROM {t} ORDER BY id"),
+        );
+        assert_eq!(sql, vec![1], "{t}: SQL's own answer");
+        ws.send(json!({"type": "subscribe", "id": t, "table": t, "snapshot": true}));
+        let reply = ws.recv();
+        assert_eq!(reply["type"], "subscribed", "{reply}");
+        let mut rows = Vec::new();
+        loop {
+            let m = ws.recv();
+            match m["type"].as_str() {
+                Some("snapshot") => rows.extend(
+                    m["rows"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|r| r["id"].as_i64().unwrap() as i32),
+                ),
+                Some("snapshot_end") => break,
+                _ => panic!("{t}: before snapshot_end: {m}"),
+            }
+        }
+        assert_eq!(rows, sql, "{t}: snapshot");
+    }
+    for t in tables {
+        db.batch_execute(&format!("INSERT INTO {t} VALUES (4), (5)"))
+            .unwrap();
+        let sql = as_postgrest(
+            &mut db,
+            "web_user",
+            &claims,
+            &format!("SELECT id FROM {t} WHERE id > 3 ORDER BY id"),
+        );
+        assert_eq!(sql, vec![4], "{t}: SQL's own answer");
+    }
+    let live = until_sentinel(&mut db, &mut ws);
+    for t in tables {
+        let ids: Vec<i64> = live
+            .iter()
+            .filter(|m| m["id"] == t)
+            .map(|m| m["new"]["id"].as_i64().unwrap())
+            .collect();
+        assert_eq!(ids, vec![4], "{t}: live changes");
+    }
+
+    // Judging is read-only, as PostgREST's reads are: a policy that writes an audit row
+    // fails there (SQL says so too) and commits nothing, per change or per snapshot.
+    let err = db
+        .batch_execute(&format!(
+            "BEGIN READ ONLY; SET LOCAL SESSION AUTHORIZATION {AUTHENTICATOR}; SET LOCAL ROLE web_user;
+             SELECT * FROM audited; COMMIT"
+        ))
+        .unwrap_err();
+    assert!(err.to_string().contains("read-only"), "{err}");
+    db.batch_execute("ROLLBACK").unwrap();
+    ws.subscribe("audited", "audited", None);
+    db.batch_execute("INSERT INTO audited VALUES (4), (5)")
+        .unwrap();
+    let seen = until_sentinel(&mut db, &mut ws);
+    assert!(
+        seen.iter()
+            .all(|m| m["type"] == "gap" && m["reason"] == "policy_failed")
+            && !seen.is_empty(),
+        "{seen:?}"
+    );
+    ws.send(json!({"type": "subscribe", "id": "audited-snapshot", "table": "audited", "snapshot": true}));
+    assert_eq!(ws.recv()["type"], "subscribed");
+    let m = ws.recv();
+    assert_eq!(m["code"], "snapshot_failed", "{m}");
+    let written: i64 = db
+        .query_one("SELECT count(*) FROM audit", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(written, 0, "judging committed audit rows");
+}
+
+/// Insert into `sentinel` (which `ws` is subscribed to) and return every message before its
+/// change: what was committed before it.
+fn until_sentinel(db: &mut postgres::Client, ws: &mut Ws) -> Vec<Value> {
+    db.batch_execute("INSERT INTO sentinel VALUES (1)").unwrap();
+    let mut before = Vec::new();
+    loop {
+        let m = ws.recv();
+        if m["id"] == "sentinel" && m["type"] == "change" {
+            return before;
+        }
+        before.push(m);
+    }
+}
+
+#[test]
+fn unrelated_catalog_changes_do_not_cast_filter_values_again() {
+    let cluster = Cluster::start("security_cast_cache", &[]);
+    let mut db = cluster.client();
+    db.batch_execute(
+        "CREATE ROLE watcher NOLOGIN; GRANT watcher TO realtime_authenticator;
+         CREATE FUNCTION noisy(v int) RETURNS bool LANGUAGE plpgsql AS
+           $$ BEGIN RAISE LOG 'noisy check ran for %', v; RETURN true; END $$;
+         CREATE DOMAIN noisy_int AS int CHECK (noisy(VALUE));
+         CREATE TABLE casted (id int, v noisy_int); CREATE TABLE canary (id int);
+         GRANT SELECT ON casted, canary TO watcher;
+         SELECT realtime_watch('casted'); SELECT realtime_watch('canary');",
+    )
+    .unwrap();
+    let runs = |cluster: &Cluster| cluster.log().matches("noisy check ran for 424242").count();
+    let mut ws = Ws::connect_as(
+        cluster.ws_port,
+        &token(json!({"role": "watcher", "exp": unix_now() + 600})),
+    );
+    ws.subscribe("casted", "casted", Some("v=eq.424242"));
+    assert_eq!(runs(&cluster), 1, "the filter value was cast once");
+    // Each round is a catalog change that has the session authorize both its subscriptions
+    // again (casted first): the canary's end shows it happened.
+    for round in 0..5 {
+        db.batch_execute("REVOKE SELECT ON canary FROM watcher")
+            .unwrap();
+        if round > 0 {
+            ws.expect_ended("canary", "forbidden");
+        }
+        db.batch_execute("GRANT SELECT ON canary TO watcher")
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while ws.try_subscribe("canary", "canary", None)["type"] != "subscribed" {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "canary not readable again"
+            );
+        }
+    }
+    db.batch_execute("REVOKE SELECT ON canary FROM watcher")
+        .unwrap();
+    ws.expect_ended("canary", "forbidden");
+    assert_eq!(
+        runs(&cluster),
+        1,
+        "the cast ran again for unrelated catalog changes"
+    );
+    // A change to the type itself casts again: the new CHECK refuses the value.
+    db.batch_execute("ALTER DOMAIN noisy_int ADD CONSTRAINT small CHECK (VALUE < 1000)")
+        .unwrap();
+    let reply = ws.try_subscribe("again", "casted", Some("v=eq.424242"));
+    assert_eq!(reply["code"], "invalid_filter_value", "{reply}");
+    assert_eq!(runs(&cluster), 2);
 }

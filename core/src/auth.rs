@@ -11,6 +11,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// Clock skew tolerated between the token's issuer and this server, in seconds, for `exp` and
 /// `nbf`.
 pub const LEEWAY_SECS: u64 = 5;
+/// The latest time a token's `exp`, `nbf` or `iat` may name: 9999-12-31T23:59:59Z. Later,
+/// negative or not a number, and the token is refused: no time claim may overflow a clock.
+pub const MAX_TOKEN_TIME: u64 = 253_402_300_799;
 /// HMAC secrets shorter than this are refused (as PostgREST does): they can be brute-forced.
 const MIN_SECRET_BYTES: usize = 32;
 
@@ -183,15 +186,10 @@ impl AuthConfig {
     }
 
     fn principal(&self, claims: Map<String, Value>) -> Result<Principal, AuthError> {
-        let expires = match claims.get("exp") {
-            None => None,
-            Some(exp) => Some(
-                exp.as_f64()
-                    .filter(|e| e.is_finite() && *e >= 0.0)
-                    .ok_or_else(|| AuthError::Invalid("exp is not a number".into()))?
-                    as u64,
-            ),
-        };
+        for name in ["nbf", "iat"] {
+            time_claim(&claims, name)?;
+        }
+        let expires = time_claim(&claims, "exp")?;
         let claimed = follow(&self.role_claim, &claims);
         let role = match claimed {
             Some(Value::String(role)) if !role.is_empty() => role.clone(),
@@ -205,6 +203,23 @@ impl AuthConfig {
             anonymous: false,
         })
     }
+}
+
+/// A NumericDate claim as whole seconds (fractions are dropped, as `exp` is checked in
+/// seconds), refused unless it is a finite number from 0 to `MAX_TOKEN_TIME`.
+fn time_claim(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, AuthError> {
+    let Some(value) = claims.get(name) else {
+        return Ok(None);
+    };
+    value
+        .as_f64()
+        .filter(|t| t.is_finite() && (0.0..=MAX_TOKEN_TIME as f64).contains(t))
+        .map(|t| Some(t as u64))
+        .ok_or_else(|| {
+            AuthError::Invalid(format!(
+                "{name} must be a number of seconds from 0 to {MAX_TOKEN_TIME}"
+            ))
+        })
 }
 
 /// Whether the token's header says `"alg": "none"` (which jsonwebtoken cannot even parse;

@@ -260,8 +260,12 @@ pub struct ResolvedTable {
 /// Why the worker could not resolve a subscription.
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
-    #[error("table \"{0}\" does not exist")]
+    #[error("table \"{0}\" does not exist or is not readable")]
     UnknownTable(String),
+    /// The table exists, but the principal may read none of its columns: told exactly what a
+    /// missing table is told, so that only those who may read a table learn it exists.
+    #[error("table \"{0}\" does not exist or is not readable")]
+    Unreadable(String),
     #[error("table \"{table}\" is not watched; run SELECT realtime_watch('{quoted}')")]
     NotWatched { table: String, quoted: String },
     #[error("column \"{0}\" does not exist")]
@@ -426,6 +430,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// Most connections one role may hold at once; 0: no limit.
     pub max_connections_per_role: usize,
+    /// Most anonymous connections one address may hold at once; 0: no limit.
+    pub max_anonymous_per_address: usize,
     pub max_message_size: usize,
     pub max_subscriptions: usize,
     pub max_handshakes: usize,
@@ -439,6 +445,30 @@ pub struct Limits {
     pub allowed_hosts: Vec<String>,
     /// Serve the inspector and the example pages (realtime.serve_pages).
     pub serve_pages: bool,
+}
+
+fn take<K: std::hash::Hash + Eq>(
+    counts: &Mutex<std::collections::HashMap<K, usize>>,
+    key: K,
+    max: usize,
+) -> bool {
+    let mut counts = counts.lock().unwrap_or_else(|e| e.into_inner());
+    let n = counts.entry(key).or_default();
+    if max > 0 && *n >= max {
+        return false;
+    }
+    *n += 1;
+    true
+}
+
+fn release<K: std::hash::Hash + Eq>(counts: &Mutex<std::collections::HashMap<K, usize>>, key: &K) {
+    let mut counts = counts.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(n) = counts.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(key);
+        }
+    }
 }
 
 /// Roles remembered as authorized; past it the memory starts over.
@@ -464,8 +494,10 @@ pub struct Shared {
     /// Worker: bumped when a catalog change may alter what a principal may see (GRANT,
     /// REVOKE, policies, row security, roles); sessions then authorize again.
     pub catalog_epoch: tokio::sync::watch::Sender<u64>,
-    /// Network: connections per role, for realtime.max_connections_per_role.
+    /// Network: connections per role, for realtime.max_connections_per_role, and anonymous
+    /// ones per address, for realtime.max_anonymous_per_address.
     roles: Mutex<std::collections::HashMap<String, usize>>,
+    anonymous: Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
     /// Network: roles the worker accepted, with the catalog epoch it did so in (a connection
     /// of a known role then needs no question).
     authorized: Mutex<std::collections::HashMap<String, u64>>,
@@ -485,6 +517,7 @@ impl Shared {
             auth: Mutex::new(Arc::new(AuthConfig::closed())),
             catalog_epoch: tokio::sync::watch::Sender::new(0),
             roles: Mutex::default(),
+            anonymous: Mutex::default(),
             authorized: Mutex::default(),
         }
     }
@@ -508,22 +541,17 @@ impl Shared {
     }
     /// Count a connection for `role` unless it already has `max` (0: no limit).
     pub fn take_role(&self, role: &str, max: usize) -> bool {
-        let mut roles = self.roles.lock().unwrap_or_else(|e| e.into_inner());
-        let n = roles.entry(role.to_string()).or_default();
-        if max > 0 && *n >= max {
-            return false;
-        }
-        *n += 1;
-        true
+        take(&self.roles, role.to_string(), max)
     }
     pub fn release_role(&self, role: &str) {
-        let mut roles = self.roles.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = roles.get_mut(role) {
-            *n -= 1;
-            if *n == 0 {
-                roles.remove(role);
-            }
-        }
+        release(&self.roles, &role.to_string());
+    }
+    /// Count an anonymous connection from `address` unless it already has `max` (0: no limit).
+    pub fn take_anonymous(&self, address: std::net::IpAddr, max: usize) -> bool {
+        take(&self.anonymous, address, max)
+    }
+    pub fn release_anonymous(&self, address: std::net::IpAddr) {
+        release(&self.anonymous, &address);
     }
     /// Whether the worker accepted `role` since the catalogs last changed.
     pub fn recently_authorized(&self, role: &str) -> bool {

@@ -109,6 +109,28 @@ fn value_text() -> impl Strategy<Value = String> {
     ]
 }
 
+/// A time claim as a token might carry it: absent, huge, negative, fractional, in range, a
+/// string, null, or another JSON value.
+fn time_claim() -> impl Strategy<Value = Option<Value>> {
+    let now = realtime_core::auth::now() as i64;
+    prop_oneof![
+        Just(None),
+        (now - 100_000..now + 100_000).prop_map(|t| Some(json!(t))),
+        any::<i64>().prop_map(|t| Some(json!(t))),
+        any::<u64>().prop_map(|t| Some(json!(t))),
+        any::<f64>().prop_map(|t| serde_json::Number::from_f64(t).map(Value::Number)),
+        Just(Some(json!(1e19))),
+        Just(Some(
+            serde_json::from_str::<Value>("1e400").unwrap_or(Value::Null)
+        )),
+        Just(Some(json!(10000000000000000000u64))),
+        (now as f64..now as f64 + 1e6).prop_map(|t| Some(json!(t))),
+        Just(Some(Value::Null)),
+        "\\PC{0,12}".prop_map(|t| Some(Value::String(t))),
+        json_value().prop_map(Some),
+    ]
+}
+
 proptest! {
     #![proptest_config(config())]
 
@@ -143,6 +165,44 @@ proptest! {
         }).unwrap();
         prop_assert!(auth.verify(&parts.join(".")).is_err());
         prop_assert!(auth.verify(&text).is_err());
+    }
+
+    #[test]
+    fn any_time_claims_are_accepted_within_range_or_refused(
+        times in prop::collection::vec(time_claim(), 3),
+    ) {
+        use realtime_core::auth::{AuthConfig, AuthSettings, MAX_TOKEN_TIME};
+        let secret = "a-test-secret-that-is-32-bytes-long!!";
+        let auth = AuthConfig::new(&AuthSettings { secret: secret.into(), ..Default::default() }).unwrap();
+        let mut claims = Map::new();
+        claims.insert("role".into(), json!("alice"));
+        for (name, t) in ["exp", "nbf", "iat"].into_iter().zip(times) {
+            if let Some(t) = t {
+                claims.insert(name.into(), t);
+            }
+        }
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &Value::Object(claims.clone()),
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        ).unwrap();
+        match auth.verify(&token) {
+            Ok(p) => {
+                // Accepted only with every time claim in range, and then any expiry can be
+                // added to a clock.
+                for name in ["exp", "nbf", "iat"] {
+                    if let Some(t) = claims.get(name) {
+                        let t = t.as_f64().unwrap();
+                        prop_assert!((0.0..=MAX_TOKEN_TIME as f64).contains(&t), "{name} = {t}");
+                    }
+                }
+                if let Some(e) = p.expires {
+                    prop_assert!(e <= MAX_TOKEN_TIME);
+                    prop_assert!(std::time::SystemTime::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(e)).is_some());
+                }
+            }
+            Err(e) => prop_assert!(!e.to_string().is_empty()),
+        }
     }
 
     #[test]

@@ -6,8 +6,7 @@
 //! policy set together, with the claims as a column.
 
 use super::claims_column;
-use super::policy::{set_claims, set_setting};
-use super::security::{as_owner, with_time_limit};
+use super::security::{as_subscriber, set_setting, with_time_limit};
 use crate::pg::xact::{in_subtransaction, in_transaction};
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
@@ -371,12 +370,16 @@ fn run(
     let mut run = || {
         with_time_limit(BATCH_TIME_LIMIT, || {
             in_subtransaction(std::panic::AssertUnwindSafe(|| {
-                as_owner(audience.key.role, || {
+                let one = match claims {
+                    As::One(claims) => Some(claims),
+                    As::Together(_) => None,
+                };
+                as_subscriber(audience.key.role, one, || {
                     // Made here: datums need the transaction.
                     let mut types = vec![PgOid::BuiltIn(PgBuiltInOids::TEXTOID)];
                     let mut args = vec![images.into()];
                     match claims {
-                        As::One(claims) => set_claims(claims),
+                        As::One(_) => {}
                         As::Together(claims) => {
                             types.push(PgOid::BuiltIn(PgBuiltInOids::TEXTARRAYOID));
                             args.push(claims.to_vec().into());

@@ -2,8 +2,9 @@
 //! Each question runs in its own transaction; a Postgres error becomes an error reply.
 
 use super::audiences::{Audiences, Condition};
+use super::casts;
 use super::policy::Policies;
-use super::security::{as_owner, with_time_limit};
+use super::security::with_time_limit;
 use crate::gucs;
 use crate::pg::xact::{in_subtransaction, in_transaction};
 use pgrx::prelude::*;
@@ -212,8 +213,8 @@ fn resolve(
         _ => return Err(unknown()),
     };
     // System catalogs are not there as far as clients can tell.
-    let found = optional(Spi::get_three_with_args::<i64, i64, i32>(
-        "SELECT c.oid::int8, c.relowner::int8,
+    let found = optional(Spi::get_two_with_args::<i64, i32>(
+        "SELECT c.oid::int8,
                 (SELECT bit_or(t.tgtype::int) FROM realtime.capture_triggers t
                   WHERE t.tgrelid = c.oid)
            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -222,11 +223,11 @@ fn resolve(
             AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')",
         &[schema.into(), name.into()],
     ))?;
-    let (Some(relid), Some(owner), tgtype) = found else {
+    let (Some(relid), tgtype) = found else {
         return Err(unknown());
     };
     let role = role(principal)?;
-    let columns = readable_columns(relid, &role, &quote_name(schema, name))?;
+    let columns = readable_columns(relid, &role, table)?;
     let Some(tgtype) = tgtype else {
         return Err(ResolveError::NotWatched {
             table: format!("{schema}.{name}"),
@@ -242,7 +243,7 @@ fn resolve(
         }
     }
     let filter = filter
-        .map(|f| resolve_filter(relid, pg_sys::Oid::from(owner as u32), f))
+        .map(|f| resolve_filter(relid, &role, principal, f))
         .transpose()?;
     let (rows, checked) = row_access(relid, &role, principal)?;
     Ok((
@@ -260,8 +261,8 @@ fn resolve(
 }
 
 /// The columns `role` may SELECT: `None` for all (a table-level grant, or every column's),
-/// refused if none.
-fn readable_columns(relid: i64, role: &Role, quoted: &str) -> Answer<Option<HashSet<String>>> {
+/// refused as if `requested` did not exist if none.
+fn readable_columns(relid: i64, role: &Role, requested: &str) -> Answer<Option<HashSet<String>>> {
     let (table_grant, columns, all) =
         optional(Spi::get_three_with_args::<bool, Vec<String>, i64>(
             "SELECT has_table_privilege($1, $2::oid, 'SELECT'),
@@ -277,9 +278,7 @@ fn readable_columns(relid: i64, role: &Role, quoted: &str) -> Answer<Option<Hash
         return Ok(None);
     }
     if columns.is_empty() {
-        return Err(ResolveError::Forbidden(format!(
-            "permission denied for table {quoted}"
-        )));
+        return Err(ResolveError::Unreadable(requested.to_string()));
     }
     Ok(Some(columns.into_iter().collect()))
 }
@@ -371,7 +370,12 @@ fn kind_of(base: pg_sys::Oid, is_enum: bool, ordered_collation: Option<bool>) ->
     })
 }
 
-fn resolve_filter(relid: i64, owner: pg_sys::Oid, spec: &FilterSpec) -> Answer<ResolvedFilter> {
+fn resolve_filter(
+    relid: i64,
+    role: &Role,
+    principal: &Principal,
+    spec: &FilterSpec,
+) -> Answer<ResolvedFilter> {
     // The collation decides whether text orders by code point (C, POSIX, C.UTF-8), and a
     // nondeterministic one makes even equality differ from the bytes.
     let column = optional(Spi::get_three_with_args::<String, i64, String>(
@@ -423,7 +427,7 @@ fn resolve_filter(relid: i64, owner: pg_sys::Oid, spec: &FilterSpec) -> Answer<R
             )));
         }
     }
-    let values = render_values(owner, &type_name, &spec.values)?;
+    let values = render_values(role, principal, &type_name, &spec.values)?;
     // In a row, a jsonb null and an SQL NULL both render as null: `neq` and null values could
     // not give SQL's answer for one of them.
     if kind == ValueKind::Jsonb && (spec.op == FilterOp::Neq || values.iter().any(|v| v.is_null()))
@@ -458,33 +462,23 @@ fn shorten(v: &str) -> String {
 }
 
 /// Let the column's own type check and render each value, exactly as the row will be. Input
-/// functions, domain CHECKs and casts to json are code the table's owner chose: they run as
-/// that owner, in a security-restricted operation, never as the worker's superuser.
+/// functions, domain CHECKs and casts to json run as the subscriber, as its own `WHERE col =
+/// 'value'` would run them in SQL, never as the worker's superuser or the table's owner.
 fn render_values(
-    owner: pg_sys::Oid,
+    role: &Role,
+    principal: &Principal,
     type_name: &str,
     values: &[String],
 ) -> Answer<Vec<serde_json::Value>> {
-    let sql = format!("SELECT to_json(CAST($1 AS {type_name}))::text");
-    let mut rendered = Vec::with_capacity(values.len());
-    for v in values {
-        let invalid = |why: &str| {
-            ResolveError::FilterValue(format!(
-                "\"{}\" is not a valid {type_name}: {why}",
-                shorten(v)
-            ))
-        };
-        let json = in_subtransaction(|| {
-            as_owner(owner, || {
-                Spi::get_one_with_args::<String>(&sql, &[v.as_str().into()])
-                    .map_err(|e| e.to_string())
+    values
+        .iter()
+        .map(|v| {
+            casts::render(type_name, v, role.oid, &principal.claims).map_err(|why| {
+                ResolveError::FilterValue(format!(
+                    "\"{}\" is not a valid {type_name}: {why}",
+                    shorten(v)
+                ))
             })
         })
-        .and_then(|r| r)
-        .map_err(|e| invalid(&e))?
-        .ok_or_else(|| invalid("NULL"))?;
-        let json = serde_json::from_str(&json).map_err(|e| invalid(&e.to_string()))?;
-        rendered.push(json);
-    }
-    Ok(rendered)
+        .collect()
 }

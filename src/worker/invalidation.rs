@@ -75,10 +75,12 @@ pub fn poll(shared: &Shared) {
         }
         due
     });
+    // Sessions are told at most once per interval, however many invalidations came in: no
+    // catalog change that authorizing itself might cause can keep the worker busy.
     if due {
         let _ = in_transaction(|| Ok::<(), String>(()), |e| e);
-    }
-    if CHANGED.swap(false, Relaxed) {
-        shared.catalog_epoch.send_modify(|epoch| *epoch += 1);
+        if CHANGED.swap(false, Relaxed) {
+            shared.catalog_epoch.send_modify(|epoch| *epoch += 1);
+        }
     }
 }

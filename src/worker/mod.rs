@@ -3,6 +3,7 @@
 //! catalog questions, and handles signals. The network server runs on threads of its own.
 
 mod audiences;
+mod casts;
 mod catalog;
 mod claims_column;
 mod invalidation;
@@ -13,9 +14,8 @@ mod rows;
 mod security;
 
 pub use catalog::usable_role;
-pub use policy::set_claims;
 pub use rows::RenderError;
-pub use security::as_owner;
+pub use security::as_subscriber;
 
 use crate::{gucs, queue};
 use pgrx::bgworkers::{
@@ -81,6 +81,7 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
         AuthConfig::closed()
     }));
     invalidation::register();
+    casts::register();
     let (handle, inbox) = bridge::request_channel()
         .unwrap_or_else(|e| fatal(format!("could not create channel: {e}")));
     let batches = Fanout::new(gucs::client_backlog(), gucs::client_memory_bytes());
@@ -286,6 +287,7 @@ fn limits() -> Limits {
     Limits {
         max_connections: gucs::max_connections(),
         max_connections_per_role: gucs::max_connections_per_role(),
+        max_anonymous_per_address: gucs::max_anonymous_per_address(),
         max_message_size: gucs::max_message_size(),
         max_subscriptions: gucs::max_subscriptions(),
         max_handshakes: gucs::max_handshakes(),

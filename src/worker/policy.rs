@@ -9,7 +9,7 @@
 //! (`audiences`), so the combined condition is kept as SQL text.
 
 use super::claims_column::{self, user_or_volatile};
-use super::security::as_owner;
+use super::security::as_subscriber;
 use crate::pg::xact::in_subtransaction;
 use pgrx::prelude::*;
 use pgrx::PgList;
@@ -74,9 +74,10 @@ impl Policies {
         let templates = rows
             .iter()
             .map(|(permissive, tree, _)| {
-                let template = in_subtransaction(|| as_owner(role, || compile_tree(tree, relid)))
-                    .ok()
-                    .flatten()?;
+                let template =
+                    in_subtransaction(|| as_subscriber(role, None, || compile_tree(tree, relid)))
+                        .ok()
+                        .flatten()?;
                 Some((*permissive, template))
             })
             .collect();
@@ -99,8 +100,7 @@ impl Policies {
         };
         let (permissive, restrictive): (Vec<_>, Vec<_>) = templates.iter().partition(|(p, _)| *p);
         in_subtransaction(|| {
-            as_owner(role, || {
-                set_claims(&principal.claims);
+            as_subscriber(role, Some(&principal.claims), || {
                 // No permissive policy: no row is visible (PostgreSQL's default deny).
                 let mut all = vec![Rule::Or(
                     permissive
@@ -147,27 +147,6 @@ fn combine(conditions: &[(bool, String)]) -> String {
             .map(|(_, sql)| format!("({sql})")),
     );
     all.join(" AND ")
-}
-
-/// Make the principal's claims what `current_setting('request.jwt.claims', true)` returns,
-/// until the caller's GUC nest level is left (`as_owner` restores it).
-pub fn set_claims(claims: &str) {
-    let value = std::ffi::CString::new(claims).unwrap_or_default();
-    set_setting(c"request.jwt.claims", &value)
-}
-
-/// Set a user-settable setting until the caller's GUC nest level is left (`as_owner`).
-pub fn set_setting(name: &CStr, value: &CStr) {
-    // SAFETY: on the worker's Postgres thread inside a transaction and `as_owner`'s GUC nest
-    // level, which AtEOXact_GUC unwinds; a custom (dotted) name is created as a placeholder.
-    unsafe {
-        pg_sys::SetConfigOption(
-            name.as_ptr(),
-            value.as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-        )
-    }
 }
 
 /// Evaluate a template's claim sides, as the role and claims in force.

@@ -6,60 +6,125 @@
 //! | call | where | runs as |
 //! |---|---|---|
 //! | `parse_ident`, catalog lookups of a table, its triggers and columns | `catalog` | worker; built-in functions only, with `search_path = pg_catalog` so no user schema can capture a name |
-//! | `CAST(value AS column type)` and `to_json` of a filter value: input functions, domain CHECKs, casts to json | `catalog::render_values` | the table's owner, security-restricted (`as_owner`) |
+//! | `CAST(value AS column type)` and `to_json` of a filter value: input functions, domain CHECKs, casts to json | `casts` | the subscriber, with its claims (`as_subscriber`), 250 ms; cached per type, value, role and claims until a type, constraint, cast, function or role changes |
 //! | role lookups, `has_table_privilege`/`has_column_privilege`, `pg_policy`, `pg_class` row-security flags; the watched tables a role may read (`has_any_column_privilege`, for `tables`) | `catalog`, `policy` | worker; built-in functions only |
-//! | compiling a subscriber's policies (`eval_const_expressions` inlines SQL functions and may run immutable ones) and evaluating their claim sides | `policy` | the subscriber's role with its claims, security-restricted (`as_owner`) |
-//! | policies judged per batch (sub-selects, functions of the row) | `audiences` | the subscriber's role with its claims, security-restricted, 250 ms per batch |
+//! | compiling a subscriber's policies (`eval_const_expressions` inlines SQL functions and may run immutable ones) and evaluating their claim sides | `policy` | the subscriber, with its claims (`as_subscriber`), 250 ms |
+//! | policies judged per batch (sub-selects, functions of the row) | `audiences` | the subscriber, with its claims (`as_subscriber`), 250 ms per batch |
 //! | rendering raw tuples of deferred shapes | `rows` | worker; only built-in output functions and enums (`render::prints_the_same_in_worker`), casts ignored |
 //! | commit-log lookups of prepared and stuck transactions | `publisher` | worker; no user code |
-//! | a snapshot's rows (`SELECT row_to_json(t) FROM (SELECT <readable columns> FROM table) t ORDER BY ...`), after the role is checked again | `crate::snapshot`, a background worker of its own | the subscriber's role with its claims, security-restricted, read-only REPEATABLE READ |
+//! | a snapshot's rows (`SELECT row_to_json(t) FROM (SELECT <readable columns> FROM table) t ORDER BY ...`), after the role is checked again | `crate::snapshot`, a background worker of its own | the subscriber, with its claims (`as_subscriber`), REPEATABLE READ |
 //! | `ProcessConfigFile`, interrupts, latch waits | `mod` | worker; no user code |
+//!
+//! "The subscriber" means the session PostgREST would give its request (`as_subscriber`):
+//! session user the authenticator, current user the subscriber's role, `is_superuser` as that
+//! role's, its claims in `request.jwt.claims`, read-only, security-restricted. No code a
+//! subscriber can reach runs as the table's owner or the worker: a domain CHECK that SQL
+//! would run as the subscriber runs as the subscriber here too.
 //!
 //! Each catalog question is also bounded in time (`with_time_limit`), so code a table owner
 //! wrote cannot hold up delivery to everyone else.
 
+use crate::gucs;
 use pgrx::pg_sys;
+use std::ffi::CStr;
 use std::time::Duration;
 
-/// Run `f` as `role` inside a security-restricted operation, as VACUUM runs index expressions:
-/// SET ROLE, temporary objects and the like are refused, and any `SET` it makes is undone.
+/// Run `f` in the session PostgREST would give `role`'s requests, as far as code can tell:
+/// logged in as `realtime.authenticator` (or, when it is unset, as `realtime.anon_role`),
+/// `SET ROLE role`, so that `session_user`, `current_user` and `is_superuser` answer what they
+/// would there; `request.jwt.claims` set to `claims` when given; read-only, as PostgREST runs
+/// reads; and inside a security-restricted operation, as VACUUM runs index expressions
+/// (SET ROLE, temporary objects and the like are refused, and any `SET` is undone).
+///
 /// Restored when `f` returns or unwinds (an ERROR inside also rolls back the subtransaction
-/// the caller runs it in, which restores the same state).
-pub fn as_owner<T>(role: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
+/// the caller runs it in, which restores the current user but not the session user).
+pub fn as_subscriber<T>(role: pg_sys::Oid, claims: Option<&str>, f: impl FnOnce() -> T) -> T {
     struct Restore {
+        session: pg_sys::Oid,
+        session_is_superuser: bool,
         user: pg_sys::Oid,
         context: i32,
         nest: i32,
     }
     impl Drop for Restore {
         fn drop(&mut self) {
-            // SAFETY: called on the worker's Postgres thread, inside the transaction that
-            // `as_owner` began in; restores what it saved.
+            // SAFETY: called on a Postgres thread, inside the transaction that `as_subscriber`
+            // began in; restores what it saved, settings first (their nest level), then the
+            // session user (which also resets the role), then the current user and context.
             unsafe {
                 pg_sys::AtEOXact_GUC(false, self.nest);
+                pg_sys::SetSessionAuthorization(self.session, self.session_is_superuser);
                 pg_sys::SetUserIdAndSecContext(self.user, self.context);
             }
         }
     }
+    let login = login_role().unwrap_or(role);
     let mut user = pg_sys::InvalidOid;
     let mut context = 0;
-    // SAFETY: plain reads and writes of the backend's user id and GUC nest level, on the
-    // worker's Postgres thread inside a transaction.
+    // SAFETY: reads and writes of the backend's user ids, role and GUC nest level, on a
+    // Postgres thread inside a transaction; the process authenticated as a superuser, so
+    // SetSessionAuthorization may name any role. `Restore` undoes all of it.
     let _restore = unsafe {
         pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
+        let session = pg_sys::GetSessionUserId();
+        let restore = Restore {
+            session,
+            session_is_superuser: pg_sys::superuser_arg(session),
+            user,
+            context,
+            nest: pg_sys::NewGUCNestLevel(),
+        };
+        pg_sys::SetSessionAuthorization(login, pg_sys::superuser_arg(login));
+        // Sets is_superuser to the role's own, as SET ROLE does.
+        pg_sys::SetCurrentRoleId(role, pg_sys::superuser_arg(role));
+        set_setting(c"transaction_read_only", c"on");
+        if let Some(claims) = claims {
+            set_claims(claims);
+        }
         pg_sys::SetUserIdAndSecContext(
             role,
             context
                 | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
                 | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
         );
-        Restore {
-            user,
-            context,
-            nest: pg_sys::NewGUCNestLevel(),
-        }
+        restore
     };
     f()
+}
+
+/// The role PostgREST's connections log in as: `realtime.authenticator`, or the anonymous
+/// role when no authenticator is set (then no other role may subscribe).
+fn login_role() -> Option<pg_sys::Oid> {
+    [gucs::authenticator(), gucs::anon_role()]
+        .into_iter()
+        .filter(|name| !name.is_empty())
+        .find_map(|name| {
+            let name = std::ffi::CString::new(name).ok()?;
+            // SAFETY: a syscache lookup on a Postgres thread inside a transaction; missing_ok.
+            let oid = unsafe { pg_sys::get_role_oid(name.as_ptr(), true) };
+            (oid != pg_sys::InvalidOid).then_some(oid)
+        })
+}
+
+/// Make the principal's claims what `current_setting('request.jwt.claims', true)` returns,
+/// until the caller's GUC nest level is left (`as_subscriber` restores it).
+pub fn set_claims(claims: &str) {
+    let value = std::ffi::CString::new(claims).unwrap_or_default();
+    set_setting(c"request.jwt.claims", &value)
+}
+
+/// Set a user-settable setting until the caller's GUC nest level is left (`as_subscriber`).
+pub fn set_setting(name: &CStr, value: &CStr) {
+    // SAFETY: on a Postgres thread inside a transaction and `as_subscriber`'s GUC nest level,
+    // which AtEOXact_GUC unwinds; a custom (dotted) name is created as a placeholder.
+    unsafe {
+        pg_sys::SetConfigOption(
+            name.as_ptr(),
+            value.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+        )
+    }
 }
 
 /// Run `f` with a statement timeout of `limit`: past it, the next CHECK_FOR_INTERRUPTS in

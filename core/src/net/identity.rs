@@ -5,8 +5,13 @@
 use crate::auth::{AuthError, Principal, LEEWAY_SECS};
 use crate::bridge::{ResolveError, Shared, WorkerHandle};
 use crate::protocol::native::{Coded, ErrorCode};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Longer than any token may be valid for (`auth::MAX_TOKEN_TIME`): what "never" means to a
+/// timer.
+pub const NEVER: Duration = Duration::from_secs(8_000 * 365 * 24 * 3600);
 
 /// Why a connection may not act as what it asked for.
 #[derive(Debug, thiserror::Error)]
@@ -17,6 +22,8 @@ pub enum Refusal {
     Role(#[from] ResolveError),
     #[error("role \"{role}\" already has {max} connections (realtime.max_connections_per_role)")]
     TooManyConnections { role: String, max: usize },
+    #[error("this address already has {max} anonymous connections (realtime.max_anonymous_per_address); sign in with a token")]
+    TooManyAnonymous { max: usize },
 }
 
 impl Coded for Refusal {
@@ -24,28 +31,35 @@ impl Coded for Refusal {
         match self {
             Refusal::Token(e) => e.code(),
             Refusal::Role(e) => e.code(),
-            Refusal::TooManyConnections { .. } => ErrorCode::TooManyConnections,
+            Refusal::TooManyConnections { .. } | Refusal::TooManyAnonymous { .. } => {
+                ErrorCode::TooManyConnections
+            }
         }
     }
 }
 
-/// A connection counted for its role until dropped.
-struct RoleSlot {
-    shared: Arc<Shared>,
-    role: String,
+/// A connection counted for its role, or as anonymous for its address, until dropped.
+enum Slot {
+    Role(Arc<Shared>, String),
+    Anonymous(Arc<Shared>, IpAddr),
 }
 
-impl Drop for RoleSlot {
+impl Drop for Slot {
     fn drop(&mut self) {
-        self.shared.release_role(&self.role);
+        match self {
+            Slot::Role(shared, role) => shared.release_role(role),
+            Slot::Anonymous(shared, address) => shared.release_anonymous(*address),
+        }
     }
 }
 
 pub struct Identity {
     shared: Arc<Shared>,
     worker: WorkerHandle,
+    address: IpAddr,
     acting: Result<Arc<Principal>, AuthError>,
-    _slot: Option<RoleSlot>,
+    _role: Option<Slot>,
+    _anonymous: Option<Slot>,
 }
 
 impl Identity {
@@ -55,12 +69,15 @@ impl Identity {
         token: Option<&str>,
         shared: Arc<Shared>,
         worker: WorkerHandle,
+        address: IpAddr,
     ) -> Result<Identity, Refusal> {
         let mut identity = Identity {
             shared,
             worker,
+            address,
             acting: Err(AuthError::NoToken),
-            _slot: None,
+            _role: None,
+            _anonymous: None,
         };
         match token {
             Some(token) => {
@@ -91,19 +108,34 @@ impl Identity {
             self.worker.authorize(principal.clone()).await?;
             self.shared.note_authorized(&principal.role, epoch);
         }
+        let limits = self.shared.limits();
+        // Anonymous connections from one address cannot use up the anonymous role's budget
+        // for every other address.
+        let was_anonymous = matches!(&self.acting, Ok(p) if p.anonymous);
+        let anonymous = match (principal.anonymous, was_anonymous) {
+            (true, false) => {
+                let max = limits.max_anonymous_per_address;
+                if !self.shared.take_anonymous(self.address, max) {
+                    return Err(Refusal::TooManyAnonymous { max });
+                }
+                Some(Some(Slot::Anonymous(self.shared.clone(), self.address)))
+            }
+            (false, true) => Some(None),
+            _ => None,
+        };
         let same_role = matches!(&self.acting, Ok(p) if p.role == principal.role);
         if !same_role {
-            let max = self.shared.limits().max_connections_per_role;
+            let max = limits.max_connections_per_role;
             if !self.shared.take_role(&principal.role, max) {
                 return Err(Refusal::TooManyConnections {
                     role: principal.role.clone(),
                     max,
                 });
             }
-            self._slot = Some(RoleSlot {
-                shared: self.shared.clone(),
-                role: principal.role.clone(),
-            });
+            self._role = Some(Slot::Role(self.shared.clone(), principal.role.clone()));
+        }
+        if let Some(slot) = anonymous {
+            self._anonymous = slot;
         }
         self.acting = Ok(principal.clone());
         Ok(principal)
@@ -117,9 +149,15 @@ impl Identity {
     /// How long until the token is no longer accepted (`exp` plus the leeway), if it
     /// expires and is still in use.
     pub fn expires_in(&self) -> Option<Duration> {
-        let expires = self.acting.as_ref().ok()?.expires? + LEEWAY_SECS;
+        let expires = self
+            .acting
+            .as_ref()
+            .ok()?
+            .expires?
+            .saturating_add(LEEWAY_SECS);
         let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?;
-        Some(Duration::from_secs(expires).saturating_sub(now))
+        // Bounded, so that adding it to a clock reading cannot overflow.
+        Some(Duration::from_secs(expires).saturating_sub(now).min(NEVER))
     }
 
     /// The token expired: nothing more is delivered or subscribed until a fresh one arrives.

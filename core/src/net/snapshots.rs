@@ -2,7 +2,9 @@
 //! ticket, asks the worker to start a snapshot reader (a dynamic background worker, which can
 //! call Postgres, unlike these threads) for it, and waits here for that reader to connect to
 //! the snapshot socket and name its ticket. The session then sends it the `Spec` and reads its
-//! `Frame`s. At most `realtime.max_snapshot_workers` readers run at once; more sessions wait.
+//! `Frame`s. At most `realtime.max_snapshot_workers` readers run at once, and one role holds
+//! at most all but one of them (`per_role`), so that no role can keep every other waiting;
+//! more sessions wait. A session reads one snapshot at a time.
 
 use crate::bridge::WorkerHandle;
 use crate::snapshot::{Frame, Spec, MAX_FRAME};
@@ -31,12 +33,21 @@ pub enum SnapshotError {
     Failed(String),
     #[error("the snapshot reader stopped before the end")]
     Broken,
+    #[error("the client did not read the snapshot for {0:?}, so its reader was stopped")]
+    Stalled(Duration),
+}
+
+/// Readers one role may hold when `max` may run.
+pub fn per_role(max: usize) -> usize {
+    max.saturating_sub(1).max(1)
 }
 
 #[derive(Default)]
 pub struct Snapshots {
     waiting: Mutex<HashMap<u64, oneshot::Sender<UnixStream>>>,
     running: AtomicUsize,
+    /// Readers running per role (changed under its lock with `running`).
+    roles: Mutex<HashMap<String, usize>>,
     freed: Notify,
     tickets: AtomicU64,
 }
@@ -80,7 +91,7 @@ impl Snapshots {
         spec: &Spec,
         max: usize,
     ) -> Result<Feed, SnapshotError> {
-        let slot = self.slot(max).await;
+        let slot = self.slot(&spec.role, max).await;
         // Unique, and not guessable by another session (only this server's processes can
         // reach the socket in any case).
         let ticket = self.tickets.fetch_add(1, Relaxed) ^ random();
@@ -113,17 +124,18 @@ impl Snapshots {
         })
     }
 
-    async fn slot(self: &Arc<Self>, max: usize) -> Slot {
+    async fn slot(self: &Arc<Self>, role: &str, max: usize) -> Slot {
+        let max = max.max(1);
         loop {
             let freed = self.freed.notified();
-            let running = self.running.load(Relaxed);
-            if running < max.max(1)
-                && self
-                    .running
-                    .compare_exchange(running, running + 1, Relaxed, Relaxed)
-                    .is_ok()
             {
-                return Slot(self.clone());
+                let mut roles = self.roles.lock().unwrap_or_else(|e| e.into_inner());
+                let held = roles.get(role).copied().unwrap_or(0);
+                if self.running.load(Relaxed) < max && held < per_role(max) {
+                    self.running.fetch_add(1, Relaxed);
+                    roles.insert(role.to_string(), held + 1);
+                    return Slot(self.clone(), role.to_string());
+                }
             }
             freed.await;
         }
@@ -135,13 +147,23 @@ impl Snapshots {
     }
 }
 
-/// A reader's place among the `max` that may run; given back when dropped.
-struct Slot(Arc<Snapshots>);
+/// A reader's place among the `max` that may run, and its role's; given back when dropped.
+struct Slot(Arc<Snapshots>, String);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.running.fetch_sub(1, Relaxed);
-        self.0.freed.notify_one();
+        {
+            let mut roles = self.0.roles.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = roles.get_mut(&self.1) {
+                *n -= 1;
+                if *n == 0 {
+                    roles.remove(&self.1);
+                }
+            }
+            self.0.running.fetch_sub(1, Relaxed);
+        }
+        // Every waiter looks again: the first in line may be of a role still at its bound.
+        self.0.freed.notify_waiters();
     }
 }
 

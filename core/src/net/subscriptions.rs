@@ -386,7 +386,9 @@ impl<K> SubscriptionSet<K> {
                     self.subscriptions.push(made)
                 }
                 Err(SubscribeError::Resolve(
-                    ResolveError::Unauthorized(_) | ResolveError::Forbidden(_),
+                    ResolveError::Unauthorized(_)
+                    | ResolveError::Forbidden(_)
+                    | ResolveError::Unreadable(_),
                 )) => out.push(Outgoing::Ended(old.key, EndReason::Forbidden)),
                 // Dropped, unwatched or renamed: the change that did it ends the
                 // subscription in its place in the stream. Worker restarting: nothing changed.

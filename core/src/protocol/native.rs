@@ -194,8 +194,10 @@ pub enum ParseError {
         kind: String,
         source: serde_json::Error,
     },
-    #[error("id must be a string or a number")]
+    #[error("id must be a string of at most {MAX_ID_BYTES} bytes or an integer from -{MAX_INTEGER_ID} to {MAX_INTEGER_ID}")]
     Id,
+    #[error("limit must be from 0 to {}", i64::MAX)]
+    Limit,
     /// PostgreSQL text cannot hold NUL: a name would be cut at it and mean another table.
     #[error("subscribe strings cannot contain NUL characters")]
     Nul,
@@ -219,6 +221,10 @@ pub fn parse(text: &str) -> Result<ClientMessage, ParseError> {
         {
             Err(ParseError::Id)
         }
+        // Snapshot limits are bigints in SQL.
+        ClientMessage::Subscribe {
+            limit: Some(limit), ..
+        } if *limit > i64::MAX as u64 => Err(ParseError::Limit),
         ClientMessage::Subscribe {
             table,
             filter,
@@ -236,8 +242,24 @@ pub fn parse(text: &str) -> Result<ClientMessage, ParseError> {
     }
 }
 
+/// Longest string id.
+pub const MAX_ID_BYTES: usize = 256;
+/// Largest integer id: what a JavaScript number holds exactly (2^53 - 1).
+pub const MAX_INTEGER_ID: i64 = (1 << 53) - 1;
+
+/// A string of at most `MAX_ID_BYTES`, or an integer (however written: `1`, `1.0`, `1e2`)
+/// within ±`MAX_INTEGER_ID`, so that every id the server accepts compares by value exactly.
 fn valid_id(id: &Value) -> bool {
-    id.is_string() || id.is_number()
+    match id {
+        Value::String(s) => s.len() <= MAX_ID_BYTES,
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => i.unsigned_abs() <= MAX_INTEGER_ID as u64,
+            None => n
+                .as_f64()
+                .is_some_and(|f| f.fract() == 0.0 && f.abs() <= MAX_INTEGER_ID as f64),
+        },
+        _ => false,
+    }
 }
 
 /// Whether two subscription ids are the same: numbers by value (`1` and `1.0` are one id).
@@ -260,9 +282,11 @@ impl Coded for ParseError {
         match self {
             ParseError::Json(_) => ErrorCode::InvalidJson,
             ParseError::UnknownType(_) => ErrorCode::UnknownType,
-            ParseError::NoType | ParseError::Invalid { .. } | ParseError::Id | ParseError::Nul => {
-                ErrorCode::InvalidMessage
-            }
+            ParseError::NoType
+            | ParseError::Invalid { .. }
+            | ParseError::Id
+            | ParseError::Limit
+            | ParseError::Nul => ErrorCode::InvalidMessage,
         }
     }
 }
@@ -279,7 +303,7 @@ impl Coded for FilterError {
 impl Coded for ResolveError {
     fn code(&self) -> ErrorCode {
         match self {
-            ResolveError::UnknownTable(_) => ErrorCode::UnknownTable,
+            ResolveError::UnknownTable(_) | ResolveError::Unreadable(_) => ErrorCode::UnknownTable,
             ResolveError::NotWatched { .. } => ErrorCode::TableNotWatched,
             ResolveError::UnknownColumn(_) => ErrorCode::UnknownColumn,
             ResolveError::FilterRefused { .. } => ErrorCode::InvalidFilter,
@@ -430,12 +454,27 @@ mod unit {
             r#"{"type":"subscribe","id":1,"table":"t","filter":"a=eq.\u0000"}"#,
             r#"{"type":"subscribe","id":{"a":1},"table":"t"}"#,
             r#"{"type":"unsubscribe","id":null}"#,
+            r#"{"type":"subscribe","id":1.5,"table":"t"}"#,
+            r#"{"type":"subscribe","id":9007199254740992,"table":"t"}"#,
+            r#"{"type":"subscribe","id":-9007199254740992,"table":"t"}"#,
+            r#"{"type":"subscribe","id":18446744073709551616,"table":"t"}"#,
+            r#"{"type":"subscribe","id":1e400,"table":"t"}"#,
+            r#"{"type":"subscribe","id":1,"table":"t","snapshot":true,"limit":9223372036854775808}"#,
+            r#"{"type":"subscribe","id":1,"table":"t","snapshot":true,"limit":18446744073709551615}"#,
         ] {
             assert_eq!(
                 parse(bad).unwrap_err().code(),
                 ErrorCode::InvalidMessage,
                 "{bad}"
             );
+        }
+        for good in [
+            r#"{"type":"subscribe","id":9007199254740991,"table":"t"}"#,
+            r#"{"type":"subscribe","id":-9007199254740991,"table":"t"}"#,
+            r#"{"type":"subscribe","id":1e2,"table":"t"}"#,
+            r#"{"type":"subscribe","id":1,"table":"t","snapshot":true,"limit":9223372036854775807}"#,
+        ] {
+            assert!(parse(good).is_ok(), "{good}");
         }
         let n = |s: &str| serde_json::from_str::<Value>(s).unwrap();
         assert!(same_id(&n("1"), &n("1.0")));

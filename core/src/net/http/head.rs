@@ -48,7 +48,13 @@ pub enum HeadError {
     Malformed,
     TooLarge,
     TooManyHeaders,
+    /// A header that decides access or identity came twice (RFC 9112 requires 400 for two
+    /// `Host`s): whichever copy a check read, another part could read the other.
+    Repeated(&'static str),
 }
+
+/// Headers a request may carry at most once.
+const SINGLE: [&str; 4] = ["host", "origin", "sec-websocket-key", "authorization"];
 
 /// Read and parse the request head by `deadline`, unless the connection is evicted first.
 pub async fn read<S: Stream>(
@@ -69,6 +75,16 @@ pub async fn read<S: Stream>(
         Ok(httparse::Status::Complete(_)) => {}
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
         _ => return Err(HeadError::Malformed),
+    }
+    if let Some(name) = SINGLE.into_iter().find(|name| {
+        request
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .count()
+            > 1
+    }) {
+        return Err(HeadError::Repeated(name));
     }
     let path = request.path.unwrap_or("/");
     Ok(Head {

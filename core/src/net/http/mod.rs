@@ -78,6 +78,11 @@ async fn answer<S: Stream>(
                     "too_many_headers",
                     &format!("a request may have at most {} headers", head::MAX_HEADERS),
                 ),
+                HeadError::Repeated(name) => Response::error(
+                    "400 Bad Request",
+                    "bad_request",
+                    &format!("the {name} header may appear only once"),
+                ),
                 HeadError::Malformed => {
                     Response::error("400 Bad Request", "bad_request", "malformed HTTP request")
                 }
@@ -95,7 +100,7 @@ async fn answer<S: Stream>(
             response.send(stream).await
         }
         Route::Asset(asset) => asset.response(&head).send(stream).await,
-        Route::Native => match upgrade::upgrade(stream, head, limits, &context).await {
+        Route::Native => match upgrade::upgrade(stream, head, ip, limits, &context).await {
             Ok(upgrade::Upgraded {
                 ws,
                 identity,

@@ -41,6 +41,7 @@ pub struct Upgraded<S> {
 pub async fn upgrade<S: Stream>(
     mut stream: S,
     head: Head,
+    ip: std::net::IpAddr,
     limits: &Limits,
     context: &Context,
 ) -> Result<Upgraded<S>, Option<(S, Response)>> {
@@ -65,6 +66,7 @@ pub async fn upgrade<S: Stream>(
         token.as_deref(),
         context.shared.clone(),
         context.worker.clone(),
+        ip,
     )
     .await;
     let identity = match identity {

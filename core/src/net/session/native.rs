@@ -10,7 +10,7 @@ use crate::bridge::{Batch, Change, Encoding, EndReason, GapReason, WorkerHandle}
 use crate::history::{History, Reader};
 use crate::net::clients::Client;
 use crate::net::fanout::{Dropped, Missed};
-use crate::net::identity::Identity;
+use crate::net::identity::{Identity, NEVER};
 use crate::net::snapshots::{SnapshotError, Snapshots};
 use crate::net::subscriptions::{Outgoing, Resume, SubscribeError, SubscriptionSet, Wish};
 use crate::net::Context;
@@ -46,7 +46,9 @@ const CLOSE_WAIT: Duration = Duration::from_secs(1);
 type Sink<S> = futures_util::stream::SplitSink<WebSocketStream<S>, Message>;
 
 /// How far ahead "never" is, for a token without `exp`.
-const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// Longest a snapshot page may wait for the client to read before its reader is stopped.
+pub const SNAPSHOT_STALL: Duration = Duration::from_secs(5);
 
 /// What a `subscribe` leaves to do after its reply, outside the time limit on handling one
 /// message: each write has its own.
@@ -516,7 +518,11 @@ impl<S: Stream> Session<S> {
             }
             sent += rows.len() as u64;
             let text = native::snapshot_frame(id, rows);
-            timed(write_limit, self.sink.send(Message::text(text))).await?;
+            // A client that stops reading would hold its reader (and its place among
+            // realtime.max_snapshot_workers) until the connection times out.
+            tokio::time::timeout(SNAPSHOT_STALL, self.sink.send(Message::text(text)))
+                .await
+                .map_err(|_| SnapshotError::Stalled(SNAPSHOT_STALL))??;
         }
         drop(feed);
         let end = ServerMessage::SnapshotEnd {
