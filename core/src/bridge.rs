@@ -481,6 +481,8 @@ pub struct Shared {
     /// Worker: queue bytes in use / capacity, transactions lost to overflow.
     pub queue_used: AtomicU64,
     pub queue_capacity: AtomicU64,
+    /// Worker: bytes of the queue waiting on disk (its overflow file).
+    pub queue_overflow: AtomicU64,
     pub lost_txns: AtomicU64,
     /// Network: open connections, and subscriptions held or being made on them.
     pub connections: AtomicUsize,
@@ -509,6 +511,7 @@ impl Shared {
             position: AtomicU64::new(0),
             queue_used: AtomicU64::new(0),
             queue_capacity: AtomicU64::new(0),
+            queue_overflow: AtomicU64::new(0),
             lost_txns: AtomicU64::new(0),
             connections: AtomicUsize::new(0),
             subscriptions: AtomicUsize::new(0),

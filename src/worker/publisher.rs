@@ -150,6 +150,9 @@ impl Publisher {
                     path,
                 }) => self.emit_file(xid, commit_time, count, path),
                 Some(Record::Gap { lost_events }) => {
+                    pgrx::warning!(
+                        "realtime_ext: {lost_events} committed changes could not be kept (the change queue was full and its overflow file could not be written); subscribers receive a queue_overflow gap"
+                    );
                     self.emit_gap(GapReason::QueueOverflow, lost_events)
                 }
                 Some(Record::Aborted) => {}
@@ -171,6 +174,7 @@ impl Publisher {
             let stats = queue::stats();
             self.shared.queue_used.store(stats.used, Relaxed);
             self.shared.queue_capacity.store(stats.capacity, Relaxed);
+            self.shared.queue_overflow.store(stats.overflow, Relaxed);
             self.shared.lost_txns.store(stats.lost_txns, Relaxed);
         }
         more

@@ -19,6 +19,7 @@ pub fn health(context: &Context) -> Response {
         "queue": {
             "used_bytes": s.queue_used.load(Relaxed),
             "capacity_bytes": s.queue_capacity.load(Relaxed),
+            "overflow_bytes": s.queue_overflow.load(Relaxed),
             "lost_transactions": s.lost_txns.load(Relaxed),
         },
     });

@@ -4,14 +4,20 @@
 //! in place at commit; the background worker drains whole records, stopping at the first one
 //! still pending, so records leave the queue in the order they were reserved. The lock is held
 //! only while bytes are copied.
-//! A writer that finds no room never waits and never errors: its transaction becomes part of
-//! a pending gap, which is written into the stream (in order) as soon as there is room again.
+//! A writer that finds no room in the ring never waits and never errors: its record goes to the
+//! overflow file (`overflow`), and only if the disk refuses it too does its transaction become
+//! part of a pending gap, written into the stream (in order) as soon as there is room again.
 
 use crate::event::{
     gap_body, pending_header, record_header, RecordKind, COMMIT_TIME_AT, RECORD_HEADER_LEN,
 };
 use pgrx::pg_sys;
 use std::ptr;
+
+mod overflow;
+
+/// Set in the offsets of records in the overflow file (ring offsets never reach it).
+const OVERFLOW: u64 = 1 << 63;
 
 const TRANCHE: &std::ffi::CStr = c"realtime_ext";
 const SHMEM_NAME: &std::ffi::CStr = c"realtime_ext change queue";
@@ -23,6 +29,11 @@ struct Header {
     /// Bytes ever written / consumed; `head - tail` is in use. Offsets are taken modulo capacity.
     head: u64,
     tail: u64,
+    /// The overflow file's logical offsets, which only grow: written, read, and the offset
+    /// of its first byte. `overflow_head > overflow_tail`: writers append there.
+    overflow_head: u64,
+    overflow_tail: u64,
+    overflow_base: u64,
     pending_gap_txns: u64,
     pending_gap_events: u64,
     lost_txns_total: u64,
@@ -44,6 +55,8 @@ static mut QUEUE: Option<Ring> = None;
 struct Ring {
     header: *mut Header,
     data: *mut u8,
+    /// Whether records overflow to the file (the server's queue; not tests' private rings).
+    spills: bool,
 }
 
 fn queue() -> Option<Ring> {
@@ -91,9 +104,11 @@ unsafe extern "C-unwind" fn shmem_startup() {
     QUEUE = Some(Ring {
         header,
         data: base.add(std::mem::size_of::<Header>()),
+        spills: true,
     });
     if !found {
         crate::spill::clear_orphans();
+        overflow::remove();
         ptr::write(
             header,
             Header {
@@ -101,6 +116,9 @@ unsafe extern "C-unwind" fn shmem_startup() {
                 capacity: crate::gucs::queue_size_bytes() as u64,
                 head: 0,
                 tail: 0,
+                overflow_head: 0,
+                overflow_tail: 0,
+                overflow_base: 0,
                 pending_gap_txns: 0,
                 pending_gap_events: 0,
                 lost_txns_total: 0,
@@ -166,6 +184,33 @@ impl Locked {
         self.copy_out(offset, &mut header, RECORD_HEADER_LEN);
         pending_header(&header).is_some()
     }
+    /// Append a record (after the pending gap, if any) to the overflow file; its offset.
+    fn overflow_record(&mut self, parts: &[&[u8]]) -> Option<u64> {
+        let base = self.0.overflow_base;
+        let mut at = self.0.overflow_head - base;
+        if self.0.pending_gap_txns > 0 {
+            let (h, b) = gap_record(self.0.pending_gap_txns, self.0.pending_gap_events);
+            at += overflow::write_record(at, &[&h, &b]).ok()?;
+        }
+        let record = base + at + 4;
+        at += overflow::write_record(at, parts).ok()?;
+        self.0.pending_gap_txns = 0;
+        self.0.pending_gap_events = 0;
+        self.0.overflow_head = base + at;
+        Some(OVERFLOW | record)
+    }
+    /// Once the worker has read the overflow file to its end, its space is given back and
+    /// writers return to the ring.
+    fn reset_overflow(&mut self) {
+        if self.0.overflow_tail == self.0.overflow_head
+            && self.0.overflow_base != self.0.overflow_head
+        {
+            if let Err(e) = overflow::empty() {
+                pgrx::warning!("realtime_ext: could not empty {}: {e}", overflow::PATH);
+            }
+            self.0.overflow_base = self.0.overflow_head;
+        }
+    }
     fn count_loss(&mut self, events: u32) {
         self.0.pending_gap_txns += 1;
         self.0.pending_gap_events += events as u64;
@@ -207,8 +252,8 @@ pub fn max_inline_record() -> usize {
 }
 
 /// Append one record made of `parts`; returns its offset, for `mark`. Never blocks on the worker
-/// and never errors: with no room the transaction's `events` are counted into the pending gap
-/// and `None` is returned.
+/// and never errors: with no room in the ring the record goes to the overflow file, and if that
+/// fails too the transaction's `events` are counted into the pending gap and `None` is returned.
 pub fn publish(parts: &[&[u8]], events: u32) -> Option<u64> {
     publish_to(queue()?, parts, events)
 }
@@ -218,17 +263,24 @@ fn publish_to(ring: Ring, parts: &[&[u8]], events: u32) -> Option<u64> {
     let need = 4 + parts.iter().map(|p| p.len() as u64).sum::<u64>();
     let gap_pending = q.0.pending_gap_txns > 0;
     let gap_need = if gap_pending { GAP_RECORD_LEN } else { 0 };
-    if q.free() < need + gap_need {
-        q.count_loss(events);
-        return None;
+    // Once records overflow, later ones follow them until the worker has read them all.
+    let overflowing = q.0.overflow_head > q.0.overflow_tail;
+    if !overflowing && q.free() >= need + gap_need {
+        if gap_pending {
+            let (h, b) = gap_record(q.0.pending_gap_txns, q.0.pending_gap_events);
+            q.write_record(&[&h, &b]);
+            q.0.pending_gap_txns = 0;
+            q.0.pending_gap_events = 0;
+        }
+        return Some(q.write_record(parts));
     }
-    if gap_pending {
-        let (h, b) = gap_record(q.0.pending_gap_txns, q.0.pending_gap_events);
-        q.write_record(&[&h, &b]);
-        q.0.pending_gap_txns = 0;
-        q.0.pending_gap_events = 0;
+    if ring.spills {
+        if let Some(offset) = q.overflow_record(parts) {
+            return Some(offset);
+        }
     }
-    Some(q.write_record(parts))
+    q.count_loss(events);
+    None
 }
 
 /// Settle a pending record: set its kind (committed or aborted) and commit time. A no-op if it
@@ -241,7 +293,22 @@ pub fn mark(offset: u64, kind: RecordKind, commit_time: i64) {
 
 fn mark_in(ring: Ring, offset: u64, kind: RecordKind, commit_time: i64) {
     let mut q = ring.lock();
-    if offset >= q.0.tail && q.is_pending(offset) {
+    if offset & OVERFLOW != 0 {
+        let logical = offset & !OVERFLOW;
+        if logical >= q.0.overflow_tail && logical < q.0.overflow_head {
+            let at = logical - q.0.overflow_base;
+            let mut header = Vec::with_capacity(RECORD_HEADER_LEN);
+            if overflow::read(at, RECORD_HEADER_LEN, &mut header).is_ok()
+                && pending_header(&header).is_some()
+            {
+                // A failed write leaves the record pending: the worker settles it from the
+                // commit log.
+                let _ = overflow::write_at(at, &[kind as u8]).and_then(|()| {
+                    overflow::write_at(at + COMMIT_TIME_AT as u64, &commit_time.to_le_bytes())
+                });
+            }
+        }
+    } else if offset >= q.0.tail && q.is_pending(offset) {
         q.write_at(offset, &[kind as u8]);
         q.write_at(offset + COMMIT_TIME_AT as u64, &commit_time.to_le_bytes());
     }
@@ -309,7 +376,7 @@ fn drain_from(
     max_bytes: usize,
     while_copying: impl FnOnce(),
 ) -> Option<Unsettled> {
-    let (from, to, unsettled) = {
+    let (from, to, unsettled, empty) = {
         let q = ring.lock();
         let mut at = q.0.tail;
         let mut header = Vec::with_capacity(4 + RECORD_HEADER_LEN);
@@ -330,7 +397,7 @@ fn drain_from(
             let len = u32::from_le_bytes(header[..4].try_into().unwrap()) as u64;
             at += 4 + len;
         }
-        (q.0.tail, at, unsettled)
+        (q.0.tail, at, unsettled, q.0.tail == q.0.head)
     };
     if to > from {
         while_copying();
@@ -340,15 +407,69 @@ fn drain_from(
         let mut q = ring.lock();
         q.0.tail = to;
         take_pending_gap(&mut q, out);
+    } else if empty && ring.spills {
+        return drain_overflow(ring, out, max_bytes);
     } else if unsettled.is_none() {
         take_pending_gap(&mut ring.lock(), out);
     }
     unsettled
 }
 
+/// `drain` of the overflow file, once the ring is empty. Headers are read under the lock,
+/// bodies without it, as in the ring.
+fn drain_overflow(ring: Ring, out: &mut Vec<u8>, max_bytes: usize) -> Option<Unsettled> {
+    let (from, to, base, unsettled) = {
+        let mut q = ring.lock();
+        let (tail, head, base) = (q.0.overflow_tail, q.0.overflow_head, q.0.overflow_base);
+        let mut at = tail;
+        let mut header = Vec::with_capacity(4 + RECORD_HEADER_LEN);
+        let mut unsettled = None;
+        let mut scanned = 0;
+        while at < head && (at - tail) < max_bytes as u64 && scanned < MAX_SCAN {
+            scanned += 1;
+            header.clear();
+            if let Err(e) = overflow::read(at - base, 4 + RECORD_HEADER_LEN, &mut header) {
+                pgrx::warning!("realtime_ext: could not read {}: {e}", overflow::PATH);
+                // What the file held is lost: a gap, not a stall.
+                q.0.overflow_tail = head;
+                q.count_loss(0);
+                q.reset_overflow();
+                return None;
+            }
+            if let Some((kind, xid)) = pending_header(&header[4..]) {
+                unsettled = Some(Unsettled {
+                    offset: OVERFLOW | (at + 4),
+                    xid,
+                    kind,
+                });
+                break;
+            }
+            let len = u32::from_le_bytes(header[..4].try_into().unwrap()) as u64;
+            at += 4 + len;
+        }
+        if at == tail && unsettled.is_none() {
+            take_pending_gap(&mut q, out);
+        }
+        (tail, at, base, unsettled)
+    };
+    if to > from {
+        // [from, to) holds settled records only, and nothing writes there; the base moves
+        // only below, here.
+        if let Err(e) = overflow::read(from - base, (to - from) as usize, out) {
+            pgrx::warning!("realtime_ext: could not read {}: {e}", overflow::PATH);
+            ring.lock().count_loss(0);
+        }
+        let mut q = ring.lock();
+        q.0.overflow_tail = to;
+        q.reset_overflow();
+        take_pending_gap(&mut q, out);
+    }
+    unsettled
+}
+
 /// With the queue empty, the pending gap (transactions lost to a full queue) becomes a record.
 fn take_pending_gap(q: &mut Locked, out: &mut Vec<u8>) {
-    if q.0.tail == q.0.head && q.0.pending_gap_txns > 0 {
+    if q.0.tail == q.0.head && q.0.overflow_tail == q.0.overflow_head && q.0.pending_gap_txns > 0 {
         let (h, b) = gap_record(q.0.pending_gap_txns, q.0.pending_gap_events);
         out.extend_from_slice(&((h.len() + b.len()) as u32).to_le_bytes());
         out.extend_from_slice(&h);
@@ -396,6 +517,8 @@ pub fn set_next_position(position: u64) {
 pub struct Stats {
     pub capacity: u64,
     pub used: u64,
+    /// Bytes in the overflow file not yet read.
+    pub overflow: u64,
     pub lost_txns: u64,
 }
 
@@ -403,6 +526,7 @@ pub fn stats() -> Stats {
     Locked::acquire().map_or(Stats::default(), |q| Stats {
         capacity: q.0.capacity,
         used: q.0.head - q.0.tail,
+        overflow: q.0.overflow_head - q.0.overflow_tail,
         lost_txns: q.0.lost_txns_total,
     })
 }
@@ -436,6 +560,9 @@ mod tests {
                     capacity,
                     head: 0,
                     tail: 0,
+                    overflow_head: 0,
+                    overflow_tail: 0,
+                    overflow_base: 0,
                     pending_gap_txns: 0,
                     pending_gap_events: 0,
                     lost_txns_total: 0,
@@ -447,6 +574,7 @@ mod tests {
             Ring {
                 header,
                 data: pg_sys::palloc0(capacity as usize).cast(),
+                spills: false,
             }
         }
     }
