@@ -10,6 +10,9 @@
 //!         A change whose images are raw tuples of the last shape, rendered by the worker.
 //! End:    END u8 | relid u32 | reason u8
 //!         Not a change: the table was dropped or unwatched (`realtime_core::bridge::EndReason`).
+//! Catalog: CATALOG u8
+//!         Not a change: the transaction changed who may see what (GRANT, REVOKE, a policy,
+//!         row security, a role); subscribers are authorized again at this point.
 //! Record (one per queue entry): kind u8 | xid u32 | commit_time i64 | count u32 | body
 //!   TXN:      body = `count` events
 //!   SPILLED:  body = path of a file holding `count` events
@@ -24,6 +27,7 @@ const ABSENT: u32 = u32::MAX;
 const SHAPE: u8 = 0x40;
 const TUPLE: u8 = 0x20;
 const END: u8 = 0x10;
+const CATALOG: u8 = 0x08;
 
 /// A name as these layouts store it, `len u16 + bytes` (`Reader::name` reads it back).
 pub fn put_name(buf: &mut Vec<u8>, name: &[u8]) {
@@ -72,6 +76,10 @@ pub fn encode_tuple(buf: &mut Vec<u8>, op: Op, new: Option<&[u8]>, old: Option<&
     put_image(buf, old);
 }
 
+pub fn encode_catalog(buf: &mut Vec<u8>) {
+    buf.push(CATALOG);
+}
+
 pub fn encode_end(buf: &mut Vec<u8>, relid: u32, reason: u8) {
     buf.push(END);
     buf.extend_from_slice(&relid.to_le_bytes());
@@ -85,6 +93,7 @@ pub enum Item<'a> {
     Shape(ShapeRef<'a>),
     Tuple(TupleRef<'a>),
     End { relid: u32, reason: u8 },
+    Catalog,
 }
 
 /// A change with JSON images.
@@ -167,7 +176,9 @@ impl<'a> Reader<'a> {
 pub fn decode_event(buf: &[u8]) -> Option<(Item<'_>, usize)> {
     let mut r = Reader { buf, at: 0 };
     let code = r.u8()?;
-    let item = if code == END {
+    let item = if code == CATALOG {
+        Item::Catalog
+    } else if code == END {
         Item::End {
             relid: r.u32()?,
             reason: r.u8()?,

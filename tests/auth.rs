@@ -252,6 +252,104 @@ fn policy_changes_and_revoke_apply_while_connected() {
 }
 
 #[test]
+fn catalog_changes_take_effect_at_their_place_in_commit_order() {
+    let c = Cluster::start("catalog_order", &[]);
+    let mut db = c.client();
+    db.batch_execute(&format!(
+        "CREATE ROLE member NOLOGIN; GRANT member TO {AUTHENTICATOR};
+         CREATE FUNCTION uid() RETURNS text LANGUAGE sql STABLE
+             AS $$ SELECT current_setting('request.jwt.claims', true)::json->>'sub' $$;
+         CREATE TABLE managers (owner text, manager text);
+         INSERT INTO managers VALUES ('alice', 'alice');
+         CREATE TABLE sentinel (id int);
+         CREATE TABLE plain (id int);
+         -- Compiled: judged by value in the network threads.
+         CREATE TABLE ruled (id int, owner text);
+         ALTER TABLE ruled ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY p ON ruled USING (owner = uid());
+         -- Judged by the worker in batches.
+         CREATE TABLE judged (id int, owner text);
+         ALTER TABLE judged ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY p ON judged USING (owner IN (SELECT m.owner FROM managers m WHERE m.manager = uid()));
+         -- A policy that admits nothing, with row security off.
+         CREATE TABLE opened (id int, owner text);
+         CREATE POLICY p ON opened USING (false);
+         GRANT SELECT ON managers, sentinel, plain, ruled, judged, opened TO member;
+         SELECT realtime_watch(t) FROM unnest(ARRAY['sentinel', 'plain', 'ruled', 'judged', 'opened']) t;"
+    ))
+    .unwrap();
+    let mut ws = Ws::connect_as(
+        c.ws_port,
+        &token(json!({"role": "member", "sub": "alice", "exp": unix_now() + 600})),
+    );
+    let tables = ["plain", "ruled", "judged", "opened"];
+    for t in ["sentinel"].iter().chain(&tables) {
+        ws.subscribe(t, t, None);
+    }
+    for t in tables {
+        let row = if t == "plain" { "(1)" } else { "(1, 'alice')" };
+        db.batch_execute(&format!("INSERT INTO {t} VALUES {row}"))
+            .unwrap();
+    }
+    db.batch_execute("INSERT INTO sentinel VALUES (1)").unwrap();
+    let before: Vec<String> = ws
+        .until_change_of("sentinel")
+        .iter()
+        .map(|m| m["table"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        before, tables,
+        "every table delivers alice's row before the changes"
+    );
+
+    // Each catalog change is followed at once, in the next transaction, by a row that it
+    // hides: none of those rows may arrive.
+    for (change, hidden) in [
+        ("ALTER POLICY p ON ruled USING (owner = 'nobody')", "INSERT INTO ruled VALUES (2, 'alice')"),
+        (
+            "ALTER POLICY p ON judged USING (owner IN (SELECT m.owner FROM managers m WHERE m.manager = 'nobody'))",
+            "INSERT INTO judged VALUES (2, 'alice')",
+        ),
+        ("ALTER TABLE opened ENABLE ROW LEVEL SECURITY", "INSERT INTO opened VALUES (2, 'alice')"),
+        ("REVOKE SELECT ON plain FROM member", "INSERT INTO plain VALUES (2)"),
+    ] {
+        db.batch_execute(change).unwrap();
+        db.batch_execute(hidden).unwrap();
+    }
+    db.batch_execute("INSERT INTO sentinel VALUES (2)").unwrap();
+    let seen = ws.until_change_of("sentinel");
+    assert_eq!(seen.len(), 1, "only the REVOKE's end: {seen:?}");
+    assert_eq!(
+        (
+            seen[0]["type"].as_str(),
+            seen[0]["id"].as_str(),
+            seen[0]["reason"].as_str()
+        ),
+        (Some("unsubscribed"), Some("plain"), Some("forbidden")),
+        "{seen:?}"
+    );
+
+    // The role itself may no longer be used: every subscription ends before the next row.
+    db.batch_execute(&format!("REVOKE member FROM {AUTHENTICATOR}"))
+        .unwrap();
+    db.batch_execute("INSERT INTO sentinel VALUES (3)").unwrap();
+    let mut ended: Vec<String> = (0..4)
+        .map(|_| {
+            let m = ws.recv();
+            assert_eq!(
+                (m["type"].as_str(), m["reason"].as_str()),
+                (Some("unsubscribed"), Some("forbidden")),
+                "{m}"
+            );
+            m["id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    ended.sort();
+    assert_eq!(ended, ["judged", "opened", "ruled", "sentinel"]);
+    ws.nothing_more();
+}
+
+#[test]
 fn without_an_anonymous_role_tokens_are_required_and_checked_for_audience_and_limits() {
     let c = Cluster::start(
         "auth_strict",

@@ -348,14 +348,7 @@ fn policies_are_judged_in_the_session_postgrest_would_have() {
 /// change: what was committed before it.
 fn until_sentinel(db: &mut postgres::Client, ws: &mut Ws) -> Vec<Value> {
     db.batch_execute("INSERT INTO sentinel VALUES (1)").unwrap();
-    let mut before = Vec::new();
-    loop {
-        let m = ws.recv();
-        if m["table"] == "sentinel" && m["type"] == "change" {
-            return before;
-        }
-        before.push(m);
-    }
+    ws.until_change_of("sentinel")
 }
 
 #[test]

@@ -159,6 +159,12 @@ pub enum Batch {
         /// when nobody knows which (the changes were lost before they were read), for everyone.
         tables: Option<Vec<u32>>,
     },
+    /// A committed transaction changed who may see what (GRANT, REVOKE, a policy, row
+    /// security, a role): every session authorizes its subscriptions again before it delivers
+    /// anything after `last_position`, so no later change reaches anyone under the old rules.
+    Reauthorize {
+        last_position: u64,
+    },
 }
 
 impl Batch {
@@ -166,13 +172,17 @@ impl Batch {
         match self {
             Batch::Changes(c) => c.first().map_or(0, |c| c.position),
             Batch::Gap { first_position, .. } => *first_position,
-            Batch::Ended { last_position, .. } => *last_position,
+            Batch::Ended { last_position, .. } | Batch::Reauthorize { last_position } => {
+                *last_position
+            }
         }
     }
     pub fn last_position(&self) -> u64 {
         match self {
             Batch::Changes(c) => c.last().map_or(0, |c| c.position),
-            Batch::Gap { last_position, .. } | Batch::Ended { last_position, .. } => *last_position,
+            Batch::Gap { last_position, .. }
+            | Batch::Ended { last_position, .. }
+            | Batch::Reauthorize { last_position } => *last_position,
         }
     }
 }

@@ -6,6 +6,7 @@ mod pending;
 mod prepared;
 mod target;
 mod trigger;
+mod utility;
 mod xact;
 
 /// Once the current transaction commits, subscriptions to `relid` end with `reason`.
@@ -16,6 +17,6 @@ pub fn end_subscriptions(relid: pgrx::pg_sys::Oid, reason: realtime_core::bridge
 /// Called from `_PG_init` in every backend.
 pub fn init() {
     xact::register_callbacks();
-    prepared::register_hook();
+    utility::register_hook();
     target::register_invalidation();
 }

@@ -3,7 +3,7 @@
 //! Savepoint rollbacks cut the buffer back to where that subtransaction started.
 
 use super::target::Target;
-use crate::event::{encode_end, encode_event, encode_shape, encode_tuple, Op};
+use crate::event::{encode_catalog, encode_end, encode_event, encode_shape, encode_tuple, Op};
 use pgrx::pg_sys;
 use std::cell::RefCell;
 use std::fs::File;
@@ -150,6 +150,12 @@ fn append(is_change: bool, encode: impl FnOnce(&mut Vec<u8>)) {
             p.flush_to_spill();
         }
     })
+}
+
+/// The transaction changed who may see what: subscribers are authorized again once it
+/// commits, before any change committed after it reaches them.
+pub fn push_catalog_change() {
+    append(false, encode_catalog)
 }
 
 /// A savepoint was rolled back: forget everything it (and its children) captured.

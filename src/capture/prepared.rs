@@ -16,12 +16,9 @@ use super::pending::Captured;
 use crate::event::{put_name, Reader};
 use pgrx::pg_sys;
 use std::cell::RefCell;
-use std::ffi::CStr;
 use std::io::Write;
 
 use crate::spill::{self, PREPARED_DIR as DIR};
-
-static mut PREV_UTILITY_HOOK: pg_sys::ProcessUtility_hook_type = None;
 
 thread_local! {
     /// The gid of the PREPARE TRANSACTION being run: the PRE_PREPARE callback cannot see it.
@@ -38,60 +35,9 @@ pub struct Prepared {
     pub state_file: String,
 }
 
-pub fn register_hook() {
-    // SAFETY: _PG_init, before any statement runs; the previous hook is chained.
-    unsafe {
-        PREV_UTILITY_HOOK = pg_sys::ProcessUtility_hook;
-        pg_sys::ProcessUtility_hook = Some(process_utility);
-    }
-}
-
-#[pgrx::pg_guard]
-#[allow(clippy::too_many_arguments)]
-unsafe extern "C-unwind" fn process_utility(
-    pstmt: *mut pg_sys::PlannedStmt,
-    query: *const std::ffi::c_char,
-    read_only_tree: bool,
-    context: pg_sys::ProcessUtilityContext::Type,
-    params: pg_sys::ParamListInfo,
-    env: *mut pg_sys::QueryEnvironment,
-    dest: *mut pg_sys::DestReceiver,
-    qc: *mut pg_sys::QueryCompletion,
-) {
-    use pg_sys::TransactionStmtKind::*;
-    let stmt = (*pstmt).utilityStmt;
-    let two_phase = if !stmt.is_null() && (*stmt).type_ == pg_sys::NodeTag::T_TransactionStmt {
-        let t = stmt as *mut pg_sys::TransactionStmt;
-        let gid =
-            (!(*t).gid.is_null()).then(|| CStr::from_ptr((*t).gid).to_string_lossy().into_owned());
-        gid.map(|gid| ((*t).kind, gid))
-    } else {
-        None
-    };
-    match &two_phase {
-        Some((TRANS_STMT_PREPARE, gid)) => PREPARING.with(|p| *p.borrow_mut() = Some(gid.clone())),
-        Some((TRANS_STMT_COMMIT_PREPARED, gid)) => super::xact::reserve_prepared(gid),
-        _ => {}
-    }
-    match PREV_UTILITY_HOOK {
-        // Another extension's hook may raise an ERROR (a longjmp): guard it as pg_sys calls are.
-        Some(prev) => pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| {
-            prev(pstmt, query, read_only_tree, context, params, env, dest, qc)
-        }),
-        None => pg_sys::standard_ProcessUtility(
-            pstmt,
-            query,
-            read_only_tree,
-            context,
-            params,
-            env,
-            dest,
-            qc,
-        ),
-    }
-    if let Some((TRANS_STMT_ROLLBACK_PREPARED, gid)) = &two_phase {
-        forget_gid(gid);
-    }
+/// PREPARE TRANSACTION `gid` is about to run.
+pub fn preparing(gid: &str) {
+    PREPARING.with(|p| *p.borrow_mut() = Some(gid.to_string()))
 }
 
 /// The gid of the transaction being prepared (taken once, at PRE_PREPARE).
@@ -198,7 +144,7 @@ pub fn remove(p: &Prepared) {
 }
 
 /// ROLLBACK PREPARED succeeded: nothing of that transaction will ever be delivered.
-fn forget_gid(gid: &str) {
+pub fn forget_gid(gid: &str) {
     for p in files_of(gid) {
         // SAFETY: as in `find`.
         if !unsafe { pg_sys::TransactionIdIsInProgress(p.xid.into()) } {

@@ -6,6 +6,7 @@
 //! policy set together, with the claims as a column.
 
 use super::claims_column;
+use super::policy::Policies;
 use super::security::{as_subscriber, set_setting, with_time_limit};
 use crate::pg::xact::{in_subtransaction, in_transaction};
 use pgrx::prelude::*;
@@ -116,6 +117,34 @@ impl Audiences {
                 let a = self.audiences.remove(&id).expect("present");
                 self.ids.remove(&a.key);
             }
+        }
+    }
+
+    /// The policies changed (a committed catalog change): every audience takes its policies
+    /// as they are now, keeping its id, so that what is judged after this point is judged by
+    /// the new rules while its sessions authorize again. Policies that cannot be read any more
+    /// (the table is gone) admit nothing.
+    pub fn refresh(&mut self) {
+        self.plans.clear();
+        for (id, a) in self.audiences.iter_mut() {
+            let loaded = in_subtransaction(|| {
+                Policies::load(pg_sys::Oid::from(a.key.relid), a.key.role)
+                    .map(|p| (p.condition(), p.condition_over_claims()))
+            })
+            .and_then(|r| r);
+            let (sql, over_claims) = loaded.unwrap_or_else(|e| {
+                debug1!(
+                    "realtime_ext: policies of {} could not be read again: {e}",
+                    a.table
+                );
+                ("false".to_string(), None)
+            });
+            if sql != a.key.condition {
+                self.ids.remove(&a.key);
+                a.key.condition = sql;
+                self.ids.entry(a.key.clone()).or_insert(*id);
+            }
+            a.over_claims = over_claims;
         }
     }
 

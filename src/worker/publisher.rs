@@ -4,6 +4,7 @@
 use super::audiences::Audiences;
 use super::rows::Rows;
 use crate::event::{decode_record, events, EventRef, Item, Record};
+use crate::pg::xact::in_transaction;
 use crate::queue;
 use pgrx::pg_sys;
 use realtime_core::bridge::{Batch, BatchSender, Change, EndReason, GapReason, Shared, Txn};
@@ -267,6 +268,14 @@ impl Publisher {
     }
 
     fn emit_item(&mut self, txn: &mut Emitting, item: Item) {
+        if let Item::Catalog = item {
+            self.flush();
+            self.catalog_changed(txn.txn.xid);
+            self.send(Batch::Reauthorize {
+                last_position: txn.next - 1,
+            });
+            return;
+        }
         if let Item::End { relid, reason } = item {
             // Sent even after a rendering failure: the gap comes later, at the end of the
             // transaction, and only to subscriptions that still exist.
@@ -287,7 +296,7 @@ impl Publisher {
                 shape.relid
             }
             Item::Tuple(_) => txn.shape_relid,
-            Item::End { .. } => return,
+            Item::End { .. } | Item::Catalog => return,
         };
         if let Some(lost) = &mut txn.failed {
             // Only which tables the rest belongs to matters now.
@@ -300,7 +309,7 @@ impl Publisher {
                 Ok(()) => return,
                 Err(e) => Err(e),
             },
-            Item::End { .. } => return,
+            Item::End { .. } | Item::Catalog => return,
             Item::Tuple(tuple) => self
                 .rows
                 .render(&tuple)
@@ -325,6 +334,37 @@ impl Publisher {
                     tables: vec![relid],
                 });
             }
+        }
+    }
+
+    /// Transaction `xid` changed who may see what. It sends its cache invalidations just
+    /// before it releases its transaction lock, which may be a moment after it settled its
+    /// record: once that lock is free, the catalogs read here are the new ones. The audiences
+    /// judged here then take their new policies, before anything after it is judged.
+    fn catalog_changed(&mut self, xid: u32) {
+        let mut refresh = || {
+            // SAFETY: in a transaction, on the worker's Postgres thread; an xid no longer
+            // running returns at once.
+            unsafe {
+                pg_sys::XactLockTableWait(
+                    xid.into(),
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    pg_sys::XLTW_Oper::XLTW_None,
+                );
+                pg_sys::AcceptInvalidationMessages();
+            }
+            self.audiences.refresh();
+            Ok::<(), String>(())
+        };
+        // SAFETY: a plain read of the transaction state on the worker's Postgres thread.
+        let result = if unsafe { pg_sys::IsTransactionState() } {
+            refresh()
+        } else {
+            in_transaction(std::panic::AssertUnwindSafe(refresh), |e| e)
+        };
+        if let Err(e) = result {
+            pgrx::warning!("realtime_ext: could not take in a catalog change: {e}");
         }
     }
 

@@ -532,6 +532,18 @@ impl Ws {
             .collect()
     }
 
+    /// Every message before the next change of `table` (which is consumed).
+    pub fn until_change_of(&mut self, table: &str) -> Vec<Value> {
+        let mut before = Vec::new();
+        loop {
+            let m = self.recv();
+            if m["type"] == "change" && m["table"] == table {
+                return before;
+            }
+            before.push(m);
+        }
+    }
+
     /// Asserts that nothing arrives for half a second.
     pub fn nothing_more(&mut self) {
         if let Some(m) = self.recv_within(Duration::from_millis(500)) {

@@ -83,6 +83,8 @@ pub enum Summary {
     Gap(Option<Box<[u32]>>),
     /// Subscriptions to this table ended.
     Ended(u32, crate::bridge::EndReason),
+    /// Every session authorizes its subscriptions again.
+    Reauthorize,
 }
 
 impl Summary {
@@ -96,6 +98,7 @@ impl Summary {
             }
             Batch::Gap { tables, .. } => Summary::Gap(tables.as_ref().map(|t| t.clone().into())),
             Batch::Ended { relid, reason, .. } => Summary::Ended(*relid, *reason),
+            Batch::Reauthorize { .. } => Summary::Reauthorize,
         }
     }
 }
@@ -329,7 +332,7 @@ fn batch_bytes(batch: &Batch) -> usize {
             .iter()
             .map(|c| 2 * c.image_bytes() + CHANGE_OVERHEAD)
             .sum(),
-        Batch::Gap { .. } | Batch::Ended { .. } => CHANGE_OVERHEAD,
+        Batch::Gap { .. } | Batch::Ended { .. } | Batch::Reauthorize { .. } => CHANGE_OVERHEAD,
     }
 }
 

@@ -160,7 +160,9 @@ impl<T> Interests<T> {
     pub fn receivers(&self, batch: &Batch, mut visit: impl FnMut(&Arc<T>)) {
         let all = |table: &Table<T>| table.all.values().for_each(|(t, _)| visit(t));
         match batch {
-            Batch::Gap { tables: None, .. } => self.tables.values().for_each(all),
+            Batch::Gap { tables: None, .. } | Batch::Reauthorize { .. } => {
+                self.tables.values().for_each(all)
+            }
             Batch::Gap {
                 tables: Some(relids),
                 ..

@@ -212,6 +212,9 @@ pub struct SubscriptionSet<K> {
     replayed: u64,
     /// Subscription ends in batches it skipped, to send with the next delivery.
     pending_ends: Vec<(u32, EndReason)>,
+    /// A skipped batch (or one whose contents are unknown) may have changed who may see what:
+    /// authorize again before the next delivery.
+    reauthorize_pending: bool,
     /// Bumped whenever a subscription is made or ends (for the connection report).
     generation: u64,
 }
@@ -235,6 +238,7 @@ impl<K> SubscriptionSet<K> {
             lost: None,
             replayed: 0,
             pending_ends: Vec::new(),
+            reauthorize_pending: false,
             generation: 0,
         }
     }
@@ -410,11 +414,18 @@ impl<K> SubscriptionSet<K> {
         self.subscriptions.len() != before
     }
 
+    /// Whether a batch this connection skipped may have changed who may see what (told once).
+    pub fn take_reauthorize(&mut self) -> bool {
+        std::mem::take(&mut self.reauthorize_pending)
+    }
+
     /// Batches went by that this connection never read: a gap if any could have concerned it.
     /// Ended subscriptions are still ended (by the next delivery).
     pub fn missed(&mut self, missed: Option<Vec<Dropped>>) {
         let Some(missed) = missed else {
+            // Whatever went by may have changed who may see what.
             self.lagged = true;
+            self.reauthorize_pending = true;
             return;
         };
         for (first, last, summary) in missed {
@@ -425,6 +436,10 @@ impl<K> SubscriptionSet<K> {
                 Summary::Gap(None) => true,
                 Summary::Ended(relid, reason) => {
                     self.pending_ends.push((relid, reason));
+                    false
+                }
+                Summary::Reauthorize => {
+                    self.reauthorize_pending = true;
                     false
                 }
             };
@@ -523,6 +538,8 @@ impl<K> SubscriptionSet<K> {
                 }
             }
             Batch::Ended { relid, reason, .. } => self.end(*reason, |s| s.relid == *relid, out),
+            // The session authorized its subscriptions again before delivering it.
+            Batch::Reauthorize { .. } => {}
         }
         self.seen = self.seen.max(batch.last_position());
     }
@@ -559,7 +576,7 @@ impl<K> SubscriptionSet<K> {
             Batch::Ended { relid, reason, .. } if *relid == s.relid => {
                 self.end(*reason, |s| same(&s.key), out)
             }
-            Batch::Ended { .. } => {}
+            Batch::Ended { .. } | Batch::Reauthorize { .. } => {}
         }
     }
 

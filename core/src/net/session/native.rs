@@ -45,8 +45,6 @@ const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 type Sink<S> = futures_util::stream::SplitSink<WebSocketStream<S>, Message>;
 
-/// How far ahead "never" is, for a token without `exp`.
-
 /// Longest a snapshot page may wait for the client to read before its reader is stopped.
 pub const SNAPSHOT_STALL: Duration = Duration::from_secs(5);
 
@@ -608,6 +606,12 @@ impl<S: Stream> Session<S> {
     }
 
     async fn deliver(&mut self, batch: &Batch) -> Result<(), WsError> {
+        // Whatever was committed after a change to who may see what is delivered under the
+        // rules it made.
+        let skipped_one = self.subscriptions.take_reauthorize();
+        if skipped_one || matches!(batch, Batch::Reauthorize { .. }) {
+            self.reauthorize().await;
+        }
         let mut outgoing = std::mem::take(&mut self.outgoing);
         self.subscriptions.deliver(batch, &mut outgoing);
         let result = self.send_all(batch, &mut outgoing).await;
