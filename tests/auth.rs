@@ -274,15 +274,19 @@ fn catalog_changes_take_effect_at_their_place_in_commit_order() {
          -- A policy that admits nothing, with row security off.
          CREATE TABLE opened (id int, owner text);
          CREATE POLICY p ON opened USING (false);
-         GRANT SELECT ON managers, sentinel, plain, ruled, judged, opened TO member;
-         SELECT realtime_watch(t) FROM unnest(ARRAY['sentinel', 'plain', 'ruled', 'judged', 'opened']) t;"
+         -- A policy the worker judges, with row security off.
+         CREATE TABLE gated (id int, owner text);
+         CREATE POLICY p ON gated USING (owner IN (SELECT m.owner FROM managers m WHERE m.manager = uid()));
+         GRANT SELECT ON managers, sentinel, plain, ruled, judged, opened, gated TO member;
+         SELECT realtime_watch(t)
+           FROM unnest(ARRAY['sentinel', 'plain', 'ruled', 'judged', 'opened', 'gated']) t;"
     ))
     .unwrap();
     let mut ws = Ws::connect_as(
         c.ws_port,
         &token(json!({"role": "member", "sub": "alice", "exp": unix_now() + 600})),
     );
-    let tables = ["plain", "ruled", "judged", "opened"];
+    let tables = ["plain", "ruled", "judged", "opened", "gated"];
     for t in ["sentinel"].iter().chain(&tables) {
         ws.subscribe(t, t, None);
     }
@@ -316,9 +320,24 @@ fn catalog_changes_take_effect_at_their_place_in_commit_order() {
         db.batch_execute(change).unwrap();
         db.batch_execute(hidden).unwrap();
     }
+    // Row security turned on with a policy the worker judges: the rows right after it are
+    // judged by it, the row it admits delivered, the other not.
+    db.batch_execute("ALTER TABLE gated ENABLE ROW LEVEL SECURITY")
+        .unwrap();
+    db.batch_execute("INSERT INTO gated VALUES (2, 'alice'), (3, 'bob')")
+        .unwrap();
     db.batch_execute("INSERT INTO sentinel VALUES (2)").unwrap();
     let seen = ws.until_change_of("sentinel");
-    assert_eq!(seen.len(), 1, "only the REVOKE's end: {seen:?}");
+    assert_eq!(
+        seen.len(),
+        2,
+        "the REVOKE's end and gated's row 2 only: {seen:?}"
+    );
+    assert_eq!(
+        (seen[1]["table"].as_str(), seen[1]["new"]["id"].as_i64()),
+        (Some("gated"), Some(2)),
+        "{seen:?}"
+    );
     assert_eq!(
         (
             seen[0]["type"].as_str(),
@@ -333,7 +352,7 @@ fn catalog_changes_take_effect_at_their_place_in_commit_order() {
     db.batch_execute(&format!("REVOKE member FROM {AUTHENTICATOR}"))
         .unwrap();
     db.batch_execute("INSERT INTO sentinel VALUES (3)").unwrap();
-    let mut ended: Vec<String> = (0..4)
+    let mut ended: Vec<String> = (0..5)
         .map(|_| {
             let m = ws.recv();
             assert_eq!(
@@ -345,7 +364,7 @@ fn catalog_changes_take_effect_at_their_place_in_commit_order() {
         })
         .collect();
     ended.sort();
-    assert_eq!(ended, ["judged", "opened", "ruled", "sentinel"]);
+    assert_eq!(ended, ["gated", "judged", "opened", "ruled", "sentinel"]);
     ws.nothing_more();
 }
 

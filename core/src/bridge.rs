@@ -87,6 +87,26 @@ impl Change {
         self.verdicts = verdicts;
     }
 
+    /// Add the verdict for one more audience (judged after the change was published).
+    pub fn add_verdict(&mut self, audience: AudienceId, verdict: Verdict) {
+        self.verdicts.push((audience, verdict));
+    }
+
+    /// The same change, without the frames encoded for it, to attach more verdicts to.
+    pub fn copy(&self) -> Change {
+        let mut copy = Change::new(
+            self.position,
+            self.txn.clone(),
+            self.relid,
+            self.names.clone(),
+            self.op,
+            self.new.clone(),
+            self.old.clone(),
+        );
+        copy.verdicts = self.verdicts.clone();
+        copy
+    }
+
     /// The worker's verdicts, one per audience it judged this change for.
     pub fn verdicts(&self) -> &[(AudienceId, Verdict)] {
         &self.verdicts
@@ -265,6 +285,9 @@ pub struct ResolvedTable {
     /// The columns the principal may SELECT, when it may not SELECT them all.
     pub columns: Option<HashSet<String>>,
     pub rows: RowAccess,
+    /// With `RowAccess::Checked`: the last position the worker had judged before it began
+    /// judging for this audience. Later changes carry its verdict; earlier ones do not.
+    pub judged_after: u64,
 }
 
 /// Why the worker could not resolve a subscription.

@@ -30,7 +30,9 @@ fn optional<T: Default>(result: Result<T, pgrx::spi::Error>) -> Answer<T> {
     }
 }
 
-pub fn answer(request: Request, audiences: &mut Audiences) {
+/// Answer one question. `published`: the last position judged so far, where an audience
+/// joined now begins.
+pub fn answer(request: Request, audiences: &mut Audiences, published: u64) {
     match request {
         Request::Authorize { principal, reply } => {
             let answer = with_time_limit(REQUEST_TIME_LIMIT, || {
@@ -54,6 +56,7 @@ pub fn answer(request: Request, audiences: &mut Audiences) {
             let answer = answer.map(|(mut resolved, checked)| {
                 super::invalidation::track(resolved.relid);
                 if let Some(Checked { role, condition }) = checked {
+                    resolved.judged_after = published;
                     resolved.rows = RowAccess::Checked(audiences.join(
                         resolved.relid,
                         role,
@@ -255,6 +258,7 @@ fn resolve(
             filter,
             columns,
             rows,
+            judged_after: 0,
         },
         checked,
     ))

@@ -172,7 +172,8 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
             let Some(request) = questions.pop_front() else {
                 break;
             };
-            catalog::answer(request, &mut publisher.audiences);
+            let published = publisher.published();
+            catalog::answer(request, &mut publisher.audiences, published);
         }
         publisher.persist_position();
         if subscribed {

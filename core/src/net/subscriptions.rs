@@ -99,6 +99,9 @@ struct Subscription<K> {
     rows: RowAccess,
     /// Changes at or before this position predate the subscription.
     after: u64,
+    /// With `RowAccess::Checked`: changes up to here were judged before the worker began
+    /// judging for its audience (`ResolvedTable::judged_after`).
+    judged_after: u64,
     /// The snapshot the client already read: changes of transactions it sees are not sent.
     seen_by: Option<Arc<Xids>>,
     /// Its place in the fan-out's index: the batches that may concern it are handed to this
@@ -362,6 +365,7 @@ impl<K> SubscriptionSet<K> {
             ops,
             columns: resolved.columns.map(Arc::new),
             rows: resolved.rows,
+            judged_after: resolved.judged_after,
             after: registered_after.max(self.seen),
             seen_by,
             _interest: interest,
@@ -412,6 +416,30 @@ impl<K> SubscriptionSet<K> {
         self.generation += 1;
         self.subscriptions.retain(|s| !same(&s.key));
         self.subscriptions.len() != before
+    }
+
+    /// Subscriptions whose changes among `changes` were judged before the worker began judging
+    /// for their audience (made again at a catalog change, they are newly judged by the
+    /// worker): for each, its audience, table, and the stretch of positions without its verdict.
+    pub fn judged_late(&self, changes: &[Change]) -> Vec<(AudienceId, u32, u64, u64)> {
+        self.subscriptions
+            .iter()
+            .filter_map(|s| {
+                let RowAccess::Checked(id) = s.rows else {
+                    return None;
+                };
+                let from = s.after.max(self.seen);
+                changes
+                    .iter()
+                    .any(|c| {
+                        c.relid == s.relid
+                            && c.position > from
+                            && c.position <= s.judged_after
+                            && c.verdict(id).is_none()
+                    })
+                    .then_some((id, s.relid, from, s.judged_after))
+            })
+            .collect()
     }
 
     /// Whether a batch this connection skipped may have changed who may see what (told once).

@@ -18,6 +18,7 @@ use crate::net::Stream;
 use crate::ops::OpSet;
 use crate::protocol::native::{self, ClientMessage, Coded, ErrorCode, ServerMessage};
 use crate::snapshot::{self, Frame, OrderBy, Xids};
+use crate::visibility::Verdict;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use std::collections::VecDeque;
@@ -612,6 +613,8 @@ impl<S: Stream> Session<S> {
         if skipped_one || matches!(batch, Batch::Reauthorize { .. }) {
             self.reauthorize().await;
         }
+        let judged = self.judge_late(batch).await;
+        let batch = judged.as_ref().unwrap_or(batch);
         let mut outgoing = std::mem::take(&mut self.outgoing);
         self.subscriptions.deliver(batch, &mut outgoing);
         let result = self.send_all(batch, &mut outgoing).await;
@@ -620,6 +623,46 @@ impl<S: Stream> Session<S> {
         outgoing.shrink_to(OUTGOING_KEPT);
         self.outgoing = outgoing;
         result
+    }
+
+    /// `batch` with the verdicts the worker did not attach before it was published, for
+    /// subscriptions it began judging only since (made again at a catalog change); `None` if
+    /// there are none. Judged now, so that their changes are not taken for invisible.
+    async fn judge_late(&self, batch: &Batch) -> Option<Batch> {
+        let Batch::Changes(changes) = batch else {
+            return None;
+        };
+        let late = self.subscriptions.judged_late(changes);
+        if late.is_empty() {
+            return None;
+        }
+        let mut copies: Vec<Change> = changes.iter().map(Change::copy).collect();
+        for (audience, relid, from, through) in late {
+            let which: Vec<usize> = (0..copies.len())
+                .filter(|&i| {
+                    let c = &copies[i];
+                    c.relid == relid && c.position > from && c.position <= through
+                })
+                .collect();
+            let judged = self
+                .worker
+                .judge(audience, which.iter().map(|&i| copies[i].copy()).collect())
+                .await;
+            for (n, &i) in which.iter().enumerate() {
+                // The worker is restarting: a missed change, not an invisible one.
+                let verdict = judged
+                    .as_ref()
+                    .ok()
+                    .and_then(|j| j.get(n)?.verdict(audience))
+                    .unwrap_or(Verdict {
+                        new_visible: false,
+                        old_visible: false,
+                        failed: true,
+                    });
+                copies[i].add_verdict(audience, verdict);
+            }
+        }
+        Some(Batch::Changes(copies))
     }
 
     async fn send_all(
