@@ -720,6 +720,7 @@ mod unit {
                     ..
                 } => format!("{reason:?} {first_position}-{last_position}"),
                 Batch::Ended { last_position, .. } => format!("end {last_position}"),
+                Batch::Reauthorize { last_position } => format!("reauthorize {last_position}"),
             })
             .collect()
     }
