@@ -407,10 +407,104 @@ fn a_failing_policy_costs_its_audience_a_gap_and_nobody_else_anything() {
     assert!(
         cluster
             .log()
-            .contains("row security policies of public.fragile failed"),
+            .contains("row security policies of public.fragile for role \"app_user\" failed"),
         "{}",
         cluster.log()
     );
+}
+
+/// Users whose policies are slow or fail are judged apart: six ordinary users of the same
+/// table receive exactly what SQL shows them, with no gap, while one user's policy sleeps and
+/// another's raises. The slow user still gets its rows; the failing one, gaps (SQL fails too).
+#[test]
+fn a_slow_or_failing_policy_costs_other_users_nothing() {
+    let cluster = Cluster::start("policy_isolation", &[]);
+    let mut db = cluster.client();
+    db.batch_execute(
+        "CREATE ROLE web_user NOLOGIN;
+         GRANT web_user TO realtime_authenticator;
+         CREATE FUNCTION uid() RETURNS text LANGUAGE sql STABLE
+             AS $$ SELECT current_setting('request.jwt.claims', true)::json->>'sub' $$;
+         -- A function of the row, so the worker judges it.
+         CREATE FUNCTION visible_to(owner text) RETURNS bool LANGUAGE plpgsql STABLE
+         SET search_path = public AS $$
+         BEGIN
+             IF uid() = 'slow' THEN PERFORM pg_sleep(0.2); END IF;
+             IF uid() = 'failing' THEN RAISE EXCEPTION 'this policy fails'; END IF;
+             RETURN owner = uid() OR owner = 'everyone';
+         END $$;
+         CREATE TABLE feed (id int PRIMARY KEY, owner text);
+         ALTER TABLE feed ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY p ON feed USING (visible_to(owner));
+         CREATE TABLE sentinel (id int);
+         GRANT SELECT ON feed, sentinel TO web_user;
+         SELECT realtime_watch('feed'), realtime_watch('sentinel');",
+    )
+    .unwrap();
+    let users = ["u1", "u2", "u3", "u4", "u5", "u6", "slow", "failing"];
+    let mut clients: Vec<Ws> = users
+        .iter()
+        .map(|sub| {
+            let mut ws = Ws::connect_as(
+                cluster.ws_port,
+                &token(json!({"role": "web_user", "sub": sub})),
+            );
+            ws.subscribe("feed", "feed", None);
+            ws.subscribe("sentinel", "sentinel", None);
+            ws
+        })
+        .collect();
+    let owners = [
+        "u1", "u2", "u3", "u4", "u5", "u6", "everyone", "slow", "failing",
+    ];
+    for id in 1..=12 {
+        let owner = owners[id as usize % owners.len()];
+        db.execute("INSERT INTO feed VALUES ($1, $2)", &[&id, &owner])
+            .unwrap();
+    }
+    db.batch_execute("INSERT INTO sentinel VALUES (1)").unwrap();
+    let sql = |db: &mut postgres::Client, sub: &str| -> Result<Vec<i64>, postgres::Error> {
+        let mut tx = db.transaction()?;
+        tx.batch_execute("SET LOCAL ROLE web_user")?;
+        tx.execute(
+            "SELECT set_config('request.jwt.claims', $1, true)",
+            &[&json!({"role": "web_user", "sub": sub}).to_string()],
+        )?;
+        let ids = tx.query("SELECT id FROM feed ORDER BY id", &[])?;
+        Ok(ids.iter().map(|r| r.get::<_, i32>(0) as i64).collect())
+    };
+    for (sub, ws) in users.iter().zip(&mut clients) {
+        if *sub == "slow" {
+            // Judged apart: a fifth of a second per row.
+            ws.set_timeout(std::time::Duration::from_secs(60));
+        }
+        let seen = ws.until_change_of("sentinel");
+        let ids: Vec<i64> = seen
+            .iter()
+            .filter(|m| m["type"] == "change")
+            .map(|m| m["new"]["id"].as_i64().unwrap())
+            .collect();
+        let gaps = seen.iter().filter(|m| m["type"] == "gap").count();
+        match *sub {
+            "failing" => {
+                assert!(sql(&mut db, sub).is_err(), "SQL fails for {sub} too");
+                assert!(ids.is_empty() && gaps > 0, "{sub}: {seen:?}");
+                assert!(seen
+                    .iter()
+                    .filter(|m| m["type"] == "gap")
+                    .all(|g| g["reason"] == "policy_failed"));
+            }
+            _ => {
+                assert_eq!(
+                    ids,
+                    sql(&mut db, sub).unwrap(),
+                    "{sub} receives what SQL shows"
+                );
+                assert_eq!(gaps, 0, "{sub}: {seen:?}");
+            }
+        }
+    }
+    assert!(cluster.log().contains("judged apart from now on"));
 }
 
 /// A change wakes the sessions whose claims its row values name, and nobody else: the fan-out

@@ -7,7 +7,7 @@
 use crate::auth::{AuthConfig, Principal};
 use crate::filter::{FilterSpec, ResolvedFilter};
 use crate::ops::{Op, OpSet};
-use crate::visibility::{AudienceId, RowAccess, Verdict};
+use crate::visibility::{ApartSpec, AudienceId, RowAccess, Verdict};
 use std::collections::HashSet;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -87,9 +87,12 @@ impl Change {
         self.verdicts = verdicts;
     }
 
-    /// Add the verdict for one more audience (judged after the change was published).
-    pub fn add_verdict(&mut self, audience: AudienceId, verdict: Verdict) {
-        self.verdicts.push((audience, verdict));
+    /// Set the verdict for one audience (judged after the change was published).
+    pub fn set_verdict(&mut self, audience: AudienceId, verdict: Verdict) {
+        match self.verdicts.iter_mut().find(|(a, _)| *a == audience) {
+            Some((_, v)) => *v = verdict,
+            None => self.verdicts.push((audience, verdict)),
+        }
     }
 
     /// The same change, without the frames encoded for it, to attach more verdicts to.
@@ -359,6 +362,8 @@ pub enum Request {
     },
     /// Start a snapshot reader that will connect to `net::snapshots::SOCKET` with `ticket`.
     StartSnapshot { ticket: u64, reply: Reply<()> },
+    /// Start the judge of audiences judged apart (`net::apart`); it connects on its own.
+    StartJudge { reply: Reply<()> },
 }
 
 /// The network side's way to ask the Postgres thread something.
@@ -408,6 +413,10 @@ impl WorkerHandle {
             reply,
         })
         .await
+    }
+
+    pub async fn start_judge(&self) -> Result<(), ResolveError> {
+        self.ask(|reply| Request::StartJudge { reply }).await
     }
 
     pub async fn start_snapshot(&self, ticket: u64) -> Result<(), ResolveError> {
@@ -480,12 +489,16 @@ pub struct Limits {
     pub serve_pages: bool,
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn take<K: std::hash::Hash + Eq>(
     counts: &Mutex<std::collections::HashMap<K, usize>>,
     key: K,
     max: usize,
 ) -> bool {
-    let mut counts = counts.lock().unwrap_or_else(|e| e.into_inner());
+    let mut counts = lock(counts);
     let n = counts.entry(key).or_default();
     if max > 0 && *n >= max {
         return false;
@@ -495,7 +508,7 @@ fn take<K: std::hash::Hash + Eq>(
 }
 
 fn release<K: std::hash::Hash + Eq>(counts: &Mutex<std::collections::HashMap<K, usize>>, key: &K) {
-    let mut counts = counts.lock().unwrap_or_else(|e| e.into_inner());
+    let mut counts = lock(counts);
     if let Some(n) = counts.get_mut(key) {
         *n -= 1;
         if *n == 0 {
@@ -533,6 +546,8 @@ pub struct Shared {
     /// ones per address, for realtime.max_anonymous_per_address.
     roles: Mutex<std::collections::HashMap<String, usize>>,
     anonymous: Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    /// Worker: the audiences it judges apart, and how (`net::apart`).
+    apart: Mutex<std::collections::HashMap<AudienceId, Arc<ApartSpec>>>,
     /// Network: roles the worker accepted, with the catalog epoch it did so in (a connection
     /// of a known role then needs no question).
     authorized: Mutex<std::collections::HashMap<String, u64>>,
@@ -554,6 +569,7 @@ impl Shared {
             catalog_epoch: tokio::sync::watch::Sender::new(0),
             roles: Mutex::default(),
             anonymous: Mutex::default(),
+            apart: Mutex::default(),
             authorized: Mutex::default(),
         }
     }
@@ -588,6 +604,18 @@ impl Shared {
     }
     pub fn release_anonymous(&self, address: std::net::IpAddr) {
         release(&self.anonymous, &address);
+    }
+    /// How audience `id` is judged apart, if it is.
+    pub fn apart(&self, id: AudienceId) -> Option<Arc<ApartSpec>> {
+        lock(&self.apart).get(&id).cloned()
+    }
+    /// Judge `id` apart as `spec` says (`None`: not apart any more).
+    pub fn set_apart(&self, id: AudienceId, spec: Option<ApartSpec>) {
+        let mut apart = lock(&self.apart);
+        match spec {
+            Some(spec) => apart.insert(id, Arc::new(spec)),
+            None => apart.remove(&id),
+        };
     }
     /// Whether the worker accepted `role` since the catalogs last changed.
     pub fn recently_authorized(&self, role: &str) -> bool {

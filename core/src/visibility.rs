@@ -37,6 +37,35 @@ pub struct Verdict {
     /// The policy could not be evaluated (an error or the time limit): the audience is told
     /// it missed the change.
     pub failed: bool,
+    /// Not judged here: the audience is judged apart (`net::apart`), and its sessions ask the
+    /// judge before they deliver the change.
+    pub apart: bool,
+}
+
+impl Verdict {
+    pub const FAILED: Verdict = Verdict {
+        new_visible: false,
+        old_visible: false,
+        failed: true,
+        apart: false,
+    };
+    pub const APART: Verdict = Verdict {
+        new_visible: false,
+        old_visible: false,
+        failed: false,
+        apart: true,
+    };
+}
+
+/// How an audience judged apart is judged: as whom, and the statement the worker runs for it
+/// (its `$1` the changes' row images as a JSON array; it returns the ordinals that pass).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct ApartSpec {
+    /// The table and role, for messages.
+    pub name: String,
+    pub role: u32,
+    pub claims: String,
+    pub sql: String,
 }
 
 /// A policy condition with the claims already evaluated, in SQL's three-valued logic.
@@ -162,7 +191,8 @@ impl RowAccess {
                 Some(v) => Seen {
                     new: v.new_visible,
                     old: v.old_visible,
-                    failed: v.failed,
+                    // Still to be judged apart here means the judge could not be asked.
+                    failed: v.failed || v.apart,
                 },
                 // Not judged for this audience: it did not exist when the change was
                 // published, so the change predates the subscription.

@@ -4,6 +4,11 @@
 //! it, never one per change per subscriber. Where the policies read the claims only as
 //! `claims_column` can rewrite, one statement judges every audience of a table, role and
 //! policy set together, with the claims as a column.
+//!
+//! Each audience has its own share of the worker's time per batch (`INLINE_TIME_LIMIT`). One
+//! whose policies run past it, or fail, is judged apart from then on: its changes carry an
+//! `apart` verdict, and its sessions have the judge (`apart`, a background worker of its own)
+//! decide, so that a slow or broken policy costs nobody else a row or a millisecond.
 
 use super::claims_column;
 use super::policy::Policies;
@@ -13,19 +18,20 @@ use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 use pgrx::{PgBuiltInOids, PgOid};
 use realtime_core::auth::Principal;
-use realtime_core::bridge::Change;
-use realtime_core::visibility::{AudienceId, Verdict};
+use realtime_core::bridge::{Change, Shared};
+use realtime_core::visibility::{ApartSpec, AudienceId, Verdict};
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Longest the policies of one audience may take over one batch; past it the audience is
-/// told it missed those changes (`policy_failed`), and everyone else is served.
-const BATCH_TIME_LIMIT: Duration = Duration::from_millis(250);
+/// Longest the policies of one audience may take over one batch here; past it (or on an
+/// error) the audience is judged apart from then on, this batch included.
+const INLINE_TIME_LIMIT: Duration = Duration::from_millis(25);
 /// Longest all audiences together may take over one batch, so that delivery to everyone
-/// else never waits longer: audiences not judged by then are told they missed the batch.
-/// Each batch starts with the audience after the last one judged, so none is always last.
-const JUDGING_BUDGET: Duration = Duration::from_millis(250);
+/// never waits longer: audiences not reached by then have this batch judged apart. Each batch
+/// starts with the audience after the last one judged, so none is always last.
+const JUDGING_BUDGET: Duration = Duration::from_millis(100);
 /// Prepared statements kept (one per table and policy set); past it they are made afresh.
 const MAX_PLANS: usize = 256;
 
@@ -53,10 +59,13 @@ struct Audience {
     /// The table's own name, quoted: the policies refer to its columns by it.
     alias: String,
     members: usize,
+    /// Judged apart (by the judge), not here.
+    apart: bool,
 }
 
-#[derive(Default)]
 pub struct Audiences {
+    /// Where the audiences judged apart are listed for the sessions.
+    shared: Arc<Shared>,
     next: AudienceId,
     ids: HashMap<Key, AudienceId>,
     audiences: BTreeMap<AudienceId, Audience>,
@@ -71,6 +80,17 @@ pub struct Audiences {
 type Visible = Vec<bool>;
 
 impl Audiences {
+    pub fn new(shared: Arc<Shared>) -> Audiences {
+        Audiences {
+            shared,
+            next: 0,
+            ids: HashMap::new(),
+            audiences: BTreeMap::new(),
+            plans: HashMap::new(),
+            resume_after: 0,
+        }
+    }
+
     /// A subscriber joins the audience of these table, role, claims and policies.
     pub fn join(
         &mut self,
@@ -105,6 +125,7 @@ impl Audiences {
                 table,
                 alias,
                 members: 1,
+                apart: false,
             },
         );
         id
@@ -116,6 +137,9 @@ impl Audiences {
             if a.members == 0 {
                 let a = self.audiences.remove(&id).expect("present");
                 self.ids.remove(&a.key);
+                if a.apart {
+                    self.shared.set_apart(id, None);
+                }
             }
         }
     }
@@ -145,6 +169,25 @@ impl Audiences {
                 self.ids.entry(a.key.clone()).or_insert(*id);
             }
             a.over_claims = over_claims;
+            // New policies get a new chance here.
+            if std::mem::take(&mut a.apart) {
+                self.shared.set_apart(*id, None);
+            }
+        }
+    }
+
+    /// Judge `id` apart from now on.
+    fn set_apart(&mut self, id: AudienceId) {
+        if let Some(a) = self.audiences.get_mut(&id) {
+            if !a.apart {
+                log!(
+                    "realtime_ext: row security policies of {} for role \"{}\" failed or ran past {INLINE_TIME_LIMIT:?}; judged apart from now on, so that they hold up nobody else",
+                    a.table,
+                    a.role_name
+                );
+                a.apart = true;
+                self.shared.set_apart(id, Some(a.spec()));
+            }
         }
     }
 
@@ -152,12 +195,24 @@ impl Audiences {
     /// audience; a failure, or an audience that no longer exists, is a failed verdict.
     pub fn judge_one(&mut self, id: AudienceId, changes: &mut [Change]) {
         let which: Vec<usize> = (0..changes.len()).collect();
-        let visible = self
-            .audiences
-            .get(&id)
-            .and_then(|a| a.visible(changes, &which, &mut self.plans));
+        let judged = match self.audiences.get(&id) {
+            Some(a) if a.apart => None,
+            Some(a) => Some(a.visible(changes, &which, &mut self.plans, INLINE_TIME_LIMIT)),
+            None => Some(None),
+        };
+        let judged = match judged {
+            Some(None) if self.audiences.contains_key(&id) => {
+                self.set_apart(id);
+                None
+            }
+            judged => judged,
+        };
         for (n, change) in changes.iter_mut().enumerate() {
-            change.set_verdicts(vec![(id, verdict(visible.as_ref(), n))]);
+            let v = match &judged {
+                None => Verdict::APART,
+                Some(visible) => verdict(visible.as_ref(), n),
+            };
+            change.set_verdicts(vec![(id, v)]);
         }
     }
 
@@ -175,12 +230,13 @@ impl Audiences {
                 .filter(|i| changes[*i].relid == relid)
                 .collect()
         };
+        // `None`: judged apart.
         let mut judged: HashMap<AudienceId, Option<Visible>> = HashMap::new();
 
         // Together first: one statement for each table, role and policy set.
         let mut groups: HashMap<(u32, pg_sys::Oid, &str), Vec<AudienceId>> = HashMap::new();
         for (id, a) in &self.audiences {
-            if let Some(sql) = &a.over_claims {
+            if let (Some(sql), false) = (&a.over_claims, a.apart) {
                 groups
                     .entry((a.key.relid, a.key.role, sql.as_str()))
                     .or_default()
@@ -200,6 +256,7 @@ impl Audiences {
         }
 
         // Then one by one, from where the last batch stopped, so none is always last.
+        let mut slow = Vec::new();
         let order = self
             .audiences
             .range(self.resume_after + 1..)
@@ -212,13 +269,21 @@ impl Audiences {
             if mine.is_empty() {
                 continue;
             }
-            let visible = if started.elapsed() < JUDGING_BUDGET {
-                self.resume_after = *id;
-                audience.visible(changes, &mine, &mut self.plans)
-            } else {
+            // Out of time for this batch: judged apart, this once.
+            let visible = if audience.apart || started.elapsed() >= JUDGING_BUDGET {
                 None
+            } else {
+                self.resume_after = *id;
+                let visible = audience.visible(changes, &mine, &mut self.plans, INLINE_TIME_LIMIT);
+                if visible.is_none() {
+                    slow.push(*id);
+                }
+                visible
             };
             judged.insert(*id, visible);
+        }
+        for id in slow {
+            self.set_apart(id);
         }
 
         if judged.is_empty() {
@@ -228,7 +293,11 @@ impl Audiences {
         for (id, visible) in judged {
             let relid = self.audiences[&id].key.relid;
             for (n, i) in of_table(relid).into_iter().enumerate() {
-                verdicts[i].push((id, verdict(visible.as_ref(), n)));
+                let v = match &visible {
+                    Some(visible) => verdict(Some(visible), n),
+                    None => Verdict::APART,
+                };
+                verdicts[i].push((id, v));
             }
         }
         for (change, v) in changes.iter_mut().zip(verdicts) {
@@ -244,12 +313,9 @@ fn verdict(visible: Option<&Visible>, n: usize) -> Verdict {
             new_visible: v[2 * n],
             old_visible: v[2 * n + 1],
             failed: false,
+            apart: false,
         },
-        None => Verdict {
-            new_visible: false,
-            old_visible: false,
-            failed: true,
-        },
+        None => Verdict::FAILED,
     }
 }
 
@@ -267,11 +333,11 @@ fn judging(audience: &Audience, condition: &str) -> String {
 }
 
 /// The row images of some changes, as the `$1` of a judging statement.
-struct Images {
+pub struct Images {
     /// The images that exist, new then old per change, as a JSON array of objects. (No
     /// placeholder for absent ones: a filter on the array would spoil the planner's estimate
     /// of its size.)
-    json: String,
+    pub json: String,
     /// For each image in `json`, its place in a `Visible`: 2n for the new image of the n-th
     /// change, 2n + 1 for the old.
     places: Vec<usize>,
@@ -280,11 +346,21 @@ struct Images {
 
 impl Images {
     fn of(changes: &[Change], which: &[usize]) -> Images {
+        Images::of_rows(
+            which
+                .iter()
+                .map(|i| [changes[*i].new.as_deref(), changes[*i].old.as_deref()]),
+        )
+    }
+
+    /// From each change's new and old image.
+    pub fn of_rows<'a>(rows: impl Iterator<Item = [Option<&'a str>; 2]>) -> Images {
         let mut json = String::from("[");
         let mut places = Vec::new();
-        for (n, i) in which.iter().enumerate() {
-            let c = &changes[*i];
-            for (k, image) in [&c.new, &c.old].into_iter().enumerate() {
+        let mut changes = 0;
+        for (n, images) in rows.enumerate() {
+            changes += 1;
+            for (k, image) in images.into_iter().enumerate() {
                 if let Some(image) = image {
                     if !places.is_empty() {
                         json.push(',');
@@ -298,13 +374,13 @@ impl Images {
         Images {
             json,
             places,
-            changes: which.len(),
+            changes,
         }
     }
 
     /// What `audiences` audiences may see, from a statement's (audience, image) ordinal pairs
     /// (both counting from 1).
-    fn tally(&self, audiences: usize, passed: Vec<(i64, i64)>) -> Vec<Visible> {
+    pub fn tally(&self, audiences: usize, passed: Vec<(i64, i64)>) -> Vec<Visible> {
         let mut visible = vec![vec![false; 2 * self.changes]; audiences];
         for (audience, image) in passed {
             let place = (image as usize)
@@ -340,7 +416,14 @@ fn visible_together(
     );
     let claims: Vec<String> = members.iter().map(|a| a.key.claims.clone()).collect();
     let images = Images::of(changes, which);
-    let passed = run(first, As::Together(&claims), &sql, &images.json, plans)
+    let passed = run(
+        first.key.role,
+        As::Together(&claims),
+        &sql,
+        &images.json,
+        plans,
+        JUDGING_BUDGET,
+    )
         .map_err(|e| {
             debug1!(
                 "realtime_ext: row security policies of {} failed for {} audiences of role \"{}\" judged together, judging each alone: {e}",
@@ -360,16 +443,14 @@ impl Audience {
         changes: &[Change],
         which: &[usize],
         plans: &mut HashMap<String, OwnedPreparedStatement>,
+        limit: Duration,
     ) -> Option<Visible> {
-        let sql = format!(
-            "SELECT 1::bigint, \"realtime image\".\"realtime n\" FROM {}",
-            judging(self, &self.key.condition)
-        );
         let images = Images::of(changes, which);
-        let passed = run(self, As::One(&self.key.claims), &sql, &images.json, plans)
+        let claims = As::One(&self.key.claims);
+        let passed = run(self.key.role, claims, &self.statement(), &images.json, plans, limit)
             .map_err(|e| {
-                warning!(
-                    "realtime_ext: row security policies of {} failed for role \"{}\": {e}",
+                debug1!(
+                    "realtime_ext: row security policies of {} for role \"{}\" failed or ran past {limit:?}: {e}",
                     self.table,
                     self.role_name
                 )
@@ -377,33 +458,52 @@ impl Audience {
             .ok()?;
         images.tally(1, passed).pop()
     }
+
+    /// The statement that judges this audience alone: `$1` the images, the ordinals passing.
+    fn statement(&self) -> String {
+        format!(
+            "SELECT 1::bigint, \"realtime image\".\"realtime n\" FROM {}",
+            judging(self, &self.key.condition)
+        )
+    }
+
+    /// How the judge judges it apart.
+    fn spec(&self) -> ApartSpec {
+        ApartSpec {
+            name: format!("{} for role \"{}\"", self.table, self.role_name),
+            role: u32::from(self.key.role),
+            claims: self.key.claims.clone(),
+            sql: self.statement(),
+        }
+    }
 }
 
 /// Whose claims a judging statement runs with.
-enum As<'a> {
+pub enum As<'a> {
     /// One audience's, set as `request.jwt.claims`.
     One(&'a str),
     /// Each audience's, as the `$2` array the condition reads them from.
     Together(&'a [String]),
 }
 
-/// Run a judging statement over `images` as `audience`'s role, in a subtransaction and
-/// within the time limit: its (audience, image) ordinal pairs.
-fn run(
-    audience: &Audience,
+/// Run a judging statement over `images` as `role`, in a subtransaction and within `limit`:
+/// its (audience, image) ordinal pairs.
+pub fn run(
+    role: pg_sys::Oid,
     claims: As,
     sql: &str,
     images: &str,
     plans: &mut HashMap<String, OwnedPreparedStatement>,
+    limit: Duration,
 ) -> Result<Vec<(i64, i64)>, String> {
     let mut run = || {
-        with_time_limit(BATCH_TIME_LIMIT, || {
+        with_time_limit(limit, || {
             in_subtransaction(std::panic::AssertUnwindSafe(|| {
                 let one = match claims {
                     As::One(claims) => Some(claims),
                     As::Together(_) => None,
                 };
-                as_subscriber(audience.key.role, one, || {
+                as_subscriber(role, one, || {
                     // Made here: datums need the transaction.
                     let mut types = vec![PgOid::BuiltIn(PgBuiltInOids::TEXTOID)];
                     let mut args = vec![images.into()];

@@ -83,6 +83,9 @@ pub fn answer(request: Request, audiences: &mut Audiences, published: u64) {
             });
             let _ = reply.send(answer);
         }
+        Request::StartJudge { reply } => {
+            let _ = reply.send(super::apart::launch().map_err(ResolveError::Internal));
+        }
         Request::StartSnapshot { ticket, reply } => {
             let _ = reply.send(crate::snapshot::launch(ticket).map_err(ResolveError::Internal));
         }

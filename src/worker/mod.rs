@@ -2,6 +2,7 @@
 //! it drains the shared queue, numbers and serializes changes, answers the network threads'
 //! catalog questions, and handles signals. The network server runs on threads of its own.
 
+mod apart;
 mod audiences;
 mod casts;
 mod catalog;

@@ -102,6 +102,7 @@ impl Publisher {
         Publisher {
             tx,
             names: Names::default(),
+            audiences: Audiences::new(shared.clone()),
             shared,
             buf: Vec::new(),
             batch: Vec::new(),
@@ -111,7 +112,6 @@ impl Publisher {
             next_position,
             stored_position: next_position,
             stats_at: std::time::Instant::now(),
-            audiences: Audiences::default(),
             history,
             history_failing: false,
         }

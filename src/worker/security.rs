@@ -9,7 +9,8 @@
 //! | `CAST(value AS column type)` and `to_json` of a filter value: input functions, domain CHECKs, casts to json | `casts` | the subscriber, with its claims (`as_subscriber`), 250 ms; cached per type, value, role and claims until a type, constraint, cast, function or role changes |
 //! | role lookups, `has_table_privilege`/`has_column_privilege`, `pg_policy`, `pg_class` row-security flags; the watched tables a role may read (`has_any_column_privilege`, for `tables`) | `catalog`, `policy` | worker; built-in functions only |
 //! | compiling a subscriber's policies (`eval_const_expressions` inlines SQL functions and may run immutable ones) and evaluating their claim sides | `policy` | the subscriber, with its claims (`as_subscriber`), 250 ms |
-//! | policies judged per batch (sub-selects, functions of the row) | `audiences` | the subscriber, with its claims (`as_subscriber`), 250 ms per batch |
+//! | policies judged per batch (sub-selects, functions of the row) | `audiences` | the subscriber, with its claims (`as_subscriber`), 25 ms per audience and batch, 100 ms per batch in all; past it, or on an error, the audience is judged apart |
+//! | policies of audiences judged apart | `apart`, the judge: a background worker of its own, started when first needed, reached over a Unix socket in `$PGDATA/pg_realtime` | the subscriber, with its claims (`as_subscriber`), 10 s per job; only that audience's sessions wait for it |
 //! | rendering raw tuples of deferred shapes | `rows` | worker; only built-in output functions and enums (`render::prints_the_same_in_worker`), casts ignored |
 //! | commit-log lookups of prepared and stuck transactions | `publisher` | worker; no user code |
 //! | a snapshot's rows (`SELECT row_to_json(t) FROM (SELECT <readable columns> FROM table) t ORDER BY ...`), after the role is checked again | `crate::snapshot`, a background worker of its own | the subscriber, with its claims (`as_subscriber`), REPEATABLE READ |
@@ -34,7 +35,11 @@ use std::time::Duration;
 /// `SET ROLE role`, so that `session_user`, `current_user` and `is_superuser` answer what they
 /// would there; `request.jwt.claims` set to `claims` when given; read-only, as PostgREST runs
 /// reads; and inside a security-restricted operation, as VACUUM runs index expressions
-/// (SET ROLE, temporary objects and the like are refused, and any `SET` is undone).
+/// (SET ROLE, temporary objects and the like are refused, and any `SET` is undone). The
+/// search_path stays the worker's, `pg_catalog` alone: the statements the worker builds
+/// (policies as deparsed text, casts) must mean what they meant when they were built, so a
+/// function a policy calls finds other functions by qualified name, or by a `SET search_path`
+/// of its own, as Supabase advises for policy functions.
 ///
 /// Restored when `f` returns or unwinds (an ERROR inside also rolls back the subtransaction
 /// the caller runs it in, which restores the current user but not the session user).

@@ -27,7 +27,8 @@ pub enum Keys {
     Everything,
     /// Changes whose new or old row holds one of these (column, canonical JSON text) pairs.
     Values(Vec<(String, String)>),
-    /// Changes the worker's verdict for this audience lets through (or failed to judge).
+    /// Changes the worker's verdict for this audience lets through (or failed to judge, or
+    /// left to the judge).
     Audience(AudienceId),
 }
 
@@ -204,7 +205,8 @@ impl<T> Table<T> {
             }
         }
         for (audience, verdict) in change.verdicts() {
-            if verdict.new_visible || verdict.old_visible || verdict.failed {
+            // Judged apart: the session asks the judge.
+            if verdict.new_visible || verdict.old_visible || verdict.failed || verdict.apart {
                 if let Some(b) = self.audiences.get(audience) {
                     bucket(b);
                 }
@@ -314,6 +316,7 @@ mod unit {
             new_visible,
             old_visible: false,
             failed,
+            apart: false,
         };
         seen.set_verdicts(vec![
             (10, verdict(false, false)),

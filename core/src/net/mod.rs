@@ -2,6 +2,7 @@
 //! Nothing here can call Postgres (this crate has no pgrx); it talks to the worker through
 //! `bridge`.
 
+pub mod apart;
 pub mod clients;
 pub mod fanout;
 mod http;
@@ -46,6 +47,8 @@ pub struct Context {
     pub clients: Arc<clients::Clients>,
     /// Snapshot readers waited for and running.
     pub snapshots: Arc<snapshots::Snapshots>,
+    /// The judge of audiences judged apart.
+    pub judges: Arc<apart::Judges>,
 }
 
 pub struct Server {
@@ -111,11 +114,17 @@ pub fn start(
         history,
         clients: Arc::default(),
         snapshots: Arc::default(),
+        judges: Arc::default(),
     };
     let readers = context.snapshots.clone();
     match runtime.block_on(async { readers.listen(std::path::Path::new(snapshots::SOCKET)) }) {
         Ok(accept) => drop(runtime.spawn(accept)),
         Err(e) => return Err(format!("could not listen on {}: {e}", snapshots::SOCKET)),
+    }
+    let judges = context.judges.clone();
+    match runtime.block_on(async { judges.listen(std::path::Path::new(apart::SOCKET)) }) {
+        Ok(accept) => drop(runtime.spawn(accept)),
+        Err(e) => return Err(format!("could not listen on {}: {e}", apart::SOCKET)),
     }
     let mut bound = Vec::new();
     let mut errors = Vec::new();

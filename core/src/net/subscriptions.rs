@@ -442,6 +442,29 @@ impl<K> SubscriptionSet<K> {
             .collect()
     }
 
+    /// The audiences of this connection's subscriptions that the worker judges apart and that
+    /// have changes among `changes` still to deliver, with their tables.
+    pub fn judged_apart(&self, changes: &[Change]) -> Vec<(AudienceId, u32)> {
+        let mut apart: Vec<(AudienceId, u32)> = self
+            .subscriptions
+            .iter()
+            .filter_map(|s| match s.rows {
+                RowAccess::Checked(id) => Some((id, s.relid)),
+                _ => None,
+            })
+            .filter(|(id, relid)| {
+                changes.iter().any(|c| {
+                    c.relid == *relid
+                        && c.position > self.seen
+                        && c.verdict(*id).is_some_and(|v| v.apart)
+                })
+            })
+            .collect();
+        apart.sort_unstable();
+        apart.dedup();
+        apart
+    }
+
     /// Whether a batch this connection skipped may have changed who may see what (told once).
     pub fn take_reauthorize(&mut self) -> bool {
         std::mem::take(&mut self.reauthorize_pending)

@@ -18,7 +18,7 @@ use crate::net::Stream;
 use crate::ops::OpSet;
 use crate::protocol::native::{self, ClientMessage, Coded, ErrorCode, ServerMessage};
 use crate::snapshot::{self, Frame, OrderBy, Xids};
-use crate::visibility::Verdict;
+use crate::visibility::{AudienceId, Verdict};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use std::collections::VecDeque;
@@ -69,6 +69,7 @@ struct Session<S> {
     write_limit: Duration,
     follow_up: Option<FollowUp>,
     snapshots: Arc<Snapshots>,
+    judges: Arc<crate::net::apart::Judges>,
     shared: Arc<crate::bridge::Shared>,
     identity: Identity,
     /// Its entry in the connection report, and the subscriptions generation last put there.
@@ -101,6 +102,7 @@ pub async fn run<S: Stream>(
         write_limit: timeout,
         follow_up: None,
         snapshots: context.snapshots.clone(),
+        judges: context.judges.clone(),
         shared: context.shared.clone(),
         identity,
         client,
@@ -579,7 +581,14 @@ impl<S: Stream> Session<S> {
                 if let (Some(first), Some(last)) = (changes.first(), changes.last()) {
                     let (from, to) = (first.position, last.position);
                     match self.worker.judge(audience, std::mem::take(changes)).await {
-                        Ok(judged) => *changes = judged,
+                        Ok(judged) => {
+                            *changes = judged;
+                            let tables: std::collections::BTreeSet<u32> =
+                                changes.iter().map(|c| c.relid).collect();
+                            for relid in tables {
+                                self.judge_apart(audience, relid, changes).await;
+                            }
+                        }
                         // The worker is restarting: these could not be judged.
                         Err(_) => outgoing.push(Outgoing::Gap {
                             reason: GapReason::PolicyFailed,
@@ -613,8 +622,8 @@ impl<S: Stream> Session<S> {
         if skipped_one || matches!(batch, Batch::Reauthorize { .. }) {
             self.reauthorize().await;
         }
-        let judged = self.judge_late(batch).await;
-        let batch = judged.as_ref().unwrap_or(batch);
+        let completed = self.complete_verdicts(batch).await;
+        let batch = completed.as_ref().unwrap_or(batch);
         let mut outgoing = std::mem::take(&mut self.outgoing);
         self.subscriptions.deliver(batch, &mut outgoing);
         let result = self.send_all(batch, &mut outgoing).await;
@@ -625,15 +634,17 @@ impl<S: Stream> Session<S> {
         result
     }
 
-    /// `batch` with the verdicts the worker did not attach before it was published, for
-    /// subscriptions it began judging only since (made again at a catalog change); `None` if
-    /// there are none. Judged now, so that their changes are not taken for invisible.
-    async fn judge_late(&self, batch: &Batch) -> Option<Batch> {
+    /// `batch` with the verdicts still missing for this connection's subscriptions, or `None`
+    /// if none are: those the worker did not attach before it was published (a subscription
+    /// it began judging since, at a catalog change), and those of audiences it judges apart,
+    /// which the judge gives. Without them the changes would count as not visible.
+    async fn complete_verdicts(&self, batch: &Batch) -> Option<Batch> {
         let Batch::Changes(changes) = batch else {
             return None;
         };
         let late = self.subscriptions.judged_late(changes);
-        if late.is_empty() {
+        let apart = self.subscriptions.judged_apart(changes);
+        if late.is_empty() && apart.is_empty() {
             return None;
         }
         let mut copies: Vec<Change> = changes.iter().map(Change::copy).collect();
@@ -654,15 +665,46 @@ impl<S: Stream> Session<S> {
                     .as_ref()
                     .ok()
                     .and_then(|j| j.get(n)?.verdict(audience))
-                    .unwrap_or(Verdict {
-                        new_visible: false,
-                        old_visible: false,
-                        failed: true,
-                    });
-                copies[i].add_verdict(audience, verdict);
+                    .unwrap_or(Verdict::FAILED);
+                copies[i].set_verdict(audience, verdict);
             }
         }
+        for (audience, relid) in apart {
+            self.judge_apart(audience, relid, &mut copies).await;
+        }
         Some(Batch::Changes(copies))
+    }
+
+    /// Have the judge decide what `audience`, judged apart, may see of the changes of `relid`
+    /// among `changes` that wait for it; a failure is a missed change, as it is in the worker.
+    async fn judge_apart(&self, audience: AudienceId, relid: u32, changes: &mut [Change]) {
+        let which: Vec<usize> = (0..changes.len())
+            .filter(|&i| {
+                changes[i].relid == relid && changes[i].verdict(audience).is_some_and(|v| v.apart)
+            })
+            .collect();
+        if which.is_empty() {
+            return;
+        }
+        let visible = match self.shared.apart(audience) {
+            Some(spec) => {
+                let waiting: Vec<&Change> = which.iter().map(|&i| &changes[i]).collect();
+                self.judges.judge(&self.worker, &spec, &waiting).await
+            }
+            None => Err("the audience is no longer judged apart".to_string()),
+        };
+        for (n, &i) in which.iter().enumerate() {
+            let verdict = match &visible {
+                Ok(v) => Verdict {
+                    new_visible: v[n][0],
+                    old_visible: v[n][1],
+                    failed: false,
+                    apart: false,
+                },
+                Err(_) => Verdict::FAILED,
+            };
+            changes[i].set_verdict(audience, verdict);
+        }
     }
 
     async fn send_all(
