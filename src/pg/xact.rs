@@ -33,6 +33,18 @@ pub fn in_transaction<T, E>(
     result
 }
 
+/// Run `f` in the transaction under way, or in one of its own if there is none.
+pub fn in_any_transaction<T>(
+    f: impl FnOnce() -> Result<T, String> + UnwindSafe,
+) -> Result<T, String> {
+    // SAFETY: a plain read of the transaction state, on a Postgres thread.
+    if unsafe { pg_sys::IsTransactionState() } {
+        f()
+    } else {
+        in_transaction(f, |e| e)
+    }
+}
+
 /// Run `f` in a subtransaction, as a PL/pgSQL EXCEPTION block does: an ERROR it raises is
 /// rolled back and becomes its message, and the surrounding transaction carries on.
 pub fn in_subtransaction<T>(f: impl FnOnce() -> T + UnwindSafe) -> Result<T, String> {

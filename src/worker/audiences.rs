@@ -13,7 +13,7 @@
 use super::claims_column;
 use super::policy::Policies;
 use super::security::{as_subscriber, set_setting, with_time_limit};
-use crate::pg::xact::{in_subtransaction, in_transaction};
+use crate::pg::xact::{in_any_transaction, in_subtransaction};
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 use pgrx::{PgBuiltInOids, PgOid};
@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 /// Longest the policies of one audience may take over one batch here; past it (or on an
 /// error) the audience is judged apart from then on, this batch included.
-const INLINE_TIME_LIMIT: Duration = Duration::from_millis(25);
+const INLINE_TIME_LIMIT: Duration = Duration::from_millis(50);
 /// Longest all audiences together may take over one batch, so that delivery to everyone
 /// never waits longer: audiences not reached by then have this batch judged apart. Each batch
 /// starts with the audience after the last one judged, so none is always last.
@@ -74,6 +74,8 @@ pub struct Audiences {
     plans: HashMap<String, OwnedPreparedStatement>,
     /// Where the last batch's judging one by one stopped.
     resume_after: AudienceId,
+    /// A catalog change came since the policies were read.
+    stale: bool,
 }
 
 /// Which of a batch's row images pass, new then old per change (two entries per change).
@@ -88,6 +90,7 @@ impl Audiences {
             audiences: BTreeMap::new(),
             plans: HashMap::new(),
             resume_after: 0,
+            stale: false,
         }
     }
 
@@ -137,18 +140,32 @@ impl Audiences {
             if a.members == 0 {
                 let a = self.audiences.remove(&id).expect("present");
                 self.ids.remove(&a.key);
-                if a.apart {
-                    self.shared.set_apart(id, None);
-                }
+                self.shared.set_apart(id, None);
             }
         }
     }
 
-    /// The policies changed (a committed catalog change): every audience takes its policies
-    /// as they are now, keeping its id, so that what is judged after this point is judged by
-    /// the new rules while its sessions authorize again. Policies that cannot be read any more
-    /// (the table is gone) admit nothing.
-    pub fn refresh(&mut self) {
+    /// The policies may have changed (a committed catalog change): every audience takes its
+    /// policies as they are then before it is judged again, keeping its id, so that what is
+    /// judged after this point is judged by the new rules while its sessions authorize again.
+    /// A run of catalog changes costs one reading.
+    pub fn policies_changed(&mut self) {
+        self.stale = true;
+    }
+
+    fn refresh_if_stale(&mut self) {
+        if !std::mem::take(&mut self.stale) {
+            return;
+        }
+        let _ = in_any_transaction(std::panic::AssertUnwindSafe(|| {
+            self.refresh();
+            Ok(())
+        }));
+    }
+
+    /// Read every audience's policies again. Policies that cannot be read any more (the
+    /// table is gone) admit nothing.
+    fn refresh(&mut self) {
         self.plans.clear();
         for (id, a) in self.audiences.iter_mut() {
             let loaded = in_subtransaction(|| {
@@ -169,10 +186,9 @@ impl Audiences {
                 self.ids.entry(a.key.clone()).or_insert(*id);
             }
             a.over_claims = over_claims;
-            // New policies get a new chance here.
-            if std::mem::take(&mut a.apart) {
-                self.shared.set_apart(*id, None);
-            }
+            // New policies get a new chance here. (Its spec stays listed: changes published
+            // before this point may still wait for the judge, by the rules they were under.)
+            a.apart = false;
         }
     }
 
@@ -194,6 +210,7 @@ impl Audiences {
     /// Attach to each change (of one table, read back from the history) the verdict of one
     /// audience; a failure, or an audience that no longer exists, is a failed verdict.
     pub fn judge_one(&mut self, id: AudienceId, changes: &mut [Change]) {
+        self.refresh_if_stale();
         let which: Vec<usize> = (0..changes.len()).collect();
         let judged = match self.audiences.get(&id) {
             Some(a) if a.apart => None,
@@ -221,6 +238,7 @@ impl Audiences {
         if self.audiences.is_empty() {
             return;
         }
+        self.refresh_if_stale();
         if self.plans.len() > MAX_PLANS {
             self.plans.clear();
         }
@@ -496,7 +514,7 @@ pub fn run(
     plans: &mut HashMap<String, OwnedPreparedStatement>,
     limit: Duration,
 ) -> Result<Vec<(i64, i64)>, String> {
-    let mut run = || {
+    let run = || {
         with_time_limit(limit, || {
             in_subtransaction(std::panic::AssertUnwindSafe(|| {
                 let one = match claims {
@@ -539,10 +557,5 @@ pub fn run(
             .and_then(|r| r)
         })
     };
-    // SAFETY: a plain read of the transaction state on the worker's Postgres thread.
-    if unsafe { pg_sys::IsTransactionState() } {
-        run()
-    } else {
-        in_transaction(std::panic::AssertUnwindSafe(run), |e| e)
-    }
+    in_any_transaction(std::panic::AssertUnwindSafe(run))
 }

@@ -4,7 +4,7 @@
 use super::audiences::Audiences;
 use super::rows::Rows;
 use crate::event::{decode_record, events, EventRef, Item, Record};
-use crate::pg::xact::in_transaction;
+use crate::pg::xact::in_any_transaction;
 use crate::queue;
 use pgrx::pg_sys;
 use realtime_core::bridge::{Batch, BatchSender, Change, EndReason, GapReason, Shared, Txn};
@@ -342,7 +342,8 @@ impl Publisher {
     /// record: once that lock is free, the catalogs read here are the new ones. The audiences
     /// judged here then take their new policies, before anything after it is judged.
     fn catalog_changed(&mut self, xid: u32) {
-        let mut refresh = || {
+        self.audiences.policies_changed();
+        let result = in_any_transaction(|| {
             // SAFETY: in a transaction, on the worker's Postgres thread; an xid no longer
             // running returns at once.
             unsafe {
@@ -354,15 +355,8 @@ impl Publisher {
                 );
                 pg_sys::AcceptInvalidationMessages();
             }
-            self.audiences.refresh();
-            Ok::<(), String>(())
-        };
-        // SAFETY: a plain read of the transaction state on the worker's Postgres thread.
-        let result = if unsafe { pg_sys::IsTransactionState() } {
-            refresh()
-        } else {
-            in_transaction(std::panic::AssertUnwindSafe(refresh), |e| e)
-        };
+            Ok(())
+        });
         if let Err(e) = result {
             pgrx::warning!("realtime_ext: could not take in a catalog change: {e}");
         }

@@ -215,8 +215,8 @@ pub struct SubscriptionSet<K> {
     replayed: u64,
     /// Subscription ends in batches it skipped, to send with the next delivery.
     pending_ends: Vec<(u32, EndReason)>,
-    /// A skipped batch (or one whose contents are unknown) may have changed who may see what:
-    /// authorize again before the next delivery.
+    /// A catalog change went by (read, skipped, or unknown): authorize again before the next
+    /// delivery.
     reauthorize_pending: bool,
     /// Bumped whenever a subscription is made or ends (for the connection report).
     generation: u64,
@@ -463,6 +463,11 @@ impl<K> SubscriptionSet<K> {
         apart.sort_unstable();
         apart.dedup();
         apart
+    }
+
+    /// Authorize again before the next delivery.
+    pub fn reauthorize_later(&mut self) {
+        self.reauthorize_pending = true;
     }
 
     /// Whether a batch this connection skipped may have changed who may see what (told once).

@@ -618,8 +618,11 @@ impl<S: Stream> Session<S> {
     async fn deliver(&mut self, batch: &Batch) -> Result<(), WsError> {
         // Whatever was committed after a change to who may see what is delivered under the
         // rules it made.
-        let skipped_one = self.subscriptions.take_reauthorize();
-        if skipped_one || matches!(batch, Batch::Reauthorize { .. }) {
+        // Authorized again before the next delivery, not at each marker: a run of catalog
+        // changes costs one pass.
+        if let Batch::Reauthorize { .. } = batch {
+            self.subscriptions.reauthorize_later();
+        } else if self.subscriptions.take_reauthorize() {
             self.reauthorize().await;
         }
         let completed = self.complete_verdicts(batch).await;
@@ -643,8 +646,7 @@ impl<S: Stream> Session<S> {
             return None;
         };
         let late = self.subscriptions.judged_late(changes);
-        let apart = self.subscriptions.judged_apart(changes);
-        if late.is_empty() && apart.is_empty() {
+        if late.is_empty() && self.subscriptions.judged_apart(changes).is_empty() {
             return None;
         }
         let mut copies: Vec<Change> = changes.iter().map(Change::copy).collect();
@@ -669,7 +671,8 @@ impl<S: Stream> Session<S> {
                 copies[i].set_verdict(audience, verdict);
             }
         }
-        for (audience, relid) in apart {
+        // After the late ones: the worker may have left those to the judge too.
+        for (audience, relid) in self.subscriptions.judged_apart(&copies) {
             self.judge_apart(audience, relid, &mut copies).await;
         }
         Some(Batch::Changes(copies))
