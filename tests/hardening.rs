@@ -495,6 +495,45 @@ fn memory_held_for_slow_clients_is_bounded_and_returned() {
 }
 
 #[test]
+fn memory_returns_once_the_clients_that_needed_it_are_gone() {
+    let _heavy = heavy();
+    let cluster = Cluster::start("memory_return", &["realtime.max_anonymous_per_address = 0"]);
+    let mut db = cluster.client();
+    db.batch_execute("CREATE TABLE burst (id int, pad text); SELECT realtime_watch('burst')")
+        .unwrap();
+    let baseline = cluster.worker_rss_kib();
+    // 2,000 subscribers that never read, and a burst of 20,000 rows of 1 kB.
+    let idle: Vec<TcpStream> = (0..2000).map(|_| non_reader(&cluster, "burst")).collect();
+    for chunk in 0..20i32 {
+        db.execute(
+            "INSERT INTO burst SELECT i, repeat('x', 1000) FROM generate_series($1 * 1000, $1 * 1000 + 999) i",
+            &[&chunk],
+        )
+        .unwrap();
+    }
+    let mut peak = cluster.worker_rss_kib();
+    let settled = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < settled {
+        peak = peak.max(cluster.worker_rss_kib());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(idle);
+    // Back near where it started once they are gone.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let bound = baseline + 64 * 1024;
+    let mut now = cluster.worker_rss_kib();
+    while now > bound {
+        assert!(
+            Instant::now() < deadline,
+            "worker RSS {now} KiB, {baseline} KiB before the clients came, {peak} KiB at their peak"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        now = cluster.worker_rss_kib();
+    }
+    eprintln!("worker RSS: {baseline} KiB before, {peak} KiB at the peak, {now} KiB after");
+}
+
+#[test]
 fn a_client_that_keeps_up_never_pays_for_those_that_do_not() {
     let _heavy = heavy();
     // Default settings, as a deployment would have them.

@@ -45,6 +45,8 @@ pub struct Fanout {
     sessions: Mutex<Vec<Weak<Slot>>>,
     /// Most sessions alive since memory was last handed back to the system.
     peak_sessions: AtomicUsize,
+    /// The most the ring held since memory was last given back.
+    peak_ring_bytes: AtomicUsize,
     next_session: AtomicU64,
     /// Batches handed to sessions, counted once per session (for /health).
     handed: AtomicU64,
@@ -131,6 +133,7 @@ impl Fanout {
             stalled_bytes: AtomicUsize::new(0),
             sessions: Mutex::new(Vec::new()),
             peak_sessions: AtomicUsize::new(0),
+            peak_ring_bytes: AtomicUsize::new(0),
             next_session: AtomicU64::new(1),
             handed: AtomicU64::new(0),
             started: Instant::now(),
@@ -258,7 +261,7 @@ impl Fanout {
             .min()
             .unwrap_or(handing)
             .min(handing);
-        self.return_memory_when_sessions_leave(live.len());
+        let sessions = live.len();
         let mut stalled: Vec<(u64, Arc<Slot>)> = live
             .into_iter()
             .filter_map(|slot| {
@@ -308,16 +311,31 @@ impl Fanout {
             ring.first += 1;
         }
         self.evict(&mut ring);
+        let ring_bytes = ring.bytes;
+        drop(ring);
+        self.return_memory(sessions, ring_bytes);
     }
 }
 
 impl Fanout {
-    /// malloc keeps what thousands of departed sessions freed (their buffers, the batches they
-    /// held) for reuse; once at least half of a crowd of over 1,000 has gone, give it back.
-    fn return_memory_when_sessions_leave(&self, live: usize) {
-        let peak = self.peak_sessions.fetch_max(live, Relaxed).max(live);
-        if peak > 1000 && live < peak / 2 {
-            self.peak_sessions.store(live, Relaxed);
+    /// malloc keeps what departed sessions freed (their buffers, the batches they held) for
+    /// reuse; give it back once at least half of a crowd of over 100 sessions has gone (all of
+    /// it, in the end), or once the ring holds less than half of what it held, over 32 MB.
+    fn return_memory(&self, sessions: usize, ring_bytes: usize) {
+        let peak_sessions = self
+            .peak_sessions
+            .fetch_max(sessions, Relaxed)
+            .max(sessions);
+        let peak_bytes = self
+            .peak_ring_bytes
+            .fetch_max(ring_bytes, Relaxed)
+            .max(ring_bytes);
+        let sessions_left = (peak_sessions > 100 && sessions < peak_sessions / 2)
+            || (peak_sessions > 0 && sessions == 0);
+        let ring_shrank = peak_bytes > 32 << 20 && ring_bytes < peak_bytes / 2;
+        if sessions_left || ring_shrank {
+            self.peak_sessions.store(sessions, Relaxed);
+            self.peak_ring_bytes.store(ring_bytes, Relaxed);
             // SAFETY: malloc_trim only releases free heap memory; any thread may call it.
             unsafe { libc::malloc_trim(0) };
         }
