@@ -16,14 +16,15 @@ dir=$(mktemp -d); chmod 777 "$dir"
 DROP TABLE IF EXISTS overflow_probe;
 CREATE TABLE overflow_probe (id bigserial PRIMARY KEY, pad text);
 SELECT realtime_watch('overflow_probe');
+SELECT format('GRANT SELECT ON overflow_probe TO %I', current_setting('realtime.anon_role')) \gexec
 SQL
 data=$("$BIN/psql" -XAtc "SHOW data_directory")
 worker=$("$BIN/psql" -XAtc "SELECT pid FROM pg_stat_activity WHERE backend_type = 'realtime_ext'")
-# Reads every change until 60 s pass without one, then prints what it got.
+# Reads every change until longer than the stop passes without one, then prints what it got.
 "$(dirname "$0")/target/release/realtime_bench" count --ws "ws://127.0.0.1:${WSPORT:-8080}/realtime" \
-  --table overflow_probe --events 1000000000 >"$dir/reader.json" 2>/dev/null &
+  --table overflow_probe --events 1000000000 --idle $(( STOPPED + 20 )) >"$dir/reader.json" 2>/dev/null &
 reader=$!
-trap 'kill -CONT $worker 2>/dev/null; kill $reader 2>/dev/null; rm -rf "$dir"' EXIT
+trap 'kill -CONT $worker 2>/dev/null || true; kill $reader 2>/dev/null || true; rm -rf "$dir"' EXIT
 sleep 1
 echo "INSERT INTO overflow_probe (pad) VALUES (repeat('x', 200));" > "$dir/w.sql"
 write() { (cd "$dir" && "$BIN/pgbench" -n -c "$CLIENTS" -j 2 -T "$2" -f w.sql --log --log-prefix="$1" >/dev/null 2>&1); }

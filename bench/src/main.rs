@@ -5,12 +5,15 @@
 //!   latency  --clients N --events E --rate R [--payload BYTES]   commit->client latency
 //!   fanout   --clients N --seconds S --batch B                   delivered messages/s
 //!   idle     --clients N --worker-pid PID                        memory per idle connection, subscribe time
-//!   count    --events E                                          receive E changes (bulk transaction check)
+//!   count    --events E [--idle S]                               receive E changes (bulk transaction check),
+//!                                                                or until none came for S seconds
 //!   rls      --clients N --events E --rate R --mode M [--secret S --worker-pid PID]
 //!            row-level security: N clients, each a distinct user, each change visible to one
 //!            of them. M: policy (owner = claim, compiled), subselect (a policy the worker judges
 //!            per batch), filter (no RLS, each client filtered to its rows: the baseline),
-//!            perquery (no delivery: one query per subscriber per change, as Supabase checks)
+//!            perquery (no delivery: one query per subscriber per change, as Supabase checks),
+//!            gated (a function of the claims the worker judges per user; with --troubled 1,
+//!            two more users whose policy sleeps 2 s or raises)
 //!   resume   --clients N --steady M --rate R --before S --away S --after S
 //!            N clients drop for `away` seconds while one writer commits R rows/s, then resume
 //!            with `since`; M clients stay connected. Time until each resumed client caught up,

@@ -326,6 +326,8 @@ pub async fn idle(args: &Args) -> Value {
 pub async fn count(args: &Args) -> Value {
     let table = args.str("table", "bench_bulk");
     let events = args.num("events", 1_000_000.0) as u64;
+    // Stop after this long without a change (pings do not count).
+    let idle = Duration::from_secs_f64(args.num("idle", 60.0));
     let mut ws = client::subscriber(&url(args), 0, &table)
         .await
         .expect("subscribe");
@@ -333,18 +335,20 @@ pub async fn count(args: &Args) -> Value {
     let mut got = 0u64;
     let mut gaps = 0u64;
     let mut first: Option<Instant> = None;
-    while got < events {
-        match tokio::time::timeout(Duration::from_secs(60), ws.next()).await {
+    let mut last = Instant::now();
+    while got < events && last.elapsed() < idle {
+        match tokio::time::timeout(Duration::from_secs(1), ws.next()).await {
             Ok(Some(Ok(Message::Text(t)))) => {
                 first.get_or_insert_with(Instant::now);
+                last = Instant::now();
                 if t.starts_with(r#"{"type":"gap""#) {
                     gaps += 1;
                 } else {
                     got += 1;
                 }
             }
-            Ok(Some(Ok(_))) => {}
-            _ => break,
+            Ok(Some(Ok(_))) | Err(_) => {}
+            Ok(_) => break,
         }
     }
     json!({
@@ -389,9 +393,26 @@ pub async fn rls(args: &Args) -> Value {
             "CREATE POLICY member ON bench_rls USING (EXISTS (SELECT FROM bench_members m
                WHERE m.owner = bench_rls.owner AND m.member = current_setting('request.jwt.claims', true)::json->>'sub'))"
         }
+        // Judged by the worker for each user apart (a function of the claims); the users
+        // `slow` and `failing`, when `--troubled 1` connects them, make it sleep 2 s or raise.
+        "gated" => {
+            "CREATE FUNCTION bench_gate() RETURNS bool LANGUAGE plpgsql STABLE AS $$
+             BEGIN
+                 IF current_setting('request.jwt.claims', true)::json->>'sub' = 'slow' THEN
+                     PERFORM pg_sleep(2);
+                 END IF;
+                 IF current_setting('request.jwt.claims', true)::json->>'sub' = 'failing' THEN
+                     RAISE EXCEPTION 'bench: this policy fails';
+                 END IF;
+                 RETURN true;
+             END $$;
+             CREATE POLICY mine ON bench_rls USING (bench_gate()
+                 AND owner = current_setting('request.jwt.claims', true)::json->>'sub')"
+        }
         "filter" => "SELECT",
         other => panic!("unknown --mode {other}"),
     };
+    let troubled = args.num("troubled", 0.0) > 0.0;
     let rls = if mode == "filter" {
         "DISABLE"
     } else {
@@ -399,6 +420,7 @@ pub async fn rls(args: &Args) -> Value {
     };
     db.batch_execute(&format!(
         "DROP TABLE IF EXISTS bench_rls, bench_members;
+         DROP FUNCTION IF EXISTS bench_gate();
          CREATE TABLE bench_rls (id bigint PRIMARY KEY, owner text, sent_at_us bigint, payload text);
          CREATE TABLE bench_members (owner text, member text);
          INSERT INTO bench_members SELECT 'u' || g, 'u' || g FROM generate_series(0, {clients} - 1) g;
@@ -436,6 +458,21 @@ pub async fn rls(args: &Args) -> Value {
                 Ok(ws) => sockets.push(ws),
                 Err(e) => return failed("rls", args, format!("client {i}: {e}")),
             }
+        }
+    }
+    // Users whose policies misbehave, read but not measured.
+    for (k, user) in ["slow", "failing"].iter().enumerate().filter(|_| troubled) {
+        let claims = json!({"role": "bench_user", "sub": user});
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap();
+        let url = format!("{}?token={token}", url(args));
+        match client::subscribe_with(&url, clients + k, "bench_rls", None).await {
+            Ok(mut ws) => drop(tokio::spawn(async move { while let Some(Ok(_)) = ws.next().await {} })),
+            Err(e) => return failed("rls", args, format!("{user}: {e}")),
         }
     }
     let progress = Arc::new(Progress::default());
