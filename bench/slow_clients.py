@@ -2,11 +2,13 @@
 """Slow clients against a healthy one, on the demo cluster (./demo.sh).
 
 N clients subscribe to table `burst` and never read; one healthy client subscribes to `pulse`
-and reads promptly. A burst of rows commits to `burst` while `pulse` gets 10 rows/s. Prints the
-worker's peak RSS, the healthy client's gaps and worst latency, and the RSS after the slow
-clients leave.
+and reads promptly, and another reads `burst` promptly. A burst of rows commits to `burst`
+(in one transaction, or in `burst_txns` from 4 writers) while `pulse` gets 10 rows/s. Prints
+the worker's peak RSS, the healthy client's gaps and worst latency, how much of the burst the
+prompt reader received and the gaps it was told of, the transactions the queue lost, and the
+RSS after the slow clients leave.
 
-    bench/slow_clients.py [non_readers=10000] [burst_rows=200000] [row_bytes=100]
+    bench/slow_clients.py [non_readers=10000] [burst_rows=200000] [row_bytes=100] [burst_txns=1]
 
 Needs `ulimit -n` above N (run as root; the script raises its soft limit to the hard one).
 Plain sockets only: no WebSocket library needed.
@@ -16,6 +18,7 @@ import base64, json, os, resource, socket, struct, subprocess, sys, threading, t
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 10000
 ROWS = int(sys.argv[2]) if len(sys.argv) > 2 else 200000
 ROW_BYTES = int(sys.argv[3]) if len(sys.argv) > 3 else 100
+TXNS = int(sys.argv[4]) if len(sys.argv) > 4 else 1
 WS_PORT = int(os.environ.get("WSPORT", "8080"))
 BIN = subprocess.run(["bash", "-c", ". scripts/lib.sh && echo $BIN"], check=True, capture_output=True,
                      text=True, cwd=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")).stdout.strip()
@@ -104,6 +107,28 @@ def main():
         stuck.append(s)
     healthy = connect()
     buf = subscribe(healthy, "pulse")
+    prompt = connect(source="127.0.0.1")
+    prompt_buf = subscribe(prompt, "burst")
+    burst_got, burst_gaps = [0], []
+
+    def read_burst():
+        nonlocal prompt_buf
+        prompt.settimeout(20)
+        try:
+            while True:
+                op, payload, prompt_buf = read_frame(prompt, prompt_buf)
+                if op != 1:
+                    continue
+                m = json.loads(payload)
+                if m["type"] == "gap":
+                    burst_gaps.append(m["reason"])
+                elif m["type"] == "change":
+                    burst_got[0] += 1
+        except (socket.timeout, EOFError):
+            pass
+
+    burst_reader = threading.Thread(target=read_burst)
+    burst_reader.start()
     sent, got, gaps, worst = {}, [], [], [0.0]
 
     def read():
@@ -126,8 +151,17 @@ def main():
 
     reader = threading.Thread(target=read)
     reader.start()
-    burst = subprocess.Popen(PSQL + ["-c", f"INSERT INTO burst SELECT g, repeat('x', {ROW_BYTES}) "
-                                          f"FROM generate_series(1, {ROWS}) g"])
+    if TXNS == 1:
+        burst = subprocess.Popen(PSQL + ["-c", f"INSERT INTO burst SELECT g, repeat('x', {ROW_BYTES}) "
+                                              f"FROM generate_series(1, {ROWS}) g"])
+    else:
+        script = f"/tmp/slow_clients_burst_{os.getpid()}.sql"
+        with open(script, "w") as f:
+            f.write(f"INSERT INTO burst SELECT g, repeat('x', {ROW_BYTES}) FROM generate_series(1, {ROWS // TXNS}) g;\n")
+        os.chmod(script, 0o644)
+        pgbench = [f"{BIN}/pgbench", "-h", "localhost", "-p", os.environ.get("PGPORT", "54320"),
+                   "-U", "postgres", "-n", "-c", "4", "-j", "2", "-t", str(TXNS // 4), "-f", script, "postgres"]
+        burst = subprocess.Popen(pgbench, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     peak, i = rss_before, 0
     while burst.poll() is None or i < 30:
         sent[i] = time.monotonic()
@@ -142,9 +176,13 @@ def main():
     time.sleep(2)
     rss_after = worker_rss_mib()
     reader.join()
+    burst_reader.join()
+    health = json.loads(subprocess.run(["curl", "-s", f"http://127.0.0.1:{WS_PORT}/health"], capture_output=True).stdout)
     print(f"non-readers={N} burst_rows={ROWS} row_bytes={ROW_BYTES}")
     print(f"worker RSS: before {rss_before:.0f} MiB, peak {peak:.0f} MiB, after the slow clients left {rss_after:.0f} MiB")
     print(f"healthy client: {len(got)} of {i} pulse rows, {len(gaps)} gaps, worst latency {worst[0] * 1000:.0f} ms")
+    reasons = {r: burst_gaps.count(r) for r in set(burst_gaps)}
+    print(f"prompt reader of burst: {burst_got[0]} of {ROWS // TXNS * TXNS} rows, gaps {reasons}; queue lost {health['queue']['lost_transactions']} transactions")
     sql("DROP TABLE burst, pulse")
 
 

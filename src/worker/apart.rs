@@ -13,12 +13,14 @@ use realtime_core::net::apart::{Answer, Job, JOB_TIME_LIMIT, SOCKET};
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Largest job read (the row images of the changes waiting for one audience).
 const MAX_JOB: u32 = 256 << 20;
 /// How often a judge waiting for work looks at its interrupts (SIGTERM ends it).
 const IDLE_CHECK: Duration = Duration::from_secs(1);
+/// A policy that keeps failing is logged once per this interval, with how often it failed.
+const LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Start the judge; it connects to the judge socket on its own.
 pub fn launch() -> Result<(), String> {
@@ -53,9 +55,16 @@ pub extern "C-unwind" fn realtime_judge_main(_arg: pg_sys::Datum) {
         return;
     }
     let mut plans = HashMap::new();
+    let mut logged = HashMap::new();
     while let Some(job) = read_job(&mut socket) {
         let answer = match job {
-            Ok(job) => judge(&job, &mut plans),
+            Ok(job) => {
+                let answer = judge(&job, &mut plans);
+                if let Answer::Failed(why) = &answer {
+                    log_failure(&mut logged, &job.spec.name, why);
+                }
+                answer
+            }
             Err(why) => Answer::Failed(why),
         };
         let answer = serde_json::to_vec(&answer).expect("an answer serializes");
@@ -115,12 +124,19 @@ fn judge(job: &Job, plans: &mut HashMap<String, pgrx::spi::OwnedPreparedStatemen
     let visible = passed.map(|passed| images.tally(1, passed).pop().unwrap_or_default());
     match visible {
         Ok(visible) => Answer::Visible(visible.chunks(2).map(|v| [v[0], v[1]]).collect()),
-        Err(why) => {
-            warning!(
-                "realtime_ext: row security policies of {} failed: {why}",
-                job.spec.name
-            );
-            Answer::Failed(why)
-        }
+        Err(why) => Answer::Failed(why),
+    }
+}
+
+/// Warn of a failed policy, at most once per `LOG_EVERY` for each audience's table and role.
+fn log_failure(logged: &mut HashMap<String, (Option<Instant>, u64)>, name: &str, why: &str) {
+    let (last, failed) = logged.entry(name.to_string()).or_insert((None, 0));
+    *failed += 1;
+    if last.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
+        warning!(
+            "realtime_ext: row security policies of {name} failed ({failed} times since this was last logged): {why}"
+        );
+        *last = Some(Instant::now());
+        *failed = 0;
     }
 }
