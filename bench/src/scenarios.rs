@@ -471,7 +471,9 @@ pub async fn rls(args: &Args) -> Value {
         .unwrap();
         let url = format!("{}?token={token}", url(args));
         match client::subscribe_with(&url, clients + k, "bench_rls", None).await {
-            Ok(mut ws) => drop(tokio::spawn(async move { while let Some(Ok(_)) = ws.next().await {} })),
+            Ok(mut ws) => drop(tokio::spawn(async move {
+                while let Some(Ok(_)) = ws.next().await {}
+            })),
             Err(e) => return failed("rls", args, format!("{user}: {e}")),
         }
     }
