@@ -97,7 +97,9 @@ def main():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     sql("DROP TABLE IF EXISTS burst, pulse; CREATE TABLE burst (id int, pad text); "
-        "CREATE TABLE pulse (id int); SELECT realtime_watch('burst'); SELECT realtime_watch('pulse')")
+        "CREATE TABLE pulse (id int); SELECT realtime_watch('burst'); SELECT realtime_watch('pulse'); "
+        "DO $$ BEGIN EXECUTE format('GRANT SELECT ON burst, pulse TO %I', "
+        "current_setting('realtime.anon_role')); END $$")
     rss_before = worker_rss_mib()
     stuck = []
     for i in range(N):
@@ -113,7 +115,7 @@ def main():
 
     def read_burst():
         nonlocal prompt_buf
-        prompt.settimeout(20)
+        prompt.settimeout(120)
         try:
             while True:
                 op, payload, prompt_buf = read_frame(prompt, prompt_buf)
