@@ -11,7 +11,7 @@
 use crate::gucs;
 use crate::pg::xact::in_transaction;
 use crate::worker::{as_subscriber, usable_role};
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime};
+use pgrx::bgworkers::BackgroundWorker;
 use pgrx::prelude::*;
 use pgrx::spi::quote_identifier;
 use realtime_core::auth::Principal;
@@ -69,17 +69,12 @@ fn realtime_snapshot_token() -> String {
 
 /// Start a reader for `ticket`; it connects to the snapshot socket on its own.
 pub fn launch(ticket: u64) -> Result<(), String> {
-    BackgroundWorkerBuilder::new("realtime_ext snapshot reader")
-        .set_type("realtime_ext snapshot")
-        .set_library("realtime_ext")
-        .set_function("realtime_snapshot_main")
-        .set_argument(Some(pg_sys::Datum::from(ticket as usize)))
-        .enable_spi_access()
-        .set_start_time(BgWorkerStartTime::RecoveryFinished)
-        .set_restart_time(None)
-        .load_dynamic()
-        .map(|_| ())
-        .map_err(|_| "no background worker slot is free; raise max_worker_processes".to_string())
+    crate::pg::launch_worker(
+        "realtime_ext snapshot reader",
+        "realtime_ext snapshot",
+        "realtime_snapshot_main",
+        ticket as usize,
+    )
 }
 
 #[pg_guard]

@@ -127,3 +127,21 @@ pub fn setting(name: &CStr) -> String {
     // out before any other GUC call.
     unsafe { string_from(pg_sys::GetConfigOption(name.as_ptr(), true, false)) }
 }
+
+/// Start a background worker of this library, once (not restarted), that runs `function`
+/// with `arg` and connects to the database itself: `name` in the server log, `kind` in
+/// `pg_stat_activity.backend_type`.
+pub fn launch_worker(name: &str, kind: &str, function: &str, arg: usize) -> Result<(), String> {
+    use pgrx::bgworkers::{BackgroundWorkerBuilder, BgWorkerStartTime};
+    BackgroundWorkerBuilder::new(name)
+        .set_type(kind)
+        .set_library("realtime_ext")
+        .set_function(function)
+        .set_argument(Some(pg_sys::Datum::from(arg)))
+        .enable_spi_access()
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(None)
+        .load_dynamic()
+        .map(|_| ())
+        .map_err(|_| "no background worker slot is free; raise max_worker_processes".to_string())
+}

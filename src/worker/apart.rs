@@ -7,7 +7,7 @@
 
 use super::audiences::{run, As, Images};
 use crate::gucs;
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime};
+use pgrx::bgworkers::BackgroundWorker;
 use pgrx::prelude::*;
 use realtime_core::net::apart::{Answer, Job, JOB_TIME_LIMIT, SOCKET};
 use std::collections::HashMap;
@@ -24,16 +24,12 @@ const LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Start the judge; it connects to the judge socket on its own.
 pub fn launch() -> Result<(), String> {
-    BackgroundWorkerBuilder::new("realtime_ext judge")
-        .set_type("realtime_ext judge")
-        .set_library("realtime_ext")
-        .set_function("realtime_judge_main")
-        .enable_spi_access()
-        .set_start_time(BgWorkerStartTime::RecoveryFinished)
-        .set_restart_time(None)
-        .load_dynamic()
-        .map(|_| ())
-        .map_err(|_| "no background worker slot is free; raise max_worker_processes".to_string())
+    crate::pg::launch_worker(
+        "realtime_ext judge",
+        "realtime_ext judge",
+        "realtime_judge_main",
+        0,
+    )
 }
 
 #[pg_guard]
