@@ -370,6 +370,9 @@ fn clients_that_stop_reading_snapshots_cannot_hold_every_reader() {
     // after the others were stopped may instead be reading it now, to its end).
     let mut stopped = 0;
     for (i, ws) in hostile.iter_mut().enumerate() {
+        // Waiting readers are not served in order: this one may wait for each of the others
+        // to be stopped (5 s each) before its own read starts.
+        ws.set_timeout(Duration::from_secs(60));
         let end = loop {
             let m = ws.recv();
             if m["type"] == "error" || m["type"] == "snapshot_end" {
