@@ -1,5 +1,5 @@
-//! realtime_ext's own WebSocket protocol on `/realtime`: JSON text messages (README.md,
-//! "Protocol"). Parses what clients send and encodes what they are sent, including each
+//! realtime_ext's own WebSocket protocol on `/realtime`: JSON text messages (docs/protocol.md).
+//! Parses what clients send and encodes what they are sent, including each
 //! change's frame, built once per change for every native session.
 
 use crate::auth::AuthError;
