@@ -357,6 +357,18 @@ pub async fn count(args: &Args) -> Value {
     })
 }
 
+/// The WebSocket URL with a token for `bench_user` as user `sub`, signed with `secret`.
+fn url_as(args: &Args, secret: &str, sub: &str) -> String {
+    let claims = json!({"role": "bench_user", "sub": sub});
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap();
+    format!("{}?token={token}", url(args))
+}
+
 /// CPU seconds (user + system) process `pid` has used, from /proc.
 fn process_cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -445,14 +457,7 @@ pub async fn rls(args: &Args) -> Value {
             let (url, filter) = if mode == "filter" {
                 (url(args), Some(format!("owner=eq.{user}")))
             } else {
-                let claims = json!({"role": "bench_user", "sub": user});
-                let token = jsonwebtoken::encode(
-                    &jsonwebtoken::Header::default(),
-                    &claims,
-                    &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-                )
-                .unwrap();
-                (format!("{}?token={token}", url(args)), None)
+                (url_as(args, &secret, &user), None)
             };
             match client::subscribe_with(&url, i, "bench_rls", filter.as_deref()).await {
                 Ok(ws) => sockets.push(ws),
@@ -462,14 +467,7 @@ pub async fn rls(args: &Args) -> Value {
     }
     // Users whose policies misbehave, read but not measured.
     for (k, user) in ["slow", "failing"].iter().enumerate().filter(|_| troubled) {
-        let claims = json!({"role": "bench_user", "sub": user});
-        let token = jsonwebtoken::encode(
-            &jsonwebtoken::Header::default(),
-            &claims,
-            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-        )
-        .unwrap();
-        let url = format!("{}?token={token}", url(args));
+        let url = url_as(args, &secret, user);
         match client::subscribe_with(&url, clients + k, "bench_rls", None).await {
             Ok(mut ws) => drop(tokio::spawn(async move {
                 while let Some(Ok(_)) = ws.next().await {}
