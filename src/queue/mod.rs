@@ -46,6 +46,27 @@ struct Header {
     wake_on_commit: bool,
 }
 
+impl Header {
+    /// An empty queue of `capacity` bytes whose positions start at `next_position`.
+    fn new(lock: *mut pg_sys::LWLock, capacity: u64, next_position: u64) -> Header {
+        Header {
+            lock,
+            capacity,
+            head: 0,
+            tail: 0,
+            overflow_head: 0,
+            overflow_tail: 0,
+            overflow_base: 0,
+            pending_gap_txns: 0,
+            pending_gap_events: 0,
+            lost_txns_total: 0,
+            next_position,
+            worker_latch: ptr::null_mut(),
+            wake_on_commit: false,
+        }
+    }
+}
+
 /// The queue in shared memory, once `shmem_startup` has run.
 static mut QUEUE: Option<Ring> = None;
 
@@ -111,21 +132,11 @@ unsafe extern "C-unwind" fn shmem_startup() {
         overflow::remove();
         ptr::write(
             header,
-            Header {
-                lock: &mut (*pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr())).lock,
-                capacity: crate::gucs::queue_size_bytes() as u64,
-                head: 0,
-                tail: 0,
-                overflow_head: 0,
-                overflow_tail: 0,
-                overflow_base: 0,
-                pending_gap_txns: 0,
-                pending_gap_events: 0,
-                lost_txns_total: 0,
-                next_position: initial_position(),
-                worker_latch: ptr::null_mut(),
-                wake_on_commit: false,
-            },
+            Header::new(
+                &mut (*pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr())).lock,
+                crate::gucs::queue_size_bytes() as u64,
+                initial_position(),
+            ),
         );
     }
     pg_sys::LWLockRelease(init_lock);
@@ -553,24 +564,7 @@ mod tests {
             let lock = pg_sys::palloc0(std::mem::size_of::<pg_sys::LWLock>()).cast();
             pg_sys::LWLockInitialize(lock, pg_sys::LWLockNewTrancheId());
             let header: *mut Header = pg_sys::palloc0(std::mem::size_of::<Header>()).cast();
-            ptr::write(
-                header,
-                Header {
-                    lock,
-                    capacity,
-                    head: 0,
-                    tail: 0,
-                    overflow_head: 0,
-                    overflow_tail: 0,
-                    overflow_base: 0,
-                    pending_gap_txns: 0,
-                    pending_gap_events: 0,
-                    lost_txns_total: 0,
-                    next_position: 1,
-                    worker_latch: ptr::null_mut(),
-                    wake_on_commit: false,
-                },
-            );
+            ptr::write(header, Header::new(lock, capacity, 1));
             Ring {
                 header,
                 data: pg_sys::palloc0(capacity as usize).cast(),

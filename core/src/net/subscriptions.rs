@@ -429,6 +429,9 @@ impl<K> SubscriptionSet<K> {
                     return None;
                 };
                 let from = s.after.max(self.seen);
+                if s.judged_after <= from {
+                    return None;
+                }
                 changes
                     .iter()
                     .any(|c| {
