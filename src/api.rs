@@ -8,7 +8,7 @@ use crate::event::Op;
 use pgrx::prelude::*;
 use pgrx::spi::quote_identifier;
 use pgrx::PgSqlErrorCode::*;
-use realtime_core::bridge::EndReason;
+use realtime_core::change::EndReason;
 use realtime_core::ops::OpSet;
 
 /// Partitioned tables: one row trigger, cloned by PostgreSQL onto every partition.

@@ -9,7 +9,7 @@
 //! Tuple:  TUPLE|op u8 | new len u32 + bytes | old len u32 + bytes
 //!         A change whose images are raw tuples of the last shape, rendered by the worker.
 //! End:    END u8 | relid u32 | reason u8
-//!         Not a change: the table was dropped or unwatched (`realtime_core::bridge::EndReason`).
+//!         Not a change: the table was dropped or unwatched (`realtime_core::change::EndReason`).
 //! Catalog: CATALOG u8
 //!         Not a change: the transaction changed who may see what (GRANT, REVOKE, a policy,
 //!         row security, a role); subscribers are authorized again at this point.

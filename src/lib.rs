@@ -9,9 +9,7 @@
 //! numbers changes, answers catalog questions) -> `realtime_core::bridge` -> network threads
 //! -> browser. `render` turns rows into JSON as row_to_json does (in the writer, or in the
 //! worker for rows recorded with their `shape`); `event` is the byte layout the writer, the
-//! queue and the worker share; `pg` declares the PostgreSQL symbols pgrx lacks; `snapshot` reads a
-//! table for a subscriber (a background worker per read) and names snapshots for SQL readers;
-//! `api` is the SQL surface, `gucs` the settings, `error` how errors reach SQL callers.
+//! queue and the worker share; `pg` declares the PostgreSQL symbols pgrx lacks; `api` is the SQL surface, `gucs` the settings, `error` how errors reach SQL callers.
 
 use pgrx::prelude::*;
 
@@ -25,7 +23,6 @@ mod pg;
 mod queue;
 mod render;
 mod shape;
-mod snapshot;
 mod spill;
 mod worker;
 

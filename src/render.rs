@@ -9,6 +9,26 @@ use pgrx::pg_sys::{self, Datum, Oid};
 use std::cell::RefCell;
 use std::ffi::CStr;
 
+/// Why the worker could not render a transaction's rows (its rest becomes a gap).
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("a captured row is damaged")]
+    DamagedRow,
+    #[error("a captured row without its shape")]
+    NoShape,
+    #[error("the captured shape of {0} is damaged")]
+    DamagedShape(String),
+    #[error("the column types of {0} changed after its rows were captured")]
+    TypesChanged(String),
+    #[error("a rendered row is not valid UTF-8")]
+    NotUtf8,
+    #[error("unknown time zone {0:?}")]
+    UnknownTimeZone(std::ffi::CString),
+    /// PostgreSQL raised an ERROR while rendering: its message.
+    #[error("{0}")]
+    Raised(String),
+}
+
 /// How one column is rendered; mirrors json.c's JsonTypeCategory.
 enum Kind {
     Bool,

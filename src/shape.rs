@@ -45,12 +45,12 @@ impl Settings {
 
     /// Make these the backend's settings (the variables behind the GUCs, not the GUCs: they
     /// are restored when rendering is done). Fails on a time zone this server does not know.
-    pub fn apply(&self) -> Result<(), crate::worker::RenderError> {
+    pub fn apply(&self) -> Result<(), crate::render::RenderError> {
         // SAFETY: writes the session's settings on its own thread; pg_tzset's result is checked before use.
         unsafe {
             let tz = pg_sys::pg_tzset(self.time_zone.as_ptr());
             if tz.is_null() {
-                return Err(crate::worker::RenderError::UnknownTimeZone(
+                return Err(crate::render::RenderError::UnknownTimeZone(
                     self.time_zone.clone(),
                 ));
             }

@@ -14,7 +14,7 @@
 //! file (`HistoryLost`), and what a worker or server that stopped without writing its `Stop`
 //! entry may have lost (`ServerRestart`, written by the next worker).
 
-use crate::bridge::{Batch, Change, EndReason, GapReason, Txn};
+use crate::change::{Batch, Change, EndReason, GapReason, Topic, Txn};
 use crate::ops::Op;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -24,9 +24,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-const MAGIC: &[u8; 8] = b"RTHIST02";
-/// Header: magic, the position the segment starts after, and the bound of the transaction ids
-/// before it (`Inner::xid_bound`).
+/// Every segment starts with this and two digits of its format's version.
+const MAGIC: &[u8; 6] = b"RTHIST";
+/// Header: magic and version, the position the segment starts after, and the bound of the
+/// transaction ids before it (`Inner::xid_bound`).
 const HEADER: u64 = 20;
 /// One index entry per this many bytes of a segment, for seeking to a position.
 const INDEX_EVERY: u64 = 64 * 1024;
@@ -38,6 +39,70 @@ const SEGMENT_MAX: u64 = 64 << 20;
 /// An entry larger than this is taken for garbage when reading.
 const ENTRY_MAX: u32 = 1 << 30;
 
+/// The versions of the entry format. Segments are written in the newest; older ones are read
+/// as long as a release can, and a segment of a version it does not know is refused (left on
+/// disk, reported, its positions a `HistoryLost` gap), never misread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    /// Entries name tables by OID only.
+    V2,
+    /// Entries name topics.
+    V3,
+}
+
+impl Format {
+    const WRITTEN: Format = Format::V3;
+
+    fn of(header: &[u8]) -> Result<Format, String> {
+        match &header[..8] {
+            b"RTHIST02" => Ok(Format::V2),
+            b"RTHIST03" => Ok(Format::V3),
+            m if m.starts_with(MAGIC) => Err(String::from_utf8_lossy(&m[6..]).into_owned()),
+            _ => Err(String::new()),
+        }
+    }
+
+    fn magic(self) -> &'static [u8; 8] {
+        match self {
+            Format::V2 => b"RTHIST02",
+            Format::V3 => b"RTHIST03",
+        }
+    }
+
+    /// One entry, whatever the segment's version, in today's terms.
+    fn decode(self, bytes: &[u8]) -> Option<Entry<'_>> {
+        match self {
+            Format::V3 => postcard::from_bytes(bytes).ok(),
+            Format::V2 => postcard::from_bytes::<v2::Entry>(bytes)
+                .ok()
+                .map(Into::into),
+        }
+    }
+}
+
+/// A topic as an entry stores it.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+enum Key<'a> {
+    Table(u32),
+    Channel(&'a str),
+}
+
+impl Key<'_> {
+    fn of(topic: &Topic) -> Key<'_> {
+        match topic {
+            Topic::Table(relid) => Key::Table(*relid),
+            Topic::Channel(name) => Key::Channel(name),
+        }
+    }
+
+    fn topic(self) -> Topic {
+        match self {
+            Key::Table(relid) => Topic::Table(relid),
+            Key::Channel(name) => Topic::Channel(name.into()),
+        }
+    }
+}
+
 /// What the history holds: one entry per change, gap, end, and clean stop.
 #[derive(Serialize, Deserialize, Debug)]
 enum Entry<'a> {
@@ -46,7 +111,8 @@ enum Entry<'a> {
         xid: u32,
         #[serde(borrow)]
         commit_time: &'a str,
-        relid: u32,
+        #[serde(borrow)]
+        topic: Key<'a>,
         schema: &'a str,
         table: &'a str,
         op: u8,
@@ -57,10 +123,12 @@ enum Entry<'a> {
         reason: u8,
         first: u64,
         last: u64,
-        tables: Option<Vec<u32>>,
+        #[serde(borrow)]
+        topics: Option<Vec<Key<'a>>>,
     },
     Ended {
-        relid: u32,
+        #[serde(borrow)]
+        topic: Key<'a>,
         reason: u8,
         last_position: u64,
     },
@@ -79,8 +147,94 @@ impl Entry<'_> {
     }
 }
 
+/// The entries of the release before topics, read into today's.
+mod v2 {
+    use super::Key;
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Deserialize, Serialize)]
+    pub(super) enum Entry<'a> {
+        Change {
+            position: u64,
+            xid: u32,
+            #[serde(borrow)]
+            commit_time: &'a str,
+            relid: u32,
+            schema: &'a str,
+            table: &'a str,
+            op: u8,
+            new: Option<&'a str>,
+            old: Option<&'a str>,
+        },
+        Gap {
+            reason: u8,
+            first: u64,
+            last: u64,
+            tables: Option<Vec<u32>>,
+        },
+        Ended {
+            relid: u32,
+            reason: u8,
+            last_position: u64,
+        },
+        Stop {
+            last_position: u64,
+        },
+    }
+
+    impl<'a> From<Entry<'a>> for super::Entry<'a> {
+        fn from(entry: Entry<'a>) -> super::Entry<'a> {
+            match entry {
+                Entry::Change {
+                    position,
+                    xid,
+                    commit_time,
+                    relid,
+                    schema,
+                    table,
+                    op,
+                    new,
+                    old,
+                } => super::Entry::Change {
+                    position,
+                    xid,
+                    commit_time,
+                    topic: Key::Table(relid),
+                    schema,
+                    table,
+                    op,
+                    new,
+                    old,
+                },
+                Entry::Gap {
+                    reason,
+                    first,
+                    last,
+                    tables,
+                } => super::Entry::Gap {
+                    reason,
+                    first,
+                    last,
+                    topics: tables.map(|t| t.into_iter().map(Key::Table).collect()),
+                },
+                Entry::Ended {
+                    relid,
+                    reason,
+                    last_position,
+                } => super::Entry::Ended {
+                    topic: Key::Table(relid),
+                    reason,
+                    last_position,
+                },
+                Entry::Stop { last_position } => super::Entry::Stop { last_position },
+            }
+        }
+    }
+}
+
 struct Segment {
     path: PathBuf,
+    format: Format,
     /// Positions after this one are in this segment or later ones.
     after: u64,
     /// The last position it accounts for (`after` while empty).
@@ -102,8 +256,11 @@ struct Inner {
     limits: Limits,
     /// An append failed: the next starts a new segment, leaving a hole readers report.
     broken: bool,
-    /// The gap entries it holds: (first, last, tables), for `complete` without reading.
-    gaps: Vec<(u64, u64, Option<Vec<u32>>)>,
+    /// The gap entries it holds: (first, last, topics), for `complete` without reading.
+    gaps: Vec<GapSpan>,
+    /// Positions after this one, up to the first segment read, are in segments of a format
+    /// this release does not know: a `HistoryLost` gap rather than an expired one.
+    refused_after: Option<u64>,
     /// Every change published so far has a transaction id preceding this one (0: unknown):
     /// what lets a snapshot find where the changes it does not contain begin.
     xid_bound: u32,
@@ -124,6 +281,9 @@ fn later(a: u32, b: u32) -> u32 {
     }
 }
 
+/// A gap entry's first and last position and the topics it concerns (`None`: all).
+type GapSpan = (u64, u64, Option<Vec<Topic>>);
+
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     pub bytes: u64,
@@ -137,6 +297,8 @@ pub struct Recovered {
     pub last_position: u64,
     /// It ends with a clean stop.
     pub stopped_cleanly: bool,
+    /// Files left unread, each with why (a format this release does not know), to log.
+    pub refused: Vec<String>,
 }
 
 pub struct History {
@@ -161,12 +323,27 @@ impl History {
         let mut recovered = Recovered {
             last_position: 0,
             stopped_cleanly: false,
+            refused: Vec::new(),
         };
         let mut xid_bound = 0;
+        let mut refused_after = None;
         for (after, path) in names {
-            let Some((segment, stop)) = scan(&path, after, &mut gaps, &mut xid_bound)? else {
-                let _ = fs::remove_file(&path);
-                continue;
+            let (segment, stop) = match scan(&path, after, &mut gaps, &mut xid_bound)? {
+                Scanned::Segment(segment, stop) => (segment, stop),
+                Scanned::Garbage => {
+                    let _ = fs::remove_file(&path);
+                    continue;
+                }
+                Scanned::Unknown(version) => {
+                    recovered.refused.push(format!(
+                        "{} is in history format {version:?}, which this release cannot read; its changes cannot be resumed from",
+                        path.display()
+                    ));
+                    if segments.is_empty() {
+                        refused_after.get_or_insert(after);
+                    }
+                    continue;
+                }
             };
             recovered.last_position = recovered.last_position.max(segment.last);
             recovered.stopped_cleanly = stop;
@@ -180,6 +357,7 @@ impl History {
                 limits,
                 broken: false,
                 gaps,
+                refused_after,
                 xid_bound,
             }),
         };
@@ -240,9 +418,9 @@ impl History {
         self.inner().segments.front().map_or(0, |s| s.after)
     }
 
-    /// Whether reading from `after` through `through` gives everything of table `relid`
-    /// with no gap: nothing older than the history, no hole, no gap entry concerning it.
-    pub fn complete(&self, after: u64, through: u64, relid: u32) -> bool {
+    /// Whether reading from `after` through `through` gives everything of `topic` with no
+    /// gap: nothing older than the history, no hole, no gap entry concerning it.
+    pub fn complete(&self, after: u64, through: u64, topic: &Topic) -> bool {
         let inner = self.inner();
         let Some(first) = inner.segments.front() else {
             return false;
@@ -253,8 +431,8 @@ impl History {
             .iter()
             .zip(inner.segments.iter().skip(1))
             .any(|(a, b)| b.after > a.last && overlaps(a.last + 1, b.after));
-        let gaps = inner.gaps.iter().any(|(first, last, tables)| {
-            overlaps(*first, *last) && tables.as_ref().is_none_or(|t| t.contains(&relid))
+        let gaps = inner.gaps.iter().any(|(first, last, topics)| {
+            overlaps(*first, *last) && topics.as_ref().is_none_or(|t| t.contains(topic))
         });
         first.after <= after && !holes && !gaps
     }
@@ -290,7 +468,7 @@ impl History {
                         position: c.position,
                         xid: c.txn.xid,
                         commit_time: &c.txn.commit_time,
-                        relid: c.relid,
+                        topic: Key::of(&c.topic),
                         schema: &c.names.0,
                         table: &c.names.1,
                         op: c.op as u8,
@@ -303,19 +481,19 @@ impl History {
                 reason,
                 first_position,
                 last_position,
-                tables,
+                topics,
             } => add(Entry::Gap {
                 reason: *reason as u8,
                 first: *first_position,
                 last: *last_position,
-                tables: tables.clone(),
+                topics: topics.as_ref().map(|t| t.iter().map(Key::of).collect()),
             })?,
             Batch::Ended {
-                relid,
+                topic,
                 reason,
                 last_position,
             } => add(Entry::Ended {
-                relid: *relid,
+                topic: Key::of(topic),
                 reason: *reason as u8,
                 last_position: *last_position,
             })?,
@@ -328,11 +506,11 @@ impl History {
         if let Batch::Gap {
             first_position,
             last_position,
-            tables,
+            topics,
             ..
         } = batch
         {
-            let gap = (*first_position, *last_position, tables.clone());
+            let gap = (*first_position, *last_position, topics.clone());
             self.inner().gaps.push(gap);
         }
         Ok(())
@@ -405,13 +583,14 @@ impl History {
             .truncate(true)
             .write(true)
             .open(&path)?;
-        file.write_all(MAGIC)?;
+        file.write_all(Format::WRITTEN.magic())?;
         file.write_all(&after.to_le_bytes())?;
         file.write_all(&inner.xid_bound.to_le_bytes())?;
         // A segment with this name (an empty one left by a failure) is replaced.
         inner.segments.retain(|s| s.path != path);
         inner.segments.push_back(Segment {
             path,
+            format: Format::WRITTEN,
             after,
             last: after,
             len: HEADER,
@@ -457,7 +636,7 @@ impl History {
                     .take_while(|(position, _, _)| *position <= after)
                     .last()
                     .map_or(HEADER, |(_, offset, _)| *offset);
-                (s.path.clone(), s.after, start, s.len)
+                (s.path.clone(), s.format, s.after, start, s.len)
             })
             .collect();
         Reader {
@@ -465,13 +644,14 @@ impl History {
             after,
             through,
             floor: inner.segments.front().map(|s| s.after),
+            refused_after: inner.refused_after,
             current: None,
             reported: after,
         }
     }
 }
 
-fn frame(out: &mut Vec<u8>, entry: &Entry) -> io::Result<()> {
+fn frame(out: &mut Vec<u8>, entry: &impl Serialize) -> io::Result<()> {
     let payload = postcard::to_stdvec(entry).map_err(io::Error::other)?;
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
@@ -493,22 +673,36 @@ fn read_frame(file: &mut impl Read, buf: &mut Vec<u8>) -> Option<u64> {
     (crc32fast::hash(buf) == crc).then_some(8 + len as u64)
 }
 
-/// Check a segment from the start, cutting it at the first torn or corrupt entry: the
-/// segment, and whether it ends with a clean stop. `None` if it is not a segment.
+/// What a file of the history directory turned out to be.
+enum Scanned {
+    /// A segment, and whether it ends with a clean stop.
+    Segment(Segment, bool),
+    /// A segment of a version this release does not read.
+    Unknown(String),
+    /// Not a segment (an empty file left by a crash).
+    Garbage,
+}
+
+/// Check a segment from the start, cutting it at the first torn or corrupt entry.
 fn scan(
     path: &Path,
     named_after: u64,
-    gaps: &mut Vec<(u64, u64, Option<Vec<u32>>)>,
+    gaps: &mut Vec<GapSpan>,
     xid_bound: &mut u32,
-) -> io::Result<Option<(Segment, bool)>> {
+) -> io::Result<Scanned> {
     let mut file = OpenOptions::new().read(true).write(true).open(path)?;
     let mut header = [0u8; HEADER as usize];
-    if file.read_exact(&mut header).is_err() || &header[..8] != MAGIC {
-        return Ok(None);
+    if file.read_exact(&mut header).is_err() {
+        return Ok(Scanned::Garbage);
     }
+    let format = match Format::of(&header) {
+        Ok(format) => format,
+        Err(version) if !version.is_empty() => return Ok(Scanned::Unknown(version)),
+        Err(_) => return Ok(Scanned::Garbage),
+    };
     let after = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
     if after != named_after {
-        return Ok(None);
+        return Ok(Scanned::Garbage);
     }
     let xid_base = u32::from_le_bytes(header[16..].try_into().expect("4 bytes"));
     *xid_bound = later(*xid_bound, xid_base);
@@ -516,6 +710,7 @@ fn scan(
     let mut reader = io::BufReader::new(&mut file);
     let mut segment = Segment {
         path: path.to_path_buf(),
+        format,
         after,
         last: after,
         len: HEADER,
@@ -526,7 +721,7 @@ fn scan(
     let mut stop = false;
     let mut buf = Vec::new();
     while let Some(size) = read_frame(&mut reader, &mut buf) {
-        let Ok(entry) = postcard::from_bytes::<Entry>(&buf) else {
+        let Some(entry) = format.decode(&buf) else {
             break;
         };
         if segment
@@ -546,11 +741,12 @@ fn scan(
         if let Entry::Gap {
             first,
             last,
-            tables,
+            topics,
             ..
         } = entry
         {
-            gaps.push((first, last, tables));
+            let topics = topics.map(|t| t.into_iter().map(Key::topic).collect());
+            gaps.push((first, last, topics));
         }
         segment.len += size;
     }
@@ -558,17 +754,18 @@ fn scan(
     if file.metadata()?.len() != segment.len {
         file.set_len(segment.len)?;
     }
-    Ok(Some((segment, stop)))
+    Ok(Scanned::Segment(segment, stop))
 }
 
 /// Reads entries after a position, across segments; see `History::read`.
 pub struct Reader {
-    /// (path, starts after, offset to start reading at, bytes to read up to).
-    segments: VecDeque<(PathBuf, u64, u64, u64)>,
+    /// (path, format, starts after, offset to start reading at, bytes to read up to).
+    segments: VecDeque<(PathBuf, Format, u64, u64, u64)>,
     after: u64,
     through: u64,
     floor: Option<u64>,
-    current: Option<(io::BufReader<io::Take<File>>, u64)>,
+    refused_after: Option<u64>,
+    current: Option<(io::BufReader<io::Take<File>>, Format)>,
     /// The last position accounted for so far: a segment starting later leaves a hole.
     reported: u64,
 }
@@ -582,11 +779,16 @@ impl Iterator for Reader {
         if let Some(floor) = self.floor.take() {
             if self.after < floor {
                 self.reported = floor;
+                // What a segment this release could not read held is lost, not expired.
+                let reason = match self.refused_after {
+                    Some(refused) if refused <= self.after => GapReason::HistoryLost,
+                    _ => GapReason::HistoryExpired,
+                };
                 return Some(Batch::Gap {
-                    reason: GapReason::HistoryExpired,
+                    reason,
                     first_position: self.after + 1,
                     last_position: floor.min(self.through),
-                    tables: None,
+                    topics: None,
                 });
             }
         }
@@ -596,17 +798,18 @@ impl Iterator for Reader {
                 return None;
             }
             if self.current.is_none() {
-                let (path, segment_after, start, len) = self.segments.pop_front()?;
+                let (path, format, segment_after, start, len) = self.segments.pop_front()?;
                 if segment_after > self.reported {
                     // Nothing accounts for the positions between the two.
                     let gap = Batch::Gap {
                         reason: GapReason::HistoryLost,
                         first_position: self.reported + 1,
                         last_position: segment_after.min(self.through),
-                        tables: None,
+                        topics: None,
                     };
                     self.reported = segment_after;
-                    self.segments.push_front((path, segment_after, start, len));
+                    self.segments
+                        .push_front((path, format, segment_after, start, len));
                     return Some(gap);
                 }
                 let Ok(mut file) = File::open(&path) else {
@@ -615,14 +818,15 @@ impl Iterator for Reader {
                 if file.seek(SeekFrom::Start(start)).is_err() {
                     continue;
                 }
-                self.current = Some((io::BufReader::new(file.take(len - start)), start));
+                self.current = Some((io::BufReader::new(file.take(len - start)), format));
             }
-            let (reader, _) = self.current.as_mut().expect("open");
+            let (reader, format) = self.current.as_mut().expect("open");
+            let format = *format;
             let Some(_) = read_frame(reader, &mut buf) else {
                 self.current = None;
                 continue;
             };
-            let Ok(entry) = postcard::from_bytes::<Entry>(&buf) else {
+            let Some(entry) = format.decode(&buf) else {
                 self.current = None;
                 continue;
             };
@@ -648,7 +852,7 @@ fn replayed(entry: Entry) -> Option<Batch> {
             position,
             xid,
             commit_time,
-            relid,
+            topic,
             schema,
             table,
             op,
@@ -660,7 +864,7 @@ fn replayed(entry: Entry) -> Option<Batch> {
                 xid,
                 commit_time: commit_time.to_string(),
             }),
-            relid,
+            topic.topic(),
             Arc::new((schema.to_string(), table.to_string())),
             Op::from_u8(op)?,
             new.map(Into::into),
@@ -670,19 +874,19 @@ fn replayed(entry: Entry) -> Option<Batch> {
             reason,
             first,
             last,
-            tables,
+            topics,
         } => Batch::Gap {
             reason: GapReason::from_u8(reason)?,
             first_position: first,
             last_position: last,
-            tables,
+            topics: topics.map(|t| t.into_iter().map(Key::topic).collect()),
         },
         Entry::Ended {
-            relid,
+            topic,
             reason,
             last_position,
         } => Batch::Ended {
-            relid,
+            topic: topic.topic(),
             reason: EndReason::from_u8(reason)?,
             last_position,
         },
@@ -701,7 +905,7 @@ mod unit {
                 xid: 7,
                 commit_time: "2026-11-23T00:00:00Z".into(),
             }),
-            relid,
+            Topic::Table(relid),
             Arc::new(("public".into(), "t".into())),
             Op::Insert,
             Some(format!("{{\"id\":{position}}}").into()),
@@ -787,7 +991,7 @@ mod unit {
             .unwrap();
         history
             .append(&Batch::Ended {
-                relid: 1,
+                topic: Topic::Table(1),
                 reason: EndReason::Dropped,
                 last_position: 110,
             })
@@ -801,16 +1005,22 @@ mod unit {
             ["109", "110", "end 110", "111"]
         );
         assert_eq!(positions(history.read(112, 112)), Vec::<String>::new());
-        assert!(history.complete(100, 112, 1) && !history.complete(99, 112, 1));
+        assert!(
+            history.complete(100, 112, &Topic::Table(1))
+                && !history.complete(99, 112, &Topic::Table(1))
+        );
         history
             .append(&Batch::Gap {
                 reason: GapReason::QueueOverflow,
                 first_position: 113,
                 last_position: 113,
-                tables: Some(vec![2]),
+                topics: Some(vec![Topic::Table(2)]),
             })
             .unwrap();
-        assert!(history.complete(100, 113, 1) && !history.complete(100, 113, 2));
+        assert!(
+            history.complete(100, 113, &Topic::Table(1))
+                && !history.complete(100, 113, &Topic::Table(2))
+        );
         // Older than the history: a gap first, then everything.
         let all = positions(history.read(50, 112));
         assert_eq!(all[0], "HistoryExpired 51-100");
@@ -822,7 +1032,8 @@ mod unit {
             recovered,
             Recovered {
                 last_position: 113,
-                stopped_cleanly: true
+                stopped_cleanly: true,
+                refused: Vec::new(),
             }
         );
         assert_eq!(
@@ -830,7 +1041,7 @@ mod unit {
             ["110", "end 110", "111", "112", "QueueOverflow 113-113"]
         );
         assert!(
-            !history.complete(100, 113, 2),
+            !history.complete(100, 113, &Topic::Table(2)),
             "gaps are found again on opening"
         );
         let _ = fs::remove_dir_all(&dir);
@@ -858,7 +1069,8 @@ mod unit {
             recovered,
             Recovered {
                 last_position: 2,
-                stopped_cleanly: false
+                stopped_cleanly: false,
+                refused: Vec::new(),
             }
         );
         // The next worker starts a segment after what it published since: 3..=9 are a hole.
@@ -869,9 +1081,9 @@ mod unit {
             positions(history.read(0, 10)),
             ["1", "2", "HistoryLost 3-9", "10"]
         );
-        assert!(history.complete(0, 2, 1));
-        assert!(!history.complete(0, 10, 1));
-        assert!(history.complete(9, 10, 1));
+        assert!(history.complete(0, 2, &Topic::Table(1)));
+        assert!(!history.complete(0, 10, &Topic::Table(1)));
+        assert!(history.complete(9, 10, &Topic::Table(1)));
         let _ = fs::remove_dir_all(&dir);
     }
 
@@ -900,5 +1112,63 @@ mod unit {
         assert_eq!(read[0], format!("HistoryExpired 1-{floor}"));
         assert_eq!(read.len() as u64, 1 + 2_000 - floor);
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn segments_of_the_previous_format_are_read_and_unknown_ones_refused() {
+        let dir = dir("formats");
+        fs::create_dir_all(&dir).unwrap();
+        let segment = |magic: &[u8], after: u64, entries: &[v2::Entry]| {
+            let mut bytes = magic.to_vec();
+            bytes.extend_from_slice(&after.to_le_bytes());
+            bytes.extend_from_slice(&0u32.to_le_bytes());
+            for entry in entries {
+                frame(&mut bytes, entry).unwrap();
+            }
+            fs::write(dir.join(format!("{after:016x}")), bytes).unwrap();
+        };
+        // A newer release's segment, then one of the release before topics.
+        segment(b"RTHIST99", 0, &[]);
+        let change = v2::Entry::Change {
+            position: 11,
+            xid: 7,
+            commit_time: "2026-11-23T00:00:00Z",
+            relid: 5,
+            schema: "public",
+            table: "t",
+            op: Op::Insert as u8,
+            new: Some("{}"),
+            old: None,
+        };
+        let gap = v2::Entry::Gap {
+            reason: GapReason::QueueOverflow as u8,
+            first: 12,
+            last: 12,
+            tables: Some(vec![5]),
+        };
+        segment(b"RTHIST02", 10, &[change, gap]);
+        let (history, recovered) = History::open(&dir, ROOMY).unwrap();
+        assert_eq!(recovered.last_position, 12);
+        assert_eq!(recovered.refused.len(), 1, "{:?}", recovered.refused);
+        assert!(recovered.refused[0].contains("\"99\""));
+        assert!(dir.join(format!("{:016x}", 0)).exists(), "left for the DBA");
+        // What the refused segment held is lost, not expired; the old one reads as topics.
+        assert_eq!(
+            positions(history.read(0, 12)),
+            ["HistoryLost 1-10", "11", "QueueOverflow 12-12"]
+        );
+        let mut read = history.read(10, 12);
+        let Some(Batch::Changes(c)) = read.next() else {
+            panic!("a change")
+        };
+        assert_eq!(c[0].topic, Topic::Table(5));
+        assert!(!history.complete(10, 12, &Topic::Table(5)));
+        assert!(history.complete(10, 12, &Topic::Table(6)));
+        // New entries go to a segment of today's format.
+        history
+            .append(&Batch::Changes(vec![super::unit::change(13, 5)]))
+            .unwrap();
+        let (again, _) = History::open(&dir, ROOMY).unwrap();
+        assert_eq!(positions(again.read(12, 13)), ["13"]);
     }
 }

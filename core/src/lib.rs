@@ -3,8 +3,8 @@
 //!
 //! - `ops`: the four kinds of change and sets of them.
 //! - `auth`: verifying JWTs into the principal (role and claims) a connection acts as.
-//! - `bridge`: the only types that cross between the worker's Postgres thread and the network
-//!   threads: `Change`, `Batch`, `Request`/`WorkerHandle`, `Shared` numbers and `Limits`.
+//! - `change`: the data everything passes around: `Change`, `Batch`, `Topic`, `Verdict`.
+//! - `bridge`: the worker channel: `Request`s the network threads send the worker.
 //! - `filter`: `column=op.value` filters: parsing, and matching rows the way SQL compares.
 //! - `history`: published changes kept on disk, read back for clients that resume.
 //! - `snapshot`: which transactions a snapshot contains, and what its reader is asked and sends.
@@ -15,6 +15,7 @@
 
 pub mod auth;
 pub mod bridge;
+pub mod change;
 pub mod filter;
 pub mod history;
 pub mod net;

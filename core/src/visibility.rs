@@ -7,7 +7,7 @@
 //! Policies that need the database (sub-selects, functions of the row) are judged by the worker
 //! for each batch, once per distinct role and claims: `Checked`, with verdicts on the change.
 
-use crate::bridge::Change;
+use crate::change::{AudienceId, Change};
 use serde_json::{Map, Value};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -24,37 +24,6 @@ pub enum RowAccess {
     /// The worker judges each change for this audience (one role and claims) and attaches
     /// its verdict (`Change::verdict`).
     Checked(AudienceId),
-}
-
-/// One distinct (table, role, claims) the worker evaluates policies for.
-pub type AudienceId = u64;
-
-/// A verdict of the worker on one change for one audience.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Verdict {
-    pub new_visible: bool,
-    pub old_visible: bool,
-    /// The policy could not be evaluated (an error or the time limit): the audience is told
-    /// it missed the change.
-    pub failed: bool,
-    /// Not judged here: the audience is judged apart (`net::apart`), and its sessions ask the
-    /// judge before they deliver the change.
-    pub apart: bool,
-}
-
-impl Verdict {
-    pub const FAILED: Verdict = Verdict {
-        new_visible: false,
-        old_visible: false,
-        failed: true,
-        apart: false,
-    };
-    pub const APART: Verdict = Verdict {
-        new_visible: false,
-        old_visible: false,
-        failed: false,
-        apart: true,
-    };
 }
 
 /// How an audience judged apart is judged: as whom, and the statement the worker runs for it

@@ -10,7 +10,7 @@ mod utility;
 mod xact;
 
 /// Once the current transaction commits, subscriptions to `relid` end with `reason`.
-pub fn end_subscriptions(relid: pgrx::pg_sys::Oid, reason: realtime_core::bridge::EndReason) {
+pub fn end_subscriptions(relid: pgrx::pg_sys::Oid, reason: realtime_core::change::EndReason) {
     pending::push_end(relid.to_u32(), reason)
 }
 

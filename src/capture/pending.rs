@@ -124,7 +124,7 @@ pub fn push_tuple(op: Op, new: Option<&[u8]>, old: Option<&[u8]>) {
 }
 
 /// The table's subscriptions end once this transaction commits (it drops or unwatches it).
-pub fn push_end(relid: u32, reason: realtime_core::bridge::EndReason) {
+pub fn push_end(relid: u32, reason: realtime_core::change::EndReason) {
     append(false, |buf| encode_end(buf, relid, reason as u8))
 }
 

@@ -18,8 +18,9 @@ use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 use pgrx::{PgBuiltInOids, PgOid};
 use realtime_core::auth::Principal;
-use realtime_core::bridge::{Change, Shared};
-use realtime_core::visibility::{ApartSpec, AudienceId, Verdict};
+use realtime_core::change::{AudienceId, Change, Topic, Verdict};
+use realtime_core::net::shared::Shared;
+use realtime_core::visibility::ApartSpec;
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -245,7 +246,7 @@ impl Audiences {
         let started = Instant::now();
         let of_table = |relid: u32| -> Vec<usize> {
             (0..changes.len())
-                .filter(|i| changes[*i].relid == relid)
+                .filter(|i| changes[*i].topic == Topic::Table(relid))
                 .collect()
         };
         // `None`: judged apart.

@@ -4,8 +4,8 @@
 use super::audiences::{Audiences, Condition};
 use super::casts;
 use super::policy::Policies;
+use super::roles::{optional, role, Answer, Role};
 use super::security::with_time_limit;
-use crate::gucs;
 use crate::pg::xact::{in_subtransaction, in_transaction};
 use pgrx::prelude::*;
 use realtime_core::auth::Principal;
@@ -15,20 +15,9 @@ use realtime_core::ops::{Op, OpSet};
 use realtime_core::visibility::RowAccess;
 use std::collections::HashSet;
 
-type Answer<T> = Result<T, ResolveError>;
-
 /// Longest a catalog question may keep the worker from delivering changes: a domain CHECK
 /// that sleeps is cancelled past it.
 const REQUEST_TIME_LIMIT: std::time::Duration = std::time::Duration::from_millis(250);
-
-/// pgrx reports "no row" as an error; here it is an answer.
-fn optional<T: Default>(result: Result<T, pgrx::spi::Error>) -> Answer<T> {
-    match result {
-        Ok(v) => Ok(v),
-        Err(pgrx::spi::Error::InvalidPosition) => Ok(T::default()),
-        Err(e) => Err(ResolveError::Internal(e.to_string())),
-    }
-}
 
 /// Answer one question. `published`: the last position judged so far, where an audience
 /// joined now begins.
@@ -87,7 +76,7 @@ pub fn answer(request: Request, audiences: &mut Audiences, published: u64) {
             let _ = reply.send(super::apart::launch().map_err(ResolveError::Internal));
         }
         Request::StartSnapshot { ticket, reply } => {
-            let _ = reply.send(crate::snapshot::launch(ticket).map_err(ResolveError::Internal));
+            let _ = reply.send(super::snapshot::launch(ticket).map_err(ResolveError::Internal));
         }
         Request::Release { audience } => audiences.leave(audience),
         Request::Judge {
@@ -105,61 +94,6 @@ pub fn answer(request: Request, audiences: &mut Audiences, published: u64) {
 /// (numeric itself allows 131,072 digits: one such value in an `in` list rendered 128 KiB.)
 const MAX_FILTER_DIGITS: usize = 1000;
 const MAX_FILTER_EXPONENT: i64 = 1000;
-
-/// The role `principal` may act as, checked as for a subscription (for snapshot readers).
-pub fn usable_role(principal: &Principal) -> Answer<pg_sys::Oid> {
-    role(principal).map(|r| r.oid)
-}
-
-/// The role a principal acts as, once it is known to be one it may use.
-struct Role {
-    oid: pg_sys::Oid,
-    /// Superuser or BYPASSRLS: row security never applies.
-    bypasses_rls: bool,
-}
-
-/// Check that `principal`'s role exists and may be used: the anonymous role always (a
-/// superuser named it), any other only if realtime.authenticator is a member of it; and a
-/// superuser or BYPASSRLS role only if realtime.allow_privileged_roles is on.
-fn role(principal: &Principal) -> Answer<Role> {
-    let anon = gucs::anon_role();
-    let authenticator = gucs::authenticator();
-    let (oid, privileged, granted) = optional(Spi::get_three_with_args::<i64, bool, bool>(
-        "SELECT r.oid::int8, r.rolsuper OR r.rolbypassrls,
-                EXISTS (SELECT FROM pg_roles a
-                         WHERE a.rolname = $2 AND pg_has_role(a.oid, r.oid, 'MEMBER'))
-           FROM pg_roles r WHERE r.rolname = $1",
-        &[
-            principal.role.as_str().into(),
-            authenticator.as_str().into(),
-        ],
-    ))?;
-    let name = &principal.role;
-    let Some(oid) = oid else {
-        return Err(ResolveError::Unauthorized(format!(
-            "role \"{name}\" does not exist"
-        )));
-    };
-    let privileged = privileged == Some(true);
-    if privileged && !gucs::allow_privileged_roles() {
-        return Err(ResolveError::Unauthorized(format!(
-            "role \"{name}\" is a superuser or has BYPASSRLS; realtime.allow_privileged_roles is off"
-        )));
-    }
-    if *name != anon && granted != Some(true) {
-        return Err(ResolveError::Unauthorized(if authenticator.is_empty() {
-            format!("role \"{name}\" may not be used: realtime.authenticator is not set")
-        } else {
-            format!(
-                "role \"{name}\" is not granted to realtime.authenticator (\"{authenticator}\")"
-            )
-        }));
-    }
-    Ok(Role {
-        oid: pg_sys::Oid::from(oid as u32),
-        bypasses_rls: privileged,
-    })
-}
 
 /// Most tables one `tables` answer lists.
 const MAX_TABLES_LISTED: i64 = 1000;

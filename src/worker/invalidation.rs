@@ -6,7 +6,7 @@
 
 use crate::pg::xact::in_transaction;
 use pgrx::pg_sys;
-use realtime_core::bridge::Shared;
+use realtime_core::net::shared::Shared;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Mutex;

@@ -11,12 +11,10 @@ mod invalidation;
 mod policy;
 mod publisher;
 mod retention;
+mod roles;
 mod rows;
 mod security;
-
-pub use catalog::usable_role;
-pub use rows::RenderError;
-pub use security::as_subscriber;
+mod snapshot;
 
 use crate::{gucs, queue};
 use pgrx::bgworkers::{
@@ -25,7 +23,8 @@ use pgrx::bgworkers::{
 use pgrx::prelude::*;
 use publisher::Publisher;
 use realtime_core::auth::AuthConfig;
-use realtime_core::bridge::{self, Limits, Shared};
+use realtime_core::bridge::{self};
+use realtime_core::net::shared::{Limits, Shared};
 use realtime_core::net::tls::{self, TlsAcceptor};
 use realtime_core::net::{self, fanout::Fanout};
 use std::io::Read;

@@ -7,8 +7,10 @@ use crate::event::{decode_record, events, EventRef, Item, Record};
 use crate::pg::xact::in_any_transaction;
 use crate::queue;
 use pgrx::pg_sys;
-use realtime_core::bridge::{Batch, BatchSender, Change, EndReason, GapReason, Shared, Txn};
+use realtime_core::change::{Batch, Change, EndReason, GapReason, Topic, Txn};
 use realtime_core::history::History;
+use realtime_core::net::fanout::Fanout;
+use realtime_core::net::shared::Shared;
 use std::collections::HashMap;
 use std::io::Read;
 use std::sync::atomic::Ordering::Relaxed;
@@ -73,7 +75,7 @@ impl Names {
 }
 
 pub struct Publisher {
-    tx: BatchSender,
+    tx: Arc<Fanout>,
     names: Names,
     shared: Arc<Shared>,
     buf: Vec<u8>,
@@ -96,7 +98,7 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    pub fn new(tx: BatchSender, shared: Arc<Shared>, history: Option<Arc<History>>) -> Publisher {
+    pub fn new(tx: Arc<Fanout>, shared: Arc<Shared>, history: Option<Arc<History>>) -> Publisher {
         let next_position = queue::next_position();
         shared.position.store(next_position - 1, Relaxed);
         Publisher {
@@ -282,7 +284,7 @@ impl Publisher {
             if let Some(reason) = EndReason::from_u8(reason) {
                 self.flush();
                 self.send(Batch::Ended {
-                    relid,
+                    topic: Topic::Table(relid),
                     reason,
                     last_position: txn.next - 1,
                 });
@@ -373,12 +375,13 @@ impl Publisher {
     }
 
     fn send_gap(&mut self, reason: GapReason, first: u64, last: u64, tables: Option<Vec<u32>>) {
+        let topics = tables.map(|t| t.into_iter().map(Topic::Table).collect());
         self.flush();
         self.send(Batch::Gap {
             reason,
             first_position: first,
             last_position: last,
-            tables,
+            topics,
         });
     }
 
@@ -478,7 +481,7 @@ fn new_change(txn: &Emitting, names: Arc<(String, String)>, ev: &EventRef) -> Ch
     Change::new(
         txn.next,
         txn.txn.clone(),
-        ev.relid,
+        Topic::Table(ev.relid),
         names,
         ev.op,
         ev.new.map(Box::from),

@@ -15,7 +15,7 @@
 use crate::gucs;
 use crate::queue;
 use pgrx::prelude::*;
-use realtime_core::bridge::{Batch, GapReason};
+use realtime_core::change::{Batch, GapReason};
 use realtime_core::history::History;
 use std::path::Path;
 use std::sync::Arc;
@@ -36,6 +36,9 @@ pub fn open() -> Option<Arc<History>> {
             return None;
         }
     };
+    for refused in &recovered.refused {
+        warning!("realtime_ext: history file left unread: {refused}");
+    }
     // Whatever was published before now, written or lost, has an older transaction id.
     // SAFETY: reads the id counter in shared memory under its lock.
     history.published_before(unsafe { pg_sys::ReadNextFullTransactionId() }.value as u32);
@@ -54,7 +57,7 @@ pub fn open() -> Option<Arc<History>> {
             reason: GapReason::ServerRestart,
             first_position: last + 1,
             last_position: next - 1,
-            tables: None,
+            topics: None,
         };
         if let Err(e) = history.append(&gap) {
             warning!("realtime_ext: could not write to the history: {e}");

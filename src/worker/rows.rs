@@ -7,6 +7,7 @@
 use crate::event::{EventRef, Op, ShapeRef, TupleRef};
 use crate::pg::memory::RowMemory;
 use crate::pg::xact::{catching, Transaction};
+use crate::render::RenderError;
 use crate::render::{Casts, RowFormat};
 use crate::shape::{self, Settings};
 use pgrx::pg_sys;
@@ -36,26 +37,6 @@ struct Current {
     schema: String,
     table: String,
     plan: Rc<Plan>,
-}
-
-/// Why the worker could not render a transaction's rows (its rest becomes a gap).
-#[derive(Debug, thiserror::Error)]
-pub enum RenderError {
-    #[error("a captured row is damaged")]
-    DamagedRow,
-    #[error("a captured row without its shape")]
-    NoShape,
-    #[error("the captured shape of {0} is damaged")]
-    DamagedShape(String),
-    #[error("the column types of {0} changed after its rows were captured")]
-    TypesChanged(String),
-    #[error("a rendered row is not valid UTF-8")]
-    NotUtf8,
-    #[error("unknown time zone {0:?}")]
-    UnknownTimeZone(std::ffi::CString),
-    /// PostgreSQL raised an ERROR while rendering: its message.
-    #[error("{0}")]
-    Raised(String),
 }
 
 pub struct Rows {

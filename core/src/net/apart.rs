@@ -6,7 +6,8 @@
 //! The worker starts the judge when a session first needs it; the judge connects to `SOCKET`
 //! and then answers one job at a time: a `Job` (length-prefixed JSON), then an `Answer`.
 
-use crate::bridge::{Change, WorkerHandle};
+use crate::bridge::WorkerHandle;
+use crate::change::Change;
 use crate::visibility::ApartSpec;
 use serde::{Deserialize, Serialize};
 use std::path::Path;

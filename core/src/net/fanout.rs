@@ -12,13 +12,13 @@
 //! clients stays within the budget across all of them; batches every session has read are
 //! dropped, so it is returned when they go.
 //!
-//! A dropped batch leaves a summary behind (its tables, a few bytes), for the sessions that
+//! A dropped batch leaves a summary behind (its topics, a few bytes), for the sessions that
 //! were to read it: a subscription that ends in it still ends. Batches that concern nobody
-//! are dropped as soon as the janitor sees them, so a burst on tables nobody reads costs
+//! are dropped as soon as the janitor sees them, so a burst on topics nobody reads costs
 //! nothing, and a client never gets a gap for a burst that held nothing for it.
 
 use super::interest::{Interests, Keys, SessionId};
-use crate::bridge::Batch;
+use crate::change::{Batch, Topic};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -79,12 +79,12 @@ struct Ring {
 /// What a dropped batch held, for a session that never read it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Summary {
-    /// Changes of these tables.
-    Changes(Box<[u32]>),
-    /// A gap for the clients of these tables (`None`: for everyone).
-    Gap(Option<Box<[u32]>>),
+    /// Changes of these topics.
+    Changes(Box<[Topic]>),
+    /// A gap for the subscribers of these topics (`None`: for everyone).
+    Gap(Option<Box<[Topic]>>),
     /// Subscriptions to this table ended.
-    Ended(u32, crate::bridge::EndReason),
+    Ended(Topic, crate::change::EndReason),
     /// Every session authorizes its subscriptions again.
     Reauthorize,
 }
@@ -93,13 +93,13 @@ impl Summary {
     fn of(batch: &Batch) -> Summary {
         match batch {
             Batch::Changes(changes) => {
-                let mut tables: Vec<u32> = changes.iter().map(|c| c.relid).collect();
-                tables.sort_unstable();
-                tables.dedup();
-                Summary::Changes(tables.into())
+                let mut topics: Vec<&Topic> = changes.iter().map(|c| &c.topic).collect();
+                topics.sort_unstable();
+                topics.dedup();
+                Summary::Changes(topics.into_iter().cloned().collect())
             }
-            Batch::Gap { tables, .. } => Summary::Gap(tables.as_ref().map(|t| t.clone().into())),
-            Batch::Ended { relid, reason, .. } => Summary::Ended(*relid, *reason),
+            Batch::Gap { topics, .. } => Summary::Gap(topics.as_ref().map(|t| t.clone().into())),
+            Batch::Ended { topic, reason, .. } => Summary::Ended(topic.clone(), *reason),
             Batch::Reauthorize { .. } => Summary::Reauthorize,
         }
     }
@@ -432,15 +432,15 @@ impl Registrar {
         lock(&self.slot.inbox).len()
     }
 
-    /// Hand this session the batches that concern a subscription to `relid` narrowed by
+    /// Hand this session the batches that concern a subscription to `topic` narrowed by
     /// `keys`, for as long as the returned `Interest` lives; and the last position of the
     /// batches handed out before (the subscription's changes come after it).
-    pub fn register(&self, relid: u32, keys: Keys) -> (Interest, u64) {
+    pub fn register(&self, topic: Topic, keys: Keys) -> (Interest, u64) {
         let mut index = self.fanout.index();
-        index.interests.add(self.session, &self.slot, relid, &keys);
+        index.interests.add(self.session, &self.slot, &topic, &keys);
         let interest = Interest {
             registrar: self.clone(),
-            relid,
+            topic,
             keys,
         };
         (interest, index.dispatched)
@@ -450,7 +450,7 @@ impl Registrar {
 /// A subscription's place in the index; it leaves when dropped.
 pub struct Interest {
     registrar: Registrar,
-    relid: u32,
+    topic: Topic,
     keys: Keys,
 }
 
@@ -460,7 +460,7 @@ impl Drop for Interest {
         r.fanout
             .index()
             .interests
-            .remove(r.session, self.relid, &self.keys);
+            .remove(r.session, &self.topic, &self.keys);
     }
 }
 
@@ -592,16 +592,16 @@ mod unit {
 
     /// A batch of one change whose image is `n` bytes: it costs 2n + CHANGE_OVERHEAD.
     fn batch(n: usize) -> Batch {
-        let txn = Arc::new(crate::bridge::Txn {
+        let txn = Arc::new(crate::change::Txn {
             xid: 1,
             commit_time: String::new(),
         });
         let names = Arc::new(("s".to_string(), "t".to_string()));
         let image = Some("x".repeat(n).into_boxed_str());
-        Batch::Changes(vec![crate::bridge::Change::new(
+        Batch::Changes(vec![crate::change::Change::new(
             1,
             txn,
-            7,
+            Topic::Table(7),
             names,
             crate::ops::Op::Insert,
             image,
@@ -613,7 +613,7 @@ mod unit {
     fn the_ring_is_bounded_in_bytes_and_batches_and_laggards_are_told() {
         let fanout = Fanout::new(4, 10_000);
         let mut slow = fanout.cursor();
-        let _interest = slow.registrar().register(7, Keys::Everything);
+        let _interest = slow.registrar().register(Topic::Table(7), Keys::Everything);
         for _ in 0..10 {
             fanout.send(batch(1_500));
         }
@@ -630,11 +630,11 @@ mod unit {
         );
         assert!(missed
             .iter()
-            .all(|(_, _, s)| *s == Summary::Changes([7].into())));
+            .all(|(_, _, s)| *s == Summary::Changes([Topic::Table(7)].into())));
         assert!(matches!(slow.try_recv(), Some(Ok(_))));
         // One batch larger than the budget is still delivered.
         let mut fast = fanout.cursor();
-        let _interest = fast.registrar().register(7, Keys::Everything);
+        let _interest = fast.registrar().register(Topic::Table(7), Keys::Everything);
         fanout.send(batch(25_000));
         assert!(matches!(fast.try_recv(), Some(Ok(_))));
         assert_eq!(fanout.ring().batches.len(), 1);
@@ -644,7 +644,7 @@ mod unit {
     fn batches_everyone_has_read_are_dropped() {
         let fanout = Fanout::new(1000, 1 << 30);
         let mut a = fanout.cursor();
-        let interest = a.registrar().register(7, Keys::Everything);
+        let interest = a.registrar().register(Topic::Table(7), Keys::Everything);
         for _ in 0..5 {
             fanout.send(batch(500));
         }
@@ -663,7 +663,8 @@ mod unit {
     fn stalled_sessions_count_their_copies_and_dropped_batches_once() {
         let fanout = Fanout::new(1, 300_000);
         let (mut a, mut b) = (fanout.cursor(), fanout.cursor());
-        let _interests = [&a, &b].map(|c| c.registrar().register(7, Keys::Everything));
+        let _interests =
+            [&a, &b].map(|c| c.registrar().register(Topic::Table(7), Keys::Everything));
         fanout.send(batch(30_000));
         let big = a.try_recv().unwrap().unwrap();
         b.try_recv().unwrap().unwrap();
@@ -697,15 +698,21 @@ mod unit {
         let fanout = Fanout::new(1000, 1 << 30);
         let mut seven = fanout.cursor();
         let mut other = fanout.cursor();
-        let (_seven, before) = seven.registrar().register(7, Keys::Everything);
-        let (_other, _) = other.registrar().register(8, Keys::Everything);
+        let (_seven, before) = seven
+            .registrar()
+            .register(Topic::Table(7), Keys::Everything);
+        let (_other, _) = other
+            .registrar()
+            .register(Topic::Table(8), Keys::Everything);
         assert_eq!(before, 0);
         fanout.send(batch(10));
         assert!(matches!(seven.try_recv(), Some(Ok(_))));
         assert!(other.try_recv().is_none(), "table 8 had no change");
         assert!(futures_util::FutureExt::now_or_never(other.recv()).is_none());
         // A subscription registered now comes after what was handed out.
-        let (_again, after) = other.registrar().register(7, Keys::Everything);
+        let (_again, after) = other
+            .registrar()
+            .register(Topic::Table(7), Keys::Everything);
         assert_eq!(after, 1);
         // A batch nobody reads is dropped by the next sweep.
         fanout.sweep();
@@ -713,7 +720,7 @@ mod unit {
         // Batches that left the ring unread are reported with what they held.
         let small = Fanout::new(2, 1 << 30);
         let mut slow = small.cursor();
-        let _slow = slow.registrar().register(7, Keys::Everything);
+        let _slow = slow.registrar().register(Topic::Table(7), Keys::Everything);
         for _ in 0..5 {
             small.send(batch(10));
         }

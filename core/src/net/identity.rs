@@ -3,7 +3,8 @@
 //! place in realtime.max_connections_per_role.
 
 use crate::auth::{AuthError, Principal, LEEWAY_SECS};
-use crate::bridge::{ResolveError, Shared, WorkerHandle};
+use crate::bridge::{ResolveError, WorkerHandle};
+use crate::net::shared::Shared;
 use crate::protocol::native::{Coded, ErrorCode};
 use std::net::IpAddr;
 use std::sync::Arc;

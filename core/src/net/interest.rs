@@ -11,19 +11,20 @@
 //! The index only ever picks too many receivers, never too few: each session still judges
 //! what it is handed, with its filters and rules.
 
-use crate::bridge::{Batch, Change};
+use crate::change::AudienceId;
+use crate::change::{Batch, Change, Topic};
 use crate::ops::Op;
-use crate::visibility::{AudienceId, RowAccess};
+use crate::visibility::RowAccess;
 use std::collections::HashMap;
 use std::sync::Arc;
 
 /// A session, as the index knows it.
 pub type SessionId = u64;
 
-/// What a subscription registers under its table.
+/// What a subscription registers under its topic.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Keys {
-    /// Every change of the table.
+    /// Every change of the topic.
     Everything,
     /// Changes whose new or old row holds one of these (column, canonical JSON text) pairs.
     Values(Vec<(String, String)>),
@@ -70,8 +71,8 @@ fn take<T>(bucket: &mut Bucket<T>, session: SessionId) -> bool {
     bucket.is_empty()
 }
 
-struct Table<T> {
-    /// Every session subscribed to the table (TRUNCATE, gaps and ends reach them all).
+struct Listeners<T> {
+    /// Every session subscribed to the topic (TRUNCATE, gaps and ends reach them all).
     all: Bucket<T>,
     everything: Bucket<T>,
     /// Column → canonical JSON value → sessions.
@@ -79,9 +80,9 @@ struct Table<T> {
     audiences: HashMap<AudienceId, Bucket<T>>,
 }
 
-impl<T> Default for Table<T> {
+impl<T> Default for Listeners<T> {
     fn default() -> Self {
-        Table {
+        Listeners {
             all: HashMap::new(),
             everything: HashMap::new(),
             values: HashMap::new(),
@@ -90,22 +91,22 @@ impl<T> Default for Table<T> {
     }
 }
 
-/// The index: tables → keys → sessions, each session represented by a `T` to wake.
+/// The index: topics → keys → sessions, each session represented by a `T` to wake.
 pub struct Interests<T> {
-    tables: HashMap<u32, Table<T>>,
+    topics: HashMap<Topic, Listeners<T>>,
 }
 
 impl<T> Default for Interests<T> {
     fn default() -> Self {
         Interests {
-            tables: HashMap::new(),
+            topics: HashMap::new(),
         }
     }
 }
 
 impl<T> Interests<T> {
-    pub fn add(&mut self, session: SessionId, target: &Arc<T>, relid: u32, keys: &Keys) {
-        let table = self.tables.entry(relid).or_default();
+    pub fn add(&mut self, session: SessionId, target: &Arc<T>, topic: &Topic, keys: &Keys) {
+        let table = self.topics.entry(topic.clone()).or_default();
         put(&mut table.all, session, target);
         match keys {
             Keys::Everything => put(&mut table.everything, session, target),
@@ -120,8 +121,8 @@ impl<T> Interests<T> {
     }
 
     /// Undo one `add` with the same arguments.
-    pub fn remove(&mut self, session: SessionId, relid: u32, keys: &Keys) {
-        let Some(table) = self.tables.get_mut(&relid) else {
+    pub fn remove(&mut self, session: SessionId, topic: &Topic, keys: &Keys) {
+        let Some(table) = self.topics.get_mut(topic) else {
             return;
         };
         match keys {
@@ -152,29 +153,29 @@ impl<T> Interests<T> {
             }
         }
         if take(&mut table.all, session) {
-            self.tables.remove(&relid);
+            self.topics.remove(topic);
         }
     }
 
     /// Call `visit` for every session `batch` may concern; a session may be visited more
     /// than once.
     pub fn receivers(&self, batch: &Batch, mut visit: impl FnMut(&Arc<T>)) {
-        let all = |table: &Table<T>| table.all.values().for_each(|(t, _)| visit(t));
+        let all = |table: &Listeners<T>| table.all.values().for_each(|(t, _)| visit(t));
         match batch {
-            Batch::Gap { tables: None, .. } | Batch::Reauthorize { .. } => {
-                self.tables.values().for_each(all)
+            Batch::Gap { topics: None, .. } | Batch::Reauthorize { .. } => {
+                self.topics.values().for_each(all)
             }
             Batch::Gap {
-                tables: Some(relids),
+                topics: Some(topics),
                 ..
-            } => relids
+            } => topics
                 .iter()
-                .filter_map(|r| self.tables.get(r))
+                .filter_map(|t| self.topics.get(t))
                 .for_each(all),
-            Batch::Ended { relid, .. } => self.tables.get(relid).into_iter().for_each(all),
+            Batch::Ended { topic, .. } => self.topics.get(topic).into_iter().for_each(all),
             Batch::Changes(changes) => {
                 for change in changes {
-                    if let Some(table) = self.tables.get(&change.relid) {
+                    if let Some(table) = self.topics.get(&change.topic) {
                         table.receivers(change, &mut visit);
                     }
                 }
@@ -183,7 +184,7 @@ impl<T> Interests<T> {
     }
 }
 
-impl<T> Table<T> {
+impl<T> Listeners<T> {
     fn receivers(&self, change: &Change, visit: &mut impl FnMut(&Arc<T>)) {
         let mut bucket = |b: &Bucket<T>| b.values().for_each(|(t, _)| visit(t));
         // TRUNCATE reaches everyone who may read the table.
@@ -218,8 +219,10 @@ impl<T> Table<T> {
 #[cfg(test)]
 mod unit {
     use super::*;
-    use crate::bridge::Txn;
+    use crate::change::Txn;
     use crate::visibility::Rule;
+
+    const T7: Topic = Topic::Table(7);
 
     fn change(op: Op, new: Option<&str>, old: Option<&str>) -> Change {
         let txn = Arc::new(Txn {
@@ -230,7 +233,7 @@ mod unit {
         Change::new(
             1,
             txn,
-            7,
+            T7,
             names,
             op,
             new.map(Into::into),
@@ -258,9 +261,9 @@ mod unit {
     fn a_change_reaches_the_sessions_its_values_name() {
         let mut index = Interests::default();
         let (alice, bob, all) = (Arc::new(1), Arc::new(2), Arc::new(3));
-        index.add(1, &alice, 7, &owner("alice"));
-        index.add(2, &bob, 7, &owner("bob"));
-        index.add(3, &all, 7, &Keys::Everything);
+        index.add(1, &alice, &T7, &owner("alice"));
+        index.add(2, &bob, &T7, &owner("bob"));
+        index.add(3, &all, &T7, &Keys::Everything);
         let batch = |changes| Batch::Changes(changes);
         let insert = change(Op::Insert, Some(r#"{"owner":"alice"}"#), None);
         assert_eq!(receivers(&index, &batch(vec![insert])), [1, 3]);
@@ -276,23 +279,23 @@ mod unit {
         let truncate = change(Op::Truncate, None, None);
         assert_eq!(receivers(&index, &batch(vec![truncate])), [1, 2, 3]);
         let ended = Batch::Ended {
-            relid: 7,
-            reason: crate::bridge::EndReason::Dropped,
+            topic: T7,
+            reason: crate::change::EndReason::Dropped,
             last_position: 1,
         };
         assert_eq!(receivers(&index, &ended), [1, 2, 3]);
         // Another table's changes and gaps reach nobody here.
         let gap = Batch::Gap {
-            reason: crate::bridge::GapReason::QueueOverflow,
+            reason: crate::change::GapReason::QueueOverflow,
             first_position: 1,
             last_position: 2,
-            tables: Some(vec![8]),
+            topics: Some(vec![Topic::Table(8)]),
         };
         assert!(receivers(&index, &gap).is_empty());
 
         // Removing undoes adding, one subscription at a time.
-        index.add(1, &alice, 7, &owner("alice"));
-        index.remove(1, 7, &owner("alice"));
+        index.add(1, &alice, &T7, &owner("alice"));
+        index.remove(1, &T7, &owner("alice"));
         let insert = change(Op::Insert, Some(r#"{"owner":"alice"}"#), None);
         assert_eq!(receivers(&index, &batch(vec![insert])), [1, 3]);
         for (session, keys) in [
@@ -300,17 +303,17 @@ mod unit {
             (2, owner("bob")),
             (3, Keys::Everything),
         ] {
-            index.remove(session, 7, &keys);
+            index.remove(session, &T7, &keys);
         }
-        assert!(index.tables.is_empty());
+        assert!(index.topics.is_empty());
     }
 
     #[test]
     fn audiences_receive_what_their_verdicts_let_through() {
-        use crate::visibility::Verdict;
+        use crate::change::Verdict;
         let mut index = Interests::default();
-        index.add(1, &Arc::new(1), 7, &Keys::Audience(10));
-        index.add(2, &Arc::new(2), 7, &Keys::Audience(11));
+        index.add(1, &Arc::new(1), &T7, &Keys::Audience(10));
+        index.add(2, &Arc::new(2), &T7, &Keys::Audience(11));
         let mut seen = change(Op::Insert, Some("{}"), None);
         let verdict = |new_visible, failed| Verdict {
             new_visible,

@@ -9,12 +9,15 @@ mod http;
 mod identity;
 pub mod interest;
 mod session;
+pub mod shared;
 pub mod snapshots;
 pub mod subscriptions;
 pub mod tls;
 
-use crate::bridge::{BatchSender, Shared, WorkerHandle};
+use crate::bridge::WorkerHandle;
 use crate::history::History;
+use crate::net::fanout::Fanout;
+use crate::net::shared::Shared;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -39,7 +42,7 @@ pub struct Address {
 pub struct Context {
     pub shared: Arc<Shared>,
     pub worker: WorkerHandle,
-    pub batches: BatchSender,
+    pub batches: Arc<Fanout>,
     pub handshakes: Arc<http::Handshakes>,
     /// Published changes kept on disk, for clients that resume (`None`: no history).
     pub history: Option<Arc<History>>,
@@ -55,7 +58,7 @@ pub struct Server {
     runtime: tokio::runtime::Runtime,
     bound: Vec<SocketAddr>,
     shared: Arc<Shared>,
-    batches: BatchSender,
+    batches: Arc<Fanout>,
     /// The connection report's file, removed when the server stops.
     report: PathBuf,
 }
@@ -92,7 +95,7 @@ pub fn start(
     address: &Address,
     shared: Arc<Shared>,
     worker: WorkerHandle,
-    batches: BatchSender,
+    batches: Arc<Fanout>,
     history: Option<Arc<History>>,
     report: PathBuf,
 ) -> Result<Server, String> {

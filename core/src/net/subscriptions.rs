@@ -5,12 +5,14 @@
 use super::fanout::{Dropped, Interest, Registrar, Summary};
 use super::interest::Keys;
 use crate::auth::Principal;
-use crate::bridge::{Batch, Change, EndReason, GapReason, ResolveError, Shared, WorkerHandle};
+use crate::bridge::{ResolveError, WorkerHandle};
+use crate::change::{AudienceId, Batch, Change, EndReason, GapReason, Topic};
 use crate::filter::{self, FilterError, FilterSpec};
 use crate::history::History;
+use crate::net::shared::Shared;
 use crate::ops::{Op, OpSet};
 use crate::snapshot::{OrderBy, Spec, Xids};
-use crate::visibility::{AudienceId, Columns, RowAccess};
+use crate::visibility::{Columns, RowAccess};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -90,7 +92,7 @@ pub enum Outgoing<K> {
 struct Subscription<K> {
     key: K,
     wish: Wish,
-    relid: u32,
+    topic: Topic,
     schema: String,
     table: String,
     filter: Option<filter::Compiled>,
@@ -159,7 +161,7 @@ impl<K> Subscription<K> {
     /// What it makes of a change whenever it was committed (for changes read back from the
     /// history, which come before `after`).
     fn would_want(&self, change: &Change) -> Wanted {
-        if change.relid != self.relid || !self.ops.contains(change.op) {
+        if change.topic != self.topic || !self.ops.contains(change.op) {
             return Wanted::No;
         }
         if self
@@ -193,7 +195,7 @@ impl<K> Subscription<K> {
     /// The change is of this subscription's table under another name: it was renamed (or
     /// moved to another schema) since the subscription was made.
     fn renamed(&self, change: &Change) -> bool {
-        change.relid == self.relid
+        change.topic == self.topic
             && (change.names.0 != self.schema || change.names.1 != self.table)
     }
 }
@@ -214,7 +216,7 @@ pub struct SubscriptionSet<K> {
     /// The last position a resume read back from the history and sent.
     replayed: u64,
     /// Subscription ends in batches it skipped, to send with the next delivery.
-    pending_ends: Vec<(u32, EndReason)>,
+    pending_ends: Vec<(Topic, EndReason)>,
     /// A catalog change went by (read, skipped, or unknown): authorize again before the next
     /// delivery.
     reauthorize_pending: bool,
@@ -310,7 +312,7 @@ impl<K> SubscriptionSet<K> {
                     || self
                         .history
                         .as_ref()
-                        .is_some_and(|h| h.complete(after, through, made.relid)),
+                        .is_some_and(|h| h.complete(after, through, &made.topic)),
             }
         });
         self.subscriptions.push(made);
@@ -353,12 +355,12 @@ impl<K> SubscriptionSet<K> {
         }
         let (interest, registered_after) = self
             .registrar
-            .register(resolved.relid, Keys::of(&resolved.rows));
+            .register(Topic::Table(resolved.relid), Keys::of(&resolved.rows));
         let seen_by = wish.after_snapshot.clone();
         Ok(Subscription {
             key,
             wish,
-            relid: resolved.relid,
+            topic: Topic::Table(resolved.relid),
             schema: resolved.schema,
             table: resolved.table,
             filter,
@@ -388,7 +390,7 @@ impl<K> SubscriptionSet<K> {
                 .make(old.key.clone(), old.wish.clone(), principal, counted)
                 .await;
             match again {
-                Ok(mut made) if made.relid == old.relid => {
+                Ok(mut made) if made.topic == old.topic => {
                     made.after = old.after;
                     made.seen_by = old.seen_by;
                     self.subscriptions.push(made)
@@ -421,7 +423,7 @@ impl<K> SubscriptionSet<K> {
     /// Subscriptions whose changes among `changes` were judged before the worker began judging
     /// for their audience (made again at a catalog change, they are newly judged by the
     /// worker): for each, its audience, table, and the stretch of positions without its verdict.
-    pub fn judged_late(&self, changes: &[Change]) -> Vec<(AudienceId, u32, u64, u64)> {
+    pub fn judged_late(&self, changes: &[Change]) -> Vec<(AudienceId, Topic, u64, u64)> {
         self.subscriptions
             .iter()
             .filter_map(|s| {
@@ -435,29 +437,29 @@ impl<K> SubscriptionSet<K> {
                 changes
                     .iter()
                     .any(|c| {
-                        c.relid == s.relid
+                        c.topic == s.topic
                             && c.position > from
                             && c.position <= s.judged_after
                             && c.verdict(id).is_none()
                     })
-                    .then_some((id, s.relid, from, s.judged_after))
+                    .then(|| (id, s.topic.clone(), from, s.judged_after))
             })
             .collect()
     }
 
     /// The audiences of this connection's subscriptions that the worker judges apart and that
-    /// have changes among `changes` still to deliver, with their tables.
-    pub fn judged_apart(&self, changes: &[Change]) -> Vec<(AudienceId, u32)> {
-        let mut apart: Vec<(AudienceId, u32)> = self
+    /// have changes among `changes` still to deliver, with their topics.
+    pub fn judged_apart(&self, changes: &[Change]) -> Vec<(AudienceId, Topic)> {
+        let mut apart: Vec<(AudienceId, Topic)> = self
             .subscriptions
             .iter()
             .filter_map(|s| match s.rows {
-                RowAccess::Checked(id) => Some((id, s.relid)),
+                RowAccess::Checked(id) => Some((id, s.topic.clone())),
                 _ => None,
             })
-            .filter(|(id, relid)| {
+            .filter(|(id, topic)| {
                 changes.iter().any(|c| {
-                    c.relid == *relid
+                    c.topic == *topic
                         && c.position > self.seen
                         && c.verdict(*id).is_some_and(|v| v.apart)
                 })
@@ -489,12 +491,12 @@ impl<K> SubscriptionSet<K> {
         };
         for (first, last, summary) in missed {
             let concerned = match summary {
-                Summary::Changes(tables) | Summary::Gap(Some(tables)) => {
-                    tables.iter().any(|relid| self.subscribed_to(*relid))
+                Summary::Changes(topics) | Summary::Gap(Some(topics)) => {
+                    topics.iter().any(|topic| self.subscribed_to(topic))
                 }
                 Summary::Gap(None) => true,
-                Summary::Ended(relid, reason) => {
-                    self.pending_ends.push((relid, reason));
+                Summary::Ended(topic, reason) => {
+                    self.pending_ends.push((topic, reason));
                     false
                 }
                 Summary::Reauthorize => {
@@ -530,8 +532,8 @@ impl<K> SubscriptionSet<K> {
         });
     }
 
-    fn subscribed_to(&self, relid: u32) -> bool {
-        self.subscriptions.iter().any(|s| s.relid == relid)
+    fn subscribed_to(&self, topic: &Topic) -> bool {
+        self.subscriptions.iter().any(|s| s.topic == *topic)
     }
 
     /// End the subscriptions `which` selects.
@@ -555,12 +557,12 @@ impl<K> SubscriptionSet<K> {
     /// from batch to batch: thousands of sessions each reading every batch would otherwise
     /// allocate for each.)
     pub fn deliver(&mut self, batch: &Batch, out: &mut Vec<Outgoing<K>>) {
-        for (relid, reason) in std::mem::take(&mut self.pending_ends) {
-            self.end(reason, |s| s.relid == relid, out);
+        for (topic, reason) in std::mem::take(&mut self.pending_ends) {
+            self.end(reason, |s| s.topic == topic, out);
         }
         self.lag_gap(Some(batch.first_position()), out);
         match batch {
-            Batch::Gap { .. } => out.extend(gap_for(batch, |relid| self.subscribed_to(relid))),
+            Batch::Gap { .. } => out.extend(gap_for(batch, |topic| self.subscribed_to(topic))),
             Batch::Changes(changes) => {
                 let seen = self.seen;
                 for (i, change) in changes
@@ -596,7 +598,7 @@ impl<K> SubscriptionSet<K> {
                     }
                 }
             }
-            Batch::Ended { relid, reason, .. } => self.end(*reason, |s| s.relid == *relid, out),
+            Batch::Ended { topic, reason, .. } => self.end(*reason, |s| s.topic == *topic, out),
             // The session authorized its subscriptions again before delivering it.
             Batch::Reauthorize { .. } => {}
         }
@@ -613,7 +615,7 @@ impl<K> SubscriptionSet<K> {
         let s = &self.subscriptions[at];
         self.replayed = self.replayed.max(batch.last_position());
         match batch {
-            Batch::Gap { .. } => out.extend(gap_for(batch, |relid| relid == s.relid)),
+            Batch::Gap { .. } => out.extend(gap_for(batch, |topic| *topic == s.topic)),
             Batch::Changes(changes) => {
                 for (i, change) in changes.iter().enumerate() {
                     let sent_live = change.position <= self.seen
@@ -632,7 +634,7 @@ impl<K> SubscriptionSet<K> {
                     }
                 }
             }
-            Batch::Ended { relid, reason, .. } if *relid == s.relid => {
+            Batch::Ended { topic, reason, .. } if *topic == s.topic => {
                 self.end(*reason, |s| same(&s.key), out)
             }
             Batch::Ended { .. } | Batch::Reauthorize { .. } => {}
@@ -660,7 +662,7 @@ impl<K> SubscriptionSet<K> {
         let spec = Spec {
             role: principal.role.clone(),
             claims: principal.claims.clone(),
-            relid: s.relid,
+            relid: s.topic.relid()?,
             schema: s.schema.clone(),
             table: s.table.clone(),
             columns: s.columns.as_ref().map(|c| c.iter().cloned().collect()),
@@ -689,20 +691,20 @@ impl<K> SubscriptionSet<K> {
     }
 }
 
-/// What to send for a gap batch, if it is for everyone or names a table `concerns` accepts.
-fn gap_for<K>(batch: &Batch, concerns: impl Fn(u32) -> bool) -> Option<Outgoing<K>> {
+/// What to send for a gap batch, if it is for everyone or names a topic `concerns` accepts.
+fn gap_for<K>(batch: &Batch, concerns: impl Fn(&Topic) -> bool) -> Option<Outgoing<K>> {
     let Batch::Gap {
         reason,
         first_position,
         last_position,
-        tables,
+        topics,
     } = batch
     else {
         return None;
     };
-    let concerned = tables
+    let concerned = topics
         .as_ref()
-        .is_none_or(|relids| relids.iter().any(|r| concerns(*r)));
+        .is_none_or(|topics| topics.iter().any(concerns));
     concerned.then_some(Outgoing::Gap {
         reason: *reason,
         from: *first_position,

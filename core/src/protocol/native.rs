@@ -3,7 +3,8 @@
 //! change's frame, built once per change for every native session.
 
 use crate::auth::AuthError;
-use crate::bridge::{Change, EndReason, GapReason, ResolveError, WatchedTable};
+use crate::bridge::{ResolveError, WatchedTable};
+use crate::change::{Change, EndReason, FrameSlot, GapReason};
 use crate::filter::FilterError;
 use crate::net::subscriptions::SubscribeError;
 use crate::ops::Op;
@@ -12,6 +13,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::HashSet;
 use std::fmt::Write;
+
+/// The native protocol's frames on each change: the change, the change without its old row
+/// (for subscribers who could not see the row before), and the row leaving a subscription.
+pub const CHANGE: FrameSlot = FrameSlot(0);
+pub const CHANGE_NO_OLD: FrameSlot = FrameSlot(1);
+pub const LEAVE: FrameSlot = FrameSlot(2);
 
 /// Messages a client sends.
 #[derive(Deserialize, Debug)]

@@ -11,7 +11,7 @@ mod upgrade;
 
 use super::Stream;
 use super::{session, Context};
-use crate::bridge::Limits;
+use crate::net::shared::Limits;
 use head::{Handshaking, HeadError};
 use router::Route;
 use std::net::IpAddr;

@@ -5,8 +5,8 @@
 use super::access;
 use super::head::Head;
 use super::Response;
-use crate::bridge::Limits;
 use crate::net::identity::{Identity, Refusal};
+use crate::net::shared::Limits;
 use crate::net::Context;
 use crate::net::Stream;
 use crate::protocol::native::{Coded, ErrorCode};

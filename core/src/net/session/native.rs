@@ -6,7 +6,8 @@
 //! which positions it missed, and one stuck on a full socket is closed. Nobody else waits for
 //! it.
 
-use crate::bridge::{Batch, Change, Encoding, EndReason, GapReason, WorkerHandle};
+use crate::bridge::WorkerHandle;
+use crate::change::{AudienceId, Batch, Change, EndReason, GapReason, Topic, Verdict};
 use crate::history::{History, Reader};
 use crate::net::clients::Client;
 use crate::net::fanout::{Dropped, Missed};
@@ -18,7 +19,6 @@ use crate::net::Stream;
 use crate::ops::OpSet;
 use crate::protocol::native::{self, ClientMessage, Coded, ErrorCode, ServerMessage};
 use crate::snapshot::{self, Frame, OrderBy, Xids};
-use crate::visibility::{AudienceId, Verdict};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use std::collections::VecDeque;
@@ -70,7 +70,7 @@ struct Session<S> {
     follow_up: Option<FollowUp>,
     snapshots: Arc<Snapshots>,
     judges: Arc<crate::net::apart::Judges>,
-    shared: Arc<crate::bridge::Shared>,
+    shared: Arc<crate::net::shared::Shared>,
     identity: Identity,
     /// Its entry in the connection report, and the subscriptions generation last put there.
     client: Arc<Client>,
@@ -583,10 +583,10 @@ impl<S: Stream> Session<S> {
                     match self.worker.judge(audience, std::mem::take(changes)).await {
                         Ok(judged) => {
                             *changes = judged;
-                            let tables: std::collections::BTreeSet<u32> =
-                                changes.iter().map(|c| c.relid).collect();
-                            for relid in tables {
-                                self.judge_apart(audience, relid, changes).await;
+                            let topics: std::collections::BTreeSet<Topic> =
+                                changes.iter().map(|c| c.topic.clone()).collect();
+                            for topic in topics {
+                                self.judge_apart(audience, &topic, changes).await;
                             }
                         }
                         // The worker is restarting: these could not be judged.
@@ -650,11 +650,11 @@ impl<S: Stream> Session<S> {
             return None;
         }
         let mut copies: Vec<Change> = changes.iter().map(Change::copy).collect();
-        for (audience, relid, from, through) in late {
+        for (audience, topic, from, through) in late {
             let which: Vec<usize> = (0..copies.len())
                 .filter(|&i| {
                     let c = &copies[i];
-                    c.relid == relid && c.position > from && c.position <= through
+                    c.topic == topic && c.position > from && c.position <= through
                 })
                 .collect();
             let judged = self
@@ -672,18 +672,18 @@ impl<S: Stream> Session<S> {
             }
         }
         // After the late ones: the worker may have left those to the judge too.
-        for (audience, relid) in self.subscriptions.judged_apart(&copies) {
-            self.judge_apart(audience, relid, &mut copies).await;
+        for (audience, topic) in self.subscriptions.judged_apart(&copies) {
+            self.judge_apart(audience, &topic, &mut copies).await;
         }
         Some(Batch::Changes(copies))
     }
 
     /// Have the judge decide what `audience`, judged apart, may see of the changes of `relid`
     /// among `changes` that wait for it; a failure is a missed change, as it is in the worker.
-    async fn judge_apart(&self, audience: AudienceId, relid: u32, changes: &mut [Change]) {
+    async fn judge_apart(&self, audience: AudienceId, topic: &Topic, changes: &mut [Change]) {
         let which: Vec<usize> = (0..changes.len())
             .filter(|&i| {
-                changes[i].relid == relid && changes[i].verdict(audience).is_some_and(|v| v.apart)
+                changes[i].topic == *topic && changes[i].verdict(audience).is_some_and(|v| v.apart)
             })
             .collect();
         if which.is_empty() {
@@ -728,18 +728,15 @@ impl<S: Stream> Session<S> {
                 } => {
                     let change = &changes[index];
                     if old {
-                        change.encoded(Encoding::NativeChange, native::change_frame)
+                        change.encoded(native::CHANGE, native::change_frame)
                     } else {
-                        change.encoded(
-                            Encoding::NativeChangeNoOld,
-                            native::change_frame_without_old,
-                        )
+                        change.encoded(native::CHANGE_NO_OLD, native::change_frame_without_old)
                     }
                 }
                 Outgoing::Leave {
                     index,
                     columns: None,
-                } => changes[index].encoded(Encoding::NativeLeave, native::leave_frame),
+                } => changes[index].encoded(native::LEAVE, native::leave_frame),
                 Outgoing::Change {
                     index,
                     old,

@@ -8,9 +8,10 @@
 //! snapshot it reads in and then the rows, a page at a time. Backpressure is the socket's: a
 //! slow client slows its reader and nobody else.
 
+use super::roles::usable_role;
+use super::security::as_subscriber;
 use crate::gucs;
 use crate::pg::xact::in_transaction;
-use crate::worker::{as_subscriber, usable_role};
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::prelude::*;
 use pgrx::spi::quote_identifier;

@@ -1,0 +1,183 @@
+//! What the worker sets and the network side obeys or counts: the reloadable settings
+//! (`Limits`, TLS, token checking), the catalog epoch, the audiences judged apart, and the
+//! per-role and per-address connection counts.
+
+use crate::auth::AuthConfig;
+use crate::change::AudienceId;
+use crate::net::tls::TlsAcceptor;
+use crate::visibility::ApartSpec;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The reloadable settings the network side obeys, as the worker last read them.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_connections: usize,
+    /// Most connections one role may hold at once; 0: no limit.
+    pub max_connections_per_role: usize,
+    /// Most anonymous connections one address may hold at once; 0: no limit.
+    pub max_anonymous_per_address: usize,
+    pub max_message_size: usize,
+    pub max_subscriptions: usize,
+    pub max_handshakes: usize,
+    /// Snapshot readers that may run at once (realtime.max_snapshot_workers).
+    pub max_snapshot_workers: usize,
+    pub heartbeat_interval: Duration,
+    pub handshake_timeout: Duration,
+    /// Lower-case origins a WebSocket upgrade may come from; empty: any.
+    pub allowed_origins: Vec<String>,
+    /// Lower-case host names (no port) requests may name in `Host`; empty: any.
+    pub allowed_hosts: Vec<String>,
+    /// Serve the inspector and the example pages (realtime.serve_pages).
+    pub serve_pages: bool,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn take<K: std::hash::Hash + Eq>(
+    counts: &Mutex<std::collections::HashMap<K, usize>>,
+    key: K,
+    max: usize,
+) -> bool {
+    let mut counts = lock(counts);
+    let n = counts.entry(key).or_default();
+    if max > 0 && *n >= max {
+        return false;
+    }
+    *n += 1;
+    true
+}
+
+fn release<K: std::hash::Hash + Eq>(counts: &Mutex<std::collections::HashMap<K, usize>>, key: &K) {
+    let mut counts = lock(counts);
+    if let Some(n) = counts.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(key);
+        }
+    }
+}
+
+/// Roles remembered as authorized; past it the memory starts over.
+const MAX_AUTHORIZED_ROLES: usize = 10_000;
+
+/// Numbers both sides read; written by the side named in each comment.
+pub struct Shared {
+    /// Worker: last position broadcast.
+    pub position: AtomicU64,
+    /// Worker: queue bytes in use / capacity, transactions lost to overflow.
+    pub queue_used: AtomicU64,
+    pub queue_capacity: AtomicU64,
+    /// Worker: bytes of the queue waiting on disk (its overflow file).
+    pub queue_overflow: AtomicU64,
+    pub lost_txns: AtomicU64,
+    /// Network: open connections, and subscriptions held or being made on them.
+    pub connections: AtomicUsize,
+    pub subscriptions: AtomicUsize,
+    /// Worker, from reloadable settings (`set_limits`).
+    limits: Mutex<Arc<Limits>>,
+    /// Worker: how new connections are accepted over TLS (realtime.ssl), or `None`.
+    tls: Mutex<Option<TlsAcceptor>>,
+    /// Worker: how tokens are checked (realtime.jwt_*, realtime.anon_role).
+    auth: Mutex<Arc<AuthConfig>>,
+    /// Worker: bumped when a catalog change may alter what a principal may see (GRANT,
+    /// REVOKE, policies, row security, roles); sessions then authorize again.
+    pub catalog_epoch: tokio::sync::watch::Sender<u64>,
+    /// Network: connections per role, for realtime.max_connections_per_role, and anonymous
+    /// ones per address, for realtime.max_anonymous_per_address.
+    roles: Mutex<std::collections::HashMap<String, usize>>,
+    anonymous: Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    /// Worker: the audiences it judges apart, and how (`net::apart`).
+    apart: Mutex<std::collections::HashMap<AudienceId, Arc<ApartSpec>>>,
+    /// Network: roles the worker accepted, with the catalog epoch it did so in (a connection
+    /// of a known role then needs no question).
+    authorized: Mutex<std::collections::HashMap<String, u64>>,
+}
+
+impl Shared {
+    pub fn new(limits: Limits) -> Shared {
+        Shared {
+            position: AtomicU64::new(0),
+            queue_used: AtomicU64::new(0),
+            queue_capacity: AtomicU64::new(0),
+            queue_overflow: AtomicU64::new(0),
+            lost_txns: AtomicU64::new(0),
+            connections: AtomicUsize::new(0),
+            subscriptions: AtomicUsize::new(0),
+            limits: Mutex::new(Arc::new(limits)),
+            tls: Mutex::new(None),
+            auth: Mutex::new(Arc::new(AuthConfig::closed())),
+            catalog_epoch: tokio::sync::watch::Sender::new(0),
+            roles: Mutex::default(),
+            anonymous: Mutex::default(),
+            apart: Mutex::default(),
+            authorized: Mutex::default(),
+        }
+    }
+    pub fn position(&self) -> u64 {
+        self.position.load(Relaxed)
+    }
+    pub fn limits(&self) -> Arc<Limits> {
+        self.limits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+    pub fn set_limits(&self, limits: Limits) {
+        *self.limits.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(limits);
+    }
+    pub fn tls(&self) -> Option<TlsAcceptor> {
+        self.tls.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    pub fn set_tls(&self, tls: Option<TlsAcceptor>) {
+        *self.tls.lock().unwrap_or_else(|e| e.into_inner()) = tls;
+    }
+    /// Count a connection for `role` unless it already has `max` (0: no limit).
+    pub fn take_role(&self, role: &str, max: usize) -> bool {
+        take(&self.roles, role.to_string(), max)
+    }
+    pub fn release_role(&self, role: &str) {
+        release(&self.roles, &role.to_string());
+    }
+    /// Count an anonymous connection from `address` unless it already has `max` (0: no limit).
+    pub fn take_anonymous(&self, address: std::net::IpAddr, max: usize) -> bool {
+        take(&self.anonymous, address, max)
+    }
+    pub fn release_anonymous(&self, address: std::net::IpAddr) {
+        release(&self.anonymous, &address);
+    }
+    /// How audience `id` is judged apart, if it is.
+    pub fn apart(&self, id: AudienceId) -> Option<Arc<ApartSpec>> {
+        lock(&self.apart).get(&id).cloned()
+    }
+    /// Judge `id` apart as `spec` says (`None`: not apart any more).
+    pub fn set_apart(&self, id: AudienceId, spec: Option<ApartSpec>) {
+        let mut apart = lock(&self.apart);
+        match spec {
+            Some(spec) => apart.insert(id, Arc::new(spec)),
+            None => apart.remove(&id),
+        };
+    }
+    /// Whether the worker accepted `role` since the catalogs last changed.
+    pub fn recently_authorized(&self, role: &str) -> bool {
+        let epoch = *self.catalog_epoch.borrow();
+        let authorized = self.authorized.lock().unwrap_or_else(|e| e.into_inner());
+        authorized.get(role) == Some(&epoch)
+    }
+    pub fn note_authorized(&self, role: &str, epoch: u64) {
+        let mut authorized = self.authorized.lock().unwrap_or_else(|e| e.into_inner());
+        if authorized.len() >= MAX_AUTHORIZED_ROLES {
+            authorized.clear();
+        }
+        authorized.insert(role.to_string(), epoch);
+    }
+    pub fn auth(&self) -> Arc<AuthConfig> {
+        self.auth.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    pub fn set_auth(&self, auth: AuthConfig) {
+        *self.auth.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(auth);
+    }
+}
