@@ -274,15 +274,22 @@ impl Fanout {
         let first = self.ring().first;
         let mut outside: HashMap<u64, (usize, usize)> = HashMap::new();
         let mut total = 0;
-        let held: Vec<Vec<(u64, usize)>> = stalled.iter().map(|(_, slot)| slot.held()).collect();
+        let held: Vec<Vec<(Option<u64>, usize)>> =
+            stalled.iter().map(|(_, slot)| slot.held()).collect();
         for ((_, slot), held) in stalled.iter().zip(&held) {
             total += slot.copy.load(Relaxed);
-            for &(seq, size) in held.iter().filter(|(seq, _)| *seq < first) {
-                let entry = outside.entry(seq).or_insert((size, 0));
-                if entry.1 == 0 {
-                    total += size;
+            for &(seq, size) in held {
+                match seq {
+                    Some(seq) if seq < first => {
+                        let entry = outside.entry(seq).or_insert((size, 0));
+                        if entry.1 == 0 {
+                            total += size;
+                        }
+                        entry.1 += 1;
+                    }
+                    Some(_) => {}
+                    None => total += size,
                 }
-                entry.1 += 1;
             }
         }
         let limit = self.max_bytes.load(Relaxed) / 2;
@@ -292,12 +299,17 @@ impl Fanout {
             }
             slot.kick.notify_one();
             total -= slot.copy.load(Relaxed);
-            for (seq, _) in held.iter().filter(|(seq, _)| *seq < first) {
-                if let Some((size, holders)) = outside.get_mut(seq) {
-                    *holders -= 1;
-                    if *holders == 0 {
-                        total -= *size;
+            for &(seq, own) in held {
+                match seq {
+                    Some(seq) => {
+                        if let Some((size, holders)) = outside.get_mut(&seq) {
+                            *holders -= 1;
+                            if *holders == 0 {
+                                total -= *size;
+                            }
+                        }
                     }
+                    None => total -= own,
                 }
             }
         }
@@ -371,8 +383,9 @@ pub struct Slot {
     handed: AtomicU64,
     /// Woken when a batch is handed to it, or the fan-out closes.
     ready: Notify,
-    /// The batches the current delivery holds: (sequence number, bytes).
-    held: Mutex<Vec<(u64, usize)>>,
+    /// The batches the current delivery holds: (sequence number, bytes); no number for one
+    /// read back from the history, which only this session holds.
+    held: Mutex<Vec<(Option<u64>, usize)>>,
     /// What its socket writer may have copied besides its own buffer (which every connection
     /// has, slow or not): the largest frame it is writing.
     copy: AtomicUsize,
@@ -538,7 +551,7 @@ impl Cursor {
 }
 
 impl Slot {
-    fn held(&self) -> Vec<(u64, usize)> {
+    fn held(&self) -> Vec<(Option<u64>, usize)> {
         lock(&self.held).clone()
     }
 }
@@ -555,8 +568,9 @@ impl Ring {
 pub struct Delivering(Arc<Slot>);
 
 impl Delivering {
-    /// This delivery also holds `batch`, number `seq` (`Cursor::last_seq`).
-    pub fn add(&self, seq: u64, batch: &Batch) {
+    /// This delivery also holds `batch`, number `seq` (`Cursor::last_seq`), or one read back
+    /// from the history (`None`).
+    pub fn add(&self, seq: Option<u64>, batch: &Batch) {
         let largest = match batch {
             Batch::Changes(changes) => changes
                 .iter()
@@ -669,8 +683,8 @@ mod unit {
         let big = a.try_recv().unwrap().unwrap();
         b.try_recv().unwrap().unwrap();
         let (da, db) = (a.delivering(), b.delivering());
-        da.add(a.last_seq(), &big);
-        db.add(b.last_seq(), &big);
+        da.add(Some(a.last_seq()), &big);
+        db.add(Some(b.last_seq()), &big);
         // Both stall; a newer batch pushes theirs out of the ring.
         for slot in [&a.slot, &b.slot] {
             slot.since.store(1, Relaxed);

@@ -5,7 +5,6 @@
 use crate::auth::{AuthError, Principal, LEEWAY_SECS};
 use crate::bridge::{ResolveError, WorkerHandle};
 use crate::net::shared::Shared;
-use crate::protocol::native::{Coded, ErrorCode};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -25,18 +24,6 @@ pub enum Refusal {
     TooManyConnections { role: String, max: usize },
     #[error("this address already has {max} anonymous connections (realtime.max_anonymous_per_address); sign in with a token")]
     TooManyAnonymous { max: usize },
-}
-
-impl Coded for Refusal {
-    fn code(&self) -> ErrorCode {
-        match self {
-            Refusal::Token(e) => e.code(),
-            Refusal::Role(e) => e.code(),
-            Refusal::TooManyConnections { .. } | Refusal::TooManyAnonymous { .. } => {
-                ErrorCode::TooManyConnections
-            }
-        }
-    }
 }
 
 /// A connection counted for its role, or as anonymous for its address, until dropped.

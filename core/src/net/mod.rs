@@ -3,14 +3,16 @@
 //! `bridge`.
 
 pub mod apart;
+pub mod backlog;
 pub mod clients;
+mod connection;
 pub mod fanout;
 mod http;
-mod identity;
+pub mod identity;
 pub mod interest;
-mod session;
 pub mod shared;
 pub mod snapshots;
+pub mod subscriber;
 pub mod subscriptions;
 pub mod tls;
 

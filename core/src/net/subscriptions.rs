@@ -10,9 +10,11 @@ use crate::change::{AudienceId, Batch, Change, EndReason, GapReason, Topic};
 use crate::filter::{self, FilterError, FilterSpec};
 use crate::history::History;
 use crate::net::shared::Shared;
+use crate::net::subscriber::Source;
 use crate::ops::{Op, OpSet};
 use crate::snapshot::{OrderBy, Spec, Xids};
 use crate::visibility::{Columns, RowAccess};
+use std::ops::RangeInclusive;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -67,6 +69,28 @@ pub struct Resume {
     pub through: u64,
     /// Nothing in it is missing from the history for this table.
     pub complete: bool,
+}
+
+/// The subscriptions of a connection that a change it is sent matched, found when a protocol
+/// asks (most do not: one message per change serves all of them).
+pub struct Matched<'a, K> {
+    subscriptions: &'a [Subscription<K>],
+    change: &'a Change,
+    /// Read back for this subscription alone (resuming).
+    only: Option<&'a K>,
+}
+
+impl<'a, K> Matched<'a, K> {
+    pub fn ids(&self) -> Vec<&'a K> {
+        if let Some(only) = self.only {
+            return vec![only];
+        }
+        self.subscriptions
+            .iter()
+            .filter(|s| s.wants(self.change) > Wanted::Missed)
+            .map(|s| &s.key)
+            .collect()
+    }
 }
 
 /// What a session is to send, in order, for a batch (changes by their index in it).
@@ -420,36 +444,46 @@ impl<K> SubscriptionSet<K> {
         self.subscriptions.len() != before
     }
 
-    /// Subscriptions whose changes among `changes` were judged before the worker began judging
-    /// for their audience (made again at a catalog change, they are newly judged by the
-    /// worker): for each, its audience, table, and the stretch of positions without its verdict.
-    pub fn judged_late(&self, changes: &[Change]) -> Vec<(AudienceId, Topic, u64, u64)> {
+    /// For each subscription the worker judges, the changes of its topic among `changes`
+    /// that lack its audience's verdict and that it may deliver: its audience, topic and the
+    /// stretch of positions to judge. Live changes lack one only up to where the worker began
+    /// judging for the audience (`ResolvedTable::judged_after`: made again at a catalog
+    /// change, it is newly judged); changes read back from the history lack them all.
+    /// `replay`: for a resuming subscription, whose changes precede the connection's.
+    pub fn missing_verdicts(
+        &self,
+        changes: &[Change],
+        source: Source,
+        replay: bool,
+    ) -> Vec<(AudienceId, Topic, RangeInclusive<u64>)> {
         self.subscriptions
             .iter()
             .filter_map(|s| {
                 let RowAccess::Checked(id) = s.rows else {
                     return None;
                 };
-                let from = s.after.max(self.seen);
-                if s.judged_after <= from {
-                    return None;
-                }
+                let from = if replay { 0 } else { s.after.max(self.seen) };
+                let through = match source {
+                    Source::Live if s.judged_after <= from => return None,
+                    Source::Live => s.judged_after,
+                    Source::History => u64::MAX,
+                };
+                let range = from + 1..=through;
                 changes
                     .iter()
                     .any(|c| {
-                        c.topic == s.topic
-                            && c.position > from
-                            && c.position <= s.judged_after
-                            && c.verdict(id).is_none()
+                        c.topic == s.topic && range.contains(&c.position) && c.verdict(id).is_none()
                     })
-                    .then(|| (id, s.topic.clone(), from, s.judged_after))
+                    .then(|| (id, s.topic.clone(), range))
             })
             .collect()
     }
 
     /// The audiences of this connection's subscriptions that the worker judges apart and that
-    /// have changes among `changes` still to deliver, with their topics.
-    pub fn judged_apart(&self, changes: &[Change]) -> Vec<(AudienceId, Topic)> {
+    /// have changes among `changes` still to deliver (`replay`: whatever their position),
+    /// with their topics.
+    pub fn judged_apart(&self, changes: &[Change], replay: bool) -> Vec<(AudienceId, Topic)> {
+        let floor = if replay { 0 } else { self.seen };
         let mut apart: Vec<(AudienceId, Topic)> = self
             .subscriptions
             .iter()
@@ -460,7 +494,7 @@ impl<K> SubscriptionSet<K> {
             .filter(|(id, topic)| {
                 changes.iter().any(|c| {
                     c.topic == *topic
-                        && c.position > self.seen
+                        && c.position > floor
                         && c.verdict(*id).is_some_and(|v| v.apart)
                 })
             })
@@ -480,21 +514,25 @@ impl<K> SubscriptionSet<K> {
         std::mem::take(&mut self.reauthorize_pending)
     }
 
-    /// Batches went by that this connection never read: a gap if any could have concerned it.
-    /// Ended subscriptions are still ended (by the next delivery).
-    pub fn missed(&mut self, missed: Option<Vec<Dropped>>) {
+    /// Batches went by that this connection never read; whether any could have concerned
+    /// it. A catalog change among them has it authorize again before the next delivery.
+    /// `backlog`: it will read them from the history, ends and all; otherwise it owes its
+    /// client a gap, and ended subscriptions are still ended (by the next delivery).
+    pub fn missed(&mut self, missed: Option<Vec<Dropped>>, backlog: bool) -> bool {
         let Some(missed) = missed else {
             // Whatever went by may have changed who may see what.
-            self.lagged = true;
             self.reauthorize_pending = true;
-            return;
+            self.lagged |= !backlog;
+            return true;
         };
+        let mut any = false;
         for (first, last, summary) in missed {
             let concerned = match summary {
                 Summary::Changes(topics) | Summary::Gap(Some(topics)) => {
                     topics.iter().any(|topic| self.subscribed_to(topic))
                 }
                 Summary::Gap(None) => true,
+                Summary::Ended(topic, _) if backlog => self.subscribed_to(&topic),
                 Summary::Ended(topic, reason) => {
                     self.pending_ends.push((topic, reason));
                     false
@@ -504,12 +542,14 @@ impl<K> SubscriptionSet<K> {
                     false
                 }
             };
-            if concerned {
+            any |= concerned;
+            if concerned && !backlog {
                 self.lagged = true;
                 let (from, to) = self.lost.unwrap_or((first, last));
                 self.lost = Some((from.min(first), to.max(last)));
             }
         }
+        any
     }
 
     /// The `slow_client` gap for batches skipped since the last one, if any: from the first
@@ -675,6 +715,16 @@ impl<K> SubscriptionSet<K> {
     /// The filter of the subscription `same` picks, if it has one.
     pub fn filter(&self, same: impl Fn(&K) -> bool) -> Option<&filter::Compiled> {
         self.get(same).and_then(|s| s.filter.as_ref())
+    }
+
+    /// The subscriptions `change` (sent for a batch just delivered) matched; for a
+    /// replayed one, the subscription `only` it was read back for.
+    pub fn matched<'a>(&'a self, change: &'a Change, only: Option<&'a K>) -> Matched<'a, K> {
+        Matched {
+            subscriptions: &self.subscriptions,
+            change,
+            only,
+        }
     }
 
     /// The subscription `same` picks.

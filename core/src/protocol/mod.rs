@@ -1,4 +1,139 @@
-//! Wire protocols. Each turns client text into requests and `Change`s into its own frames,
-//! encoding a change once for all of its sessions (`bridge::Encoding`).
+//! Wire protocols. The connection driver (`net::connection`) owns everything a connection
+//! does; a protocol only turns client text into what the client asks (`Ask`) and encodes what
+//! the driver has it say (`Say`), each change's frames built once for all of its sessions in
+//! the slots it owns on the change (`change::FrameSlot`).
+//!
+//! - `native`: realtime_ext's own JSON messages on `/realtime`.
 
 pub mod native;
+
+use crate::auth::AuthError;
+use crate::bridge::{ResolveError, WatchedTable};
+use crate::change::{Change, EndReason, GapReason};
+use crate::net::subscriptions::{Matched, SubscribeError, Subscribed, Wish};
+use crate::snapshot::OrderBy;
+use crate::visibility::Columns;
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// A wire protocol, as the connection driver uses it.
+pub trait Protocol: Send + 'static {
+    /// A subscription's id on the wire, unique on a connection.
+    type Id: Clone + Send + Sync + std::fmt::Display + 'static;
+
+    /// What a text message asks; `Err`: the frame that refuses it.
+    fn parse(&mut self, text: &str) -> Result<Ask<Self::Id>, Utf8Bytes>;
+
+    /// Whether two ids name the same subscription.
+    fn same(a: &Self::Id, b: &Self::Id) -> bool;
+
+    /// The frame for `say`.
+    fn encode(&mut self, say: Say<'_, Self::Id>) -> Utf8Bytes;
+}
+
+/// What a client asks of the engine.
+pub enum Ask<Id> {
+    Subscribe {
+        id: Id,
+        wish: Wish,
+        /// Send the table's current rows first.
+        snapshot: Option<SnapshotWish>,
+    },
+    Unsubscribe {
+        id: Id,
+    },
+    /// Act as the principal of this token from now on.
+    Auth {
+        token: String,
+    },
+    /// Answer with the position the connection has caught up to.
+    Ping {
+        reference: Option<Value>,
+    },
+    /// The watched tables the principal may subscribe to.
+    Tables {
+        reference: Option<Value>,
+    },
+    /// The client has handled everything up to here (shown to operators).
+    Ack {
+        position: u64,
+    },
+}
+
+/// A snapshot a subscription starts with: at most `limit` rows, in `order`.
+pub struct SnapshotWish {
+    pub order: Vec<OrderBy>,
+    pub limit: Option<u64>,
+}
+
+/// What the driver has a protocol encode.
+pub enum Say<'a, Id> {
+    /// A change for the subscriptions `matched` names; `old`: the subscriber could see the row
+    /// before, so the old image goes too; `columns`: only these, when not all.
+    Change {
+        change: &'a Change,
+        old: bool,
+        columns: &'a Columns,
+        matched: Matched<'a, Id>,
+    },
+    /// An UPDATE moved the row out of what the subscriptions `matched` names may see.
+    Leave {
+        change: &'a Change,
+        columns: &'a Columns,
+        matched: Matched<'a, Id>,
+    },
+    /// The server ended a subscription.
+    Ended { id: &'a Id, reason: EndReason },
+    /// Positions `from` to `to` are missing for this connection.
+    Gap {
+        reason: GapReason,
+        from: u64,
+        to: u64,
+    },
+    Subscribed {
+        id: &'a Id,
+        made: &'a Subscribed<'a>,
+    },
+    /// The client's unsubscribe was done.
+    Unsubscribed { id: &'a Id },
+    Authenticated {
+        role: &'a str,
+        expires_at: Option<u64>,
+    },
+    Pong {
+        reference: Option<&'a Value>,
+        position: u64,
+    },
+    Tables {
+        reference: Option<&'a Value>,
+        tables: &'a [WatchedTable],
+    },
+    /// A page of a subscription's snapshot: rows as JSON text.
+    SnapshotRows { id: &'a Id, rows: Vec<&'a str> },
+    /// The snapshot is complete: `rows` were sent; changes after `position` it did not contain
+    /// follow; `token` resumes without duplicates.
+    SnapshotEnd {
+        id: &'a Id,
+        rows: u64,
+        position: u64,
+        token: String,
+    },
+    /// A request was refused (`id`: the subscription it was about).
+    Refused {
+        id: Option<&'a Id>,
+        refusal: Refusal<'a>,
+    },
+}
+
+/// Why the engine refused what a client asked.
+pub enum Refusal<'a> {
+    Subscribe(&'a SubscribeError),
+    Token(&'a AuthError),
+    Identity(&'a crate::net::identity::Refusal),
+    Worker(&'a ResolveError),
+    UnknownSubscription,
+    /// The snapshot could not be read; the subscription was removed.
+    SnapshotFailed(&'a str),
+    /// Binary messages are not part of the protocol.
+    Binary,
+}

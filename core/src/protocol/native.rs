@@ -2,17 +2,22 @@
 //! Parses what clients send and encodes what they are sent, including each
 //! change's frame, built once per change for every native session.
 
+use super::{Ask, Protocol, Refusal, Say, SnapshotWish};
 use crate::auth::AuthError;
 use crate::bridge::{ResolveError, WatchedTable};
 use crate::change::{Change, EndReason, FrameSlot, GapReason};
 use crate::filter::FilterError;
-use crate::net::subscriptions::SubscribeError;
-use crate::ops::Op;
+use crate::net::identity;
+use crate::net::subscriptions::{SubscribeError, Wish};
+use crate::ops::{Op, OpSet};
+use crate::snapshot::{self, OrderBy, Xids};
 use crate::visibility;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::HashSet;
 use std::fmt::Write;
+use std::sync::Arc;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// The native protocol's frames on each change: the change, the change without its old row
 /// (for subscribers who could not see the row before), and the row leaving a subscription.
@@ -132,9 +137,6 @@ pub enum ServerMessage<'a> {
         reason: GapReason,
         from_position: u64,
         to_position: u64,
-        /// Subscribe again with this `since` to get what was missed, while the history holds it.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        resume_from: Option<u64>,
     },
     /// The snapshot of subscription `id` is complete: `rows` were sent; changes after
     /// `position` that it did not contain follow. `token` resumes without duplicates (as
@@ -332,6 +334,17 @@ impl Coded for AuthError {
     }
 }
 
+impl Coded for identity::Refusal {
+    fn code(&self) -> ErrorCode {
+        match self {
+            identity::Refusal::Token(e) => e.code(),
+            identity::Refusal::Role(e) => e.code(),
+            identity::Refusal::TooManyConnections { .. }
+            | identity::Refusal::TooManyAnonymous { .. } => ErrorCode::TooManyConnections,
+        }
+    }
+}
+
 impl Coded for SubscribeError {
     fn code(&self) -> ErrorCode {
         match self {
@@ -346,7 +359,191 @@ impl Coded for SubscribeError {
     }
 }
 
-/// A `snapshot` message: a page of rows, already JSON text, copied in.
+/// realtime_ext's own protocol, as the connection driver speaks it.
+pub struct Native;
+
+impl Protocol for Native {
+    type Id = Value;
+
+    fn parse(&mut self, text: &str) -> Result<Ask<Value>, Utf8Bytes> {
+        ask(text)
+    }
+
+    fn same(a: &Value, b: &Value) -> bool {
+        same_id(a, b)
+    }
+
+    fn encode(&mut self, say: Say<'_, Value>) -> Utf8Bytes {
+        encode(say)
+    }
+}
+
+/// The frame refusing a message with `refusal`'s code and text.
+fn refused(refusal: &dyn Coded, id: Option<&Value>) -> Utf8Bytes {
+    error_frame(refusal.code(), &refusal.to_string(), id)
+}
+
+fn error_frame(code: ErrorCode, message: &str, id: Option<&Value>) -> Utf8Bytes {
+    ServerMessage::Error { code, message, id }.to_text().into()
+}
+
+fn ask(text: &str) -> Result<Ask<Value>, Utf8Bytes> {
+    Ok(match parse(text).map_err(|e| refused(&e, None))? {
+        ClientMessage::Ack { position } => Ask::Ack { position },
+        ClientMessage::Auth { token } => Ask::Auth { token },
+        ClientMessage::Ping { reference } => Ask::Ping { reference },
+        ClientMessage::Tables { reference } => Ask::Tables { reference },
+        ClientMessage::Unsubscribe { id } => Ask::Unsubscribe { id },
+        ClientMessage::Subscribe {
+            id,
+            table,
+            events,
+            filter,
+            since,
+            snapshot,
+            limit,
+            order,
+            after_snapshot,
+        } => {
+            let events = events
+                .as_deref()
+                .map(OpSet::parse)
+                .transpose()
+                .map_err(|name| refused(&SubscribeError::UnknownEvent(name), Some(&id)))?;
+            let snapshot = snapshot == Some(true);
+            let (order, after_snapshot) = stitching(snapshot, since, after_snapshot, order, limit)
+                .map_err(|why| error_frame(ErrorCode::InvalidSnapshot, &why, Some(&id)))?;
+            Ask::Subscribe {
+                id,
+                wish: Wish {
+                    table,
+                    events,
+                    filter,
+                    since,
+                    after_snapshot,
+                },
+                snapshot: snapshot.then_some(SnapshotWish { order, limit }),
+            }
+        }
+    })
+}
+
+/// A subscribe's snapshot options, checked: its `order` and the snapshot it resumes after.
+fn stitching(
+    snapshot: bool,
+    since: Option<u64>,
+    after_snapshot: Option<String>,
+    order: Option<String>,
+    limit: Option<u64>,
+) -> Result<(Vec<OrderBy>, Option<Arc<Xids>>), String> {
+    if !snapshot && (limit.is_some() || order.is_some()) {
+        return Err("limit and order apply to \"snapshot\": true".into());
+    }
+    if snapshot && (since.is_some() || after_snapshot.is_some()) {
+        return Err("a snapshot subscription starts from its own snapshot; to resume one, subscribe with since and after_snapshot (snapshot_end's token)".into());
+    }
+    let order = order.as_deref().map(snapshot::parse_order).transpose();
+    let after = after_snapshot.as_deref().map(Xids::parse).transpose();
+    Ok((
+        order.map_err(|e| e.to_string())?.unwrap_or_default(),
+        after.map_err(|e| e.to_string())?.map(Arc::new),
+    ))
+}
+
+fn encode(say: Say<'_, Value>) -> Utf8Bytes {
+    let message = match say {
+        Say::Change {
+            change,
+            old,
+            columns: None,
+            ..
+        } => {
+            return match old {
+                true => change.encoded(CHANGE, change_frame),
+                false => change.encoded(CHANGE_NO_OLD, change_frame_without_old),
+            }
+        }
+        Say::Change {
+            change,
+            old,
+            columns: Some(columns),
+            ..
+        } => return projected_frame(change, false, old, columns).into(),
+        Say::Leave {
+            change,
+            columns: None,
+            ..
+        } => return change.encoded(LEAVE, leave_frame),
+        Say::Leave {
+            change,
+            columns: Some(columns),
+            ..
+        } => return projected_frame(change, true, true, columns).into(),
+        Say::SnapshotRows { id, rows } => return snapshot_frame(id, rows).into(),
+        Say::Refused { id, refusal } => {
+            let (code, message) = match refusal {
+                Refusal::Subscribe(e) => (e.code(), e.to_string()),
+                Refusal::Token(e) => (e.code(), e.to_string()),
+                Refusal::Identity(e) => (e.code(), e.to_string()),
+                Refusal::Worker(e) => (e.code(), e.to_string()),
+                Refusal::UnknownSubscription => (
+                    ErrorCode::UnknownSubscription,
+                    "no subscription with this id".into(),
+                ),
+                Refusal::SnapshotFailed(why) => (ErrorCode::SnapshotFailed, why.to_string()),
+                Refusal::Binary => (
+                    ErrorCode::BinaryNotSupported,
+                    "send JSON text messages".into(),
+                ),
+            };
+            return error_frame(code, &message, id);
+        }
+        Say::Ended { id, reason } => ServerMessage::Unsubscribed {
+            id,
+            reason: Some(reason),
+        },
+        Say::Unsubscribed { id } => ServerMessage::Unsubscribed { id, reason: None },
+        Say::Gap { reason, from, to } => ServerMessage::Gap {
+            reason,
+            from_position: from,
+            to_position: to,
+        },
+        Say::Subscribed { id, made } => ServerMessage::Subscribed {
+            id,
+            schema: made.schema,
+            table: made.table,
+            events: made.events.iter().map(|op| op.name()).collect(),
+            position: made.position,
+            resume: made
+                .resume
+                .map(|r| if r.complete { "complete" } else { "partial" }),
+        },
+        Say::Authenticated { role, expires_at } => {
+            ServerMessage::Authenticated { role, expires_at }
+        }
+        Say::Pong {
+            reference,
+            position,
+        } => ServerMessage::Pong {
+            reference,
+            position,
+        },
+        Say::Tables { reference, tables } => ServerMessage::Tables { reference, tables },
+        Say::SnapshotEnd {
+            id,
+            rows,
+            position,
+            token,
+        } => ServerMessage::SnapshotEnd {
+            id,
+            rows,
+            position,
+            token,
+        },
+    };
+    message.to_text().into()
+}
+
 pub fn snapshot_frame<'a>(id: &Value, rows: impl IntoIterator<Item = &'a str>) -> String {
     let mut s = format!(r#"{{"type":"snapshot","id":{id},"rows":["#);
     for (i, row) in rows.into_iter().enumerate() {

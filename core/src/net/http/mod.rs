@@ -10,8 +10,9 @@ mod router;
 mod upgrade;
 
 use super::Stream;
-use super::{session, Context};
+use super::{connection, Context};
 use crate::net::shared::Limits;
+use crate::protocol::native::Native;
 use head::{Handshaking, HeadError};
 use router::Route;
 use std::net::IpAddr;
@@ -106,7 +107,7 @@ async fn answer<S: Stream>(
                 identity,
                 counted,
             }) => {
-                session::native::run(ws, context, identity, ip).await;
+                connection::run(ws, context, identity, ip, Native).await;
                 drop(counted)
             }
             Err(Some((stream, refusal))) => refusal.send(stream).await,

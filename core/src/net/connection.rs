@@ -1,0 +1,606 @@
+//! The connection driver: one WebSocket connection, whatever protocol it speaks. It owns the
+//! loop (client messages, batches, heartbeat, token expiry, catalog changes), subscribing and
+//! authorizing, replay of resumed subscriptions, snapshots, and catching up; the protocol
+//! (`protocol::Protocol`) only parses what the client sends and encodes what it is to say.
+//!
+//! A connection reads the batches the fan-out hands it (those its subscriptions may want); one
+//! that falls behind what the fan-out keeps goes on from the history (`net::subscriber`), and
+//! one stuck on a full socket is closed. Nobody else waits for it.
+
+use crate::bridge::WorkerHandle;
+use crate::change::{Batch, EndReason, GapReason};
+use crate::net::clients::Client;
+use crate::net::fanout::{Delivering, Dropped};
+use crate::net::identity::{Identity, NEVER};
+use crate::net::shared::Shared;
+use crate::net::snapshots::{SnapshotError, Snapshots};
+use crate::net::subscriber::{Incoming, Source, Subscriber};
+use crate::net::subscriptions::{Outgoing, Resume};
+use crate::net::{Context, Stream};
+use crate::protocol::{Ask, Protocol, Refusal, Say, SnapshotWish};
+use crate::snapshot::{self, Frame, Xids};
+use futures_util::{SinkExt, StreamExt};
+use std::net::IpAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+
+/// Most batches written between two flushes when catching up.
+const CATCH_UP_BATCHES: usize = 64;
+/// Entries of the outgoing list a connection keeps allocated between batches.
+const OUTGOING_KEPT: usize = 64;
+/// How long a closing connection waits for its close frame to be written.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+/// Longest a snapshot page may wait for the client to read before its reader is stopped.
+pub const SNAPSHOT_STALL: Duration = Duration::from_secs(5);
+
+type Sink<S> = futures_util::stream::SplitSink<WebSocketStream<S>, Message>;
+
+/// What a `subscribe` leaves to do after its reply, outside the time limit on handling one
+/// message: each write has its own.
+enum FollowUp<Id> {
+    /// Read back what the history holds for the resumed subscription `id`.
+    Replay(Id, Resume),
+    /// Send subscription `id` its snapshot: it starts after `position`.
+    Snapshot {
+        id: Id,
+        position: u64,
+        wish: SnapshotWish,
+    },
+}
+
+struct Connection<P: Protocol, S> {
+    protocol: P,
+    sink: Sink<S>,
+    /// Longest any write may wait for the client.
+    write_limit: Duration,
+    follow_up: Option<FollowUp<P::Id>>,
+    snapshots: Arc<Snapshots>,
+    shared: Arc<Shared>,
+    identity: Identity,
+    /// Its entry in the connection report, and the subscriptions generation last put there.
+    client: Arc<Client>,
+    reported: Option<u64>,
+    worker: WorkerHandle,
+    subscriber: Subscriber<P::Id>,
+    outgoing: Vec<Outgoing<P::Id>>,
+}
+
+pub async fn run<P: Protocol, S: Stream>(
+    ws: WebSocketStream<S>,
+    context: Context,
+    identity: Identity,
+    address: IpAddr,
+    protocol: P,
+) {
+    let subscriber = Subscriber::new(
+        &context.batches,
+        context.shared.clone(),
+        context.worker.clone(),
+        context.judges.clone(),
+        context.history.clone(),
+    );
+    let client = context.clients.join(address);
+    client.set_batches(subscriber.cursor().registrar());
+    let kicked = subscriber.cursor().kicked();
+    tokio::pin!(kicked);
+    let (sink, mut stream) = ws.split();
+    let interval = context.shared.limits().heartbeat_interval;
+    // A client silent this long is gone; so is one whose socket accepted nothing for as long
+    // (a connection blocked on a write cannot run its heartbeat, so every write is bounded).
+    let timeout = 2 * interval;
+    let mut conn = Connection {
+        protocol,
+        sink,
+        write_limit: timeout,
+        follow_up: None,
+        snapshots: context.snapshots.clone(),
+        shared: context.shared.clone(),
+        identity,
+        client,
+        reported: None,
+        worker: context.worker.clone(),
+        subscriber,
+        outgoing: Vec::new(),
+    };
+    let timed_out = || Some((CloseCode::Away, "heartbeat timed out".to_string()));
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    let mut last_heard = Instant::now();
+    let expiry = tokio::time::sleep(conn.identity.expires_in().unwrap_or(NEVER));
+    tokio::pin!(expiry);
+    let mut catalog = context.shared.catalog_epoch.subscribe();
+
+    let close = loop {
+        conn.report();
+        tokio::select! {
+            message = stream.next() => {
+                last_heard = Instant::now();
+                let handled = match message {
+                    Some(Ok(Message::Text(text))) => {
+                        let handled = tokio::time::timeout(timeout, conn.on_text(&text)).await;
+                        let expires_in = conn.identity.expires_in().unwrap_or(NEVER);
+                        expiry.as_mut().reset(tokio::time::Instant::now() + expires_in);
+                        match (handled, conn.follow_up.take()) {
+                            (Ok(()), Some(work)) => {
+                                let done = conn.follow(work).await;
+                                // Nothing was read meanwhile: the client is not to blame.
+                                last_heard = Instant::now();
+                                if done.is_err() {
+                                    break None;
+                                }
+                                Ok(())
+                            }
+                            (handled, _) => handled,
+                        }
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        let refused = Say::Refused { id: None, refusal: Refusal::Binary };
+                        tokio::time::timeout(timeout, conn.say(refused)).await
+                    }
+                    // tungstenite answers pings itself; the pong goes out with the next flush.
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
+                        tokio::time::timeout(timeout, async { let _ = conn.sink.flush().await; }).await
+                    }
+                    Some(Ok(Message::Close(_))) | None => break None,
+                    Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
+                        break Some((CloseCode::Size, format!("message of {size} bytes exceeds realtime.max_message_size ({max_size})")))
+                    }
+                    Some(Err(WsError::Utf8(_))) => {
+                        break Some((CloseCode::Invalid, "text message is not valid UTF-8".into()))
+                    }
+                    Some(Err(WsError::Protocol(e))) => break Some((CloseCode::Protocol, e.to_string())),
+                    Some(Err(_)) => break None,
+                };
+                if handled.is_err() {
+                    break timed_out();
+                }
+            }
+            incoming = conn.subscriber.wait() => match incoming {
+                Incoming::Batch(batch, source) => {
+                    // A connection that fell behind writes every batch already waiting, then
+                    // flushes once: one write per catch-up instead of one per batch.
+                    let pinned = conn.subscriber.delivering();
+                    let delivery = tokio::time::timeout(timeout, async {
+                        conn.deliver(&pinned, batch, source).await?;
+                        for _ in 0..CATCH_UP_BATCHES {
+                            match conn.subscriber.try_next() {
+                                Some(Incoming::Batch(batch, source)) => {
+                                    conn.deliver(&pinned, batch, source).await?
+                                }
+                                Some(Incoming::Lagged(missed)) => conn.lagged(missed).await?,
+                                Some(Incoming::Closed) | None => break,
+                            }
+                        }
+                        conn.sink.flush().await
+                    });
+                    let delivered = tokio::select! {
+                        delivered = delivery => delivered,
+                        _ = &mut kicked => break Some((CloseCode::Again, "slow client: realtime.client_memory is exhausted".into())),
+                    };
+                    match delivered {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => break None,
+                        Err(_) => break timed_out(),
+                    }
+                }
+                Incoming::Lagged(missed) => {
+                    let told = tokio::time::timeout(timeout, conn.lagged(missed)).await;
+                    if !matches!(told, Ok(Ok(()))) {
+                        break timed_out();
+                    }
+                }
+                Incoming::Closed => break Some((CloseCode::Restart, "server is restarting".into())),
+            },
+            () = &mut expiry => {
+                conn.identity.expire();
+                conn.reported = None;
+                let mut ended = Vec::new();
+                conn.subscriber.subscriptions.end_all(EndReason::TokenExpired, &mut ended);
+                if tokio::time::timeout(timeout, conn.send_outgoing(ended)).await.is_err() {
+                    break timed_out();
+                }
+                expiry.as_mut().reset(tokio::time::Instant::now() + NEVER);
+            }
+            Ok(()) = catalog.changed() => {
+                // What the principal may see may have changed: GRANT, REVOKE, a policy, a role.
+                if tokio::time::timeout(timeout, conn.reauthorize()).await.is_err() {
+                    break timed_out();
+                }
+            }
+            _ = heartbeat.tick() => {
+                if last_heard.elapsed() > timeout {
+                    break Some((CloseCode::Away, "no pong received; heartbeat timed out".into()));
+                }
+                match tokio::time::timeout(timeout, conn.sink.send(Message::Ping(Default::default()))).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break None,
+                    Err(_) => break timed_out(),
+                }
+            }
+        }
+    };
+    if let Some((code, reason)) = close {
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        // A client that stopped reading cannot take even this; do not wait on it for long.
+        let _ = tokio::time::timeout(CLOSE_WAIT, async {
+            let _ = conn.sink.send(Message::Close(Some(frame))).await;
+            let _ = conn.sink.close().await;
+        })
+        .await;
+    }
+}
+
+impl<P: Protocol, S: Stream> Connection<P, S> {
+    /// Bring the connection report's entry up to date.
+    fn report(&mut self) {
+        let subscriptions = &self.subscriber.subscriptions;
+        self.client.delivered.store(subscriptions.seen(), Relaxed);
+        let generation = subscriptions.generation();
+        if self.reported != Some(generation) {
+            self.reported = Some(generation);
+            let role = self.identity.principal().ok().map(|p| p.role.as_str());
+            self.client.set_role(role);
+            self.client
+                .set_subscriptions(subscriptions.describe(|id| id.to_string()));
+        }
+    }
+
+    /// Send one message now.
+    async fn say(&mut self, say: Say<'_, P::Id>) {
+        let text = self.protocol.encode(say);
+        let _ = self.sink.send(Message::Text(text)).await;
+    }
+
+    async fn send_text(&mut self, text: Utf8Bytes) {
+        let _ = self.sink.send(Message::Text(text)).await;
+    }
+
+    async fn refuse(&mut self, refusal: Refusal<'_>, id: Option<&P::Id>) {
+        self.say(Say::Refused { id, refusal }).await
+    }
+
+    /// Send `outgoing` (ends and gaps only) now.
+    async fn send_outgoing(&mut self, mut outgoing: Vec<Outgoing<P::Id>>) {
+        let _ = self.send_all(&Batch::empty(), &mut outgoing, None).await;
+        let _ = self.sink.flush().await;
+    }
+
+    async fn reauthorize(&mut self) {
+        let Ok(principal) = self.identity.principal().cloned() else {
+            return;
+        };
+        let mut ended = Vec::new();
+        self.subscriber
+            .subscriptions
+            .reauthorize(&principal, &mut ended)
+            .await;
+        self.send_outgoing(ended).await
+    }
+
+    async fn on_text(&mut self, text: &str) {
+        let ask = match self.protocol.parse(text) {
+            Ok(ask) => ask,
+            Err(refused) => return self.send_text(refused).await,
+        };
+        match ask {
+            Ask::Ack { position } => {
+                // Only what was sent can be acknowledged.
+                let position = position.min(self.subscriber.subscriptions.seen());
+                self.client.acknowledged.fetch_max(position, Relaxed);
+            }
+            Ask::Auth { token } => match self.identity.sign_in(Some(&token)).await {
+                Ok(principal) => {
+                    self.reported = None;
+                    let mut ended = Vec::new();
+                    self.subscriber
+                        .subscriptions
+                        .reauthorize(&principal, &mut ended)
+                        .await;
+                    self.say(Say::Authenticated {
+                        role: &principal.role,
+                        expires_at: principal.expires,
+                    })
+                    .await;
+                    self.send_outgoing(ended).await
+                }
+                Err(e) => self.refuse(Refusal::Identity(&e), None).await,
+            },
+            Ask::Ping { reference } => {
+                let position = self.subscriber.subscriptions.position();
+                self.say(Say::Pong {
+                    reference: reference.as_ref(),
+                    position,
+                })
+                .await
+            }
+            Ask::Tables { reference } => {
+                let principal = match self.identity.principal() {
+                    Ok(principal) => principal.clone(),
+                    Err(e) => return self.refuse(Refusal::Token(&e), None).await,
+                };
+                match self.worker.tables(principal).await {
+                    Ok(tables) => {
+                        self.say(Say::Tables {
+                            reference: reference.as_ref(),
+                            tables: &tables,
+                        })
+                        .await
+                    }
+                    Err(e) => self.refuse(Refusal::Worker(&e), None).await,
+                }
+            }
+            Ask::Unsubscribe { id } => {
+                let subscriptions = &mut self.subscriber.subscriptions;
+                if subscriptions.unsubscribe(|key| P::same(key, &id)) {
+                    self.say(Say::Unsubscribed { id: &id }).await
+                } else {
+                    self.refuse(Refusal::UnknownSubscription, Some(&id)).await
+                }
+            }
+            Ask::Subscribe { id, wish, snapshot } => {
+                let principal = match self.identity.principal() {
+                    Ok(principal) => principal.clone(),
+                    Err(e) => return self.refuse(Refusal::Token(&e), Some(&id)).await,
+                };
+                let made = self
+                    .subscriber
+                    .subscriptions
+                    .subscribe(id.clone(), wish, &principal, P::same)
+                    .await;
+                let (text, resume, position) = match made {
+                    Ok(made) => (
+                        self.protocol.encode(Say::Subscribed {
+                            id: &id,
+                            made: &made,
+                        }),
+                        made.resume,
+                        made.position,
+                    ),
+                    Err(e) => return self.refuse(Refusal::Subscribe(&e), Some(&id)).await,
+                };
+                self.send_text(text).await;
+                self.follow_up = match (resume, snapshot) {
+                    (Some(resume), _) => Some(FollowUp::Replay(id, resume)),
+                    (None, Some(wish)) => Some(FollowUp::Snapshot { id, position, wish }),
+                    (None, None) => None,
+                };
+            }
+        }
+    }
+
+    async fn follow(&mut self, work: FollowUp<P::Id>) -> Result<(), WsError> {
+        match work {
+            FollowUp::Replay(id, resume) => self.replay(&id, resume).await,
+            FollowUp::Snapshot { id, position, wish } => {
+                match self.snapshot(&id, position, wish).await {
+                    Err(Failure::Client(e)) => Err(e),
+                    Err(Failure::Snapshot(e)) => {
+                        // The client cannot know which rows it lacks: the subscription goes.
+                        self.subscriber
+                            .subscriptions
+                            .unsubscribe(|key| P::same(key, &id));
+                        let message = format!("{e}; the subscription was removed");
+                        let limit = self.write_limit;
+                        let refusal = Refusal::SnapshotFailed(&message);
+                        timed(limit, async {
+                            self.refuse(refusal, Some(&id)).await;
+                            Ok(())
+                        })
+                        .await
+                    }
+                    Ok(()) => Ok(()),
+                }
+            }
+        }
+    }
+
+    /// Send subscription `id` the rows of its table it may see and that pass its filter, read
+    /// in one snapshot by a snapshot reader, then the snapshot's end; from then on it is not
+    /// sent changes that snapshot contains. Its live changes wait in the fan-out meanwhile.
+    async fn snapshot(
+        &mut self,
+        id: &P::Id,
+        position: u64,
+        wish: SnapshotWish,
+    ) -> Result<(), Failure> {
+        let same = |key: &P::Id| P::same(key, id);
+        let Ok(principal) = self.identity.principal().cloned() else {
+            return Ok(());
+        };
+        let limit = wish.limit;
+        let Some(spec) = self
+            .subscriber
+            .subscriptions
+            .snapshot_spec(same, &principal, wish.order, limit)
+        else {
+            return Ok(());
+        };
+        let max = self.shared.limits().max_snapshot_workers;
+        let mut feed = self.snapshots.read(&self.worker, &spec, max).await?;
+        let Frame::Snapshot(text) = feed.next().await? else {
+            return Err(SnapshotError::Broken.into());
+        };
+        let seen_by = Xids::parse(&text).map_err(|e| SnapshotError::Failed(e.to_string()))?;
+        let token = seen_by.token();
+        self.subscriber
+            .subscriptions
+            .set_seen_by(same, Arc::new(seen_by));
+        let mut sent = 0u64;
+        while limit.is_none_or(|limit| sent < limit) {
+            let page = match feed.next().await? {
+                Frame::Rows(page) => page,
+                Frame::End(_) => break,
+                Frame::Snapshot(_) | Frame::Failed(_) => return Err(SnapshotError::Broken.into()),
+            };
+            let filter = self.subscriber.subscriptions.filter(same);
+            let rows: Vec<&str> = snapshot::rows(&page)
+                .filter_map(|row| std::str::from_utf8(row).ok())
+                .filter(|row| {
+                    filter.is_none_or(|f| {
+                        serde_json::from_str(row).is_ok_and(|row| f.matches(Some(&row)))
+                    })
+                })
+                .take(limit.map_or(usize::MAX, |l| (l - sent) as usize))
+                .collect();
+            if rows.is_empty() {
+                continue;
+            }
+            sent += rows.len() as u64;
+            let text = self.protocol.encode(Say::SnapshotRows { id, rows });
+            // A client that stops reading would hold its reader (and its place among
+            // realtime.max_snapshot_workers) until the connection times out.
+            tokio::time::timeout(SNAPSHOT_STALL, self.sink.send(Message::Text(text)))
+                .await
+                .map_err(|_| SnapshotError::Stalled(SNAPSHOT_STALL))??;
+        }
+        drop(feed);
+        let end = self.protocol.encode(Say::SnapshotEnd {
+            id,
+            rows: sent,
+            position,
+            token,
+        });
+        timed(self.write_limit, self.sink.send(Message::Text(end))).await?;
+        Ok(())
+    }
+
+    /// Send the subscription `id` what the history holds of the stretch `resume` covers,
+    /// before any of its live changes, judged where the worker judges its rows.
+    async fn replay(&mut self, id: &P::Id, resume: Resume) -> Result<(), WsError> {
+        let same = |key: &P::Id| P::same(key, id);
+        if resume.after >= resume.through {
+            return Ok(());
+        }
+        let mut outgoing = Vec::new();
+        let Some(mut backlog) = self.subscriber.replay(resume) else {
+            outgoing.push(Outgoing::Gap {
+                reason: GapReason::HistoryExpired,
+                from: resume.after + 1,
+                to: resume.through,
+            });
+            self.send_all(&Batch::empty(), &mut outgoing, None).await?;
+            return self.sink.flush().await;
+        };
+        while let Some(batch) = backlog.next().await {
+            let batch = self.subscriber.replayed(same, batch, &mut outgoing).await;
+            let limit = self.write_limit;
+            timed(limit, self.send_all(&batch, &mut outgoing, Some(id))).await?;
+        }
+        let limit = self.write_limit;
+        timed(limit, self.sink.flush()).await
+    }
+
+    /// Batches were lost to this connection: tell the client now (nothing may follow soon).
+    async fn lagged(&mut self, missed: Option<Vec<Dropped>>) -> Result<(), WsError> {
+        let mut gap = Vec::new();
+        self.subscriber.lagged(missed, &mut gap);
+        self.send_all(&Batch::empty(), &mut gap, None).await?;
+        self.sink.flush().await
+    }
+
+    async fn deliver(
+        &mut self,
+        pinned: &Delivering,
+        batch: Arc<Batch>,
+        source: Source,
+    ) -> Result<(), WsError> {
+        let seq = (source == Source::Live).then(|| self.subscriber.cursor().last_seq());
+        pinned.add(seq, &batch);
+        let principal = self.identity.principal().ok().cloned();
+        let mut outgoing = std::mem::take(&mut self.outgoing);
+        let batch = self
+            .subscriber
+            .deliver(batch, source, principal.as_ref(), &mut outgoing)
+            .await;
+        let result = self.send_all(&batch, &mut outgoing, None).await;
+        outgoing.clear();
+        // Kept small: a big batch's worth for each of thousands of idle connections adds up.
+        outgoing.shrink_to(OUTGOING_KEPT);
+        self.outgoing = outgoing;
+        result
+    }
+
+    /// Write out `outgoing`, the items for `batch` (read back for subscription `only`, when
+    /// replaying), in the protocol's frames.
+    async fn send_all(
+        &mut self,
+        batch: &Batch,
+        outgoing: &mut Vec<Outgoing<P::Id>>,
+        only: Option<&P::Id>,
+    ) -> Result<(), WsError> {
+        let changes = match batch {
+            Batch::Changes(changes) => changes.as_slice(),
+            _ => &[],
+        };
+        let subscriptions = &self.subscriber.subscriptions;
+        for item in outgoing.drain(..) {
+            let say = match &item {
+                Outgoing::Change {
+                    index,
+                    old,
+                    columns,
+                } => Say::Change {
+                    change: &changes[*index],
+                    old: *old,
+                    columns,
+                    matched: subscriptions.matched(&changes[*index], only),
+                },
+                Outgoing::Leave { index, columns } => Say::Leave {
+                    change: &changes[*index],
+                    columns,
+                    matched: subscriptions.matched(&changes[*index], only),
+                },
+                Outgoing::Ended(id, reason) => Say::Ended {
+                    id,
+                    reason: *reason,
+                },
+                Outgoing::Gap { reason, from, to } => Say::Gap {
+                    reason: *reason,
+                    from: *from,
+                    to: *to,
+                },
+            };
+            let text = self.protocol.encode(say);
+            self.sink.feed(Message::Text(text)).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a snapshot did not reach its end.
+enum Failure {
+    /// Writing to the client failed: the connection is done.
+    Client(WsError),
+    /// The snapshot could not be read: the client is told.
+    Snapshot(SnapshotError),
+}
+
+impl From<WsError> for Failure {
+    fn from(e: WsError) -> Failure {
+        Failure::Client(e)
+    }
+}
+
+impl From<SnapshotError> for Failure {
+    fn from(e: SnapshotError) -> Failure {
+        Failure::Snapshot(e)
+    }
+}
+
+/// `write`, failing as a timed-out write past `limit`.
+async fn timed<T>(
+    limit: Duration,
+    write: impl std::future::Future<Output = Result<T, WsError>>,
+) -> Result<T, WsError> {
+    tokio::time::timeout(limit, write)
+        .await
+        .unwrap_or_else(|_| Err(WsError::Io(std::io::ErrorKind::TimedOut.into())))
+}

@@ -1,0 +1,316 @@
+//! A subscriber of the engine, with a socket or without: its subscriptions, its place in the
+//! fan-out, and the history as its backlog. Whoever drives it (a connection, or a headless
+//! consumer) waits for the next batch, has it turn that batch into what to send
+//! (`Outgoing`), and writes those out in its own form.
+//!
+//! Live batches come from the fan-out's memory ring. A subscriber that falls out of the ring
+//! goes on reading the history from where it left off, in order, and returns to the live
+//! stream when it has caught up: nothing is lost or sent twice, and it is told of a gap only
+//! when the history no longer holds what it missed (or there is no history).
+
+use crate::bridge::WorkerHandle;
+use crate::change::{AudienceId, Batch, Change, GapReason, Topic, Verdict};
+use crate::history::History;
+use crate::net::apart::Judges;
+use crate::net::backlog::Backlog;
+use crate::net::fanout::{Cursor, Delivering, Fanout, Missed};
+use crate::net::shared::Shared;
+use crate::net::subscriptions::{Outgoing, Resume, SubscriptionSet};
+use std::sync::Arc;
+
+/// What a subscriber waited for.
+pub enum Incoming {
+    /// A batch to deliver, live from the fan-out or read back from the history.
+    Batch(Arc<Batch>, Source),
+    /// Batches that concerned it were lost and no history holds them.
+    Lagged(Option<Vec<crate::net::fanout::Dropped>>),
+    /// The server is stopping.
+    Closed,
+}
+
+/// Where a batch came from: the worker attached its verdicts to live ones only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Live,
+    /// Read back from the history: to catch up, or for a subscription that resumes.
+    History,
+}
+
+pub struct Subscriber<K> {
+    pub subscriptions: SubscriptionSet<K>,
+    cursor: Cursor,
+    /// Catching up from the history, after falling out of the fan-out.
+    backlog: Option<Backlog>,
+    history: Option<Arc<History>>,
+    worker: WorkerHandle,
+    judges: Arc<Judges>,
+    shared: Arc<Shared>,
+}
+
+impl<K: Clone> Subscriber<K> {
+    pub fn new(
+        fanout: &Arc<Fanout>,
+        shared: Arc<Shared>,
+        worker: WorkerHandle,
+        judges: Arc<Judges>,
+        history: Option<Arc<History>>,
+    ) -> Subscriber<K> {
+        let cursor = fanout.cursor();
+        let subscriptions = SubscriptionSet::new(
+            shared.clone(),
+            worker.clone(),
+            cursor.registrar(),
+            history.clone(),
+        );
+        Subscriber {
+            subscriptions,
+            cursor,
+            backlog: None,
+            history,
+            worker,
+            judges,
+            shared,
+        }
+    }
+
+    pub fn cursor(&self) -> &Cursor {
+        &self.cursor
+    }
+
+    /// Whether it is reading the history to catch up.
+    pub fn catching_up(&self) -> bool {
+        self.backlog.is_some()
+    }
+
+    /// The next batch to deliver. Cancel-safe.
+    pub async fn wait(&mut self) -> Incoming {
+        loop {
+            if let Some(backlog) = &mut self.backlog {
+                match backlog.next().await {
+                    Some(batch) => {
+                        let batch = Arc::new(self.backlog_batch(batch));
+                        return Incoming::Batch(batch, Source::History);
+                    }
+                    None => self.backlog = None,
+                }
+            }
+            let received = self.cursor.recv().await;
+            if let Some(incoming) = self.received(received) {
+                return incoming;
+            }
+        }
+    }
+
+    /// The next batch if one is ready without waiting (live ones only: a read from the
+    /// history is waited for).
+    pub fn try_next(&mut self) -> Option<Incoming> {
+        if self.backlog.is_some() {
+            return None;
+        }
+        loop {
+            let received = self.cursor.try_recv()?;
+            if let Some(incoming) = self.received(received) {
+                return Some(incoming);
+            }
+        }
+    }
+
+    /// What the fan-out handed it, as something to deliver; `None` for what was already
+    /// read from the history, or a loss the history will fill.
+    fn received(&mut self, received: Result<Arc<Batch>, Missed>) -> Option<Incoming> {
+        match received {
+            Ok(batch) => {
+                let read_back = batch.last_position() <= self.subscriptions.seen()
+                    && !matches!(*batch, Batch::Reauthorize { .. });
+                (!read_back).then_some(Incoming::Batch(batch, Source::Live))
+            }
+            Err(Missed::Lagged(missed)) => match &self.history {
+                Some(history) => {
+                    if self.subscriptions.missed(missed, true) {
+                        let after = self.subscriptions.seen();
+                        self.backlog = Some(Backlog::new(history.clone(), after, None));
+                    }
+                    None
+                }
+                None => Some(Incoming::Lagged(missed)),
+            },
+            Err(Missed::Closed) => Some(Incoming::Closed),
+        }
+    }
+
+    /// A batch read back to catch up, as a live one would have come: what the history no
+    /// longer holds is this subscriber's loss.
+    fn backlog_batch(&self, batch: Batch) -> Batch {
+        match batch {
+            Batch::Gap {
+                reason: GapReason::HistoryExpired,
+                first_position,
+                last_position,
+                topics,
+            } => Batch::Gap {
+                reason: GapReason::SlowClient,
+                first_position,
+                last_position,
+                topics,
+            },
+            other => other,
+        }
+    }
+
+    /// Mark the start of a delivery of live batches (for the fan-out's accounting of the
+    /// memory stalled subscribers pin).
+    pub fn delivering(&self) -> Delivering {
+        self.cursor.delivering()
+    }
+
+    /// Append to `out` what to send for `batch`, judging first what the worker left to judge
+    /// for its subscriptions; the batch to encode those against.
+    pub async fn deliver(
+        &mut self,
+        batch: Arc<Batch>,
+        source: Source,
+        principal: Option<&Arc<crate::auth::Principal>>,
+        out: &mut Vec<Outgoing<K>>,
+    ) -> Arc<Batch> {
+        // Whatever was committed after a change to who may see what is delivered under the
+        // rules it made. Authorized again before the next delivery, not at each marker: a run
+        // of catalog changes costs one pass.
+        if let Batch::Reauthorize { .. } = *batch {
+            self.subscriptions.reauthorize_later();
+        } else if self.subscriptions.take_reauthorize() {
+            if let Some(principal) = principal {
+                self.subscriptions.reauthorize(principal, out).await;
+            }
+        }
+        let batch = match self.complete_verdicts(&batch, source, None).await {
+            Some(completed) => Arc::new(completed),
+            None => batch,
+        };
+        self.subscriptions.deliver(&batch, out);
+        batch
+    }
+
+    /// Batches were lost with no history to read them from: the gap to tell of.
+    pub fn lagged(
+        &mut self,
+        missed: Option<Vec<crate::net::fanout::Dropped>>,
+        out: &mut Vec<Outgoing<K>>,
+    ) {
+        self.subscriptions.missed(missed, false);
+        self.subscriptions.lag_gap(None, out);
+    }
+
+    /// The history of the stretch `resume` covers, to replay for the subscription `same`
+    /// picks before any of its live changes; `None` without a history (then the whole
+    /// stretch is a gap, `replay_missing`).
+    pub fn replay(&self, resume: Resume) -> Option<Backlog> {
+        let history = self.history.clone()?;
+        Some(Backlog::new(history, resume.after, Some(resume.through)))
+    }
+
+    /// Append to `out` what to send for `batch`, read back for the subscription `same` picks.
+    pub async fn replayed(
+        &mut self,
+        same: impl Fn(&K) -> bool + Copy,
+        batch: Batch,
+        out: &mut Vec<Outgoing<K>>,
+    ) -> Batch {
+        let audience = self.subscriptions.audience(same);
+        let batch = match audience {
+            Some(audience) => self
+                .complete_verdicts(&batch, Source::History, Some(audience))
+                .await
+                .unwrap_or(batch),
+            None => batch,
+        };
+        self.subscriptions.replay(same, &batch, out);
+        batch
+    }
+
+    /// `batch` with the verdicts still missing for this subscriber's subscriptions (only
+    /// `audience`'s, when given), or `None` if none are: those the worker did not attach
+    /// (changes read back from the history; a subscription it began judging since, at a
+    /// catalog change), and those of audiences it judges apart, which the judge gives.
+    /// Without them the changes would count as not visible.
+    async fn complete_verdicts(
+        &self,
+        batch: &Batch,
+        source: Source,
+        audience: Option<AudienceId>,
+    ) -> Option<Batch> {
+        let Batch::Changes(changes) = batch else {
+            return None;
+        };
+        // A resuming subscription's changes may precede what the connection has seen.
+        let replay = audience.is_some();
+        let keep = |a: &AudienceId| audience.is_none_or(|only| only == *a);
+        let mut missing = self.subscriptions.missing_verdicts(changes, source, replay);
+        missing.retain(|(a, _, _)| keep(a));
+        let mut apart = self.subscriptions.judged_apart(changes, replay);
+        apart.retain(|(a, _)| keep(a));
+        if missing.is_empty() && apart.is_empty() {
+            return None;
+        }
+        let mut copies: Vec<Change> = changes.iter().map(Change::copy).collect();
+        for (audience, topic, range) in missing {
+            let which: Vec<usize> = (0..copies.len())
+                .filter(|&i| {
+                    let c = &copies[i];
+                    c.topic == topic && range.contains(&c.position)
+                })
+                .collect();
+            let judged = self
+                .worker
+                .judge(audience, which.iter().map(|&i| copies[i].copy()).collect())
+                .await;
+            for (n, &i) in which.iter().enumerate() {
+                // The worker is restarting: a missed change, not an invisible one.
+                let verdict = judged
+                    .as_ref()
+                    .ok()
+                    .and_then(|j| j.get(n)?.verdict(audience))
+                    .unwrap_or(Verdict::FAILED);
+                copies[i].set_verdict(audience, verdict);
+            }
+        }
+        // After the missing ones: the worker may have left those to the judge too.
+        let mut apart = self.subscriptions.judged_apart(&copies, replay);
+        apart.retain(|(a, _)| keep(a));
+        for (audience, topic) in apart {
+            self.judge_apart(audience, &topic, &mut copies).await;
+        }
+        Some(Batch::Changes(copies))
+    }
+
+    /// Have the judge decide what `audience`, judged apart, may see of the changes of `topic`
+    /// among `changes` that wait for it; a failure is a missed change, as it is in the worker.
+    async fn judge_apart(&self, audience: AudienceId, topic: &Topic, changes: &mut [Change]) {
+        let which: Vec<usize> = (0..changes.len())
+            .filter(|&i| {
+                changes[i].topic == *topic && changes[i].verdict(audience).is_some_and(|v| v.apart)
+            })
+            .collect();
+        if which.is_empty() {
+            return;
+        }
+        let visible = match self.shared.apart(audience) {
+            Some(spec) => {
+                let waiting: Vec<&Change> = which.iter().map(|&i| &changes[i]).collect();
+                self.judges.judge(&self.worker, &spec, &waiting).await
+            }
+            None => Err("the audience is no longer judged apart".to_string()),
+        };
+        for (n, &i) in which.iter().enumerate() {
+            let verdict = match &visible {
+                Ok(v) => Verdict {
+                    new_visible: v[n][0],
+                    old_visible: v[n][1],
+                    failed: false,
+                    apart: false,
+                },
+                Err(_) => Verdict::FAILED,
+            };
+            changes[i].set_verdict(audience, verdict);
+        }
+    }
+}
