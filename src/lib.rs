@@ -9,7 +9,7 @@
 //! numbers changes, answers catalog questions) -> `realtime_core::bridge` -> network threads
 //! -> browser. `render` turns rows into JSON as row_to_json does (in the writer, or in the
 //! worker for rows recorded with their `shape`); `event` is the byte layout the writer, the
-//! queue and the worker share; `pg` declares the PostgreSQL symbols pgrx lacks; `api` is the SQL surface, `gucs` the settings, `error` how errors reach SQL callers.
+//! queue and the worker share; `pg` declares the PostgreSQL symbols pgrx lacks; `stats` puts the engine's numbers in shared memory; `api` is the SQL surface, `gucs` the settings, `error` how errors reach SQL callers.
 
 use pgrx::prelude::*;
 
@@ -24,6 +24,7 @@ mod queue;
 mod render;
 mod shape;
 mod spill;
+mod stats;
 mod worker;
 
 ::pgrx::pg_module_magic!();
@@ -42,6 +43,7 @@ pub extern "C-unwind" fn _PG_init() {
     }
     gucs::init();
     queue::init();
+    stats::init();
     capture::init();
     if !pg::binary_upgrade() {
         worker::register();

@@ -75,8 +75,7 @@ fn clients_get_1012_when_the_worker_stops_or_the_server_restarts() {
         .unwrap();
     let (code, reason) = ws.close_frame();
     assert_eq!(code, 1012, "{reason}");
-    std::thread::sleep(Duration::from_millis(1500));
-    cluster.wait_healthy();
+    cluster.wait_for_new_worker(pid);
 
     let mut ws = cluster.ws();
     drop(db);

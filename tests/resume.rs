@@ -180,8 +180,7 @@ fn a_worker_restart_loses_nothing_a_server_restart_is_a_gap() {
     db.execute("SELECT pg_terminate_backend($1)", &[&pid])
         .unwrap();
     insert(&mut db, "events", &[(3, "")]);
-    std::thread::sleep(Duration::from_millis(1500));
-    cluster.wait_healthy();
+    cluster.wait_for_new_worker(pid);
     insert(&mut db, "events", &[(4, "")]);
     let mut ws = cluster.ws();
     let reply = resume(&mut ws, "e", "events", None, seen);

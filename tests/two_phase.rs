@@ -2,7 +2,6 @@
 //! any other commit's, and survive worker and server restarts while prepared.
 mod common;
 use common::Cluster;
-use std::time::Duration;
 
 /// Run `statement` in a transaction and prepare it as `gid`.
 fn prepare(db: &mut postgres::Client, gid: &str, statement: &str) {
@@ -144,11 +143,7 @@ fn prepared_transactions_survive_worker_and_server_restarts() {
         "across_server",
         "INSERT INTO p SELECT g FROM generate_series(100, 10099) g",
     );
-    let pid = cluster.worker_pid();
-    db.execute("SELECT pg_terminate_backend($1)", &[&pid])
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
-    cluster.wait_healthy();
+    cluster.restart_worker();
     let mut ws = cluster.ws();
     ws.subscribe("p", "p", None);
     db.batch_execute("COMMIT PREPARED 'across_worker'").unwrap();

@@ -36,26 +36,7 @@ fn worker_is_visible_restarts_after_terminate_and_serves_reconnecting_clients() 
     assert!(terminated);
     // The old connection is closed; writers are not affected meanwhile.
     db.batch_execute("INSERT INTO r VALUES (2)").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let new_pid = loop {
-        assert!(
-            Instant::now() < deadline,
-            "worker did not come back; log:\n{}",
-            cluster.log()
-        );
-        let found = db
-            .query_opt(
-                "SELECT pid FROM pg_stat_activity WHERE backend_type = 'realtime_ext'",
-                &[],
-            )
-            .unwrap();
-        match found.map(|r| r.get::<_, i32>(0)) {
-            Some(p) if p != pid => break p,
-            _ => std::thread::sleep(Duration::from_millis(100)),
-        }
-    };
-    assert_ne!(new_pid, pid);
-    cluster.wait_healthy();
+    cluster.wait_for_new_worker(pid);
     let mut ws = cluster.ws();
     ws.subscribe("r", "r", None);
     db.batch_execute("INSERT INTO r VALUES (3)").unwrap();

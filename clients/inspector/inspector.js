@@ -151,8 +151,7 @@ function diff(old, now) {
 }
 
 function gapItem(g) {
-  const resume = g.resume_from ? `, resume from ${g.resume_from}` : '';
-  return el('li', { class: 'gap', 'data-op': 'GAP' }, `gap (${g.reason}): positions ${g.from_position}–${g.to_position} not delivered${resume}`);
+  return el('li', { class: 'gap', 'data-op': 'GAP' }, `gap (${g.reason}): positions ${g.from_position}–${g.to_position} not delivered`);
 }
 
 $('pause').addEventListener('click', () => {

@@ -61,7 +61,6 @@ export interface Gap {
   reason: string;
   from_position: number;
   to_position: number;
-  resume_from?: number;
 }
 export interface Ended {
   type: 'unsubscribed';

@@ -9,6 +9,7 @@
 //! - `history`: published changes kept on disk, read back for clients that resume.
 //! - `snapshot`: which transactions a snapshot contains, and what its reader is asked and sends.
 //! - `protocol`: the wire protocols; `native` is realtime_ext's own JSON messages.
+//! - `stats`: the engine's numbers (`Stats`), readable by every process.
 //! - `visibility`: the columns and rows (row-level security) a subscriber may see.
 //! - `net`: tokio threads: listeners, the HTTP front door, the fan-out ring, the subscription
 //!   set, and one session loop per protocol.
@@ -22,4 +23,5 @@ pub mod net;
 pub mod ops;
 pub mod protocol;
 pub mod snapshot;
+pub mod stats;
 pub mod visibility;

@@ -15,6 +15,7 @@ use pgrx::pg_sys;
 use std::ptr;
 
 mod overflow;
+mod ring;
 
 /// Set in the offsets of records in the overflow file (ring offsets never reach it).
 const OVERFLOW: u64 = 1 << 63;
@@ -160,16 +161,15 @@ impl Locked {
         Some(queue()?.lock())
     }
     fn free(&self) -> u64 {
-        self.0.capacity - (self.0.head - self.0.tail)
+        ring::free(self.0.capacity, self.0.head, self.0.tail)
     }
     fn write_at(&mut self, offset: u64, bytes: &[u8]) {
-        let cap = self.0.capacity as usize;
-        let at = (offset % self.0.capacity) as usize;
-        let first = bytes.len().min(cap - at);
-        // SAFETY: `at < cap` and `first <= cap - at`, so both copies stay within the ring's `cap` bytes and `bytes`.
+        let s = ring::span(self.0.capacity, offset, bytes.len());
+        // SAFETY: `s.at + s.first` and `s.rest` are within the ring's capacity (`ring::span`),
+        // and `s.first + s.rest` is `bytes.len()`.
         unsafe {
-            ptr::copy_nonoverlapping(bytes.as_ptr(), self.1.add(at), first);
-            ptr::copy_nonoverlapping(bytes.as_ptr().add(first), self.1, bytes.len() - first);
+            ptr::copy_nonoverlapping(bytes.as_ptr(), self.1.add(s.at), s.first);
+            ptr::copy_nonoverlapping(bytes.as_ptr().add(s.first), self.1, s.rest);
         }
     }
     fn copy_in(&mut self, bytes: &[u8]) {
@@ -496,11 +496,9 @@ fn take_pending_gap(q: &mut Locked, out: &mut Vec<u8>) {
 /// `data` holds `header.capacity` bytes, and nobody writes those `len` bytes meanwhile: the
 /// caller holds the lock, or knows (see `drain`).
 unsafe fn copy_ring(header: &Header, data: *mut u8, from: u64, out: &mut Vec<u8>, len: usize) {
-    let cap = header.capacity as usize;
-    let at = (from % header.capacity) as usize;
-    let first = len.min(cap - at);
-    out.extend_from_slice(std::slice::from_raw_parts(data.add(at), first));
-    out.extend_from_slice(std::slice::from_raw_parts(data, len - first));
+    let s = ring::span(header.capacity, from, len);
+    out.extend_from_slice(std::slice::from_raw_parts(data.add(s.at), s.first));
+    out.extend_from_slice(std::slice::from_raw_parts(data, s.rest));
 }
 
 /// Split the output of `drain` into records.

@@ -27,9 +27,9 @@ use realtime_core::bridge::{self};
 use realtime_core::net::shared::{Limits, Shared};
 use realtime_core::net::tls::{self, TlsAcceptor};
 use realtime_core::net::{self, fanout::Fanout};
+use realtime_core::stats::Stat;
 use std::io::Read;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,7 +68,7 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi(Some(&gucs::database()), None);
     crate::pg::pin_session(c"realtime_ext worker");
 
-    let shared = Arc::new(Shared::new(limits()));
+    let shared = Arc::new(Shared::new(limits(), crate::stats::shared()));
     shared.set_tls(tls().unwrap_or_else(|e| {
         crate::error::raise(
             PgSqlErrorCode::ERRCODE_CONFIG_FILE_ERROR,
@@ -84,7 +84,11 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
     casts::register();
     let (handle, inbox) = bridge::request_channel()
         .unwrap_or_else(|e| fatal(format!("could not create channel: {e}")));
-    let batches = Fanout::new(gucs::client_backlog(), gucs::client_memory_bytes());
+    let batches = Fanout::new(
+        gucs::client_backlog(),
+        gucs::client_memory_bytes(),
+        crate::stats::shared(),
+    );
     let address = net::Address {
         hosts: gucs::listen_addresses(),
         port: gucs::port(),
@@ -158,7 +162,7 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
         questions.extend(inbox.rx.try_iter());
         // A session counts its subscription before asking to resolve it, so wake-ups are on
         // before the answer goes out.
-        subscribed = shared.subscriptions.load(Relaxed) > 0;
+        subscribed = shared.stats.get(Stat::Subscriptions) > 0;
         queue::set_wake_on_commit(subscribed);
         let mut moved = false;
         while publisher.pump() {

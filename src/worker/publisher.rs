@@ -11,9 +11,9 @@ use realtime_core::change::{Batch, Change, EndReason, GapReason, Topic, Txn};
 use realtime_core::history::History;
 use realtime_core::net::fanout::Fanout;
 use realtime_core::net::shared::Shared;
+use realtime_core::stats::Stat;
 use std::collections::HashMap;
 use std::io::Read;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 /// Bytes drained from the queue per pass; the queue lock is held while they are copied.
@@ -100,7 +100,7 @@ pub struct Publisher {
 impl Publisher {
     pub fn new(tx: Arc<Fanout>, shared: Arc<Shared>, history: Option<Arc<History>>) -> Publisher {
         let next_position = queue::next_position();
-        shared.position.store(next_position - 1, Relaxed);
+        shared.stats.set(Stat::Position, next_position - 1);
         Publisher {
             tx,
             names: Names::default(),
@@ -174,11 +174,15 @@ impl Publisher {
         self.buf = buf;
         if self.stats_at.elapsed() > STATS_EVERY {
             self.stats_at = std::time::Instant::now();
-            let stats = queue::stats();
-            self.shared.queue_used.store(stats.used, Relaxed);
-            self.shared.queue_capacity.store(stats.capacity, Relaxed);
-            self.shared.queue_overflow.store(stats.overflow, Relaxed);
-            self.shared.lost_txns.store(stats.lost_txns, Relaxed);
+            let queue = queue::stats();
+            let stats = self.shared.stats;
+            stats.set(Stat::QueueUsedBytes, queue.used);
+            stats.set(Stat::QueueCapacityBytes, queue.capacity);
+            stats.set(Stat::QueueOverflowBytes, queue.overflow);
+            stats.set(Stat::LostTransactions, queue.lost_txns);
+            if let Some(history) = &self.history {
+                stats.set(Stat::HistoryBytes, history.bytes());
+            }
         }
         more
     }
@@ -418,14 +422,13 @@ impl Publisher {
     /// it starts after these positions.
     fn skip_unheard(&mut self, count: u32) -> bool {
         // With a history, a client may resume and ask for it later.
-        if self.history.is_some() || self.shared.subscriptions.load(Relaxed) > 0 {
+        if self.history.is_some() || self.shared.stats.get(Stat::Subscriptions) > 0 {
             return false;
         }
         self.flush();
         let first = self.take_positions(count as u64);
-        self.shared
-            .position
-            .store(first + count as u64 - 1, Relaxed);
+        let last = first + count as u64 - 1;
+        self.shared.stats.set(Stat::Position, last);
         true
     }
 
@@ -470,8 +473,12 @@ impl Publisher {
                 Err(_) => {}
             }
         }
+        if let Batch::Changes(changes) = &batch {
+            let stats = self.shared.stats;
+            stats.add(Stat::ChangesPublished, changes.len() as u64);
+        }
         self.tx.send(batch);
-        self.shared.position.store(last, Relaxed);
+        self.shared.stats.set(Stat::Position, last);
     }
 }
 

@@ -306,24 +306,44 @@ impl Cluster {
     }
 
     pub fn wait_healthy(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if self.health().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if !poll(Duration::from_secs(30), || self.health().is_some()) {
+            panic!("realtime worker did not come up; log:\n{}", self.log());
         }
-        panic!("realtime worker did not come up; log:\n{}", self.log());
     }
 
     pub fn worker_pid(&self) -> i32 {
+        self.running_worker()
+            .expect("the realtime worker is running")
+    }
+
+    fn running_worker(&self) -> Option<i32> {
         self.client()
-            .query_one(
+            .query_opt(
                 "SELECT pid FROM pg_stat_activity WHERE backend_type = 'realtime_ext'",
                 &[],
             )
             .unwrap()
-            .get(0)
+            .map(|r| r.get(0))
+    }
+
+    /// Stop the worker (as pg_terminate_backend does) and wait for its successor to serve.
+    pub fn restart_worker(&self) -> i32 {
+        let old = self.worker_pid();
+        self.client()
+            .execute("SELECT pg_terminate_backend($1)", &[&old])
+            .unwrap();
+        self.wait_for_new_worker(old)
+    }
+
+    /// Wait until a worker other than `old` runs and serves; its pid.
+    pub fn wait_for_new_worker(&self, old: i32) -> i32 {
+        let mut new = None;
+        wait_until("a new realtime worker", Duration::from_secs(30), || {
+            new = self.running_worker().filter(|pid| *pid != old);
+            new.is_some()
+        });
+        self.wait_healthy();
+        new.expect("found")
     }
 
     pub fn ws(&self) -> Ws {
@@ -573,4 +593,26 @@ impl Ws {
             out.push(m);
         }
     }
+}
+
+/// Whether `condition` held within `limit`, asked every 20 ms.
+pub fn poll(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Wait until `condition` holds; fail the test, naming `what`, if it does not within `limit`.
+pub fn wait_until(what: &str, limit: Duration, condition: impl FnMut() -> bool) {
+    assert!(
+        poll(limit, condition),
+        "gave up waiting for {what} after {limit:?}"
+    );
 }

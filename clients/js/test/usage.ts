@@ -15,7 +15,7 @@ const sub: Subscription = rt.subscribe('defects', { events: ['INSERT'], filter: 
     case 'leave':
       return m.old;
     case 'gap':
-      return m.resume_from;
+      return m.to_position - m.from_position + 1;
     case 'unsubscribed':
       return m.reason;
   }

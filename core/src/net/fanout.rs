@@ -19,6 +19,7 @@
 
 use super::interest::{Interests, Keys, SessionId};
 use crate::change::{Batch, Topic};
+use crate::stats::{Stat, Stats};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -48,8 +49,8 @@ pub struct Fanout {
     /// The most the ring held since memory was last given back.
     peak_ring_bytes: AtomicUsize,
     next_session: AtomicU64,
-    /// Batches handed to sessions, counted once per session (for /health).
-    handed: AtomicU64,
+    /// Where it counts the batches it hands out and the bytes it keeps.
+    stats: &'static Stats,
     started: Instant,
     closed: AtomicBool,
 }
@@ -119,7 +120,7 @@ pub enum Missed {
 }
 
 impl Fanout {
-    pub fn new(max_batches: usize, max_bytes: usize) -> Arc<Fanout> {
+    pub fn new(max_batches: usize, max_bytes: usize, stats: &'static Stats) -> Arc<Fanout> {
         Arc::new(Fanout {
             ring: Mutex::new(Ring {
                 batches: VecDeque::new(),
@@ -135,7 +136,7 @@ impl Fanout {
             peak_sessions: AtomicUsize::new(0),
             peak_ring_bytes: AtomicUsize::new(0),
             next_session: AtomicU64::new(1),
-            handed: AtomicU64::new(0),
+            stats,
             started: Instant::now(),
             closed: AtomicBool::new(false),
         })
@@ -165,11 +166,6 @@ impl Fanout {
         self.ring().bytes
     }
 
-    /// Batches handed to sessions so far, once per session each (for /health).
-    pub fn batches_handed(&self) -> u64 {
-        self.handed.load(Relaxed)
-    }
-
     /// Add `batch` to the ring and wake the sessions it may concern.
     pub fn send(&self, batch: Batch) {
         let size = batch_bytes(&batch);
@@ -179,6 +175,7 @@ impl Fanout {
             ring.batches.push_back((batch.clone(), size));
             ring.bytes += size;
             self.evict(&mut ring);
+            self.stats.set(Stat::BacklogBytes, ring.bytes as u64);
             ring.first + ring.batches.len() as u64 - 1
         };
         let mut index = self.index();
@@ -186,7 +183,7 @@ impl Fanout {
         index.interests.receivers(&batch, |slot| {
             handed += slot.hand(seq, self.max_batches) as u64;
         });
-        self.handed.fetch_add(handed, Relaxed);
+        self.stats.add(Stat::BatchesHanded, handed);
         index.dispatched = index.dispatched.max(batch.last_position());
         index.handing = seq + 1;
     }
@@ -324,6 +321,7 @@ impl Fanout {
         }
         self.evict(&mut ring);
         let ring_bytes = ring.bytes;
+        self.stats.set(Stat::BacklogBytes, ring_bytes as u64);
         drop(ring);
         self.return_memory(sessions, ring_bytes);
     }
@@ -604,6 +602,8 @@ impl Drop for Delivering {
 mod unit {
     use super::*;
 
+    static STATS: Stats = Stats::new();
+
     /// A batch of one change whose image is `n` bytes: it costs 2n + CHANGE_OVERHEAD.
     fn batch(n: usize) -> Batch {
         let txn = Arc::new(crate::change::Txn {
@@ -625,7 +625,7 @@ mod unit {
 
     #[test]
     fn the_ring_is_bounded_in_bytes_and_batches_and_laggards_are_told() {
-        let fanout = Fanout::new(4, 10_000);
+        let fanout = Fanout::new(4, 10_000, &STATS);
         let mut slow = fanout.cursor();
         let _interest = slow.registrar().register(Topic::Table(7), Keys::Everything);
         for _ in 0..10 {
@@ -656,7 +656,7 @@ mod unit {
 
     #[test]
     fn batches_everyone_has_read_are_dropped() {
-        let fanout = Fanout::new(1000, 1 << 30);
+        let fanout = Fanout::new(1000, 1 << 30, &STATS);
         let mut a = fanout.cursor();
         let interest = a.registrar().register(Topic::Table(7), Keys::Everything);
         for _ in 0..5 {
@@ -675,7 +675,7 @@ mod unit {
 
     #[test]
     fn stalled_sessions_count_their_copies_and_dropped_batches_once() {
-        let fanout = Fanout::new(1, 300_000);
+        let fanout = Fanout::new(1, 300_000, &STATS);
         let (mut a, mut b) = (fanout.cursor(), fanout.cursor());
         let _interests =
             [&a, &b].map(|c| c.registrar().register(Topic::Table(7), Keys::Everything));
@@ -709,7 +709,7 @@ mod unit {
 
     #[test]
     fn a_session_reads_only_the_batches_handed_to_it() {
-        let fanout = Fanout::new(1000, 1 << 30);
+        let fanout = Fanout::new(1000, 1 << 30, &STATS);
         let mut seven = fanout.cursor();
         let mut other = fanout.cursor();
         let (_seven, before) = seven
@@ -732,7 +732,7 @@ mod unit {
         fanout.sweep();
         assert_eq!(fanout.ring_bytes(), 0);
         // Batches that left the ring unread are reported with what they held.
-        let small = Fanout::new(2, 1 << 30);
+        let small = Fanout::new(2, 1 << 30, &STATS);
         let mut slow = small.cursor();
         let _slow = slow.registrar().register(Topic::Table(7), Keys::Everything);
         for _ in 0..5 {

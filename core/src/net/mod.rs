@@ -7,6 +7,7 @@ pub mod backlog;
 pub mod clients;
 mod connection;
 pub mod fanout;
+pub mod headless;
 mod http;
 pub mod identity;
 pub mod interest;
@@ -14,6 +15,8 @@ pub mod shared;
 pub mod snapshots;
 pub mod subscriber;
 pub mod subscriptions;
+#[cfg(test)]
+pub mod testing;
 pub mod tls;
 
 use crate::bridge::WorkerHandle;
@@ -79,11 +82,7 @@ impl Server {
     pub fn shutdown(self) {
         self.batches.close();
         let deadline = std::time::Instant::now() + SHUTDOWN_GRACE;
-        while self
-            .shared
-            .connections
-            .load(std::sync::atomic::Ordering::Relaxed)
-            > 0
+        while self.shared.stats.get(crate::stats::Stat::Connections) > 0
             && std::time::Instant::now() < deadline
         {
             std::thread::sleep(Duration::from_millis(10));

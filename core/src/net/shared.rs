@@ -5,8 +5,8 @@
 use crate::auth::AuthConfig;
 use crate::change::AudienceId;
 use crate::net::tls::TlsAcceptor;
+use crate::stats::{Stat, Stats};
 use crate::visibility::ApartSpec;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -66,17 +66,8 @@ const MAX_AUTHORIZED_ROLES: usize = 10_000;
 
 /// Numbers both sides read; written by the side named in each comment.
 pub struct Shared {
-    /// Worker: last position broadcast.
-    pub position: AtomicU64,
-    /// Worker: queue bytes in use / capacity, transactions lost to overflow.
-    pub queue_used: AtomicU64,
-    pub queue_capacity: AtomicU64,
-    /// Worker: bytes of the queue waiting on disk (its overflow file).
-    pub queue_overflow: AtomicU64,
-    pub lost_txns: AtomicU64,
-    /// Network: open connections, and subscriptions held or being made on them.
-    pub connections: AtomicUsize,
-    pub subscriptions: AtomicUsize,
+    /// Both: the engine's numbers (in shared memory, for SQL to read too).
+    pub stats: &'static Stats,
     /// Worker, from reloadable settings (`set_limits`).
     limits: Mutex<Arc<Limits>>,
     /// Worker: how new connections are accepted over TLS (realtime.ssl), or `None`.
@@ -98,15 +89,9 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(limits: Limits) -> Shared {
+    pub fn new(limits: Limits, stats: &'static Stats) -> Shared {
         Shared {
-            position: AtomicU64::new(0),
-            queue_used: AtomicU64::new(0),
-            queue_capacity: AtomicU64::new(0),
-            queue_overflow: AtomicU64::new(0),
-            lost_txns: AtomicU64::new(0),
-            connections: AtomicUsize::new(0),
-            subscriptions: AtomicUsize::new(0),
+            stats,
             limits: Mutex::new(Arc::new(limits)),
             tls: Mutex::new(None),
             auth: Mutex::new(Arc::new(AuthConfig::closed())),
@@ -117,8 +102,9 @@ impl Shared {
             authorized: Mutex::default(),
         }
     }
+    /// The last position published.
     pub fn position(&self) -> u64 {
-        self.position.load(Relaxed)
+        self.stats.get(Stat::Position)
     }
     pub fn limits(&self) -> Arc<Limits> {
         self.limits

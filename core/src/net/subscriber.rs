@@ -16,6 +16,7 @@ use crate::net::backlog::Backlog;
 use crate::net::fanout::{Cursor, Delivering, Fanout, Missed};
 use crate::net::shared::Shared;
 use crate::net::subscriptions::{Outgoing, Resume, SubscriptionSet};
+use crate::stats::Stat;
 use std::sync::Arc;
 
 /// What a subscriber waited for.
@@ -91,7 +92,7 @@ impl<K: Clone> Subscriber<K> {
                         let batch = Arc::new(self.backlog_batch(batch));
                         return Incoming::Batch(batch, Source::History);
                     }
-                    None => self.backlog = None,
+                    None => self.caught_up(),
                 }
             }
             let received = self.cursor.recv().await;
@@ -104,15 +105,14 @@ impl<K: Clone> Subscriber<K> {
     /// The next batch if one is ready without waiting (live ones only: a read from the
     /// history is waited for).
     pub fn try_next(&mut self) -> Option<Incoming> {
-        if self.backlog.is_some() {
-            return None;
-        }
-        loop {
+        // Once behind, nothing live goes out before what the history holds.
+        while self.backlog.is_none() {
             let received = self.cursor.try_recv()?;
             if let Some(incoming) = self.received(received) {
                 return Some(incoming);
             }
         }
+        None
     }
 
     /// What the fan-out handed it, as something to deliver; `None` for what was already
@@ -120,8 +120,10 @@ impl<K: Clone> Subscriber<K> {
     fn received(&mut self, received: Result<Arc<Batch>, Missed>) -> Option<Incoming> {
         match received {
             Ok(batch) => {
-                let read_back = batch.last_position() <= self.subscriptions.seen()
-                    && !matches!(*batch, Batch::Reauthorize { .. });
+                // Ends and catalog markers take no position of their own: only changes and
+                // gaps can be told apart as already read (an end read twice ends nothing).
+                let read_back = matches!(*batch, Batch::Changes(_) | Batch::Gap { .. })
+                    && batch.last_position() <= self.subscriptions.seen();
                 (!read_back).then_some(Incoming::Batch(batch, Source::Live))
             }
             Err(Missed::Lagged(missed)) => match &self.history {
@@ -129,12 +131,21 @@ impl<K: Clone> Subscriber<K> {
                     if self.subscriptions.missed(missed, true) {
                         let after = self.subscriptions.seen();
                         self.backlog = Some(Backlog::new(history.clone(), after, None));
+                        self.shared.stats.increment(Stat::CatchUps);
+                        self.shared.stats.increment(Stat::CatchingUp);
                     }
                     None
                 }
                 None => Some(Incoming::Lagged(missed)),
             },
             Err(Missed::Closed) => Some(Incoming::Closed),
+        }
+    }
+
+    /// Back on the live stream.
+    fn caught_up(&mut self) {
+        if self.backlog.take().is_some() {
+            self.shared.stats.sub(Stat::CatchingUp, 1);
         }
     }
 
@@ -147,12 +158,15 @@ impl<K: Clone> Subscriber<K> {
                 first_position,
                 last_position,
                 topics,
-            } => Batch::Gap {
-                reason: GapReason::SlowClient,
-                first_position,
-                last_position,
-                topics,
-            },
+            } => {
+                self.shared.stats.increment(Stat::SlowClientGaps);
+                Batch::Gap {
+                    reason: GapReason::SlowClient,
+                    first_position,
+                    last_position,
+                    topics,
+                }
+            }
             other => other,
         }
     }
@@ -197,7 +211,11 @@ impl<K: Clone> Subscriber<K> {
         out: &mut Vec<Outgoing<K>>,
     ) {
         self.subscriptions.missed(missed, false);
+        let before = out.len();
         self.subscriptions.lag_gap(None, out);
+        if out.len() > before {
+            self.shared.stats.increment(Stat::SlowClientGaps);
+        }
     }
 
     /// The history of the stretch `resume` covers, to replay for the subscription `same`
@@ -311,6 +329,14 @@ impl<K: Clone> Subscriber<K> {
                 Err(_) => Verdict::FAILED,
             };
             changes[i].set_verdict(audience, verdict);
+        }
+    }
+}
+
+impl<K> Drop for Subscriber<K> {
+    fn drop(&mut self) {
+        if self.backlog.is_some() {
+            self.shared.stats.sub(Stat::CatchingUp, 1);
         }
     }
 }

@@ -13,9 +13,9 @@ use crate::net::shared::Shared;
 use crate::net::subscriber::Source;
 use crate::ops::{Op, OpSet};
 use crate::snapshot::{OrderBy, Spec, Xids};
+use crate::stats::Stat;
 use crate::visibility::{Columns, RowAccess};
 use std::ops::RangeInclusive;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 /// What a client asked to subscribe to, parsed by its protocol.
@@ -146,20 +146,20 @@ impl Drop for Audience {
     }
 }
 
-/// Keeps `Shared::subscriptions` counting a subscription for as long as it exists, from the
+/// Keeps `Stat::Subscriptions` counting a subscription for as long as it exists, from the
 /// moment it is requested: the worker wakes on commits only while that count is above zero.
 struct Counted(Arc<Shared>);
 
 impl Counted {
     fn new(shared: &Arc<Shared>) -> Counted {
-        shared.subscriptions.fetch_add(1, Relaxed);
+        shared.stats.increment(Stat::Subscriptions);
         Counted(shared.clone())
     }
 }
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        self.0.subscriptions.fetch_sub(1, Relaxed);
+        self.0.stats.sub(Stat::Subscriptions, 1);
     }
 }
 
@@ -796,4 +796,243 @@ fn push<K>(
             columns,
         },
     });
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+    use crate::net::fanout::{Cursor, Fanout};
+    use crate::net::testing::{self, change, insert, runtime};
+    use crate::stats::{Stat, Stats};
+
+    /// A connection's subscription set, on a fan-out of its own.
+    fn connection(stats: &'static Stats) -> (SubscriptionSet<u32>, Cursor) {
+        let fanout = Fanout::new(16, 1 << 20, stats);
+        let cursor = fanout.cursor();
+        let shared = testing::shared(stats);
+        let set = SubscriptionSet::new(shared, testing::worker(), cursor.registrar(), None);
+        (set, cursor)
+    }
+
+    fn wish(table: &str, filter: Option<&str>, since: Option<u64>) -> Wish {
+        Wish {
+            table: table.into(),
+            events: None,
+            filter: filter.map(Into::into),
+            since,
+            after_snapshot: None,
+        }
+    }
+
+    /// What `out` says, in words: "change 3 (old) [id,owner]", "leave 5", "gap SlowClient 5-7".
+    fn said(batch: &Batch, out: &mut Vec<Outgoing<u32>>) -> Vec<String> {
+        let changes = match batch {
+            Batch::Changes(c) => c.as_slice(),
+            _ => &[],
+        };
+        let cols = |c: &Columns| {
+            c.as_ref().map_or(String::new(), |c| {
+                let mut c: Vec<_> = c.iter().cloned().collect();
+                c.sort();
+                format!(" [{}]", c.join(","))
+            })
+        };
+        out.drain(..)
+            .map(|o| match o {
+                Outgoing::Change {
+                    index,
+                    old,
+                    columns,
+                } => format!(
+                    "change {}{}{}",
+                    changes[index].position,
+                    if old { " (old)" } else { "" },
+                    cols(&columns)
+                ),
+                Outgoing::Leave { index, .. } => format!("leave {}", changes[index].position),
+                Outgoing::Ended(id, reason) => format!("ended {id} {reason:?}"),
+                Outgoing::Gap { reason, from, to } => format!("gap {reason:?} {from}-{to}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_subscription_gets_what_its_rule_and_filter_let_through() {
+        static STATS: Stats = Stats::new();
+        let (mut set, _cursor) = connection(&STATS);
+        let alice = testing::alice();
+        runtime().block_on(async {
+            set.subscribe(1, wish("t", None, None), &alice, |a, b| a == b)
+                .await
+                .map_err(|e| e.to_string())
+                .unwrap();
+            let filter = Some("kind=eq.scratch");
+            set.subscribe(2, wish("open", filter, None), &alice, |a, b| a == b)
+                .await
+                .map_err(|e| e.to_string())
+                .unwrap();
+            assert!(matches!(
+                set.subscribe(3, wish("nope", None, None), &alice, |a, b| a == b)
+                    .await,
+                Err(SubscribeError::Resolve(ResolveError::UnknownTable(_)))
+            ));
+        });
+        let row = |id: u64, owner: &str| format!(r#"{{"id":{id},"owner":"{owner}","secret":"x"}}"#);
+        let batch = Batch::Changes(vec![
+            change(1, 7, Op::Insert, Some(&row(1, "alice")), None),
+            change(2, 7, Op::Insert, Some(&row(2, "bob")), None),
+            change(3, 8, Op::Insert, Some(r#"{"kind":"scratch"}"#), None),
+            change(4, 8, Op::Insert, Some(r#"{"kind":"dent"}"#), None),
+            // Alice's row given to bob leaves her view; bob's given to her enters it, without
+            // the old row she could not see.
+            change(
+                5,
+                7,
+                Op::Update,
+                Some(&row(5, "bob")),
+                Some(&row(5, "alice")),
+            ),
+            change(
+                6,
+                7,
+                Op::Update,
+                Some(&row(6, "alice")),
+                Some(&row(6, "bob")),
+            ),
+            change(
+                7,
+                8,
+                Op::Update,
+                Some(r#"{"kind":"dent"}"#),
+                Some(r#"{"kind":"scratch"}"#),
+            ),
+        ]);
+        let mut out = Vec::new();
+        set.deliver(&batch, &mut out);
+        assert_eq!(
+            said(&batch, &mut out),
+            [
+                "change 1 (old) [id,owner]",
+                "change 3 (old)",
+                "leave 5",
+                "change 6 [id,owner]",
+                "leave 7"
+            ]
+        );
+        assert_eq!(set.seen(), 7);
+        // Each change names the subscriptions it matched.
+        let Batch::Changes(changes) = &batch else {
+            unreachable!()
+        };
+        assert_eq!(set.matched(&changes[0], None).ids(), [&1]);
+        assert_eq!(set.matched(&changes[2], None).ids(), [&2]);
+        // Changes at or before what was delivered are not delivered again.
+        set.deliver(&batch, &mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn what_went_by_unread_is_a_gap_only_if_it_concerned_the_connection() {
+        static STATS: Stats = Stats::new();
+        let (mut set, _cursor) = connection(&STATS);
+        let alice = testing::alice();
+        runtime().block_on(async {
+            set.subscribe(1, wish("t", None, None), &alice, |a, b| a == b)
+                .await
+                .map_err(|e| e.to_string())
+                .unwrap();
+        });
+        let t = Topic::Table(7);
+        let other = Topic::Table(99);
+        let mut out = Vec::new();
+        // Another table's changes: nothing to say.
+        assert!(!set.missed(Some(vec![(1, 4, Summary::Changes([other].into()))]), false));
+        set.lag_gap(None, &mut out);
+        assert!(out.is_empty());
+        // Its own: the exact stretch, merged across the batches lost.
+        let lost = vec![
+            (5, 7, Summary::Changes([t.clone()].into())),
+            (9, 9, Summary::Gap(None)),
+        ];
+        assert!(set.missed(Some(lost), false));
+        let next = insert(12, "alice");
+        set.deliver(&next, &mut out);
+        assert_eq!(
+            said(&next, &mut out),
+            ["gap SlowClient 5-9", "change 12 (old) [id,owner]"]
+        );
+        // Unknown losses: from after what was seen to before what comes next.
+        assert!(set.missed(None, false));
+        let next = insert(20, "alice");
+        set.deliver(&next, &mut out);
+        assert_eq!(
+            said(&next, &mut out),
+            ["gap SlowClient 13-19", "change 20 (old) [id,owner]"]
+        );
+        // A lost end still ends the subscription, before anything else is delivered.
+        let ended = Summary::Ended(t.clone(), EndReason::Dropped);
+        assert!(!set.missed(Some(vec![(20, 20, ended)]), false));
+        let next = insert(21, "alice");
+        set.deliver(&next, &mut out);
+        assert_eq!(said(&next, &mut out), ["ended 1 Dropped"]);
+    }
+
+    #[test]
+    fn a_subscriber_that_reads_the_history_owes_no_gap() {
+        static STATS: Stats = Stats::new();
+        let (mut set, _cursor) = connection(&STATS);
+        let alice = testing::alice();
+        runtime().block_on(async {
+            set.subscribe(1, wish("t", None, None), &alice, |a, b| a == b)
+                .await
+                .map_err(|e| e.to_string())
+                .unwrap();
+        });
+        let t = Topic::Table(7);
+        // Concerned (so it reads the history), but no gap, and ends come from the history.
+        let lost = vec![
+            (5, 7, Summary::Changes([t.clone()].into())),
+            (8, 8, Summary::Ended(t, EndReason::Dropped)),
+        ];
+        assert!(set.missed(Some(lost), true));
+        let mut out = Vec::new();
+        let next = insert(6, "alice");
+        set.deliver(&next, &mut out);
+        assert_eq!(said(&next, &mut out), ["change 6 (old) [id,owner]"]);
+    }
+
+    #[test]
+    fn a_resume_reads_back_from_since_to_where_live_changes_begin() {
+        static STATS: Stats = Stats::new();
+        STATS.set(Stat::Position, 10);
+        let (mut set, _cursor) = connection(&STATS);
+        let alice = testing::alice();
+        let made = runtime().block_on(async {
+            set.subscribe(1, wish("open", None, None), &alice, |a, b| a == b)
+                .await
+                .map_err(|e| e.to_string())
+                .unwrap()
+                .position
+        });
+        assert_eq!(made, 10, "live changes come after what was published");
+        let resume = runtime().block_on(async {
+            let made = set
+                .subscribe(2, wish("t", None, Some(4)), &alice, |a, b| a == b)
+                .await
+                .map_err(|e| e.to_string())
+                .unwrap();
+            made.resume.expect("resuming")
+        });
+        assert_eq!((resume.after, resume.through), (4, 10));
+        assert!(!resume.complete, "no history: not complete");
+        // What is read back goes to the resuming subscription alone, by its rules.
+        let back = Batch::Changes(vec![
+            change(5, 7, Op::Insert, Some(r#"{"id":5,"owner":"alice"}"#), None),
+            change(6, 7, Op::Insert, Some(r#"{"id":6,"owner":"bob"}"#), None),
+            change(7, 8, Op::Insert, Some(r#"{"id":7}"#), None),
+        ]);
+        let mut out = Vec::new();
+        set.replay(|k| *k == 2, &back, &mut out);
+        assert_eq!(said(&back, &mut out), ["change 5 (old) [id,owner]"]);
+    }
 }

@@ -2,25 +2,26 @@
 
 use super::Response;
 use crate::net::Context;
-use std::sync::atomic::Ordering::Relaxed;
+use crate::stats::Stat;
 
 pub fn health(context: &Context) -> Response {
-    let s = &context.shared;
+    let s = context.shared.stats;
     let (unacknowledged, backlogged) = context.clients.behind();
     let body = serde_json::json!({
         "status": "ok",
-        "position": s.position(),
-        "connections": s.connections.load(Relaxed),
-        "subscriptions": s.subscriptions.load(Relaxed),
-        "backlog_bytes": context.batches.ring_bytes(),
-        "batches_handed": context.batches.batches_handed(),
+        "position": s.get(Stat::Position),
+        "connections": s.get(Stat::Connections),
+        "subscriptions": s.get(Stat::Subscriptions),
+        "backlog_bytes": s.get(Stat::BacklogBytes),
+        "batches_handed": s.get(Stat::BatchesHanded),
+        "catching_up": s.get(Stat::CatchingUp),
         "clients_unacknowledged": unacknowledged,
         "clients_backlogged": backlogged,
         "queue": {
-            "used_bytes": s.queue_used.load(Relaxed),
-            "capacity_bytes": s.queue_capacity.load(Relaxed),
-            "overflow_bytes": s.queue_overflow.load(Relaxed),
-            "lost_transactions": s.lost_txns.load(Relaxed),
+            "used_bytes": s.get(Stat::QueueUsedBytes),
+            "capacity_bytes": s.get(Stat::QueueCapacityBytes),
+            "overflow_bytes": s.get(Stat::QueueOverflowBytes),
+            "lost_transactions": s.get(Stat::LostTransactions),
         },
     });
     Response::json("200 OK", body.to_string())

@@ -10,7 +10,7 @@ use crate::net::shared::Limits;
 use crate::net::Context;
 use crate::net::Stream;
 use crate::protocol::native::{Coded, ErrorCode};
-use std::sync::atomic::Ordering::Relaxed;
+use crate::stats::Stat;
 use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -21,12 +21,12 @@ const READ_BUFFER: usize = 4 * 1024;
 /// 128 KiB default, 10,000 clients catching up held over a gigabyte between them.
 const WRITE_BUFFER: usize = 16 * 1024;
 
-/// Counts a WebSocket connection in `Shared::connections` for as long as it lives.
+/// Counts a WebSocket connection in `Stat::Connections` for as long as it lives.
 pub struct Counted(Context);
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        self.0.shared.connections.fetch_sub(1, Relaxed);
+        self.0.shared.stats.sub(Stat::Connections, 1);
     }
 }
 
@@ -50,7 +50,7 @@ pub async fn upgrade<S: Stream>(
     {
         return Err(Some((stream, refusal)));
     }
-    let open = context.shared.connections.fetch_add(1, Relaxed) + 1;
+    let open = context.shared.stats.increment(Stat::Connections) as usize + 1;
     let counted = Counted(context.clone());
     if open > limits.max_connections {
         let refusal = Response::error(

@@ -1,0 +1,99 @@
+//! The engine's numbers (`realtime_core::stats::Stats`) in shared memory, so that every
+//! backend reads what the worker and its network threads write: `realtime_stats()`.
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use realtime_core::stats::{Kind, Stats};
+use std::ffi::CStr;
+
+const SHMEM_NAME: &CStr = c"realtime_ext stats";
+
+/// The numbers in shared memory, once `shmem_startup` has run.
+static mut STATS: Option<&'static Stats> = None;
+
+static mut PREV_REQUEST_HOOK: pg_sys::shmem_request_hook_type = None;
+static mut PREV_STARTUP_HOOK: pg_sys::shmem_startup_hook_type = None;
+
+pub fn init() {
+    // SAFETY: _PG_init runs in the postmaster before any other process: nobody else touches the hooks.
+    unsafe {
+        PREV_REQUEST_HOOK = pg_sys::shmem_request_hook;
+        pg_sys::shmem_request_hook = Some(shmem_request);
+        PREV_STARTUP_HOOK = pg_sys::shmem_startup_hook;
+        pg_sys::shmem_startup_hook = Some(shmem_startup);
+    }
+}
+
+/// The numbers every process shares.
+pub fn shared() -> &'static Stats {
+    // SAFETY: written once by shmem_startup in the postmaster (or a backend, on EXEC_BACKEND)
+    // before anything here runs, never again.
+    unsafe { STATS }.expect("realtime_ext's shared memory is set up at startup")
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn shmem_request() {
+    if let Some(prev) = PREV_REQUEST_HOOK {
+        prev();
+    }
+    pg_sys::RequestAddinShmemSpace(std::mem::size_of::<Stats>());
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn shmem_startup() {
+    if let Some(prev) = PREV_STARTUP_HOOK {
+        prev();
+    }
+    // AddinShmemInitLock is a macro over the main LWLock array (lwlocknames.txt: 21).
+    let init_lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock;
+    pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+    let mut found = false;
+    let size = std::mem::size_of::<Stats>();
+    let place = pg_sys::ShmemInitStruct(SHMEM_NAME.as_ptr(), size, &mut found) as *mut Stats;
+    if !found {
+        std::ptr::write(place, Stats::new());
+    }
+    // SAFETY: shared memory lives as long as the server, and only atomics are in it.
+    STATS = Some(&*place);
+    pg_sys::LWLockRelease(init_lock);
+}
+
+#[pg_extern(sql = r#"
+CREATE FUNCTION realtime.stats_report() RETURNS TABLE (name text, value bigint, kind text, description text)
+STRICT VOLATILE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+REVOKE ALL ON FUNCTION realtime.stats_report() FROM PUBLIC;
+
+CREATE FUNCTION realtime_stats() RETURNS TABLE (name text, value bigint, kind text, description text)
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog AS $$
+    SELECT name, value, kind, description FROM realtime.stats_report()
+$$;
+COMMENT ON FUNCTION realtime_stats() IS 'realtime_ext''s numbers: positions, queue, connections, subscriptions, fan-out and history (counters end in _total)';
+REVOKE ALL ON FUNCTION realtime_stats() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION realtime_stats() TO pg_monitor;
+"#)]
+fn stats_report() -> TableIterator<
+    'static,
+    (
+        name!(name, String),
+        name!(value, i64),
+        name!(kind, String),
+        name!(description, String),
+    ),
+> {
+    let rows: Vec<_> = shared()
+        .all()
+        .map(|(stat, value)| {
+            let kind = match stat.kind() {
+                Kind::Counter => "counter",
+                Kind::Gauge => "gauge",
+            };
+            (
+                stat.name().to_string(),
+                value.min(i64::MAX as u64) as i64,
+                kind.to_string(),
+                stat.help().to_string(),
+            )
+        })
+        .collect();
+    TableIterator::new(rows)
+}
