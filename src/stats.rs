@@ -3,7 +3,7 @@
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use realtime_core::stats::{Kind, Stats};
+use realtime_core::stats::{Kind, Stats, Timing};
 use std::ffi::CStr;
 
 const SHMEM_NAME: &CStr = c"realtime_ext stats";
@@ -80,20 +80,44 @@ fn stats_report() -> TableIterator<
         name!(description, String),
     ),
 > {
-    let rows: Vec<_> = shared()
+    let stats = shared();
+    let row = |name: String, value: u64, kind: &str, help: String| {
+        (
+            name,
+            value.min(i64::MAX as u64) as i64,
+            kind.to_string(),
+            help,
+        )
+    };
+    let mut rows: Vec<_> = stats
         .all()
         .map(|(stat, value)| {
             let kind = match stat.kind() {
                 Kind::Counter => "counter",
                 Kind::Gauge => "gauge",
             };
-            (
-                stat.name().to_string(),
-                value.min(i64::MAX as u64) as i64,
-                kind.to_string(),
-                stat.help().to_string(),
-            )
+            row(stat.name().into(), value, kind, stat.help().into())
         })
         .collect();
+    // Each stage of a change's way to a socket: how many were timed, and the bucket bounds
+    // half and 99% of them fell within.
+    for &stage in Timing::ALL {
+        let h = stats.timing(stage);
+        let name = stage.name();
+        let what = format!("changes timed from {}", name.replace('_', " "));
+        rows.push(row(format!("{name}_total"), h.count(), "counter", what));
+        for (q, label) in [(0.5, "p50"), (0.99, "p99")] {
+            let help = format!(
+                "{label} of {}, microseconds (a bucket bound)",
+                name.replace('_', " ")
+            );
+            rows.push(row(
+                format!("{name}_{label}_us"),
+                h.quantile_us(q),
+                "gauge",
+                help,
+            ));
+        }
+    }
     TableIterator::new(rows)
 }

@@ -98,3 +98,53 @@ fn operators_see_each_connection_and_clients_acknowledge() {
     let rows = clients_until(&cluster, "watcher", |rows| rows.len() == 1);
     assert_eq!(rows.len(), 1, "{rows:?}");
 }
+
+/// `realtime_stats()` reads the numbers the worker keeps in shared memory: the same that
+/// `/health` shows, at once (no report file in between), for pg_monitor only.
+#[test]
+fn totals_are_read_from_shared_memory_by_sql_and_health_alike() {
+    let cluster = Cluster::start("stats", &[]);
+    let mut db = cluster.client();
+    db.batch_execute(
+        "CREATE TABLE t (id int); SELECT realtime_watch('t');
+         CREATE ROLE watcher LOGIN; GRANT pg_monitor TO watcher;
+         CREATE ROLE nobody LOGIN;",
+    )
+    .unwrap();
+    let mut ws = cluster.ws();
+    ws.subscribe("a", "t", None);
+    db.execute("INSERT INTO t SELECT generate_series(1, 3)", &[])
+        .unwrap();
+    let position = ws.changes(3)[2]["position"].as_u64().unwrap();
+    let mut watcher = cluster.client_as("watcher");
+    let mut stat = |name: &str| -> u64 {
+        let value: i64 = watcher
+            .query_one(
+                "SELECT value FROM realtime_stats() WHERE name = $1",
+                &[&name],
+            )
+            .unwrap()
+            .get(0);
+        value as u64
+    };
+    assert_eq!(stat("position"), position);
+    assert_eq!(stat("changes_published_total"), 3);
+    assert_eq!((stat("connections"), stat("subscriptions")), (1, 1));
+    assert!(stat("batches_handed_total") >= 1);
+    assert!(
+        stat("read_to_dispatch_total") >= 1,
+        "stage timings are kept"
+    );
+    let health = cluster.health().unwrap();
+    assert_eq!(health["position"].as_u64(), Some(position));
+    assert_eq!(health["connections"].as_u64(), Some(1));
+    drop(ws);
+    common::wait_until("the connection to leave", Duration::from_secs(5), || {
+        stat("connections") == 0
+    });
+    let refused = cluster
+        .client_as("nobody")
+        .query("SELECT * FROM realtime_stats()", &[])
+        .unwrap_err();
+    assert_eq!(refused.code().unwrap().code(), "42501");
+}

@@ -35,6 +35,19 @@ pub struct Txn {
     pub xid: u32,
     /// RFC 3339 in UTC, microseconds.
     pub commit_time: String,
+    /// When the worker read it from the queue (`None`: read back from the history), for
+    /// `stats::Timing`.
+    pub read_at: Option<std::time::Instant>,
+}
+
+impl Txn {
+    pub fn new(xid: u32, commit_time: String) -> Txn {
+        Txn {
+            xid,
+            commit_time,
+            read_at: None,
+        }
+    }
 }
 
 /// One distinct (table, role, claims) the worker evaluates policies for.

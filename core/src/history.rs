@@ -860,10 +860,7 @@ fn replayed(entry: Entry) -> Option<Batch> {
             old,
         } => Batch::Changes(vec![Change::new(
             position,
-            Arc::new(Txn {
-                xid,
-                commit_time: commit_time.to_string(),
-            }),
+            Arc::new(Txn::new(xid, commit_time.to_string())),
             topic.topic(),
             Arc::new((schema.to_string(), table.to_string())),
             Op::from_u8(op)?,
@@ -901,10 +898,7 @@ mod unit {
     fn change(position: u64, relid: u32) -> Change {
         Change::new(
             position,
-            Arc::new(Txn {
-                xid: 7,
-                commit_time: "2026-11-23T00:00:00Z".into(),
-            }),
+            Arc::new(Txn::new(7, "2026-11-23T00:00:00Z".into())),
             Topic::Table(relid),
             Arc::new(("public".into(), "t".into())),
             Op::Insert,
@@ -954,10 +948,7 @@ mod unit {
         for p in 101..=200u64 {
             let mut c = change(p, 1);
             c.new = Some(format!("{{\"pad\":\"{}\"}}", "x".repeat(20_000)).into());
-            c.txn = Arc::new(Txn {
-                xid: xid_of(p),
-                commit_time: String::new(),
-            });
+            c.txn = Arc::new(Txn::new(xid_of(p), String::new()));
             history.append(&Batch::Changes(vec![c])).unwrap();
         }
         let check = |history: &History| {

@@ -56,10 +56,104 @@ stats! {
     HistoryBytes: Gauge, "history_bytes", "bytes of the history on disk";
 }
 
+/// Where a change's time goes, stage by stage, from its commit to the last socket write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Timing {
+    /// From the commit to the worker reading the transaction from the queue.
+    CommitToRead,
+    /// From then to the fan-out handing it out (rendered, judged, in the history).
+    ReadToDispatch,
+    /// From then to a subscriber taking it (its wake-up).
+    DispatchToTake,
+    /// From then to its frames being written to the subscriber's socket.
+    TakeToSent,
+}
+
+impl Timing {
+    pub const ALL: &'static [Timing] = &[
+        Timing::CommitToRead,
+        Timing::ReadToDispatch,
+        Timing::DispatchToTake,
+        Timing::TakeToSent,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Timing::CommitToRead => "commit_to_read",
+            Timing::ReadToDispatch => "read_to_dispatch",
+            Timing::DispatchToTake => "dispatch_to_take",
+            Timing::TakeToSent => "take_to_sent",
+        }
+    }
+}
+
+/// Upper bounds of the histogram buckets, in microseconds (and one more for the rest).
+pub const BUCKETS_US: [u64; 16] = [
+    25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000,
+];
+
+/// Durations observed: a count per bucket and their sum.
+#[repr(C)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS_US.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    const fn new() -> Histogram {
+        Histogram {
+            buckets: [const { AtomicU64::new(0) }; BUCKETS_US.len() + 1],
+            sum_us: AtomicU64::new(0),
+        }
+    }
+
+    fn observe(&self, us: u64) {
+        let bucket = BUCKETS_US.partition_point(|&b| b < us);
+        self.buckets[bucket].fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(us, Relaxed);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Relaxed)).sum()
+    }
+
+    pub fn sum_us(&self) -> u64 {
+        self.sum_us.load(Relaxed)
+    }
+
+    /// The count in each bucket (the last: above every bound).
+    pub fn buckets(&self) -> Vec<u64> {
+        self.buckets.iter().map(|b| b.load(Relaxed)).collect()
+    }
+
+    /// The bound of the bucket the `q` quantile falls in (0 with no observation; `u64::MAX`
+    /// above the last bound).
+    pub fn quantile_us(&self, q: f64) -> u64 {
+        let counts = self.buckets();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return 0;
+        }
+        let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, n) in counts.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return BUCKETS_US.get(i).copied().unwrap_or(u64::MAX);
+            }
+        }
+        u64::MAX
+    }
+}
+
 /// The numbers, each an atomic: written with relaxed stores, read without locks.
 #[repr(C)]
 pub struct Stats {
     values: [AtomicU64; Stat::ALL.len()],
+    timings: [Histogram; Timing::ALL.len()],
 }
 
 impl Default for Stats {
@@ -72,6 +166,7 @@ impl Stats {
     pub const fn new() -> Stats {
         Stats {
             values: [const { AtomicU64::new(0) }; Stat::ALL.len()],
+            timings: [const { Histogram::new() }; Timing::ALL.len()],
         }
     }
 
@@ -94,6 +189,15 @@ impl Stats {
     /// Add one; the value before.
     pub fn increment(&self, stat: Stat) -> u64 {
         self.values[stat as usize].fetch_add(1, Relaxed)
+    }
+
+    /// A duration of `stage`.
+    pub fn observe(&self, stage: Timing, took: std::time::Duration) {
+        self.timings[stage as usize].observe(took.as_micros() as u64);
+    }
+
+    pub fn timing(&self, stage: Timing) -> &Histogram {
+        &self.timings[stage as usize]
     }
 
     /// Every number with its value.
@@ -123,5 +227,21 @@ mod unit {
         assert!(Stat::ALL
             .iter()
             .all(|s| (s.kind() == Kind::Counter) == s.name().ends_with("_total")));
+    }
+
+    #[test]
+    fn durations_land_in_their_buckets() {
+        let stats = Stats::new();
+        let h = stats.timing(Timing::TakeToSent);
+        assert_eq!(h.quantile_us(0.5), 0);
+        for us in [10, 30, 30, 900, 3_000_000] {
+            stats.observe(Timing::TakeToSent, std::time::Duration::from_micros(us));
+        }
+        assert_eq!(h.count(), 5);
+        assert_eq!(h.sum_us(), 3_000_970);
+        assert_eq!(h.buckets()[..3], [1, 2, 0]);
+        assert_eq!(h.quantile_us(0.5), 50);
+        assert_eq!(h.quantile_us(0.8), 1_000);
+        assert_eq!(h.quantile_us(1.0), u64::MAX);
     }
 }

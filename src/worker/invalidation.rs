@@ -6,6 +6,8 @@
 
 use crate::pg::xact::in_transaction;
 use pgrx::pg_sys;
+use realtime_core::change::Batch;
+use realtime_core::net::fanout::Fanout;
 use realtime_core::net::shared::Shared;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -63,8 +65,9 @@ pub fn changed() {
 }
 
 /// Take in pending invalidations (starting a transaction does) at most every
-/// `CHECK_INTERVAL`, and tell the sessions if any mattered.
-pub fn poll(shared: &Shared) {
+/// `CHECK_INTERVAL`, and tell the sessions if any mattered: a new catalog epoch (roles
+/// authorized before it are asked about again) and a `Reauthorize` marker in the stream.
+pub fn poll(shared: &Shared, fanout: &Fanout) {
     thread_local! {
         static LAST: std::cell::Cell<Option<std::time::Instant>> = const { std::cell::Cell::new(None) };
     }
@@ -81,6 +84,9 @@ pub fn poll(shared: &Shared) {
         let _ = in_transaction(|| Ok::<(), String>(()), |e| e);
         if CHANGED.swap(false, Relaxed) {
             shared.catalog_epoch.send_modify(|epoch| *epoch += 1);
+            fanout.publish(Batch::Reauthorize {
+                last_position: shared.position(),
+            });
         }
     }
 }

@@ -181,7 +181,7 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
         }
         publisher.persist_position();
         if subscribed {
-            invalidation::poll(&shared);
+            invalidation::poll(&shared, &batches);
         }
         if moved && short_waits >= BUSY_STREAK {
             std::thread::sleep(MIN_PASS.saturating_sub(pass_started.elapsed()));

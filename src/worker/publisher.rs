@@ -11,10 +11,11 @@ use realtime_core::change::{Batch, Change, EndReason, GapReason, Topic, Txn};
 use realtime_core::history::History;
 use realtime_core::net::fanout::Fanout;
 use realtime_core::net::shared::Shared;
-use realtime_core::stats::Stat;
+use realtime_core::stats::{Stat, Timing};
 use std::collections::HashMap;
 use std::io::Read;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Bytes drained from the queue per pass; the queue lock is held while they are copied.
 const DRAIN_CHUNK: usize = 512 * 1024;
@@ -246,13 +247,24 @@ impl Publisher {
         crate::spill::discard(path);
     }
 
+    /// A transaction just read from the queue; how long after its commit it was read.
+    fn read(&self, xid: u32, commit_time: i64) -> Txn {
+        let unix_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as i64);
+        let now_us = unix_us - PG_EPOCH_OFFSET_US;
+        let waited = (now_us - commit_time).max(0) as u64;
+        let stats = self.shared.stats;
+        stats.observe(Timing::CommitToRead, Duration::from_micros(waited));
+        let mut txn = Txn::new(xid, format_time(commit_time));
+        txn.read_at = Some(Instant::now());
+        txn
+    }
+
     fn begin_txn(&mut self, xid: u32, commit_time: i64, count: u32) -> Emitting {
         let next = self.take_positions(count as u64);
         Emitting {
-            txn: Arc::new(Txn {
-                xid,
-                commit_time: format_time(commit_time),
-            }),
+            txn: Arc::new(self.read(xid, commit_time)),
             next,
             end: next + count as u64,
             shape_relid: 0,
@@ -477,7 +489,7 @@ impl Publisher {
             let stats = self.shared.stats;
             stats.add(Stat::ChangesPublished, changes.len() as u64);
         }
-        self.tx.send(batch);
+        self.tx.publish(batch);
         self.shared.stats.set(Stat::Position, last);
     }
 }

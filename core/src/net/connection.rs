@@ -10,15 +10,17 @@
 use crate::bridge::WorkerHandle;
 use crate::change::{Batch, EndReason, GapReason};
 use crate::net::clients::Client;
-use crate::net::fanout::{Delivering, Dropped};
+use crate::net::context::Context;
+use crate::net::fanout::{Delivering, Dropped, Kick};
 use crate::net::identity::{Identity, NEVER};
 use crate::net::shared::Shared;
 use crate::net::snapshots::{SnapshotError, Snapshots};
-use crate::net::subscriber::{Incoming, Source, Subscriber};
-use crate::net::subscriptions::{Outgoing, Resume};
-use crate::net::{Context, Stream};
+use crate::net::stream::Stream;
+use crate::net::subscriber::{Incoming, Subscriber};
+use crate::net::subscriptions::{Outgoing, Resume, Source};
 use crate::protocol::{Ask, Protocol, Refusal, Say, SnapshotWish};
 use crate::snapshot::{self, Frame, Xids};
+use crate::stats::Timing;
 use futures_util::{SinkExt, StreamExt};
 use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -113,7 +115,6 @@ pub async fn run<P: Protocol, S: Stream>(
     let mut last_heard = Instant::now();
     let expiry = tokio::time::sleep(conn.identity.expires_in().unwrap_or(NEVER));
     tokio::pin!(expiry);
-    let mut catalog = context.shared.catalog_epoch.subscribe();
 
     let close = loop {
         conn.report();
@@ -165,7 +166,10 @@ pub async fn run<P: Protocol, S: Stream>(
                     // A connection that fell behind writes every batch already waiting, then
                     // flushes once: one write per catch-up instead of one per batch.
                     let pinned = conn.subscriber.delivering();
-                    let delivery = tokio::time::timeout(timeout, async {
+                    let taken = (source == Source::Live).then(|| conn.subscriber.cursor().taken_at());
+                    // Bounded by the janitor, which closes a connection whose delivery has not
+                    // finished within the write limit (`kicked`): no timer per delivery.
+                    let delivery = async {
                         conn.deliver(&pinned, batch, source).await?;
                         for _ in 0..CATCH_UP_BATCHES {
                             match conn.subscriber.try_next() {
@@ -176,16 +180,27 @@ pub async fn run<P: Protocol, S: Stream>(
                                 Some(Incoming::Closed) | None => break,
                             }
                         }
+                        // A catalog change (GRANT, REVOKE, a policy, a role) among them: what
+                        // the principal may see is worked out again now, once for the lot.
+                        if conn.subscriber.subscriptions.take_reauthorize() {
+                            conn.reauthorize().await;
+                        }
                         conn.sink.flush().await
-                    });
+                    };
                     let delivered = tokio::select! {
                         delivered = delivery => delivered,
-                        _ = &mut kicked => break Some((CloseCode::Again, "slow client: realtime.client_memory is exhausted".into())),
+                        kick = &mut kicked => break match kick {
+                            Kick::OutOfMemory => Some((CloseCode::Again, "slow client: realtime.client_memory is exhausted".into())),
+                            Kick::WriteTimedOut => timed_out(),
+                        },
                     };
                     match delivered {
-                        Ok(Ok(())) => {}
-                        Ok(Err(_)) => break None,
-                        Err(_) => break timed_out(),
+                        Ok(()) => {
+                            if let Some(taken) = taken {
+                                conn.shared.stats.observe(Timing::TakeToSent, taken.elapsed());
+                            }
+                        }
+                        Err(_) => break None,
                     }
                 }
                 Incoming::Lagged(missed) => {
@@ -205,12 +220,6 @@ pub async fn run<P: Protocol, S: Stream>(
                     break timed_out();
                 }
                 expiry.as_mut().reset(tokio::time::Instant::now() + NEVER);
-            }
-            Ok(()) = catalog.changed() => {
-                // What the principal may see may have changed: GRANT, REVOKE, a policy, a role.
-                if tokio::time::timeout(timeout, conn.reauthorize()).await.is_err() {
-                    break timed_out();
-                }
             }
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() > timeout {

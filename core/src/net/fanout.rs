@@ -19,7 +19,7 @@
 
 use super::interest::{Interests, Keys, SessionId};
 use crate::change::{Batch, Topic};
-use crate::stats::{Stat, Stats};
+use crate::stats::{Stat, Stats, Timing};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -31,12 +31,25 @@ use tokio::sync::Notify;
 const STALLED_AFTER: Duration = Duration::from_secs(1);
 /// How often stalled sessions are counted.
 pub const JANITOR_EVERY: Duration = Duration::from_millis(100);
+/// When the worker read the first transaction of `batch` (live changes only).
+fn first_read(batch: &Batch) -> Option<Instant> {
+    match batch {
+        Batch::Changes(changes) => changes.first()?.txn.read_at,
+        _ => None,
+    }
+}
+
 /// Rough bytes a change costs besides its images (the struct, the envelope of its frame).
 const CHANGE_OVERHEAD: usize = 160;
+/// Batches the worker may publish ahead of the dispatcher before it waits.
+const HANDOFF: usize = 4096;
 /// Summaries of dropped batches kept (each a few dozen bytes).
 const SUMMARIES_KEPT: usize = 1 << 16;
 
 pub struct Fanout {
+    /// Batches the worker published, for the dispatcher to hand out (`publish`, `dispatch`).
+    handoff: tokio::sync::mpsc::Sender<Batch>,
+    published: Mutex<Option<tokio::sync::mpsc::Receiver<Batch>>>,
     ring: Mutex<Ring>,
     index: Mutex<Index>,
     max_batches: usize,
@@ -68,7 +81,8 @@ struct Index {
 }
 
 struct Ring {
-    batches: VecDeque<(Arc<Batch>, usize)>,
+    /// Each batch, its bytes, and when it was handed out.
+    batches: VecDeque<(Arc<Batch>, usize, Instant)>,
     /// Sequence number of `batches[0]`.
     first: u64,
     bytes: usize,
@@ -121,7 +135,10 @@ pub enum Missed {
 
 impl Fanout {
     pub fn new(max_batches: usize, max_bytes: usize, stats: &'static Stats) -> Arc<Fanout> {
+        let (handoff, published) = tokio::sync::mpsc::channel(HANDOFF);
         Arc::new(Fanout {
+            handoff,
+            published: Mutex::new(Some(published)),
             ring: Mutex::new(Ring {
                 batches: VecDeque::new(),
                 first: 0,
@@ -166,13 +183,37 @@ impl Fanout {
         self.ring().bytes
     }
 
+    /// Hand `batch` to the dispatcher (from the worker's thread, never a network thread):
+    /// sessions are woken from the network threads themselves, where a wake-up is a push on
+    /// the waking thread's own queue rather than on the runtime's shared one and a
+    /// cross-thread signal per session. Waits while `HANDOFF` batches are already waiting.
+    pub fn publish(&self, batch: Batch) {
+        // Closed only once the network side has stopped.
+        let _ = self.handoff.blocking_send(batch);
+    }
+
+    /// Hand out what the worker publishes, in order, until it stops. Run on the network
+    /// threads.
+    pub async fn dispatch(self: Arc<Fanout>) {
+        let Some(mut published) = lock(&self.published).take() else {
+            return;
+        };
+        while let Some(batch) = published.recv().await {
+            self.send(batch);
+        }
+    }
+
     /// Add `batch` to the ring and wake the sessions it may concern.
     pub fn send(&self, batch: Batch) {
         let size = batch_bytes(&batch);
         let batch = Arc::new(batch);
         let seq = {
             let mut ring = self.ring();
-            ring.batches.push_back((batch.clone(), size));
+            let now = Instant::now();
+            if let Some(read_at) = first_read(&batch) {
+                self.stats.observe(Timing::ReadToDispatch, now - read_at);
+            }
+            ring.batches.push_back((batch.clone(), size, now));
             ring.bytes += size;
             self.evict(&mut ring);
             self.stats.set(Stat::BacklogBytes, ring.bytes as u64);
@@ -197,7 +238,7 @@ impl Fanout {
         while ring.batches.len() > 1
             && (ring.bytes > budget || ring.batches.len() > self.max_batches)
         {
-            let (batch, size) = ring.batches.pop_front().expect("non-empty");
+            let (batch, size, _) = ring.batches.pop_front().expect("non-empty");
             ring.bytes -= size;
             ring.first += 1;
             if ring.dropped.len() == SUMMARIES_KEPT {
@@ -234,6 +275,7 @@ impl Fanout {
                 slot: slot.clone(),
             },
             last: 0,
+            taken_at: Instant::now(),
             slot,
         }
     }
@@ -244,8 +286,9 @@ impl Fanout {
 
     /// Drop the batches every session has read; count what stalled sessions pin, shrink the
     /// ring by it, and close the longest-stalled sessions while they alone pin more than half
-    /// the budget. Run every `JANITOR_EVERY`.
-    pub fn sweep(&self) {
+    /// the budget, and any whose delivery has not finished for `write_limit`. Run every
+    /// `JANITOR_EVERY`.
+    pub fn sweep(&self, write_limit: Duration) {
         let now = self.now_ms();
         let stalled_after = STALLED_AFTER.as_millis() as u64;
         // Read before the inboxes: every batch before it is in the inbox of each session that
@@ -267,6 +310,13 @@ impl Fanout {
             })
             .collect();
         stalled.sort_by_key(|s| s.0);
+        // One timer for every session's writes, rather than one per delivery.
+        let too_long = write_limit.as_millis() as u64;
+        for (since, slot) in &stalled {
+            if now.saturating_sub(*since) > too_long {
+                slot.kick_for(Kick::WriteTimedOut);
+            }
+        }
         // Batches the ring no longer holds count once, with how many stalled sessions hold them.
         let first = self.ring().first;
         let mut outside: HashMap<u64, (usize, usize)> = HashMap::new();
@@ -294,7 +344,7 @@ impl Fanout {
             if total <= limit {
                 break;
             }
-            slot.kick.notify_one();
+            slot.kick_for(Kick::OutOfMemory);
             total -= slot.copy.load(Relaxed);
             for &(seq, own) in held {
                 match seq {
@@ -313,7 +363,7 @@ impl Fanout {
         self.stalled_bytes.store(total, Relaxed);
         let mut ring = self.ring();
         while ring.first < read_by_all {
-            let Some((_, size)) = ring.batches.pop_front() else {
+            let Some((_, size, _)) = ring.batches.pop_front() else {
                 break;
             };
             ring.bytes -= size;
@@ -389,8 +439,9 @@ pub struct Slot {
     copy: AtomicUsize,
     /// When the delivery started (milliseconds since the fan-out began; 0: not delivering).
     since: AtomicU64,
-    /// Set by the janitor: this session must close.
+    /// Set by the janitor: this session must close, and why.
     kick: Notify,
+    kicked_for: std::sync::atomic::AtomicU8,
 }
 
 impl Slot {
@@ -424,8 +475,9 @@ impl Slot {
 /// One session's place in the fan-out.
 pub struct Cursor {
     registrar: Registrar,
-    /// Sequence number of the batch last returned.
+    /// Sequence number of the batch last returned, and when it was taken.
     last: u64,
+    taken_at: Instant,
     slot: Arc<Slot>,
 }
 
@@ -523,13 +575,23 @@ impl Cursor {
         }
         inbox.pop_front();
         self.last = seq;
-        let (batch, _) = &ring.batches[(seq - ring.first) as usize];
+        let (batch, _, dispatched) = &ring.batches[(seq - ring.first) as usize];
+        let now = Instant::now();
+        fanout
+            .stats
+            .observe(Timing::DispatchToTake, now - *dispatched);
+        self.taken_at = now;
         Some(Ok(batch.clone()))
     }
 
     /// Sequence number of the batch `recv` or `try_recv` returned last.
     pub fn last_seq(&self) -> u64 {
         self.last
+    }
+
+    /// When the batch `recv` or `try_recv` returned last was taken.
+    pub fn taken_at(&self) -> Instant {
+        self.taken_at
     }
 
     /// Mark the start of a delivery; the returned guard counts the batches it writes and
@@ -541,14 +603,35 @@ impl Cursor {
         Delivering(self.slot.clone())
     }
 
-    /// Resolves when the janitor closes this session to free the memory it pins.
-    pub fn kicked(&self) -> impl std::future::Future<Output = ()> + use<> {
+    /// Resolves when the janitor closes this session: to free the memory it pins, or because
+    /// its socket took nothing for too long.
+    pub fn kicked(&self) -> impl std::future::Future<Output = Kick> + use<> {
         let slot = self.slot.clone();
-        async move { slot.kick.notified().await }
+        async move {
+            slot.kick.notified().await;
+            match slot.kicked_for.load(Relaxed) {
+                1 => Kick::OutOfMemory,
+                _ => Kick::WriteTimedOut,
+            }
+        }
     }
 }
 
+/// Why the janitor closes a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kick {
+    /// Stalled sessions pinned more than half of realtime.client_memory.
+    OutOfMemory = 1,
+    /// A delivery did not finish within the write limit.
+    WriteTimedOut = 2,
+}
+
 impl Slot {
+    fn kick_for(&self, why: Kick) {
+        self.kicked_for.store(why as u8, Relaxed);
+        self.kick.notify_one();
+    }
+
     fn held(&self) -> Vec<(Option<u64>, usize)> {
         lock(&self.held).clone()
     }
@@ -606,10 +689,7 @@ mod unit {
 
     /// A batch of one change whose image is `n` bytes: it costs 2n + CHANGE_OVERHEAD.
     fn batch(n: usize) -> Batch {
-        let txn = Arc::new(crate::change::Txn {
-            xid: 1,
-            commit_time: String::new(),
-        });
+        let txn = Arc::new(crate::change::Txn::new(1, String::new()));
         let names = Arc::new(("s".to_string(), "t".to_string()));
         let image = Some("x".repeat(n).into_boxed_str());
         Batch::Changes(vec![crate::change::Change::new(
@@ -662,14 +742,14 @@ mod unit {
         for _ in 0..5 {
             fanout.send(batch(500));
         }
-        fanout.sweep();
+        fanout.sweep(Duration::from_secs(3600));
         assert_eq!(fanout.ring().batches.len(), 5, "a has read nothing yet");
         while let Some(Ok(_)) = a.try_recv() {}
-        fanout.sweep();
+        fanout.sweep(Duration::from_secs(3600));
         assert_eq!(fanout.ring_bytes(), 0);
         drop((a, interest));
         fanout.send(batch(500));
-        fanout.sweep();
+        fanout.sweep(Duration::from_secs(3600));
         assert_eq!(fanout.ring_bytes(), 0, "nobody is connected");
     }
 
@@ -691,7 +771,7 @@ mod unit {
         }
         std::thread::sleep(STALLED_AFTER + Duration::from_millis(10));
         fanout.send(batch(10));
-        fanout.sweep();
+        fanout.sweep(Duration::from_secs(3600));
         // The dropped batch once (60,160) and each writer's copy of its frame (2 × 30,160):
         // under half of 300,000, so nobody is kicked.
         assert_eq!(fanout.stalled_bytes.load(Relaxed), 60_160 + 2 * 30_160);
@@ -700,7 +780,7 @@ mod unit {
         fanout.set_max_bytes(200_000);
         a.slot.since.store(1, Relaxed);
         b.slot.since.store(2, Relaxed);
-        fanout.sweep();
+        fanout.sweep(Duration::from_secs(3600));
         assert!(futures_util::FutureExt::now_or_never(a.kicked()).is_some());
         assert!(futures_util::FutureExt::now_or_never(b.kicked()).is_none());
         assert_eq!(fanout.stalled_bytes.load(Relaxed), 60_160 + 30_160);
@@ -729,7 +809,7 @@ mod unit {
             .register(Topic::Table(7), Keys::Everything);
         assert_eq!(after, 1);
         // A batch nobody reads is dropped by the next sweep.
-        fanout.sweep();
+        fanout.sweep(Duration::from_secs(3600));
         assert_eq!(fanout.ring_bytes(), 0);
         // Batches that left the ring unread are reported with what they held.
         let small = Fanout::new(2, 1 << 30, &STATS);

@@ -265,7 +265,11 @@ mod unit {
 
         /// What the worker does with each batch: the history first, then the fan-out.
         fn publish(&self, position: u64) {
-            let owner = if position.is_multiple_of(2) { "alice" } else { "bob" };
+            let owner = if position.is_multiple_of(2) {
+                "alice"
+            } else {
+                "bob"
+            };
             let batch = insert(position, owner);
             self.history.append(&batch).unwrap();
             self.shared.stats.set(Stat::Position, position);

@@ -225,10 +225,7 @@ mod unit {
     const T7: Topic = Topic::Table(7);
 
     fn change(op: Op, new: Option<&str>, old: Option<&str>) -> Change {
-        let txn = Arc::new(Txn {
-            xid: 1,
-            commit_time: String::new(),
-        });
+        let txn = Arc::new(Txn::new(1, String::new()));
         let names = Arc::new(("s".to_string(), "t".to_string()));
         Change::new(
             1,

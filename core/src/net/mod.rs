@@ -6,6 +6,7 @@ pub mod apart;
 pub mod backlog;
 pub mod clients;
 mod connection;
+mod context;
 pub mod fanout;
 pub mod headless;
 mod http;
@@ -13,6 +14,7 @@ pub mod identity;
 pub mod interest;
 pub mod shared;
 pub mod snapshots;
+mod stream;
 pub mod subscriber;
 pub mod subscriptions;
 #[cfg(test)]
@@ -23,6 +25,7 @@ use crate::bridge::WorkerHandle;
 use crate::history::History;
 use crate::net::fanout::Fanout;
 use crate::net::shared::Shared;
+use context::Context;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,31 +35,10 @@ use tokio::net::TcpListener;
 /// How long a stopping worker waits for its clients to receive their close frames.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 
-/// What a connection is read from and written to: a TCP socket, or TLS over one.
-pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Stream for T {}
-
 /// Where to listen: `hosts` as in realtime.listen_addresses.
 pub struct Address {
     pub hosts: String,
     pub port: u16,
-}
-
-/// What every connection needs.
-#[derive(Clone)]
-pub struct Context {
-    pub shared: Arc<Shared>,
-    pub worker: WorkerHandle,
-    pub batches: Arc<Fanout>,
-    pub handshakes: Arc<http::Handshakes>,
-    /// Published changes kept on disk, for clients that resume (`None`: no history).
-    pub history: Option<Arc<History>>,
-    /// What each connection is doing (`realtime_clients()`, /health).
-    pub clients: Arc<clients::Clients>,
-    /// Snapshot readers waited for and running.
-    pub snapshots: Arc<snapshots::Snapshots>,
-    /// The judge of audiences judged apart.
-    pub judges: Arc<apart::Judges>,
 }
 
 pub struct Server {
@@ -147,12 +129,14 @@ pub fn start(
             errors.join("; ")
         ));
     }
+    runtime.spawn(context.batches.clone().dispatch());
     let janitor = context.batches.clone();
+    let janitor_shared = context.shared.clone();
     runtime.spawn(async move {
         let mut every = tokio::time::interval(fanout::JANITOR_EVERY);
         loop {
             every.tick().await;
-            janitor.sweep();
+            janitor.sweep(2 * janitor_shared.limits().heartbeat_interval);
         }
     });
     let (clients, path) = (context.clients.clone(), report.clone());

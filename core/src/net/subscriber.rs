@@ -15,7 +15,7 @@ use crate::net::apart::Judges;
 use crate::net::backlog::Backlog;
 use crate::net::fanout::{Cursor, Delivering, Fanout, Missed};
 use crate::net::shared::Shared;
-use crate::net::subscriptions::{Outgoing, Resume, SubscriptionSet};
+use crate::net::subscriptions::{Outgoing, Resume, Source, SubscriptionSet};
 use crate::stats::Stat;
 use std::sync::Arc;
 
@@ -27,14 +27,6 @@ pub enum Incoming {
     Lagged(Option<Vec<crate::net::fanout::Dropped>>),
     /// The server is stopping.
     Closed,
-}
-
-/// Where a batch came from: the worker attached its verdicts to live ones only.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Source {
-    Live,
-    /// Read back from the history: to catch up, or for a subscription that resumes.
-    History,
 }
 
 pub struct Subscriber<K> {

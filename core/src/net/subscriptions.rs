@@ -10,13 +10,20 @@ use crate::change::{AudienceId, Batch, Change, EndReason, GapReason, Topic};
 use crate::filter::{self, FilterError, FilterSpec};
 use crate::history::History;
 use crate::net::shared::Shared;
-use crate::net::subscriber::Source;
 use crate::ops::{Op, OpSet};
 use crate::snapshot::{OrderBy, Spec, Xids};
 use crate::stats::Stat;
 use crate::visibility::{Columns, RowAccess};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
+
+/// Where a batch came from: the worker attached its verdicts to live ones only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Live,
+    /// Read back from the history: to catch up, or for a subscription that resumes.
+    History,
+}
 
 /// What a client asked to subscribe to, parsed by its protocol.
 #[derive(Clone)]

@@ -109,10 +109,10 @@ pub fn change(position: u64, relid: u32, op: Op, new: Option<&str>, old: Option<
     };
     Change::new(
         position,
-        Arc::new(Txn {
-            xid: position as u32 + 100,
-            commit_time: "2026-12-02T00:00:00Z".into(),
-        }),
+        Arc::new(Txn::new(
+            position as u32 + 100,
+            "2026-12-02T00:00:00Z".into(),
+        )),
         Topic::Table(relid),
         Arc::new((names.0.into(), names.1.into())),
         op,

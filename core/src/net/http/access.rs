@@ -4,7 +4,7 @@
 //! not a browser can send anything, so these keep pages out, not programs.
 
 use super::head::Head;
-use super::Response;
+use super::response::Response;
 
 /// The refusal for a request whose `Host` is not allowed.
 pub fn check_host(head: &Head, allowed: &[String]) -> Result<(), Response> {

@@ -1,7 +1,7 @@
 //! Reading a request head: bounded in size, header count and time, and in how many slow heads
 //! one source address may keep open.
 
-use crate::net::Stream;
+use crate::net::stream::Stream;
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};

@@ -1,7 +1,7 @@
 //! `GET /health`: liveness and the numbers an operator looks at first.
 
-use super::Response;
-use crate::net::Context;
+use super::response::Response;
+use crate::net::context::Context;
 use crate::stats::Stat;
 
 pub fn health(context: &Context) -> Response {

@@ -4,7 +4,7 @@
 //! browser loads always matches the server it talks to.
 
 use super::head::Head;
-use super::Response;
+use super::response::Response;
 use std::hash::{Hash, Hasher};
 use std::sync::OnceLock;
 

@@ -4,11 +4,11 @@
 
 use super::access;
 use super::head::Head;
-use super::Response;
+use super::response::Response;
+use crate::net::context::Context;
 use crate::net::identity::{Identity, Refusal};
 use crate::net::shared::Limits;
-use crate::net::Context;
-use crate::net::Stream;
+use crate::net::stream::Stream;
 use crate::protocol::native::{Coded, ErrorCode};
 use crate::stats::Stat;
 use tokio::io::AsyncWriteExt;
