@@ -50,6 +50,9 @@ pub struct Fanout {
     /// Batches the worker published, for the dispatcher to hand out (`publish`, `dispatch`).
     handoff: tokio::sync::mpsc::Sender<Batch>,
     published: Mutex<Option<tokio::sync::mpsc::Receiver<Batch>>>,
+    /// Last position published, handed out or not yet: a subscription registered now starts
+    /// after it, as it would had the dispatcher already handed it out.
+    published_through: AtomicU64,
     ring: Mutex<Ring>,
     index: Mutex<Index>,
     max_batches: usize,
@@ -139,6 +142,7 @@ impl Fanout {
         Arc::new(Fanout {
             handoff,
             published: Mutex::new(Some(published)),
+            published_through: AtomicU64::new(0),
             ring: Mutex::new(Ring {
                 batches: VecDeque::new(),
                 first: 0,
@@ -188,6 +192,8 @@ impl Fanout {
     /// the waking thread's own queue rather than on the runtime's shared one and a
     /// cross-thread signal per session. Waits while `HANDOFF` batches are already waiting.
     pub fn publish(&self, batch: Batch) {
+        self.published_through
+            .fetch_max(batch.last_position(), Relaxed);
         // Closed only once the network side has stopped.
         let _ = self.handoff.blocking_send(batch);
     }
@@ -496,8 +502,8 @@ impl Registrar {
     }
 
     /// Hand this session the batches that concern a subscription to `topic` narrowed by
-    /// `keys`, for as long as the returned `Interest` lives; and the last position of the
-    /// batches handed out before (the subscription's changes come after it).
+    /// `keys`, for as long as the returned `Interest` lives; and the last position published
+    /// before (the subscription's changes come after it).
     pub fn register(&self, topic: Topic, keys: Keys) -> (Interest, u64) {
         let mut index = self.fanout.index();
         index.interests.add(self.session, &self.slot, &topic, &keys);
@@ -506,7 +512,8 @@ impl Registrar {
             topic,
             keys,
         };
-        (interest, index.dispatched)
+        let published = self.fanout.published_through.load(Relaxed);
+        (interest, index.dispatched.max(published))
     }
 }
 
