@@ -11,6 +11,12 @@ import json, os, re, sys, threading, time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from slow_clients import connect, read_frame, sql, subscribe, worker_rss_mib  # noqa: E402
 
+
+def pong(s, payload):
+    """Answer a ping, as any WebSocket library does (a client that does not is closed)."""
+    mask = os.urandom(4)
+    s.sendall(bytes([0x8A, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+
 ROWS = int(sys.argv[1]) if len(sys.argv) > 1 else 2_000_000
 SLOW_RATE = int(sys.argv[2]) if len(sys.argv) > 2 else 20_000
 ID = re.compile(rb'"new":\{"id":(\d+)')
@@ -21,6 +27,8 @@ def read(s, buf, pace, out):
     started, expected, others = None, 1, []
     while expected <= ROWS:
         op, payload, buf = read_frame(s, buf)
+        if op == 9:
+            pong(s, payload)
         if op != 1:
             continue
         m = ID.search(payload)

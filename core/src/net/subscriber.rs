@@ -146,7 +146,7 @@ impl<K: Clone> Subscriber<K> {
     fn backlog_batch(&self, batch: Batch) -> Batch {
         match batch {
             Batch::Gap {
-                reason: GapReason::HistoryExpired,
+                reason: GapReason::HistoryExpired | GapReason::HistoryLost,
                 first_position,
                 last_position,
                 topics,
