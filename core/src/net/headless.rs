@@ -242,7 +242,9 @@ mod unit {
 
     impl Engine {
         fn start(name: &str) -> Engine {
-            static STATS: Stats = Stats::new();
+            // Each engine its own numbers: the position it publishes is where its
+            // subscribers start.
+            let stats: &'static Stats = Box::leak(Box::default());
             let dir = std::env::temp_dir()
                 .join(format!("realtime_headless_{name}_{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
@@ -252,11 +254,11 @@ mod unit {
             };
             let (history, _) = History::open(&dir, limits).unwrap();
             history.begin(0).unwrap();
-            let shared = testing::shared(&STATS);
+            let shared = testing::shared(stats);
             Engine {
                 dir,
                 history,
-                fanout: Fanout::new(2, 1 << 20, &STATS),
+                fanout: Fanout::new(2, 1 << 20, stats),
                 shared,
                 worker: testing::worker(),
                 alice: testing::alice(),
