@@ -33,16 +33,21 @@ fn clients_until(cluster: &Cluster, user: &str, ready: impl Fn(&[Row]) -> bool) 
     }
 }
 
-#[test]
-fn operators_see_each_connection_and_clients_acknowledge() {
-    let cluster = Cluster::start("clients", &[]);
-    let mut db = cluster.client();
+/// A watched table `t`, a member of pg_monitor (`watcher`) and a role that is not (`nobody`).
+fn setup(db: &mut postgres::Client) {
     db.batch_execute(
         "CREATE TABLE t (id int); SELECT realtime_watch('t');
          CREATE ROLE watcher LOGIN; GRANT pg_monitor TO watcher;
          CREATE ROLE nobody LOGIN;",
     )
     .unwrap();
+}
+
+#[test]
+fn operators_see_each_connection_and_clients_acknowledge() {
+    let cluster = Cluster::start("clients", &[]);
+    let mut db = cluster.client();
+    setup(&mut db);
     let mut acking = cluster.ws();
     acking.subscribe("a", "t", None);
     acking.subscribe("b", "t", Some("id=eq.1"));
@@ -105,12 +110,7 @@ fn operators_see_each_connection_and_clients_acknowledge() {
 fn totals_are_read_from_shared_memory_by_sql_and_health_alike() {
     let cluster = Cluster::start("stats", &[]);
     let mut db = cluster.client();
-    db.batch_execute(
-        "CREATE TABLE t (id int); SELECT realtime_watch('t');
-         CREATE ROLE watcher LOGIN; GRANT pg_monitor TO watcher;
-         CREATE ROLE nobody LOGIN;",
-    )
-    .unwrap();
+    setup(&mut db);
     let mut ws = cluster.ws();
     ws.subscribe("a", "t", None);
     db.execute("INSERT INTO t SELECT generate_series(1, 3)", &[])

@@ -80,13 +80,7 @@ pub async fn run<P: Protocol, S: Stream>(
     address: IpAddr,
     protocol: P,
 ) {
-    let subscriber = Subscriber::new(
-        &context.batches,
-        context.shared.clone(),
-        context.worker.clone(),
-        context.judges.clone(),
-        context.history.clone(),
-    );
+    let subscriber = Subscriber::new(&context);
     let client = context.clients.join(address);
     client.set_batches(subscriber.cursor().registrar());
     let kicked = subscriber.cursor().kicked();

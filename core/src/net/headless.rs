@@ -5,12 +5,8 @@
 //! built on it.
 
 use crate::auth::Principal;
-use crate::bridge::WorkerHandle;
 use crate::change::{Batch, Change, EndReason, GapReason};
-use crate::history::History;
-use crate::net::apart::Judges;
-use crate::net::fanout::Fanout;
-use crate::net::shared::Shared;
+use crate::net::context::Context;
 use crate::net::subscriber::{Incoming, Subscriber};
 use crate::net::subscriptions::{Outgoing, SubscribeError, Wish};
 use crate::visibility;
@@ -54,16 +50,10 @@ pub struct Headless {
 }
 
 impl Headless {
-    pub fn new(
-        fanout: &Arc<Fanout>,
-        shared: Arc<Shared>,
-        worker: WorkerHandle,
-        judges: Arc<Judges>,
-        history: Option<Arc<History>>,
-        principal: Arc<Principal>,
-    ) -> Headless {
+    /// A subscriber of the engine `context` serves, acting as `principal`.
+    pub fn new(context: &Context, principal: Arc<Principal>) -> Headless {
         Headless {
-            subscriber: Subscriber::new(fanout, shared, worker, judges, history),
+            subscriber: Subscriber::new(context),
             principal,
             ready: VecDeque::new(),
         }
@@ -194,7 +184,8 @@ impl Headless {
 #[cfg(test)]
 mod unit {
     use super::*;
-    use crate::history::Limits as HistoryLimits;
+    use crate::history::{History, Limits as HistoryLimits};
+    use crate::net::fanout::Fanout;
     use crate::net::testing::{self, insert, runtime};
     use crate::stats::{Stat, Stats};
     use std::time::Duration;
@@ -233,10 +224,7 @@ mod unit {
     /// subscriber that reads nothing falls out of it at once), the numbers, the worker.
     struct Engine {
         dir: std::path::PathBuf,
-        history: Arc<History>,
-        fanout: Arc<Fanout>,
-        shared: Arc<Shared>,
-        worker: WorkerHandle,
+        context: Context,
         alice: Arc<Principal>,
     }
 
@@ -254,13 +242,19 @@ mod unit {
             };
             let (history, _) = History::open(&dir, limits).unwrap();
             history.begin(0).unwrap();
-            let shared = testing::shared(stats);
+            let context = Context {
+                shared: testing::shared(stats),
+                worker: testing::worker(),
+                batches: Fanout::new(2, 1 << 20, stats),
+                handshakes: Arc::default(),
+                history: Some(history),
+                clients: Arc::default(),
+                snapshots: Arc::default(),
+                judges: Arc::default(),
+            };
             Engine {
                 dir,
-                history,
-                fanout: Fanout::new(2, 1 << 20, stats),
-                shared,
-                worker: testing::worker(),
+                context,
                 alice: testing::alice(),
             }
         }
@@ -273,20 +267,14 @@ mod unit {
                 "bob"
             };
             let batch = insert(position, owner);
-            self.history.append(&batch).unwrap();
-            self.shared.stats.set(Stat::Position, position);
-            self.fanout.send(batch);
+            let history = self.context.history.as_ref().expect("a history");
+            history.append(&batch).unwrap();
+            self.context.shared.stats.set(Stat::Position, position);
+            self.context.batches.send(batch);
         }
 
         fn headless(&self) -> Headless {
-            Headless::new(
-                &self.fanout,
-                self.shared.clone(),
-                self.worker.clone(),
-                Arc::default(),
-                Some(self.history.clone()),
-                self.alice.clone(),
-            )
+            Headless::new(&self.context, self.alice.clone())
         }
     }
 

@@ -13,7 +13,8 @@ use crate::change::{AudienceId, Batch, Change, GapReason, Topic, Verdict};
 use crate::history::History;
 use crate::net::apart::Judges;
 use crate::net::backlog::Backlog;
-use crate::net::fanout::{Cursor, Delivering, Fanout, Missed};
+use crate::net::context::Context;
+use crate::net::fanout::{Cursor, Delivering, Missed};
 use crate::net::shared::Shared;
 use crate::net::subscriptions::{Outgoing, Resume, Source, SubscriptionSet};
 use crate::stats::Stat;
@@ -41,28 +42,22 @@ pub struct Subscriber<K> {
 }
 
 impl<K: Clone> Subscriber<K> {
-    pub fn new(
-        fanout: &Arc<Fanout>,
-        shared: Arc<Shared>,
-        worker: WorkerHandle,
-        judges: Arc<Judges>,
-        history: Option<Arc<History>>,
-    ) -> Subscriber<K> {
-        let cursor = fanout.cursor();
+    pub fn new(context: &Context) -> Subscriber<K> {
+        let cursor = context.batches.cursor();
         let subscriptions = SubscriptionSet::new(
-            shared.clone(),
-            worker.clone(),
+            context.shared.clone(),
+            context.worker.clone(),
             cursor.registrar(),
-            history.clone(),
+            context.history.clone(),
         );
         Subscriber {
             subscriptions,
             cursor,
             backlog: None,
-            history,
-            worker,
-            judges,
-            shared,
+            history: context.history.clone(),
+            worker: context.worker.clone(),
+            judges: context.judges.clone(),
+            shared: context.shared.clone(),
         }
     }
 

@@ -821,6 +821,18 @@ mod unit {
         (set, cursor)
     }
 
+    /// Subscribe `id` as alice; what the protocol would confirm.
+    fn subscribe(set: &mut SubscriptionSet<u32>, id: u32, wish: Wish) -> (u64, Option<Resume>) {
+        runtime().block_on(async {
+            let made = set
+                .subscribe(id, wish, &testing::alice(), |a, b| a == b)
+                .await
+                .map_err(|e| e.to_string())
+                .unwrap();
+            (made.position, made.resume)
+        })
+    }
+
     fn wish(table: &str, filter: Option<&str>, since: Option<u64>) -> Wish {
         Wish {
             table: table.into(),
@@ -867,23 +879,18 @@ mod unit {
     fn a_subscription_gets_what_its_rule_and_filter_let_through() {
         static STATS: Stats = Stats::new();
         let (mut set, _cursor) = connection(&STATS);
-        let alice = testing::alice();
-        runtime().block_on(async {
-            set.subscribe(1, wish("t", None, None), &alice, |a, b| a == b)
-                .await
-                .map_err(|e| e.to_string())
-                .unwrap();
-            let filter = Some("kind=eq.scratch");
-            set.subscribe(2, wish("open", filter, None), &alice, |a, b| a == b)
-                .await
-                .map_err(|e| e.to_string())
-                .unwrap();
-            assert!(matches!(
-                set.subscribe(3, wish("nope", None, None), &alice, |a, b| a == b)
-                    .await,
-                Err(SubscribeError::Resolve(ResolveError::UnknownTable(_)))
-            ));
-        });
+        subscribe(&mut set, 1, wish("t", None, None));
+        subscribe(&mut set, 2, wish("open", Some("kind=eq.scratch"), None));
+        let unknown = runtime().block_on(set.subscribe(
+            3,
+            wish("nope", None, None),
+            &testing::alice(),
+            |a, b| a == b,
+        ));
+        assert!(matches!(
+            unknown,
+            Err(SubscribeError::Resolve(ResolveError::UnknownTable(_)))
+        ));
         let row = |id: u64, owner: &str| format!(r#"{{"id":{id},"owner":"{owner}","secret":"x"}}"#);
         let batch = Batch::Changes(vec![
             change(1, 7, Op::Insert, Some(&row(1, "alice")), None),
@@ -942,13 +949,7 @@ mod unit {
     fn what_went_by_unread_is_a_gap_only_if_it_concerned_the_connection() {
         static STATS: Stats = Stats::new();
         let (mut set, _cursor) = connection(&STATS);
-        let alice = testing::alice();
-        runtime().block_on(async {
-            set.subscribe(1, wish("t", None, None), &alice, |a, b| a == b)
-                .await
-                .map_err(|e| e.to_string())
-                .unwrap();
-        });
+        subscribe(&mut set, 1, wish("t", None, None));
         let t = Topic::Table(7);
         let other = Topic::Table(99);
         let mut out = Vec::new();
@@ -988,13 +989,7 @@ mod unit {
     fn a_subscriber_that_reads_the_history_owes_no_gap() {
         static STATS: Stats = Stats::new();
         let (mut set, _cursor) = connection(&STATS);
-        let alice = testing::alice();
-        runtime().block_on(async {
-            set.subscribe(1, wish("t", None, None), &alice, |a, b| a == b)
-                .await
-                .map_err(|e| e.to_string())
-                .unwrap();
-        });
+        subscribe(&mut set, 1, wish("t", None, None));
         let t = Topic::Table(7);
         // Concerned (so it reads the history), but no gap, and ends come from the history.
         let lost = vec![
@@ -1013,23 +1008,10 @@ mod unit {
         static STATS: Stats = Stats::new();
         STATS.set(Stat::Position, 10);
         let (mut set, _cursor) = connection(&STATS);
-        let alice = testing::alice();
-        let made = runtime().block_on(async {
-            set.subscribe(1, wish("open", None, None), &alice, |a, b| a == b)
-                .await
-                .map_err(|e| e.to_string())
-                .unwrap()
-                .position
-        });
-        assert_eq!(made, 10, "live changes come after what was published");
-        let resume = runtime().block_on(async {
-            let made = set
-                .subscribe(2, wish("t", None, Some(4)), &alice, |a, b| a == b)
-                .await
-                .map_err(|e| e.to_string())
-                .unwrap();
-            made.resume.expect("resuming")
-        });
+        let (position, _) = subscribe(&mut set, 1, wish("open", None, None));
+        assert_eq!(position, 10, "live changes come after what was published");
+        let (_, resume) = subscribe(&mut set, 2, wish("t", None, Some(4)));
+        let resume = resume.expect("resuming");
         assert_eq!((resume.after, resume.through), (4, 10));
         assert!(!resume.complete, "no history: not complete");
         // What is read back goes to the resuming subscription alone, by its rules.
