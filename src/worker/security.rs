@@ -13,7 +13,9 @@
 //! | policies of audiences judged apart | `apart`, the judge: a background worker of its own, started when first needed, reached over a Unix socket in `$PGDATA/pg_realtime` | the subscriber, with its claims (`as_subscriber`), 10 s per job; only that audience's sessions wait for it |
 //! | rendering raw tuples of deferred shapes | `rows` | worker; only built-in output functions and enums (`render::prints_the_same_in_worker`), casts ignored |
 //! | commit-log lookups of prepared and stuck transactions | `publisher` | worker; no user code |
-//! | a snapshot's rows (`SELECT row_to_json(t) FROM (SELECT <readable columns> FROM table) t ORDER BY ...`), after the role is checked again | `crate::snapshot`, a background worker of its own | the subscriber, with its claims (`as_subscriber`), REPEATABLE READ |
+//! | a snapshot's rows (`SELECT row_to_json(t) FROM (SELECT <readable columns> FROM table) t ORDER BY ...`), after the role is checked again | `snapshot`, a background worker of its own | the subscriber, with its claims (`as_subscriber`), REPEATABLE READ |
+//! | history segments read back for subscribers that resume or fall behind | `realtime_core::net::backlog` on the network threads | no PostgreSQL call; at most one chunk (256 changes or 1 MiB) per subscriber, counted toward `realtime.client_memory` while it is stalled; a segment of an unknown format is refused, never parsed |
+//! | `realtime_stats()`: the engine's numbers | `crate::stats`, in any backend | the caller; reads shared memory only, no SQL; `pg_monitor` only (`EXECUTE` revoked from `PUBLIC`) |
 //! | `ProcessConfigFile`, interrupts, latch waits | `mod` | worker; no user code |
 //!
 //! "The subscriber" means the session PostgREST would give its request (`as_subscriber`):
