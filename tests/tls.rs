@@ -131,12 +131,16 @@ fn wss_with_postgres_certificate_and_a_bad_reload_keeps_it() {
     // Silent sockets that never start their TLS handshake count as handshakes: three times
     // more than may wait, and the oldest 200 are dropped to make room.
     let silent = cluster.silent_sockets(300);
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(
-        common::closed_by_server(&silent),
-        200,
-        "the 200 oldest silent sockets were dropped"
+    let mut closed = 0;
+    common::wait_until(
+        "silent sockets to be dropped",
+        Duration::from_secs(10),
+        || {
+            closed = common::closed_by_server(&silent);
+            closed >= 200
+        },
     );
+    assert_eq!(closed, 200, "the 200 oldest silent sockets were dropped");
     drop(silent);
 
     // A reload naming a file that is not there keeps the certificate that works.

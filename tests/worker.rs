@@ -59,22 +59,19 @@ fn reload_applies_new_settings() {
     db.execute("SELECT pg_reload_conf()", &[]).unwrap();
     let url = format!("ws://127.0.0.1:{}/realtime", cluster.ws_port);
     let refused = || matches!(tungstenite::connect(&url), Err(tungstenite::Error::Http(r)) if r.status() == 503);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "max_connections was not reloaded"
-        );
-        if refused() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common::wait_until(
+        "max_connections to be reloaded",
+        Duration::from_secs(10),
+        refused,
+    );
     db.execute("ALTER SYSTEM RESET realtime.max_connections", &[])
         .unwrap();
     db.execute("SELECT pg_reload_conf()", &[]).unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(!refused());
+    common::wait_until(
+        "max_connections to be reset",
+        Duration::from_secs(10),
+        || !refused(),
+    );
     assert_eq!(
         cluster.worker_pid(),
         pid,
