@@ -44,18 +44,12 @@ unsafe extern "C-unwind" fn shmem_startup() {
     if let Some(prev) = PREV_STARTUP_HOOK {
         prev();
     }
-    // AddinShmemInitLock is a macro over the main LWLock array (lwlocknames.txt: 21).
-    let init_lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock;
-    pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
-    let mut found = false;
     let size = std::mem::size_of::<Stats>();
-    let place = pg_sys::ShmemInitStruct(SHMEM_NAME.as_ptr(), size, &mut found) as *mut Stats;
-    if !found {
-        std::ptr::write(place, Stats::new());
-    }
+    let place = crate::pg::shmem_struct(SHMEM_NAME, size, |place| {
+        std::ptr::write(place as *mut Stats, Stats::new());
+    });
     // SAFETY: shared memory lives as long as the server, and only atomics are in it.
-    STATS = Some(&*place);
-    pg_sys::LWLockRelease(init_lock);
+    STATS = Some(&*(place as *const Stats));
 }
 
 #[pg_extern(sql = r#"

@@ -145,3 +145,22 @@ pub fn launch_worker(name: &str, kind: &str, function: &str, arg: usize) -> Resu
         .map(|_| ())
         .map_err(|_| "no background worker slot is free; raise max_worker_processes".to_string())
 }
+
+/// The shared-memory struct `name` of `size` bytes, found or created under
+/// AddinShmemInitLock; `init` runs on it, still under the lock, only when this call created
+/// it (the first process to get there after the server started).
+///
+/// # Safety
+/// Called from a `shmem_startup_hook`, with `size` what the `shmem_request_hook` asked for.
+pub unsafe fn shmem_struct(name: &CStr, size: usize, init: impl FnOnce(*mut u8)) -> *mut u8 {
+    // AddinShmemInitLock is a macro over the main LWLock array (lwlocknames.txt: 21).
+    let init_lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock;
+    pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+    let mut found = false;
+    let base = pg_sys::ShmemInitStruct(name.as_ptr(), size, &mut found) as *mut u8;
+    if !found {
+        init(base);
+    }
+    pg_sys::LWLockRelease(init_lock);
+    base
+}

@@ -117,30 +117,23 @@ unsafe extern "C-unwind" fn shmem_startup() {
     if let Some(prev) = PREV_STARTUP_HOOK {
         prev();
     }
-    // AddinShmemInitLock is a macro over the main LWLock array (lwlocknames.txt: 21).
-    let init_lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock;
-    pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
-    let mut found = false;
-    let base = pg_sys::ShmemInitStruct(SHMEM_NAME.as_ptr(), total_size(), &mut found) as *mut u8;
-    let header = base as *mut Header;
-    QUEUE = Some(Ring {
-        header,
-        data: base.add(std::mem::size_of::<Header>()),
-        spills: true,
-    });
-    if !found {
+    let base = crate::pg::shmem_struct(SHMEM_NAME, total_size(), |base| {
         crate::spill::clear_orphans();
         overflow::remove();
         ptr::write(
-            header,
+            base as *mut Header,
             Header::new(
                 &mut (*pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr())).lock,
                 crate::gucs::queue_size_bytes() as u64,
                 initial_position(),
             ),
         );
-    }
-    pg_sys::LWLockRelease(init_lock);
+    });
+    QUEUE = Some(Ring {
+        header: base as *mut Header,
+        data: base.add(std::mem::size_of::<Header>()),
+        spills: true,
+    });
 }
 
 /// Positions start at the server's start time in microseconds, so they keep increasing across
