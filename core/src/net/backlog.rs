@@ -45,11 +45,6 @@ impl Backlog {
         }
     }
 
-    /// The last position read so far.
-    pub fn position(&self) -> u64 {
-        self.after
-    }
-
     /// The next batch, or `None` once everything up to `through` (or everything the history
     /// holds) was read. Cancel-safe: a read in flight is resumed by the next call.
     pub async fn next(&mut self) -> Option<Batch> {

@@ -182,7 +182,7 @@ impl Fanout {
         self.max_bytes.store(bytes, Relaxed);
     }
 
-    /// Bytes the ring holds now (for /health).
+    /// Bytes the ring holds now.
     pub fn ring_bytes(&self) -> usize {
         self.ring().bytes
     }
