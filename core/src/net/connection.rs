@@ -281,10 +281,7 @@ impl<P: Protocol, S: Stream> Connection<P, S> {
             return;
         };
         let mut ended = Vec::new();
-        self.subscriber
-            .subscriptions
-            .reauthorize(&principal, &mut ended)
-            .await;
+        self.subscriber.reauthorize(&principal, &mut ended).await;
         self.send_outgoing(ended).await
     }
 
@@ -303,10 +300,7 @@ impl<P: Protocol, S: Stream> Connection<P, S> {
                 Ok(principal) => {
                     self.reported = None;
                     let mut ended = Vec::new();
-                    self.subscriber
-                        .subscriptions
-                        .reauthorize(&principal, &mut ended)
-                        .await;
+                    self.subscriber.reauthorize(&principal, &mut ended).await;
                     self.say(Say::Authenticated {
                         role: &principal.role,
                         expires_at: principal.expires,

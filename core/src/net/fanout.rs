@@ -81,6 +81,10 @@ struct Index {
     /// Sequence number of the next batch to hand out: the janitor keeps it and later ones,
     /// which may not be in every inbox yet.
     handing: u64,
+    /// Sessions handed a catalog change and not yet registered again under what it allows:
+    /// their keys may be too narrow now (a policy was loosened, row security turned off), so
+    /// they are handed every batch of changes until they settle.
+    widened: Vec<Weak<Slot>>,
 }
 
 struct Ring {
@@ -226,10 +230,26 @@ impl Fanout {
             ring.first + ring.batches.len() as u64 - 1
         };
         let mut index = self.index();
+        let Index {
+            interests, widened, ..
+        } = &mut *index;
         let mut handed = 0;
-        index.interests.receivers(&batch, |slot| {
+        let reauthorize = matches!(*batch, Batch::Reauthorize { .. });
+        interests.receivers(&batch, |slot| {
             handed += slot.hand(seq, self.max_batches) as u64;
+            if reauthorize && slot.widened_through.swap(seq + 1, Relaxed) == 0 {
+                widened.push(Arc::downgrade(slot));
+            }
         });
+        if let Batch::Changes(_) = *batch {
+            widened.retain(|slot| {
+                let Some(slot) = slot.upgrade() else {
+                    return false;
+                };
+                handed += slot.hand(seq, self.max_batches) as u64;
+                true
+            });
+        }
         self.stats.add(Stat::BatchesHanded, handed);
         index.dispatched = index.dispatched.max(batch.last_position());
         index.handing = seq + 1;
@@ -282,6 +302,7 @@ impl Fanout {
             },
             last: 0,
             taken_at: Instant::now(),
+            passed: 0,
             slot,
         }
     }
@@ -445,6 +466,9 @@ pub struct Slot {
     copy: AtomicUsize,
     /// When the delivery started (milliseconds since the fan-out began; 0: not delivering).
     since: AtomicU64,
+    /// One more than the sequence number of the last catalog change handed to it while it
+    /// has not registered again since (0: settled); see `Index::widened`.
+    widened_through: AtomicU64,
     /// Set by the janitor: this session must close, and why.
     kick: Notify,
     kicked_for: std::sync::atomic::AtomicU8,
@@ -484,6 +508,8 @@ pub struct Cursor {
     /// Sequence number of the batch last returned, and when it was taken.
     last: u64,
     taken_at: Instant,
+    /// The highest sequence number returned or lost to lag.
+    passed: u64,
     slot: Arc<Slot>,
 }
 
@@ -514,6 +540,20 @@ impl Registrar {
         };
         let published = self.fanout.published_through.load(Relaxed);
         (interest, index.dispatched.max(published))
+    }
+
+    /// The session registered again, with what it may see, after every batch up to sequence
+    /// number `through`: unless a later catalog change was handed to it since, its keys route
+    /// batches for it again.
+    pub fn settle(&self, through: u64) {
+        let mut index = self.fanout.index();
+        let widened = self.slot.widened_through.load(Relaxed);
+        if widened != 0 && widened <= through + 1 {
+            self.slot.widened_through.store(0, Relaxed);
+            index
+                .widened
+                .retain(|s| !std::ptr::eq(s.as_ptr(), Arc::as_ptr(&self.slot)));
+        }
     }
 }
 
@@ -574,6 +614,7 @@ impl Cursor {
             if overflowed_from != 0 {
                 lost = (overflowed_from - 1..ring.first).collect();
             }
+            self.passed = self.passed.max(ring.first.saturating_sub(1));
             let known = lost
                 .into_iter()
                 .map(|seq| ring.summary(seq).cloned())
@@ -582,6 +623,7 @@ impl Cursor {
         }
         inbox.pop_front();
         self.last = seq;
+        self.passed = seq;
         let (batch, _, dispatched) = &ring.batches[(seq - ring.first) as usize];
         let now = Instant::now();
         fanout
@@ -594,6 +636,12 @@ impl Cursor {
     /// Sequence number of the batch `recv` or `try_recv` returned last.
     pub fn last_seq(&self) -> u64 {
         self.last
+    }
+
+    /// The session registered again under what it may see now, after every batch it read or
+    /// lost so far.
+    pub fn settle(&self) {
+        self.registrar.settle(self.passed)
     }
 
     /// When the batch `recv` or `try_recv` returned last was taken.
@@ -739,6 +787,83 @@ mod unit {
         fanout.send(batch(25_000));
         assert!(matches!(fast.try_recv(), Some(Ok(_))));
         assert_eq!(fanout.ring().batches.len(), 1);
+    }
+
+    #[test]
+    fn after_a_catalog_change_sessions_get_every_change_until_they_register_again() {
+        let fanout = Fanout::new(1000, 1 << 30, &STATS);
+        let mut alice = fanout.cursor();
+        let owner = |name: &str| Keys::Values(vec![("owner".into(), format!("\"{name}\""))]);
+        let mut interest = alice
+            .registrar()
+            .register(Topic::Table(7), owner("alice"))
+            .0;
+        let bobs = || {
+            let txn = Arc::new(crate::change::Txn::new(1, String::new()));
+            let names = Arc::new(("s".to_string(), "t".to_string()));
+            let row = Some(r#"{"owner":"bob"}"#.into());
+            let change = crate::change::Change::new(
+                1,
+                txn,
+                Topic::Table(7),
+                names,
+                crate::ops::Op::Insert,
+                row,
+                None,
+            );
+            Batch::Changes(vec![change])
+        };
+        fanout.send(bobs());
+        assert!(alice.try_recv().is_none(), "bob's row is not alice's");
+
+        // A policy now lets alice see every row; bob's next row is committed before she has
+        // registered again under it, and still reaches her.
+        fanout.send(Batch::Reauthorize { last_position: 1 });
+        fanout.send(bobs());
+        assert!(matches!(
+            *alice.try_recv().unwrap().unwrap(),
+            Batch::Reauthorize { .. }
+        ));
+        fanout.send(bobs());
+        interest = alice
+            .registrar()
+            .register(Topic::Table(7), Keys::Everything)
+            .0;
+        fanout.send(bobs());
+        alice.settle();
+        for _ in 0..3 {
+            assert!(matches!(
+                *alice.try_recv().unwrap().unwrap(),
+                Batch::Changes(_)
+            ));
+        }
+        assert!(alice.try_recv().is_none());
+
+        // Settled under narrow keys again, she is handed only what they name.
+        drop(interest);
+        let _interest = alice.registrar().register(Topic::Table(7), owner("alice"));
+        fanout.send(Batch::Reauthorize { last_position: 2 });
+        alice.try_recv().unwrap().unwrap();
+        alice.settle();
+        fanout.send(bobs());
+        assert!(alice.try_recv().is_none());
+        assert!(fanout.index().widened.is_empty());
+    }
+
+    #[test]
+    fn a_later_catalog_change_keeps_the_session_widened() {
+        let fanout = Fanout::new(1000, 1 << 30, &STATS);
+        let mut a = fanout.cursor();
+        let _interest = a.registrar().register(Topic::Table(7), Keys::Everything);
+        fanout.send(Batch::Reauthorize { last_position: 1 });
+        a.try_recv().unwrap().unwrap();
+        fanout.send(Batch::Reauthorize { last_position: 2 });
+        // Registered again for the first only: the second is still to be worked out.
+        a.settle();
+        assert_eq!(fanout.index().widened.len(), 1);
+        a.try_recv().unwrap().unwrap();
+        a.settle();
+        assert!(fanout.index().widened.is_empty());
     }
 
     #[test]

@@ -164,6 +164,17 @@ impl<K: Clone> Subscriber<K> {
         self.cursor.delivering()
     }
 
+    /// Work out every subscription's rights again, as `principal` (see
+    /// `SubscriptionSet::reauthorize`), and route batches by what they allow from now on.
+    pub async fn reauthorize(
+        &mut self,
+        principal: &Arc<crate::auth::Principal>,
+        out: &mut Vec<Outgoing<K>>,
+    ) {
+        self.subscriptions.reauthorize(principal, out).await;
+        self.cursor.settle();
+    }
+
     /// Append to `out` what to send for `batch`, judging first what the worker left to judge
     /// for its subscriptions; the batch to encode those against.
     pub async fn deliver(
@@ -180,7 +191,7 @@ impl<K: Clone> Subscriber<K> {
             self.subscriptions.reauthorize_later();
         } else if self.subscriptions.take_reauthorize() {
             if let Some(principal) = principal {
-                self.subscriptions.reauthorize(principal, out).await;
+                self.reauthorize(principal, out).await;
             }
         }
         let batch = match self.complete_verdicts(&batch, source, None).await {
