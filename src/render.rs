@@ -94,7 +94,7 @@ impl RowFormat {
                 pg_sys::ALLOCSET_SMALL_MAXSIZE as usize,
             );
             let natts = (*desc).natts as usize;
-            let attrs = (*desc).attrs.as_slice(natts);
+            let attrs = crate::pg::versions::attributes(desc);
             let mut deferrable = true;
             let columns = attrs
                 .iter()

@@ -99,7 +99,7 @@ pub fn describe(desc: pg_sys::TupleDesc) -> Vec<u8> {
     unsafe {
         let natts = (*desc).natts as usize;
         out.extend_from_slice(&(natts as u16).to_le_bytes());
-        for a in (*desc).attrs.as_slice(natts) {
+        for a in crate::pg::versions::attributes(desc) {
             put_name(&mut out, CStr::from_ptr(a.attname.data.as_ptr()).to_bytes());
             out.extend_from_slice(&a.atttypid.to_u32().to_le_bytes());
             out.extend_from_slice(&a.attlen.to_le_bytes());
@@ -133,7 +133,7 @@ pub fn decode(bytes: &[u8]) -> Option<(Settings, pg_sys::TupleDesc)> {
         }
         // SAFETY: `i < natts`, the number of attributes the descriptor was created with.
         unsafe {
-            let a = &mut *(*desc).attrs.as_mut_ptr().add(i);
+            let a = crate::pg::versions::attribute_mut(desc, i);
             *a = std::mem::zeroed();
             std::ptr::copy_nonoverlapping(
                 name.as_ptr().cast(),
@@ -148,7 +148,7 @@ pub fn decode(bytes: &[u8]) -> Option<(Settings, pg_sys::TupleDesc)> {
             a.attalign = flags[1] as std::ffi::c_char;
             a.attisdropped = flags[2] != 0;
             a.attstorage = b'p' as std::ffi::c_char;
-            a.attcacheoff = -1;
+            crate::pg::versions::attribute_set(desc, i);
         }
     }
     Some((settings, desc))

@@ -153,12 +153,13 @@ unsafe fn raw_tuple<'m>(slot: *mut pg_sys::TupleTableSlot, desc: pg_sys::TupleDe
     let natts = (*desc).natts;
     if ((*tuple).t_infomask2 as u32 & pg_sys::HEAP_NATTS_MASK) < natts as u32 {
         pg_sys::slot_getsomeattrs_int(slot, natts);
-        tuple = pg_sys::heap_form_minimal_tuple(desc, (*slot).tts_values, (*slot).tts_isnull);
+        tuple =
+            crate::pg::versions::form_minimal_tuple(desc, (*slot).tts_values, (*slot).tts_isnull);
     }
     if (*tuple).t_infomask as u32 & pg_sys::HEAP_HASEXTERNAL != 0 {
         let flat =
             crate::pg::toast_flatten_tuple(pg_sys::heap_tuple_from_minimal_tuple(tuple), desc);
-        tuple = pg_sys::minimal_tuple_from_heap_tuple(flat);
+        tuple = crate::pg::versions::minimal_from_heap(flat);
     }
     std::slice::from_raw_parts(tuple.cast(), (*tuple).t_len as usize)
 }

@@ -1,8 +1,10 @@
 //! The FFI layer: every PostgreSQL symbol pgrx's bindings lack, and the raw helpers built on
 //! them. Everything here runs on a Postgres backend's (or the worker's Postgres) thread.
-//! `xact` holds the worker's transaction brackets, `memory` the memory contexts it creates.
+//! `xact` holds the worker's transaction brackets, `memory` the memory contexts it creates,
+//! `versions` what differs between the PostgreSQL majors supported.
 
 pub mod memory;
+pub mod versions;
 pub mod xact;
 
 use pgrx::pg_sys;

@@ -212,7 +212,7 @@ impl Waiter {
     fn new(inbox: &bridge::RequestInbox) -> Waiter {
         // SAFETY: made once in TopMemoryContext on the worker's Postgres thread; the socket outlives the set (both live until exit).
         unsafe {
-            let set = pg_sys::CreateWaitEventSet(pg_sys::TopMemoryContext, 3);
+            let set = crate::pg::versions::long_lived_wait_event_set(3);
             pg_sys::AddWaitEventToSet(
                 set,
                 pg_sys::WL_LATCH_SET,

@@ -1,4 +1,4 @@
-//! A real PostgreSQL 15 cluster with realtime_ext preloaded, and a real WebSocket client.
+//! A real PostgreSQL cluster (of the major the tests are built for) with realtime_ext preloaded, and a real WebSocket client.
 //! The extension must be installed (`cargo pgrx install`) before these tests run; test.sh does.
 #![allow(dead_code)]
 
@@ -21,15 +21,27 @@ fn bin() -> &'static str {
             .unwrap_or_else(|_| format!("{}/.pgrx", std::env::var("HOME").unwrap_or_default()));
         let config = std::fs::read_to_string(format!("{home}/config.toml"))
             .expect("cargo-pgrx is configured (run ./test.sh, which sets it up)");
+        let key = format!("{MAJOR} = ");
         let pg_config = config
             .lines()
-            .find_map(|l| l.trim().strip_prefix("pg15 = "))
-            .expect("cargo-pgrx knows a pg15")
+            .find_map(|l| l.trim().strip_prefix(key.as_str()))
+            .unwrap_or_else(|| panic!("cargo-pgrx knows no {MAJOR} (run PG_MAJOR=... ./test.sh)"))
             .trim_matches('"');
         let out = Command::new(pg_config).arg("--bindir").output().unwrap();
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     })
 }
+
+/// The PostgreSQL major these tests are built for (`cargo pgrx test pgNN` picks the feature).
+pub const MAJOR: &str = if cfg!(feature = "pg18") {
+    "pg18"
+} else if cfg!(feature = "pg17") {
+    "pg17"
+} else if cfg!(feature = "pg16") {
+    "pg16"
+} else {
+    "pg15"
+};
 
 pub struct Cluster {
     pub dir: PathBuf,
@@ -463,10 +475,20 @@ impl Ws {
         self.socket.send(Message::text(t.to_string())).unwrap();
     }
 
+    /// The next message; a read a signal interrupted is tried again.
+    fn read(&mut self) -> tungstenite::Result<Message> {
+        loop {
+            match self.socket.read() {
+                Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                read => return read,
+            }
+        }
+    }
+
     /// Next JSON message (pings are answered by tungstenite and skipped).
     pub fn recv(&mut self) -> Value {
         loop {
-            match self.socket.read().expect("websocket read") {
+            match self.read().expect("websocket read") {
                 Message::Text(t) => return serde_json::from_str(&t).expect("server sent JSON"),
                 Message::Close(f) => panic!("server closed the connection: {f:?}"),
                 _ => continue,
@@ -478,7 +500,7 @@ impl Ws {
     pub fn recv_within(&mut self, d: Duration) -> Option<Value> {
         self.set_timeout(d);
         let r = loop {
-            match self.socket.read() {
+            match self.read() {
                 Ok(Message::Text(t)) => break Some(serde_json::from_str(&t).unwrap()),
                 Ok(Message::Close(f)) => panic!("server closed the connection: {f:?}"),
                 Ok(_) => continue,
@@ -510,7 +532,7 @@ impl Ws {
     /// The close frame the server sends next (code, reason); panics on anything else.
     pub fn close_frame(&mut self) -> (u16, String) {
         loop {
-            match self.socket.read() {
+            match self.read() {
                 Ok(Message::Close(Some(f))) => return (u16::from(f.code), f.reason.to_string()),
                 Ok(Message::Close(None)) => panic!("closed without a code"),
                 Ok(_) => continue,
