@@ -19,6 +19,8 @@ static SSL_CERT_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>
 static SSL_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 /// How tokens are verified: an HMAC secret, a JWK or JWKS as JSON, or `@file` holding either.
 static JWT_SECRET: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static METRICS_ADDRESSES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static METRICS_TOKEN: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static JWT_SECRET_IS_BASE64: GucSetting<bool> = GucSetting::<bool>::new(false);
 /// The `aud` tokens must carry (empty: not checked).
 static JWT_AUDIENCE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
@@ -227,6 +229,22 @@ pub fn init() {
         &ALLOWED_HOSTS,
         Sighup,
         none,
+    );
+    GucRegistry::define_string_guc(
+        c"realtime.metrics_addresses",
+        c"Client addresses that may read /metrics: comma-separated IP addresses or CIDR ranges.",
+        c"Empty (the default) with no realtime.metrics_token: /metrics is off. Entries that are not addresses are logged and left out.",
+        &METRICS_ADDRESSES,
+        Sighup,
+        none,
+    );
+    GucRegistry::define_string_guc(
+        c"realtime.metrics_token",
+        c"Bearer token /metrics requires (Authorization: Bearer ...), besides realtime.metrics_addresses.",
+        c"Only superusers can see it. Empty: no token is asked for.",
+        &METRICS_TOKEN,
+        Sighup,
+        GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL,
     );
     GucRegistry::define_string_guc(
         c"realtime.jwt_secret",
@@ -455,6 +473,10 @@ pub fn anon_role() -> String {
 }
 pub fn authenticator() -> String {
     string(&AUTHENTICATOR).trim().to_string()
+}
+/// realtime.metrics_addresses and realtime.metrics_token, as they are now.
+pub fn metrics_access() -> (String, String) {
+    (string(&METRICS_ADDRESSES), string(&METRICS_TOKEN))
 }
 pub fn serve_pages() -> bool {
     SERVE_PAGES.get()

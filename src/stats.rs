@@ -3,7 +3,7 @@
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use realtime_core::stats::{Kind, Stats, Timing};
+use realtime_core::stats::{Kind, Size, Stats, Timing, BUCKETS_COUNT, BUCKETS_US};
 use std::ffi::CStr;
 
 const SHMEM_NAME: &CStr = c"realtime_ext stats";
@@ -64,6 +64,16 @@ $$;
 COMMENT ON FUNCTION realtime_stats() IS 'realtime_ext''s numbers: positions, queue, connections, subscriptions, fan-out and history (counters end in _total)';
 REVOKE ALL ON FUNCTION realtime_stats() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION realtime_stats() TO pg_monitor;
+-- The same numbers as /metrics names them, the label apart: for postgres_exporter's custom
+-- queries (docs/postgres_exporter.yaml), which take labels from columns.
+CREATE VIEW realtime_metrics AS
+SELECT 'realtime_' || split_part(name, '{', 1) AS metric,
+       coalesce(substring(name FROM '\{(.*)\}'), '') AS labels,
+       value, kind, description
+  FROM realtime_stats();
+COMMENT ON VIEW realtime_metrics IS 'realtime_stats() named as /metrics names them: metric, its labels, value';
+REVOKE ALL ON realtime_metrics FROM PUBLIC;
+GRANT SELECT ON realtime_metrics TO pg_monitor;
 "#)]
 fn stats_report() -> TableIterator<
     'static,
@@ -90,24 +100,44 @@ fn stats_report() -> TableIterator<
                 Kind::Counter => "counter",
                 Kind::Gauge => "gauge",
             };
-            row(stat.name().into(), value, kind, stat.help().into())
+            let name = match stat.label() {
+                Some((key, value)) => format!("{}{{{key}=\"{value}\"}}", stat.name()),
+                None => stat.name().to_string(),
+            };
+            row(name, value, kind, stat.help().into())
         })
         .collect();
-    // Each stage of a change's way to a socket: how many were timed, and the bucket bounds
-    // half and 99% of them fell within.
-    for &stage in Timing::ALL {
-        let h = stats.timing(stage);
-        let name = stage.name();
-        let what = format!("changes timed from {}", name.replace('_', " "));
-        rows.push(row(format!("{name}_total"), h.count(), "counter", what));
+    // Each histogram: how many were observed, and the bucket bounds half and 99% of them
+    // fell within.
+    let histograms = Timing::ALL
+        .iter()
+        .map(|&t| {
+            (
+                t.name(),
+                stats.timing(t),
+                &BUCKETS_US,
+                "_us",
+                "microseconds",
+            )
+        })
+        .chain(
+            Size::ALL
+                .iter()
+                .map(|&s| (s.name(), stats.size(s), &BUCKETS_COUNT, "", "count")),
+        );
+    for (name, h, bounds, unit, unit_name) in histograms {
+        let what = name.replace('_', " ");
+        rows.push(row(
+            format!("{name}_total"),
+            h.count(),
+            "counter",
+            format!("observations of {what}"),
+        ));
         for (q, label) in [(0.5, "p50"), (0.99, "p99")] {
-            let help = format!(
-                "{label} of {}, microseconds (a bucket bound)",
-                name.replace('_', " ")
-            );
+            let help = format!("{label} of {what}, {unit_name} (a bucket bound)");
             rows.push(row(
-                format!("{name}_{label}_us"),
-                h.quantile_us(q),
+                format!("{name}_{label}{unit}"),
+                h.quantile(q, bounds),
                 "gauge",
                 help,
             ));

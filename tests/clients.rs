@@ -129,7 +129,12 @@ fn totals_are_read_from_shared_memory_by_sql_and_health_alike() {
     };
     assert_eq!(stat("position"), position);
     assert_eq!(stat("changes_published_total"), 3);
-    assert_eq!((stat("connections"), stat("subscriptions")), (1, 1));
+    let native = |name: &str| format!("{name}{{protocol=\"native\"}}");
+    assert_eq!(
+        (stat(&native("connections")), stat(&native("subscriptions"))),
+        (1, 1)
+    );
+    assert!(stat(&native("messages_sent_total")) >= 3);
     assert!(stat("batches_handed_total") >= 1);
     assert!(
         stat("read_to_dispatch_total") >= 1,
@@ -140,8 +145,44 @@ fn totals_are_read_from_shared_memory_by_sql_and_health_alike() {
     assert_eq!(health["connections"].as_u64(), Some(1));
     drop(ws);
     common::wait_until("the connection to leave", Duration::from_secs(5), || {
-        stat("connections") == 0
+        stat(&native("connections")) == 0
     });
+    // The view names them as /metrics does, for postgres_exporter.
+    let row = watcher
+        .query_one(
+            "SELECT labels, value FROM realtime_metrics WHERE metric = 'realtime_changes_published_total'",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, String>(0), row.get::<_, i64>(1)),
+        (String::new(), 3)
+    );
+    let labels: Vec<String> = watcher
+        .query(
+            "SELECT labels FROM realtime_metrics WHERE metric = 'realtime_gaps_total' ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        labels.contains(&"reason=\"slow_client\"".to_string()),
+        "{labels:?}"
+    );
+    // The example custom queries for postgres_exporter run as a pg_monitor member.
+    let queries = std::fs::read_to_string("docs/postgres_exporter.yaml").unwrap();
+    let queries: Vec<&str> = queries
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("query: "))
+        .map(|q| q.trim_matches('"'))
+        .collect();
+    assert_eq!(queries.len(), 2);
+    for query in queries {
+        let rows = watcher.query(query, &[]).unwrap();
+        assert!(rows.len() > 5, "{query}: {} rows", rows.len());
+    }
     let refused = cluster
         .client_as("nobody")
         .query("SELECT * FROM realtime_stats()", &[])

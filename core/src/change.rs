@@ -35,9 +35,10 @@ pub struct Txn {
     pub xid: u32,
     /// RFC 3339 in UTC, microseconds.
     pub commit_time: String,
-    /// When the worker read it from the queue (`None`: read back from the history), for
-    /// `stats::Timing`.
+    /// When the worker read it from the queue, and when it committed on the same clock
+    /// (`None`: read back from the history), for `stats::Timing`.
     pub read_at: Option<std::time::Instant>,
+    pub committed_at: Option<std::time::Instant>,
 }
 
 impl Txn {
@@ -46,6 +47,7 @@ impl Txn {
             xid,
             commit_time,
             read_at: None,
+            committed_at: None,
         }
     }
 }
@@ -242,6 +244,14 @@ pub enum Batch {
 }
 
 impl Batch {
+    /// The transaction of its first change (none for the other kinds).
+    pub fn first_txn(&self) -> Option<&Txn> {
+        match self {
+            Batch::Changes(changes) => Some(&changes.first()?.txn),
+            _ => None,
+        }
+    }
+
     pub fn first_position(&self) -> u64 {
         match self {
             Batch::Changes(c) => c.first().map_or(0, |c| c.position),

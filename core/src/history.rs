@@ -442,6 +442,14 @@ impl History {
         self.inner().segments.back().map_or(0, |s| s.last)
     }
 
+    /// When its oldest file was begun (or, where the file system keeps no birth time, last
+    /// written): how far back clients can resume, in time.
+    pub fn oldest_written(&self) -> Option<std::time::SystemTime> {
+        let path = self.inner().segments.front()?.path.clone();
+        let meta = fs::metadata(path).ok()?;
+        meta.created().or_else(|_| meta.modified()).ok()
+    }
+
     /// Bytes on disk.
     pub fn bytes(&self) -> u64 {
         self.inner().segments.iter().map(|s| s.len).sum()

@@ -2,6 +2,7 @@
 //! threads write them, `/health` and SQL's `realtime_stats()` read them. The extension places
 //! the one `Stats` in PostgreSQL's shared memory; here it is only atomics.
 
+use crate::change::GapReason;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// How a number behaves, for those who graph it.
@@ -14,7 +15,7 @@ pub enum Kind {
 }
 
 macro_rules! stats {
-    ($($stat:ident: $kind:ident, $name:literal, $help:literal;)*) => {
+    ($($stat:ident: $kind:ident, $name:literal, [$($key:literal = $value:literal)?], $help:literal;)*) => {
         /// One number of `Stats`.
         #[derive(Clone, Copy, Debug, PartialEq, Eq)]
         #[repr(usize)]
@@ -23,9 +24,15 @@ macro_rules! stats {
         impl Stat {
             pub const ALL: &'static [Stat] = &[$(Stat::$stat),*];
 
-            /// Its name in `realtime_stats()` (and, prefixed, in metrics).
+            /// Its name in `realtime_stats()` and, prefixed, in metrics; several numbers of one
+            /// family share it and differ by `label`.
             pub fn name(self) -> &'static str {
                 match self { $(Stat::$stat => $name),* }
+            }
+
+            /// The label that sets it apart from the rest of its family: (key, value).
+            pub fn label(self) -> Option<(&'static str, &'static str)> {
+                match self { $(Stat::$stat => None $(.or(Some(($key, $value))))?),* }
             }
 
             pub fn kind(self) -> Kind {
@@ -39,24 +46,78 @@ macro_rules! stats {
     };
 }
 
+// No table names or roles in labels: a label's values are fixed here.
 stats! {
-    Position: Gauge, "position", "last position published";
-    ChangesPublished: Counter, "changes_published_total", "changes published to subscribers";
-    QueueUsedBytes: Gauge, "queue_used_bytes", "bytes of the shared queue in use";
-    QueueCapacityBytes: Gauge, "queue_capacity_bytes", "size of the shared queue";
-    QueueOverflowBytes: Gauge, "queue_overflow_bytes", "bytes of the queue waiting on disk";
-    LostTransactions: Counter, "lost_transactions_total", "transactions lost because the queue could not take them";
-    Connections: Gauge, "connections", "open WebSocket connections";
-    Subscriptions: Gauge, "subscriptions", "subscriptions held or being made";
-    BacklogBytes: Gauge, "backlog_bytes", "bytes of recent batches kept in memory for subscribers";
-    BatchesHanded: Counter, "batches_handed_total", "batches handed to subscribers, once per subscriber";
-    CatchingUp: Gauge, "catching_up", "subscribers reading the history after falling behind the memory ring";
-    CatchUps: Counter, "catch_ups_total", "times a subscriber fell behind the memory ring and went on from the history";
-    SlowClientGaps: Counter, "slow_client_gaps_total", "gaps sent to subscribers that fell behind what memory and history keep";
-    HistoryBytes: Gauge, "history_bytes", "bytes of the history on disk";
+    Position: Gauge, "position", [], "last position published";
+    ChangesPublished: Counter, "changes_published_total", [], "changes published to subscribers";
+    QueueUsedBytes: Gauge, "queue_used_bytes", [], "bytes of the shared queue in use";
+    QueueCapacityBytes: Gauge, "queue_capacity_bytes", [], "size of the shared queue";
+    QueueOverflowBytes: Gauge, "queue_overflow_bytes", [], "bytes of transactions spilled to disk, waiting for room in the queue";
+    LostTransactions: Counter, "lost_transactions_total", [], "transactions lost because the queue could not take them";
+    Connections: Gauge, "connections", ["protocol" = "native"], "open WebSocket connections";
+    Subscriptions: Gauge, "subscriptions", ["protocol" = "native"], "subscriptions held or being made";
+    MessagesSent: Counter, "messages_sent_total", ["protocol" = "native"], "changes, leaves, gaps and ends written to clients";
+    SentBytes: Counter, "sent_bytes_total", ["protocol" = "native"], "bytes of those messages";
+    BacklogBytes: Gauge, "backlog_bytes", [], "bytes of recent batches kept in memory for subscribers";
+    BatchesHanded: Counter, "batches_handed_total", [], "batches handed to subscribers, once per subscriber";
+    CatchingUp: Gauge, "catching_up", [], "subscribers reading the history after falling behind the memory ring";
+    CatchUps: Counter, "catch_ups_total", [], "times a subscriber fell behind the memory ring and went on from the history";
+    GapsQueueOverflow: Counter, "gaps_total", ["reason" = "queue_overflow"], "gaps told to subscribers";
+    GapsSpillUnreadable: Counter, "gaps_total", ["reason" = "spill_unreadable"], "gaps told to subscribers";
+    GapsRenderFailed: Counter, "gaps_total", ["reason" = "render_failed"], "gaps told to subscribers";
+    GapsSlowClient: Counter, "gaps_total", ["reason" = "slow_client"], "gaps told to subscribers";
+    GapsPolicyFailed: Counter, "gaps_total", ["reason" = "policy_failed"], "gaps told to subscribers";
+    GapsServerRestart: Counter, "gaps_total", ["reason" = "server_restart"], "gaps told to subscribers";
+    GapsHistoryExpired: Counter, "gaps_total", ["reason" = "history_expired"], "gaps told to subscribers";
+    GapsHistoryLost: Counter, "gaps_total", ["reason" = "history_lost"], "gaps told to subscribers";
+    PolicyFailures: Counter, "policy_failures_total", [], "row security judgements that failed or ran out of time (the subscribers concerned get a policy_failed gap)";
+    Snapshots: Counter, "snapshots_total", [], "snapshots started";
+    SnapshotRows: Counter, "snapshot_rows_total", [], "rows sent in snapshots";
+    Resumes: Counter, "resumes_total", [], "subscriptions that resumed from a position";
+    HistoryBytes: Gauge, "history_bytes", [], "bytes of the history on disk";
+    HistoryFirstPosition: Gauge, "history_first_position", [], "oldest position the history holds (0: none)";
+    HistoryOldestSeconds: Gauge, "history_oldest_timestamp_seconds", [], "when the oldest file of the history was written, in seconds since 1970 (0: none)";
+    RefusedTimeout: Counter, "handshake_refusals_total", ["reason" = "timeout"], "connections refused before the WebSocket opened";
+    RefusedMalformed: Counter, "handshake_refusals_total", ["reason" = "malformed"], "connections refused before the WebSocket opened";
+    RefusedHost: Counter, "handshake_refusals_total", ["reason" = "host_not_allowed"], "connections refused before the WebSocket opened";
+    RefusedOrigin: Counter, "handshake_refusals_total", ["reason" = "origin_not_allowed"], "connections refused before the WebSocket opened";
+    RefusedNotWebSocket: Counter, "handshake_refusals_total", ["reason" = "not_websocket"], "connections refused before the WebSocket opened";
+    RefusedTooMany: Counter, "handshake_refusals_total", ["reason" = "too_many_connections"], "connections refused before the WebSocket opened";
+    RefusedToken: Counter, "handshake_refusals_total", ["reason" = "unauthorized"], "connections refused before the WebSocket opened";
+    RefusedUnavailable: Counter, "handshake_refusals_total", ["reason" = "unavailable"], "connections refused before the WebSocket opened";
 }
 
-/// Where a change's time goes, stage by stage, from its commit to the last socket write.
+impl Stat {
+    /// The gap counter of `reason`.
+    pub fn gaps(reason: GapReason) -> Stat {
+        match reason {
+            GapReason::QueueOverflow => Stat::GapsQueueOverflow,
+            GapReason::SpillUnreadable => Stat::GapsSpillUnreadable,
+            GapReason::RenderFailed => Stat::GapsRenderFailed,
+            GapReason::SlowClient => Stat::GapsSlowClient,
+            GapReason::PolicyFailed => Stat::GapsPolicyFailed,
+            GapReason::ServerRestart => Stat::GapsServerRestart,
+            GapReason::HistoryExpired => Stat::GapsHistoryExpired,
+            GapReason::HistoryLost => Stat::GapsHistoryLost,
+        }
+    }
+
+    /// The refusal counter for a handshake answered with error `code`.
+    pub fn refused(code: &str) -> Stat {
+        match code {
+            "timeout" => Stat::RefusedTimeout,
+            "host_not_allowed" => Stat::RefusedHost,
+            "origin_not_allowed" => Stat::RefusedOrigin,
+            "upgrade_required" | "unsupported_version" => Stat::RefusedNotWebSocket,
+            "too_many_connections" => Stat::RefusedTooMany,
+            "unauthorized" | "token_expired" => Stat::RefusedToken,
+            "unavailable" => Stat::RefusedUnavailable,
+            _ => Stat::RefusedMalformed,
+        }
+    }
+}
+
+/// Durations observed, each a histogram in microseconds (`BUCKETS_US`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(usize)]
 pub enum Timing {
@@ -68,6 +129,10 @@ pub enum Timing {
     DispatchToTake,
     /// From then to its frames being written to the subscriber's socket.
     TakeToSent,
+    /// The whole way, from the commit to the subscriber's socket.
+    CommitToSent,
+    /// The worker judging one batch's changes by row security, for every audience.
+    PolicyJudging,
 }
 
 impl Timing {
@@ -76,6 +141,8 @@ impl Timing {
         Timing::ReadToDispatch,
         Timing::DispatchToTake,
         Timing::TakeToSent,
+        Timing::CommitToSent,
+        Timing::PolicyJudging,
     ];
 
     pub fn name(self) -> &'static str {
@@ -84,35 +151,72 @@ impl Timing {
             Timing::ReadToDispatch => "read_to_dispatch",
             Timing::DispatchToTake => "dispatch_to_take",
             Timing::TakeToSent => "take_to_sent",
+            Timing::CommitToSent => "commit_to_sent",
+            Timing::PolicyJudging => "policy_judging",
         }
+    }
+
+    /// The stages of a change's way from its commit to a socket, one after the other.
+    pub fn is_stage(self) -> bool {
+        matches!(
+            self,
+            Timing::CommitToRead
+                | Timing::ReadToDispatch
+                | Timing::DispatchToTake
+                | Timing::TakeToSent
+        )
     }
 }
 
-/// Upper bounds of the histogram buckets, in microseconds (and one more for the rest).
+/// Upper bounds of the histogram buckets of `Timing`, in microseconds (and one more for the
+/// rest).
 pub const BUCKETS_US: [u64; 16] = [
     25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
     1_000_000, 2_500_000,
 ];
 
-/// Durations observed: a count per bucket and their sum.
+/// Sizes observed, each a histogram of counts (`BUCKETS_COUNT`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Size {
+    /// Changes in each batch the worker publishes.
+    BatchChanges,
+}
+
+impl Size {
+    pub const ALL: &'static [Size] = &[Size::BatchChanges];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Size::BatchChanges => "batch_changes",
+        }
+    }
+}
+
+/// Upper bounds of the histogram buckets of `Size`.
+pub const BUCKETS_COUNT: [u64; 16] = [
+    1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1_024, 4_096, 16_384, 65_536, 262_144, 1_048_576,
+];
+
+/// Values observed: a count per bucket (bounds given by the owner) and their sum.
 #[repr(C)]
 pub struct Histogram {
     buckets: [AtomicU64; BUCKETS_US.len() + 1],
-    sum_us: AtomicU64,
+    sum: AtomicU64,
 }
 
 impl Histogram {
     const fn new() -> Histogram {
         Histogram {
             buckets: [const { AtomicU64::new(0) }; BUCKETS_US.len() + 1],
-            sum_us: AtomicU64::new(0),
+            sum: AtomicU64::new(0),
         }
     }
 
-    fn observe(&self, us: u64) {
-        let bucket = BUCKETS_US.partition_point(|&b| b < us);
+    fn observe(&self, value: u64, bounds: &[u64; 16]) {
+        let bucket = bounds.partition_point(|&b| b < value);
         self.buckets[bucket].fetch_add(1, Relaxed);
-        self.sum_us.fetch_add(us, Relaxed);
+        self.sum.fetch_add(value, Relaxed);
     }
 
     /// Observations so far.
@@ -120,8 +224,8 @@ impl Histogram {
         self.buckets.iter().map(|b| b.load(Relaxed)).sum()
     }
 
-    pub fn sum_us(&self) -> u64 {
-        self.sum_us.load(Relaxed)
+    pub fn sum(&self) -> u64 {
+        self.sum.load(Relaxed)
     }
 
     /// The count in each bucket (the last: above every bound).
@@ -131,7 +235,7 @@ impl Histogram {
 
     /// The bound of the bucket the `q` quantile falls in (0 with no observation; `u64::MAX`
     /// above the last bound).
-    pub fn quantile_us(&self, q: f64) -> u64 {
+    pub fn quantile(&self, q: f64, bounds: &[u64; 16]) -> u64 {
         let counts = self.buckets();
         let total: u64 = counts.iter().sum();
         if total == 0 {
@@ -142,7 +246,7 @@ impl Histogram {
         for (i, n) in counts.iter().enumerate() {
             seen += n;
             if seen >= rank {
-                return BUCKETS_US.get(i).copied().unwrap_or(u64::MAX);
+                return bounds.get(i).copied().unwrap_or(u64::MAX);
             }
         }
         u64::MAX
@@ -154,6 +258,7 @@ impl Histogram {
 pub struct Stats {
     values: [AtomicU64; Stat::ALL.len()],
     timings: [Histogram; Timing::ALL.len()],
+    sizes: [Histogram; Size::ALL.len()],
 }
 
 impl Default for Stats {
@@ -167,6 +272,7 @@ impl Stats {
         Stats {
             values: [const { AtomicU64::new(0) }; Stat::ALL.len()],
             timings: [const { Histogram::new() }; Timing::ALL.len()],
+            sizes: [const { Histogram::new() }; Size::ALL.len()],
         }
     }
 
@@ -191,13 +297,24 @@ impl Stats {
         self.values[stat as usize].fetch_add(1, Relaxed)
     }
 
-    /// A duration of `stage`.
-    pub fn observe(&self, stage: Timing, took: std::time::Duration) {
-        self.timings[stage as usize].observe(took.as_micros() as u64);
+    /// A duration of `timing`.
+    pub fn observe(&self, timing: Timing, took: std::time::Duration) {
+        self.timings[timing as usize].observe(took.as_micros() as u64, &BUCKETS_US);
     }
 
-    pub fn timing(&self, stage: Timing) -> &Histogram {
-        &self.timings[stage as usize]
+    /// A histogram of durations in microseconds (`BUCKETS_US`).
+    pub fn timing(&self, timing: Timing) -> &Histogram {
+        &self.timings[timing as usize]
+    }
+
+    /// A size of `size`.
+    pub fn observe_size(&self, size: Size, n: u64) {
+        self.sizes[size as usize].observe(n, &BUCKETS_COUNT);
+    }
+
+    /// A histogram of sizes (`BUCKETS_COUNT`).
+    pub fn size(&self, size: Size) -> &Histogram {
+        &self.sizes[size as usize]
     }
 
     /// Every number with its value.
@@ -220,10 +337,17 @@ mod unit {
         for (stat, value) in stats.all() {
             assert_eq!(value, stat as u64 + 1);
         }
-        let mut names: Vec<_> = Stat::ALL.iter().map(|s| s.name()).collect();
+        let mut names: Vec<_> = Stat::ALL.iter().map(|s| (s.name(), s.label())).collect();
         names.sort();
         names.dedup();
         assert_eq!(names.len(), Stat::ALL.len());
+        // A family is one kind of number, with one help text.
+        for a in Stat::ALL {
+            for b in Stat::ALL.iter().filter(|b| b.name() == a.name()) {
+                assert_eq!((a.kind(), a.help()), (b.kind(), b.help()));
+                assert_eq!(a.label().map(|l| l.0), b.label().map(|l| l.0));
+            }
+        }
         assert!(Stat::ALL
             .iter()
             .all(|s| (s.kind() == Kind::Counter) == s.name().ends_with("_total")));
@@ -233,15 +357,17 @@ mod unit {
     fn durations_land_in_their_buckets() {
         let stats = Stats::new();
         let h = stats.timing(Timing::TakeToSent);
-        assert_eq!(h.quantile_us(0.5), 0);
+        assert_eq!(h.quantile(0.5, &BUCKETS_US), 0);
         for us in [10, 30, 30, 900, 3_000_000] {
             stats.observe(Timing::TakeToSent, std::time::Duration::from_micros(us));
         }
         assert_eq!(h.count(), 5);
-        assert_eq!(h.sum_us(), 3_000_970);
+        assert_eq!(h.sum(), 3_000_970);
         assert_eq!(h.buckets()[..3], [1, 2, 0]);
-        assert_eq!(h.quantile_us(0.5), 50);
-        assert_eq!(h.quantile_us(0.8), 1_000);
-        assert_eq!(h.quantile_us(1.0), u64::MAX);
+        assert_eq!(h.quantile(0.5, &BUCKETS_US), 50);
+        assert_eq!(h.quantile(0.8, &BUCKETS_US), 1_000);
+        assert_eq!(h.quantile(1.0, &BUCKETS_US), u64::MAX);
+        stats.observe_size(Size::BatchChanges, 3);
+        assert_eq!(stats.size(Size::BatchChanges).buckets()[2], 1);
     }
 }

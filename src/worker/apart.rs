@@ -124,8 +124,9 @@ fn judge(job: &Job, plans: &mut HashMap<String, pgrx::spi::OwnedPreparedStatemen
     }
 }
 
-/// Warn of a failed policy, at most once per `LOG_EVERY` for each audience's table and role.
+/// Count a failed policy, and warn of it at most once per `LOG_EVERY` for each audience's table and role.
 fn log_failure(logged: &mut HashMap<String, (Option<Instant>, u64)>, name: &str, why: &str) {
+    crate::stats::shared().increment(realtime_core::stats::Stat::PolicyFailures);
     let (last, failed) = logged.entry(name.to_string()).or_insert((None, 0));
     *failed += 1;
     if last.is_none_or(|t| t.elapsed() >= LOG_EVERY) {

@@ -20,6 +20,7 @@ use pgrx::{PgBuiltInOids, PgOid};
 use realtime_core::auth::Principal;
 use realtime_core::change::{AudienceId, Change, Topic, Verdict};
 use realtime_core::net::shared::Shared;
+use realtime_core::stats::{Stat, Timing};
 use realtime_core::visibility::ApartSpec;
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
@@ -304,6 +305,9 @@ impl Audiences {
         for id in slow {
             self.set_apart(id);
         }
+        self.shared
+            .stats
+            .observe(Timing::PolicyJudging, started.elapsed());
 
         if judged.is_empty() {
             return;
@@ -468,6 +472,7 @@ impl Audience {
         let claims = As::One(&self.key.claims);
         let passed = run(self.key.role, claims, &self.statement(), &images.json, plans, limit)
             .map_err(|e| {
+                crate::stats::shared().increment(Stat::PolicyFailures);
                 debug1!(
                     "realtime_ext: row security policies of {} for role \"{}\" failed or ran past {limit:?}: {e}",
                     self.table,

@@ -24,7 +24,7 @@ use pgrx::prelude::*;
 use publisher::Publisher;
 use realtime_core::auth::AuthConfig;
 use realtime_core::bridge::{self};
-use realtime_core::net::shared::{Limits, Shared};
+use realtime_core::net::shared::{Limits, MetricsAccess, Shared};
 use realtime_core::net::tls::{self, TlsAcceptor};
 use realtime_core::net::{self, fanout::Fanout};
 use realtime_core::stats::Stat;
@@ -289,6 +289,11 @@ fn auth() -> Result<AuthConfig, String> {
 
 /// The settings the network threads obey, as they are now.
 fn limits() -> Limits {
+    let (addresses, token) = gucs::metrics_access();
+    let (metrics, bad) = MetricsAccess::parse(&addresses, &token);
+    for entry in bad {
+        pgrx::warning!("realtime_ext: realtime.metrics_addresses: \"{entry}\" is neither an IP address nor a CIDR range; left out");
+    }
     Limits {
         max_connections: gucs::max_connections(),
         max_connections_per_role: gucs::max_connections_per_role(),
@@ -302,6 +307,7 @@ fn limits() -> Limits {
         allowed_origins: gucs::allowed_origins(),
         allowed_hosts: gucs::allowed_hosts(),
         serve_pages: gucs::serve_pages(),
+        metrics,
     }
 }
 

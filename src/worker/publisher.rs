@@ -11,7 +11,7 @@ use realtime_core::change::{Batch, Change, EndReason, GapReason, Topic, Txn};
 use realtime_core::history::History;
 use realtime_core::net::fanout::Fanout;
 use realtime_core::net::shared::Shared;
-use realtime_core::stats::{Stat, Timing};
+use realtime_core::stats::{Size, Stat, Timing};
 use std::collections::HashMap;
 use std::io::Read;
 use std::sync::Arc;
@@ -183,6 +183,18 @@ impl Publisher {
             stats.set(Stat::LostTransactions, queue.lost_txns);
             if let Some(history) = &self.history {
                 stats.set(Stat::HistoryBytes, history.bytes());
+                let (floor, last) = (history.floor(), history.last());
+                stats.set(
+                    Stat::HistoryFirstPosition,
+                    if last > floor { floor + 1 } else { 0 },
+                );
+                let oldest = history
+                    .oldest_written()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+                stats.set(
+                    Stat::HistoryOldestSeconds,
+                    oldest.map_or(0, |d| d.as_secs()),
+                );
             }
         }
         more
@@ -257,7 +269,9 @@ impl Publisher {
         let stats = self.shared.stats;
         stats.observe(Timing::CommitToRead, Duration::from_micros(waited));
         let mut txn = Txn::new(xid, format_time(commit_time));
-        txn.read_at = Some(Instant::now());
+        let now = Instant::now();
+        txn.read_at = Some(now);
+        txn.committed_at = now.checked_sub(Duration::from_micros(waited));
         txn
     }
 
@@ -488,6 +502,7 @@ impl Publisher {
         if let Batch::Changes(changes) = &batch {
             let stats = self.shared.stats;
             stats.add(Stat::ChangesPublished, changes.len() as u64);
+            stats.observe_size(Size::BatchChanges, changes.len() as u64);
         }
         self.tx.publish(batch);
         self.shared.stats.set(Stat::Position, last);

@@ -16,6 +16,8 @@
 //! | a snapshot's rows (`SELECT row_to_json(t) FROM (SELECT <readable columns> FROM table) t ORDER BY ...`), after the role is checked again | `snapshot`, a background worker of its own | the subscriber, with its claims (`as_subscriber`), REPEATABLE READ |
 //! | history segments read back for subscribers that resume or fall behind | `realtime_core::net::backlog` on the network threads | no PostgreSQL call; at most one chunk (256 changes or 1 MiB) per subscriber, counted toward `realtime.client_memory` while it is stalled; a segment of an unknown format is refused, never parsed |
 //! | `realtime_stats()`: the engine's numbers | `crate::stats`, in any backend | the caller; reads shared memory only, no SQL; `pg_monitor` only (`EXECUTE` revoked from `PUBLIC`) |
+//! | `realtime_metrics`: the same numbers as a view | `crate::stats` | the caller; `SELECT` for `pg_monitor` only, and calls `realtime_stats()` |
+//! | `GET /metrics` | `realtime_core::net::http::metrics`, on the network threads | no PostgreSQL call; off unless realtime.metrics_addresses or realtime.metrics_token is set, then only from those addresses and with that token (compared in constant time); reads shared-memory counters only; labels are fixed in the code, never a table, role or client; an ordinary request under realtime.max_handshakes and realtime.handshake_timeout |
 //! | `ProcessConfigFile`, interrupts, latch waits | `mod` | worker; no user code |
 //!
 //! "The subscriber" means the session PostgREST would give its request (`as_subscriber`):

@@ -20,7 +20,7 @@ use crate::net::subscriber::{Incoming, Subscriber};
 use crate::net::subscriptions::{Outgoing, Resume, Source};
 use crate::protocol::{Ask, Protocol, Refusal, Say, SnapshotWish};
 use crate::snapshot::{self, Frame, Xids};
-use crate::stats::Timing;
+use crate::stats::{Stat, Timing};
 use futures_util::{SinkExt, StreamExt};
 use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -161,6 +161,7 @@ pub async fn run<P: Protocol, S: Stream>(
                     // flushes once: one write per catch-up instead of one per batch.
                     let pinned = conn.subscriber.delivering();
                     let taken = (source == Source::Live).then(|| conn.subscriber.cursor().taken_at());
+                    let committed = batch.first_txn().and_then(|t| t.committed_at);
                     // Bounded by the janitor, which closes a connection whose delivery has not
                     // finished within the write limit (`kicked`): no timer per delivery.
                     let delivery = async {
@@ -192,6 +193,9 @@ pub async fn run<P: Protocol, S: Stream>(
                         Ok(()) => {
                             if let Some(taken) = taken {
                                 conn.shared.stats.observe(Timing::TakeToSent, taken.elapsed());
+                            }
+                            if let Some(committed) = committed {
+                                conn.shared.stats.observe(Timing::CommitToSent, committed.elapsed());
                             }
                         }
                         Err(_) => break None,
@@ -430,6 +434,7 @@ impl<P: Protocol, S: Stream> Connection<P, S> {
         self.subscriber
             .subscriptions
             .set_seen_by(same, Arc::new(seen_by));
+        self.shared.stats.increment(Stat::Snapshots);
         let mut sent = 0u64;
         while limit.is_none_or(|limit| sent < limit) {
             let page = match feed.next().await? {
@@ -451,6 +456,7 @@ impl<P: Protocol, S: Stream> Connection<P, S> {
                 continue;
             }
             sent += rows.len() as u64;
+            self.shared.stats.add(Stat::SnapshotRows, rows.len() as u64);
             let text = self.protocol.encode(Say::SnapshotRows { id, rows });
             // A client that stops reading would hold its reader (and its place among
             // realtime.max_snapshot_workers) until the connection times out.
@@ -538,6 +544,7 @@ impl<P: Protocol, S: Stream> Connection<P, S> {
             _ => &[],
         };
         let subscriptions = &self.subscriber.subscriptions;
+        let (mut messages, mut bytes, mut written) = (0, 0, Ok(()));
         for item in outgoing.drain(..) {
             let say = match &item {
                 Outgoing::Change {
@@ -566,9 +573,23 @@ impl<P: Protocol, S: Stream> Connection<P, S> {
                 },
             };
             let text = self.protocol.encode(say);
-            self.sink.feed(Message::Text(text)).await?;
+            if let Outgoing::Gap { reason, .. } = &item {
+                self.shared.stats.increment(Stat::gaps(*reason));
+            }
+            let len = text.len() as u64;
+            written = self.sink.feed(Message::Text(text)).await;
+            if written.is_err() {
+                break;
+            }
+            messages += 1;
+            bytes += len;
         }
-        Ok(())
+        // Counted once per call, not per message: every network thread shares the counters.
+        if messages > 0 {
+            self.shared.stats.add(Stat::MessagesSent, messages);
+            self.shared.stats.add(Stat::SentBytes, bytes);
+        }
+        written
     }
 }
 

@@ -31,14 +31,6 @@ use tokio::sync::Notify;
 const STALLED_AFTER: Duration = Duration::from_secs(1);
 /// How often stalled sessions are counted.
 pub const JANITOR_EVERY: Duration = Duration::from_millis(100);
-/// When the worker read the first transaction of `batch` (live changes only).
-fn first_read(batch: &Batch) -> Option<Instant> {
-    match batch {
-        Batch::Changes(changes) => changes.first()?.txn.read_at,
-        _ => None,
-    }
-}
-
 /// Rough bytes a change costs besides its images (the struct, the envelope of its frame).
 const CHANGE_OVERHEAD: usize = 160;
 /// Batches the worker may publish ahead of the dispatcher before it waits.
@@ -220,7 +212,7 @@ impl Fanout {
         let seq = {
             let mut ring = self.ring();
             let now = Instant::now();
-            if let Some(read_at) = first_read(&batch) {
+            if let Some(read_at) = batch.first_txn().and_then(|t| t.read_at) {
                 self.stats.observe(Timing::ReadToDispatch, now - read_at);
             }
             ring.batches.push_back((batch.clone(), size, now));
@@ -794,7 +786,7 @@ mod unit {
         let fanout = Fanout::new(1000, 1 << 30, &STATS);
         let mut alice = fanout.cursor();
         let owner = |name: &str| Keys::Values(vec![("owner".into(), format!("\"{name}\""))]);
-        let mut interest = alice
+        let narrow = alice
             .registrar()
             .register(Topic::Table(7), owner("alice"))
             .0;
@@ -825,10 +817,11 @@ mod unit {
             Batch::Reauthorize { .. }
         ));
         fanout.send(bobs());
-        interest = alice
+        let wide = alice
             .registrar()
             .register(Topic::Table(7), Keys::Everything)
             .0;
+        drop(narrow);
         fanout.send(bobs());
         alice.settle();
         for _ in 0..3 {
@@ -840,7 +833,7 @@ mod unit {
         assert!(alice.try_recv().is_none());
 
         // Settled under narrow keys again, she is handed only what they name.
-        drop(interest);
+        drop(wide);
         let _interest = alice.registrar().register(Topic::Table(7), owner("alice"));
         fanout.send(Batch::Reauthorize { last_position: 2 });
         alice.try_recv().unwrap().unwrap();

@@ -31,6 +31,72 @@ pub struct Limits {
     pub allowed_hosts: Vec<String>,
     /// Serve the inspector and the example pages (realtime.serve_pages).
     pub serve_pages: bool,
+    /// Who may read `/metrics`; `None`: nobody (it answers 404).
+    pub metrics: Option<MetricsAccess>,
+}
+
+/// Who may read `/metrics`: clients from these networks (any, if none are named), and with
+/// this bearer token if one is set. Off unless one or the other is set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetricsAccess {
+    pub networks: Vec<ipnet::IpNet>,
+    pub token: Option<String>,
+}
+
+impl MetricsAccess {
+    /// From realtime.metrics_addresses (comma-separated addresses or CIDR ranges) and
+    /// realtime.metrics_token; with the entries that are neither, which are left out.
+    pub fn parse(addresses: &str, token: &str) -> (Option<MetricsAccess>, Vec<String>) {
+        let mut networks = Vec::new();
+        let mut bad = Vec::new();
+        for entry in addresses
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+        {
+            match entry.parse::<ipnet::IpNet>() {
+                Ok(net) => networks.push(net),
+                Err(_) => match entry.parse::<std::net::IpAddr>() {
+                    Ok(ip) => networks.push(ipnet::IpNet::from(ip)),
+                    Err(_) => bad.push(entry.to_string()),
+                },
+            }
+        }
+        let token = Some(token.to_string()).filter(|t| !t.is_empty());
+        // Every entry refused leaves it off, not open to everyone.
+        if (networks.is_empty() && token.is_none()) || (networks.is_empty() && !bad.is_empty()) {
+            return (None, bad);
+        }
+        (Some(MetricsAccess { networks, token }), bad)
+    }
+
+    /// Whether a client at `ip` presenting `authorization` (the header) may read metrics.
+    pub fn allows(&self, ip: std::net::IpAddr, authorization: &str) -> Result<(), MetricsRefusal> {
+        let ip = ip.to_canonical();
+        if !self.networks.is_empty() && !self.networks.iter().any(|n| n.contains(&ip)) {
+            return Err(MetricsRefusal::Address);
+        }
+        if let Some(token) = &self.token {
+            let given = authorization
+                .strip_prefix("Bearer ")
+                .or_else(|| authorization.strip_prefix("bearer "))
+                .unwrap_or("")
+                .trim();
+            if !constant_time_eq::constant_time_eq(given.as_bytes(), token.as_bytes()) {
+                return Err(MetricsRefusal::Token);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a request for `/metrics` is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricsRefusal {
+    /// Not from realtime.metrics_addresses.
+    Address,
+    /// Without realtime.metrics_token.
+    Token,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -165,5 +231,44 @@ impl Shared {
     }
     pub fn set_auth(&self, auth: AuthConfig) {
         *self.auth.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(auth);
+    }
+}
+
+#[cfg(test)]
+mod unit {
+    use super::{MetricsAccess, MetricsRefusal};
+
+    #[test]
+    fn metrics_are_off_unless_addresses_or_a_token_are_named() {
+        assert_eq!(MetricsAccess::parse("", ""), (None, vec![]));
+        let (off, bad) = MetricsAccess::parse("localhost, 10.0.0.0/33", "token");
+        assert_eq!((off, bad.len()), (None, 2), "refused entries leave it off");
+
+        let (access, bad) = MetricsAccess::parse(" 127.0.0.1, 10.0.0.0/8 ,::1, bogus", "");
+        let access = access.unwrap();
+        assert_eq!(bad, ["bogus"]);
+        let ip = |s: &str| s.parse().unwrap();
+        assert_eq!(access.allows(ip("127.0.0.1"), ""), Ok(()));
+        assert_eq!(access.allows(ip("10.20.30.40"), ""), Ok(()));
+        assert_eq!(access.allows(ip("::ffff:10.1.1.1"), ""), Ok(()));
+        assert_eq!(access.allows(ip("::1"), ""), Ok(()));
+        assert_eq!(
+            access.allows(ip("192.168.1.1"), ""),
+            Err(MetricsRefusal::Address)
+        );
+
+        let (access, _) = MetricsAccess::parse("", "s3cret");
+        let access = access.unwrap();
+        let anywhere = ip("192.168.1.1");
+        assert_eq!(access.allows(anywhere, "Bearer s3cret"), Ok(()));
+        assert_eq!(
+            access.allows(anywhere, "Bearer s3cre"),
+            Err(MetricsRefusal::Token)
+        );
+        assert_eq!(
+            access.allows(anywhere, "s3cret"),
+            Err(MetricsRefusal::Token)
+        );
+        assert_eq!(access.allows(anywhere, ""), Err(MetricsRefusal::Token));
     }
 }

@@ -145,15 +145,12 @@ impl<K: Clone> Subscriber<K> {
                 first_position,
                 last_position,
                 topics,
-            } => {
-                self.shared.stats.increment(Stat::SlowClientGaps);
-                Batch::Gap {
-                    reason: GapReason::SlowClient,
-                    first_position,
-                    last_position,
-                    topics,
-                }
-            }
+            } => Batch::Gap {
+                reason: GapReason::SlowClient,
+                first_position,
+                last_position,
+                topics,
+            },
             other => other,
         }
     }
@@ -209,11 +206,7 @@ impl<K: Clone> Subscriber<K> {
         out: &mut Vec<Outgoing<K>>,
     ) {
         self.subscriptions.missed(missed, false);
-        let before = out.len();
         self.subscriptions.lag_gap(None, out);
-        if out.len() > before {
-            self.shared.stats.increment(Stat::SlowClientGaps);
-        }
     }
 
     /// The history of the stretch `resume` covers, to replay for the subscription `same`

@@ -333,7 +333,11 @@ impl<K> SubscriptionSet<K> {
                     .unwrap_or(0),
             )
         });
+        let resuming = wish.since.is_some();
         let made = self.make(key, wish, principal, counted).await?;
+        if resuming {
+            self.shared.stats.increment(Stat::Resumes);
+        }
         let resume = since.map(|after| {
             let through = made.after;
             Resume {

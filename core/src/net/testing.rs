@@ -87,6 +87,7 @@ pub fn shared(stats: &'static Stats) -> Arc<Shared> {
             allowed_origins: Vec::new(),
             allowed_hosts: Vec::new(),
             serve_pages: false,
+            metrics: None,
         },
         stats,
     ))

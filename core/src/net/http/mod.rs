@@ -1,10 +1,11 @@
 //! The HTTP front door: read the request head (`head`), check its `Host` (`access`), pick a
-//! route (`router`), and answer with that route's one function (`health`, `pages`,
+//! route (`router`), and answer with that route's one function (`health`, `metrics`, `pages`,
 //! `upgrade`). Errors are JSON bodies with a code.
 
 mod access;
 pub mod head;
 mod health;
+mod metrics;
 mod pages;
 mod response;
 mod router;
@@ -15,6 +16,7 @@ use crate::net::context::Context;
 use crate::net::shared::Limits;
 use crate::net::stream::Stream;
 use crate::protocol::native::Native;
+use crate::stats::Stat;
 use head::{Handshaking, HeadError};
 use response::Response;
 use router::Route;
@@ -84,15 +86,20 @@ async fn answer<S: Stream>(
                     Response::error("400 Bad Request", "bad_request", "malformed HTTP request")
                 }
             };
-            return response.send(stream).await;
+            return refuse(response, stream, &context).await;
         }
     };
     if let Err(refusal) = access::check_host(&head, &limits.allowed_hosts) {
-        return refusal.send(stream).await;
+        return refuse(refusal, stream, &context).await;
     }
     match router::route(&head.method, &head.path, limits.serve_pages) {
         Route::Health { head_only } => {
             let mut response = health::health(&context);
+            response.head_only = head_only;
+            response.send(stream).await
+        }
+        Route::Metrics { head_only } => {
+            let mut response = metrics::metrics(&head, ip, &context);
             response.head_only = head_only;
             response.send(stream).await
         }
@@ -106,7 +113,7 @@ async fn answer<S: Stream>(
                 connection::run(ws, context, identity, ip, Native).await;
                 drop(counted)
             }
-            Err(Some((stream, refusal))) => refusal.send(stream).await,
+            Err(Some((stream, refusal))) => refuse(refusal, stream, &context).await,
             Err(None) => {}
         },
         Route::NotFound => {
@@ -126,4 +133,11 @@ async fn answer<S: Stream>(
             .await
         }
     }
+}
+
+/// Answer a connection that will not be served, counted by why.
+async fn refuse<S: Stream>(response: Response, stream: S, context: &Context) {
+    let stat = Stat::refused(response.error_code().unwrap_or_default());
+    context.shared.stats.increment(stat);
+    response.send(stream).await
 }

@@ -15,6 +15,8 @@ pub struct Response {
     content_type: &'static str,
     body: std::borrow::Cow<'static, str>,
     headers: String,
+    /// The code of an error response.
+    error: Option<String>,
     /// Answering HEAD: the same head, no body.
     pub head_only: bool,
 }
@@ -34,15 +36,22 @@ impl Response {
             content_type,
             body: body.into(),
             headers: String::new(),
+            error: None,
             head_only: false,
         }
     }
 
     pub fn error(status: &'static str, code: &str, message: &str) -> Response {
-        Response::json(
-            status,
-            serde_json::json!({ "error": code, "message": message }).to_string(),
-        )
+        let body = serde_json::json!({ "error": code, "message": message }).to_string();
+        Response {
+            error: Some(code.to_string()),
+            ..Response::json(status, body)
+        }
+    }
+
+    /// The code of an error response (`None`: not an error).
+    pub fn error_code(&self) -> Option<&str> {
+        self.error.as_deref()
     }
 
     pub fn header(mut self, line: &str) -> Response {

@@ -10,6 +10,10 @@ pub enum Route {
     Health {
         head_only: bool,
     },
+    /// `GET` or `HEAD /metrics`.
+    Metrics {
+        head_only: bool,
+    },
     /// `GET /realtime`: the native protocol's WebSocket.
     Native,
     /// `GET` or `HEAD` of an embedded file (`pages`).
@@ -21,6 +25,9 @@ pub enum Route {
 pub fn route(method: &str, path: &str, serve_pages: bool) -> Route {
     match (method, path) {
         ("GET" | "HEAD", "/health") => Route::Health {
+            head_only: method == "HEAD",
+        },
+        ("GET" | "HEAD", "/metrics") => Route::Metrics {
             head_only: method == "HEAD",
         },
         ("GET", WEBSOCKET_PATH | "/realtime/") => Route::Native,
