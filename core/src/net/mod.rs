@@ -115,7 +115,7 @@ pub fn start(
     let mut bound = Vec::new();
     let mut errors = Vec::new();
     for addr in addrs {
-        match runtime.block_on(TcpListener::bind(addr)) {
+        match runtime.block_on(async { listen(addr) }) {
             Ok(listener) => {
                 bound.push(addr);
                 runtime.spawn(accept_loop(listener, context.clone()));
@@ -206,6 +206,22 @@ fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
     let result = f();
     let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
     result
+}
+
+/// Connections the kernel queues for `accept` (capped by net.core.somaxconn). tokio's default
+/// of 1,024 overflows when thousands of clients reconnect at once (after a restart, say):
+/// the kernel then drops their SYNs, and each dropped one retries after 1, 3, 7, 15 and 31 s,
+/// a health check or a scrape among them.
+const LISTEN_BACKLOG: u32 = 8192;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 async fn accept_loop(listener: TcpListener, context: Context) {
