@@ -16,8 +16,8 @@ if [ "${1:-}" = --only ]; then only=true; shift; fi
 bash .ci/prereqs.sh
 
 # The SQL surface, capture, commit order and two-phase commit, authorization and row security,
-# resume and snapshots, and the worker's lifecycle: what touches PostgreSQL's internals.
-VERSION_SUITES=${VERSION_SUITES:-"sql_surface changes two_phase auth authorization security resume snapshot worker lifecycle"}
+# resume and snapshots, the worker's lifecycle and upgrading: what touches PostgreSQL's internals.
+VERSION_SUITES=${VERSION_SUITES:-"sql_surface changes two_phase auth authorization security resume snapshot worker lifecycle upgrade"}
 
 # cargo pgrx test installs the extension into the major's directories (with sudo when not
 # root), runs initdb as the postgres user, then runs `cargo test` with that major's feature.
