@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # What serving /metrics costs: F (fan-out to CLIENTS clients) and W (writer throughput,
 # bench/writer_tps.sh) with /metrics off, and on with a scraper reading it every second, in
-# alternating rounds on one fresh cluster (bench/cluster.sh); and how long each scrape took
-# while the CLIENTS clients were connected.
+# alternating rounds on one fresh cluster (bench/cluster.sh); then how long a scrape takes
+# with CLIENTS idle clients connected.
 #   bench/metrics_cost.sh [clients=10000] [seconds=10] [rounds=2]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,7 +38,21 @@ for round in $(seq "$ROUNDS"); do
     echo "round $round, metrics $mode: F $f messages/s to $CLIENTS clients; W $w"
   done
 done
-awk '$1 == 200 {print $2 * 1000}' "$scrapes" | sort -n | awk '{v[NR]=$1} END {
-  if (NR) printf "scrapes while running: %d, p50 %.1f ms, p90 %.1f ms, max %.1f ms (over 1 s: %d)\n",
-    NR, v[int((NR+1)/2)], v[int(NR*0.9+0.5)], v[NR], slow }
-  $1 > 1000 {slow++}'
+summary() {
+  awk '$1 == 200 {print $2 * 1000}' "$1" | sort -n | awk -v what="$2" '{v[NR]=$1} END {
+    if (NR) printf "%s: %d scrapes, p50 %.1f ms, p90 %.1f ms, max %.1f ms\n", what, NR, v[int((NR+1)/2)], v[int(NR*0.9+0.5)], v[NR] }'
+}
+summary "$scrapes" "during the F and W rounds (clients connecting, receiving, leaving)"
+
+# CLIENTS idle clients, held while /metrics is scraped 20 times in a row.
+metrics 127.0.0.1
+"$LOADGEN" idle --pg "$PG" --ws "ws://127.0.0.1:$WSPORT/realtime" --clients "$CLIENTS" --hold 60 >/dev/null &
+IDLE=$!
+connections() { curl -s "http://127.0.0.1:$WSPORT/health" | python3 -c 'import json,sys; print(json.load(sys.stdin)["connections"])'; }
+until [ "$(connections)" -ge "$CLIENTS" ]; do sleep 1; done
+held=$DATA/held
+for _ in $(seq 20); do
+  curl -s -o /dev/null -w '%{http_code} %{time_total}\n' "http://127.0.0.1:$WSPORT/metrics" >> "$held"
+done
+summary "$held" "with $(connections) clients connected"
+wait "$IDLE"

@@ -4,7 +4,8 @@
 //! realtime_bench <scenario> [--target realtime|bridge] [--pg CONNINFO] [--ws URL] [options] [--json FILE]
 //!   latency  --clients N --events E --rate R [--payload BYTES]   commit->client latency
 //!   fanout   --clients N --seconds S --batch B                   delivered messages/s
-//!   idle     --clients N --worker-pid PID                        memory per idle connection, subscribe time
+//!   idle     --clients N --worker-pid PID [--hold S]             memory per idle connection, subscribe time;
+//!                                                                then holds them S seconds
 //!   count    --events E [--idle S]                               receive E changes (bulk transaction check),
 //!                                                                or until none came for S seconds
 //!   rls      --clients N --events E --rate R --mode M [--secret S --worker-pid PID]

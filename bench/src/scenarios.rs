@@ -313,6 +313,8 @@ pub async fn idle(args: &Args) -> Value {
         subscribe_ms.push(t.elapsed().as_secs_f64() * 1000.0);
         drop(ws);
     }
+    // --hold S: keep them connected S seconds longer, for a measurement from outside.
+    tokio::time::sleep(Duration::from_secs_f64(args.num("hold", 0.0))).await;
     drop((warm, held));
     json!({
         "scenario": "idle", "clients": clients, "fd_limit": client::fd_limit(), "connect_seconds": connect_secs,
