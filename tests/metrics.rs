@@ -6,16 +6,9 @@ mod common;
 use common::{wait_until, Cluster};
 use std::time::Duration;
 
-/// GET /metrics with `headers`; status and body.
+/// GET /metrics with `headers`; status and the whole response.
 fn scrape(cluster: &Cluster, headers: &str) -> (u16, String) {
-    let out = cluster
-        .raw(format!("GET /metrics HTTP/1.1\r\nHost: localhost\r\n{headers}\r\n").as_bytes());
-    let status = out
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, out)
+    cluster.http_get_with("/metrics", headers)
 }
 
 /// The value of the sample `series` (name with its labels) in an exposition.

@@ -279,14 +279,22 @@ impl Cluster {
 
     /// GET a path; returns status code and body.
     pub fn http_get(&self, path: &str) -> (u16, String) {
-        let out = self.raw(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes());
+        let (status, response) = self.http_get_with(path, "");
+        let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+        (status, body)
+    }
+
+    /// GET a path with more header lines (each ending in CRLF); status code and the whole
+    /// response, head included.
+    pub fn http_get_with(&self, path: &str, headers: &str) -> (u16, String) {
+        let out =
+            self.raw(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{headers}\r\n").as_bytes());
         let status = out
             .split(' ')
             .nth(1)
             .and_then(|c| c.parse().ok())
             .unwrap_or(0);
-        let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-        (status, body)
+        (status, out)
     }
 
     /// Send `bytes` to the WebSocket port as they are; everything the server answers until it
