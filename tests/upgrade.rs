@@ -54,14 +54,26 @@ fn schema(cluster: &Cluster) -> String {
             "postgres",
         ],
     );
-    dump.lines()
+    // pg_dump heads each object with "--\n-- Name: ...; Type: ...; Schema: ...". A build
+    // for `cargo pgrx test` adds a `tests` schema of in-process tests: not the extension's.
+    dump.split("\n--\n-- ")
+        .filter(|object| {
+            let head = object.lines().next().unwrap_or("");
+            !(head.starts_with("Name: tests; Type: SCHEMA") || head.contains("; Schema: tests;"))
+        })
+        .flat_map(|object| object.lines())
         .filter(|l| {
-            !(l.contains("binary_upgrade_set_next")
+            !(l.trim().is_empty()
+                || *l == "--"
+                || l.contains("binary_upgrade_set_next")
                 || l.contains("relfrozenxid")
                 || l.contains("WHERE oid = '")
                 || l.starts_with("\\restrict")
                 || l.starts_with("\\unrestrict")
-                || l.starts_with("-- Dumped"))
+                || l.starts_with("-- Dumped")
+                // Session settings pg_dump emits once, before the first object needing them.
+                || l.starts_with("SET default_tablespace")
+                || l.starts_with("SET default_table_access_method"))
         })
         .map(|l| {
             // The empty extension's list of configuration tables names them by oid.
