@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Build and install realtime_ext, start a local PostgreSQL 15 with it preloaded, create the
-# demo table "defects", watch it, and print where to connect.
+# Build and install realtime_ext, start a local PostgreSQL ($PG_MAJOR, 15 by default) with it
+# preloaded, create the demo table "defects", watch it, and print where to connect.
 #   ./demo.sh          start (or restart) the demo cluster
 #   ./demo.sh stop     stop it
+# Each major has its own cluster: /tmp/realtime_ext_demo for 15, /tmp/realtime_ext_demo-N else.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-DATA=${REALTIME_DEMO_DIR:-/tmp/realtime_ext_demo}
+. scripts/lib.sh
+suffix=$([ "$PG_MAJOR" = 15 ] || echo "-$PG_MAJOR")
+DATA=${REALTIME_DEMO_DIR:-/tmp/realtime_ext_demo$suffix}
 PGPORT=${PGPORT:-54320}
 WSPORT=${REALTIME_PORT:-8080}
-. scripts/lib.sh
 
 if [ "${1:-}" = stop ]; then
   as_pg "$BIN/pg_ctl" -D "$DATA" stop -m fast

@@ -7,7 +7,9 @@
 set -euo pipefail
 SUB=${1:?usage: $0 SUB [EXTRA_CLAIMS]}
 EXTRA=${2:+,$2}
-SECRET_FILE=${SECRET_FILE:-${REALTIME_DEMO_DIR:-/tmp/realtime_ext_demo}/jwt_secret}
+# The demo cluster of PG_MAJOR (see demo.sh).
+suffix=$([ "${PG_MAJOR:-15}" = 15 ] || echo "-$PG_MAJOR")
+SECRET_FILE=${SECRET_FILE:-${REALTIME_DEMO_DIR:-/tmp/realtime_ext_demo$suffix}/jwt_secret}
 ROLE=${ROLE:-web_user}
 TTL=${TTL:-3600}
 b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
