@@ -64,7 +64,7 @@ impl MetricsAccess {
         }
         let token = Some(token.to_string()).filter(|t| !t.is_empty());
         // Every entry refused leaves it off, not open to everyone.
-        if (networks.is_empty() && token.is_none()) || (networks.is_empty() && !bad.is_empty()) {
+        if networks.is_empty() && (token.is_none() || !bad.is_empty()) {
             return (None, bad);
         }
         (Some(MetricsAccess { networks, token }), bad)
