@@ -80,12 +80,15 @@ psql_ -c "ALTER SYSTEM SET realtime.anon_role = 'web_anon'" \
       -c "ALTER SYSTEM SET realtime.authenticator = 'realtime_authenticator'" \
       -c "ALTER SYSTEM SET realtime.jwt_secret = '@$DATA/jwt_secret'" \
       -c "SELECT pg_reload_conf()" >/dev/null
+# The orders app: its trigger already calls pg_notify('orders', ...); one line relays it.
+psql_ -f examples/orders/schema.sql >/dev/null
 echo "$script_hash" | as_pg tee "$DATA/realtime_ext.sql.sha256" >/dev/null
 
 cat <<MSG
 
 realtime_ext is running.
   Dashboard:  http://localhost:$WSPORT/examples/defects/
+  Orders:     http://localhost:$WSPORT/examples/orders/   (NOTIFY 'orders', relayed)
   Inspector:  http://localhost:$WSPORT/
   SQL:        psql -h localhost -p $PGPORT -U postgres
   WebSocket:  ws://localhost:$WSPORT/realtime
@@ -95,6 +98,8 @@ Make defects appear (5 a second, until Ctrl-C):
   examples/defects/generate.sh
 or one at a time:
   psql -h localhost -p $PGPORT -U postgres -c "INSERT INTO defects (camera, kind, score) VALUES ('weld-1', 'scratch', 0.93)"
+An order (its trigger's pg_notify reaches the orders page):
+  psql -h localhost -p $PGPORT -U postgres -c "INSERT INTO orders (customer, total) VALUES ('ada', 42.50)"
 In your own page:
   import { connect } from 'http://localhost:$WSPORT/realtime.js';
   connect('ws://localhost:$WSPORT/realtime').subscribe('defects', { snapshot: true }, (m) => console.log(m));

@@ -71,6 +71,10 @@ for clients in (1, 100, 1000):
     p99 = lambda r: (r or {}).get("latency_ms", {}).get("p99") if r and not r.get("error") else None
     met = p99(rt) is not None and (p99(br) is None or p99(rt) < p99(br)) and (clients < 1000 or p99(rt) <= 5)
     print(f"| L | {clients:,} clients, 1,000 events/s: p50 / p99 (delivered/expected) | no database: {lat(fl)} | {lat(br)} | {lat(rt)} | p99 below bridge{', ≤ 5 ms' if clients == 1000 else ''} | {ok(met)} |")
+    relay = find(scenario="latency", target="Relay", clients=clients, payload_bytes=16)
+    if relay:
+        met = p99(relay) is not None and (p99(br) is None or p99(relay) < p99(br))
+        print(f"| N | {clients:,} clients, the bridge's pg_notify trigger relayed: p50 / p99 | | {lat(br)} | {lat(relay)} | p99 below bridge | {ok(met)} |")
 rt, br = find(scenario="fanout", target="Realtime", tls=False), find(scenario="fanout", target="Bridge")
 def fan(r):
     if r is None:

@@ -145,6 +145,8 @@ for clients in 1 100 1000; do
   "$LOADGEN" latency --pg "$PG" --ws "$RT_URL" --clients $clients --events $L_EVENTS --rate 1000 | record
   ensure_bridge "latency $clients"
   "$LOADGEN" latency --target bridge --pg "$PG" --ws "$BRIDGE_URL" --clients $clients --events $L_EVENTS --rate 1000 | record
+  # N: the bridge's own trigger, its channel relayed by realtime_ext instead.
+  "$LOADGEN" latency --target relay --pg "$PG" --ws "$RT_URL" --clients $clients --events $L_EVENTS --rate 1000 | record
 done
 kill "$FLOOR_PID"; FLOOR_PID=
 fi

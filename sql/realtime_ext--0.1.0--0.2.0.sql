@@ -13,3 +13,53 @@ SELECT 'realtime_' || split_part(name, '{', 1) AS metric,
 COMMENT ON VIEW realtime_metrics IS 'realtime_stats() named as /metrics names them: metric, its labels, value';
 REVOKE ALL ON realtime_metrics FROM PUBLIC;
 GRANT SELECT ON realtime_metrics TO pg_monitor;
+
+-- Channels: relayed NOTIFY channels and realtime_send().
+CREATE TABLE realtime.relays (
+    channel text PRIMARY KEY,
+    as_json boolean NOT NULL DEFAULT false,
+    readers regrole[] NOT NULL DEFAULT '{}'
+);
+COMMENT ON TABLE realtime.relays IS 'NOTIFY channels relayed by realtime_relay(): payloads as JSON or text, and the roles that may receive them';
+SELECT pg_catalog.pg_extension_config_dump('realtime.relays', '');
+
+CREATE FUNCTION realtime_relayed() RETURNS TABLE (channel text, as_json boolean, readers regrole[])
+LANGUAGE sql STABLE AS $$
+    SELECT r.channel, r.as_json, r.readers FROM realtime.relays r ORDER BY r.channel
+$$;
+COMMENT ON FUNCTION realtime_relayed() IS 'NOTIFY channels relayed to realtime clients, and who may receive them';
+
+CREATE FUNCTION realtime_relay(channel text, as_json boolean DEFAULT false, readers regrole[] DEFAULT '{}')
+RETURNS void VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'realtime_relay_wrapper';
+COMMENT ON FUNCTION realtime_relay(text, boolean, regrole[]) IS 'Relay a NOTIFY channel to realtime clients: payloads as JSON (as_json) or text, to members of readers';
+
+CREATE FUNCTION realtime_unrelay(channel text)
+RETURNS boolean STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'realtime_unrelay_wrapper';
+COMMENT ON FUNCTION realtime_unrelay(text) IS 'Stop relaying a NOTIFY channel to realtime clients';
+
+CREATE FUNCTION realtime_send(topic text, event text, payload jsonb)
+RETURNS void VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'realtime_send_wrapper';
+COMMENT ON FUNCTION realtime_send(text, text, jsonb) IS 'Send a message to the realtime subscribers of a topic when this transaction commits';
+REVOKE ALL ON FUNCTION realtime_send(text, text, jsonb) FROM PUBLIC;
+
+-- Who may receive, send on and track presence in a topic that is not a relayed channel:
+-- row-level security policies on this table, written as for Supabase Realtime (SELECT: may
+-- receive; INSERT: may send; `extension` says 'broadcast' or 'presence'; realtime.topic()
+-- is the topic being authorized). realtime_ext keeps no messages here: the worker inserts a
+-- probe row, asks the policies as the principal, and rolls back. Grant SELECT and INSERT to
+-- the roles that may use topics, USAGE on schema realtime, and write the policies.
+CREATE TABLE realtime.messages (
+    topic text NOT NULL,
+    extension text NOT NULL,
+    event text,
+    payload jsonb,
+    private boolean DEFAULT true,
+    inserted_at timestamp NOT NULL DEFAULT now(),
+    id uuid NOT NULL DEFAULT gen_random_uuid()
+);
+ALTER TABLE realtime.messages ENABLE ROW LEVEL SECURITY;
+COMMENT ON TABLE realtime.messages IS 'Row-level security policies here decide who may receive (SELECT) and send (INSERT) on realtime topics; rows are never kept';
+
+CREATE FUNCTION realtime.topic() RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE AS $$ SELECT nullif(current_setting('realtime.topic', true), '') $$;
+COMMENT ON FUNCTION realtime.topic() IS 'The topic being authorized, for policies on realtime.messages';

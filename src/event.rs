@@ -10,6 +10,8 @@
 //!         A change whose images are raw tuples of the last shape, rendered by the worker.
 //! End:    END u8 | relid u32 | reason u8
 //!         Not a change: the table was dropped or unwatched (`realtime_core::change::EndReason`).
+//! Message: MESSAGE u8 | topic (as a name) | event (as a name) | sender pid u32 |
+//!         payload len u32 + bytes (JSON text). A change of its own: `realtime_send()`.
 //! Catalog: CATALOG u8
 //!         Not a change: the transaction changed who may see what (GRANT, REVOKE, a policy,
 //!         row security, a role); subscribers are authorized again at this point.
@@ -28,6 +30,7 @@ const SHAPE: u8 = 0x40;
 const TUPLE: u8 = 0x20;
 const END: u8 = 0x10;
 const CATALOG: u8 = 0x08;
+const MESSAGE: u8 = 0x80;
 
 /// A name as these layouts store it, `len u16 + bytes` (`Reader::name` reads it back).
 pub fn put_name(buf: &mut Vec<u8>, name: &[u8]) {
@@ -80,6 +83,14 @@ pub fn encode_catalog(buf: &mut Vec<u8>) {
     buf.push(CATALOG);
 }
 
+pub fn encode_message(buf: &mut Vec<u8>, topic: &str, event: &str, sender: u32, payload: &[u8]) {
+    buf.push(MESSAGE);
+    put_name(buf, topic.as_bytes());
+    put_name(buf, event.as_bytes());
+    buf.extend_from_slice(&sender.to_le_bytes());
+    put_image(buf, Some(payload));
+}
+
 pub fn encode_end(buf: &mut Vec<u8>, relid: u32, reason: u8) {
     buf.push(END);
     buf.extend_from_slice(&relid.to_le_bytes());
@@ -94,6 +105,16 @@ pub enum Item<'a> {
     Tuple(TupleRef<'a>),
     End { relid: u32, reason: u8 },
     Catalog,
+    Message(MessageRef<'a>),
+}
+
+/// A message to a topic, its payload JSON text.
+#[derive(Debug, PartialEq)]
+pub struct MessageRef<'a> {
+    pub topic: &'a str,
+    pub event: &'a str,
+    pub sender: u32,
+    pub payload: &'a str,
 }
 
 /// A change with JSON images.
@@ -178,6 +199,13 @@ pub fn decode_event(buf: &[u8]) -> Option<(Item<'_>, usize)> {
     let code = r.u8()?;
     let item = if code == CATALOG {
         Item::Catalog
+    } else if code == MESSAGE {
+        Item::Message(MessageRef {
+            topic: r.name()?,
+            event: r.name()?,
+            sender: r.u32()?,
+            payload: r.image()??,
+        })
     } else if code == END {
         Item::End {
             relid: r.u32()?,
@@ -359,8 +387,18 @@ mod unit {
         encode_event(&mut buf, Op::Truncate, 42, "public", "t", None, None);
         encode_shape(&mut buf, 7, "s", "rows", b"shape");
         encode_tuple(&mut buf, Op::Delete, None, Some(&[0, 1, 2]));
+        encode_message(&mut buf, "orders", "shipped", 77, br#"{"id":1}"#);
         let got: Vec<_> = events(&buf).collect();
-        assert_eq!(got.len(), 4);
+        assert_eq!(got.len(), 5);
+        assert_eq!(
+            got[4],
+            Item::Message(MessageRef {
+                topic: "orders",
+                event: "shipped",
+                sender: 77,
+                payload: r#"{"id":1}"#
+            })
+        );
         let Item::Change(first) = &got[0] else {
             panic!("{:?}", got[0])
         };

@@ -33,6 +33,8 @@ static ANON_ROLE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::n
 static AUTHENTICATOR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 /// Serve the inspector at / and the example pages; /realtime.js is served either way.
 static SERVE_PAGES: GucSetting<bool> = GucSetting::<bool>::new(true);
+/// Whether any principal may receive a topic that is not a relayed NOTIFY channel.
+static PUBLIC_TOPICS: GucSetting<bool> = GucSetting::<bool>::new(false);
 /// Whether tokens may name superusers and BYPASSRLS roles.
 static ALLOW_PRIVILEGED_ROLES: GucSetting<bool> = GucSetting::<bool>::new(false);
 /// Most connections one role may hold at once (0: no limit).
@@ -303,6 +305,14 @@ pub fn init() {
         none,
     );
     GucRegistry::define_bool_guc(
+        c"realtime.public_topics",
+        c"Let every principal receive the messages realtime_send() sends to topics that are not relayed NOTIFY channels.",
+        c"Relayed channels are received by their readers only (realtime_relay(..., readers => ...)), whatever this says.",
+        &PUBLIC_TOPICS,
+        Sighup,
+        none,
+    );
+    GucRegistry::define_bool_guc(
         c"realtime.allow_privileged_roles",
         c"Let tokens and realtime.anon_role name superusers and roles with BYPASSRLS.",
         c"",
@@ -480,6 +490,9 @@ pub fn metrics_access() -> (String, String) {
 }
 pub fn serve_pages() -> bool {
     SERVE_PAGES.get()
+}
+pub fn public_topics() -> bool {
+    PUBLIC_TOPICS.get()
 }
 pub fn allow_privileged_roles() -> bool {
     ALLOW_PRIVILEGED_ROLES.get()

@@ -15,6 +15,7 @@ use pgrx::prelude::*;
 
 mod api;
 mod capture;
+mod channels;
 mod clients;
 mod error;
 mod event;

@@ -14,6 +14,8 @@ pub enum Target {
     Realtime,
     /// The LISTEN/NOTIFY bridge in baselines/node-bridge, fed by a pg_notify trigger.
     Bridge,
+    /// realtime_ext relaying the same pg_notify trigger's channel (`realtime_relay`).
+    Relay,
     /// `floor-server`: the same socket work with no database (latency only).
     Floor,
 }
@@ -91,6 +93,12 @@ pub async fn subscriber(url: &str, n: usize, table: &str) -> std::io::Result<Ws>
     subscribe_with(url, n, table, None).await
 }
 
+/// Connect and subscribe to `channel` (a relayed NOTIFY channel).
+pub async fn channel_subscriber(url: &str, n: usize, channel: &str) -> std::io::Result<Ws> {
+    let msg = format!(r#"{{"type":"subscribe","id":"b","channel":"{channel}"}}"#);
+    subscribe_as(url, n, msg).await
+}
+
 /// Connect to `url` (which may carry `?token=`) and subscribe to `table` with `filter`.
 pub async fn subscribe_with(
     url: &str,
@@ -98,9 +106,13 @@ pub async fn subscribe_with(
     table: &str,
     filter: Option<&str>,
 ) -> std::io::Result<Ws> {
-    let mut ws = connect(url, n).await?;
     let filter = filter.map_or(String::new(), |f| format!(r#","filter":"{f}""#));
     let msg = format!(r#"{{"type":"subscribe","id":"b","table":"{table}"{filter}}}"#);
+    subscribe_as(url, n, msg).await
+}
+
+async fn subscribe_as(url: &str, n: usize, msg: String) -> std::io::Result<Ws> {
+    let mut ws = connect(url, n).await?;
     ws.send(Message::text(msg))
         .await
         .map_err(std::io::Error::other)?;
@@ -123,6 +135,10 @@ pub async fn setup_table(db: &tokio_postgres::Client, target: Target, table: &st
         Target::Realtime => format!("SELECT realtime_watch('{table}')"),
         Target::Bridge => format!(
             "CREATE TRIGGER notify AFTER INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION bench_notify('bench')"
+        ),
+        Target::Relay => format!(
+            "CREATE TRIGGER notify AFTER INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION bench_notify('bench_relay');
+             SELECT realtime_relay('bench_relay', as_json => true, readers => '{{bench_reader}}')"
         ),
         Target::Floor => panic!("the floor server has no database"),
     };

@@ -1,7 +1,7 @@
 //! Load generator for realtime_ext and the baseline it replaces. One process drives thousands
 //! of WebSocket clients (spread over 127.0.0.x source addresses) and one writer.
 //!
-//! realtime_bench <scenario> [--target realtime|bridge] [--pg CONNINFO] [--ws URL] [options] [--json FILE]
+//! realtime_bench <scenario> [--target realtime|bridge|relay] [--pg CONNINFO] [--ws URL] [options] [--json FILE]
 //!   latency  --clients N --events E --rate R [--payload BYTES]   commit->client latency
 //!   fanout   --clients N --seconds S --batch B                   delivered messages/s
 //!   idle     --clients N --worker-pid PID [--hold S]             memory per idle connection, subscribe time;
@@ -75,6 +75,7 @@ impl Args {
         match self.str("target", "realtime").as_str() {
             "realtime" => client::Target::Realtime,
             "bridge" => client::Target::Bridge,
+            "relay" => client::Target::Relay,
             "floor" => client::Target::Floor,
             other => panic!("unknown --target {other}"),
         }

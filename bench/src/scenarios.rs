@@ -30,12 +30,27 @@ fn url(args: &Args) -> String {
 
 /// Connect `n` subscribers, a few hundred at a time.
 async fn subscribers(url: &str, n: usize, table: &str) -> Result<Vec<Ws>, String> {
+    subscribers_to(url, n, table, false).await
+}
+
+/// `n` subscribers to `table`, or to the channel of that name.
+async fn subscribers_to(
+    url: &str,
+    n: usize,
+    table: &str,
+    channel: bool,
+) -> Result<Vec<Ws>, String> {
     let mut all = Vec::with_capacity(n);
     for start in (0..n).step_by(250) {
         let batch: Vec<_> = (start..(start + 250).min(n))
             .map(|i| {
                 let (url, table) = (url.to_string(), table.to_string());
-                tokio::spawn(async move { client::subscriber(&url, i, &table).await })
+                tokio::spawn(async move {
+                    match channel {
+                        true => client::channel_subscriber(&url, i, &table).await,
+                        false => client::subscriber(&url, i, &table).await,
+                    }
+                })
             })
             .collect();
         for b in batch {
@@ -95,7 +110,11 @@ pub async fn latency(args: &Args) -> Value {
     if let Some(db) = &db {
         client::setup_table(db, target, "bench_latency").await;
     }
-    let sockets = match subscribers(&url(args), clients, "bench_latency").await {
+    let sockets = match target {
+        client::Target::Relay => subscribers_to(&url(args), clients, "bench_relay", true).await,
+        _ => subscribers(&url(args), clients, "bench_latency").await,
+    };
+    let sockets = match sockets {
         Ok(s) => s,
         Err(e) => return failed("latency", args, e),
     };

@@ -67,7 +67,19 @@ export interface Ended {
   id: string;
   reason: string;
 }
-export type Message = Change | Leave | Snapshot | Gap | Ended;
+/** A message on a channel: a relayed notification (event `notify`) or a realtime_send(). */
+export interface ChannelMessage {
+  type: 'message';
+  position: number;
+  xid: number;
+  commit_time: string;
+  channel: string;
+  event: string;
+  /** The sending backend's process id. */
+  pid: number;
+  payload: unknown;
+}
+export type Message = Change | Leave | Snapshot | Gap | Ended | ChannelMessage;
 
 export interface ServerError {
   type?: 'error';
@@ -102,6 +114,8 @@ export declare class Realtime {
   on(event: 'message', cb: (m: Record<string, unknown>) => void): () => void;
   subscribe(table: string, options: SubscribeOptions, onMessage: (m: Message) => void): Subscription;
   subscribe(table: string, onMessage: (m: Message) => void): Subscription;
+  /** Subscribe to a relayed NOTIFY channel or a realtime_send() topic. */
+  channel(name: string, onMessage?: (m: Message) => void): Subscription;
   setToken(token: string): void;
   tables(): Promise<WatchedTable[]>;
   ping(): Promise<{ type: 'pong'; position: number }>;

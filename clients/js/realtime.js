@@ -108,7 +108,23 @@ export class Realtime {
    */
   subscribe(table, options = {}, onMessage = () => {}) {
     if (typeof options === 'function') [options, onMessage] = [{}, options];
-    const sub = new Subscription(this, String(this.#nextId++), table, options, onMessage);
+    return this.#add(new Subscription(this, String(this.#nextId++), table, options, onMessage));
+  }
+
+  /**
+   * Subscribe to a channel: a NOTIFY channel the database relays, or a topic realtime_send()
+   * sends to. `onMessage` gets each `message` (`{channel, event, payload, pid, position}`),
+   * `gap`s, and `unsubscribed` when the server ends the subscription; after a reconnect it
+   * resumes where it left off, as a table's subscription does.
+   * @param {string} name
+   * @param {(m: Message) => void} [onMessage]
+   */
+  channel(name, onMessage = () => {}) {
+    const id = String(this.#nextId++);
+    return this.#add(new Subscription(this, id, name, {}, onMessage, true));
+  }
+
+  #add(sub) {
     this.#subs.set(sub.id, sub);
     if (this.#ready()) this.#send(sub.request());
     return sub;
@@ -382,6 +398,7 @@ export class Realtime {
         return;
       case 'change':
       case 'leave':
+      case 'message':
         this.position = Math.max(this.position, m.position);
         return this.#route(m);
       case 'gap':
@@ -444,11 +461,14 @@ export class Subscription {
   #schema;
   #table;
   #filter;
+  /** A channel's subscription: `table` is the channel's name. */
+  #channel;
 
-  constructor(rt, id, table, options, onMessage) {
+  constructor(rt, id, table, options, onMessage, channel = false) {
     this.#rt = rt;
     this.id = id;
     this.table = table;
+    this.#channel = channel;
     this.#options = options;
     this.#onMessage = onMessage;
     this.#filter = options.filter ? parseFilter(options.filter) : null;
@@ -463,6 +483,11 @@ export class Subscription {
   /** @internal The subscribe message: resuming when it has seen anything. */
   request() {
     const o = this.#options;
+    if (this.#channel) {
+      const m = { type: 'subscribe', id: this.id, channel: this.table };
+      if (this.position > 0) m.since = this.position;
+      return m;
+    }
     const m = { type: 'subscribe', id: this.id, table: this.table };
     if (o.events) m.events = o.events;
     if (o.filter) m.filter = o.filter;
@@ -511,7 +536,9 @@ export class Subscription {
   }
 
   _isFor(m) {
-    return this.status !== 'ended' && m.schema === this.#schema && m.table === this.#table;
+    if (this.status === 'ended' || this.#channel !== (m.type === 'message')) return false;
+    if (this.#channel) return m.channel === this.table;
+    return m.schema === this.#schema && m.table === this.#table;
   }
 
   _change(m, shared) {

@@ -6,7 +6,7 @@
 //! its settings into `net::shared::Shared`.)
 
 use crate::auth::Principal;
-use crate::change::{AudienceId, Change};
+use crate::change::{AudienceId, Change, Topic};
 use crate::filter::{FilterSpec, ResolvedFilter};
 use crate::ops::OpSet;
 use crate::visibility::RowAccess;
@@ -15,12 +15,23 @@ use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
+/// What a client names to subscribe to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// A table, as SQL would read the name (quotes, case folding, unqualified: public).
+    Table(String),
+    /// A channel: a relayed NOTIFY channel, or a topic `realtime_send` sends to.
+    Channel(String),
+}
+
+/// A subscription's topic as the worker resolved it for a principal, with what it may see.
 #[derive(Clone, Debug)]
-pub struct ResolvedTable {
-    pub relid: u32,
+pub struct Resolved {
+    pub topic: Topic,
+    /// A table's schema and name; for a channel, an empty schema and its name.
     pub schema: String,
     pub table: String,
-    /// Events the table is watched for.
+    /// Events the table is watched for (`Op::Message` for a channel).
     pub watched: OpSet,
     pub filter: Option<ResolvedFilter>,
     /// The columns the principal may SELECT, when it may not SELECT them all.
@@ -29,6 +40,8 @@ pub struct ResolvedTable {
     /// With `RowAccess::Checked`: the last position the worker had judged before it began
     /// judging for this audience. Later changes carry its verdict; earlier ones do not.
     pub judged_after: u64,
+    /// For a channel: whether the principal may also broadcast on it.
+    pub may_send: bool,
 }
 
 /// Why the worker could not resolve a subscription.
@@ -40,6 +53,9 @@ pub enum ResolveError {
     /// missing table is told, so that only those who may read a table learn it exists.
     #[error("table \"{0}\" does not exist or is not readable")]
     Unreadable(String),
+    /// Neither relayed nor a topic this principal may receive: told the same either way.
+    #[error("channel \"{0}\" is not relayed, or not readable")]
+    UnknownChannel(String),
     #[error("table \"{table}\" is not watched; run SELECT realtime_watch('{quoted}')")]
     NotWatched { table: String, quoted: String },
     #[error("column \"{0}\" does not exist")]
@@ -76,13 +92,13 @@ pub enum Request {
         principal: Arc<Principal>,
         reply: Reply<()>,
     },
-    /// Look up a table for a subscription by `principal`: its privileges and row security,
-    /// and check its filter.
+    /// Look up a table or channel for a subscription by `principal`: its privileges and row
+    /// security, and check its filter.
     Resolve {
-        table: String,
+        target: Target,
         filter: Option<FilterSpec>,
         principal: Arc<Principal>,
-        reply: Reply<ResolvedTable>,
+        reply: Reply<Resolved>,
     },
     /// A subscription judged by the worker (`RowAccess::Checked`) ended.
     Release { audience: AudienceId },
@@ -120,12 +136,12 @@ impl WorkerHandle {
 
     pub async fn resolve(
         &self,
-        table: String,
+        target: Target,
         filter: Option<FilterSpec>,
         principal: Arc<Principal>,
-    ) -> Result<ResolvedTable, ResolveError> {
+    ) -> Result<Resolved, ResolveError> {
         self.ask(|reply| Request::Resolve {
-            table,
+            target,
             filter,
             principal,
             reply,

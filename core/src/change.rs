@@ -9,6 +9,9 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 type Row = serde_json::Map<String, serde_json::Value>;
 
+/// Longest name of a channel, and of a message's event, in bytes.
+pub const MAX_CHANNEL_BYTES: usize = 255;
+
 /// What a subscription is to: the key of the interest index, the fan-out's summaries, gaps,
 /// ends and the history's entries.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -99,9 +102,12 @@ pub struct Change {
     pub position: u64,
     pub txn: Arc<Txn>,
     pub topic: Topic,
-    /// The table's schema and name when the change was captured (shared between changes).
+    /// The table's schema and name when the change was captured (shared between changes);
+    /// for a message (`Op::Message`), its channel and event.
     pub names: Arc<(String, String)>,
     pub op: Op,
+    /// For a message, the process id of the backend that sent it; 0 for a row change.
+    pub sender: u32,
     pub new: Option<Box<str>>,
     pub old: Option<Box<str>>,
     /// `new` and `old` parsed, on first use by a filter.
@@ -129,10 +135,34 @@ impl Change {
             op,
             new,
             old,
+            sender: 0,
             rows: OnceLock::new(),
             frames: Default::default(),
             verdicts: Vec::new(),
         }
+    }
+
+    /// A message on `names.0` (a channel), with its event `names.1` and its payload as JSON
+    /// text, sent by backend `sender`.
+    pub fn message(
+        position: u64,
+        txn: Arc<Txn>,
+        names: Arc<(String, String)>,
+        sender: u32,
+        payload: Box<str>,
+    ) -> Change {
+        let topic = Topic::Channel(names.0.as_str().into());
+        let mut change = Change::new(
+            position,
+            txn,
+            topic,
+            names,
+            Op::Message,
+            Some(payload),
+            None,
+        );
+        change.sender = sender;
+        change
     }
 
     /// Attach the worker's verdicts, before the change is published.
@@ -160,6 +190,7 @@ impl Change {
             self.old.clone(),
         );
         copy.verdicts = self.verdicts.clone();
+        copy.sender = self.sender;
         copy
     }
 

@@ -48,15 +48,18 @@ enum Format {
     V2,
     /// Entries name topics.
     V3,
+    /// Entries may be messages on channels (the entries of V3 are read unchanged).
+    V4,
 }
 
 impl Format {
-    const WRITTEN: Format = Format::V3;
+    const WRITTEN: Format = Format::V4;
 
     fn of(header: &[u8]) -> Result<Format, String> {
         match &header[..8] {
             b"RTHIST02" => Ok(Format::V2),
             b"RTHIST03" => Ok(Format::V3),
+            b"RTHIST04" => Ok(Format::V4),
             m if m.starts_with(MAGIC) => Err(String::from_utf8_lossy(&m[6..]).into_owned()),
             _ => Err(String::new()),
         }
@@ -66,13 +69,15 @@ impl Format {
         match self {
             Format::V2 => b"RTHIST02",
             Format::V3 => b"RTHIST03",
+            Format::V4 => b"RTHIST04",
         }
     }
 
     /// One entry, whatever the segment's version, in today's terms.
     fn decode(self, bytes: &[u8]) -> Option<Entry<'_>> {
         match self {
-            Format::V3 => postcard::from_bytes(bytes).ok(),
+            // V3's variants are V4's first ones: a V3 segment holds no `Message`.
+            Format::V3 | Format::V4 => postcard::from_bytes(bytes).ok(),
             Format::V2 => postcard::from_bytes::<v2::Entry>(bytes)
                 .ok()
                 .map(Into::into),
@@ -134,13 +139,32 @@ enum Entry<'a> {
     },
     /// The worker stopped cleanly after publishing everything up to this position.
     Stop { last_position: u64 },
+    /// A message on a channel (V4).
+    Message {
+        position: u64,
+        xid: u32,
+        #[serde(borrow)]
+        commit_time: &'a str,
+        channel: &'a str,
+        event: &'a str,
+        sender: u32,
+        payload: &'a str,
+    },
 }
 
 impl Entry<'_> {
+    /// The transaction of a change or message.
+    fn xid(&self) -> Option<u32> {
+        match self {
+            Entry::Change { xid, .. } | Entry::Message { xid, .. } => Some(*xid),
+            _ => None,
+        }
+    }
+
     /// The last position the entry accounts for.
     fn position(&self) -> u64 {
         match self {
-            Entry::Change { position, .. } => *position,
+            Entry::Change { position, .. } | Entry::Message { position, .. } => *position,
             Entry::Gap { last, .. } => *last,
             Entry::Ended { last_position, .. } | Entry::Stop { last_position } => *last_position,
         }
@@ -462,7 +486,7 @@ impl History {
         let mut bound = self.inner().xid_bound;
         let mut add = |entry: Entry| -> io::Result<()> {
             positions.push((bytes.len() as u64, entry.position(), bound));
-            if let Entry::Change { xid, .. } = entry {
+            if let Some(xid) = entry.xid() {
                 bound = past(bound, xid);
             }
             frame(&mut bytes, &entry)
@@ -472,6 +496,18 @@ impl History {
             Batch::Reauthorize { .. } => return Ok(()),
             Batch::Changes(changes) => {
                 for c in changes {
+                    if c.op == Op::Message {
+                        add(Entry::Message {
+                            position: c.position,
+                            xid: c.txn.xid,
+                            commit_time: &c.txn.commit_time,
+                            channel: &c.names.0,
+                            event: &c.names.1,
+                            sender: c.sender,
+                            payload: c.new.as_deref().unwrap_or("null"),
+                        })?;
+                        continue;
+                    }
                     add(Entry::Change {
                         position: c.position,
                         xid: c.txn.xid,
@@ -741,7 +777,7 @@ fn scan(
                 .index
                 .push((entry.position(), segment.len, *xid_bound));
         }
-        if let Entry::Change { xid, .. } = entry {
+        if let Some(xid) = entry.xid() {
             *xid_bound = past(*xid_bound, xid);
         }
         segment.last = segment.last.max(entry.position());
@@ -895,6 +931,21 @@ fn replayed(entry: Entry) -> Option<Batch> {
             reason: EndReason::from_u8(reason)?,
             last_position,
         },
+        Entry::Message {
+            position,
+            xid,
+            commit_time,
+            channel,
+            event,
+            sender,
+            payload,
+        } => Batch::Changes(vec![Change::message(
+            position,
+            Arc::new(Txn::new(xid, commit_time.to_string())),
+            Arc::new((channel.to_string(), event.to_string())),
+            sender,
+            payload.into(),
+        )]),
         Entry::Stop { .. } => return None,
     })
 }
@@ -978,6 +1029,37 @@ mod unit {
         drop(history);
         let (history, _) = History::open(&dir, ROOMY).unwrap();
         check(&history);
+    }
+
+    #[test]
+    fn messages_are_read_back_as_written() {
+        let dir = dir("messages");
+        let (history, _) = History::open(&dir, ROOMY).unwrap();
+        let txn = Arc::new(Txn::new(1234, "2026-12-02T00:00:00.000000Z".into()));
+        let names = Arc::new(("orders".to_string(), "notify".to_string()));
+        let message = Change::message(7, txn, names, 4242, r#"{"id":1}"#.into());
+        history
+            .append(&Batch::Changes(vec![change(6, 1), message]))
+            .unwrap();
+        drop(history);
+        let (history, _) = History::open(&dir, ROOMY).unwrap();
+        let mut read = history.read(5, 7);
+        let Some(Batch::Changes(first)) = read.next() else {
+            panic!("the row change first")
+        };
+        assert_eq!(first[0].op, Op::Insert);
+        let Some(Batch::Changes(second)) = read.next() else {
+            panic!("then the message")
+        };
+        let m = &second[0];
+        assert_eq!(
+            (m.position, m.op, m.txn.xid, m.sender),
+            (7, Op::Message, 1234, 4242)
+        );
+        assert_eq!(m.topic, Topic::Channel("orders".into()));
+        assert_eq!(&*m.names, &("orders".to_string(), "notify".to_string()));
+        assert_eq!(m.new.as_deref(), Some(r#"{"id":1}"#));
+        assert!(history.complete(5, 7, &Topic::Channel("orders".into())));
     }
 
     #[test]

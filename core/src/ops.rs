@@ -8,6 +8,9 @@ pub enum Op {
     Update = 2,
     Delete = 3,
     Truncate = 4,
+    /// A message on a channel (a relayed NOTIFY, `realtime_send`): not a table's op, so not in
+    /// `ALL`, never parsed from a name.
+    Message = 5,
 }
 
 impl Op {
@@ -20,6 +23,7 @@ impl Op {
             Op::Update => "UPDATE",
             Op::Delete => "DELETE",
             Op::Truncate => "TRUNCATE",
+            Op::Message => "MESSAGE",
         }
     }
     /// Case-insensitive, as SQL keywords are.
@@ -28,7 +32,7 @@ impl Op {
             .into_iter()
             .find(|op| op.name().eq_ignore_ascii_case(name))
     }
-    /// The byte the queue and spill files store.
+    /// The byte the queue and spill files store (a table's ops only).
     pub fn from_u8(b: u8) -> Option<Op> {
         Op::ALL.into_iter().find(|op| *op as u8 == b)
     }

@@ -50,6 +50,7 @@ fn message_like() -> impl Strategy<Value = String> {
     let field = prop_oneof![
         Just("id"),
         Just("table"),
+        Just("channel"),
         Just("events"),
         Just("filter"),
         Just("ref"),
@@ -144,9 +145,9 @@ proptest! {
     #[test]
     fn message_like_json_is_a_message_or_a_coded_error(text in message_like()) {
         match native::parse(&text) {
-            Ok(ClientMessage::Subscribe { id, table, .. }) => {
+            Ok(ClientMessage::Subscribe { id, table, channel, .. }) => {
                 prop_assert!(id.is_string() || id.is_number());
-                prop_assert!(!table.contains('\0'));
+                prop_assert!(table.iter().chain(&channel).all(|name| !name.contains('\0')));
             }
             Ok(ClientMessage::Unsubscribe { id }) => prop_assert!(id.is_string() || id.is_number()),
             Ok(ClientMessage::Ping { .. } | ClientMessage::Tables { .. } | ClientMessage::Auth { .. } | ClientMessage::Ack { .. }) => {}

@@ -14,6 +14,18 @@ pub fn end_subscriptions(relid: pgrx::pg_sys::Oid, reason: realtime_core::change
     pending::push_end(relid.to_u32(), reason)
 }
 
+/// Once the current transaction commits, subscribers are authorized again (before anything
+/// committed after it reaches them), and the worker rereads what it relays.
+pub fn catalog_changed() {
+    pending::push_catalog_change()
+}
+
+/// Send a message to `topic`'s subscribers when the current transaction commits, in order
+/// with its row changes. `payload` is JSON text.
+pub fn send_message(topic: &str, event: &str, sender: u32, payload: &[u8]) {
+    pending::push_message(topic, event, sender, payload)
+}
+
 /// Called from `_PG_init` in every backend.
 pub fn init() {
     xact::register_callbacks();

@@ -3,7 +3,9 @@
 //! Savepoint rollbacks cut the buffer back to where that subtransaction started.
 
 use super::target::Target;
-use crate::event::{encode_catalog, encode_end, encode_event, encode_shape, encode_tuple, Op};
+use crate::event::{
+    encode_catalog, encode_end, encode_event, encode_message, encode_shape, encode_tuple, Op,
+};
 use pgrx::pg_sys;
 use std::cell::RefCell;
 use std::fs::File;
@@ -121,6 +123,13 @@ pub fn push_shape(target: &Target, shape: &[u8]) {
 /// A change whose raw tuples the worker renders.
 pub fn push_tuple(op: Op, new: Option<&[u8]>, old: Option<&[u8]>) {
     append(true, |buf| encode_tuple(buf, op, new, old))
+}
+
+/// A message to a topic's subscribers, JSON `payload`, sent by backend `sender`.
+pub fn push_message(topic: &str, event: &str, sender: u32, payload: &[u8]) {
+    append(true, |buf| {
+        encode_message(buf, topic, event, sender, payload)
+    })
 }
 
 /// The table's subscriptions end once this transaction commits (it drops or unwatches it).

@@ -88,7 +88,7 @@ fn capture_row_event(td: &pg_sys::TriggerData) {
         Op::Insert => (td.tg_trigtuple, std::ptr::null_mut()),
         Op::Update => (td.tg_newtuple, td.tg_trigtuple),
         Op::Delete => (std::ptr::null_mut(), td.tg_trigtuple),
-        Op::Truncate => (std::ptr::null_mut(), std::ptr::null_mut()),
+        Op::Truncate | Op::Message => (std::ptr::null_mut(), std::ptr::null_mut()),
     };
     IMAGES.with(|images| {
         let (new_json, old_json) = &mut *images.borrow_mut();

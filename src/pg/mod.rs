@@ -4,6 +4,7 @@
 //! `versions` what differs between the PostgreSQL majors supported.
 
 pub mod memory;
+pub mod notify;
 pub mod versions;
 pub mod xact;
 

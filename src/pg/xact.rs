@@ -45,6 +45,23 @@ pub fn in_any_transaction<T>(
     }
 }
 
+/// Run `f` in a subtransaction that is rolled back whatever happens: for probes that write
+/// (`worker::topics`). An ERROR it raises becomes its message.
+pub fn rolled_back<T>(f: impl FnOnce() -> T + UnwindSafe) -> Result<T, String> {
+    // SAFETY: as `in_subtransaction`.
+    unsafe {
+        let context = pg_sys::CurrentMemoryContext;
+        let owner = pg_sys::CurrentResourceOwner;
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(context);
+        let result = catching(f);
+        pg_sys::RollbackAndReleaseCurrentSubTransaction();
+        pg_sys::MemoryContextSwitchTo(context);
+        pg_sys::CurrentResourceOwner = owner;
+        result
+    }
+}
+
 /// Run `f` in a subtransaction, as a PL/pgSQL EXCEPTION block does: an ERROR it raises is
 /// rolled back and becomes its message, and the surrounding transaction carries on.
 pub fn in_subtransaction<T>(f: impl FnOnce() -> T + UnwindSafe) -> Result<T, String> {

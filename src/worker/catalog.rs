@@ -9,7 +9,8 @@ use super::security::with_time_limit;
 use crate::pg::xact::{in_subtransaction, in_transaction};
 use pgrx::prelude::*;
 use realtime_core::auth::Principal;
-use realtime_core::bridge::{Request, ResolveError, ResolvedTable, WatchedTable};
+use realtime_core::bridge::{Request, ResolveError, Resolved, Target, WatchedTable};
+use realtime_core::change::Topic;
 use realtime_core::filter::{check_op, FilterOp, FilterSpec, ResolvedFilter, ValueKind};
 use realtime_core::ops::{Op, OpSet};
 use realtime_core::visibility::RowAccess;
@@ -30,7 +31,21 @@ pub fn answer(request: Request, audiences: &mut Audiences, published: u64) {
             let _ = reply.send(answer);
         }
         Request::Resolve {
-            table,
+            target: Target::Channel(channel),
+            principal,
+            reply,
+            ..
+        } => {
+            let answer = with_time_limit(REQUEST_TIME_LIMIT, || {
+                in_transaction(
+                    || resolve_channel(&channel, &principal),
+                    ResolveError::Internal,
+                )
+            });
+            let _ = reply.send(answer);
+        }
+        Request::Resolve {
+            target: Target::Table(table),
             filter,
             principal,
             reply,
@@ -43,11 +58,12 @@ pub fn answer(request: Request, audiences: &mut Audiences, published: u64) {
             });
             // The audience is joined only once the answer stands (its transaction committed).
             let answer = answer.map(|(mut resolved, checked)| {
-                super::invalidation::track(resolved.relid);
+                let relid = resolved.topic.relid().expect("a table's");
+                super::invalidation::track(relid);
                 if let Some(Checked { role, condition }) = checked {
                     resolved.judged_after = published;
                     resolved.rows = RowAccess::Checked(audiences.join(
-                        resolved.relid,
+                        relid,
                         role,
                         &principal,
                         condition,
@@ -58,7 +74,7 @@ pub fn answer(request: Request, audiences: &mut Audiences, published: u64) {
                 resolved
             });
             // A session that left before the answer will not release its audience.
-            if let Err(Ok(ResolvedTable {
+            if let Err(Ok(Resolved {
                 rows: RowAccess::Checked(id),
                 ..
             })) = reply.send(answer)
@@ -88,6 +104,27 @@ pub fn answer(request: Request, audiences: &mut Audiences, published: u64) {
             let _ = reply.send(Ok(changes));
         }
     }
+}
+
+/// A channel for a subscription by `principal`, if it may receive it (`topics`). Refused
+/// alike whether the channel is unknown or only not readable.
+fn resolve_channel(channel: &str, principal: &Principal) -> Answer<Resolved> {
+    let role = role(principal)?;
+    let rights = super::topics::rights(channel, &role, principal)?;
+    if !rights.receive {
+        return Err(ResolveError::UnknownChannel(channel.to_string()));
+    }
+    Ok(Resolved {
+        topic: Topic::Channel(channel.into()),
+        schema: String::new(),
+        table: channel.to_string(),
+        watched: OpSet::EMPTY.with(Op::Message),
+        filter: None,
+        columns: None,
+        rows: RowAccess::All,
+        judged_after: 0,
+        may_send: rights.send,
+    })
 }
 
 /// Numbers in filters: at most this many significant digits and this decimal exponent.
@@ -135,7 +172,7 @@ fn resolve(
     table: &str,
     filter: Option<&FilterSpec>,
     principal: &Principal,
-) -> Answer<(ResolvedTable, Option<Checked>)> {
+) -> Answer<(Resolved, Option<Checked>)> {
     let unknown = || ResolveError::UnknownTable(table.to_string());
     // The name is read as SQL reads one (quotes, case folding); unqualified means public.
     // parse_ident raises on a malformed name: that too means "no such table".
@@ -187,8 +224,8 @@ fn resolve(
         .transpose()?;
     let (rows, checked) = row_access(relid, &role, principal)?;
     Ok((
-        ResolvedTable {
-            relid: relid as u32,
+        Resolved {
+            topic: Topic::Table(relid as u32),
             schema: schema.to_string(),
             table: name.to_string(),
             watched: ops_of_tgtype(tgtype),
@@ -196,6 +233,7 @@ fn resolve(
             columns,
             rows,
             judged_after: 0,
+            may_send: false,
         },
         checked,
     ))

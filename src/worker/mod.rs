@@ -10,11 +10,13 @@ mod claims_column;
 mod invalidation;
 mod policy;
 mod publisher;
+mod relay;
 mod retention;
 mod roles;
 mod rows;
 mod security;
 mod snapshot;
+mod topics;
 
 use crate::{gucs, queue};
 use pgrx::bgworkers::{
@@ -112,6 +114,7 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
     );
 
     let mut publisher = Publisher::new(batches.clone(), shared.clone(), history.clone());
+    publisher.start_relaying();
     let waiter = Waiter::new(&inbox);
     // SAFETY: the worker's own latch, set at process start; it outlives the queue's reference (cleared before exit).
     queue::set_worker_latch(unsafe { pg_sys::MyLatch });

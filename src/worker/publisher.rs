@@ -2,6 +2,7 @@
 //! Runs on the worker's Postgres thread (it reads clog for prepared transactions).
 
 use super::audiences::Audiences;
+use super::relay::Relay;
 use super::rows::Rows;
 use crate::event::{decode_record, events, EventRef, Item, Record};
 use crate::pg::xact::in_any_transaction;
@@ -29,6 +30,9 @@ const STATS_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 /// Spill files are read in chunks of this size.
 const SPILL_READ: usize = 1024 * 1024;
 
+/// The event of a relayed notification.
+const NOTIFY_EVENT: &str = "notify";
+
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
 const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 
@@ -46,13 +50,13 @@ struct Emitting {
 
 struct LostRest {
     from: u64,
-    tables: Vec<u32>,
+    topics: Vec<Topic>,
 }
 
 impl LostRest {
-    fn add(&mut self, relid: u32) {
-        if !self.tables.contains(&relid) {
-            self.tables.push(relid);
+    fn add(&mut self, topic: Topic) {
+        if !self.topics.contains(&topic) {
+            self.topics.push(topic);
         }
     }
 }
@@ -96,6 +100,9 @@ pub struct Publisher {
     history: Option<Arc<History>>,
     /// The last write to the history failed (warned once until one succeeds).
     history_failing: bool,
+    /// The NOTIFY channels relayed, and whether `realtime.relays` may have changed.
+    relay: Relay,
+    relays_changed: bool,
 }
 
 impl Publisher {
@@ -117,7 +124,14 @@ impl Publisher {
             stats_at: std::time::Instant::now(),
             history,
             history_failing: false,
+            relay: Relay::default(),
+            relays_changed: false,
         }
+    }
+
+    /// Begin relaying the channels `realtime.relays` names (at start).
+    pub fn start_relaying(&mut self) {
+        self.relay.reload();
     }
 
     /// Something will need another look soon even if nobody wakes the worker.
@@ -125,8 +139,10 @@ impl Publisher {
         self.blocked.is_some()
     }
 
-    /// Move one chunk of the queue out to clients. Returns whether there may be more.
+    /// Move one chunk of the queue, and the notifications that arrived, out to clients.
+    /// Returns whether there may be more.
     pub fn pump(&mut self) -> bool {
+        self.relay_notifications();
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
         let unsettled = queue::drain(&mut buf, DRAIN_CHUNK);
@@ -166,6 +182,9 @@ impl Publisher {
             }
         }
         self.rows.finish();
+        if std::mem::take(&mut self.relays_changed) {
+            self.relay.reload();
+        }
         let more = !buf.is_empty() || settled_here;
         // A pump that found records is followed by another at once: its partial batch can wait
         // for that one, so batches stay full at high commit rates.
@@ -293,7 +312,7 @@ impl Publisher {
                     GapReason::RenderFailed,
                     lost.from,
                     txn.end - 1,
-                    Some(lost.tables),
+                    Some(lost.topics),
                 );
             }
         }
@@ -321,22 +340,30 @@ impl Publisher {
             }
             return;
         }
-        let relid = match &item {
-            Item::Change(ev) => ev.relid,
+        let topic = match &item {
+            Item::Change(ev) => Topic::Table(ev.relid),
             Item::Shape(shape) => {
                 txn.shape_relid = shape.relid;
-                shape.relid
+                Topic::Table(shape.relid)
             }
-            Item::Tuple(_) => txn.shape_relid,
+            Item::Tuple(_) => Topic::Table(txn.shape_relid),
+            Item::Message(m) => Topic::Channel(m.topic.into()),
             Item::End { .. } | Item::Catalog => return,
         };
         if let Some(lost) = &mut txn.failed {
-            // Only which tables the rest belongs to matters now.
-            lost.add(relid);
+            // Only which topics the rest belongs to matters now.
+            lost.add(topic);
             return;
         }
         let change = match item {
             Item::Change(ev) => Ok(self.change(txn, &ev)),
+            Item::Message(m) => Ok(Change::message(
+                txn.next,
+                txn.txn.clone(),
+                Arc::new((m.topic.to_string(), m.event.to_string())),
+                m.sender,
+                m.payload.into(),
+            )),
             Item::Shape(shape) => match self.rows.shape(&shape) {
                 Ok(()) => return,
                 Err(e) => Err(e),
@@ -363,7 +390,7 @@ impl Publisher {
                 );
                 txn.failed = Some(LostRest {
                     from: txn.next,
-                    tables: vec![relid],
+                    topics: vec![topic],
                 });
             }
         }
@@ -392,6 +419,27 @@ impl Publisher {
         if let Err(e) = result {
             pgrx::warning!("realtime_ext: could not take in a catalog change: {e}");
         }
+        // realtime_relay() and realtime_unrelay() make catalog changes too; the relays are
+        // reread once this pass has no transaction open (LISTEN takes effect at commit).
+        self.relays_changed = true;
+    }
+
+    /// Publish the notifications that arrived on relayed channels, as one transaction's
+    /// messages: PostgreSQL does not say which transaction sent each, nor when it committed.
+    fn relay_notifications(&mut self) {
+        let relayed = self.relay.take();
+        if relayed.is_empty() || self.skip_unheard(relayed.len() as u32) {
+            return;
+        }
+        let mut txn = self.begin_txn(0, now(), relayed.len() as u32);
+        for r in relayed {
+            let names = Arc::new((r.channel, NOTIFY_EVENT.to_string()));
+            let message =
+                Change::message(txn.next, txn.txn.clone(), names, r.pid, r.payload.into());
+            self.push(message);
+            txn.next += 1;
+        }
+        self.end_txn(txn);
     }
 
     fn change(&mut self, txn: &Emitting, ev: &EventRef) -> Change {
@@ -404,8 +452,7 @@ impl Publisher {
         self.send_gap(reason, first, first + lost_events.max(1) - 1, None);
     }
 
-    fn send_gap(&mut self, reason: GapReason, first: u64, last: u64, tables: Option<Vec<u32>>) {
-        let topics = tables.map(|t| t.into_iter().map(Topic::Table).collect());
+    fn send_gap(&mut self, reason: GapReason, first: u64, last: u64, topics: Option<Vec<Topic>>) {
         self.flush();
         self.send(Batch::Gap {
             reason,

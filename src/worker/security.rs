@@ -18,6 +18,9 @@
 //! | `realtime_stats()`: the engine's numbers | `crate::stats`, in any backend | the caller; reads shared memory only, no SQL; `pg_monitor` only (`EXECUTE` revoked from `PUBLIC`) |
 //! | `realtime_metrics`: the same numbers as a view | `crate::stats` | the caller; `SELECT` for `pg_monitor` only, and calls `realtime_stats()` |
 //! | `GET /metrics` | `realtime_core::net::http::metrics`, on the network threads | no PostgreSQL call; off unless realtime.metrics_addresses or realtime.metrics_token is set, then only from those addresses and with that token (compared in constant time); reads shared-memory counters only; labels are fixed in the code, never a table, role or client; an ordinary request under realtime.max_handshakes and realtime.handshake_timeout |
+//! | reading `realtime.relays`; LISTEN and UNLISTEN on the channels it names; reading the notifications that arrive (PostgreSQL's own queue reader, with protocol output captured in the worker's memory) | `relay`, `crate::pg::notify` | worker; no user code: a payload is text, checked as JSON by the network-free parser, never by SQL; channel names are passed to PostgreSQL as C strings, never into SQL text |
+//! | who may receive a channel (`pg_has_role` against the relay's readers; `realtime.public_topics` for other topics) | `catalog` | worker; built-in functions only; an unknown channel and one the principal may not read are refused alike (`unknown_channel`) |
+//! | `realtime_relay()`, `realtime_unrelay()`, `realtime_send()` | `crate::channels`, in the caller's backend | the caller; superusers only for the relays unless granted; `realtime_send` revoked from `PUBLIC`; topic and event at most 255 bytes, a relayed channel's name at most 63 (NOTIFY's); the payload is jsonb, its text sent as stored |
 //! | `ProcessConfigFile`, interrupts, latch waits | `mod` | worker; no user code |
 //!
 //! "The subscriber" means the session PostgREST would give its request (`as_subscriber`):
@@ -48,6 +51,21 @@ use std::time::Duration;
 /// Restored when `f` returns or unwinds (an ERROR inside also rolls back the subtransaction
 /// the caller runs it in, which restores the current user but not the session user).
 pub fn as_subscriber<T>(role: pg_sys::Oid, claims: Option<&str>, f: impl FnOnce() -> T) -> T {
+    as_principal(role, claims, true, f)
+}
+
+/// `as_subscriber`, but allowed to write: for the INSERT a policy on `realtime.messages` is
+/// asked about (`worker::topics`), inside a subtransaction that is always rolled back.
+pub fn as_sender<T>(role: pg_sys::Oid, claims: Option<&str>, f: impl FnOnce() -> T) -> T {
+    as_principal(role, claims, false, f)
+}
+
+fn as_principal<T>(
+    role: pg_sys::Oid,
+    claims: Option<&str>,
+    read_only: bool,
+    f: impl FnOnce() -> T,
+) -> T {
     struct Restore {
         session: pg_sys::Oid,
         session_is_superuser: bool,
@@ -86,7 +104,9 @@ pub fn as_subscriber<T>(role: pg_sys::Oid, claims: Option<&str>, f: impl FnOnce(
         pg_sys::SetSessionAuthorization(login, pg_sys::superuser_arg(login));
         // Sets is_superuser to the role's own, as SET ROLE does.
         pg_sys::SetCurrentRoleId(role, pg_sys::superuser_arg(role));
-        set_setting(c"transaction_read_only", c"on");
+        if read_only {
+            set_setting(c"transaction_read_only", c"on");
+        }
         if let Some(claims) = claims {
             set_claims(claims);
         }

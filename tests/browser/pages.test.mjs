@@ -208,6 +208,42 @@ test('a token that expires before its refresh arrives: the page signs in again a
   await page.close();
 });
 
+test('the orders page shows the app\'s own pg_notify messages, relayed, and carries on after a worker restart', async () => {
+  // The example's relay names web_anon; this server's anonymous role reads through it.
+  sql(`DO $$ BEGIN
+         IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'web_anon') THEN CREATE ROLE web_anon NOLOGIN; END IF;
+       END $$;
+       GRANT web_anon TO realtime_reader`);
+  sqlFile(fileURLToPath(new URL('../../examples/orders/schema.sql', import.meta.url)));
+  const { page, problems } = await open('/examples/orders/');
+  const live = () => page.evaluate(() => window.orders?.subscription.status === 'live');
+  await until(live, 'the page to subscribe');
+  await page.evaluate(() => {
+    window.statuses = [];
+    window.orders.rt.on('status', (s) => window.statuses.push(s));
+  });
+  const placed = (customer, total) => sql(`INSERT INTO orders (customer, total) VALUES ('${customer}', ${total}) RETURNING id`);
+  const rows = () => page.$$eval('#orders tbody tr', (trs) => trs.map((tr) => [0, 1, 3].map((i) => tr.cells[i].textContent)));
+  // What SQL says, newest change first.
+  const expected = () => sql(`SELECT id, customer, status FROM orders ORDER BY updated_at DESC, id DESC`)
+    .split('\n').filter(Boolean).map((l) => l.split('|'));
+  const a = placed('ada', 42.5);
+  const b = placed('grace', 17);
+  sql(`UPDATE orders SET status = 'paid', updated_at = clock_timestamp() WHERE id = ${a}`);
+  await until(async () => JSON.stringify(await rows()) === JSON.stringify(expected()), 'the page to show the orders', 20000);
+  assert.deepEqual((await rows()).map((r) => r[0]), [String(a), String(b)]);
+  // NOTIFY reaches listeners only: once the next worker listens (the page is subscribed
+  // again), orders reach the page again.
+  terminateWorker();
+  await until(async () => (await page.evaluate(() => window.statuses.includes('reconnecting'))) && (await live()),
+    'the page to be back', 30000);
+  placed('linus', 99.99);
+  await until(async () => JSON.stringify(await rows()) === JSON.stringify(expected()), 'the order placed after the restart', 20000);
+  if (SHOTS) await shot(page, 'orders');
+  assert.deepEqual(problems.filter((p) => !p.includes('ERR_CONNECTION_REFUSED')), []);
+  await page.close();
+});
+
 test('the inspector lists readable tables and renders a change of every op', async () => {
   sql(`CREATE TABLE IF NOT EXISTS inspected (id int PRIMARY KEY, label text, n int); SELECT realtime_watch('inspected');
        TRUNCATE inspected`);

@@ -116,6 +116,34 @@ test('after the worker is terminated it reconnects and resumes without loss or d
   rt.close();
 });
 
+test('channel() receives relayed notifications and realtime_send, and resumes after a restart', async () => {
+  const channel = `js_orders_${process.pid}`;
+  sql(`SELECT realtime_relay('${channel}', as_json => true, readers => '{realtime_reader}')`);
+  const rt = connect(WS_URL, { minBackoff: 50, maxBackoff: 500 });
+  const got = [];
+  const sub = rt.channel(channel, (m) => got.push(m));
+  await live(sub);
+  sql(`SELECT pg_notify('${channel}', '{"id": 1}')`);
+  sql(`SELECT realtime_send('${channel}', 'shipped', '{"id": 1}')`);
+  await until(() => got.length === 2, 'two messages');
+  terminateWorker();
+  // Sent while the client is away: the next worker publishes it, the client resumes to it.
+  sql(`SELECT realtime_send('${channel}', 'delivered', '{"id": 1}')`);
+  await until(() => got.length === 3, 'the third message', 30000);
+  await sleep(300);
+  assert.deepEqual(
+    got.map((m) => [m.type, m.event, m.payload]),
+    [
+      ['message', 'notify', { id: 1 }],
+      ['message', 'shipped', { id: 1 }],
+      ['message', 'delivered', { id: 1 }],
+    ],
+  );
+  assert.ok(got.every((m) => m.channel === channel && m.pid > 0));
+  assert.equal(sub.position, got[2].position);
+  rt.close();
+});
+
 test('tokens are refreshed with getToken before they expire, without losing changes', async () => {
   const name = table();
   let minted = 0;

@@ -184,6 +184,7 @@ impl Headless {
 #[cfg(test)]
 mod unit {
     use super::*;
+    use crate::bridge::Target;
     use crate::history::{History, Limits as HistoryLimits};
     use crate::net::fanout::Fanout;
     use crate::net::testing::{self, insert, runtime};
@@ -192,7 +193,7 @@ mod unit {
 
     fn wish(since: Option<u64>) -> Wish {
         Wish {
-            table: "t".into(),
+            target: Target::Table("t".into()),
             events: None,
             filter: None,
             since,

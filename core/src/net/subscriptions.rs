@@ -5,7 +5,7 @@
 use super::fanout::{Dropped, Interest, Registrar, Summary};
 use super::interest::Keys;
 use crate::auth::Principal;
-use crate::bridge::{ResolveError, WorkerHandle};
+use crate::bridge::{ResolveError, Target, WorkerHandle};
 use crate::change::{AudienceId, Batch, Change, EndReason, GapReason, Topic};
 use crate::filter::{self, FilterError, FilterSpec};
 use crate::history::History;
@@ -28,7 +28,7 @@ pub enum Source {
 /// What a client asked to subscribe to, parsed by its protocol.
 #[derive(Clone)]
 pub struct Wish {
-    pub table: String,
+    pub target: Target,
     /// `None`: every event the table is watched for.
     pub events: Option<OpSet>,
     pub filter: Option<String>,
@@ -59,6 +59,7 @@ pub enum SubscribeError {
 
 /// A subscription made: what its protocol confirms to the client.
 pub struct Subscribed<'a> {
+    pub topic: &'a Topic,
     pub schema: &'a str,
     pub table: &'a str,
     pub events: OpSet,
@@ -133,7 +134,7 @@ struct Subscription<K> {
     /// Changes at or before this position predate the subscription.
     after: u64,
     /// With `RowAccess::Checked`: changes up to here were judged before the worker began
-    /// judging for its audience (`ResolvedTable::judged_after`).
+    /// judging for its audience (`Resolved::judged_after`).
     judged_after: u64,
     /// The snapshot the client already read: changes of transactions it sees are not sent.
     seen_by: Option<Arc<Xids>>,
@@ -202,6 +203,10 @@ impl<K> Subscription<K> {
         {
             return Wanted::No;
         }
+        // Who may read a channel was decided when subscribing; a message has no rows.
+        if change.op == Op::Message {
+            return Wanted::Change;
+        }
         // TRUNCATE affects every row: it reaches everyone who may read the table.
         if change.op == Op::Truncate {
             return Wanted::Change;
@@ -226,7 +231,8 @@ impl<K> Subscription<K> {
     /// The change is of this subscription's table under another name: it was renamed (or
     /// moved to another schema) since the subscription was made.
     fn renamed(&self, change: &Change) -> bool {
-        change.topic == self.topic
+        matches!(self.topic, Topic::Table(_))
+            && change.topic == self.topic
             && (change.names.0 != self.schema || change.names.1 != self.table)
     }
 }
@@ -298,7 +304,10 @@ impl<K> SubscriptionSet<K> {
     pub fn describe(&self, name: impl Fn(&K) -> String) -> Vec<String> {
         self.subscriptions
             .iter()
-            .map(|s| format!("{}: {}.{}", name(&s.key), s.schema, s.table))
+            .map(|s| match s.topic {
+                Topic::Table(_) => format!("{}: {}.{}", name(&s.key), s.schema, s.table),
+                Topic::Channel(_) => format!("{}: channel {}", name(&s.key), s.table),
+            })
             .collect()
     }
 
@@ -354,6 +363,7 @@ impl<K> SubscriptionSet<K> {
         self.generation += 1;
         let s = self.subscriptions.last().expect("just pushed");
         Ok(Subscribed {
+            topic: &s.topic,
             schema: &s.schema,
             table: &s.table,
             events: s.ops,
@@ -375,7 +385,7 @@ impl<K> SubscriptionSet<K> {
         let spec: Option<FilterSpec> = wish.filter.as_deref().map(filter::parse).transpose()?;
         let resolved = self
             .worker
-            .resolve(wish.table.clone(), spec, principal.clone())
+            .resolve(wish.target.clone(), spec, principal.clone())
             .await?;
         // Left if anything below refuses the subscription.
         let audience = match resolved.rows {
@@ -383,19 +393,19 @@ impl<K> SubscriptionSet<K> {
             _ => None,
         };
         let filter = resolved.filter.map(filter::Compiled::new).transpose()?;
-        let requested = wish.events.unwrap_or(OpSet::ALL);
+        let requested = wish.events.unwrap_or(resolved.watched);
         let ops = requested.intersection(resolved.watched);
         if wish.events.is_some() && ops != requested {
             return Err(SubscribeError::NotWatched);
         }
         let (interest, registered_after) = self
             .registrar
-            .register(Topic::Table(resolved.relid), Keys::of(&resolved.rows));
+            .register(resolved.topic.clone(), Keys::of(&resolved.rows));
         let seen_by = wish.after_snapshot.clone();
         Ok(Subscription {
             key,
             wish,
-            topic: Topic::Table(resolved.relid),
+            topic: resolved.topic,
             schema: resolved.schema,
             table: resolved.table,
             filter,
@@ -433,7 +443,8 @@ impl<K> SubscriptionSet<K> {
                 Err(SubscribeError::Resolve(
                     ResolveError::Unauthorized(_)
                     | ResolveError::Forbidden(_)
-                    | ResolveError::Unreadable(_),
+                    | ResolveError::Unreadable(_)
+                    | ResolveError::UnknownChannel(_),
                 )) => out.push(Outgoing::Ended(old.key, EndReason::Forbidden)),
                 // Dropped, unwatched or renamed: the change that did it ends the
                 // subscription in its place in the stream. Worker restarting: nothing changed.
@@ -458,7 +469,7 @@ impl<K> SubscriptionSet<K> {
     /// For each subscription the worker judges, the changes of its topic among `changes`
     /// that lack its audience's verdict and that it may deliver: its audience, topic and the
     /// stretch of positions to judge. Live changes lack one only up to where the worker began
-    /// judging for the audience (`ResolvedTable::judged_after`: made again at a catalog
+    /// judging for the audience (`Resolved::judged_after`: made again at a catalog
     /// change, it is newly judged); changes read back from the history lack them all.
     /// `replay`: for a resuming subscription, whose changes precede the connection's.
     pub fn missing_verdicts(
@@ -839,7 +850,7 @@ mod unit {
 
     fn wish(table: &str, filter: Option<&str>, since: Option<u64>) -> Wish {
         Wish {
-            table: table.into(),
+            target: Target::Table(table.into()),
             events: None,
             filter: filter.map(Into::into),
             since,
@@ -947,6 +958,52 @@ mod unit {
         // Changes at or before what was delivered are not delivered again.
         set.deliver(&batch, &mut out);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_channel_subscription_gets_its_channel_s_messages_only() {
+        static STATS: Stats = Stats::new();
+        let (mut set, _cursor) = connection(&STATS);
+        let channel = |name: &str| Wish {
+            target: Target::Channel(name.into()),
+            ..wish("", None, None)
+        };
+        subscribe(&mut set, 1, channel("news"));
+        subscribe(&mut set, 2, wish("open", None, None));
+        let unknown =
+            runtime()
+                .block_on(set.subscribe(3, channel("secret"), &testing::alice(), |a, b| a == b));
+        assert!(matches!(
+            unknown,
+            Err(SubscribeError::Resolve(ResolveError::UnknownChannel(_)))
+        ));
+        let txn = Arc::new(crate::change::Txn::new(0, String::new()));
+        let message = |position, channel: &str| {
+            Change::message(
+                position,
+                txn.clone(),
+                Arc::new((channel.into(), "notify".into())),
+                42,
+                r#""hello""#.into(),
+            )
+        };
+        let batch = Batch::Changes(vec![
+            message(1, "news"),
+            message(2, "other"),
+            change(3, 8, Op::Insert, Some(r#"{"kind":"dent"}"#), None),
+            message(4, "news"),
+        ]);
+        let mut out = Vec::new();
+        set.deliver(&batch, &mut out);
+        // Two messages of one channel under different events are not a rename.
+        assert_eq!(
+            said(&batch, &mut out),
+            ["change 1 (old)", "change 3 (old)", "change 4 (old)"]
+        );
+        let Batch::Changes(changes) = &batch else {
+            unreachable!()
+        };
+        assert_eq!(set.matched(&changes[0], None).ids(), [&1]);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! subscriptions from a fixed catalog, changes, and the shared state.
 
 use crate::auth::Principal;
-use crate::bridge::{request_channel, Request, ResolvedTable, WorkerHandle};
+use crate::bridge::{request_channel, Request, ResolveError, Resolved, Target, WorkerHandle};
 use crate::change::{Batch, Change, Topic, Txn};
 use crate::filter::{ResolvedFilter, ValueKind};
 use crate::net::shared::{Limits, Shared};
@@ -14,14 +14,14 @@ use std::time::Duration;
 
 /// The tables the test worker knows: `t` (OID 7), whose rows alice may see where `owner` is
 /// "alice", without its `secret` column; `open` (OID 8), all of whose rows anyone may see.
-/// Filters on either compare as text.
+/// Filters on either compare as text. Channel `news` is open to all.
 pub fn worker() -> WorkerHandle {
     let (handle, inbox) = request_channel().unwrap();
     std::thread::spawn(move || {
         while let Ok(request) = inbox.rx.recv() {
             match request {
                 Request::Resolve {
-                    table,
+                    target,
                     filter,
                     reply,
                     ..
@@ -35,9 +35,30 @@ pub fn worker() -> WorkerHandle {
                         },
                         values: f.values.into_iter().map(Into::into).collect(),
                     });
+                    let table = match target {
+                        Target::Table(table) => table,
+                        Target::Channel(name) if name == "news" => {
+                            let _ = reply.send(Ok(Resolved {
+                                topic: Topic::Channel(name.as_str().into()),
+                                schema: String::new(),
+                                table: name,
+                                watched: OpSet::EMPTY.with(Op::Message),
+                                filter: None,
+                                columns: None,
+                                rows: RowAccess::All,
+                                judged_after: 0,
+                                may_send: true,
+                            }));
+                            continue;
+                        }
+                        Target::Channel(name) => {
+                            let _ = reply.send(Err(ResolveError::UnknownChannel(name)));
+                            continue;
+                        }
+                    };
                     let resolved = match table.as_str() {
-                        "t" => Ok(ResolvedTable {
-                            relid: 7,
+                        "t" => Ok(Resolved {
+                            topic: Topic::Table(7),
                             schema: "public".into(),
                             table: "t".into(),
                             watched: OpSet::ALL,
@@ -49,9 +70,10 @@ pub fn worker() -> WorkerHandle {
                                 has_null: false,
                             })),
                             judged_after: 0,
+                            may_send: false,
                         }),
-                        "open" => Ok(ResolvedTable {
-                            relid: 8,
+                        "open" => Ok(Resolved {
+                            topic: Topic::Table(8),
                             schema: "public".into(),
                             table: "open".into(),
                             watched: OpSet::ALL,
@@ -59,8 +81,9 @@ pub fn worker() -> WorkerHandle {
                             columns: None,
                             rows: RowAccess::All,
                             judged_after: 0,
+                            may_send: false,
                         }),
-                        other => Err(crate::bridge::ResolveError::UnknownTable(other.into())),
+                        other => Err(ResolveError::UnknownTable(other.into())),
                     };
                     let _ = reply.send(resolved);
                 }

@@ -4,8 +4,9 @@
 
 use super::{Ask, Protocol, Refusal, Say, SnapshotWish};
 use crate::auth::AuthError;
+use crate::bridge::Target;
 use crate::bridge::{ResolveError, WatchedTable};
-use crate::change::{Change, EndReason, FrameSlot, GapReason};
+use crate::change::{Change, EndReason, FrameSlot, GapReason, Topic, MAX_CHANNEL_BYTES};
 use crate::filter::FilterError;
 use crate::net::identity;
 use crate::net::subscriptions::{SubscribeError, Wish};
@@ -32,7 +33,10 @@ pub enum ClientMessage {
     Subscribe {
         /// Client-chosen subscription id (string or number), unique on this connection.
         id: Value,
-        table: String,
+        /// A table, or (`channel`) a relayed NOTIFY channel or a topic `realtime_send` sends
+        /// to: exactly one of the two.
+        table: Option<String>,
+        channel: Option<String>,
         events: Option<Vec<String>>,
         filter: Option<String>,
         /// Resume: also send the changes after this position that are still in the history.
@@ -78,6 +82,7 @@ pub enum ErrorCode {
     UnknownType,
     BinaryNotSupported,
     UnknownTable,
+    UnknownChannel,
     TableNotWatched,
     UnknownColumn,
     InvalidFilter,
@@ -102,9 +107,14 @@ pub enum ErrorCode {
 pub enum ServerMessage<'a> {
     Subscribed {
         id: &'a Value,
-        schema: &'a str,
-        table: &'a str,
-        events: Vec<&'static str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        schema: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        table: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        channel: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        events: Option<Vec<&'static str>>,
         position: u64,
         /// With `since`: "complete" when every change after it follows, "partial" when a
         /// `gap` will say what is missing.
@@ -236,11 +246,12 @@ pub fn parse(text: &str) -> Result<ClientMessage, ParseError> {
         } if *limit > i64::MAX as u64 => Err(ParseError::Limit),
         ClientMessage::Subscribe {
             table,
+            channel,
             filter,
             events,
             order,
             ..
-        } if table.contains('\0')
+        } if table.iter().chain(channel).any(|name| name.contains('\0'))
             || filter.as_deref().is_some_and(|f| f.contains('\0'))
             || order.as_deref().is_some_and(|o| o.contains('\0'))
             || events.iter().flatten().any(|e| e.contains('\0')) =>
@@ -313,6 +324,7 @@ impl Coded for ResolveError {
     fn code(&self) -> ErrorCode {
         match self {
             ResolveError::UnknownTable(_) | ResolveError::Unreadable(_) => ErrorCode::UnknownTable,
+            ResolveError::UnknownChannel(_) => ErrorCode::UnknownChannel,
             ResolveError::NotWatched { .. } => ErrorCode::TableNotWatched,
             ResolveError::UnknownColumn(_) => ErrorCode::UnknownColumn,
             ResolveError::FilterRefused { .. } => ErrorCode::InvalidFilter,
@@ -397,6 +409,7 @@ fn ask(text: &str) -> Result<Ask<Value>, Utf8Bytes> {
         ClientMessage::Subscribe {
             id,
             table,
+            channel,
             events,
             filter,
             since,
@@ -405,6 +418,24 @@ fn ask(text: &str) -> Result<Ask<Value>, Utf8Bytes> {
             order,
             after_snapshot,
         } => {
+            let invalid = |why: &str| error_frame(ErrorCode::InvalidMessage, why, Some(&id));
+            let target = match (table, channel) {
+                (Some(table), None) => Target::Table(table),
+                (None, Some(channel)) => {
+                    if channel.is_empty() || channel.len() > MAX_CHANNEL_BYTES {
+                        return Err(invalid(&format!(
+                            "a channel's name is 1 to {MAX_CHANNEL_BYTES} bytes"
+                        )));
+                    }
+                    if events.is_some() || filter.is_some() || snapshot.is_some() {
+                        return Err(invalid(
+                            "events, filter and snapshot apply to tables, not channels",
+                        ));
+                    }
+                    Target::Channel(channel)
+                }
+                _ => return Err(invalid("subscribe names either a table or a channel")),
+            };
             let events = events
                 .as_deref()
                 .map(OpSet::parse)
@@ -416,7 +447,7 @@ fn ask(text: &str) -> Result<Ask<Value>, Utf8Bytes> {
             Ask::Subscribe {
                 id,
                 wish: Wish {
-                    table,
+                    target,
                     events,
                     filter,
                     since,
@@ -452,6 +483,9 @@ fn stitching(
 
 fn encode(say: Say<'_, Value>) -> Utf8Bytes {
     let message = match say {
+        Say::Change { change, .. } if change.op == Op::Message => {
+            return change.encoded(CHANGE, message_frame)
+        }
         Say::Change {
             change,
             old,
@@ -508,16 +542,20 @@ fn encode(say: Say<'_, Value>) -> Utf8Bytes {
             from_position: from,
             to_position: to,
         },
-        Say::Subscribed { id, made } => ServerMessage::Subscribed {
-            id,
-            schema: made.schema,
-            table: made.table,
-            events: made.events.iter().map(|op| op.name()).collect(),
-            position: made.position,
-            resume: made
-                .resume
-                .map(|r| if r.complete { "complete" } else { "partial" }),
-        },
+        Say::Subscribed { id, made } => {
+            let table = matches!(made.topic, Topic::Table(_));
+            ServerMessage::Subscribed {
+                id,
+                schema: table.then_some(made.schema),
+                table: table.then_some(made.table),
+                channel: (!table).then_some(made.table),
+                events: table.then(|| made.events.iter().map(|op| op.name()).collect()),
+                position: made.position,
+                resume: made
+                    .resume
+                    .map(|r| if r.complete { "complete" } else { "partial" }),
+            }
+        }
         Say::Authenticated { role, expires_at } => {
             ServerMessage::Authenticated { role, expires_at }
         }
@@ -608,6 +646,25 @@ fn change_text(change: &Change, new: Option<&str>, old: Option<&str>) -> String 
     s
 }
 
+/// The `message` message: a relayed notification or a `realtime_send`, its payload already
+/// JSON text.
+pub fn message_frame(change: &Change) -> String {
+    let (channel, event) = &*change.names;
+    let payload = change.new.as_deref().unwrap_or("null");
+    let mut s = String::with_capacity(160 + payload.len() + channel.len() + event.len());
+    let _ = write!(
+        s,
+        r#"{{"type":"message","position":{},"xid":{},"commit_time":"{}","channel":{},"event":{},"pid":{},"payload":{payload}}}"#,
+        change.position,
+        change.txn.xid,
+        change.txn.commit_time,
+        json_string(channel),
+        json_string(event),
+        change.sender,
+    );
+    s
+}
+
 fn leave_text(change: &Change, old: Option<&str>) -> String {
     let (schema, table) = &*change.names;
     let old = old.unwrap_or("null");
@@ -632,6 +689,46 @@ fn json_string(s: &str) -> String {
 #[cfg(test)]
 mod unit {
     use super::*;
+
+    #[test]
+    fn a_channel_is_subscribed_alone_and_its_messages_framed_with_their_payload() {
+        let wish = |text: &str| match ask(text) {
+            Ok(Ask::Subscribe { wish, .. }) => Ok(wish.target),
+            Ok(_) => panic!("not a subscribe"),
+            Err(frame) => Err(frame.to_string()),
+        };
+        assert_eq!(
+            wish(r#"{"type":"subscribe","id":1,"channel":"orders"}"#),
+            Ok(Target::Channel("orders".into()))
+        );
+        for refused in [
+            r#"{"type":"subscribe","id":1}"#,
+            r#"{"type":"subscribe","id":1,"table":"t","channel":"orders"}"#,
+            r#"{"type":"subscribe","id":1,"channel":"orders","filter":"a=eq.1"}"#,
+            r#"{"type":"subscribe","id":1,"channel":"orders","snapshot":true}"#,
+            r#"{"type":"subscribe","id":1,"channel":""}"#,
+        ] {
+            let frame = wish(refused).unwrap_err();
+            assert!(
+                frame.contains(r#""code":"invalid_message""#),
+                "{refused}: {frame}"
+            );
+        }
+        let long = format!(
+            r#"{{"type":"subscribe","id":1,"channel":"{}"}}"#,
+            "x".repeat(256)
+        );
+        assert!(wish(&long).is_err());
+        let txn = Arc::new(crate::change::Txn::new(9, "T".into()));
+        let names = Arc::new(("orders".to_string(), "no\"te".to_string()));
+        let frame = message_frame(&Change::message(5, txn, names, 77, r#"{"a":[1]}"#.into()));
+        let value: Value = serde_json::from_str(&frame).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({"type":"message","position":5,"xid":9,"commit_time":"T",
+                "channel":"orders","event":"no\"te","pid":77,"payload":{"a":[1]}})
+        );
+    }
 
     #[test]
     fn parse_errors_are_distinguished() {

@@ -1,5 +1,5 @@
 //! Files the server embeds and serves over plain GET: the JavaScript client (`/realtime.js`,
-//! always), the inspector (`/`) and the defects dashboard (`/examples/defects/`), the last two
+//! always), the inspector (`/`) and the examples (`/examples/defects/`, `/examples/orders/`), these
 //! only while realtime.serve_pages is on. They are compiled into the extension, so what a
 //! browser loads always matches the server it talks to.
 
@@ -36,7 +36,7 @@ macro_rules! asset {
 }
 
 #[rustfmt::skip] // a table: one file a line
-static ASSETS: [Asset; 7] = [
+static ASSETS: [Asset; 9] = [
     asset!("/realtime.js", "clients/js/realtime.js", JS, true),
     asset!("/", "clients/inspector/index.html", HTML, false),
     asset!("/inspector.js", "clients/inspector/inspector.js", JS, false),
@@ -44,6 +44,8 @@ static ASSETS: [Asset; 7] = [
     asset!("/examples/defects/", "examples/defects/index.html", HTML, false),
     asset!("/examples/defects/dashboard.js", "examples/defects/dashboard.js", JS, false),
     asset!("/examples/defects/dashboard.css", "examples/defects/dashboard.css", CSS, false),
+    asset!("/examples/orders/", "examples/orders/index.html", HTML, false),
+    asset!("/examples/orders/orders.js", "examples/orders/orders.js", JS, false),
 ];
 
 /// The asset at `path`, if one is served there now. `/index.html` and a directory without its
@@ -52,6 +54,7 @@ pub fn find(path: &str, serve_pages: bool) -> Option<&'static Asset> {
     let path = match path {
         "/index.html" => "/",
         "/examples/defects" | "/examples/defects/index.html" => "/examples/defects/",
+        "/examples/orders" | "/examples/orders/index.html" => "/examples/orders/",
         p => p,
     };
     ASSETS

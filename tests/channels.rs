@@ -1,0 +1,460 @@
+//! Channels: NOTIFY channels relayed as PostgreSQL delivers them to a LISTENing session,
+//! `realtime_send()` as part of the sending transaction, who may receive each, and resuming a
+//! channel from the history.
+mod common;
+use common::{token, Cluster, Ws, AUTHENTICATOR, READER};
+use serde_json::{json, Value};
+
+/// Subscribe `ws` to channel `channel` as subscription `id`; the reply.
+fn subscribe_channel(ws: &mut Ws, id: &str, channel: &str) -> Value {
+    ws.send(json!({"type": "subscribe", "id": id, "channel": channel}));
+    ws.recv()
+}
+
+/// The next `n` messages, each a `message`.
+fn messages(ws: &mut Ws, n: usize) -> Vec<Value> {
+    (0..n)
+        .map(|_| {
+            let m = ws.recv();
+            assert_eq!(m["type"], "message", "expected a message, got {m}");
+            m
+        })
+        .collect()
+}
+
+fn payloads(messages: &[Value]) -> Vec<Value> {
+    messages.iter().map(|m| m["payload"].clone()).collect()
+}
+
+#[test]
+fn committed_notifications_arrive_once_in_commit_order_as_postgres_delivers_them() {
+    let cluster = Cluster::start("relay_semantics", &[]);
+    let mut db = cluster.client();
+    db.batch_execute(&format!(
+        "SELECT realtime_relay('orders', readers => '{{{READER}}}')"
+    ))
+    .unwrap();
+    let mut ws = cluster.ws();
+    let ack = subscribe_channel(&mut ws, "o", "orders");
+    assert_eq!(
+        (ack["type"].as_str(), ack["channel"].as_str()),
+        (Some("subscribed"), Some("orders")),
+        "{ack}"
+    );
+    let pid: i32 = db.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let big = "x".repeat(7999);
+    // Each a transaction of its own (one simple query would be one transaction).
+    for transaction in [
+        "SELECT pg_notify('orders', 'one')",
+        "BEGIN; SELECT pg_notify('orders', 'rolled back'); ROLLBACK",
+        "BEGIN; SELECT pg_notify('orders', 'kept'); SAVEPOINT s;
+         SELECT pg_notify('orders', 'savepoint rolled back'); ROLLBACK TO s; COMMIT",
+        "BEGIN; SELECT pg_notify('orders', 'twice'); SELECT pg_notify('orders', 'twice');
+         SELECT pg_notify('orders', 'then'); SELECT pg_notify('not_relayed', 'x'); COMMIT",
+        "NOTIFY orders, 'by the statement'",
+        &format!("SELECT pg_notify('orders', '{big}')"),
+    ] {
+        db.batch_execute(transaction).unwrap();
+    }
+    // PostgreSQL refuses what it cannot deliver: a payload of 8000 bytes, NOTIFY in a
+    // prepared transaction. Nothing of either arrives.
+    let too_long = db.batch_execute(&format!(
+        "SELECT pg_notify('orders', '{}')",
+        "x".repeat(8000)
+    ));
+    assert!(too_long.is_err());
+    let prepared =
+        db.batch_execute("BEGIN; SELECT pg_notify('orders', 'prepared'); PREPARE TRANSACTION 'n'");
+    assert!(
+        prepared.is_err_and(|e| e
+            .as_db_error()
+            .is_some_and(|e| e.message().starts_with("cannot PREPARE"))),
+        "PostgreSQL refuses NOTIFY in a prepared transaction"
+    );
+    db.batch_execute("ROLLBACK").unwrap();
+    db.batch_execute("SELECT pg_notify('orders', 'last')")
+        .unwrap();
+    let got = messages(&mut ws, 7);
+    assert_eq!(
+        payloads(&got),
+        [
+            json!("one"),
+            json!("kept"),
+            json!("twice"),
+            json!("then"),
+            json!("by the statement"),
+            json!(big),
+            json!("last")
+        ]
+    );
+    for m in &got {
+        assert_eq!(
+            (
+                m["channel"].as_str(),
+                m["event"].as_str(),
+                m["pid"].as_i64()
+            ),
+            (Some("orders"), Some("notify"), Some(pid as i64)),
+            "{m}"
+        );
+    }
+    let positions: Vec<u64> = got
+        .iter()
+        .map(|m| m["position"].as_u64().unwrap())
+        .collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
+    ws.nothing_more();
+}
+
+#[test]
+fn a_json_relay_parses_payloads_that_are_json_and_keeps_the_rest_as_text() {
+    let cluster = Cluster::start("relay_json", &[]);
+    let mut db = cluster.client();
+    db.batch_execute(&format!(
+        "SELECT realtime_relay('sensor_updates', as_json => true, readers => '{{{READER}}}')"
+    ))
+    .unwrap();
+    let mut ws = cluster.ws();
+    assert_eq!(
+        subscribe_channel(&mut ws, "s", "sensor_updates")["type"],
+        "subscribed"
+    );
+    db.batch_execute(
+        r#"SELECT pg_notify('sensor_updates', '{"sensor": 7, "t": 21.5}');
+           SELECT pg_notify('sensor_updates', 'not json {');
+           SELECT pg_notify('sensor_updates', '');
+           SELECT pg_notify('sensor_updates', row_to_json(r)::text)
+             FROM (SELECT 1 AS id, 'défaut' AS name, NULL::int AS none) r"#,
+    )
+    .unwrap();
+    let got = messages(&mut ws, 4);
+    assert_eq!(
+        payloads(&got),
+        [
+            json!({"sensor": 7, "t": 21.5}),
+            json!("not json {"),
+            json!(""),
+            json!({"id": 1, "name": "défaut", "none": null})
+        ]
+    );
+    // Numbers keep their digits: the payload is passed through, not re-encoded.
+    db.batch_execute(r#"SELECT pg_notify('sensor_updates', '{"t":21.50}')"#)
+        .unwrap();
+    let raw = ws.socket.read().unwrap().into_text().unwrap();
+    assert!(raw.ends_with(r#""payload":{"t":21.50}}"#), "{raw}");
+}
+
+#[test]
+fn only_readers_receive_a_relayed_channel_and_unrelaying_ends_its_subscriptions() {
+    let cluster = Cluster::start("relay_readers", &[]);
+    let mut db = cluster.client();
+    db.batch_execute(&format!(
+        "CREATE ROLE outsider NOLOGIN; GRANT outsider TO {AUTHENTICATOR};
+         CREATE ROLE staff NOLOGIN; CREATE ROLE clerk NOLOGIN IN ROLE staff;
+         GRANT clerk TO {AUTHENTICATOR};
+         SELECT realtime_relay('orders', readers => '{{staff}}');
+         SELECT realtime_relay('nobody');"
+    ))
+    .unwrap();
+    let as_role = |role: &str| Ws::connect_as(cluster.ws_port, &token(json!({"role": role})));
+    // A member of a reader role receives it; others are told the same as for a channel
+    // that is not relayed at all.
+    let mut clerk = as_role("clerk");
+    assert_eq!(
+        subscribe_channel(&mut clerk, "o", "orders")["type"],
+        "subscribed"
+    );
+    let mut outsider = as_role("outsider");
+    let mut anonymous = cluster.ws();
+    for (outside, channel) in [
+        (true, "orders"),
+        (false, "orders"),
+        (false, "nobody"),
+        (false, "never_relayed"),
+    ] {
+        let ws = if outside {
+            &mut outsider
+        } else {
+            &mut anonymous
+        };
+        let refused = subscribe_channel(ws, "x", channel);
+        assert_eq!(
+            (refused["type"].as_str(), refused["code"].as_str()),
+            (Some("error"), Some("unknown_channel")),
+            "{channel}: {refused}"
+        );
+    }
+    db.batch_execute("SELECT pg_notify('orders', 'for staff')")
+        .unwrap();
+    assert_eq!(payloads(&messages(&mut clerk, 1)), [json!("for staff")]);
+    // Taking the reader away, or the relay, ends the subscription in its place.
+    db.batch_execute("SELECT realtime_relay('orders', readers => '{outsider}')")
+        .unwrap();
+    clerk.expect_ended("o", "forbidden");
+    assert_eq!(
+        subscribe_channel(&mut outsider, "o", "orders")["type"],
+        "subscribed"
+    );
+    let removed: bool = db
+        .query_one("SELECT realtime_unrelay('orders')", &[])
+        .unwrap()
+        .get(0);
+    assert!(removed);
+    outsider.expect_ended("o", "forbidden");
+    let relayed: Vec<String> = db
+        .query("SELECT channel FROM realtime_relayed()", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(relayed, ["nobody"]);
+    // Bad names are refused with a reason, and change nothing.
+    for bad in ["''", "NULL", &format!("'{}'", "c".repeat(64))] {
+        let e = db
+            .batch_execute(&format!("SELECT realtime_relay({bad})"))
+            .unwrap_err();
+        assert_eq!(
+            e.code(),
+            Some(&postgres::error::SqlState::INVALID_PARAMETER_VALUE),
+            "{bad}: {e}"
+        );
+    }
+}
+
+#[test]
+fn realtime_send_is_delivered_with_its_transaction_s_changes_in_order() {
+    let cluster = Cluster::start("send", &["realtime.public_topics = on"]);
+    let mut db = cluster.client();
+    let mut ws = cluster.watched("jobs", "(id int PRIMARY KEY, state text)");
+    assert_eq!(
+        subscribe_channel(&mut ws, "c", "job_events")["type"],
+        "subscribed"
+    );
+    db.batch_execute(
+        r#"BEGIN;
+           INSERT INTO jobs VALUES (42, 'running');
+           SELECT realtime_send('job_events', 'started', '{"job": 42}');
+           UPDATE jobs SET state = 'done' WHERE id = 42;
+           SELECT realtime_send('job_events', 'finished', '{"job": 42, "ok": true}');
+           COMMIT;
+           BEGIN; SELECT realtime_send('job_events', 'rolled back', '{}'); ROLLBACK;
+           BEGIN; SAVEPOINT s; SELECT realtime_send('job_events', 'savepoint', '{}');
+                  ROLLBACK TO s; SELECT realtime_send('job_events', 'kept', 'null'); COMMIT;
+           SELECT realtime_send('job_events', 'null payload', NULL);"#,
+    )
+    .unwrap();
+    let got: Vec<Value> = (0..6).map(|_| ws.recv()).collect();
+    let kinds: Vec<String> = got
+        .iter()
+        .map(|m| match m["type"].as_str() {
+            Some("change") => format!("{} {}", m["op"].as_str().unwrap(), m["new"]["state"]),
+            Some("message") => format!("{} {}", m["event"].as_str().unwrap(), m["payload"]),
+            _ => panic!("{m}"),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            r#"INSERT "running""#,
+            r#"started {"job":42}"#,
+            r#"UPDATE "done""#,
+            r#"finished {"job":42,"ok":true}"#,
+            "kept null",
+            "null payload null"
+        ]
+    );
+    // One transaction: consecutive positions, one transaction id.
+    let first: Vec<&Value> = got[..4].iter().collect();
+    assert!(first
+        .windows(2)
+        .all(|w| w[0]["position"].as_u64().unwrap() + 1 == w[1]["position"].as_u64().unwrap()));
+    assert!(first.iter().all(|m| m["xid"] == first[0]["xid"]));
+    ws.nothing_more();
+}
+
+#[test]
+fn realtime_send_carries_a_megabyte_joins_prepared_transactions_and_refuses_bad_calls() {
+    let cluster = Cluster::start("send_limits", &["realtime.public_topics = on"]);
+    let mut db = cluster.client();
+    let mut ws = cluster.ws();
+    assert_eq!(
+        subscribe_channel(&mut ws, "c", "bulk")["type"],
+        "subscribed"
+    );
+    db.batch_execute(
+        "SELECT realtime_send('bulk', 'big', jsonb_build_object('blob', repeat('y', 1048576)))",
+    )
+    .unwrap();
+    let big = messages(&mut ws, 1);
+    assert_eq!(
+        big[0]["payload"]["blob"].as_str().map(str::len),
+        Some(1 << 20)
+    );
+    // Delivered at COMMIT PREPARED, not at PREPARE.
+    db.batch_execute(
+        "BEGIN; SELECT realtime_send('bulk', 'prepared', '1'); PREPARE TRANSACTION 'p'",
+    )
+    .unwrap();
+    ws.nothing_more();
+    db.batch_execute("COMMIT PREPARED 'p'").unwrap();
+    assert_eq!(messages(&mut ws, 1)[0]["event"], "prepared");
+    for (call, code) in [
+        ("realtime_send('', 'e', '1')", "22023"),
+        ("realtime_send(NULL, 'e', '1')", "22023"),
+        (
+            &format!("realtime_send('{}', 'e', '1')", "t".repeat(256)),
+            "22023",
+        ),
+        ("realtime_send('bulk', '', '1')", "22023"),
+    ] {
+        let e = db.batch_execute(&format!("SELECT {call}")).unwrap_err();
+        assert_eq!(e.code().map(|c| c.code()), Some(code), "{call}: {e}");
+    }
+    // Only roles granted EXECUTE may send.
+    db.batch_execute("CREATE ROLE app LOGIN").unwrap();
+    let mut app = cluster.client_as("app");
+    let e = app
+        .batch_execute("SELECT realtime_send('bulk', 'e', '1')")
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        Some(&postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+    );
+    db.batch_execute("GRANT EXECUTE ON FUNCTION realtime_send(text, text, jsonb) TO app")
+        .unwrap();
+    app.batch_execute("SELECT realtime_send('bulk', 'granted', '1')")
+        .unwrap();
+    assert_eq!(messages(&mut ws, 1)[0]["event"], "granted");
+    ws.nothing_more();
+}
+
+#[test]
+fn a_channel_resumes_from_the_history_across_a_worker_restart() {
+    let cluster = Cluster::start("channel_resume", &["realtime.public_topics = on"]);
+    let mut db = cluster.client();
+    db.batch_execute(&format!(
+        "SELECT realtime_relay('orders', readers => '{{{READER}}}')"
+    ))
+    .unwrap();
+    let mut ws = cluster.ws();
+    assert_eq!(
+        subscribe_channel(&mut ws, "o", "orders")["type"],
+        "subscribed"
+    );
+    db.batch_execute("SELECT pg_notify('orders', 'before')")
+        .unwrap();
+    let since = messages(&mut ws, 1)[0]["position"].as_u64().unwrap();
+    db.batch_execute("SELECT pg_notify('orders', 'missed 1')")
+        .unwrap();
+    db.batch_execute("SELECT realtime_send('orders', 'sent', '2')")
+        .unwrap();
+    cluster.restart_worker();
+    // The new worker listens again before it answers anyone.
+    let mut again = cluster.ws();
+    again.send(json!({"type": "subscribe", "id": "o", "channel": "orders", "since": since}));
+    let ack = again.recv();
+    assert_eq!(
+        (ack["type"].as_str(), ack["resume"].as_str()),
+        (Some("subscribed"), Some("complete")),
+        "{ack}"
+    );
+    db.batch_execute("SELECT pg_notify('orders', 'after')")
+        .unwrap();
+    let got = messages(&mut again, 3);
+    assert_eq!(
+        payloads(&got),
+        [json!("missed 1"), json!(2), json!("after")]
+    );
+    assert_eq!(got[1]["event"], "sent");
+    again.nothing_more();
+}
+
+/// What SQL says `role` with `claims` may SELECT of realtime.messages for `topic`, asked as
+/// the worker asks it: a probe row, read back under row-level security.
+fn sql_may_receive(db: &mut postgres::Client, role: &str, claims: &Value, topic: &str) -> bool {
+    let mut txn = db.transaction().unwrap();
+    txn.execute(
+        "INSERT INTO realtime.messages (topic, extension) VALUES ($1, 'broadcast')",
+        &[&topic],
+    )
+    .unwrap();
+    txn.batch_execute(&format!("SET LOCAL ROLE {role}"))
+        .unwrap();
+    txn.execute(
+        "SELECT set_config('request.jwt.claims', $1, true), set_config('realtime.topic', $2, true)",
+        &[&claims.to_string(), &topic],
+    )
+    .unwrap();
+    let seen = txn
+        .query_one(
+            "SELECT EXISTS (SELECT FROM realtime.messages WHERE topic = $1 AND extension = 'broadcast')",
+            &[&topic],
+        )
+        .map(|r| r.get::<_, bool>(0))
+        .unwrap_or(false);
+    txn.rollback().unwrap();
+    seen
+}
+
+#[test]
+fn topics_are_received_as_row_level_security_on_realtime_messages_says() {
+    let cluster = Cluster::start("topic_policies", &[]);
+    let mut db = cluster.client();
+    db.batch_execute(&format!(
+        "CREATE ROLE chatter NOLOGIN; CREATE ROLE bomber NOLOGIN; CREATE ROLE stranger NOLOGIN;
+         GRANT chatter, bomber, stranger TO {AUTHENTICATOR};
+         GRANT USAGE ON SCHEMA realtime TO chatter, bomber, stranger;
+         GRANT SELECT, INSERT ON realtime.messages TO chatter, bomber;
+         -- A member reads the rooms its token names.
+         CREATE POLICY rooms ON realtime.messages FOR SELECT TO chatter
+             USING (extension = 'broadcast' AND realtime.topic() =
+                    'room:' || (current_setting('request.jwt.claims', true)::jsonb ->> 'room'));
+         CREATE POLICY boom ON realtime.messages FOR SELECT TO bomber USING (1 / 0 = 1);"
+    ))
+    .unwrap();
+    let cases = [
+        ("chatter", json!({"role": "chatter", "room": "1"}), "room:1"),
+        ("chatter", json!({"role": "chatter", "room": "1"}), "room:2"),
+        ("chatter", json!({"role": "chatter", "room": "2"}), "room:2"),
+        ("chatter", json!({"role": "chatter"}), "room:1"),
+        ("bomber", json!({"role": "bomber"}), "room:1"),
+        (
+            "stranger",
+            json!({"role": "stranger", "room": "1"}),
+            "room:1",
+        ),
+    ];
+    let mut members = Vec::new();
+    for (role, claims, topic) in &cases {
+        let expected = sql_may_receive(&mut db, role, claims, topic);
+        let mut ws = Ws::connect_as(cluster.ws_port, &token(claims.clone()));
+        let reply = subscribe_channel(&mut ws, "t", topic);
+        let subscribed = reply["type"] == "subscribed";
+        assert_eq!(subscribed, expected, "{role} {claims} {topic}: {reply}");
+        if !subscribed {
+            assert_eq!(reply["code"], "unknown_channel", "{reply}");
+        } else {
+            members.push((topic.to_string(), ws));
+        }
+    }
+    assert_eq!(members.len(), 2, "the two rooms their tokens name");
+    // The policy that raises for bomber refused bomber only: the others receive.
+    db.batch_execute(
+        "SELECT realtime_send('room:1', 'said', '\"hi 1\"'); SELECT realtime_send('room:2', 'said', '\"hi 2\"')",
+    )
+    .unwrap();
+    for (topic, ws) in &mut members {
+        let m = messages(ws, 1);
+        assert_eq!(
+            m[0]["payload"],
+            json!(format!("hi {}", &topic[5..])),
+            "{topic}: {m:?}"
+        );
+    }
+    // Dropping the policy takes the rooms away, in commit order.
+    db.batch_execute("DROP POLICY rooms ON realtime.messages")
+        .unwrap();
+    for (_, ws) in &mut members {
+        ws.expect_ended("t", "forbidden");
+    }
+}
