@@ -66,6 +66,10 @@ static MAX_SNAPSHOT_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(2);
 static MAX_SUBSCRIPTIONS: GucSetting<i32> = GucSetting::<i32>::new(100);
 /// Largest message a client may send, in bytes.
 static MAX_MESSAGE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024);
+/// Client broadcasts one connection may send a second.
+static BROADCAST_RATE: GucSetting<i32> = GucSetting::<i32>::new(100);
+/// Largest payload of a client broadcast, in bytes.
+static MAX_BROADCAST_SIZE: GucSetting<i32> = GucSetting::<i32>::new(16 * 1024);
 /// Seconds between WebSocket pings; a client silent for two intervals is closed.
 static HEARTBEAT_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(30);
 /// Milliseconds a client has to send a complete HTTP request head.
@@ -351,6 +355,26 @@ pub fn init() {
         GucFlags::UNIT_BYTE,
     );
     GucRegistry::define_int_guc(
+        c"realtime.broadcast_rate",
+        c"Client broadcasts one connection may send a second.",
+        c"Bursts of up to a second's worth pass; beyond it a broadcast is refused with rate_limited.",
+        &BROADCAST_RATE,
+        1,
+        100_000,
+        Sighup,
+        none,
+    );
+    GucRegistry::define_int_guc(
+        c"realtime.max_broadcast_size",
+        c"Largest payload of a client broadcast.",
+        c"A larger one is refused with payload_too_large; it must also fit in realtime.max_message_size.",
+        &MAX_BROADCAST_SIZE,
+        0,
+        64 * 1024 * 1024,
+        Sighup,
+        GucFlags::UNIT_BYTE,
+    );
+    GucRegistry::define_int_guc(
         c"realtime.heartbeat_interval",
         c"Interval between WebSocket pings to each client.",
         c"A client that sends nothing (not even a pong) for two intervals is disconnected.",
@@ -459,6 +483,12 @@ pub fn max_subscriptions() -> usize {
 }
 pub fn max_message_size() -> usize {
     MAX_MESSAGE_SIZE.get() as usize
+}
+pub fn broadcast_rate() -> u32 {
+    BROADCAST_RATE.get() as u32
+}
+pub fn max_broadcast_size() -> usize {
+    MAX_BROADCAST_SIZE.get() as usize
 }
 pub fn heartbeat_interval_s() -> u64 {
     HEARTBEAT_INTERVAL_S.get() as u64

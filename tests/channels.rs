@@ -396,6 +396,26 @@ fn sql_may_receive(db: &mut postgres::Client, role: &str, claims: &Value, topic:
     seen
 }
 
+/// What SQL says about `role` with `claims` inserting into realtime.messages for `topic`.
+fn sql_may_send(db: &mut postgres::Client, role: &str, claims: &Value, topic: &str) -> bool {
+    let mut txn = db.transaction().unwrap();
+    txn.batch_execute(&format!("SET LOCAL ROLE {role}"))
+        .unwrap();
+    txn.execute(
+        "SELECT set_config('request.jwt.claims', $1, true), set_config('realtime.topic', $2, true)",
+        &[&claims.to_string(), &topic],
+    )
+    .unwrap();
+    let inserted = txn
+        .execute(
+            "INSERT INTO realtime.messages (topic, extension) VALUES ($1, 'broadcast')",
+            &[&topic],
+        )
+        .is_ok();
+    let _ = txn.rollback();
+    inserted
+}
+
 #[test]
 fn topics_are_received_as_row_level_security_on_realtime_messages_says() {
     let cluster = Cluster::start("topic_policies", &[]);
@@ -409,7 +429,10 @@ fn topics_are_received_as_row_level_security_on_realtime_messages_says() {
          CREATE POLICY rooms ON realtime.messages FOR SELECT TO chatter
              USING (extension = 'broadcast' AND realtime.topic() =
                     'room:' || (current_setting('request.jwt.claims', true)::jsonb ->> 'room'));
-         CREATE POLICY boom ON realtime.messages FOR SELECT TO bomber USING (1 / 0 = 1);"
+         CREATE POLICY boom ON realtime.messages FOR SELECT TO bomber USING (1 / 0 = 1);
+         -- ... and may send only in room 1.
+         CREATE POLICY speak ON realtime.messages FOR INSERT TO chatter
+             WITH CHECK (extension = 'broadcast' AND realtime.topic() = 'room:1');"
     ))
     .unwrap();
     let cases = [
@@ -434,16 +457,28 @@ fn topics_are_received_as_row_level_security_on_realtime_messages_says() {
         if !subscribed {
             assert_eq!(reply["code"], "unknown_channel", "{reply}");
         } else {
-            members.push((topic.to_string(), ws));
+            let may_send = sql_may_send(&mut db, role, claims, topic);
+            members.push((topic.to_string(), may_send, ws));
         }
     }
     assert_eq!(members.len(), 2, "the two rooms their tokens name");
+    // Sending is the INSERT policy's to decide, as SQL says.
+    assert_eq!(
+        members.iter().map(|m| m.1).collect::<Vec<_>>(),
+        [true, false]
+    );
+    for (topic, may_send, ws) in &mut members {
+        ws.send(json!({"type": "broadcast", "channel": topic, "event": "e", "ref": 1}));
+        let reply = ws.recv();
+        let expected = if *may_send { "broadcast_sent" } else { "error" };
+        assert_eq!(reply["type"], expected, "{topic}: {reply}");
+    }
     // The policy that raises for bomber refused bomber only: the others receive.
     db.batch_execute(
         "SELECT realtime_send('room:1', 'said', '\"hi 1\"'); SELECT realtime_send('room:2', 'said', '\"hi 2\"')",
     )
     .unwrap();
-    for (topic, ws) in &mut members {
+    for (topic, _, ws) in &mut members {
         let m = messages(ws, 1);
         assert_eq!(
             m[0]["payload"],
@@ -454,7 +489,127 @@ fn topics_are_received_as_row_level_security_on_realtime_messages_says() {
     // Dropping the policy takes the rooms away, in commit order.
     db.batch_execute("DROP POLICY rooms ON realtime.messages")
         .unwrap();
-    for (_, ws) in &mut members {
+    for (_, _, ws) in &mut members {
         ws.expect_ended("t", "forbidden");
     }
+}
+
+#[test]
+fn a_client_broadcast_reaches_the_channel_s_other_subscribers_and_is_bounded() {
+    let cluster = Cluster::start(
+        "broadcast",
+        &[
+            "realtime.public_topics = on",
+            "realtime.broadcast_rate = 20",
+            "realtime.max_broadcast_size = 1kB",
+        ],
+    );
+    let mut db = cluster.client();
+    db.batch_execute(&format!(
+        "SELECT realtime_relay('orders', readers => '{{{READER}}}')"
+    ))
+    .unwrap();
+    let [mut a, mut b, mut c, mut elsewhere] = [(); 4].map(|_| cluster.ws());
+    for ws in [&mut a, &mut b, &mut c] {
+        assert_eq!(subscribe_channel(ws, "l", "lobby")["type"], "subscribed");
+    }
+    assert_eq!(
+        subscribe_channel(&mut elsewhere, "o", "other")["type"],
+        "subscribed"
+    );
+    a.send(
+        json!({"type": "broadcast", "channel": "lobby", "event": "cursor",
+                  "payload": {"x": 1.50, "y": [2]}, "ref": 7}),
+    );
+    let sent = a.recv();
+    assert_eq!(
+        (
+            sent["type"].as_str(),
+            sent["ref"].as_i64(),
+            sent["receivers"].as_i64()
+        ),
+        (Some("broadcast_sent"), Some(7), Some(2)),
+        "{sent}"
+    );
+    for ws in [&mut b, &mut c] {
+        let m = ws.recv();
+        assert_eq!(
+            m,
+            json!({"type": "broadcast", "channel": "lobby", "event": "cursor", "payload": {"x": 1.50, "y": [2]}})
+        );
+    }
+    // With self, the sender gets it too; without a ref, no receipt.
+    b.send(json!({"type": "broadcast", "channel": "lobby", "event": "hello", "self": true}));
+    for ws in [&mut a, &mut b, &mut c] {
+        let m = ws.recv();
+        assert_eq!(
+            (m["event"].as_str(), &m["payload"]),
+            (Some("hello"), &Value::Null),
+            "{m}"
+        );
+    }
+    // Refusals, each with its code, and nothing sent.
+    let refused = |ws: &mut Ws, message: Value| {
+        ws.send(message);
+        ws.recv()["code"].as_str().unwrap_or("").to_string()
+    };
+    let big = "z".repeat(2000);
+    assert_eq!(
+        refused(
+            &mut a,
+            json!({"type": "broadcast", "channel": "nowhere", "event": "e"})
+        ),
+        "not_subscribed"
+    );
+    assert_eq!(
+        subscribe_channel(&mut a, "o", "orders")["type"],
+        "subscribed"
+    );
+    assert_eq!(
+        refused(
+            &mut a,
+            json!({"type": "broadcast", "channel": "orders", "event": "e"})
+        ),
+        "forbidden"
+    );
+    assert_eq!(
+        refused(
+            &mut a,
+            json!({"type": "broadcast", "channel": "lobby", "event": "e", "payload": big})
+        ),
+        "payload_too_large"
+    );
+    assert_eq!(
+        refused(
+            &mut a,
+            json!({"type": "broadcast", "channel": "lobby", "event": ""})
+        ),
+        "invalid_message"
+    );
+    // A flood: a second's worth passes, the rest is refused; the others are not disturbed.
+    let mut admitted = 0;
+    let mut limited = 0;
+    for i in 0..200 {
+        a.send(json!({"type": "broadcast", "channel": "lobby", "event": "flood", "payload": i, "ref": i}));
+    }
+    for _ in 0..200 {
+        match a.recv()["type"].as_str() {
+            Some("broadcast_sent") => admitted += 1,
+            Some("error") => limited += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    // About a second's worth (20) passes, and whatever accrues while the flood is read.
+    assert!((1..=40).contains(&admitted), "{admitted} admitted");
+    assert_eq!(admitted + limited, 200);
+    let got = (0..admitted)
+        .map(|_| b.recv())
+        .filter(|m| m["event"] == "flood")
+        .count();
+    assert_eq!(got, admitted);
+    db.batch_execute("SELECT realtime_send('other', 'still', '1')")
+        .unwrap();
+    assert_eq!(messages(&mut elsewhere, 1)[0]["event"], "still");
+    elsewhere.nothing_more();
+    c.drain();
 }

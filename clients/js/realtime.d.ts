@@ -79,7 +79,14 @@ export interface ChannelMessage {
   pid: number;
   payload: unknown;
 }
-export type Message = Change | Leave | Snapshot | Gap | Ended | ChannelMessage;
+/** A client broadcast on a channel (ephemeral: no position). */
+export interface Broadcast {
+  type: 'broadcast';
+  channel: string;
+  event: string;
+  payload: unknown;
+}
+export type Message = Change | Leave | Snapshot | Gap | Ended | ChannelMessage | Broadcast;
 
 export interface ServerError {
   type?: 'error';
@@ -116,6 +123,8 @@ export declare class Realtime {
   subscribe(table: string, onMessage: (m: Message) => void): Subscription;
   /** Subscribe to a relayed NOTIFY channel or a realtime_send() topic. */
   channel(name: string, onMessage?: (m: Message) => void): Subscription;
+  /** Broadcast to a channel's other subscribers; resolves with how many it reached. */
+  send(channel: string, event: string, payload?: unknown, options?: { self?: boolean }): Promise<number>;
   setToken(token: string): void;
   tables(): Promise<WatchedTable[]>;
   ping(): Promise<{ type: 'pong'; position: number }>;

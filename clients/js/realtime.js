@@ -124,6 +124,22 @@ export class Realtime {
     return this.#add(new Subscription(this, id, name, {}, onMessage, true));
   }
 
+  /**
+   * Broadcast `payload` as `event` to the other subscribers of `channel` (this connection
+   * must be subscribed to it, with the right to send); `self: true` sends it here too.
+   * Resolves with how many connections it reached. Ephemeral: not kept, not resumable.
+   * @param {string} channel
+   * @param {string} event
+   * @param {unknown} [payload]
+   * @param {{ self?: boolean }} [options]
+   * @returns {Promise<number>}
+   */
+  async send(channel, event, payload = null, options = {}) {
+    const reply = await this.#request({ type: 'broadcast', channel, event, payload, self: options.self === true });
+    if (reply.type === 'error') throw Object.assign(new Error(reply.message), { code: reply.code });
+    return reply.receivers;
+  }
+
   #add(sub) {
     this.#subs.set(sub.id, sub);
     if (this.#ready()) this.#send(sub.request());
@@ -401,6 +417,9 @@ export class Realtime {
       case 'message':
         this.position = Math.max(this.position, m.position);
         return this.#route(m);
+      case 'broadcast':
+        for (const sub of this.#subs.values()) sub._broadcast(m);
+        return;
       case 'gap':
         this.position = Math.max(this.position, m.to_position);
         this._emit('gap', m);
@@ -553,6 +572,11 @@ export class Subscription {
       return this.#deliver(m);
     }
     if (before) this.#deliver({ ...m, type: 'leave', new: undefined });
+  }
+
+  /** A client broadcast: to each live subscription of its channel, outside the positions. */
+  _broadcast(m) {
+    if (this.#channel && this.status !== 'ended' && m.channel === this.table) this.#deliver(m);
   }
 
   /** What was lost cannot be told apart by table: a snapshot subscription reads again. */

@@ -74,6 +74,8 @@ stats! {
     Snapshots: Counter, "snapshots_total", [], "snapshots started";
     SnapshotRows: Counter, "snapshot_rows_total", [], "rows sent in snapshots";
     Resumes: Counter, "resumes_total", [], "subscriptions that resumed from a position";
+    BroadcastsSent: Counter, "broadcasts_sent_total", [], "client broadcasts handed to connections, once per receiving connection";
+    BroadcastsDropped: Counter, "broadcasts_dropped_total", [], "client broadcasts a connection missed because it was not reading them";
     HistoryBytes: Gauge, "history_bytes", [], "bytes of the history on disk";
     HistoryFirstPosition: Gauge, "history_first_position", [], "oldest position the history holds (0: none)";
     HistoryOldestSeconds: Gauge, "history_oldest_timestamp_seconds", [], "when the oldest file of the history was written, in seconds since 1970 (0: none)";

@@ -45,12 +45,15 @@ fn message_like() -> impl Strategy<Value = String> {
         Just("unsubscribe"),
         Just("ping"),
         Just("tables"),
+        Just("broadcast"),
         Just("other"),
     ];
     let field = prop_oneof![
         Just("id"),
         Just("table"),
         Just("channel"),
+        Just("event"),
+        Just("payload"),
         Just("events"),
         Just("filter"),
         Just("ref"),
@@ -150,7 +153,7 @@ proptest! {
                 prop_assert!(table.iter().chain(&channel).all(|name| !name.contains('\0')));
             }
             Ok(ClientMessage::Unsubscribe { id }) => prop_assert!(id.is_string() || id.is_number()),
-            Ok(ClientMessage::Ping { .. } | ClientMessage::Tables { .. } | ClientMessage::Auth { .. } | ClientMessage::Ack { .. }) => {}
+            Ok(ClientMessage::Ping { .. } | ClientMessage::Tables { .. } | ClientMessage::Auth { .. } | ClientMessage::Ack { .. } | ClientMessage::Broadcast { .. }) => {}
             Err(e) => prop_assert!(!e.to_string().is_empty(), "{:?}", e.code()),
         }
     }

@@ -302,6 +302,8 @@ fn limits() -> Limits {
         max_connections_per_role: gucs::max_connections_per_role(),
         max_anonymous_per_address: gucs::max_anonymous_per_address(),
         max_message_size: gucs::max_message_size(),
+        broadcast_rate: gucs::broadcast_rate(),
+        max_broadcast_size: gucs::max_broadcast_size(),
         max_subscriptions: gucs::max_subscriptions(),
         max_handshakes: gucs::max_handshakes(),
         max_snapshot_workers: gucs::max_snapshot_workers(),

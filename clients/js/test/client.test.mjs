@@ -144,6 +144,33 @@ test('channel() receives relayed notifications and realtime_send, and resumes af
   rt.close();
 });
 
+test('send() broadcasts to the other subscribers of a channel, as its policies allow', async () => {
+  sql(`GRANT USAGE ON SCHEMA realtime TO realtime_reader;
+       GRANT SELECT, INSERT ON realtime.messages TO realtime_reader;
+       DROP POLICY IF EXISTS js_rooms_read ON realtime.messages;
+       DROP POLICY IF EXISTS js_rooms_write ON realtime.messages;
+       CREATE POLICY js_rooms_read ON realtime.messages FOR SELECT TO realtime_reader
+         USING (realtime.topic() LIKE 'js_room%');
+       CREATE POLICY js_rooms_write ON realtime.messages FOR INSERT TO realtime_reader
+         WITH CHECK (realtime.topic() = 'js_room_open')`);
+  const [a, b] = [connect(WS_URL), connect(WS_URL)];
+  const heard = [];
+  const subs = [
+    a.channel('js_room_open', () => {}),
+    b.channel('js_room_open', (m) => heard.push(m)),
+    a.channel('js_room_closed', () => {}),
+  ];
+  await Promise.all(subs.map(live));
+  assert.equal(await a.send('js_room_open', 'cursor', { x: 1 }), 1);
+  await until(() => heard.length === 1, 'the broadcast');
+  assert.deepEqual(heard[0], { type: 'broadcast', channel: 'js_room_open', event: 'cursor', payload: { x: 1 } });
+  // The write policy allows one room only; a refusal rejects with its code.
+  await assert.rejects(a.send('js_room_closed', 'cursor', {}), { code: 'forbidden' });
+  await assert.rejects(a.send('js_nowhere', 'cursor', {}), { code: 'not_subscribed' });
+  a.close();
+  b.close();
+});
+
 test('tokens are refreshed with getToken before they expire, without losing changes', async () => {
   const name = table();
   let minted = 0;

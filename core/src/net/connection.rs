@@ -8,7 +8,8 @@
 //! one stuck on a full socket is closed. Nobody else waits for it.
 
 use crate::bridge::WorkerHandle;
-use crate::change::{Batch, EndReason, GapReason};
+use crate::change::{Batch, EndReason, GapReason, MAX_CHANNEL_BYTES};
+use crate::net::broadcast::{Allowance, Mailbox, Refused, Shout};
 use crate::net::clients::Client;
 use crate::net::context::Context;
 use crate::net::fanout::{Delivering, Dropped, Kick};
@@ -71,6 +72,9 @@ struct Connection<P: Protocol, S> {
     worker: WorkerHandle,
     subscriber: Subscriber<P::Id>,
     outgoing: Vec<Outgoing<P::Id>>,
+    /// Its seat in client broadcasts, and how many more it may send now.
+    mailbox: Mailbox,
+    allowance: Allowance,
 }
 
 pub async fn run<P: Protocol, S: Stream>(
@@ -80,7 +84,9 @@ pub async fn run<P: Protocol, S: Stream>(
     address: IpAddr,
     protocol: P,
 ) {
-    let subscriber = Subscriber::new(&context);
+    let mut subscriber = Subscriber::new(&context);
+    let (mailbox, mut shouts) = context.hub.mailbox();
+    subscriber.subscriptions.receive_broadcasts(mailbox.clone());
     let client = context.clients.join(address);
     client.set_batches(subscriber.cursor().registrar());
     let kicked = subscriber.cursor().kicked();
@@ -103,6 +109,8 @@ pub async fn run<P: Protocol, S: Stream>(
         worker: context.worker.clone(),
         subscriber,
         outgoing: Vec::new(),
+        mailbox,
+        allowance: Allowance::default(),
     };
     let timed_out = || Some((CloseCode::Away, "heartbeat timed out".to_string()));
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
@@ -209,6 +217,23 @@ pub async fn run<P: Protocol, S: Stream>(
                 }
                 Incoming::Closed => break Some((CloseCode::Restart, "server is restarting".into())),
             },
+            Some(shout) = shouts.recv() => {
+                // Everything already waiting goes out in one write.
+                let written = tokio::time::timeout(timeout, async {
+                    conn.feed(Say::Broadcast { shout: &shout }).await?;
+                    for _ in 0..CATCH_UP_BATCHES {
+                        let Ok(shout) = shouts.try_recv() else { break };
+                        conn.feed(Say::Broadcast { shout: &shout }).await?;
+                    }
+                    conn.sink.flush().await
+                })
+                .await;
+                match written {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break None,
+                    Err(_) => break timed_out(),
+                }
+            }
             () = &mut expiry => {
                 conn.identity.expire();
                 conn.reported = None;
@@ -266,8 +291,35 @@ impl<P: Protocol, S: Stream> Connection<P, S> {
         let _ = self.sink.send(Message::Text(text)).await;
     }
 
+    /// Queue a frame without flushing.
+    async fn feed(&mut self, say: Say<'_, P::Id>) -> Result<(), WsError> {
+        let text = self.protocol.encode(say);
+        self.sink.feed(Message::Text(text)).await
+    }
+
     async fn send_text(&mut self, text: Utf8Bytes) {
         let _ = self.sink.send(Message::Text(text)).await;
+    }
+
+    /// Whether this connection may broadcast this now: subscribed to the channel with the
+    /// right to send on it, within its rate and the size limit.
+    fn may_broadcast(&mut self, channel: &str, event: &str, payload: &str) -> Result<(), Refused> {
+        match self.subscriber.subscriptions.may_send(channel) {
+            None => return Err(Refused::NotSubscribed),
+            Some(false) => return Err(Refused::Forbidden),
+            Some(true) => {}
+        }
+        let limits = self.shared.limits();
+        if event.is_empty() || event.len() > MAX_CHANNEL_BYTES {
+            return Err(Refused::BadEvent);
+        }
+        if payload.len() > limits.max_broadcast_size {
+            return Err(Refused::TooLarge(limits.max_broadcast_size));
+        }
+        if !self.allowance.take(limits.broadcast_rate) {
+            return Err(Refused::RateLimited(limits.broadcast_rate));
+        }
+        Ok(())
     }
 
     async fn refuse(&mut self, refusal: Refusal<'_>, id: Option<&P::Id>) {
@@ -314,6 +366,31 @@ impl<P: Protocol, S: Stream> Connection<P, S> {
                 }
                 Err(e) => self.refuse(Refusal::Identity(&e), None).await,
             },
+            Ask::Broadcast {
+                channel,
+                event,
+                payload,
+                include_self,
+                reference,
+            } => {
+                if let Err(refused) = self.may_broadcast(&channel, &event, &payload) {
+                    let reference = reference.as_ref();
+                    let refusal = Refusal::Broadcast {
+                        refused: &refused,
+                        reference,
+                    };
+                    return self.refuse(refusal, None).await;
+                }
+                let shout = Shout::new(channel.into(), event.into(), payload.into());
+                let receivers = self.mailbox.send(shout, include_self);
+                if let Some(reference) = &reference {
+                    let sent = Say::BroadcastSent {
+                        reference,
+                        receivers,
+                    };
+                    self.say(sent).await
+                }
+            }
             Ask::Ping { reference } => {
                 let position = self.subscriber.subscriptions.position();
                 self.say(Say::Pong {

@@ -3,7 +3,7 @@
 use crate::bridge::WorkerHandle;
 use crate::history::History;
 use crate::net::http::head::Handshakes;
-use crate::net::{apart, clients, fanout::Fanout, shared::Shared, snapshots};
+use crate::net::{apart, broadcast::Hub, clients, fanout::Fanout, shared::Shared, snapshots};
 use std::sync::Arc;
 
 /// What every connection needs.
@@ -21,4 +21,6 @@ pub struct Context {
     pub snapshots: Arc<snapshots::Snapshots>,
     /// The judge of audiences judged apart.
     pub judges: Arc<apart::Judges>,
+    /// Who receives client broadcasts on each channel.
+    pub hub: Arc<Hub>,
 }

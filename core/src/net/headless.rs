@@ -252,6 +252,7 @@ mod unit {
                 clients: Arc::default(),
                 snapshots: Arc::default(),
                 judges: Arc::default(),
+                hub: crate::net::broadcast::Hub::new(stats),
             };
             Engine {
                 dir,

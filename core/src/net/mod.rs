@@ -4,6 +4,7 @@
 
 pub mod apart;
 pub mod backlog;
+pub mod broadcast;
 pub mod clients;
 mod connection;
 mod context;
@@ -101,6 +102,7 @@ pub fn start(
         clients: Arc::default(),
         snapshots: Arc::default(),
         judges: Arc::default(),
+        hub: broadcast::Hub::new(shared.stats),
     };
     let readers = context.snapshots.clone();
     match runtime.block_on(async { readers.listen(std::path::Path::new(snapshots::SOCKET)) }) {

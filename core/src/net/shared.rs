@@ -20,6 +20,10 @@ pub struct Limits {
     pub max_anonymous_per_address: usize,
     pub max_message_size: usize,
     pub max_subscriptions: usize,
+    /// Client broadcasts one connection may send a second (realtime.broadcast_rate).
+    pub broadcast_rate: u32,
+    /// Largest payload of a client broadcast, in bytes of JSON (realtime.max_broadcast_size).
+    pub max_broadcast_size: usize,
     pub max_handshakes: usize,
     /// Snapshot readers that may run at once (realtime.max_snapshot_workers).
     pub max_snapshot_workers: usize,

@@ -2,6 +2,7 @@
 //! which end, and which gaps concern them. A session loop hands it batches and writes out,
 //! in its own protocol's frames, the `Outgoing` items it gets back.
 
+use super::broadcast::{Mailbox, Membership};
 use super::fanout::{Dropped, Interest, Registrar, Summary};
 use super::interest::Keys;
 use crate::auth::Principal;
@@ -143,6 +144,10 @@ struct Subscription<K> {
     _interest: Interest,
     _audience: Option<Audience>,
     _counted: Counted,
+    /// A channel's: may the principal broadcast on it.
+    may_send: bool,
+    /// A channel's: its seat for client broadcasts.
+    _seat: Option<Membership>,
 }
 
 /// Holds a place in an audience the worker judges changes for, and leaves it when dropped.
@@ -259,6 +264,8 @@ pub struct SubscriptionSet<K> {
     reauthorize_pending: bool,
     /// Bumped whenever a subscription is made or ends (for the connection report).
     generation: u64,
+    /// Where client broadcasts on its channels reach this connection (none: headless).
+    mailbox: Option<Mailbox>,
 }
 
 impl<K> SubscriptionSet<K> {
@@ -282,7 +289,22 @@ impl<K> SubscriptionSet<K> {
             pending_ends: Vec::new(),
             reauthorize_pending: false,
             generation: 0,
+            mailbox: None,
         }
+    }
+
+    /// Receive client broadcasts on the channels subscribed to, in `mailbox`.
+    pub fn receive_broadcasts(&mut self, mailbox: Mailbox) {
+        self.mailbox = Some(mailbox);
+    }
+
+    /// Whether the principal may broadcast on `channel`: `None` when not subscribed to it.
+    pub fn may_send(&self, channel: &str) -> Option<bool> {
+        self.subscriptions
+            .iter()
+            .filter(|s| matches!(&s.topic, Topic::Channel(c) if &**c == channel))
+            .map(|s| s.may_send)
+            .reduce(|a, b| a || b)
     }
 
     /// The position this connection has caught up to.
@@ -402,6 +424,10 @@ impl<K> SubscriptionSet<K> {
             .registrar
             .register(resolved.topic.clone(), Keys::of(&resolved.rows));
         let seen_by = wish.after_snapshot.clone();
+        let seat = match (&resolved.topic, &self.mailbox) {
+            (Topic::Channel(channel), Some(mailbox)) => Some(mailbox.join(channel)),
+            _ => None,
+        };
         Ok(Subscription {
             key,
             wish,
@@ -418,6 +444,8 @@ impl<K> SubscriptionSet<K> {
             _interest: interest,
             _audience: audience,
             _counted: counted,
+            may_send: resolved.may_send,
+            _seat: seat,
         })
     }
 

@@ -102,6 +102,8 @@ pub fn shared(stats: &'static Stats) -> Arc<Shared> {
             max_connections_per_role: 0,
             max_anonymous_per_address: 0,
             max_message_size: 1 << 20,
+            broadcast_rate: 100,
+            max_broadcast_size: 16 * 1024,
             max_subscriptions: 10,
             max_handshakes: 10,
             max_snapshot_workers: 1,

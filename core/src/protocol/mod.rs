@@ -10,6 +10,7 @@ pub mod native;
 use crate::auth::AuthError;
 use crate::bridge::{ResolveError, WatchedTable};
 use crate::change::{Change, EndReason, GapReason};
+use crate::net::broadcast::{self, Shout};
 use crate::net::subscriptions::{Matched, SubscribeError, Subscribed, Wish};
 use crate::snapshot::OrderBy;
 use crate::visibility::Columns;
@@ -57,6 +58,15 @@ pub enum Ask<Id> {
     /// The client has handled everything up to here (shown to operators).
     Ack {
         position: u64,
+    },
+    /// Send `payload` (JSON text) as `event` to the other subscribers of `channel` (and to
+    /// this connection if `include_self`); with a `reference`, answer how many got it.
+    Broadcast {
+        channel: String,
+        event: String,
+        payload: String,
+        include_self: bool,
+        reference: Option<Value>,
     },
 }
 
@@ -118,6 +128,13 @@ pub enum Say<'a, Id> {
         position: u64,
         token: String,
     },
+    /// A client broadcast on a channel this connection is subscribed to.
+    Broadcast { shout: &'a Shout },
+    /// This connection's broadcast went to `receivers` connections.
+    BroadcastSent {
+        reference: &'a Value,
+        receivers: usize,
+    },
     /// A request was refused (`id`: the subscription it was about).
     Refused {
         id: Option<&'a Id>,
@@ -136,4 +153,9 @@ pub enum Refusal<'a> {
     SnapshotFailed(&'a str),
     /// Binary messages are not part of the protocol.
     Binary,
+    /// A broadcast was refused; `reference`: the one it was sent with.
+    Broadcast {
+        refused: &'a broadcast::Refused,
+        reference: Option<&'a Value>,
+    },
 }

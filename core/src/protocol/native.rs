@@ -8,6 +8,7 @@ use crate::bridge::Target;
 use crate::bridge::{ResolveError, WatchedTable};
 use crate::change::{Change, EndReason, FrameSlot, GapReason, Topic, MAX_CHANNEL_BYTES};
 use crate::filter::FilterError;
+use crate::net::broadcast::{self, Shout};
 use crate::net::identity;
 use crate::net::subscriptions::{SubscribeError, Wish};
 use crate::ops::{Op, OpSet};
@@ -25,6 +26,8 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 pub const CHANGE: FrameSlot = FrameSlot(0);
 pub const CHANGE_NO_OLD: FrameSlot = FrameSlot(1);
 pub const LEAVE: FrameSlot = FrameSlot(2);
+/// Its frame on each client broadcast.
+pub const BROADCAST: FrameSlot = FrameSlot(3);
 
 /// Messages a client sends.
 #[derive(Deserialize, Debug)]
@@ -71,6 +74,17 @@ pub enum ClientMessage {
     Ack {
         position: u64,
     },
+    /// Send to the channel's other subscribers (with `self`, to this connection too); with a
+    /// `ref`, the server answers `broadcast_sent`.
+    Broadcast {
+        channel: String,
+        event: String,
+        payload: Option<Value>,
+        #[serde(rename = "self")]
+        include_self: Option<bool>,
+        #[serde(rename = "ref")]
+        reference: Option<Value>,
+    },
 }
 
 /// Stable error codes.
@@ -93,6 +107,9 @@ pub enum ErrorCode {
     TooManySubscriptions,
     InvalidSnapshot,
     SnapshotFailed,
+    NotSubscribed,
+    RateLimited,
+    PayloadTooLarge,
     Unauthorized,
     Forbidden,
     TokenExpired,
@@ -142,6 +159,9 @@ pub enum ServerMessage<'a> {
         message: &'a str,
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a Value>,
+        /// The `ref` of the broadcast refused.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a Value>,
     },
     Gap {
         reason: GapReason,
@@ -163,6 +183,12 @@ pub enum ServerMessage<'a> {
         role: &'a str,
         #[serde(skip_serializing_if = "Option::is_none")]
         expires_at: Option<u64>,
+    },
+    /// The connection's broadcast went to `receivers` connections.
+    BroadcastSent {
+        #[serde(rename = "ref")]
+        reference: &'a Value,
+        receivers: usize,
     },
 }
 
@@ -227,9 +253,9 @@ pub fn parse(text: &str) -> Result<ClientMessage, ParseError> {
     let value: Value = serde_json::from_str(text).map_err(ParseError::Json)?;
     let kind = match value.get("type").and_then(Value::as_str) {
         None => return Err(ParseError::NoType),
-        Some(kind @ ("subscribe" | "unsubscribe" | "ping" | "tables" | "auth" | "ack")) => {
-            kind.to_string()
-        }
+        Some(
+            kind @ ("subscribe" | "unsubscribe" | "ping" | "tables" | "auth" | "ack" | "broadcast"),
+        ) => kind.to_string(),
         Some(other) => return Err(ParseError::UnknownType(other.to_string())),
     };
     let message =
@@ -357,6 +383,18 @@ impl Coded for identity::Refusal {
     }
 }
 
+impl Coded for broadcast::Refused {
+    fn code(&self) -> ErrorCode {
+        match self {
+            broadcast::Refused::NotSubscribed => ErrorCode::NotSubscribed,
+            broadcast::Refused::Forbidden => ErrorCode::Forbidden,
+            broadcast::Refused::RateLimited(_) => ErrorCode::RateLimited,
+            broadcast::Refused::TooLarge(_) => ErrorCode::PayloadTooLarge,
+            broadcast::Refused::BadEvent => ErrorCode::InvalidMessage,
+        }
+    }
+}
+
 impl Coded for SubscribeError {
     fn code(&self) -> ErrorCode {
         match self {
@@ -396,7 +434,15 @@ fn refused(refusal: &dyn Coded, id: Option<&Value>) -> Utf8Bytes {
 }
 
 fn error_frame(code: ErrorCode, message: &str, id: Option<&Value>) -> Utf8Bytes {
-    ServerMessage::Error { code, message, id }.to_text().into()
+    let reference = None;
+    ServerMessage::Error {
+        code,
+        message,
+        id,
+        reference,
+    }
+    .to_text()
+    .into()
 }
 
 fn ask(text: &str) -> Result<Ask<Value>, Utf8Bytes> {
@@ -406,6 +452,19 @@ fn ask(text: &str) -> Result<Ask<Value>, Utf8Bytes> {
         ClientMessage::Ping { reference } => Ask::Ping { reference },
         ClientMessage::Tables { reference } => Ask::Tables { reference },
         ClientMessage::Unsubscribe { id } => Ask::Unsubscribe { id },
+        ClientMessage::Broadcast {
+            channel,
+            event,
+            payload,
+            include_self,
+            reference,
+        } => Ask::Broadcast {
+            channel,
+            event,
+            payload: payload.unwrap_or(Value::Null).to_string(),
+            include_self: include_self == Some(true),
+            reference,
+        },
         ClientMessage::Subscribe {
             id,
             table,
@@ -514,6 +573,26 @@ fn encode(say: Say<'_, Value>) -> Utf8Bytes {
             ..
         } => return projected_frame(change, true, true, columns).into(),
         Say::SnapshotRows { id, rows } => return snapshot_frame(id, rows).into(),
+        Say::Broadcast { shout } => return shout.encoded(BROADCAST, broadcast_frame),
+        Say::BroadcastSent {
+            reference,
+            receivers,
+        } => ServerMessage::BroadcastSent {
+            reference,
+            receivers,
+        },
+        Say::Refused {
+            refusal: Refusal::Broadcast { refused, reference },
+            ..
+        } => {
+            let message = ServerMessage::Error {
+                code: refused.code(),
+                message: &refused.to_string(),
+                id: None,
+                reference,
+            };
+            return message.to_text().into();
+        }
         Say::Refused { id, refusal } => {
             let (code, message) = match refusal {
                 Refusal::Subscribe(e) => (e.code(), e.to_string()),
@@ -529,6 +608,7 @@ fn encode(say: Say<'_, Value>) -> Utf8Bytes {
                     ErrorCode::BinaryNotSupported,
                     "send JSON text messages".into(),
                 ),
+                Refusal::Broadcast { refused, .. } => (refused.code(), refused.to_string()),
             };
             return error_frame(code, &message, id);
         }
@@ -663,6 +743,16 @@ pub fn message_frame(change: &Change) -> String {
         change.sender,
     );
     s
+}
+
+/// The `broadcast` message a client sent to a channel, its payload already JSON text.
+pub fn broadcast_frame(shout: &Shout) -> String {
+    format!(
+        r#"{{"type":"broadcast","channel":{},"event":{},"payload":{}}}"#,
+        json_string(&shout.channel),
+        json_string(&shout.event),
+        shout.payload
+    )
 }
 
 fn leave_text(change: &Change, old: Option<&str>) -> String {
