@@ -70,6 +70,8 @@ static MAX_MESSAGE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024);
 static BROADCAST_RATE: GucSetting<i32> = GucSetting::<i32>::new(100);
 /// Largest payload of a client broadcast, in bytes.
 static MAX_BROADCAST_SIZE: GucSetting<i32> = GucSetting::<i32>::new(16 * 1024);
+/// Most members tracked in one channel's presence.
+static MAX_PRESENCE_PER_CHANNEL: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 /// Seconds between WebSocket pings; a client silent for two intervals is closed.
 static HEARTBEAT_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(30);
 /// Milliseconds a client has to send a complete HTTP request head.
@@ -366,13 +368,23 @@ pub fn init() {
     );
     GucRegistry::define_int_guc(
         c"realtime.max_broadcast_size",
-        c"Largest payload of a client broadcast.",
+        c"Largest payload of a client broadcast, and largest presence state.",
         c"A larger one is refused with payload_too_large; it must also fit in realtime.max_message_size.",
         &MAX_BROADCAST_SIZE,
         0,
         64 * 1024 * 1024,
         Sighup,
         GucFlags::UNIT_BYTE,
+    );
+    GucRegistry::define_int_guc(
+        c"realtime.max_presence_per_channel",
+        c"Most connections tracked in one channel's presence at once.",
+        c"Beyond it, track is refused with presence_full.",
+        &MAX_PRESENCE_PER_CHANNEL,
+        1,
+        1_000_000,
+        Sighup,
+        none,
     );
     GucRegistry::define_int_guc(
         c"realtime.heartbeat_interval",
@@ -489,6 +501,9 @@ pub fn broadcast_rate() -> u32 {
 }
 pub fn max_broadcast_size() -> usize {
     MAX_BROADCAST_SIZE.get() as usize
+}
+pub fn max_presence_per_channel() -> usize {
+    MAX_PRESENCE_PER_CHANNEL.get() as usize
 }
 pub fn heartbeat_interval_s() -> u64 {
     HEARTBEAT_INTERVAL_S.get() as u64

@@ -372,10 +372,20 @@ fn a_channel_resumes_from_the_history_across_a_worker_restart() {
 /// What SQL says `role` with `claims` may SELECT of realtime.messages for `topic`, asked as
 /// the worker asks it: a probe row, read back under row-level security.
 fn sql_may_receive(db: &mut postgres::Client, role: &str, claims: &Value, topic: &str) -> bool {
+    sql_may_read(db, role, claims, topic, "broadcast")
+}
+
+fn sql_may_read(
+    db: &mut postgres::Client,
+    role: &str,
+    claims: &Value,
+    topic: &str,
+    extension: &str,
+) -> bool {
     let mut txn = db.transaction().unwrap();
     txn.execute(
-        "INSERT INTO realtime.messages (topic, extension) VALUES ($1, 'broadcast')",
-        &[&topic],
+        "INSERT INTO realtime.messages (topic, extension) VALUES ($1, $2)",
+        &[&topic, &extension],
     )
     .unwrap();
     txn.batch_execute(&format!("SET LOCAL ROLE {role}"))
@@ -387,8 +397,8 @@ fn sql_may_receive(db: &mut postgres::Client, role: &str, claims: &Value, topic:
     .unwrap();
     let seen = txn
         .query_one(
-            "SELECT EXISTS (SELECT FROM realtime.messages WHERE topic = $1 AND extension = 'broadcast')",
-            &[&topic],
+            "SELECT EXISTS (SELECT FROM realtime.messages WHERE topic = $1 AND extension = $2)",
+            &[&topic, &extension],
         )
         .map(|r| r.get::<_, bool>(0))
         .unwrap_or(false);
@@ -398,6 +408,16 @@ fn sql_may_receive(db: &mut postgres::Client, role: &str, claims: &Value, topic:
 
 /// What SQL says about `role` with `claims` inserting into realtime.messages for `topic`.
 fn sql_may_send(db: &mut postgres::Client, role: &str, claims: &Value, topic: &str) -> bool {
+    sql_may_insert(db, role, claims, topic, "broadcast")
+}
+
+fn sql_may_insert(
+    db: &mut postgres::Client,
+    role: &str,
+    claims: &Value,
+    topic: &str,
+    extension: &str,
+) -> bool {
     let mut txn = db.transaction().unwrap();
     txn.batch_execute(&format!("SET LOCAL ROLE {role}"))
         .unwrap();
@@ -408,8 +428,8 @@ fn sql_may_send(db: &mut postgres::Client, role: &str, claims: &Value, topic: &s
     .unwrap();
     let inserted = txn
         .execute(
-            "INSERT INTO realtime.messages (topic, extension) VALUES ($1, 'broadcast')",
-            &[&topic],
+            "INSERT INTO realtime.messages (topic, extension) VALUES ($1, $2)",
+            &[&topic, &extension],
         )
         .is_ok();
     let _ = txn.rollback();
@@ -430,9 +450,13 @@ fn topics_are_received_as_row_level_security_on_realtime_messages_says() {
              USING (extension = 'broadcast' AND realtime.topic() =
                     'room:' || (current_setting('request.jwt.claims', true)::jsonb ->> 'room'));
          CREATE POLICY boom ON realtime.messages FOR SELECT TO bomber USING (1 / 0 = 1);
-         -- ... and may send only in room 1.
+         -- ... and may send only in room 1, and be present only in room 2.
          CREATE POLICY speak ON realtime.messages FOR INSERT TO chatter
-             WITH CHECK (extension = 'broadcast' AND realtime.topic() = 'room:1');"
+             WITH CHECK (extension = 'broadcast' AND realtime.topic() = 'room:1');
+         CREATE POLICY see_who ON realtime.messages FOR SELECT TO chatter
+             USING (extension = 'presence');
+         CREATE POLICY be_seen ON realtime.messages FOR INSERT TO chatter
+             WITH CHECK (extension = 'presence' AND realtime.topic() = 'room:2');"
     ))
     .unwrap();
     let cases = [
@@ -451,13 +475,26 @@ fn topics_are_received_as_row_level_security_on_realtime_messages_says() {
     for (role, claims, topic) in &cases {
         let expected = sql_may_receive(&mut db, role, claims, topic);
         let mut ws = Ws::connect_as(cluster.ws_port, &token(claims.clone()));
-        let reply = subscribe_channel(&mut ws, "t", topic);
+        ws.send(json!({"type": "subscribe", "id": "t", "channel": topic, "presence": true}));
+        let reply = ws.recv();
         let subscribed = reply["type"] == "subscribed";
         assert_eq!(subscribed, expected, "{role} {claims} {topic}: {reply}");
         if !subscribed {
             assert_eq!(reply["code"], "unknown_channel", "{reply}");
         } else {
             let may_send = sql_may_send(&mut db, role, claims, topic);
+            let may_track = sql_may_read(&mut db, role, claims, topic, "presence")
+                && sql_may_insert(&mut db, role, claims, topic, "presence");
+            // Told who is present first, when it may be.
+            let state = ws.recv();
+            assert_eq!(state["type"], "presence_state", "{state}");
+            ws.send(json!({"type": "track", "channel": topic, "state": {"me": role}, "ref": 2}));
+            let reply = ws.recv();
+            let tracked = reply["type"] == "tracked";
+            assert_eq!(tracked, may_track, "{role} {claims} {topic}: {reply}");
+            if tracked {
+                assert_eq!(ws.recv()["type"], "presence_diff");
+            }
             members.push((topic.to_string(), may_send, ws));
         }
     }
@@ -612,4 +649,127 @@ fn a_client_broadcast_reaches_the_channel_s_other_subscribers_and_is_bounded() {
     assert_eq!(messages(&mut elsewhere, 1)[0]["event"], "still");
     elsewhere.nothing_more();
     c.drain();
+}
+
+/// Subscribe `ws` to `channel` with presence; the presence state it is told first.
+fn join_present(ws: &mut Ws, channel: &str) -> Value {
+    ws.send(json!({"type": "subscribe", "id": "p", "channel": channel, "presence": true}));
+    assert_eq!(ws.recv()["type"], "subscribed");
+    let state = ws.recv();
+    assert_eq!(state["type"], "presence_state", "{state}");
+    state["state"].clone()
+}
+
+/// Track `ws` on `channel` with `state`; its presence key.
+fn track(ws: &mut Ws, channel: &str, state: Value) -> String {
+    ws.send(json!({"type": "track", "channel": channel, "state": state, "ref": "t"}));
+    let reply = ws.recv();
+    assert_eq!(reply["type"], "tracked", "{reply}");
+    reply["key"].as_str().unwrap().to_string()
+}
+
+/// The next presence_diff: (joins, leaves).
+fn diff(ws: &mut Ws) -> (Value, Value) {
+    let m = ws.recv();
+    assert_eq!(m["type"], "presence_diff", "{m}");
+    (m["joins"].clone(), m["leaves"].clone())
+}
+
+#[test]
+fn presence_is_told_in_full_on_joining_then_as_joins_and_leaves() {
+    let cluster = Cluster::start(
+        "presence",
+        &[
+            "realtime.public_topics = on",
+            "realtime.max_presence_per_channel = 3",
+            "realtime.max_broadcast_size = 1kB",
+        ],
+    );
+    let mut a = cluster.ws();
+    let mut b = cluster.ws();
+    assert_eq!(join_present(&mut a, "room"), json!({}));
+    let key_a = track(&mut a, "room", json!({"name": "ada"}));
+    assert_eq!(diff(&mut a), (json!({&key_a: {"name": "ada"}}), json!({})));
+    // A late joiner is told everyone at once, then the changes.
+    assert_eq!(
+        join_present(&mut b, "room"),
+        json!({&key_a: {"name": "ada"}})
+    );
+    let key_b = track(&mut b, "room", json!({"name": "bob"}));
+    for ws in [&mut a, &mut b] {
+        assert_eq!(diff(ws), (json!({&key_b: {"name": "bob"}}), json!({})));
+    }
+    // A new state replaces the old: the old one leaves, the new one joins.
+    track(&mut a, "room", json!({"name": "ada", "typing": true}));
+    for ws in [&mut a, &mut b] {
+        assert_eq!(
+            diff(ws),
+            (
+                json!({&key_a: {"name": "ada", "typing": true}}),
+                json!({&key_a: {"name": "ada"}})
+            )
+        );
+    }
+    // Untrack is a leave; so is a disconnect.
+    a.send(json!({"type": "untrack", "channel": "room"}));
+    for ws in [&mut a, &mut b] {
+        assert_eq!(diff(ws).1, json!({&key_a: {"name": "ada", "typing": true}}));
+    }
+    let mut c = cluster.ws();
+    join_present(&mut c, "room");
+    drop(b);
+    assert_eq!(diff(&mut c), (json!({}), json!({&key_b: {"name": "bob"}})));
+    // A subscriber that did not ask for presence is told nothing of it.
+    let mut quiet = cluster.ws();
+    assert_eq!(
+        subscribe_channel(&mut quiet, "q", "room")["type"],
+        "subscribed"
+    );
+    track(&mut quiet, "room", json!(1));
+    assert_eq!(diff(&mut c).0.as_object().map(|o| o.len()), Some(1));
+    quiet.nothing_more();
+    // Bounds: the state's size, and members per channel (3 here: quiet, then two more).
+    c.send(json!({"type": "track", "channel": "room", "state": "x".repeat(2000), "ref": 1}));
+    assert_eq!(c.recv()["code"], "payload_too_large");
+    c.send(json!({"type": "track", "channel": "nowhere", "state": 1, "ref": 1}));
+    assert_eq!(c.recv()["code"], "not_subscribed");
+    track(&mut c, "room", json!(2));
+    let mut d = cluster.ws();
+    join_present(&mut d, "room");
+    track(&mut d, "room", json!(3));
+    let mut e = cluster.ws();
+    join_present(&mut e, "room");
+    e.send(json!({"type": "track", "channel": "room", "state": 4, "ref": 1}));
+    assert_eq!(e.recv()["code"], "presence_full");
+    // A worker restart closes every connection: everyone has left.
+    let before = cluster.worker_pid();
+    cluster.restart_worker();
+    assert_ne!(cluster.worker_pid(), before);
+    let mut after = cluster.ws();
+    assert_eq!(join_present(&mut after, "room"), json!({}));
+}
+
+#[test]
+fn an_expired_token_is_a_leave() {
+    let cluster = Cluster::start("presence_expiry", &["realtime.public_topics = on"]);
+    let mut db = cluster.client();
+    db.batch_execute(&format!(
+        "CREATE ROLE visitor NOLOGIN; GRANT visitor TO {AUTHENTICATOR}"
+    ))
+    .unwrap();
+    let expires = common::unix_now() + 3;
+    let mut short = Ws::connect_as(
+        cluster.ws_port,
+        &token(json!({"role": "visitor", "exp": expires})),
+    );
+    let mut watcher = cluster.ws();
+    join_present(&mut watcher, "room");
+    join_present(&mut short, "room");
+    let key = track(&mut short, "room", json!("here"));
+    for ws in [&mut watcher, &mut short] {
+        assert_eq!(diff(ws).0, json!({&key: "here"}));
+    }
+    // No fresh token arrives: the subscription ends, and with it the presence.
+    short.expect_ended("p", "token_expired");
+    assert_eq!(diff(&mut watcher).1, json!({&key: "here"}));
 }

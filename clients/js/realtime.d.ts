@@ -86,7 +86,28 @@ export interface Broadcast {
   event: string;
   payload: unknown;
 }
-export type Message = Change | Leave | Snapshot | Gap | Ended | ChannelMessage | Broadcast;
+/** Who is present on a channel, by key: everyone, then what changed. */
+export interface PresenceState {
+  type: 'presence_state';
+  channel: string;
+  state: Record<string, unknown>;
+}
+export interface PresenceDiff {
+  type: 'presence_diff';
+  channel: string;
+  joins: Record<string, unknown>;
+  leaves: Record<string, unknown>;
+}
+export type Message =
+  | Change
+  | Leave
+  | Snapshot
+  | Gap
+  | Ended
+  | ChannelMessage
+  | Broadcast
+  | PresenceState
+  | PresenceDiff;
 
 export interface ServerError {
   type?: 'error';
@@ -122,7 +143,11 @@ export declare class Realtime {
   subscribe(table: string, options: SubscribeOptions, onMessage: (m: Message) => void): Subscription;
   subscribe(table: string, onMessage: (m: Message) => void): Subscription;
   /** Subscribe to a relayed NOTIFY channel or a realtime_send() topic. */
+  channel(name: string, options: { presence?: boolean }, onMessage: (m: Message) => void): Subscription;
   channel(name: string, onMessage?: (m: Message) => void): Subscription;
+  /** Be present on a channel (subscribed to it); resolves with this connection's key. */
+  track(channel: string, state: unknown): Promise<string>;
+  untrack(channel: string): Promise<void>;
   /** Broadcast to a channel's other subscribers; resolves with how many it reached. */
   send(channel: string, event: string, payload?: unknown, options?: { self?: boolean }): Promise<number>;
   setToken(token: string): void;

@@ -62,6 +62,8 @@ export class Realtime {
   #signedIn = false;
   #requests = new Map();
   #nextRef = 1;
+  /** Channels this client is tracked on, and its state there: tracked again after a reconnect. */
+  #tracked = new Map();
   /** Subscriptions the server ended when the token expired: subscribed again once signed in. */
   #awaitingToken = new Set();
   #refreshing = false;
@@ -115,13 +117,36 @@ export class Realtime {
    * Subscribe to a channel: a NOTIFY channel the database relays, or a topic realtime_send()
    * sends to. `onMessage` gets each `message` (`{channel, event, payload, pid, position}`),
    * `gap`s, and `unsubscribed` when the server ends the subscription; after a reconnect it
-   * resumes where it left off, as a table's subscription does.
+   * resumes where it left off, as a table's subscription does. With `{presence: true}` it
+   * also gets `presence_state` (everyone present, by key) and then `presence_diff`s.
    * @param {string} name
+   * @param {{ presence?: boolean } | ((m: Message) => void)} [options]
    * @param {(m: Message) => void} [onMessage]
    */
-  channel(name, onMessage = () => {}) {
+  channel(name, options = {}, onMessage = () => {}) {
+    if (typeof options === 'function') [options, onMessage] = [{}, options];
     const id = String(this.#nextId++);
-    return this.#add(new Subscription(this, id, name, {}, onMessage, true));
+    return this.#add(new Subscription(this, id, name, options, onMessage, true));
+  }
+
+  /**
+   * Be present on `channel` (subscribed to it) with `state`, replacing the last; tracked
+   * again after a reconnect. Resolves with this connection's presence key.
+   * @param {string} channel
+   * @param {unknown} state
+   * @returns {Promise<string>}
+   */
+  async track(channel, state) {
+    this.#tracked.set(channel, state);
+    const reply = await this.#request({ type: 'track', channel, state });
+    if (reply.type === 'error') throw Object.assign(new Error(reply.message), { code: reply.code });
+    return reply.key;
+  }
+
+  /** No longer be present on `channel`. @param {string} channel */
+  async untrack(channel) {
+    this.#tracked.delete(channel);
+    await this.#request({ type: 'untrack', channel });
   }
 
   /**
@@ -418,8 +443,19 @@ export class Realtime {
         this.position = Math.max(this.position, m.position);
         return this.#route(m);
       case 'broadcast':
+      case 'presence_state':
+      case 'presence_diff':
         for (const sub of this.#subs.values()) sub._broadcast(m);
         return;
+      case 'subscribed': {
+        const sub = this.#subs.get(String(m.id));
+        sub?._receive(m);
+        // Presence does not survive a reconnect: track again where it was tracked.
+        if (m.channel !== undefined && this.#tracked.has(m.channel)) {
+          this.#send({ type: 'track', channel: m.channel, state: this.#tracked.get(m.channel) });
+        }
+        return;
+      }
       case 'gap':
         this.position = Math.max(this.position, m.to_position);
         this._emit('gap', m);
@@ -504,6 +540,7 @@ export class Subscription {
     const o = this.#options;
     if (this.#channel) {
       const m = { type: 'subscribe', id: this.id, channel: this.table };
+      if (o.presence) m.presence = true;
       if (this.position > 0) m.since = this.position;
       return m;
     }
@@ -574,7 +611,8 @@ export class Subscription {
     if (before) this.#deliver({ ...m, type: 'leave', new: undefined });
   }
 
-  /** A client broadcast: to each live subscription of its channel, outside the positions. */
+  /** A client broadcast or presence: to each subscription of its channel, outside the
+   * positions. */
   _broadcast(m) {
     if (this.#channel && this.status !== 'ended' && m.channel === this.table) this.#deliver(m);
   }

@@ -40,8 +40,19 @@ pub struct Resolved {
     /// With `RowAccess::Checked`: the last position the worker had judged before it began
     /// judging for this audience. Later changes carry its verdict; earlier ones do not.
     pub judged_after: u64,
-    /// For a channel: whether the principal may also broadcast on it.
-    pub may_send: bool,
+    /// For a channel: what the principal may do there besides receiving its messages.
+    pub rights: ChannelRights,
+}
+
+/// What a principal may do on a channel besides receiving its messages (nothing, on a table).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChannelRights {
+    /// Broadcast to the others.
+    pub send: bool,
+    /// Be told who is present.
+    pub presence: bool,
+    /// Track its own presence.
+    pub track: bool,
 }
 
 /// Why the worker could not resolve a subscription.

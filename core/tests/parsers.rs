@@ -46,6 +46,7 @@ fn message_like() -> impl Strategy<Value = String> {
         Just("ping"),
         Just("tables"),
         Just("broadcast"),
+        Just("track"),
         Just("other"),
     ];
     let field = prop_oneof![
@@ -54,6 +55,7 @@ fn message_like() -> impl Strategy<Value = String> {
         Just("channel"),
         Just("event"),
         Just("payload"),
+        Just("state"),
         Just("events"),
         Just("filter"),
         Just("ref"),
@@ -153,7 +155,7 @@ proptest! {
                 prop_assert!(table.iter().chain(&channel).all(|name| !name.contains('\0')));
             }
             Ok(ClientMessage::Unsubscribe { id }) => prop_assert!(id.is_string() || id.is_number()),
-            Ok(ClientMessage::Ping { .. } | ClientMessage::Tables { .. } | ClientMessage::Auth { .. } | ClientMessage::Ack { .. } | ClientMessage::Broadcast { .. }) => {}
+            Ok(ClientMessage::Ping { .. } | ClientMessage::Tables { .. } | ClientMessage::Auth { .. } | ClientMessage::Ack { .. } | ClientMessage::Broadcast { .. } | ClientMessage::Track { .. } | ClientMessage::Untrack { .. }) => {}
             Err(e) => prop_assert!(!e.to_string().is_empty(), "{:?}", e.code()),
         }
     }

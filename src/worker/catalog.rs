@@ -123,7 +123,7 @@ fn resolve_channel(channel: &str, principal: &Principal) -> Answer<Resolved> {
         columns: None,
         rows: RowAccess::All,
         judged_after: 0,
-        may_send: rights.send,
+        rights: rights.room,
     })
 }
 
@@ -233,7 +233,7 @@ fn resolve(
             columns,
             rows,
             judged_after: 0,
-            may_send: false,
+            rights: Default::default(),
         },
         checked,
     ))

@@ -304,6 +304,7 @@ fn limits() -> Limits {
         max_message_size: gucs::max_message_size(),
         broadcast_rate: gucs::broadcast_rate(),
         max_broadcast_size: gucs::max_broadcast_size(),
+        max_presence_per_channel: gucs::max_presence_per_channel(),
         max_subscriptions: gucs::max_subscriptions(),
         max_handshakes: gucs::max_handshakes(),
         max_snapshot_workers: gucs::max_snapshot_workers(),

@@ -1,9 +1,10 @@
-//! Who may receive and send on a channel. A relayed NOTIFY channel is received by members of
+//! Who may receive, send on and track presence in a channel. A relayed NOTIFY channel is received by members of
 //! its readers and sent to by nobody but the database; with `realtime.public_topics` on, any
 //! other topic is open to everyone; otherwise row-level security on `realtime.messages`
 //! decides, asked as Supabase Realtime asks it: a probe row is inserted (as the worker, which
 //! owns the table), read back as the principal with its claims and `realtime.topic()` set
-//! (may receive), inserted again as the principal (may send), and all of it rolled back. Once
+//! (may receive), inserted again as the principal (may send), and all of it rolled back;
+//! the same with `extension` 'presence' for who may see and join its presence. Once
 //! per subscription, and again when the catalog or the token changes; never per message.
 
 use super::roles::{optional, Answer, Role};
@@ -12,13 +13,13 @@ use crate::gucs;
 use crate::pg::xact::rolled_back;
 use pgrx::prelude::*;
 use realtime_core::auth::Principal;
-use realtime_core::bridge::ResolveError;
+use realtime_core::bridge::{ChannelRights, ResolveError};
 use std::ffi::CString;
 
 /// What a principal may do on a channel.
 pub struct Rights {
     pub receive: bool,
-    pub send: bool,
+    pub room: ChannelRights,
 }
 
 pub fn rights(channel: &str, role: &Role, principal: &Principal) -> Answer<Rights> {
@@ -29,50 +30,62 @@ pub fn rights(channel: &str, role: &Role, principal: &Principal) -> Answer<Right
         &[channel.into(), role.oid.into()],
     ))?;
     if let Some(receive) = relayed {
-        return Ok(Rights {
-            receive,
-            send: false,
-        });
+        let room = ChannelRights::default();
+        return Ok(Rights { receive, room });
     }
     if gucs::public_topics() {
+        let room = ChannelRights {
+            send: true,
+            presence: true,
+            track: true,
+        };
         return Ok(Rights {
             receive: true,
-            send: true,
+            room,
         });
     }
     let claims = principal.claims.as_str();
     let topic = CString::new(channel).map_err(|_| ResolveError::UnknownChannel(channel.into()))?;
-    let probe = rolled_back(|| {
+    // Read back: a probe row of each kind, inserted as the table's owner.
+    let readable = rolled_back(|| {
         Spi::run_with_args(
-            "INSERT INTO realtime.messages (topic, extension) VALUES ($1, 'broadcast')",
+            "INSERT INTO realtime.messages (topic, extension)
+             VALUES ($1, 'broadcast'), ($1, 'presence')",
             &[channel.into()],
         )?;
-        let receive = as_subscriber(role.oid, Some(claims), || {
+        as_subscriber(role.oid, Some(claims), || {
             set_setting(c"realtime.topic", &topic);
-            Spi::get_one_with_args::<bool>(
-                "SELECT EXISTS (SELECT FROM realtime.messages
-                                 WHERE topic = $1 AND extension = 'broadcast')",
+            Spi::get_two_with_args::<bool, bool>(
+                "SELECT coalesce(bool_or(extension = 'broadcast'), false),
+                        coalesce(bool_or(extension = 'presence'), false)
+                   FROM realtime.messages WHERE topic = $1",
                 &[channel.into()],
             )
-        })?;
-        Ok::<_, pgrx::spi::Error>(receive == Some(true))
+        })
     });
-    let receive = match probe {
-        Ok(Ok(receive)) => receive,
-        // No SELECT granted, or a policy that raised or ran out of time: refused, and only
-        // this principal.
-        Ok(Err(_)) | Err(_) => false,
+    // No SELECT granted, or a policy that raised or ran out of time: refused, and only
+    // this principal.
+    let (receive, presence) = match readable {
+        Ok(Ok((receive, presence))) => (receive == Some(true), presence == Some(true)),
+        Ok(Err(_)) | Err(_) => (false, false),
     };
-    let send = receive
-        && rolled_back(|| {
+    // Written: as the principal, under its INSERT policies.
+    let may_insert = |extension: &str| {
+        rolled_back(|| {
             as_sender(role.oid, Some(claims), || {
                 set_setting(c"realtime.topic", &topic);
                 Spi::run_with_args(
-                    "INSERT INTO realtime.messages (topic, extension) VALUES ($1, 'broadcast')",
-                    &[channel.into()],
+                    "INSERT INTO realtime.messages (topic, extension) VALUES ($1, $2)",
+                    &[channel.into(), extension.into()],
                 )
             })
         })
-        .is_ok_and(|inserted| inserted.is_ok());
-    Ok(Rights { receive, send })
+        .is_ok_and(|inserted| inserted.is_ok())
+    };
+    let room = ChannelRights {
+        send: receive && may_insert("broadcast"),
+        presence: receive && presence,
+        track: receive && presence && may_insert("presence"),
+    };
+    Ok(Rights { receive, room })
 }

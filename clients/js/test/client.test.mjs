@@ -171,6 +171,27 @@ test('send() broadcasts to the other subscribers of a channel, as its policies a
   b.close();
 });
 
+test('track() makes a connection present; channel(..., {presence: true}) follows who is', async () => {
+  sql(`DROP POLICY IF EXISTS js_presence_read ON realtime.messages;
+       DROP POLICY IF EXISTS js_presence_write ON realtime.messages;
+       CREATE POLICY js_presence_read ON realtime.messages FOR SELECT TO realtime_reader
+         USING (realtime.topic() = 'js_lobby');
+       CREATE POLICY js_presence_write ON realtime.messages FOR INSERT TO realtime_reader
+         WITH CHECK (realtime.topic() = 'js_lobby' AND extension = 'presence')`);
+  const [a, b] = [connect(WS_URL), connect(WS_URL)];
+  const seen = [];
+  const subs = [a.channel('js_lobby', () => {}), b.channel('js_lobby', { presence: true }, (m) => seen.push(m))];
+  await Promise.all(subs.map(live));
+  const key = await a.track('js_lobby', { name: 'ada' });
+  await until(() => seen.some((m) => m.type === 'presence_diff'), 'the join');
+  assert.deepEqual(seen.map((m) => m.type), ['presence_state', 'presence_diff']);
+  assert.deepEqual(seen[1].joins, { [key]: { name: 'ada' } });
+  a.close();
+  await until(() => seen.length === 3, 'the leave');
+  assert.deepEqual(seen[2].leaves, { [key]: { name: 'ada' } });
+  b.close();
+});
+
 test('tokens are refreshed with getToken before they expire, without losing changes', async () => {
   const name = table();
   let minted = 0;

@@ -9,11 +9,11 @@
 
 use crate::bridge::WorkerHandle;
 use crate::change::{Batch, EndReason, GapReason, MAX_CHANNEL_BYTES};
-use crate::net::broadcast::{Allowance, Mailbox, Refused, Shout};
 use crate::net::clients::Client;
 use crate::net::context::Context;
 use crate::net::fanout::{Delivering, Dropped, Kick};
 use crate::net::identity::{Identity, NEVER};
+use crate::net::rooms::{Allowance, Mailbox, Refused, Shout};
 use crate::net::shared::Shared;
 use crate::net::snapshots::{SnapshotError, Snapshots};
 use crate::net::stream::Stream;
@@ -87,6 +87,7 @@ pub async fn run<P: Protocol, S: Stream>(
     let mut subscriber = Subscriber::new(&context);
     let (mailbox, mut shouts) = context.hub.mailbox();
     subscriber.subscriptions.receive_broadcasts(mailbox.clone());
+    let presence = mailbox.presence_waiting();
     let client = context.clients.join(address);
     client.set_batches(subscriber.cursor().registrar());
     let kicked = subscriber.cursor().kicked();
@@ -234,6 +235,21 @@ pub async fn run<P: Protocol, S: Stream>(
                     Err(_) => break timed_out(),
                 }
             }
+            () = presence.notified() => {
+                let told = conn.mailbox.take_presence(conn.subscriber.subscriptions.channels());
+                let written = tokio::time::timeout(timeout, async {
+                    for presence in &told {
+                        conn.feed(Say::Presence(presence)).await?;
+                    }
+                    conn.sink.flush().await
+                })
+                .await;
+                match written {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break None,
+                    Err(_) => break timed_out(),
+                }
+            }
             () = &mut expiry => {
                 conn.identity.expire();
                 conn.reported = None;
@@ -304,10 +320,10 @@ impl<P: Protocol, S: Stream> Connection<P, S> {
     /// Whether this connection may broadcast this now: subscribed to the channel with the
     /// right to send on it, within its rate and the size limit.
     fn may_broadcast(&mut self, channel: &str, event: &str, payload: &str) -> Result<(), Refused> {
-        match self.subscriber.subscriptions.may_send(channel) {
+        match self.subscriber.subscriptions.rights(channel) {
             None => return Err(Refused::NotSubscribed),
-            Some(false) => return Err(Refused::Forbidden),
-            Some(true) => {}
+            Some(rights) if !rights.send => return Err(Refused::Forbidden),
+            Some(_) => {}
         }
         let limits = self.shared.limits();
         if event.is_empty() || event.len() > MAX_CHANNEL_BYTES {
@@ -320,6 +336,24 @@ impl<P: Protocol, S: Stream> Connection<P, S> {
             return Err(Refused::RateLimited(limits.broadcast_rate));
         }
         Ok(())
+    }
+
+    /// Whether this connection may be tracked with `state` on `channel` now; the most members
+    /// the channel may have.
+    fn may_track(&mut self, channel: &str, state: &str) -> Result<usize, Refused> {
+        match self.subscriber.subscriptions.rights(channel) {
+            None => return Err(Refused::NotSubscribed),
+            Some(rights) if !rights.track => return Err(Refused::TrackForbidden),
+            Some(_) => {}
+        }
+        let limits = self.shared.limits();
+        if state.len() > limits.max_broadcast_size {
+            return Err(Refused::StateTooLarge(limits.max_broadcast_size));
+        }
+        if !self.allowance.take(limits.broadcast_rate) {
+            return Err(Refused::RateLimited(limits.broadcast_rate));
+        }
+        Ok(limits.max_presence_per_channel)
     }
 
     async fn refuse(&mut self, refusal: Refusal<'_>, id: Option<&P::Id>) {
@@ -375,7 +409,7 @@ impl<P: Protocol, S: Stream> Connection<P, S> {
             } => {
                 if let Err(refused) = self.may_broadcast(&channel, &event, &payload) {
                     let reference = reference.as_ref();
-                    let refusal = Refusal::Broadcast {
+                    let refusal = Refusal::Room {
                         refused: &refused,
                         reference,
                     };
@@ -389,6 +423,48 @@ impl<P: Protocol, S: Stream> Connection<P, S> {
                         receivers,
                     };
                     self.say(sent).await
+                }
+            }
+            Ask::Track {
+                channel,
+                state,
+                reference,
+            } => {
+                let tracked = self
+                    .may_track(&channel, &state)
+                    .and_then(|max| self.mailbox.track(&channel, state.into(), max));
+                let reference = reference.as_ref();
+                match (tracked, reference) {
+                    (Err(refused), _) => {
+                        let refusal = Refusal::Room {
+                            refused: &refused,
+                            reference,
+                        };
+                        self.refuse(refusal, None).await
+                    }
+                    (Ok(()), Some(reference)) => {
+                        let key = Some(self.mailbox.member());
+                        let channel = &channel;
+                        self.say(Say::Tracked {
+                            reference,
+                            channel,
+                            key,
+                        })
+                        .await
+                    }
+                    (Ok(()), None) => {}
+                }
+            }
+            Ask::Untrack { channel, reference } => {
+                self.mailbox.untrack(&channel);
+                if let Some(reference) = &reference {
+                    let channel = &channel;
+                    self.say(Say::Tracked {
+                        reference,
+                        channel,
+                        key: None,
+                    })
+                    .await
                 }
             }
             Ask::Ping { reference } => {

@@ -3,7 +3,7 @@
 use crate::bridge::WorkerHandle;
 use crate::history::History;
 use crate::net::http::head::Handshakes;
-use crate::net::{apart, broadcast::Hub, clients, fanout::Fanout, shared::Shared, snapshots};
+use crate::net::{apart, clients, fanout::Fanout, rooms::Hub, shared::Shared, snapshots};
 use std::sync::Arc;
 
 /// What every connection needs.

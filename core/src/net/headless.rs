@@ -198,6 +198,7 @@ mod unit {
             filter: None,
             since,
             after_snapshot: None,
+            presence: false,
         }
     }
 
@@ -252,7 +253,7 @@ mod unit {
                 clients: Arc::default(),
                 snapshots: Arc::default(),
                 judges: Arc::default(),
-                hub: crate::net::broadcast::Hub::new(stats),
+                hub: crate::net::rooms::Hub::new(stats),
             };
             Engine {
                 dir,

@@ -4,7 +4,6 @@
 
 pub mod apart;
 pub mod backlog;
-pub mod broadcast;
 pub mod clients;
 mod connection;
 mod context;
@@ -13,6 +12,7 @@ pub mod headless;
 mod http;
 pub mod identity;
 pub mod interest;
+pub mod rooms;
 pub mod shared;
 pub mod snapshots;
 mod stream;
@@ -102,7 +102,7 @@ pub fn start(
         clients: Arc::default(),
         snapshots: Arc::default(),
         judges: Arc::default(),
-        hub: broadcast::Hub::new(shared.stats),
+        hub: rooms::Hub::new(shared.stats),
     };
     let readers = context.snapshots.clone();
     match runtime.block_on(async { readers.listen(std::path::Path::new(snapshots::SOCKET)) }) {

@@ -22,8 +22,11 @@ pub struct Limits {
     pub max_subscriptions: usize,
     /// Client broadcasts one connection may send a second (realtime.broadcast_rate).
     pub broadcast_rate: u32,
-    /// Largest payload of a client broadcast, in bytes of JSON (realtime.max_broadcast_size).
+    /// Largest payload of a client broadcast or presence state, in bytes of JSON
+    /// (realtime.max_broadcast_size).
     pub max_broadcast_size: usize,
+    /// Most members tracked in one channel's presence (realtime.max_presence_per_channel).
+    pub max_presence_per_channel: usize,
     pub max_handshakes: usize,
     /// Snapshot readers that may run at once (realtime.max_snapshot_workers).
     pub max_snapshot_workers: usize,

@@ -2,11 +2,11 @@
 //! which end, and which gaps concern them. A session loop hands it batches and writes out,
 //! in its own protocol's frames, the `Outgoing` items it gets back.
 
-use super::broadcast::{Mailbox, Membership};
 use super::fanout::{Dropped, Interest, Registrar, Summary};
 use super::interest::Keys;
+use super::rooms::{Mailbox, Membership};
 use crate::auth::Principal;
-use crate::bridge::{ResolveError, Target, WorkerHandle};
+use crate::bridge::{ChannelRights, ResolveError, Target, WorkerHandle};
 use crate::change::{AudienceId, Batch, Change, EndReason, GapReason, Topic};
 use crate::filter::{self, FilterError, FilterSpec};
 use crate::history::History;
@@ -37,6 +37,8 @@ pub struct Wish {
     pub since: Option<u64>,
     /// Send only changes this snapshot does not contain (`after_snapshot`).
     pub after_snapshot: Option<Arc<Xids>>,
+    /// A channel's: be told who is present.
+    pub presence: bool,
 }
 
 /// Why a subscription was not made.
@@ -144,8 +146,8 @@ struct Subscription<K> {
     _interest: Interest,
     _audience: Option<Audience>,
     _counted: Counted,
-    /// A channel's: may the principal broadcast on it.
-    may_send: bool,
+    /// A channel's: what the principal may do there.
+    rights: ChannelRights,
     /// A channel's: its seat for client broadcasts.
     _seat: Option<Membership>,
 }
@@ -298,13 +300,20 @@ impl<K> SubscriptionSet<K> {
         self.mailbox = Some(mailbox);
     }
 
-    /// Whether the principal may broadcast on `channel`: `None` when not subscribed to it.
-    pub fn may_send(&self, channel: &str) -> Option<bool> {
+    /// What the principal may do on `channel`: `None` when not subscribed to it.
+    pub fn rights(&self, channel: &str) -> Option<ChannelRights> {
         self.subscriptions
             .iter()
-            .filter(|s| matches!(&s.topic, Topic::Channel(c) if &**c == channel))
-            .map(|s| s.may_send)
-            .reduce(|a, b| a || b)
+            .find(|s| matches!(&s.topic, Topic::Channel(c) if &**c == channel))
+            .map(|s| s.rights)
+    }
+
+    /// The channels subscribed to.
+    pub fn channels(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.subscriptions.iter().filter_map(|s| match &s.topic {
+            Topic::Channel(c) => Some(c),
+            Topic::Table(_) => None,
+        })
     }
 
     /// The position this connection has caught up to.
@@ -424,8 +433,17 @@ impl<K> SubscriptionSet<K> {
             .registrar
             .register(resolved.topic.clone(), Keys::of(&resolved.rows));
         let seen_by = wish.after_snapshot.clone();
+        if wish.presence && !resolved.rights.presence {
+            return Err(SubscribeError::Resolve(ResolveError::Forbidden(
+                "this role may not see presence on this channel".into(),
+            )));
+        }
+        let rights = ChannelRights {
+            presence: wish.presence,
+            ..resolved.rights
+        };
         let seat = match (&resolved.topic, &self.mailbox) {
-            (Topic::Channel(channel), Some(mailbox)) => Some(mailbox.join(channel)),
+            (Topic::Channel(channel), Some(mailbox)) => Some(mailbox.join(channel, rights)),
             _ => None,
         };
         Ok(Subscription {
@@ -444,7 +462,7 @@ impl<K> SubscriptionSet<K> {
             _interest: interest,
             _audience: audience,
             _counted: counted,
-            may_send: resolved.may_send,
+            rights,
             _seat: seat,
         })
     }
@@ -883,6 +901,7 @@ mod unit {
             filter: filter.map(Into::into),
             since,
             after_snapshot: None,
+            presence: false,
         }
     }
 

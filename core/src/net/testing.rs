@@ -2,7 +2,9 @@
 //! subscriptions from a fixed catalog, changes, and the shared state.
 
 use crate::auth::Principal;
-use crate::bridge::{request_channel, Request, ResolveError, Resolved, Target, WorkerHandle};
+use crate::bridge::{
+    request_channel, ChannelRights, Request, ResolveError, Resolved, Target, WorkerHandle,
+};
 use crate::change::{Batch, Change, Topic, Txn};
 use crate::filter::{ResolvedFilter, ValueKind};
 use crate::net::shared::{Limits, Shared};
@@ -47,7 +49,11 @@ pub fn worker() -> WorkerHandle {
                                 columns: None,
                                 rows: RowAccess::All,
                                 judged_after: 0,
-                                may_send: true,
+                                rights: ChannelRights {
+                                    send: true,
+                                    presence: true,
+                                    track: true,
+                                },
                             }));
                             continue;
                         }
@@ -70,7 +76,7 @@ pub fn worker() -> WorkerHandle {
                                 has_null: false,
                             })),
                             judged_after: 0,
-                            may_send: false,
+                            rights: ChannelRights::default(),
                         }),
                         "open" => Ok(Resolved {
                             topic: Topic::Table(8),
@@ -81,7 +87,7 @@ pub fn worker() -> WorkerHandle {
                             columns: None,
                             rows: RowAccess::All,
                             judged_after: 0,
-                            may_send: false,
+                            rights: ChannelRights::default(),
                         }),
                         other => Err(ResolveError::UnknownTable(other.into())),
                     };
@@ -104,6 +110,7 @@ pub fn shared(stats: &'static Stats) -> Arc<Shared> {
             max_message_size: 1 << 20,
             broadcast_rate: 100,
             max_broadcast_size: 16 * 1024,
+            max_presence_per_channel: 100,
             max_subscriptions: 10,
             max_handshakes: 10,
             max_snapshot_workers: 1,

@@ -10,7 +10,7 @@ pub mod native;
 use crate::auth::AuthError;
 use crate::bridge::{ResolveError, WatchedTable};
 use crate::change::{Change, EndReason, GapReason};
-use crate::net::broadcast::{self, Shout};
+use crate::net::rooms::{self, Presence, Shout};
 use crate::net::subscriptions::{Matched, SubscribeError, Subscribed, Wish};
 use crate::snapshot::OrderBy;
 use crate::visibility::Columns;
@@ -66,6 +66,17 @@ pub enum Ask<Id> {
         event: String,
         payload: String,
         include_self: bool,
+        reference: Option<Value>,
+    },
+    /// Be present on `channel` with `state` (JSON text), replacing what it had.
+    Track {
+        channel: String,
+        state: String,
+        reference: Option<Value>,
+    },
+    /// No longer be present on `channel`.
+    Untrack {
+        channel: String,
         reference: Option<Value>,
     },
 }
@@ -130,6 +141,14 @@ pub enum Say<'a, Id> {
     },
     /// A client broadcast on a channel this connection is subscribed to.
     Broadcast { shout: &'a Shout },
+    /// Who is present on a channel: everyone, or what changed.
+    Presence(&'a Presence),
+    /// The connection is tracked (`key` its presence key) or, without a key, untracked.
+    Tracked {
+        reference: &'a Value,
+        channel: &'a str,
+        key: Option<u64>,
+    },
     /// This connection's broadcast went to `receivers` connections.
     BroadcastSent {
         reference: &'a Value,
@@ -153,9 +172,9 @@ pub enum Refusal<'a> {
     SnapshotFailed(&'a str),
     /// Binary messages are not part of the protocol.
     Binary,
-    /// A broadcast was refused; `reference`: the one it was sent with.
-    Broadcast {
-        refused: &'a broadcast::Refused,
+    /// A broadcast or a presence request was refused; `reference`: the one it came with.
+    Room {
+        refused: &'a rooms::Refused,
         reference: Option<&'a Value>,
     },
 }

@@ -8,8 +8,8 @@ use crate::bridge::Target;
 use crate::bridge::{ResolveError, WatchedTable};
 use crate::change::{Change, EndReason, FrameSlot, GapReason, Topic, MAX_CHANNEL_BYTES};
 use crate::filter::FilterError;
-use crate::net::broadcast::{self, Shout};
 use crate::net::identity;
+use crate::net::rooms::{self, Presence, Shout};
 use crate::net::subscriptions::{SubscribeError, Wish};
 use crate::ops::{Op, OpSet};
 use crate::snapshot::{self, OrderBy, Xids};
@@ -53,6 +53,8 @@ pub enum ClientMessage {
         /// A token from `realtime_snapshot_token()` (or a `snapshot_end`): send only the
         /// changes the reads in that snapshot did not contain.
         after_snapshot: Option<String>,
+        /// A channel's: be told who is present (`presence_state`, then `presence_diff`s).
+        presence: Option<bool>,
     },
     Unsubscribe {
         id: Value,
@@ -73,6 +75,19 @@ pub enum ClientMessage {
     /// The client has handled everything up to this position (shown to operators).
     Ack {
         position: u64,
+    },
+    /// Be present on the channel with this state (replacing the last); with a `ref`, the
+    /// server answers `tracked`.
+    Track {
+        channel: String,
+        state: Option<Value>,
+        #[serde(rename = "ref")]
+        reference: Option<Value>,
+    },
+    Untrack {
+        channel: String,
+        #[serde(rename = "ref")]
+        reference: Option<Value>,
     },
     /// Send to the channel's other subscribers (with `self`, to this connection too); with a
     /// `ref`, the server answers `broadcast_sent`.
@@ -110,6 +125,7 @@ pub enum ErrorCode {
     NotSubscribed,
     RateLimited,
     PayloadTooLarge,
+    PresenceFull,
     Unauthorized,
     Forbidden,
     TokenExpired,
@@ -190,6 +206,18 @@ pub enum ServerMessage<'a> {
         reference: &'a Value,
         receivers: usize,
     },
+    /// The connection is present on `channel` under `key`.
+    Tracked {
+        #[serde(rename = "ref")]
+        reference: &'a Value,
+        channel: &'a str,
+        key: String,
+    },
+    Untracked {
+        #[serde(rename = "ref")]
+        reference: &'a Value,
+        channel: &'a str,
+    },
 }
 
 impl Serialize for EndReason {
@@ -254,7 +282,8 @@ pub fn parse(text: &str) -> Result<ClientMessage, ParseError> {
     let kind = match value.get("type").and_then(Value::as_str) {
         None => return Err(ParseError::NoType),
         Some(
-            kind @ ("subscribe" | "unsubscribe" | "ping" | "tables" | "auth" | "ack" | "broadcast"),
+            kind @ ("subscribe" | "unsubscribe" | "ping" | "tables" | "auth" | "ack" | "broadcast"
+            | "track" | "untrack"),
         ) => kind.to_string(),
         Some(other) => return Err(ParseError::UnknownType(other.to_string())),
     };
@@ -383,14 +412,17 @@ impl Coded for identity::Refusal {
     }
 }
 
-impl Coded for broadcast::Refused {
+impl Coded for rooms::Refused {
     fn code(&self) -> ErrorCode {
         match self {
-            broadcast::Refused::NotSubscribed => ErrorCode::NotSubscribed,
-            broadcast::Refused::Forbidden => ErrorCode::Forbidden,
-            broadcast::Refused::RateLimited(_) => ErrorCode::RateLimited,
-            broadcast::Refused::TooLarge(_) => ErrorCode::PayloadTooLarge,
-            broadcast::Refused::BadEvent => ErrorCode::InvalidMessage,
+            rooms::Refused::NotSubscribed => ErrorCode::NotSubscribed,
+            rooms::Refused::Forbidden => ErrorCode::Forbidden,
+            rooms::Refused::RateLimited(_) => ErrorCode::RateLimited,
+            rooms::Refused::TooLarge(_) => ErrorCode::PayloadTooLarge,
+            rooms::Refused::BadEvent => ErrorCode::InvalidMessage,
+            rooms::Refused::TrackForbidden => ErrorCode::Forbidden,
+            rooms::Refused::StateTooLarge(_) => ErrorCode::PayloadTooLarge,
+            rooms::Refused::PresenceFull(_) => ErrorCode::PresenceFull,
         }
     }
 }
@@ -452,6 +484,16 @@ fn ask(text: &str) -> Result<Ask<Value>, Utf8Bytes> {
         ClientMessage::Ping { reference } => Ask::Ping { reference },
         ClientMessage::Tables { reference } => Ask::Tables { reference },
         ClientMessage::Unsubscribe { id } => Ask::Unsubscribe { id },
+        ClientMessage::Track {
+            channel,
+            state,
+            reference,
+        } => Ask::Track {
+            channel,
+            state: state.unwrap_or(Value::Null).to_string(),
+            reference,
+        },
+        ClientMessage::Untrack { channel, reference } => Ask::Untrack { channel, reference },
         ClientMessage::Broadcast {
             channel,
             event,
@@ -476,9 +518,13 @@ fn ask(text: &str) -> Result<Ask<Value>, Utf8Bytes> {
             limit,
             order,
             after_snapshot,
+            presence,
         } => {
             let invalid = |why: &str| error_frame(ErrorCode::InvalidMessage, why, Some(&id));
             let target = match (table, channel) {
+                (Some(_), None) if presence.is_some() => {
+                    return Err(invalid("presence applies to channels, not tables"));
+                }
                 (Some(table), None) => Target::Table(table),
                 (None, Some(channel)) => {
                     if channel.is_empty() || channel.len() > MAX_CHANNEL_BYTES {
@@ -511,6 +557,7 @@ fn ask(text: &str) -> Result<Ask<Value>, Utf8Bytes> {
                     filter,
                     since,
                     after_snapshot,
+                    presence: presence == Some(true),
                 },
                 snapshot: snapshot.then_some(SnapshotWish { order, limit }),
             }
@@ -574,6 +621,21 @@ fn encode(say: Say<'_, Value>) -> Utf8Bytes {
         } => return projected_frame(change, true, true, columns).into(),
         Say::SnapshotRows { id, rows } => return snapshot_frame(id, rows).into(),
         Say::Broadcast { shout } => return shout.encoded(BROADCAST, broadcast_frame),
+        Say::Presence(presence) => return presence_frame(presence).into(),
+        Say::Tracked {
+            reference,
+            channel,
+            key: Some(key),
+        } => ServerMessage::Tracked {
+            reference,
+            channel,
+            key: key.to_string(),
+        },
+        Say::Tracked {
+            reference,
+            channel,
+            key: None,
+        } => ServerMessage::Untracked { reference, channel },
         Say::BroadcastSent {
             reference,
             receivers,
@@ -582,7 +644,7 @@ fn encode(say: Say<'_, Value>) -> Utf8Bytes {
             receivers,
         },
         Say::Refused {
-            refusal: Refusal::Broadcast { refused, reference },
+            refusal: Refusal::Room { refused, reference },
             ..
         } => {
             let message = ServerMessage::Error {
@@ -608,7 +670,7 @@ fn encode(say: Say<'_, Value>) -> Utf8Bytes {
                     ErrorCode::BinaryNotSupported,
                     "send JSON text messages".into(),
                 ),
-                Refusal::Broadcast { refused, .. } => (refused.code(), refused.to_string()),
+                Refusal::Room { refused, .. } => (refused.code(), refused.to_string()),
             };
             return error_frame(code, &message, id);
         }
@@ -753,6 +815,50 @@ pub fn broadcast_frame(shout: &Shout) -> String {
         json_string(&shout.event),
         shout.payload
     )
+}
+
+/// `presence_state` or `presence_diff`: members by their key, states already JSON text.
+pub fn presence_frame(presence: &Presence) -> String {
+    let members = |out: &mut String, members: &[rooms::Present]| {
+        out.push('{');
+        for (i, (key, state)) in members.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let _ = write!(out, r#""{key}":{state}"#);
+        }
+        out.push('}');
+    };
+    let mut s = String::new();
+    match presence {
+        Presence::State {
+            channel,
+            members: all,
+        } => {
+            let _ = write!(
+                s,
+                r#"{{"type":"presence_state","channel":{},"state":"#,
+                json_string(channel)
+            );
+            members(&mut s, all);
+        }
+        Presence::Diff {
+            channel,
+            joins,
+            leaves,
+        } => {
+            let _ = write!(
+                s,
+                r#"{{"type":"presence_diff","channel":{},"joins":"#,
+                json_string(channel)
+            );
+            members(&mut s, joins);
+            s.push_str(r#","leaves":"#);
+            members(&mut s, leaves);
+        }
+    }
+    s.push('}');
+    s
 }
 
 fn leave_text(change: &Change, old: Option<&str>) -> String {
