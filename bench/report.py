@@ -74,7 +74,7 @@ for clients in (1, 100, 1000):
     relay = find(scenario="latency", target="Relay", clients=clients, payload_bytes=16)
     if relay:
         met = p99(relay) is not None and (p99(br) is None or p99(relay) < p99(br))
-        print(f"| N | {clients:,} clients, the bridge's pg_notify trigger relayed: p50 / p99 | | {lat(br)} | {lat(relay)} | p99 below bridge | {ok(met)} |")
+        print(f"| L | {clients:,} clients, the bridge's own pg_notify trigger, relayed (realtime_relay): p50 / p99 | | {lat(br)} | {lat(relay)} | p99 below bridge | {ok(met)} |")
 rt, br = find(scenario="fanout", target="Realtime", tls=False), find(scenario="fanout", target="Bridge")
 def fan(r):
     if r is None:
@@ -110,6 +110,16 @@ for size in (1000, 10000, 100000, 1000000):
     br = find(scenario="latency", target="Bridge", clients=1, payload_bytes=size)
     met = rt is not None and not rt.get("error") and not rt.get("failed_writes") and rt["delivered"] == rt["expected"]
     print(f"| P | {size:,}-byte rows, 1 client: p50 / p99 | | {lat(br)} | {lat(rt)} | delivered at every size | {ok(met)} |")
+k = find(scenario="shout")
+if k and not k.get("error"):
+    lk = k["latency_ms"]
+    print(f"| K | client broadcast, 1 sender at {k['rate']:.0f}/s to {k['clients']:,} subscribers: delivered/s; p50 / p99 | | | "
+          f"{f(k['delivered_per_s'], 0)}/s ({k['delivered_messages']:,} of {k['expected_messages']:,}); {lk['p50']:.2f} / {lk['p99']:.2f} ms | beside F | |")
+y = find(scenario="presence")
+if y and not y.get("error"):
+    t = y["full_state_ms"]
+    print(f"| Y | {y['clients']:,} clients join one channel's presence: until each has the full state, p50 / max | | | "
+          f"{t['p50']:,.0f} / {t['max']:,.0f} ms ({y['complete']:,} complete) | | |")
 fans = [r for r in rows if r.get("scenario") == "fanout" and r.get("target") == "Realtime"]
 plain = [r for r in fans if not r.get("tls")][-1:]
 tls = [r for r in fans if r.get("tls")]

@@ -2,7 +2,7 @@
 # realtime_ext against the architecture it replaces, side by side, in one run.
 #   bench/run.sh            full run (about 25 minutes on 2 cores)
 #   bench/run.sh --quick    smaller counts, shorter runs (under 5 minutes once built)
-#   BENCH_SCENARIOS=LF bench/run.sh    only the scenarios named (any of W L F C T P R S D N B)
+#   BENCH_SCENARIOS=LF bench/run.sh    only the scenarios named (any of W L F C T P R S D N B K Y)
 # Builds what it needs, starts its own PostgreSQL 15 cluster (synchronous_commit on, fsync on)
 # and the Node LISTEN/NOTIFY bridge, runs every scenario, prints a markdown table and writes
 # the raw results to bench/results/<time>.json.
@@ -14,7 +14,7 @@ export BENCH_COMMIT=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 export BENCH_DIRTY=$([ -z "$(git status --porcelain 2>/dev/null)" ] && echo false || echo true)
 . scripts/lib.sh
 say() { printf '\n==> %s\n' "$*" >&2; }
-SCENARIOS=${BENCH_SCENARIOS:-WLFCTPRDNBS}
+SCENARIOS=${BENCH_SCENARIOS:-WLFCTPRDNBKYS}
 want() { [[ $SCENARIOS == *$1* ]]; }
 
 if [ $QUICK = 1 ]; then
@@ -56,6 +56,9 @@ realtime.queue_size = 64MB
 realtime.anon_role = 'bench_reader'
 realtime.authenticator = 'bench_authenticator'
 realtime.jwt_secret = '$JWT_SECRET'
+# K and Y: channels open to the load clients, and one sender as fast as K asks.
+realtime.public_topics = on
+realtime.broadcast_rate = 100000
 CONF
 as_pg "$BIN/pg_ctl" -D "$DATA/pg" -l "$DATA/server.log" -w start >/dev/null
 BRIDGE_PID= FLOOR_PID=
@@ -231,6 +234,16 @@ if want B; then
 say "B: commit to DOM in headless Chromium, 1,000 changes at 100/s; recovery after the worker is terminated"
 psql_ -f examples/defects/schema.sql >/dev/null
 node bench/browser.mjs "http://127.0.0.1:$WSPORT" "$BIN/psql" "$PGPORT" 1000 100 5 | record
+fi
+
+if want K; then
+say "K: client broadcast, one sender to $F_CLIENTS subscribers of a channel"
+"$LOADGEN" shout --ws "$RT_URL" --clients $F_CLIENTS --seconds $F_SECONDS --rate 200 | record
+fi
+
+if want Y; then
+say "Y: $F_CLIENTS clients join one channel's presence"
+"$LOADGEN" presence --ws "$RT_URL" --clients $F_CLIENTS | record
 fi
 
 if want S; then

@@ -1,7 +1,8 @@
 //! The SQL surface of channels: `realtime_relay()` and `realtime_unrelay()` name the NOTIFY
 //! channels the worker relays (`worker::relay` listens), `realtime_send()` sends a message to a
 //! topic as part of the calling transaction. `realtime_relayed()` and the `realtime.relays`
-//! table are plain SQL (sql/channels.sql).
+//! table are plain SQL (sql/channels.sql), as are Supabase's names for sending,
+//! `realtime.send` and `realtime.broadcast_changes` (sql/supabase_send.sql).
 
 use crate::capture;
 use crate::error::raise;
@@ -102,6 +103,12 @@ fn realtime_send(topic: Option<&str>, event: Option<&str>, payload: Option<pgrx:
     let sender = unsafe { pg_sys::MyProcPid } as u32;
     capture::send_message(topic, event, sender, payload.as_bytes());
 }
+
+extension_sql_file!(
+    "../sql/supabase_send.sql",
+    name = "supabase_send",
+    requires = [realtime_send]
+);
 
 /// jsonb's text, as `payload::text` writes it.
 fn jsonb_text(datum: pg_sys::Datum) -> String {

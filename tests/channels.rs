@@ -298,6 +298,11 @@ fn realtime_send_carries_a_megabyte_joins_prepared_transactions_and_refuses_bad_
     ws.nothing_more();
     db.batch_execute("COMMIT PREPARED 'p'").unwrap();
     assert_eq!(messages(&mut ws, 1)[0]["event"], "prepared");
+    db.batch_execute(
+        "BEGIN; SELECT realtime_send('bulk', 'rolled back', '1'); PREPARE TRANSACTION 'r'",
+    )
+    .unwrap();
+    db.batch_execute("ROLLBACK PREPARED 'r'").unwrap();
     for (call, code) in [
         ("realtime_send('', 'e', '1')", "22023"),
         ("realtime_send(NULL, 'e', '1')", "22023"),
@@ -772,4 +777,59 @@ fn an_expired_token_is_a_leave() {
     // No fresh token arrives: the subscription ends, and with it the presence.
     short.expect_ended("p", "token_expired");
     assert_eq!(diff(&mut watcher).1, json!({&key: "here"}));
+}
+
+#[test]
+fn supabase_s_realtime_send_and_broadcast_changes_work_unchanged() {
+    let cluster = Cluster::start("supabase_send", &["realtime.public_topics = on"]);
+    let mut db = cluster.client();
+    // A trigger as Supabase's documentation writes it.
+    db.batch_execute(
+        "CREATE TABLE rooms_messages (id int PRIMARY KEY, room int, body text);
+         CREATE FUNCTION room_messages_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             PERFORM realtime.broadcast_changes('room:' || coalesce(NEW.room, OLD.room)::text,
+                 TG_OP, TG_OP, TG_TABLE_NAME, TG_TABLE_SCHEMA, NEW, OLD);
+             RETURN NULL;
+         END $$;
+         CREATE TRIGGER changed AFTER INSERT OR UPDATE OR DELETE ON rooms_messages
+             FOR EACH ROW EXECUTE FUNCTION room_messages_changed();",
+    )
+    .unwrap();
+    let mut ws = cluster.ws();
+    assert_eq!(
+        subscribe_channel(&mut ws, "r", "room:1")["type"],
+        "subscribed"
+    );
+    db.batch_execute(
+        "INSERT INTO rooms_messages VALUES (1, 1, 'hi');
+         UPDATE rooms_messages SET body = 'hello' WHERE id = 1;
+         DELETE FROM rooms_messages WHERE id = 1;
+         SELECT realtime.send('{\"typing\": true}', 'typing', 'room:1');
+         SELECT realtime.send('{}', 'public', 'room:1', false);",
+    )
+    .unwrap();
+    let got = messages(&mut ws, 5);
+    let record = |m: &Value| (m["event"].clone(), m["payload"].clone());
+    assert_eq!(
+        record(&got[0]),
+        (
+            json!("INSERT"),
+            json!({"old_record": null, "record": {"id": 1, "room": 1, "body": "hi"},
+                   "operation": "INSERT", "table": "rooms_messages", "schema": "public"})
+        )
+    );
+    assert_eq!(got[1]["payload"]["old_record"]["body"], "hi");
+    assert_eq!(got[1]["payload"]["record"]["body"], "hello");
+    assert_eq!(got[2]["payload"]["record"], Value::Null);
+    assert_eq!(record(&got[3]), (json!("typing"), json!({"typing": true})));
+    assert_eq!(got[4]["event"], "public");
+    // As Supabase's, a statement trigger is refused, with a reason.
+    let e = db
+        .batch_execute(
+            "SELECT realtime.broadcast_changes('t', 'e', 'INSERT', 'x', 'public', NULL::record, NULL::record, 'STATEMENT')",
+        )
+        .unwrap_err();
+    assert_eq!(e.code().map(|c| c.code()), Some("0A000"), "{e}");
+    ws.nothing_more();
 }

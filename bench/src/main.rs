@@ -23,6 +23,12 @@
 //!            One client reads an N-row table with `snapshot: true` while M clients receive R
 //!            changes/s of another: rows/s, and their latency during the read against the S
 //!            seconds before it.
+//!   shout    --clients N --seconds S --rate R
+//!            one connection broadcasts R a second to N subscribers of a channel (needs
+//!            realtime.public_topics and a realtime.broadcast_rate of at least R): delivered/s, latency
+//!   presence --clients N
+//!            N connections join one channel's presence and track themselves: time until each
+//!            sees all N
 //!   floor-server --port P                                        a broadcaster with no database (see floor.rs);
 //!                                                                measure it with latency --target floor
 //!
@@ -102,6 +108,8 @@ async fn main() {
         "rls" => scenarios::rls(&args).await,
         "resume" => scenarios::resume(&args).await,
         "snapshot" => scenarios::snapshot(&args).await,
+        "shout" => scenarios::shout(&args).await,
+        "presence" => scenarios::presence(&args).await,
         "floor-server" => floor::serve(args.num("port", 8090.0) as u16).await,
         _ => usage(),
     };

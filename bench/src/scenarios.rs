@@ -1009,3 +1009,154 @@ pub async fn snapshot(args: &Args) -> Value {
         "steady_latency_ms_during": percentiles(during),
     })
 }
+
+/// Client broadcast: `clients` subscribers of one channel (realtime.public_topics on), one
+/// sender broadcasting `rate` a second for `seconds` (realtime.broadcast_rate must allow it),
+/// each payload its send time: delivered messages/s and send->receive latency.
+pub async fn shout(args: &Args) -> Value {
+    let clients = args.num("clients", 10_000.0) as usize;
+    let seconds = args.num("seconds", 10.0);
+    let rate = args.num("rate", 100.0);
+    let url = url(args);
+    let sockets = match subscribers_to(&url, clients, "bench_room", true).await {
+        Ok(s) => s,
+        Err(e) => return failed("shout", args, e),
+    };
+    let mut sender = match client::channel_subscriber(&url, clients, "bench_room").await {
+        Ok(s) => s,
+        Err(e) => return failed("shout", args, e.to_string()),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = sockets
+        .into_iter()
+        .map(|mut ws| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while !stop.load(Relaxed) {
+                    match tokio::time::timeout(Duration::from_millis(200), ws.next()).await {
+                        Ok(Some(Ok(Message::Text(t)))) => {
+                            if let Some(sent) = client::sent_at_us(&t) {
+                                latencies.push((client::now_us() - sent) as f64 / 1000.0);
+                            }
+                        }
+                        Ok(Some(Ok(_))) | Err(_) => {}
+                        Ok(_) => break,
+                    }
+                }
+                latencies
+            })
+        })
+        .collect();
+    let cpu0 = client::cpu_seconds();
+    let started = Instant::now();
+    let mut sent = 0u64;
+    let mut refused = 0u64;
+    let every = Duration::from_secs_f64(1.0 / rate);
+    while started.elapsed().as_secs_f64() < seconds {
+        let text = format!(
+            r#"{{"type":"broadcast","channel":"bench_room","event":"b","payload":{{"sent_at_us":{}}}}}"#,
+            client::now_us()
+        );
+        if sender.send(Message::text(text)).await.is_err() {
+            break;
+        }
+        sent += 1;
+        // Refusals (rate_limited) come back to the sender; count them without waiting.
+        while let Ok(Some(Ok(Message::Text(t)))) =
+            tokio::time::timeout(Duration::ZERO, sender.next()).await
+        {
+            refused += u64::from(t.contains(r#""type":"error""#));
+        }
+        tokio::time::sleep_until((started + every * sent as u32).into()).await;
+    }
+    let write_secs = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Relaxed);
+    let mut all = Vec::new();
+    for r in readers {
+        all.extend(r.await.unwrap_or_default());
+    }
+    let delivered = all.len() as u64;
+    json!({
+        "scenario": "shout", "clients": clients, "rate": rate, "broadcasts_sent": sent - refused,
+        "refused": refused, "expected_messages": (sent - refused) * clients as u64,
+        "delivered_messages": delivered, "delivered_per_s": delivered as f64 / write_secs,
+        "latency_ms": percentiles(all),
+        "client_cpu_share": (client::cpu_seconds() - cpu0) / started.elapsed().as_secs_f64() / 2.0,
+    })
+}
+
+/// Presence: `clients` connections subscribe to one channel with presence and each tracks
+/// itself: the time from the first track until every one of them sees all `clients` present.
+pub async fn presence(args: &Args) -> Value {
+    let clients = args.num("clients", 10_000.0) as usize;
+    let url = url(args);
+    let mut sockets = Vec::with_capacity(clients);
+    for start in (0..clients).step_by(250) {
+        let batch: Vec<_> = (start..(start + 250).min(clients))
+            .map(|i| {
+                let url = url.clone();
+                tokio::spawn(async move {
+                    let msg =
+                        r#"{"type":"subscribe","id":"p","channel":"bench_lobby","presence":true}"#;
+                    client::subscribe_as_text(&url, i, msg.to_string()).await
+                })
+            })
+            .collect();
+        for b in batch {
+            match b.await.unwrap() {
+                Ok(ws) => sockets.push(ws),
+                Err(e) => return failed("presence", args, e.to_string()),
+            }
+        }
+    }
+    let complete = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let readers: Vec<_> = sockets
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut ws)| {
+            let complete = complete.clone();
+            tokio::spawn(async move {
+                let track =
+                    format!(r#"{{"type":"track","channel":"bench_lobby","state":{{"n":{i}}}}}"#);
+                if ws.send(Message::text(track)).await.is_err() {
+                    return None;
+                }
+                let mut present = std::collections::HashSet::new();
+                let deadline = Instant::now() + DRAIN_LIMIT;
+                while present.len() < clients && Instant::now() < deadline {
+                    let Ok(Some(Ok(Message::Text(t)))) =
+                        tokio::time::timeout(Duration::from_secs(1), ws.next()).await
+                    else {
+                        continue;
+                    };
+                    let Ok(m) = serde_json::from_str::<Value>(&t) else {
+                        continue;
+                    };
+                    for (field, joining) in [("state", true), ("joins", true), ("leaves", false)] {
+                        for key in m[field].as_object().into_iter().flat_map(|o| o.keys()) {
+                            if joining {
+                                present.insert(key.clone());
+                            } else {
+                                present.remove(key);
+                            }
+                        }
+                    }
+                }
+                let done = present.len() >= clients;
+                complete.fetch_add(u64::from(done), Relaxed);
+                done.then(|| started.elapsed().as_secs_f64() * 1000.0)
+            })
+        })
+        .collect();
+    let mut times = Vec::new();
+    for r in readers {
+        times.extend(r.await.ok().flatten());
+    }
+    json!({
+        "scenario": "presence", "clients": clients,
+        "complete": complete.load(Relaxed), "full_state_ms": percentiles(times),
+    })
+}

@@ -72,7 +72,7 @@ struct Connection<P: Protocol, S> {
     worker: WorkerHandle,
     subscriber: Subscriber<P::Id>,
     outgoing: Vec<Outgoing<P::Id>>,
-    /// Its seat in client broadcasts, and how many more it may send now.
+    /// Its place in channel rooms (broadcast, presence), and how many more it may send now.
     mailbox: Mailbox,
     allowance: Allowance,
 }
