@@ -243,7 +243,7 @@ fi
 
 if want Y; then
 say "Y: $F_CLIENTS clients join one channel's presence"
-"$LOADGEN" presence --ws "$RT_URL" --clients $F_CLIENTS | record
+node --experimental-websocket bench/presence.mjs "$RT_URL" $F_CLIENTS | record
 fi
 
 if want S; then

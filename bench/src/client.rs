@@ -111,11 +111,6 @@ pub async fn subscribe_with(
     subscribe_as(url, n, msg).await
 }
 
-/// Connect and send `msg` (a subscribe); returns once the server acknowledged.
-pub async fn subscribe_as_text(url: &str, n: usize, msg: String) -> std::io::Result<Ws> {
-    subscribe_as(url, n, msg).await
-}
-
 async fn subscribe_as(url: &str, n: usize, msg: String) -> std::io::Result<Ws> {
     let mut ws = connect(url, n).await?;
     ws.send(Message::text(msg))

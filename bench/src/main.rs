@@ -26,9 +26,6 @@
 //!   shout    --clients N --seconds S --rate R
 //!            one connection broadcasts R a second to N subscribers of a channel (needs
 //!            realtime.public_topics and a realtime.broadcast_rate of at least R): delivered/s, latency
-//!   presence --clients N
-//!            N connections join one channel's presence and track themselves: time until each
-//!            sees all N
 //!   floor-server --port P                                        a broadcaster with no database (see floor.rs);
 //!                                                                measure it with latency --target floor
 //!
@@ -109,7 +106,6 @@ async fn main() {
         "resume" => scenarios::resume(&args).await,
         "snapshot" => scenarios::snapshot(&args).await,
         "shout" => scenarios::shout(&args).await,
-        "presence" => scenarios::presence(&args).await,
         "floor-server" => floor::serve(args.num("port", 8090.0) as u16).await,
         _ => usage(),
     };

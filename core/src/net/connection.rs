@@ -87,7 +87,10 @@ pub async fn run<P: Protocol, S: Stream>(
     let mut subscriber = Subscriber::new(&context);
     let (mailbox, mut shouts) = context.hub.mailbox();
     subscriber.subscriptions.receive_broadcasts(mailbox.clone());
+    // Armed once, and again only after it fired: a wait made anew on every pass of the loop
+    // would register and unregister a waiter for every batch delivered.
     let presence = mailbox.presence_waiting();
+    let mut presence_told = std::pin::pin!(presence.notified());
     let client = context.clients.join(address);
     client.set_batches(subscriber.cursor().registrar());
     let kicked = subscriber.cursor().kicked();
@@ -235,7 +238,8 @@ pub async fn run<P: Protocol, S: Stream>(
                     Err(_) => break timed_out(),
                 }
             }
-            () = presence.notified() => {
+            () = &mut presence_told => {
+                presence_told.set(presence.notified());
                 let told = conn.mailbox.take_presence(conn.subscriber.subscriptions.channels());
                 let written = tokio::time::timeout(timeout, async {
                     for presence in &told {
