@@ -7,13 +7,15 @@
 //! A subscription to a channel seats its connection in the channel's room for as long as it
 //! lives. Broadcasts go to each seated connection's bounded mailbox; a member whose mailbox is
 //! full misses them (counted in `broadcasts_dropped_total`), and nobody else waits. Presence
-//! is never dropped: each seat keeps the changes its connection has not taken yet, merged per
-//! member, so it holds at most one entry per member of the room however slowly it reads.
+//! is never dropped: each room logs its changes once, and each seat keeps only how far its
+//! connection has read; what a connection is owed is merged per member when it takes it, built
+//! once for all the seats owed the same. A seat left behind the (bounded) log is told the
+//! whole state instead.
 
 use crate::bridge::ChannelRights;
 use crate::change::FrameSlot;
 use crate::stats::{Stat, Stats};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use tokio::sync::{mpsc, Notify};
@@ -88,46 +90,83 @@ pub enum Presence {
     },
 }
 
-/// A member's presence as a seat's connection last knew it (`None`: absent), and as it is now.
-type Change = (Option<Arc<str>>, Option<Arc<str>>);
-
-/// Presence changes a seat has not passed on yet, per member.
-#[derive(Default)]
-struct Untold {
-    /// Send the whole state (a new seat); the changes below are in it.
-    everything: bool,
-    members: BTreeMap<u64, Change>,
+/// Presence as told: built once for all the seats owed the same, encoded once per protocol.
+pub struct Told {
+    pub presence: Presence,
+    frames: [OnceLock<Utf8Bytes>; FrameSlot::COUNT],
 }
+
+impl Told {
+    fn new(presence: Presence) -> Arc<Told> {
+        Arc::new(Told {
+            presence,
+            frames: Default::default(),
+        })
+    }
+
+    /// As encoded in `slot`, built by the first connection that asks.
+    pub fn encoded(&self, slot: FrameSlot, encode: impl FnOnce(&Presence) -> String) -> Utf8Bytes {
+        self.frames[slot.0]
+            .get_or_init(|| encode(&self.presence).into())
+            .clone()
+    }
+}
+
+/// A member's state before a change (`None`: absent) and after it.
+type States = (Option<Arc<str>>, Option<Arc<str>>);
+
+/// One change of presence: the member, and its states.
+type Change = (u64, Option<Arc<str>>, Option<Arc<str>>);
+
+/// Changes kept at least, for seats that are behind; past `max(LOG_MIN, 2 × members)` the
+/// oldest go, and a seat behind them is told the whole state instead.
+const LOG_MIN: usize = 1024;
 
 struct Seat {
     mailbox: mpsc::Sender<Arc<Shout>>,
-    /// Wakes the connection to take `untold`.
+    /// Wakes the connection to take what it is owed (`take_presence`).
     wake: Arc<Notify>,
     /// Subscriptions of the connection holding the seat.
     held: usize,
     rights: ChannelRights,
-    untold: Untold,
+    /// How far into the room's log its connection has been told; `None`: owed the whole state.
+    told: Option<u64>,
+    /// Told everything: to be woken at the next change.
+    waiting: bool,
 }
 
 #[derive(Default)]
 struct Room {
     seats: HashMap<u64, Seat>,
     present: BTreeMap<u64, Arc<str>>,
+    /// Presence changes in order; the first is number `base`.
+    log: VecDeque<Change>,
+    base: u64,
+    /// Seats told everything, woken at the next change.
+    waiting: Vec<u64>,
+    /// The last state and diff built, for the seats owed the same: (from, to, told).
+    last_state: Option<(u64, Arc<Told>)>,
+    last_diff: Option<(u64, u64, Arc<Told>)>,
 }
 
 impl Room {
-    /// Tell every seat that receives presence that `member` went from `was` to `now`.
+    fn end(&self) -> u64 {
+        self.base + self.log.len() as u64
+    }
+
+    /// `member` went from `was` to `now`: logged, and the seats that are up to date woken.
     fn changed(&mut self, member: u64, was: Option<Arc<str>>, now: Option<Arc<str>>) {
-        for seat in self.seats.values_mut().filter(|s| s.rights.presence) {
-            if !seat.untold.everything {
-                let entry = seat
-                    .untold
-                    .members
-                    .entry(member)
-                    .or_insert((was.clone(), None));
-                entry.1 = now.clone();
+        self.log.push_back((member, was, now));
+        let keep = LOG_MIN.max(2 * self.present.len());
+        while self.log.len() > keep {
+            self.log.pop_front();
+            self.base += 1;
+        }
+        for waiting in self.waiting.drain(..) {
+            if let Some(seat) = self.seats.get_mut(&waiting) {
+                seat.waiting = false;
+                seat.wake.notify_one();
             }
-            seat.wake.notify_one();
         }
     }
 
@@ -135,6 +174,69 @@ impl Room {
         if let Some(was) = self.present.remove(&member) {
             self.changed(member, Some(was), None);
         }
+    }
+
+    /// What `member`'s seat is owed now, if anything; it is then up to date.
+    fn tell(&mut self, channel: &Arc<str>, member: u64) -> Option<Arc<Told>> {
+        let end = self.end();
+        let seat = self.seats.get_mut(&member)?;
+        if !seat.rights.presence {
+            return None;
+        }
+        let from = seat.told.replace(end);
+        if !seat.waiting {
+            seat.waiting = true;
+            self.waiting.push(member);
+        }
+        match from {
+            Some(from) if from == end => None,
+            Some(from) if from >= self.base => self.diff(channel, from, end),
+            _ => Some(self.state(channel, end)),
+        }
+    }
+
+    fn state(&mut self, channel: &Arc<str>, end: u64) -> Arc<Told> {
+        match &self.last_state {
+            Some((at, told)) if *at == end => told.clone(),
+            _ => {
+                let members = self.present.iter().map(|(m, s)| (*m, s.clone())).collect();
+                let channel = channel.clone();
+                let told = Told::new(Presence::State { channel, members });
+                self.last_state = Some((end, told.clone()));
+                told
+            }
+        }
+    }
+
+    /// The changes from `from` to `end`, merged per member: `None` if they cancel out.
+    fn diff(&mut self, channel: &Arc<str>, from: u64, end: u64) -> Option<Arc<Told>> {
+        if let Some((f, e, told)) = &self.last_diff {
+            if (*f, *e) == (from, end) {
+                return Some(told.clone());
+            }
+        }
+        let mut merged: BTreeMap<u64, States> = BTreeMap::new();
+        for (member, was, now) in self.log.range((from - self.base) as usize..) {
+            let entry = merged.entry(*member).or_insert((was.clone(), None));
+            entry.1 = now.clone();
+        }
+        let (mut joins, mut leaves) = (Vec::new(), Vec::new());
+        for (member, (was, now)) in merged {
+            if was != now {
+                leaves.extend(was.map(|s| (member, s)));
+                joins.extend(now.map(|s| (member, s)));
+            }
+        }
+        let told = (!joins.is_empty() || !leaves.is_empty()).then(|| {
+            let channel = channel.clone();
+            Told::new(Presence::Diff {
+                channel,
+                joins,
+                leaves,
+            })
+        })?;
+        self.last_diff = Some((from, end, told.clone()));
+        Some(told)
     }
 }
 
@@ -204,14 +306,12 @@ impl Mailbox {
             wake: self.wake.clone(),
             held: 0,
             rights: ChannelRights::default(),
-            untold: Untold::default(),
+            told: None,
+            waiting: false,
         });
         seat.held += 1;
         if rights.presence && !seat.rights.presence {
-            seat.untold = Untold {
-                everything: true,
-                members: BTreeMap::new(),
-            };
+            seat.told = None;
             seat.wake.notify_one();
         }
         seat.rights = rights;
@@ -276,42 +376,14 @@ impl Mailbox {
     }
 
     /// What this connection has not been told about presence in `channels`.
-    pub fn take_presence<'a>(&self, channels: impl Iterator<Item = &'a Arc<str>>) -> Vec<Presence> {
+    pub fn take_presence<'a>(
+        &self,
+        channels: impl Iterator<Item = &'a Arc<str>>,
+    ) -> Vec<Arc<Told>> {
         let mut rooms = self.hub.rooms();
-        let mut told = Vec::new();
-        for channel in channels {
-            let Some(room) = rooms.get_mut(channel) else {
-                continue;
-            };
-            let Some(seat) = room.seats.get_mut(&self.member) else {
-                continue;
-            };
-            let untold = std::mem::take(&mut seat.untold);
-            if untold.everything {
-                let members = room.present.iter().map(|(m, s)| (*m, s.clone())).collect();
-                told.push(Presence::State {
-                    channel: channel.clone(),
-                    members,
-                });
-            } else if !untold.members.is_empty() {
-                let (mut joins, mut leaves) = (Vec::new(), Vec::new());
-                for (member, (was, now)) in untold.members {
-                    if was == now {
-                        continue;
-                    }
-                    leaves.extend(was.map(|s| (member, s)));
-                    joins.extend(now.map(|s| (member, s)));
-                }
-                if !joins.is_empty() || !leaves.is_empty() {
-                    told.push(Presence::Diff {
-                        channel: channel.clone(),
-                        joins,
-                        leaves,
-                    });
-                }
-            }
-        }
-        told
+        channels
+            .filter_map(|channel| rooms.get_mut(channel)?.tell(channel, self.member))
+            .collect()
     }
 }
 
@@ -447,7 +519,7 @@ mod unit {
         mailbox
             .take_presence([room].into_iter())
             .iter()
-            .map(|p| match p {
+            .map(|p| match &p.presence {
                 Presence::State { members, .. } => format!("state {}", words(members).join(" ")),
                 Presence::Diff { joins, leaves, .. } => {
                     let joins = words(joins).into_iter().map(|w| format!("+{w}"));
@@ -489,6 +561,38 @@ mod unit {
         assert_eq!(told(&watcher, &room), [format!("+{m_b}=\"b2\"")]);
         drop(seat_b);
         assert_eq!(told(&watcher, &room), [format!("-{m_b}=\"b2\"")]);
+    }
+
+    #[test]
+    fn seats_owed_the_same_share_one_diff_and_one_far_behind_is_told_the_state() {
+        static STATS: Stats = Stats::new();
+        let hub = Hub::new(&STATS);
+        let room: Arc<str> = "room".into();
+        let (a, _) = hub.mailbox();
+        let (b, _) = hub.mailbox();
+        let (mover, _) = hub.mailbox();
+        let _seats = (
+            a.join(&room, ALL),
+            b.join(&room, ALL),
+            mover.join(&room, ALL),
+        );
+        for m in [&a, &b, &mover] {
+            assert_eq!(told(m, &room).len(), 1, "the state first");
+        }
+        mover.track("room", "0".into(), 10).unwrap();
+        let (da, db) = (
+            a.take_presence([&room].into_iter()),
+            b.take_presence([&room].into_iter()),
+        );
+        assert!(Arc::ptr_eq(&da[0], &db[0]));
+        // Further behind than the log keeps: the whole state, as it is now.
+        for n in 1..=LOG_MIN as u32 + 1 {
+            mover.track("room", n.to_string().into(), 10).unwrap();
+        }
+        assert_eq!(
+            told(&a, &room),
+            [format!("state {}={}", mover.member(), LOG_MIN + 1)]
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ pub mod native;
 use crate::auth::AuthError;
 use crate::bridge::{ResolveError, WatchedTable};
 use crate::change::{Change, EndReason, GapReason};
-use crate::net::rooms::{self, Presence, Shout};
+use crate::net::rooms::{self, Shout, Told};
 use crate::net::subscriptions::{Matched, SubscribeError, Subscribed, Wish};
 use crate::snapshot::OrderBy;
 use crate::visibility::Columns;
@@ -142,7 +142,7 @@ pub enum Say<'a, Id> {
     /// A client broadcast on a channel this connection is subscribed to.
     Broadcast { shout: &'a Shout },
     /// Who is present on a channel: everyone, or what changed.
-    Presence(&'a Presence),
+    Presence(&'a Told),
     /// The connection is tracked (`key` its presence key) or, without a key, untracked.
     Tracked {
         reference: &'a Value,

@@ -26,8 +26,9 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 pub const CHANGE: FrameSlot = FrameSlot(0);
 pub const CHANGE_NO_OLD: FrameSlot = FrameSlot(1);
 pub const LEAVE: FrameSlot = FrameSlot(2);
-/// Its frame on each client broadcast.
+/// Its frame on each client broadcast, and on each presence state or diff.
 pub const BROADCAST: FrameSlot = FrameSlot(3);
+pub const PRESENCE: FrameSlot = FrameSlot(4);
 
 /// Messages a client sends.
 #[derive(Deserialize, Debug)]
@@ -621,7 +622,7 @@ fn encode(say: Say<'_, Value>) -> Utf8Bytes {
         } => return projected_frame(change, true, true, columns).into(),
         Say::SnapshotRows { id, rows } => return snapshot_frame(id, rows).into(),
         Say::Broadcast { shout } => return shout.encoded(BROADCAST, broadcast_frame),
-        Say::Presence(presence) => return presence_frame(presence).into(),
+        Say::Presence(told) => return told.encoded(PRESENCE, presence_frame),
         Say::Tracked {
             reference,
             channel,
