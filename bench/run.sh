@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # realtime_ext against the architecture it replaces, side by side, in one run.
-#   bench/run.sh            full run (about 25 minutes on 2 cores)
+#   bench/run.sh            full run (about 40 minutes on 2 cores)
 #   bench/run.sh --quick    smaller counts, shorter runs (under 5 minutes once built)
 #   BENCH_SCENARIOS=LF bench/run.sh    only the scenarios named (any of W L F C T P R S D N B K Y)
 # Builds what it needs, starts its own PostgreSQL 15 cluster (synchronous_commit on, fsync on)
@@ -99,15 +99,20 @@ RESULTS=$OUT.jsonl
 record() { tail -n 1 | tee -a "$RESULTS" | cut -c1-160 >&2; }
 
 if want W; then
-say "W: writer throughput (pgbench single-row INSERT; plain / pg_notify trigger / realtime_ext)"
+say "W: writer throughput (pgbench single-row INSERT; plain / pg_notify trigger / realtime_ext / realtime_send trigger)"
 psql_ <<'SQL'
 CREATE TABLE w_plain (id bigserial PRIMARY KEY, camera text, kind text, score numeric(5,4), meta jsonb, created_at timestamptz DEFAULT now());
 CREATE TABLE w_notify (LIKE w_plain INCLUDING ALL);
 CREATE TABLE w_realtime (LIKE w_plain INCLUDING ALL);
+CREATE TABLE w_send (LIKE w_plain INCLUDING ALL);
 CREATE TRIGGER notify AFTER INSERT ON w_notify FOR EACH ROW EXECUTE FUNCTION bench_notify('bench_w');
 SELECT realtime_watch('w_realtime');
+-- send: a message per row from the application's own trigger, beside pg_notify's.
+CREATE FUNCTION w_send() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM realtime_send('bench_w', 'insert', to_jsonb(NEW)); RETURN NULL; END $$;
+CREATE TRIGGER send AFTER INSERT ON w_send FOR EACH ROW EXECUTE FUNCTION w_send();
 SQL
-for t in plain notify realtime; do
+for t in plain notify realtime send; do
   echo "INSERT INTO w_$t (camera, kind, score, meta) VALUES ('cam-' || (random()*8)::int, 'scratch', random(), '{\"line\": 3}');" > "$DATA/w_$t.sql"
 done
 for writers in 1 8 32; do
@@ -117,10 +122,10 @@ for writers in 1 8 32; do
       # Each round starts with a different target, so none always runs first or right after
       # another. Each run starts from empty tables and a checkpoint, so none inherits another's
       # dirty buffers or a bigger table (w_realtime serves two targets).
-      targets=(plain notify realtime realtime_subscribed)
-      shift_by=$(( (round - 1) % 4 ))
+      targets=(plain notify realtime realtime_subscribed send)
+      shift_by=$(( (round - 1) % ${#targets[@]} ))
       for t in "${targets[@]:$shift_by}" "${targets[@]:0:$shift_by}"; do
-        psql_ -c "TRUNCATE w_plain, w_notify, w_realtime" -c CHECKPOINT >/dev/null
+        psql_ -c "TRUNCATE w_plain, w_notify, w_realtime, w_send" -c CHECKPOINT >/dev/null
         SUB_PID=
         if [ $t = realtime_subscribed ]; then
           "$LOADGEN" count --ws "$RT_URL" --table w_realtime --events 1000000000 >/dev/null 2>&1 &
@@ -243,7 +248,7 @@ fi
 
 if want Y; then
 say "Y: $F_CLIENTS clients join one channel's presence"
-node --experimental-websocket bench/presence.mjs "$RT_URL" $F_CLIENTS | record
+"$LOADGEN" presence --ws "$RT_URL" --clients $F_CLIENTS --seconds 120 | record
 fi
 
 if want S; then

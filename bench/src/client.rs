@@ -99,6 +99,12 @@ pub async fn channel_subscriber(url: &str, n: usize, channel: &str) -> std::io::
     subscribe_as(url, n, msg).await
 }
 
+/// Connect and subscribe to `channel`'s messages and presence.
+pub async fn presence_subscriber(url: &str, n: usize, channel: &str) -> std::io::Result<Ws> {
+    let msg = format!(r#"{{"type":"subscribe","id":"p","channel":"{channel}","presence":true}}"#);
+    subscribe_as(url, n, msg).await
+}
+
 /// Connect to `url` (which may carry `?token=`) and subscribe to `table` with `filter`.
 pub async fn subscribe_with(
     url: &str,

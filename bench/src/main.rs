@@ -106,6 +106,7 @@ async fn main() {
         "resume" => scenarios::resume(&args).await,
         "snapshot" => scenarios::snapshot(&args).await,
         "shout" => scenarios::shout(&args).await,
+        "presence" => scenarios::presence(&args).await,
         "floor-server" => floor::serve(args.num("port", 8090.0) as u16).await,
         _ => usage(),
     };

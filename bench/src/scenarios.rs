@@ -4,6 +4,7 @@ use crate::client::{self, Ws};
 use crate::Args;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -1084,5 +1085,98 @@ pub async fn shout(args: &Args) -> Value {
         "delivered_messages": delivered, "delivered_per_s": delivered as f64 / write_secs,
         "latency_ms": percentiles(all),
         "client_cpu_share": (client::cpu_seconds() - cpu0) / started.elapsed().as_secs_f64() / 2.0,
+    })
+}
+
+/// The members a presence frame names; their states are skipped unparsed.
+#[derive(serde::Deserialize)]
+struct PresenceFrame<'a> {
+    #[serde(borrow, default)]
+    state: HashMap<&'a str, serde::de::IgnoredAny>,
+    #[serde(borrow, default)]
+    joins: HashMap<&'a str, serde::de::IgnoredAny>,
+    #[serde(borrow, default)]
+    leaves: HashMap<&'a str, serde::de::IgnoredAny>,
+}
+
+/// Y: `clients` connections subscribe to one channel's presence; once all are subscribed each
+/// tracks itself. How long until each knows that all are present. Every member learns of every
+/// other, so the bytes grow with the square of the room: the client parses only the keys, and
+/// reports its own CPU share so that a client-bound run shows as one.
+pub async fn presence(args: &Args) -> Value {
+    let clients = args.num("clients", 10_000.0) as usize;
+    let limit = Duration::from_secs_f64(args.num("seconds", 120.0));
+    let url = url(args);
+    let mut sockets = Vec::with_capacity(clients);
+    for start in (0..clients).step_by(250) {
+        let batch: Vec<_> = (start..(start + 250).min(clients))
+            .map(|i| {
+                let url = url.clone();
+                tokio::spawn(
+                    async move { client::presence_subscriber(&url, i, "bench_lobby").await },
+                )
+            })
+            .collect();
+        for b in batch {
+            match b.await.unwrap() {
+                Ok(ws) => sockets.push(ws),
+                Err(e) => return failed("presence", args, e.to_string()),
+            }
+        }
+    }
+    let cpu0 = client::cpu_seconds();
+    let started = Instant::now();
+    // Each reader hands its socket back with its result: a member that closed on finishing
+    // would be a leave for everyone still counting.
+    let readers: Vec<_> = sockets
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut ws)| {
+            tokio::spawn(async move {
+                let track =
+                    format!(r#"{{"type":"track","channel":"bench_lobby","state":{{"n":{i}}}}}"#);
+                let mut present = 0usize;
+                let mut bytes = 0u64;
+                if ws.send(Message::text(track)).await.is_err() {
+                    return (None, ws);
+                }
+                while let Some(remaining) = limit.checked_sub(started.elapsed()) {
+                    let t = match tokio::time::timeout(remaining, ws.next()).await {
+                        Ok(Some(Ok(Message::Text(t)))) => t,
+                        Ok(Some(Ok(_))) => continue,
+                        _ => break,
+                    };
+                    bytes += t.len() as u64;
+                    let Ok(f) = serde_json::from_str::<PresenceFrame>(&t) else {
+                        continue;
+                    };
+                    // A key among both joins and leaves changed state: not a new member.
+                    let changed = f.joins.keys().filter(|k| f.leaves.contains_key(*k)).count();
+                    present += f.state.len() + f.joins.len() - changed;
+                    present = present.saturating_sub(f.leaves.len() - changed);
+                    if present >= clients {
+                        return (Some((started.elapsed().as_secs_f64() * 1000.0, bytes)), ws);
+                    }
+                }
+                (None, ws)
+            })
+        })
+        .collect();
+    let mut times = Vec::new();
+    let mut bytes = 0u64;
+    let mut open = Vec::with_capacity(clients);
+    for r in readers {
+        let (result, ws) = r.await.unwrap();
+        if let Some((ms, b)) = result {
+            times.push(ms);
+            bytes += b;
+        }
+        open.push(ws);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    json!({
+        "scenario": "presence", "clients": clients, "complete": times.len(),
+        "full_state_ms": percentiles(times), "bytes_received": bytes,
+        "client_cpu_share": (client::cpu_seconds() - cpu0) / secs / 2.0,
     })
 }

@@ -90,7 +90,7 @@ pub async fn run<P: Protocol, S: Stream>(
     // Armed once, and again only after it fired: a wait made anew on every pass of the loop
     // would register and unregister a waiter for every batch delivered.
     let presence = mailbox.presence_waiting();
-    let mut presence_told = std::pin::pin!(presence.notified());
+    let mut presence_told = std::pin::pin!(presence_turn(&presence, tokio::time::Instant::now()));
     let client = context.clients.join(address);
     client.set_batches(subscriber.cursor().registrar());
     let kicked = subscriber.cursor().kicked();
@@ -239,8 +239,15 @@ pub async fn run<P: Protocol, S: Stream>(
                 }
             }
             () = &mut presence_told => {
-                presence_told.set(presence.notified());
-                let told = conn.mailbox.take_presence(conn.subscriber.subscriptions.channels());
+                let (told, again) = conn.mailbox.take_presence(conn.subscriber.subscriptions.channels());
+                let next = match again {
+                    Some(at) => {
+                        presence.notify_one();
+                        tokio::time::Instant::from_std(at)
+                    }
+                    None => tokio::time::Instant::now(),
+                };
+                presence_told.set(presence_turn(&presence, next));
                 let written = tokio::time::timeout(timeout, async {
                     for presence in &told {
                         conn.feed(Say::Presence(presence)).await?;
@@ -778,4 +785,11 @@ async fn timed<T>(
     tokio::time::timeout(limit, write)
         .await
         .unwrap_or_else(|_| Err(WsError::Io(std::io::ErrorKind::TimedOut.into())))
+}
+
+/// When a connection next takes presence: once there is some, and not before `not_before` (when
+/// the room it is owed more in may be cut again).
+async fn presence_turn(waiting: &tokio::sync::Notify, not_before: tokio::time::Instant) {
+    waiting.notified().await;
+    tokio::time::sleep_until(not_before).await;
 }

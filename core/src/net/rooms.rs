@@ -8,16 +8,20 @@
 //! lives. Broadcasts go to each seated connection's bounded mailbox; a member whose mailbox is
 //! full misses them (counted in `broadcasts_dropped_total`), and nobody else waits. Presence
 //! is never dropped: each room logs its changes once, and each seat keeps only how far its
-//! connection has read; what a connection is owed is merged per member when it takes it, built
-//! once for all the seats owed the same. A seat left behind the (bounded) log is told the
-//! whole state instead.
+//! connection has read. Seats are told up to the room's last cut, made at most every
+//! `PERIOD`, and the diff between two cuts (merged per member) is built once and handed to
+//! every seat that crosses it: in a burst of joins the seats share each diff and its encoding,
+//! where diffs cut for each seat would cost the square of the room. A seat behind is handed
+//! each diff it missed, in order (never more than the bounded log holds); one left behind the
+//! log is told the whole state instead.
 
 use crate::bridge::ChannelRights;
 use crate::change::FrameSlot;
 use crate::stats::{Stat, Stats};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -122,6 +126,10 @@ type Change = (u64, Option<Arc<str>>, Option<Arc<str>>);
 /// oldest go, and a seat behind them is told the whole state instead.
 const LOG_MIN: usize = 1024;
 
+/// How often a room's log is cut: presence reaches its members at most this late, in a
+/// burst as one diff a period rather than one for each change.
+pub const PERIOD: Duration = Duration::from_millis(50);
+
 struct Seat {
     mailbox: mpsc::Sender<Arc<Shout>>,
     /// Wakes the connection to take what it is owed (`take_presence`).
@@ -144,9 +152,13 @@ struct Room {
     base: u64,
     /// Seats told everything, woken at the next change.
     waiting: Vec<u64>,
-    /// The last state and diff built, for the seats owed the same: (from, to, told).
+    /// The last state built, for the seats owed the same: (at, told).
     last_state: Option<(u64, Arc<Told>)>,
-    last_diff: Option<(u64, u64, Arc<Told>)>,
+    /// Where seats are told up to, and when the last was made; only ever made at `end`.
+    cuts: BTreeSet<u64>,
+    cut_at: Option<Instant>,
+    /// The diff from each cut to the next, once built (`None`: the changes cancelled out).
+    diffs: HashMap<u64, Option<Arc<Told>>>,
 }
 
 impl Room {
@@ -162,6 +174,11 @@ impl Room {
             self.log.pop_front();
             self.base += 1;
         }
+        if self.cuts.first().is_some_and(|cut| *cut < self.base) {
+            self.cuts = self.cuts.split_off(&self.base);
+            let base = self.base;
+            self.diffs.retain(|from, _| *from >= base);
+        }
         for waiting in self.waiting.drain(..) {
             if let Some(seat) = self.seats.get_mut(&waiting) {
                 seat.waiting = false;
@@ -176,22 +193,68 @@ impl Room {
         }
     }
 
-    /// What `member`'s seat is owed now, if anything; it is then up to date.
-    fn tell(&mut self, channel: &Arc<str>, member: u64) -> Option<Arc<Told>> {
+    /// What `member`'s seat is owed at `now`, in order. `Some(at)`: more is owed from `at`,
+    /// when the next cut may be made; `None`: it is up to date, and woken at the next change.
+    fn tell(
+        &mut self,
+        channel: &Arc<str>,
+        member: u64,
+        now: Instant,
+        told: &mut Vec<Arc<Told>>,
+    ) -> Option<Instant> {
         let end = self.end();
-        let seat = self.seats.get_mut(&member)?;
+        let seat = self.seats.get(&member)?;
         if !seat.rights.presence {
             return None;
         }
-        let from = seat.told.replace(end);
+        let due = self.cut_at.map_or(now, |at| at + PERIOD);
+        if self.cuts.last().is_none_or(|cut| *cut < end) && now >= due {
+            self.cuts.insert(end);
+            self.cut_at = Some(now);
+        }
+        let cut = self.cuts.last().copied().unwrap_or(end);
+        let to = match seat.told {
+            Some(from) if from >= self.base => {
+                self.walk(channel, from, cut, told);
+                from.max(cut)
+            }
+            _ => {
+                told.push(self.state(channel, end));
+                end
+            }
+        };
+        let seat = self.seats.get_mut(&member)?;
+        seat.told = Some(to);
+        if to < end {
+            return Some(self.cut_at.map_or(now, |at| at + PERIOD));
+        }
         if !seat.waiting {
             seat.waiting = true;
             self.waiting.push(member);
         }
-        match from {
-            Some(from) if from == end => None,
-            Some(from) if from >= self.base => self.diff(channel, from, end),
-            _ => Some(self.state(channel, end)),
+        None
+    }
+
+    /// The changes from `from` to `end` (a cut): the diff between each two cuts on the way,
+    /// built by the first seat to cross it.
+    fn walk(&mut self, channel: &Arc<str>, mut from: u64, end: u64, told: &mut Vec<Arc<Told>>) {
+        while from < end {
+            let to = self
+                .cuts
+                .range(from + 1..end)
+                .next()
+                .copied()
+                .unwrap_or(end);
+            let diff = match self.diffs.get(&from) {
+                Some(diff) => diff.clone(),
+                None => {
+                    let diff = self.diff(channel, from, to);
+                    self.diffs.insert(from, diff.clone());
+                    diff
+                }
+            };
+            told.extend(diff);
+            from = to;
         }
     }
 
@@ -208,15 +271,13 @@ impl Room {
         }
     }
 
-    /// The changes from `from` to `end`, merged per member: `None` if they cancel out.
-    fn diff(&mut self, channel: &Arc<str>, from: u64, end: u64) -> Option<Arc<Told>> {
-        if let Some((f, e, told)) = &self.last_diff {
-            if (*f, *e) == (from, end) {
-                return Some(told.clone());
-            }
-        }
+    /// The changes from `from` to `to`, merged per member: `None` if they cancel out.
+    fn diff(&self, channel: &Arc<str>, from: u64, to: u64) -> Option<Arc<Told>> {
         let mut merged: BTreeMap<u64, States> = BTreeMap::new();
-        for (member, was, now) in self.log.range((from - self.base) as usize..) {
+        for (member, was, now) in self
+            .log
+            .range((from - self.base) as usize..(to - self.base) as usize)
+        {
             let entry = merged.entry(*member).or_insert((was.clone(), None));
             entry.1 = now.clone();
         }
@@ -227,16 +288,14 @@ impl Room {
                 joins.extend(now.map(|s| (member, s)));
             }
         }
-        let told = (!joins.is_empty() || !leaves.is_empty()).then(|| {
+        (!joins.is_empty() || !leaves.is_empty()).then(|| {
             let channel = channel.clone();
             Told::new(Presence::Diff {
                 channel,
                 joins,
                 leaves,
             })
-        })?;
-        self.last_diff = Some((from, end, told.clone()));
-        Some(told)
+        })
     }
 }
 
@@ -375,15 +434,33 @@ impl Mailbox {
         }
     }
 
-    /// What this connection has not been told about presence in `channels`.
+    /// What this connection has not been told about presence in `channels`, and when to come
+    /// back for more if more is owed (otherwise it is woken when there is).
     pub fn take_presence<'a>(
         &self,
         channels: impl Iterator<Item = &'a Arc<str>>,
-    ) -> Vec<Arc<Told>> {
+    ) -> (Vec<Arc<Told>>, Option<Instant>) {
+        self.take_presence_at(channels, Instant::now())
+    }
+
+    fn take_presence_at<'a>(
+        &self,
+        channels: impl Iterator<Item = &'a Arc<str>>,
+        now: Instant,
+    ) -> (Vec<Arc<Told>>, Option<Instant>) {
         let mut rooms = self.hub.rooms();
-        channels
-            .filter_map(|channel| rooms.get_mut(channel)?.tell(channel, self.member))
-            .collect()
+        let mut told = Vec::new();
+        let mut again: Option<Instant> = None;
+        for channel in channels {
+            if let Some(room) = rooms.get_mut(channel) {
+                let more = room.tell(channel, self.member, now, &mut told);
+                again = match (again, more) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+        }
+        (told, again)
     }
 }
 
@@ -508,6 +585,17 @@ mod unit {
         assert_eq!(STATS.get(Stat::BroadcastsDropped), 10);
     }
 
+    thread_local! {
+        static CLOCK: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+    }
+
+    /// What `mailbox` takes from `room`, a period after the last take (on this thread).
+    fn take(mailbox: &Mailbox, room: &Arc<str>) -> Vec<Arc<Told>> {
+        let now = CLOCK.get().map_or_else(Instant::now, |t| t + PERIOD);
+        CLOCK.set(Some(now));
+        mailbox.take_presence_at([room].into_iter(), now).0
+    }
+
     /// What `mailbox` is told about `room`, in words: "state 1=a 2=b", "+1=a -2=b".
     fn told(mailbox: &Mailbox, room: &Arc<str>) -> Vec<String> {
         let words = |members: &[Present]| {
@@ -516,8 +604,7 @@ mod unit {
                 .map(|(m, s)| format!("{m}={s}"))
                 .collect::<Vec<_>>()
         };
-        mailbox
-            .take_presence([room].into_iter())
+        take(mailbox, room)
             .iter()
             .map(|p| match &p.presence {
                 Presence::State { members, .. } => format!("state {}", words(members).join(" ")),
@@ -580,10 +667,7 @@ mod unit {
             assert_eq!(told(m, &room).len(), 1, "the state first");
         }
         mover.track("room", "0".into(), 10).unwrap();
-        let (da, db) = (
-            a.take_presence([&room].into_iter()),
-            b.take_presence([&room].into_iter()),
-        );
+        let (da, db) = (take(&a, &room), take(&b, &room));
         assert!(Arc::ptr_eq(&da[0], &db[0]));
         // Further behind than the log keeps: the whole state, as it is now.
         for n in 1..=LOG_MIN as u32 + 1 {
@@ -593,6 +677,60 @@ mod unit {
             told(&a, &room),
             [format!("state {}={}", mover.member(), LOG_MIN + 1)]
         );
+    }
+
+    #[test]
+    fn seats_behind_are_handed_the_diffs_built_before_them() {
+        static STATS: Stats = Stats::new();
+        let hub = Hub::new(&STATS);
+        let room: Arc<str> = "room".into();
+        let (fast, _) = hub.mailbox();
+        let (slow, _) = hub.mailbox();
+        let (mover, _) = hub.mailbox();
+        let _seats = (
+            fast.join(&room, ALL),
+            slow.join(&room, ALL),
+            mover.join(&room, ALL),
+        );
+        for m in [&fast, &slow, &mover] {
+            told(m, &room);
+        }
+        let mut fast_told = Vec::new();
+        for n in 0..3 {
+            mover.track("room", n.to_string().into(), 10).unwrap();
+            fast_told.extend(take(&fast, &room));
+        }
+        mover.track("room", "3".into(), 10).unwrap();
+        // The slow seat is handed the fast one's three diffs, then the change after them.
+        let slow_told = take(&slow, &room);
+        assert_eq!(slow_told.len(), 4);
+        for (a, b) in fast_told.iter().zip(&slow_told) {
+            assert!(Arc::ptr_eq(a, b));
+        }
+        // ... which the fast seat is handed in turn.
+        let next = take(&fast, &room);
+        assert!(Arc::ptr_eq(&next[0], &slow_told[3]));
+    }
+
+    #[test]
+    fn changes_within_a_period_of_the_last_cut_wait_for_the_next() {
+        static STATS: Stats = Stats::new();
+        let hub = Hub::new(&STATS);
+        let room: Arc<str> = "room".into();
+        let (a, _) = hub.mailbox();
+        let (mover, _) = hub.mailbox();
+        let _seats = (a.join(&room, ALL), mover.join(&room, ALL));
+        let t0 = Instant::now();
+        let (state, again) = a.take_presence_at([&room].into_iter(), t0);
+        assert_eq!((state.len(), again), (1, None));
+        mover.track("room", "1".into(), 10).unwrap();
+        let soon = t0 + PERIOD / 5;
+        let (nothing, again) = a.take_presence_at([&room].into_iter(), soon);
+        assert!(nothing.is_empty());
+        assert_eq!(again, Some(t0 + PERIOD));
+        let (diff, again) = a.take_presence_at([&room].into_iter(), t0 + PERIOD);
+        assert!(matches!(&diff[0].presence, Presence::Diff { joins, .. } if joins.len() == 1));
+        assert_eq!(again, None);
     }
 
     #[test]
