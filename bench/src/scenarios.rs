@@ -65,6 +65,24 @@ async fn subscribers_to(
     Ok(all)
 }
 
+/// Read `ws` until `done(messages stamped so far)` or it closes: each stamped message's
+/// latency, in ms.
+async fn read_stamped(mut ws: Ws, expected: usize, done: impl Fn(usize) -> bool) -> Vec<f64> {
+    let mut latencies = Vec::with_capacity(expected);
+    while !done(latencies.len()) {
+        match tokio::time::timeout(Duration::from_millis(200), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => {
+                if let Some(sent) = client::sent_at_us(&t) {
+                    latencies.push((client::now_us() - sent) as f64 / 1000.0);
+                }
+            }
+            Ok(Some(Ok(_))) | Err(_) => {}
+            Ok(_) => break,
+        }
+    }
+    latencies
+}
+
 /// The result row of a run whose clients could not connect.
 fn failed(scenario: &str, args: &Args, error: String) -> Value {
     json!({"scenario": scenario, "target": format!("{:?}", args.target()), "error": error,
@@ -123,23 +141,11 @@ pub async fn latency(args: &Args) -> Value {
     let progress = Arc::new(Progress::default());
     let readers: Vec<_> = sockets
         .into_iter()
-        .map(|mut ws| {
+        .map(|ws| {
             let progress = progress.clone();
-            tokio::spawn(async move {
-                let mut latencies = Vec::with_capacity(events as usize);
-                while !progress.finished(latencies.len() as u64) {
-                    match tokio::time::timeout(Duration::from_millis(200), ws.next()).await {
-                        Ok(Some(Ok(Message::Text(t)))) => {
-                            if let Some(sent) = client::sent_at_us(&t) {
-                                latencies.push((client::now_us() - sent) as f64 / 1000.0);
-                            }
-                        }
-                        Ok(Some(Ok(_))) | Err(_) => {}
-                        Ok(_) => break,
-                    }
-                }
-                latencies
-            })
+            tokio::spawn(read_stamped(ws, events as usize, move |n| {
+                progress.finished(n as u64)
+            }))
         })
         .collect();
 
@@ -1030,23 +1036,9 @@ pub async fn shout(args: &Args) -> Value {
     let stop = Arc::new(AtomicBool::new(false));
     let readers: Vec<_> = sockets
         .into_iter()
-        .map(|mut ws| {
+        .map(|ws| {
             let stop = stop.clone();
-            tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                while !stop.load(Relaxed) {
-                    match tokio::time::timeout(Duration::from_millis(200), ws.next()).await {
-                        Ok(Some(Ok(Message::Text(t)))) => {
-                            if let Some(sent) = client::sent_at_us(&t) {
-                                latencies.push((client::now_us() - sent) as f64 / 1000.0);
-                            }
-                        }
-                        Ok(Some(Ok(_))) | Err(_) => {}
-                        Ok(_) => break,
-                    }
-                }
-                latencies
-            })
+            tokio::spawn(read_stamped(ws, 0, move |_| stop.load(Relaxed)))
         })
         .collect();
     let cpu0 = client::cpu_seconds();

@@ -48,23 +48,17 @@ pub fn in_any_transaction<T>(
 /// Run `f` in a subtransaction that is rolled back whatever happens: for probes that write
 /// (`worker::topics`). An ERROR it raises becomes its message.
 pub fn rolled_back<T>(f: impl FnOnce() -> T + UnwindSafe) -> Result<T, String> {
-    // SAFETY: as `in_subtransaction`.
-    unsafe {
-        let context = pg_sys::CurrentMemoryContext;
-        let owner = pg_sys::CurrentResourceOwner;
-        pg_sys::BeginInternalSubTransaction(std::ptr::null());
-        pg_sys::MemoryContextSwitchTo(context);
-        let result = catching(f);
-        pg_sys::RollbackAndReleaseCurrentSubTransaction();
-        pg_sys::MemoryContextSwitchTo(context);
-        pg_sys::CurrentResourceOwner = owner;
-        result
-    }
+    subtransaction(f, false)
 }
 
 /// Run `f` in a subtransaction, as a PL/pgSQL EXCEPTION block does: an ERROR it raises is
 /// rolled back and becomes its message, and the surrounding transaction carries on.
 pub fn in_subtransaction<T>(f: impl FnOnce() -> T + UnwindSafe) -> Result<T, String> {
+    subtransaction(f, true)
+}
+
+/// `f` in a subtransaction, released if it returned and `keep` is set, else rolled back.
+fn subtransaction<T>(f: impl FnOnce() -> T + UnwindSafe, keep: bool) -> Result<T, String> {
     // SAFETY: called inside a transaction; memory context and resource owner are restored
     // afterwards, as PL/pgSQL's exec_stmt_block does.
     unsafe {
@@ -73,7 +67,7 @@ pub fn in_subtransaction<T>(f: impl FnOnce() -> T + UnwindSafe) -> Result<T, Str
         pg_sys::BeginInternalSubTransaction(std::ptr::null());
         pg_sys::MemoryContextSwitchTo(context);
         let result = catching(f);
-        if result.is_ok() {
+        if keep && result.is_ok() {
             pg_sys::ReleaseCurrentSubTransaction();
         } else {
             pg_sys::RollbackAndReleaseCurrentSubTransaction();

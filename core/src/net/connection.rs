@@ -116,7 +116,6 @@ pub async fn run<P: Protocol, S: Stream>(
         mailbox,
         allowance: Allowance::default(),
     };
-    let timed_out = || Some((CloseCode::Away, "heartbeat timed out".to_string()));
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     let mut last_heard = Instant::now();
     let expiry = tokio::time::sleep(conn.identity.expires_in().unwrap_or(NEVER));
@@ -232,10 +231,8 @@ pub async fn run<P: Protocol, S: Stream>(
                     conn.sink.flush().await
                 })
                 .await;
-                match written {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => break None,
-                    Err(_) => break timed_out(),
+                if let Some(close) = closing(written) {
+                    break close;
                 }
             }
             () = &mut presence_told => {
@@ -255,10 +252,8 @@ pub async fn run<P: Protocol, S: Stream>(
                     conn.sink.flush().await
                 })
                 .await;
-                match written {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => break None,
-                    Err(_) => break timed_out(),
+                if let Some(close) = closing(written) {
+                    break close;
                 }
             }
             () = &mut expiry => {
@@ -792,4 +787,21 @@ async fn timed<T>(
 async fn presence_turn(waiting: &tokio::sync::Notify, not_before: tokio::time::Instant) {
     waiting.notified().await;
     tokio::time::sleep_until(not_before).await;
+}
+
+/// What a bounded write means for the connection:
+/// `None` to carry on; `Some(None)` for a broken socket (nothing to tell); else the close.
+fn closing(written: Result<Result<(), WsError>, tokio::time::error::Elapsed>) -> Option<Close> {
+    match written {
+        Ok(Ok(())) => None,
+        Ok(Err(_)) => Some(None),
+        Err(_) => Some(timed_out()),
+    }
+}
+
+/// A close frame to send, if any.
+type Close = Option<(CloseCode, String)>;
+
+fn timed_out() -> Close {
+    Some((CloseCode::Away, "heartbeat timed out".to_string()))
 }
