@@ -167,7 +167,7 @@ if d is not None and not d.get("error"):
     exact = d["rows_lost"] == 0 and d["rows_twice"] == 0 and d["not_caught_up"] == 0 and d["errors"] == 0
     print(f"| D | {d['clients']:,} clients away {d['away_s']:.0f} s at {d['rate_per_s']:,.0f} changes/s, then resume: time to catch up p50 / max; "
           f"{d['steady']} steady clients' p50 / p99 during it (before the drop) | | | {f(c['p50'])} / {f(c['max'])} s; {f(dur['p50'])} / {f(dur['p99'])} ms "
-          f"({f(bef['p50'])} / {f(bef['p99'])} ms); {d['rows_lost']} lost, {d['rows_twice']} twice, {d['partial_resumes']} partial, {d['gaps']} resumed again from a gap | "
+          f"({f(bef['p50'])} / {f(bef['p99'])} ms); {d['rows_lost']} lost, {d['rows_twice']} twice, {d['partial_resumes']} partial, {d['gaps']} resumed again from a gap, {d.get('closed_by_server', 0)} closed by the server and resumed | "
           f"nothing lost or twice | {ok(exact)} |")
 elif d is not None:
     print(f"| D | resume after a disconnect | | | FAILED: {d['error'][:60]} | | |")

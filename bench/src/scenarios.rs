@@ -805,6 +805,7 @@ pub async fn resume(args: &Args) -> Value {
                 let mut ws = resubscribe(me.last_position).await?;
                 let mut caught_up = None;
                 let mut gaps = 0;
+                let mut reconnects = 0;
                 let mut complete = None;
                 let mut missing = me.seen[..wanted].iter().filter(|n| **n == 0).count();
                 let mut last_at = Instant::now();
@@ -834,7 +835,12 @@ pub async fn resume(args: &Args) -> Value {
                         // Still catching up after the writer stopped: wait while rows come.
                         Err(_) if done.load(Relaxed) && last_at.elapsed() > RLS_SILENCE => break,
                         Err(_) => {}
-                        Ok(_) => break,
+                        // Closed by the server (a slow client, a write that timed out): as a
+                        // client would, it comes back from the last position it has.
+                        Ok(_) => {
+                            reconnects += 1;
+                            ws = resubscribe(me.last_position).await?;
+                        }
                     }
                 }
                 // `None`: it never got a reply (it is counted as not caught up).
@@ -842,7 +848,7 @@ pub async fn resume(args: &Args) -> Value {
                 let total = committed.load(Relaxed) as usize;
                 let lost = me.seen[..total].iter().filter(|n| **n == 0).count();
                 let twice = me.seen.iter().filter(|n| **n > 1).count();
-                Ok((caught_up, lost, twice, gaps, complete))
+                Ok((caught_up, lost, twice, gaps, reconnects, complete))
             })
         })
         .collect();
@@ -864,15 +870,16 @@ pub async fn resume(args: &Args) -> Value {
     let writer_done = start.elapsed().as_secs_f64();
     done.store(true, Relaxed);
 
-    let (mut catch_up, mut lost, mut twice, mut gaps, mut incomplete, mut errors) =
-        (Vec::new(), 0, 0, 0, 0, Vec::new());
+    let (mut catch_up, mut lost, mut twice, mut gaps, mut reconnects, mut incomplete, mut errors) =
+        (Vec::new(), 0, 0, 0, 0, 0, Vec::new());
     for t in dropper_tasks {
         match t.await.unwrap() {
-            Ok((c, l, d, g, complete)) => {
+            Ok((c, l, d, g, r, complete)) => {
                 catch_up.extend(c);
                 lost += l;
                 twice += d;
                 gaps += g;
+                reconnects += r;
                 incomplete += !complete as usize;
             }
             Err(e) => errors.push(e),
@@ -897,6 +904,7 @@ pub async fn resume(args: &Args) -> Value {
         "resumed": catch_up.len(), "not_caught_up": clients - catch_up.len() - errors.len(),
         "errors": errors.len(), "first_error": errors.first(),
         "catch_up_s": percentiles(catch_up), "rows_lost": lost, "rows_twice": twice, "gaps": gaps,
+        "closed_by_server": reconnects,
         "partial_resumes": incomplete,
         "steady_latency_ms_during_catch_up": percentiles(during),
         "steady_latency_ms_before_drop": percentiles(outside),
