@@ -40,8 +40,10 @@ pub async fn serve(stream: TcpStream, ip: IpAddr, context: Context) {
                 accepted = tokio::time::timeout_at(deadline, tls.accept(stream)) => accepted,
                 _ = handshaking.evicted() => return,
             };
+            // Boxed: inline, the TLS stream's larger state would size every plain
+            // connection's task as well.
             if let Ok(Ok(stream)) = accepted {
-                answer(stream, ip, handshaking, deadline, &limits, context).await
+                Box::pin(answer(stream, ip, handshaking, deadline, &limits, context)).await
             }
         }
     }
