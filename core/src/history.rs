@@ -665,6 +665,31 @@ impl History {
         }
     }
 
+    /// The stretch of positions that holds `position`, as the index divides the files (about
+    /// `INDEX_EVERY` bytes each, however sparse the positions): from the indexed position at
+    /// or before it through the one before the next; `None` at the end of the history, where
+    /// it is still growing. Readers that share what they read back cut the history here, so
+    /// that they all cut it alike.
+    pub fn stretch(&self, position: u64) -> (u64, Option<u64>) {
+        let inner = self.inner();
+        let segments = &inner.segments;
+        let holding = segments.partition_point(|s| s.after < position);
+        let Some(segment) = holding.checked_sub(1).map(|i| &segments[i]) else {
+            // Older than the history: up to where it begins.
+            return (position, segments.front().map(|s| s.after));
+        };
+        let indexed = segment.index.partition_point(|(p, _, _)| *p <= position);
+        let from = match indexed {
+            0 => segment.after + 1,
+            k => segment.index[k - 1].0,
+        };
+        let through = match segment.index.get(indexed) {
+            Some((next, _, _)) => Some(next - 1),
+            None => segments.get(holding).map(|next| next.after),
+        };
+        (from, through)
+    }
+
     /// Everything after position `after` up to and including `through`, in order. Reads
     /// happen as the iterator is consumed (blocking file reads).
     pub fn read(&self, after: u64, through: u64) -> Reader {

@@ -2,6 +2,7 @@
 
 use crate::bridge::WorkerHandle;
 use crate::history::History;
+use crate::net::backlog::ReadBack;
 use crate::net::http::head::Handshakes;
 use crate::net::{apart, clients, fanout::Fanout, rooms::Hub, shared::Shared, snapshots};
 use std::sync::Arc;
@@ -15,6 +16,8 @@ pub struct Context {
     pub handshakes: Arc<Handshakes>,
     /// Published changes kept on disk, for clients that resume (`None`: no history).
     pub history: Option<Arc<History>>,
+    /// The history as subscribers read it back (`None`: no history).
+    pub read_back: Option<Arc<ReadBack>>,
     /// What each connection is doing (`realtime_clients()`, /health).
     pub clients: Arc<clients::Clients>,
     /// Snapshot readers waited for and running.

@@ -249,6 +249,7 @@ mod unit {
                 worker: testing::worker(),
                 batches: Fanout::new(2, 1 << 20, stats),
                 handshakes: Arc::default(),
+                read_back: Some(crate::net::backlog::ReadBack::new(history.clone())),
                 history: Some(history),
                 clients: Arc::default(),
                 snapshots: Arc::default(),

@@ -98,6 +98,7 @@ pub fn start(
         worker,
         batches,
         handshakes: Arc::new(http::Handshakes::default()),
+        read_back: history.clone().map(backlog::ReadBack::new),
         history,
         clients: Arc::default(),
         snapshots: Arc::default(),

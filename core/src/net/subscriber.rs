@@ -10,9 +10,8 @@
 
 use crate::bridge::WorkerHandle;
 use crate::change::{AudienceId, Batch, Change, GapReason, Topic, Verdict};
-use crate::history::History;
 use crate::net::apart::Judges;
-use crate::net::backlog::Backlog;
+use crate::net::backlog::{Backlog, ReadBack};
 use crate::net::context::Context;
 use crate::net::fanout::{Cursor, Delivering, Missed};
 use crate::net::shared::Shared;
@@ -35,7 +34,7 @@ pub struct Subscriber<K> {
     cursor: Cursor,
     /// Catching up from the history, after falling out of the fan-out.
     backlog: Option<Backlog>,
-    history: Option<Arc<History>>,
+    read_back: Option<Arc<ReadBack>>,
     worker: WorkerHandle,
     judges: Arc<Judges>,
     shared: Arc<Shared>,
@@ -54,7 +53,7 @@ impl<K: Clone> Subscriber<K> {
             subscriptions,
             cursor,
             backlog: None,
-            history: context.history.clone(),
+            read_back: context.read_back.clone(),
             worker: context.worker.clone(),
             judges: context.judges.clone(),
             shared: context.shared.clone(),
@@ -75,10 +74,7 @@ impl<K: Clone> Subscriber<K> {
         loop {
             if let Some(backlog) = &mut self.backlog {
                 match backlog.next().await {
-                    Some(batch) => {
-                        let batch = Arc::new(self.backlog_batch(batch));
-                        return Incoming::Batch(batch, Source::History);
-                    }
+                    Some(batch) => return Incoming::Batch(caught_up_to(batch), Source::History),
                     None => self.caught_up(),
                 }
             }
@@ -113,11 +109,11 @@ impl<K: Clone> Subscriber<K> {
                     && batch.last_position() <= self.subscriptions.seen();
                 (!read_back).then_some(Incoming::Batch(batch, Source::Live))
             }
-            Err(Missed::Lagged(missed)) => match &self.history {
-                Some(history) => {
+            Err(Missed::Lagged(missed)) => match &self.read_back {
+                Some(read_back) => {
                     if self.subscriptions.missed(missed, true) {
                         let after = self.subscriptions.seen();
-                        self.backlog = Some(Backlog::new(history.clone(), after, None));
+                        self.backlog = Some(Backlog::new(read_back.clone(), after, None));
                         self.shared.stats.increment(Stat::CatchUps);
                         self.shared.stats.increment(Stat::CatchingUp);
                     }
@@ -133,25 +129,6 @@ impl<K: Clone> Subscriber<K> {
     fn caught_up(&mut self) {
         if self.backlog.take().is_some() {
             self.shared.stats.sub(Stat::CatchingUp, 1);
-        }
-    }
-
-    /// A batch read back to catch up, as a live one would have come: what the history no
-    /// longer holds is this subscriber's loss.
-    fn backlog_batch(&self, batch: Batch) -> Batch {
-        match batch {
-            Batch::Gap {
-                reason: GapReason::HistoryExpired | GapReason::HistoryLost,
-                first_position,
-                last_position,
-                topics,
-            } => Batch::Gap {
-                reason: GapReason::SlowClient,
-                first_position,
-                last_position,
-                topics,
-            },
-            other => other,
         }
     }
 
@@ -213,25 +190,26 @@ impl<K: Clone> Subscriber<K> {
     /// picks before any of its live changes; `None` without a history (then the whole
     /// stretch is a gap, `replay_missing`).
     pub fn replay(&self, resume: Resume) -> Option<Backlog> {
-        let history = self.history.clone()?;
-        Some(Backlog::new(history, resume.after, Some(resume.through)))
+        let read_back = self.read_back.clone()?;
+        Some(Backlog::new(read_back, resume.after, Some(resume.through)))
     }
 
     /// Append to `out` what to send for `batch`, read back for the subscription `same` picks.
     pub async fn replayed(
         &mut self,
         same: impl Fn(&K) -> bool + Copy,
-        batch: Batch,
+        batch: Arc<Batch>,
         out: &mut Vec<Outgoing<K>>,
-    ) -> Batch {
+    ) -> Arc<Batch> {
         let audience = self.subscriptions.audience(same);
-        let batch = match audience {
-            Some(audience) => self
-                .complete_verdicts(&batch, Source::History, Some(audience))
-                .await
-                .unwrap_or(batch),
-            None => batch,
+        let completed = match audience {
+            Some(audience) => {
+                self.complete_verdicts(&batch, Source::History, Some(audience))
+                    .await
+            }
+            None => None,
         };
+        let batch = completed.map_or(batch, Arc::new);
         self.subscriptions.replay(same, &batch, out);
         batch
     }
@@ -329,5 +307,24 @@ impl<K> Drop for Subscriber<K> {
         if self.backlog.is_some() {
             self.shared.stats.sub(Stat::CatchingUp, 1);
         }
+    }
+}
+
+/// A batch read back to catch up, as a live one would have come: what the history no longer
+/// holds is this subscriber's loss.
+fn caught_up_to(batch: Arc<Batch>) -> Arc<Batch> {
+    match &*batch {
+        Batch::Gap {
+            reason: GapReason::HistoryExpired | GapReason::HistoryLost,
+            first_position,
+            last_position,
+            topics,
+        } => Arc::new(Batch::Gap {
+            reason: GapReason::SlowClient,
+            first_position: *first_position,
+            last_position: *last_position,
+            topics: topics.clone(),
+        }),
+        _ => batch,
     }
 }
