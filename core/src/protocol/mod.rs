@@ -4,8 +4,10 @@
 //! the slots it owns on the change (`change::FrameSlot`).
 //!
 //! - `native`: realtime_ext's own JSON messages on `/realtime`.
+//! - `phoenix`: the framing of Phoenix channels, which the Supabase Realtime clients speak.
 
 pub mod native;
+pub mod phoenix;
 
 use crate::auth::AuthError;
 use crate::bridge::{ResolveError, WatchedTable};
