@@ -87,11 +87,15 @@ fn metrics_are_off_until_allowed_then_follow_what_happens() {
     // The history's numbers are brought up to date every second; a delivery is timed once
     // its write finished, a moment after the client may have read it. The limit is generous:
     // 10 s once ran out on a loaded CI machine where this takes about 1 s alone.
+    // Waited for one at a time, so that running out of time says which was late.
     let mut out = String::new();
     wait_until("the history's numbers", Duration::from_secs(30), || {
         out = scrape(&cluster, "").1;
         sample(&out, "realtime_history_first_position").is_some_and(|p| p >= 1.0)
-            && sample(&out, "realtime_commit_to_sent_seconds_count").is_some_and(|n| n > timed)
+    });
+    wait_until("deliveries timed", Duration::from_secs(30), || {
+        out = scrape(&cluster, "").1;
+        sample(&out, "realtime_commit_to_sent_seconds_count").is_some_and(|n| n > timed)
     });
     let now = |series: &str| sample(&out, series).unwrap_or_else(|| panic!("{series} in {out}"));
     assert_eq!(now("realtime_connections{protocol=\"native\"}"), 1.0);
