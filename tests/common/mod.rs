@@ -5,9 +5,9 @@
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::{Mutex, MutexGuard, Once, OnceLock};
 use std::time::{Duration, Instant};
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
@@ -216,6 +216,7 @@ impl Cluster {
             "-l",
             cluster.dir.join("server.log").to_str().unwrap(),
         ]);
+        running(cluster.data());
         cluster
             .client()
             .batch_execute(&format!(
@@ -397,15 +398,9 @@ impl Cluster {
 
 impl Cluster {
     fn stop(&self, remove: bool) {
-        let mut c = pg_command("pg_ctl");
-        c.args([
-            "-D",
-            self.data().to_str().unwrap(),
-            "stop",
-            "-m",
-            "immediate",
-        ]);
-        let _ = c.output();
+        let data = self.data();
+        stop_server(&data);
+        lock(&RUNNING).retain(|d| *d != data);
         if remove {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
@@ -418,10 +413,37 @@ impl Drop for Cluster {
     }
 }
 
+fn stop_server(data: &Path) {
+    let mut c = pg_command("pg_ctl");
+    c.args(["-D", data.to_str().unwrap(), "stop", "-m", "immediate"]);
+    let _ = c.output();
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Clusters started and not stopped yet. What a failed test could not drop (one of its threads
+/// still held the cluster when it panicked) is stopped when the test process exits, its files
+/// kept for a look, rather than left running on the machine.
+static RUNNING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn running(data: PathBuf) {
+    extern "C" fn stop_running() {
+        for data in std::mem::take(&mut *lock(&RUNNING)) {
+            stop_server(&data);
+        }
+    }
+    static AT_EXIT: Once = Once::new();
+    // SAFETY: stop_running is a plain function that lives forever.
+    AT_EXIT.call_once(|| unsafe {
+        atexit(stop_running);
+    });
+    lock(&RUNNING).push(data);
+}
+
 static SHARED: OnceLock<Cluster> = OnceLock::new();
 
-/// One cluster for every test in this test binary. Statics are never dropped, so it is stopped
-/// and removed when the test process exits.
 /// How many of `sockets` the server has closed (read returns end of file at once).
 pub fn closed_by_server(sockets: &[TcpStream]) -> usize {
     let mut closed = 0;
@@ -434,6 +456,8 @@ pub fn closed_by_server(sockets: &[TcpStream]) -> usize {
     closed
 }
 
+/// One cluster for every test in this test binary. Statics are never dropped, so it is stopped
+/// and removed when the test process exits.
 pub fn shared(name: &str) -> &'static Cluster {
     extern "C" fn stop_shared() {
         if let Some(c) = SHARED.get() {
