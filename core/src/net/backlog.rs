@@ -50,7 +50,10 @@ impl ReadBack {
 
     /// The chunk holding position `first`, read now unless it was read recently.
     async fn chunk(&self, first: u64) -> Read {
-        loop {
+        // The second read is made for `first`, so covers it; a third would mean the history's
+        // positions went backwards (a clock set back across a restart): told as a loss rather
+        // than read forever.
+        for _ in 0..2 {
             // Checked first, so that looking past the end keeps the chunk read at the end.
             if self.history.last() < first {
                 return Read::Nothing;
@@ -59,9 +62,10 @@ impl ReadBack {
                 Some(chunk) if chunk.through >= first => return Read::Chunk(chunk),
                 // Read at the end of the history before `first` was written: read again.
                 Some(_) => {}
-                None => return Read::Failed,
+                None => break,
             }
         }
+        Read::Failed
     }
 
     /// The read that holds, or will hold, `first`.
@@ -135,7 +139,8 @@ impl Backlog {
             match self.read_back.chunk(self.after + 1).await {
                 Read::Chunk(chunk) => self.chunk = Some((chunk, 0, self.after)),
                 Read::Nothing => return None,
-                // The blocking pool is shutting down with the server.
+                // The blocking pool is shutting down with the server, or the history is not
+                // in order.
                 Read::Failed => {
                     let (from, to) = (self.after + 1, self.through.unwrap_or(self.after + 1));
                     self.after = to;
