@@ -174,9 +174,21 @@ impl<T> Interests<T> {
                 .for_each(all),
             Batch::Ended { topic, .. } => self.topics.get(topic).into_iter().for_each(all),
             Batch::Changes(changes) => {
+                // Whoever wants a whole topic, or all an audience may see of it, is visited
+                // once per batch, not once per change: a batch of a hundred changes to a table
+                // ten thousand sessions watch is ten thousand visits, not a million.
+                let mut visited: Vec<(&Topic, Option<AudienceId>)> = Vec::new();
                 for change in changes {
                     if let Some(table) = self.topics.get(&change.topic) {
-                        table.receivers(change, &mut visit);
+                        let mut first = |audience| {
+                            let key = (&change.topic, audience);
+                            let first = !visited.contains(&key);
+                            if first {
+                                visited.push(key);
+                            }
+                            first
+                        };
+                        table.receivers(change, &mut first, &mut visit);
                     }
                 }
             }
@@ -185,13 +197,22 @@ impl<T> Interests<T> {
 }
 
 impl<T> Listeners<T> {
-    fn receivers(&self, change: &Change, visit: &mut impl FnMut(&Arc<T>)) {
+    /// `first(None)` says whether the whole-topic sessions were not visited yet for this
+    /// batch, `first(Some(audience))` the same of an audience's.
+    fn receivers(
+        &self,
+        change: &Change,
+        first: &mut impl FnMut(Option<AudienceId>) -> bool,
+        visit: &mut impl FnMut(&Arc<T>),
+    ) {
         let mut bucket = |b: &Bucket<T>| b.values().for_each(|(t, _)| visit(t));
         // TRUNCATE reaches everyone who may read the table.
         if change.op == Op::Truncate {
             return bucket(&self.all);
         }
-        bucket(&self.everything);
+        if first(None) {
+            bucket(&self.everything);
+        }
         if !self.values.is_empty() {
             for row in [change.new_row(), change.old_row()].into_iter().flatten() {
                 for (column, values) in &self.values {
@@ -208,7 +229,11 @@ impl<T> Listeners<T> {
         for (audience, verdict) in change.verdicts() {
             // Judged apart: the session asks the judge.
             if verdict.new_visible || verdict.old_visible || verdict.failed || verdict.apart {
-                if let Some(b) = self.audiences.get(audience) {
+                if let Some(b) = self
+                    .audiences
+                    .get(audience)
+                    .filter(|_| first(Some(*audience)))
+                {
                     bucket(b);
                 }
             }
@@ -252,6 +277,22 @@ mod unit {
             values: Some([format!("\"{name}\"")].into()),
             has_null: false,
         })))
+    }
+
+    #[test]
+    fn a_session_that_wants_a_whole_topic_is_visited_once_per_batch() {
+        let mut index = Interests::default();
+        let (alice, all) = (Arc::new(1), Arc::new(3));
+        index.add(1, &alice, &T7, &owner("alice"));
+        index.add(3, &all, &T7, &Keys::Everything);
+        let row = Some(r#"{"owner":"alice"}"#);
+        let batch = Batch::Changes((0..100).map(|_| change(Op::Insert, row, None)).collect());
+        let mut visits = Vec::new();
+        index.receivers(&batch, |t| visits.push(**t));
+        // Alice's key is looked up per change (each may name someone else); the whole-topic
+        // session is visited once.
+        assert_eq!(visits.iter().filter(|v| **v == 3).count(), 1);
+        assert_eq!(visits.iter().filter(|v| **v == 1).count(), 100);
     }
 
     #[test]
