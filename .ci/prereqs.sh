@@ -93,6 +93,11 @@ if [ ! -d "$browser_tests/node_modules/playwright-core" ] || [ ! -d "$browser_te
   echo "==> npm ci in tests/browser (playwright-core, typescript)"
   (cd "$browser_tests" && npm ci --no-audit --no-fund --loglevel=error)
 fi
+supabase_tests="$(dirname "$0")/../tests/supabase"
+if [ ! -d "$supabase_tests/node_modules/@supabase/supabase-js" ] || [ ! -d "$supabase_tests/node_modules/ws" ]; then
+  echo "==> npm ci in tests/supabase (the official Supabase clients)"
+  (cd "$supabase_tests" && npm ci --no-audit --no-fund --loglevel=error)
+fi
 
 # The lint gate (.ci/lint.sh) needs these toolchain components.
 for component in rustfmt clippy; do

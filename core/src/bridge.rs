@@ -36,6 +36,10 @@ pub struct Resolved {
     pub filter: Option<ResolvedFilter>,
     /// The columns the principal may SELECT, when it may not SELECT them all.
     pub columns: Option<HashSet<String>>,
+    /// The columns the principal may SELECT, in the table's order, as a JSON array of
+    /// `{"name", "type"}` (the type's name in pg_type): how Supabase's clients learn them.
+    /// `[]` for a channel.
+    pub described: Arc<str>,
     pub rows: RowAccess,
     /// With `RowAccess::Checked`: the last position the worker had judged before it began
     /// judging for this audience. Later changes carry its verdict; earlier ones do not.

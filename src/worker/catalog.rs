@@ -123,6 +123,7 @@ fn resolve_channel(channel: &str, principal: &Principal) -> Answer<Resolved> {
         columns: None,
         rows: RowAccess::All,
         judged_after: 0,
+        described: "[]".into(),
         rights: rights.room,
     })
 }
@@ -233,10 +234,24 @@ fn resolve(
             columns,
             rows,
             judged_after: 0,
+            described: describe(relid, &role)?.into(),
             rights: Default::default(),
         },
         checked,
     ))
+}
+
+/// The columns `role` may SELECT in attribute order, as a JSON array of `{"name", "type"}`.
+fn describe(relid: i64, role: &Role) -> Answer<String> {
+    let described = optional(Spi::get_one_with_args::<String>(
+        "SELECT coalesce(json_agg(json_build_object('name', a.attname, 'type', t.typname)
+                                  ORDER BY a.attnum), '[]')::text
+           FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+          WHERE a.attrelid = $2::oid AND a.attnum > 0 AND NOT a.attisdropped
+            AND has_column_privilege($1, $2::oid, a.attnum, 'SELECT')",
+        &[role.oid.into(), relid.into()],
+    ))?;
+    Ok(described.unwrap_or_else(|| "[]".into()))
 }
 
 /// The columns `role` may SELECT: `None` for all (a table-level grant, or every column's),

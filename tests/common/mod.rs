@@ -670,3 +670,56 @@ pub fn wait_until(what: &str, limit: Duration, condition: impl FnMut() -> bool) 
         "gave up waiting for {what} after {limit:?}"
     );
 }
+
+/// Node's test runner on `tests` (paths from the repository root), with the server described
+/// in the environment (clients/js/test/server.mjs reads it). Node and the packages the tests
+/// import are installed by .ci/prereqs.sh; a missing one fails the tests rather than skipping them.
+pub fn node_test(cluster: &Cluster, tests: &[&str]) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let shots = root.join("target/browser-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let bin = String::from_utf8(
+        pg_command("pg_config")
+            .arg("--bindir")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let mut node = Command::new("node");
+    // Node 20 and 21 have WebSocket behind a flag; 22 and later have it on.
+    if !Command::new("node")
+        .args([
+            "-e",
+            "process.exit(typeof WebSocket === 'function' ? 0 : 1)",
+        ])
+        .status()
+        .expect("node is installed (.ci/prereqs.sh installs it)")
+        .success()
+    {
+        node.arg("--experimental-websocket");
+    }
+    let status = node
+        .args(["--test", "--test-concurrency=1", "--test-force-exit"])
+        .args(tests)
+        .current_dir(root)
+        .env(
+            "REALTIME_WS_URL",
+            format!("ws://127.0.0.1:{}/realtime", cluster.ws_port),
+        )
+        .env(
+            "REALTIME_HTTP_URL",
+            format!("http://127.0.0.1:{}", cluster.ws_port),
+        )
+        .env("REALTIME_PSQL", format!("{}/psql", bin.trim()))
+        .env("REALTIME_PGPORT", cluster.port.to_string())
+        .env("REALTIME_JWT_SECRET", JWT_SECRET)
+        .env("REALTIME_SCREENSHOTS", &shots)
+        .status()
+        .expect("run node");
+    assert!(
+        status.success(),
+        "node --test {tests:?} failed (its report is above); server log:\n{}",
+        cluster.log()
+    );
+}

@@ -19,7 +19,7 @@ use crate::net::snapshots::{SnapshotError, Snapshots};
 use crate::net::stream::Stream;
 use crate::net::subscriber::{Incoming, Subscriber};
 use crate::net::subscriptions::{Outgoing, Resume, Source};
-use crate::protocol::{Ask, Protocol, Refusal, Say, SnapshotWish};
+use crate::protocol::{Ask, Protocol, Received, Refusal, Say, SnapshotWish};
 use crate::snapshot::{self, Frame, Xids};
 use crate::stats::{Stat, Timing};
 use futures_util::{SinkExt, StreamExt};
@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 /// Most batches written between two flushes when catching up.
@@ -62,7 +62,10 @@ struct Connection<P: Protocol, S> {
     sink: Sink<S>,
     /// Longest any write may wait for the client.
     write_limit: Duration,
-    follow_up: Option<FollowUp<P::Id>>,
+    /// What the last client message left to do after its answers.
+    follow_ups: Vec<FollowUp<P::Id>>,
+    /// The protocol's frames for one thing said, kept allocated.
+    frames: Vec<Message>,
     snapshots: Arc<Snapshots>,
     shared: Arc<Shared>,
     identity: Identity,
@@ -104,7 +107,8 @@ pub async fn run<P: Protocol, S: Stream>(
         protocol,
         sink,
         write_limit: timeout,
-        follow_up: None,
+        follow_ups: Vec::new(),
+        frames: Vec::new(),
         snapshots: context.snapshots.clone(),
         shared: context.shared.clone(),
         identity,
@@ -126,14 +130,27 @@ pub async fn run<P: Protocol, S: Stream>(
         tokio::select! {
             message = stream.next() => {
                 last_heard = Instant::now();
+                let received = match &message {
+                    Some(Ok(Message::Text(text))) => Some(Received::Text(text)),
+                    Some(Ok(Message::Binary(bytes))) => Some(Received::Binary(bytes)),
+                    _ => None,
+                };
                 let handled = match message {
-                    Some(Ok(Message::Text(text))) => {
-                        let handled = tokio::time::timeout(timeout, conn.on_text(&text)).await;
+                    Some(Ok(Message::Text(_) | Message::Binary(_))) => {
+                        let received = received.expect("a data message");
+                        let handled = tokio::time::timeout(timeout, conn.on_message(received)).await;
                         let expires_in = conn.identity.expires_in().unwrap_or(NEVER);
                         expiry.as_mut().reset(tokio::time::Instant::now() + expires_in);
-                        match (handled, conn.follow_up.take()) {
-                            (Ok(()), Some(work)) => {
-                                let done = conn.follow(work).await;
+                        let follow_ups = std::mem::take(&mut conn.follow_ups);
+                        match handled {
+                            Ok(()) if !follow_ups.is_empty() => {
+                                let mut done = Ok(());
+                                for work in follow_ups {
+                                    done = conn.follow(work).await;
+                                    if done.is_err() {
+                                        break;
+                                    }
+                                }
                                 // Nothing was read meanwhile: the client is not to blame.
                                 last_heard = Instant::now();
                                 if done.is_err() {
@@ -141,12 +158,8 @@ pub async fn run<P: Protocol, S: Stream>(
                                 }
                                 Ok(())
                             }
-                            (handled, _) => handled,
+                            handled => handled,
                         }
-                    }
-                    Some(Ok(Message::Binary(_))) => {
-                        let refused = Say::Refused { id: None, refusal: Refusal::Binary };
-                        tokio::time::timeout(timeout, conn.say(refused)).await
                     }
                     // tungstenite answers pings itself; the pong goes out with the next flush.
                     Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
@@ -307,20 +320,22 @@ impl<P: Protocol, S: Stream> Connection<P, S> {
         }
     }
 
-    /// Send one message now.
+    /// Say `say` now.
     async fn say(&mut self, say: Say<'_, P::Id>) {
-        let text = self.protocol.encode(say);
-        let _ = self.sink.send(Message::Text(text)).await;
+        if self.feed(say).await.is_ok() {
+            let _ = self.sink.flush().await;
+        }
     }
 
-    /// Queue a frame without flushing.
+    /// Queue the frames for `say` without flushing.
     async fn feed(&mut self, say: Say<'_, P::Id>) -> Result<(), WsError> {
-        let text = self.protocol.encode(say);
-        self.sink.feed(Message::Text(text)).await
+        self.protocol.encode(say, &mut self.frames);
+        self.feed_frames().await.map(|_| ())
     }
 
-    async fn send_text(&mut self, text: Utf8Bytes) {
-        let _ = self.sink.send(Message::Text(text)).await;
+    /// Queue the frames in `self.frames` without flushing; their bytes.
+    async fn feed_frames(&mut self) -> Result<u64, WsError> {
+        feed_frames(&mut self.sink, &mut self.frames).await
     }
 
     /// Whether this connection may broadcast this now: subscribed to the channel with the
@@ -381,11 +396,18 @@ impl<P: Protocol, S: Stream> Connection<P, S> {
         self.send_outgoing(ended).await
     }
 
-    async fn on_text(&mut self, text: &str) {
-        let ask = match self.protocol.parse(text) {
-            Ok(ask) => ask,
-            Err(refused) => return self.send_text(refused).await,
-        };
+    async fn on_message(&mut self, message: Received<'_>) {
+        let mut asks = Vec::new();
+        self.protocol.parse(message, &mut asks, &mut self.frames);
+        if !self.frames.is_empty() && self.feed_frames().await.is_ok() {
+            let _ = self.sink.flush().await;
+        }
+        for ask in asks {
+            self.handle(ask).await;
+        }
+    }
+
+    async fn handle(&mut self, ask: Ask<P::Id>) {
         match ask {
             Ask::Ack { position } => {
                 // Only what was sent can be acknowledged.
@@ -515,23 +537,28 @@ impl<P: Protocol, S: Stream> Connection<P, S> {
                     .subscriptions
                     .subscribe(id.clone(), wish, &principal, P::same)
                     .await;
-                let (text, resume, position) = match made {
-                    Ok(made) => (
-                        self.protocol.encode(Say::Subscribed {
+                let (resume, position) = match made {
+                    Ok(made) => {
+                        let subscribed = Say::Subscribed {
                             id: &id,
                             made: &made,
-                        }),
-                        made.resume,
-                        made.position,
-                    ),
+                        };
+                        self.protocol.encode(subscribed, &mut self.frames);
+                        (made.resume, made.position)
+                    }
                     Err(e) => return self.refuse(Refusal::Subscribe(&e), Some(&id)).await,
                 };
-                self.send_text(text).await;
-                self.follow_up = match (resume, snapshot) {
-                    (Some(resume), _) => Some(FollowUp::Replay(id, resume)),
-                    (None, Some(wish)) => Some(FollowUp::Snapshot { id, position, wish }),
-                    (None, None) => None,
-                };
+                if self.feed_frames().await.is_ok() {
+                    let _ = self.sink.flush().await;
+                }
+                match (resume, snapshot) {
+                    (Some(resume), _) => self.follow_ups.push(FollowUp::Replay(id, resume)),
+                    (None, Some(wish)) => {
+                        self.follow_ups
+                            .push(FollowUp::Snapshot { id, position, wish })
+                    }
+                    (None, None) => {}
+                }
             }
         }
     }
@@ -616,21 +643,32 @@ impl<P: Protocol, S: Stream> Connection<P, S> {
             }
             sent += rows.len() as u64;
             self.shared.stats.add(Stat::SnapshotRows, rows.len() as u64);
-            let text = self.protocol.encode(Say::SnapshotRows { id, rows });
+            self.protocol
+                .encode(Say::SnapshotRows { id, rows }, &mut self.frames);
             // A client that stops reading would hold its reader (and its place among
             // realtime.max_snapshot_workers) until the connection times out.
-            tokio::time::timeout(SNAPSHOT_STALL, self.sink.send(Message::Text(text)))
+            let page = async {
+                self.feed_frames().await?;
+                self.sink.flush().await
+            };
+            tokio::time::timeout(SNAPSHOT_STALL, page)
                 .await
                 .map_err(|_| SnapshotError::Stalled(SNAPSHOT_STALL))??;
         }
         drop(feed);
-        let end = self.protocol.encode(Say::SnapshotEnd {
+        let end = Say::SnapshotEnd {
             id,
             rows: sent,
             position,
             token,
-        });
-        timed(self.write_limit, self.sink.send(Message::Text(end))).await?;
+        };
+        self.protocol.encode(end, &mut self.frames);
+        let limit = self.write_limit;
+        timed(limit, async {
+            self.feed_frames().await?;
+            self.sink.flush().await
+        })
+        .await?;
         Ok(())
     }
 
@@ -731,17 +769,18 @@ impl<P: Protocol, S: Stream> Connection<P, S> {
                     to: *to,
                 },
             };
-            let text = self.protocol.encode(say);
+            self.protocol.encode(say, &mut self.frames);
             if let Outgoing::Gap { reason, .. } = &item {
                 self.shared.stats.increment(Stat::gaps(*reason));
             }
-            let len = text.len() as u64;
-            written = self.sink.feed(Message::Text(text)).await;
-            if written.is_err() {
-                break;
+            messages += self.frames.len() as u64;
+            match feed_frames(&mut self.sink, &mut self.frames).await {
+                Ok(len) => bytes += len,
+                Err(e) => {
+                    written = Err(e);
+                    break;
+                }
             }
-            messages += 1;
-            bytes += len;
         }
         // Counted once per call, not per message: every network thread shares the counters.
         if messages > 0 {
@@ -750,6 +789,22 @@ impl<P: Protocol, S: Stream> Connection<P, S> {
         }
         written
     }
+}
+
+/// Queue `frames` (leaving it empty) without flushing; their bytes.
+async fn feed_frames<S: Stream>(
+    sink: &mut Sink<S>,
+    frames: &mut Vec<Message>,
+) -> Result<u64, WsError> {
+    let mut bytes = 0;
+    let mut written = Ok(());
+    for frame in frames.drain(..) {
+        bytes += frame.len() as u64;
+        if written.is_ok() {
+            written = sink.feed(frame).await;
+        }
+    }
+    written.map(|()| bytes)
 }
 
 /// Why a snapshot did not reach its end.

@@ -70,6 +70,8 @@ pub struct Subscribed<'a> {
     pub position: u64,
     /// With `Wish::since`: what to read back from the history before the live changes.
     pub resume: Option<Resume>,
+    /// Its columns as `Resolved::described` gives them.
+    pub described: &'a Arc<str>,
 }
 
 /// The stretch a resuming subscription reads back from the history: after `after`, through
@@ -139,6 +141,8 @@ struct Subscription<K> {
     /// With `RowAccess::Checked`: changes up to here were judged before the worker began
     /// judging for its audience (`Resolved::judged_after`).
     judged_after: u64,
+    /// Its columns as `Resolved::described` gives them.
+    described: Arc<str>,
     /// The snapshot the client already read: changes of transactions it sees are not sent.
     seen_by: Option<Arc<Xids>>,
     /// Its place in the fan-out's index: the batches that may concern it are handed to this
@@ -400,6 +404,7 @@ impl<K> SubscriptionSet<K> {
             events: s.ops,
             position: s.after,
             resume,
+            described: &s.described,
         })
     }
 
@@ -455,6 +460,7 @@ impl<K> SubscriptionSet<K> {
             filter,
             ops,
             columns: resolved.columns.map(Arc::new),
+            described: resolved.described,
             rows: resolved.rows,
             judged_after: resolved.judged_after,
             after: registered_after.max(self.seen),

@@ -49,6 +49,7 @@ pub fn worker() -> WorkerHandle {
                                 columns: None,
                                 rows: RowAccess::All,
                                 judged_after: 0,
+                                described: "[]".into(),
                                 rights: ChannelRights {
                                     send: true,
                                     presence: true,
@@ -76,6 +77,7 @@ pub fn worker() -> WorkerHandle {
                                 has_null: false,
                             })),
                             judged_after: 0,
+                            described: "[]".into(),
                             rights: ChannelRights::default(),
                         }),
                         "open" => Ok(Resolved {
@@ -87,6 +89,7 @@ pub fn worker() -> WorkerHandle {
                             columns: None,
                             rows: RowAccess::All,
                             judged_after: 0,
+                            described: "[]".into(),
                             rights: ChannelRights::default(),
                         }),
                         other => Err(ResolveError::UnknownTable(other.into())),

@@ -5,9 +5,11 @@
 //!
 //! - `native`: realtime_ext's own JSON messages on `/realtime`.
 //! - `phoenix`: the framing of Phoenix channels, which the Supabase Realtime clients speak.
+//! - `supabase`: the Supabase Realtime protocol on `/realtime/v1/websocket`, over that framing.
 
 pub mod native;
 pub mod phoenix;
+pub mod supabase;
 
 use crate::auth::AuthError;
 use crate::bridge::{ResolveError, WatchedTable};
@@ -17,21 +19,37 @@ use crate::net::subscriptions::{Matched, SubscribeError, Subscribed, Wish};
 use crate::snapshot::OrderBy;
 use crate::visibility::Columns;
 use serde_json::Value;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_tungstenite::tungstenite::Message;
 
 /// A wire protocol, as the connection driver uses it.
 pub trait Protocol: Send + 'static {
     /// A subscription's id on the wire, unique on a connection.
     type Id: Clone + Send + Sync + std::fmt::Display + 'static;
 
-    /// What a text message asks; `Err`: the frame that refuses it.
-    fn parse(&mut self, text: &str) -> Result<Ask<Self::Id>, Utf8Bytes>;
+    /// What a client's message asks, appended to `asks` in order (one message may ask several
+    /// things: a Phoenix join makes a subscription per binding); frames answering it at once
+    /// (a refusal, say) go to `out`, and are sent before the asks are handled.
+    fn parse(
+        &mut self,
+        message: Received<'_>,
+        asks: &mut Vec<Ask<Self::Id>>,
+        out: &mut Vec<Message>,
+    );
 
     /// Whether two ids name the same subscription.
     fn same(a: &Self::Id, b: &Self::Id) -> bool;
 
-    /// The frame for `say`.
-    fn encode(&mut self, say: Say<'_, Self::Id>) -> Utf8Bytes;
+    /// The frames for `say`, appended to `out`: usually one, but none or several where the
+    /// protocol's messages do not map one to one onto the engine's (a Phoenix join is answered
+    /// once for all the subscriptions it made; a change goes once to each channel it matched).
+    fn encode(&mut self, say: Say<'_, Self::Id>, out: &mut Vec<Message>);
+}
+
+/// A data message from the client.
+#[derive(Clone, Copy)]
+pub enum Received<'a> {
+    Text(&'a str),
+    Binary(&'a [u8]),
 }
 
 /// What a client asks of the engine.

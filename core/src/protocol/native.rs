@@ -2,7 +2,7 @@
 //! Parses what clients send and encodes what they are sent, including each
 //! change's frame, built once per change for every native session.
 
-use super::{Ask, Protocol, Refusal, Say, SnapshotWish};
+use super::{Ask, Protocol, Received, Refusal, Say, SnapshotWish};
 use crate::auth::AuthError;
 use crate::bridge::Target;
 use crate::bridge::{ResolveError, WatchedTable};
@@ -19,7 +19,7 @@ use serde_json::Value;
 use std::collections::HashSet;
 use std::fmt::Write;
 use std::sync::Arc;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 /// The native protocol's frames on each change: the change, the change without its old row
 /// (for subscribers who could not see the row before), and the row leaving a subscription.
@@ -448,16 +448,25 @@ pub struct Native;
 impl Protocol for Native {
     type Id = Value;
 
-    fn parse(&mut self, text: &str) -> Result<Ask<Value>, Utf8Bytes> {
-        ask(text)
+    fn parse(&mut self, message: Received<'_>, asks: &mut Vec<Ask<Value>>, out: &mut Vec<Message>) {
+        match message {
+            Received::Text(text) => match ask(text) {
+                Ok(ask) => asks.push(ask),
+                Err(refused) => out.push(Message::Text(refused)),
+            },
+            Received::Binary(_) => out.push(Message::Text(encode(Say::Refused {
+                id: None,
+                refusal: Refusal::Binary,
+            }))),
+        }
     }
 
     fn same(a: &Value, b: &Value) -> bool {
         same_id(a, b)
     }
 
-    fn encode(&mut self, say: Say<'_, Value>) -> Utf8Bytes {
-        encode(say)
+    fn encode(&mut self, say: Say<'_, Value>, out: &mut Vec<Message>) {
+        out.push(Message::Text(encode(say)))
     }
 }
 

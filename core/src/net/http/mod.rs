@@ -16,6 +16,9 @@ use crate::net::context::Context;
 use crate::net::shared::Limits;
 use crate::net::stream::Stream;
 use crate::protocol::native::Native;
+use crate::protocol::phoenix::Vsn;
+use crate::protocol::supabase::Supabase;
+use crate::protocol::Protocol;
 use crate::stats::Stat;
 use head::{Handshaking, HeadError};
 use response::Response;
@@ -106,17 +109,13 @@ async fn answer<S: Stream>(
             response.send(stream).await
         }
         Route::Asset(asset) => asset.response(&head).send(stream).await,
-        Route::Native => match upgrade::upgrade(stream, head, ip, limits, &context).await {
-            Ok(upgrade::Upgraded {
-                ws,
-                identity,
-                counted,
-            }) => {
-                connection::run(ws, context, identity, ip, Native).await;
-                drop(counted)
+        Route::Native => speak(stream, head, ip, context, Native).await,
+        Route::Supabase => match Vsn::from_query(head.param("vsn").as_deref()) {
+            Ok(vsn) => speak(stream, head, ip, context, Supabase::new(vsn)).await,
+            Err(e) => {
+                let response = Response::error("400 Bad Request", "bad_request", &e.to_string());
+                refuse(response, stream, &context).await
             }
-            Err(Some((stream, refusal))) => refuse(refusal, stream, &context).await,
-            Err(None) => {}
         },
         Route::NotFound => {
             let message = format!("no such path; WebSocket clients connect to {WEBSOCKET_PATH}");
@@ -134,6 +133,29 @@ async fn answer<S: Stream>(
             .send(stream)
             .await
         }
+    }
+}
+
+/// Upgrade to a WebSocket speaking `protocol`, and drive it until it ends.
+async fn speak<S: Stream, P: Protocol>(
+    stream: S,
+    head: head::Head,
+    ip: std::net::IpAddr,
+    context: Context,
+    protocol: P,
+) {
+    let limits = context.shared.limits();
+    match upgrade::upgrade(stream, head, ip, &limits, &context).await {
+        Ok(upgrade::Upgraded {
+            ws,
+            identity,
+            counted,
+        }) => {
+            connection::run(ws, context, identity, ip, protocol).await;
+            drop(counted)
+        }
+        Err(Some((stream, refusal))) => refuse(refusal, stream, &context).await,
+        Err(None) => {}
     }
 }
 

@@ -4,6 +4,8 @@ use super::pages::{self, Asset};
 
 /// Where WebSocket clients of the native protocol connect.
 pub const WEBSOCKET_PATH: &str = "/realtime";
+/// Where the Supabase Realtime clients connect (their URL ends in `/realtime/v1`).
+pub const SUPABASE_PATH: &str = "/realtime/v1/websocket";
 
 pub enum Route {
     /// `GET` or `HEAD /health`.
@@ -16,6 +18,8 @@ pub enum Route {
     },
     /// `GET /realtime`: the native protocol's WebSocket.
     Native,
+    /// `GET /realtime/v1/websocket`: the Supabase Realtime protocol's.
+    Supabase,
     /// `GET` or `HEAD` of an embedded file (`pages`).
     Asset(&'static Asset),
     NotFound,
@@ -31,6 +35,7 @@ pub fn route(method: &str, path: &str, serve_pages: bool) -> Route {
             head_only: method == "HEAD",
         },
         ("GET", WEBSOCKET_PATH | "/realtime/") => Route::Native,
+        ("GET", SUPABASE_PATH | "/realtime/v1/websocket/") => Route::Supabase,
         ("GET" | "HEAD", _) => match pages::find(path, serve_pages) {
             Some(asset) => Route::Asset(asset),
             None => Route::NotFound,

@@ -1,0 +1,253 @@
+// The official Supabase Realtime clients (@supabase/supabase-js and @supabase/realtime-js from
+// npm, unmodified) against realtime_ext's /realtime/v1 endpoint. Every callback payload is
+// compared with what SQL says about the row.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { createClient } from '@supabase/supabase-js';
+import { RealtimeClient } from '@supabase/realtime-js';
+import WebSocket from 'ws';
+import { HTTP_URL, sql, token, now, until } from '../../clients/js/test/server.mjs';
+
+const READER = 'realtime_reader';
+const anonKey = token({ role: READER, exp: now() + 3600 });
+const userToken = (sub) => token({ role: 'supa_user', sub, exp: now() + 3600 });
+const clients = [];
+
+before(() => {
+  sql(`CREATE TABLE supa_defects (id int PRIMARY KEY, camera text, score numeric, meta jsonb,
+                                   seen boolean, tags text[], at timestamptz);
+       SELECT realtime_watch('supa_defects');
+       CREATE TABLE supa_owned (id int PRIMARY KEY, owner text, note text);
+       ALTER TABLE supa_owned ENABLE ROW LEVEL SECURITY;
+       CREATE POLICY mine ON supa_owned FOR SELECT
+         USING (owner = current_setting('request.jwt.claims', true)::json->>'sub');
+       SELECT realtime_watch('supa_owned');
+       CREATE ROLE supa_user NOLOGIN;
+       GRANT supa_user TO realtime_authenticator;
+       GRANT SELECT ON supa_owned TO supa_user;
+       -- Rooms "line:*" as a Supabase project authorizes private channels: anyone with the
+       -- anon key may receive and broadcast there; nobody may use any other room.
+       GRANT USAGE ON SCHEMA realtime TO ${READER};
+       GRANT SELECT, INSERT ON realtime.messages TO ${READER};
+       CREATE POLICY line_read ON realtime.messages FOR SELECT TO ${READER}
+         USING (realtime.topic() LIKE 'line:%');
+       CREATE POLICY line_send ON realtime.messages FOR INSERT TO ${READER}
+         WITH CHECK (realtime.topic() LIKE 'line:%' AND extension = 'broadcast');`);
+});
+
+after(async () => {
+  for (const c of clients) await c.removeAllChannels?.();
+  for (const c of clients) (c.realtime ?? c).disconnect();
+});
+
+/** supabase-js pointed at the worker, as an application would point it at a project. */
+function supabase(key = anonKey) {
+  const client = createClient(HTTP_URL, key, {
+    realtime: { transport: WebSocket, heartbeatIntervalMs: 500 },
+    auth: { persistSession: false, autoRefreshToken: false },
+  });
+  clients.push(client);
+  return client;
+}
+
+/** Subscribe `channel`; resolve when SUBSCRIBED, fail on any other end. */
+function subscribed(channel) {
+  return new Promise((resolve, reject) => {
+    channel.subscribe((status, err) => {
+      if (status === 'SUBSCRIBED') resolve(channel);
+      else if (status !== 'CLOSED') reject(new Error(`${status}: ${err?.message}`));
+    });
+  });
+}
+
+/** The row as SQL renders it (row_to_json), for comparing with a callback's record. */
+const row = (table, id) => JSON.parse(sql(`SELECT row_to_json(t) FROM ${table} t WHERE id = ${id}`));
+
+test('postgres_changes through supabase-js: INSERT, UPDATE and DELETE as SQL has them', async () => {
+  const got = [];
+  const systems = [];
+  const client = supabase();
+  const channel = client
+    .channel('defects-feed')
+    .on('postgres_changes', { event: '*', schema: 'public', table: 'supa_defects' }, (p) => got.push(p))
+    .on('system', {}, (m) => systems.push(m));
+  await subscribed(channel);
+  await until(() => systems.some((m) => m.message === 'Subscribed to PostgreSQL'), 'the system message');
+
+  sql(`INSERT INTO supa_defects VALUES (1, 'cam-1', 0.9, '{"frame": 42}', true, '{a,b}', '2026-11-23 02:16:19.158+00')`);
+  const inserted = row('supa_defects', 1);
+  sql(`UPDATE supa_defects SET camera = 'cam-2' WHERE id = 1`);
+  const updated = row('supa_defects', 1);
+  sql(`DELETE FROM supa_defects WHERE id = 1`);
+  await until(() => got.length >= 3, 'three changes');
+
+  assert.deepEqual(got.map((p) => p.eventType), ['INSERT', 'UPDATE', 'DELETE']);
+  for (const p of got) {
+    assert.equal(p.schema, 'public');
+    assert.equal(p.table, 'supa_defects');
+    assert.equal(p.errors, null);
+    assert.match(p.commit_timestamp, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
+  }
+  assert.deepEqual(got[0].new, inserted);
+  assert.deepEqual(got[0].old, {});
+  assert.deepEqual(got[1].new, updated);
+  // The old row whole, not only its key (Supabase sends the key unless REPLICA IDENTITY FULL).
+  assert.deepEqual(got[1].old, inserted);
+  assert.deepEqual(got[2].new, {});
+  assert.deepEqual(got[2].old, updated);
+});
+
+test('a filtered binding fires only for rows SQL says match, and only its event', async () => {
+  const got = { hot: [], updates: [] };
+  const client = supabase();
+  const channel = client
+    .channel('hot')
+    .on('postgres_changes', { event: 'INSERT', schema: 'public', table: 'supa_defects', filter: 'score=gte.0.5' },
+      (p) => got.hot.push(p.new.id))
+    .on('postgres_changes', { event: 'UPDATE', schema: 'public', table: 'supa_defects' },
+      (p) => got.updates.push(p.new.id));
+  await subscribed(channel);
+  sql(`INSERT INTO supa_defects (id, score) SELECT g, g / 10.0 FROM generate_series(10, 1, -1) g`);
+  sql(`UPDATE supa_defects SET camera = 'x' WHERE id = 3`);
+  const expected = sql(`SELECT string_agg(id::text, ',' ORDER BY id DESC) FROM supa_defects WHERE score >= 0.5`);
+  await until(() => got.updates.length === 1, 'the update');
+  assert.deepEqual(got.hot.join(','), expected);
+  assert.deepEqual(got.updates, [3]);
+  sql('DELETE FROM supa_defects');
+});
+
+test('bad bindings leave the channel joined and are told in system messages', async () => {
+  const systems = [];
+  const client = supabase();
+  const channel = client
+    .channel('bad')
+    .on('postgres_changes', { event: '*', schema: 'public', table: 'no_such_table' }, () => {})
+    .on('postgres_changes', { event: '*', schema: 'public', table: 'supa_defects', filter: 'nope=eq.1' }, () => {})
+    .on('system', {}, (m) => systems.push(m));
+  await subscribed(channel);
+  await until(() => systems.filter((m) => m.status === 'error').length === 2, 'two system errors');
+  const errors = systems.filter((m) => m.status === 'error').map((m) => m.message).join(' | ');
+  assert.match(errors, /no_such_table.*does not exist/);
+  assert.match(errors, /column "nope" does not exist/);
+  assert.equal(channel.state, 'joined');
+});
+
+test('heartbeats are answered, and a channel removed is left', async () => {
+  const beats = [];
+  const realtime = new RealtimeClient(`${HTTP_URL.replace('http', 'ws')}/realtime/v1`, {
+    params: { apikey: anonKey },
+    transport: WebSocket,
+    heartbeatIntervalMs: 200,
+    heartbeatCallback: (status) => beats.push(status),
+  });
+  clients.push(realtime);
+  const channel = realtime.channel('leaving');
+  await subscribed(channel);
+  await until(() => beats.filter((s) => s === 'ok').length >= 2, 'two answered heartbeats');
+  assert.ok(!beats.includes('timeout'), `heartbeats: ${beats}`);
+  assert.equal(await realtime.removeChannel(channel), 'ok');
+  assert.equal(channel.state, 'closed');
+});
+
+test('vsn 1.0.0: the same changes in JSON-object frames', async () => {
+  const got = [];
+  const realtime = new RealtimeClient(`${HTTP_URL.replace('http', 'ws')}/realtime/v1`, {
+    params: { apikey: anonKey },
+    transport: WebSocket,
+    vsn: '1.0.0',
+  });
+  clients.push(realtime);
+  const channel = realtime
+    .channel('v1')
+    .on('postgres_changes', { event: 'INSERT', schema: 'public', table: 'supa_defects' }, (p) => got.push(p));
+  await subscribed(channel);
+  sql(`INSERT INTO supa_defects (id, camera) VALUES (100, 'v1')`);
+  await until(() => got.length === 1, 'the insert');
+  assert.deepEqual(got[0].new, row('supa_defects', 100));
+  sql('DELETE FROM supa_defects');
+});
+
+test('two users with an owner policy each see exactly their rows; setAuth switches user', async () => {
+  const seen = { alice: [], bob: [] };
+  for (const who of ['alice', 'bob']) {
+    const client = supabase(userToken(who));
+    client.realtime.setAuth(userToken(who));
+    const channel = client
+      .channel(`owned-${who}`)
+      .on('postgres_changes', { event: '*', schema: 'public', table: 'supa_owned' }, (p) => seen[who].push(p));
+    await subscribed(channel);
+  }
+  sql(`INSERT INTO supa_owned SELECT g, CASE WHEN g % 3 = 0 THEN 'alice' ELSE 'bob' END, 'n' || g
+         FROM generate_series(1, 30) g`);
+  const ids = (owner) => sql(`SELECT string_agg(id::text, ',' ORDER BY id) FROM supa_owned WHERE owner = '${owner}'`);
+  await until(() => seen.alice.length === 10 && seen.bob.length === 20, 'each user\'s rows');
+  assert.equal(seen.alice.map((p) => p.new.id).join(','), ids('alice'));
+  assert.equal(seen.bob.map((p) => p.new.id).join(','), ids('bob'));
+  for (const p of seen.alice) assert.deepEqual(p.new, row('supa_owned', p.new.id));
+});
+
+test('a token the server refuses fails the join with its reason', async () => {
+  const forged = anonKey.slice(0, -4) + 'AAAA';
+  const client = supabase();
+  client.realtime.setAuth(forged);
+  const channel = client.channel('forged');
+  const status = await new Promise((resolve) => channel.subscribe((s, err) => s !== 'CLOSED' && resolve([s, err?.message])));
+  assert.equal(status[0], 'CHANNEL_ERROR');
+  assert.match(status[1], /signature|token/i);
+  await client.removeChannel(channel);
+});
+
+/** A private channel on `room` with `broadcast` config, subscribed, recording what it hears. */
+async function room(client, name, broadcast, heard) {
+  const channel = client
+    .channel(name, { config: { private: true, broadcast } })
+    .on('broadcast', { event: 'defect-flag' }, (m) => heard.push(m));
+  return subscribed(channel);
+}
+
+test('broadcast between two clients, binary (vsn 2.0.0) and JSON (vsn 1.0.0), with self and ack', async () => {
+  const heard = { a: [], b: [], v1: [] };
+  const a = await room(supabase(), 'line:3', { self: true, ack: true }, heard.a);
+  const b = await room(supabase(), 'line:3', { self: false }, heard.b);
+  const v1client = new RealtimeClient(`${HTTP_URL.replace('http', 'ws')}/realtime/v1`, {
+    params: { apikey: anonKey }, transport: WebSocket, vsn: '1.0.0',
+  });
+  clients.push(v1client);
+  const v1 = await room(v1client, 'line:3', { self: false }, heard.v1);
+
+  assert.equal(await a.send({ type: 'broadcast', event: 'defect-flag', payload: { id: 7, note: 'recheck' } }), 'ok');
+  await until(() => heard.a.length === 1 && heard.b.length === 1 && heard.v1.length === 1, 'the broadcast everywhere');
+  for (const m of [heard.a[0], heard.b[0], heard.v1[0]]) {
+    assert.equal(m.event, 'defect-flag');
+    assert.deepEqual(m.payload, { id: 7, note: 'recheck' });
+  }
+  // From the vsn 1.0.0 client, as JSON; not back to itself (self: false).
+  assert.equal(await v1.send({ type: 'broadcast', event: 'defect-flag', payload: { id: 8 } }), 'ok');
+  await until(() => heard.a.length === 2 && heard.b.length === 2, 'the JSON broadcast');
+  assert.deepEqual(heard.b[1].payload, { id: 8 });
+  assert.equal(heard.v1.length, 1);
+});
+
+test('realtime_send() from SQL reaches the channel as a broadcast, at commit', async () => {
+  const heard = [];
+  await room(supabase(), 'line:4', {}, heard);
+  sql(`BEGIN; SELECT realtime_send('line:4', 'defect-flag', '{"id": 9}'); ROLLBACK;
+       SELECT realtime_send('line:4', 'defect-flag', '{"id": 10}');`);
+  await until(() => heard.length === 1, 'the committed message');
+  assert.deepEqual(heard[0].payload, { id: 10 });
+});
+
+test('a private channel its policies do not grant fails to join; broadcast where sending is not granted is refused', async () => {
+  const client = supabase();
+  const secret = client.channel('secret:1', { config: { private: true } });
+  const [status, message] = await new Promise((resolve) =>
+    secret.subscribe((s, err) => s !== 'CLOSED' && resolve([s, err?.message])));
+  assert.equal(status, 'CHANNEL_ERROR');
+  assert.match(message, /Unauthorized: You do not have permissions to read from this Channel topic: secret:1/);
+  await client.removeChannel(secret);
+
+  // A public channel joins (its postgres_changes work), but its room is not open to broadcast
+  // unless realtime.public_topics is on.
+  const open = await subscribed(client.channel('open:1', { config: { broadcast: { ack: true } } }));
+  assert.equal(await open.send({ type: 'broadcast', event: 'x', payload: {} }), 'error');
+});
