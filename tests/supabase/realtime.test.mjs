@@ -32,7 +32,7 @@ before(() => {
        CREATE POLICY line_read ON realtime.messages FOR SELECT TO ${READER}
          USING (realtime.topic() LIKE 'line:%');
        CREATE POLICY line_send ON realtime.messages FOR INSERT TO ${READER}
-         WITH CHECK (realtime.topic() LIKE 'line:%' AND extension = 'broadcast');`);
+         WITH CHECK (realtime.topic() LIKE 'line:%' AND extension IN ('broadcast', 'presence'));`);
 });
 
 after(async () => {
@@ -250,4 +250,42 @@ test('a private channel its policies do not grant fails to join; broadcast where
   // unless realtime.public_topics is on.
   const open = await subscribed(client.channel('open:1', { config: { broadcast: { ack: true } } }));
   assert.equal(await open.send({ type: 'broadcast', event: 'x', payload: {} }), 'error');
+});
+
+test('presence: track, sync, join and leave events, untrack and disconnect', async () => {
+  const events = { a: [], b: [] };
+  const join = async (client, key, log) => {
+    const channel = client
+      .channel('line:5', { config: { private: true, presence: { key } } })
+      .on('presence', { event: 'sync' }, () => log.push(['sync']))
+      .on('presence', { event: 'join' }, ({ key, newPresences }) => log.push(['join', key, newPresences]))
+      .on('presence', { event: 'leave' }, ({ key, leftPresences }) => log.push(['leave', key, leftPresences]));
+    return subscribed(channel);
+  };
+  const a = await join(supabase(), 'inspector-1', events.a);
+  const bClient = supabase();
+  const b = await join(bClient, 'inspector-2', events.b);
+
+  assert.equal(await a.track({ station: 3 }), 'ok');
+  await until(() => Object.keys(b.presenceState()).length === 1, 'b to see a');
+  const seen = b.presenceState()['inspector-1'];
+  assert.equal(seen.length, 1);
+  assert.equal(seen[0].station, 3);
+  assert.ok(seen[0].presence_ref, 'each meta has its ref');
+  assert.ok(events.b.some(([e, key]) => e === 'join' && key === 'inspector-1'));
+  await until(() => Object.keys(a.presenceState()).length === 1, 'a to see itself');
+
+  assert.equal(await b.track({ station: 4 }), 'ok');
+  await until(() => Object.keys(a.presenceState()).sort().join() === 'inspector-1,inspector-2', 'a to see both');
+  // A new state under the same key replaces the old one.
+  assert.equal(await b.track({ station: 5 }), 'ok');
+  await until(() => a.presenceState()['inspector-2']?.[0]?.station === 5, 'the new state');
+  assert.equal(a.presenceState()['inspector-2'].length, 1);
+
+  assert.equal(await a.untrack(), 'ok');
+  await until(() => !b.presenceState()['inspector-1'], 'a to leave');
+  assert.ok(events.b.some(([e, key]) => e === 'leave' && key === 'inspector-1'));
+  // Disconnecting leaves too.
+  bClient.realtime.disconnect();
+  await until(() => Object.keys(a.presenceState()).length === 0, 'b to leave on disconnect');
 });

@@ -455,12 +455,14 @@ impl<P: Protocol, S: Stream> Connection<P, S> {
             }
             Ask::Track {
                 channel,
+                key,
                 state,
                 reference,
             } => {
+                let key = key.map(String::into_boxed_str);
                 let tracked = self
                     .may_track(&channel, &state)
-                    .and_then(|max| self.mailbox.track(&channel, state.into(), max));
+                    .and_then(|max| self.mailbox.track(&channel, key, state.into(), max));
                 let reference = reference.as_ref();
                 match (tracked, reference) {
                     (Err(refused), _) => {

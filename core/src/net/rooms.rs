@@ -75,8 +75,17 @@ impl Shout {
     }
 }
 
-/// A member tracked in a room: its key on the wire (the member number) and its state.
-pub type Present = (u64, Arc<str>);
+/// What a member is tracked with: its state (JSON text), and the key a protocol that groups
+/// members by key shows it under (a Supabase client's `config.presence.key`; `None`: its
+/// member number).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Tracked {
+    pub key: Option<Box<str>>,
+    pub state: Arc<str>,
+}
+
+/// A member tracked in a room: its member number and what it is tracked with.
+pub type Present = (u64, Arc<Tracked>);
 
 /// What a connection is told about presence in one room.
 pub enum Presence {
@@ -117,10 +126,10 @@ impl Told {
 }
 
 /// A member's state before a change (`None`: absent) and after it.
-type States = (Option<Arc<str>>, Option<Arc<str>>);
+type States = (Option<Arc<Tracked>>, Option<Arc<Tracked>>);
 
 /// One change of presence: the member, and its states.
-type Change = (u64, Option<Arc<str>>, Option<Arc<str>>);
+type Change = (u64, Option<Arc<Tracked>>, Option<Arc<Tracked>>);
 
 /// Changes kept at least, for seats that are behind; past `max(LOG_MIN, 2 × members)` the
 /// oldest go, and a seat behind them is told the whole state instead.
@@ -146,7 +155,7 @@ struct Seat {
 #[derive(Default)]
 struct Room {
     seats: HashMap<u64, Seat>,
-    present: BTreeMap<u64, Arc<str>>,
+    present: BTreeMap<u64, Arc<Tracked>>,
     /// Presence changes in order; the first is number `base`.
     log: VecDeque<Change>,
     base: u64,
@@ -167,7 +176,7 @@ impl Room {
     }
 
     /// `member` went from `was` to `now`: logged, and the seats that are up to date woken.
-    fn changed(&mut self, member: u64, was: Option<Arc<str>>, now: Option<Arc<str>>) {
+    fn changed(&mut self, member: u64, was: Option<Arc<Tracked>>, now: Option<Arc<Tracked>>) {
         self.log.push_back((member, was, now));
         let keep = LOG_MIN.max(2 * self.present.len());
         while self.log.len() > keep {
@@ -409,9 +418,16 @@ impl Mailbox {
         delivered
     }
 
-    /// Track this connection in `channel` with `state` (JSON text), replacing what it had;
-    /// at most `max` members a room.
-    pub fn track(&self, channel: &str, state: Arc<str>, max: usize) -> Result<(), Refused> {
+    /// Track this connection in `channel` with `state` (JSON text) under `key`, replacing what
+    /// it had; at most `max` members a room.
+    pub fn track(
+        &self,
+        channel: &str,
+        key: Option<Box<str>>,
+        state: Arc<str>,
+        max: usize,
+    ) -> Result<(), Refused> {
+        let state = Arc::new(Tracked { key, state });
         let mut rooms = self.hub.rooms();
         let room = rooms.get_mut(channel).ok_or(Refused::NotSubscribed)?;
         match room.seats.get(&self.member) {
@@ -601,7 +617,7 @@ mod unit {
         let words = |members: &[Present]| {
             members
                 .iter()
-                .map(|(m, s)| format!("{m}={s}"))
+                .map(|(m, s)| format!("{m}={}", s.state))
                 .collect::<Vec<_>>()
         };
         take(mailbox, room)
@@ -627,16 +643,16 @@ mod unit {
         let (watcher, _) = hub.mailbox();
         let (m_a, m_b) = (a.member(), b.member());
         let _a = a.join(&room, ALL);
-        a.track("room", "\"a1\"".into(), 10).unwrap();
+        a.track("room", None, "\"a1\"".into(), 10).unwrap();
         let seat_b = b.join(&room, ALL);
         assert_eq!(told(&b, &room), [format!("state {m_a}=\"a1\"")]);
         let _w = watcher.join(&room, ALL);
         assert_eq!(told(&watcher, &room), [format!("state {m_a}=\"a1\"")]);
         // Changes it has not taken yet are merged: a's two updates are one change, b's join
         // and leave cancel out.
-        a.track("room", "\"a2\"".into(), 10).unwrap();
-        a.track("room", "\"a3\"".into(), 10).unwrap();
-        b.track("room", "\"b1\"".into(), 10).unwrap();
+        a.track("room", None, "\"a2\"".into(), 10).unwrap();
+        a.track("room", None, "\"a3\"".into(), 10).unwrap();
+        b.track("room", None, "\"b1\"".into(), 10).unwrap();
         b.untrack("room");
         assert_eq!(
             told(&watcher, &room),
@@ -644,7 +660,7 @@ mod unit {
         );
         assert!(told(&watcher, &room).is_empty());
         // A member that leaves the room leaves presence.
-        b.track("room", "\"b2\"".into(), 10).unwrap();
+        b.track("room", None, "\"b2\"".into(), 10).unwrap();
         assert_eq!(told(&watcher, &room), [format!("+{m_b}=\"b2\"")]);
         drop(seat_b);
         assert_eq!(told(&watcher, &room), [format!("-{m_b}=\"b2\"")]);
@@ -666,12 +682,12 @@ mod unit {
         for m in [&a, &b, &mover] {
             assert_eq!(told(m, &room).len(), 1, "the state first");
         }
-        mover.track("room", "0".into(), 10).unwrap();
+        mover.track("room", None, "0".into(), 10).unwrap();
         let (da, db) = (take(&a, &room), take(&b, &room));
         assert!(Arc::ptr_eq(&da[0], &db[0]));
         // Further behind than the log keeps: the whole state, as it is now.
         for n in 1..=LOG_MIN as u32 + 1 {
-            mover.track("room", n.to_string().into(), 10).unwrap();
+            mover.track("room", None, n.to_string().into(), 10).unwrap();
         }
         assert_eq!(
             told(&a, &room),
@@ -697,10 +713,10 @@ mod unit {
         }
         let mut fast_told = Vec::new();
         for n in 0..3 {
-            mover.track("room", n.to_string().into(), 10).unwrap();
+            mover.track("room", None, n.to_string().into(), 10).unwrap();
             fast_told.extend(take(&fast, &room));
         }
-        mover.track("room", "3".into(), 10).unwrap();
+        mover.track("room", None, "3".into(), 10).unwrap();
         // The slow seat is handed the fast one's three diffs, then the change after them.
         let slow_told = take(&slow, &room);
         assert_eq!(slow_told.len(), 4);
@@ -723,7 +739,7 @@ mod unit {
         let t0 = Instant::now();
         let (state, again) = a.take_presence_at([&room].into_iter(), t0);
         assert_eq!((state.len(), again), (1, None));
-        mover.track("room", "1".into(), 10).unwrap();
+        mover.track("room", None, "1".into(), 10).unwrap();
         let soon = t0 + PERIOD / 5;
         let (nothing, again) = a.take_presence_at([&room].into_iter(), soon);
         assert!(nothing.is_empty());
@@ -750,19 +766,19 @@ mod unit {
                 ..ALL
             },
         );
-        a.track("room", "1".into(), 1).unwrap();
+        a.track("room", None, "1".into(), 1).unwrap();
         assert!(matches!(
-            b.track("room", "1".into(), 1),
+            b.track("room", None, "1".into(), 1),
             Err(Refused::PresenceFull(1))
         ));
         // Tracking again under the limit replaces, it does not add.
-        a.track("room", "2".into(), 1).unwrap();
+        a.track("room", None, "2".into(), 1).unwrap();
         assert!(matches!(
-            c.track("room", "1".into(), 10),
+            c.track("room", None, "1".into(), 10),
             Err(Refused::TrackForbidden)
         ));
         assert!(matches!(
-            c.track("nowhere", "1".into(), 10),
+            c.track("nowhere", None, "1".into(), 10),
             Err(Refused::NotSubscribed)
         ));
         // Joined again without the right to track (a policy changed): no longer present.

@@ -88,9 +88,11 @@ pub enum Ask<Id> {
         include_self: bool,
         reference: Option<Value>,
     },
-    /// Be present on `channel` with `state` (JSON text), replacing what it had.
+    /// Be present on `channel` with `state` (JSON text), replacing what it had; `key`: the
+    /// key it is shown under where a protocol groups members by key.
     Track {
         channel: String,
+        key: Option<String>,
         state: String,
         reference: Option<Value>,
     },

@@ -500,6 +500,7 @@ fn ask(text: &str) -> Result<Ask<Value>, Utf8Bytes> {
             reference,
         } => Ask::Track {
             channel,
+            key: None,
             state: state.unwrap_or(Value::Null).to_string(),
             reference,
         },
@@ -835,7 +836,7 @@ pub fn presence_frame(presence: &Presence) -> String {
             if i > 0 {
                 out.push(',');
             }
-            let _ = write!(out, r#""{key}":{state}"#);
+            let _ = write!(out, r#""{key}":{}"#, state.state);
         }
         out.push('}');
     };

@@ -16,7 +16,8 @@
 use super::phoenix::{self, BroadcastPayload, Frame, Vsn};
 use super::{Ask, Protocol, Received, Refusal, Say};
 use crate::bridge::Target;
-use crate::change::{Change, EndReason, FrameSlot, GapReason};
+use crate::change::{Change, EndReason, FrameSlot, GapReason, MAX_CHANNEL_BYTES};
+use crate::net::rooms::{Presence, Present};
 use crate::net::subscriptions::Wish;
 use crate::ops::{Op, OpSet};
 use crate::visibility::{self, Columns};
@@ -67,6 +68,8 @@ struct Channel {
     /// `config.broadcast`: hear its own broadcasts; have them acknowledged.
     include_self: bool,
     ack: bool,
+    /// The key its presence is tracked under (`config.presence.key`, or one made up).
+    presence_key: String,
 }
 
 struct Joining {
@@ -173,6 +176,13 @@ impl Supabase {
             return out.push(refuse(self, "a channel's topic starts with realtime:"));
         }
         let config = &payload["config"];
+        if config["presence"]["key"]
+            .as_str()
+            .is_some_and(|key| key.len() > MAX_CHANNEL_BYTES)
+        {
+            let reason = format!("a presence key is at most {MAX_CHANNEL_BYTES} bytes");
+            return out.push(refuse(self, &reason));
+        }
         let bindings = match &config["postgres_changes"] {
             Value::Null => Vec::new(),
             Value::Array(bindings) if bindings.len() <= MAX_BINDINGS => bindings.clone(),
@@ -253,11 +263,16 @@ impl Supabase {
         ids.push(ROOM);
         self.joining = Some(joining);
         let broadcast = &config["broadcast"];
+        let presence_key = match &config["presence"]["key"] {
+            Value::String(key) if !key.is_empty() => key.clone(),
+            _ => uuid::Uuid::new_v4().to_string(),
+        };
         let channel = Channel {
             join_ref,
             ids,
             include_self: broadcast["self"] == Value::Bool(true),
             ack: broadcast["ack"] == Value::Bool(true),
+            presence_key,
         };
         self.channels.insert(topic.clone(), channel);
         asks.push(Ask::Ping {
@@ -401,6 +416,7 @@ impl Protocol for Supabase {
                 reference: Some(json!({ HEARTBEAT: frame.reference })),
             }),
             (_, "phx_join") => self.join(frame, asks, out),
+            (_, "presence") => self.presence_asked(frame, asks, out),
             (_, "broadcast") => {
                 let payload = &frame.payload;
                 match (&payload["event"], payload.get("payload")) {
@@ -470,6 +486,8 @@ impl Protocol for Supabase {
             Say::Broadcast { shout } => {
                 self.broadcast(&shout.channel, &shout.event, &shout.payload, out)
             }
+            Say::Presence(told) => self.presence(&told.presence, out),
+            Say::Tracked { reference, .. } => out.push(self.reply_to(reference, "ok", json!({}))),
             Say::BroadcastSent { reference, .. } if reference["ack"] == Value::Bool(true) => {
                 out.push(self.reply_to(reference, "ok", json!({})))
             }
@@ -590,6 +608,66 @@ impl Supabase {
         });
     }
 
+    /// A client's `track` or `untrack` on a joined channel.
+    fn presence_asked(&self, frame: Frame, asks: &mut Vec<Ask<BindingId>>, out: &mut Vec<Message>) {
+        let Frame {
+            join_ref,
+            reference,
+            topic,
+            payload,
+            ..
+        } = frame;
+        let Some(channel) = self.channels.get(topic.as_str()) else {
+            let reason = json!({"reason": "join the channel before tracking presence on it"});
+            return out.push(self.reply(join_ref, reference, &topic, "error", reason));
+        };
+        let room = topic[TOPIC_PREFIX.len()..].to_string();
+        let answer = json!({"topic": topic, "ref": reference, "join_ref": join_ref});
+        match payload["event"].as_str() {
+            Some("track") => asks.push(Ask::Track {
+                channel: room,
+                key: Some(channel.presence_key.clone()),
+                state: payload.get("payload").unwrap_or(&json!({})).to_string(),
+                reference: Some(answer),
+            }),
+            Some("untrack") => asks.push(Ask::Untrack {
+                channel: room,
+                reference: Some(answer),
+            }),
+            _ => {
+                let reason = json!({"reason": "presence events are track and untrack"});
+                out.push(self.reply(join_ref, reference, &topic, "error", reason))
+            }
+        }
+    }
+
+    /// Presence on a joined channel: `presence_state`, or `presence_diff`, with members
+    /// grouped by key as Phoenix Presence groups them.
+    fn presence(&self, presence: &Presence, out: &mut Vec<Message>) {
+        let (room, event, payload) = match presence {
+            Presence::State { channel, members } => (channel, "presence_state", by_key(members)),
+            Presence::Diff {
+                channel,
+                joins,
+                leaves,
+            } => (
+                channel,
+                "presence_diff",
+                json!({"joins": by_key(joins), "leaves": by_key(leaves)}),
+            ),
+        };
+        let topic = format!("{TOPIC_PREFIX}{room}");
+        if self.channels.contains_key(topic.as_str()) {
+            out.push(self.frame(Frame {
+                join_ref: None,
+                reference: None,
+                topic,
+                event: event.into(),
+                payload,
+            }));
+        }
+    }
+
     /// A reply to the message an `answer` reference (`broadcast_asked`) stands for.
     fn reply_to(&self, answer: &Value, status: &str, response: Value) -> Message {
         let text = |name: &str| answer[name].as_str().map(String::from);
@@ -622,18 +700,48 @@ impl Supabase {
     }
 }
 
+/// Members as Phoenix Presence shows them: `{key: {metas: [{phx_ref, ...state}]}}`. A member
+/// tracked without a key (a native client) is shown under its member number; `phx_ref`, which
+/// the clients tell metas apart by, is the member and a hash of its state, so a member that
+/// tracks a new state leaves with one ref and joins with another.
+fn by_key(members: &[Present]) -> Value {
+    let mut keys = serde_json::Map::new();
+    for (member, tracked) in members {
+        let key = tracked
+            .key
+            .as_deref()
+            .map_or_else(|| member.to_string(), String::from);
+        let mut meta = match serde_json::from_str(&tracked.state) {
+            Ok(Value::Object(meta)) => meta,
+            Ok(state) => serde_json::Map::from_iter([("state".to_string(), state)]),
+            Err(_) => serde_json::Map::new(),
+        };
+        let reference = format!("{member:x}.{:x}", fnv(tracked.state.as_bytes()));
+        meta.insert("phx_ref".into(), reference.into());
+        let entry = keys.entry(key).or_insert_with(|| json!({"metas": []}));
+        if let Some(metas) = entry["metas"].as_array_mut() {
+            metas.push(Value::Object(meta));
+        }
+    }
+    Value::Object(keys)
+}
+
+fn fnv(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5, |hash: u32, byte| {
+        (hash ^ *byte as u32).wrapping_mul(0x0100_0193)
+    })
+}
+
 /// A binding's id: a hash of what it asks, so the same binding has the same id everywhere (as
 /// Supabase's), truthy and an integer for the clients.
 fn binding_id(binding: &Value) -> u32 {
-    let mut hash: u32 = 0x811c_9dc5;
+    let mut text = String::new();
     for field in ["event", "schema", "table", "filter"] {
-        let text = binding.get(field).map(Value::to_string).unwrap_or_default();
-        for byte in text.bytes().chain([0]) {
-            hash = (hash ^ byte as u32).wrapping_mul(0x0100_0193);
-        }
+        text += &binding.get(field).map(Value::to_string).unwrap_or_default();
+        text.push('\0');
     }
     // Kept within JavaScript's safe integers and never 0 (falsy to the client).
-    (hash & 0x7fff_ffff).max(1)
+    (fnv(text.as_bytes()) & 0x7fff_ffff).max(1)
 }
 
 /// The engine subscription for a binding, or why there is none.
