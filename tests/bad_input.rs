@@ -261,6 +261,28 @@ fn bad_input_is_refused_and_nothing_else_changes() {
         b"POST /realtime HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
     )
     .starts_with("HTTP/1.1 405"));
+    // Supabase's REST broadcast: a body of a known, bounded length, sent in time, as JSON.
+    let post = |headers: &str, body: &str| {
+        let request =
+            format!("POST /realtime/v1/api/broadcast HTTP/1.1\r\nHost: x\r\n{headers}\r\n{body}");
+        raw(&cluster, request.as_bytes())
+    };
+    assert!(post("", "{}").starts_with("HTTP/1.1 411"));
+    let huge = format!("Content-Length: {}\r\n", 100 * 1024 * 1024);
+    assert!(post(&huge, "").starts_with("HTTP/1.1 413"));
+    let binary = "Content-Length: 2\r\nContent-Type: application/octet-stream\r\n";
+    assert!(post(binary, "{}").starts_with("HTTP/1.1 415"));
+    assert!(post("Content-Length: 9\r\n", "not json!").starts_with("HTTP/1.1 400"));
+    let started = Instant::now();
+    assert!(post("Content-Length: 50\r\n", "{").starts_with("HTTP/1.1 408"));
+    assert!(started.elapsed() < Duration::from_secs(4));
+    // The Supabase endpoint knows two serializers.
+    let (status, body) = cluster.http_get_with(
+        "/realtime/v1/websocket?vsn=9.9.9",
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n",
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("unsupported vsn"));
     assert!(raw(
         &cluster,
         b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n"

@@ -289,3 +289,38 @@ test('presence: track, sync, join and leave events, untrack and disconnect', asy
   bClient.realtime.disconnect();
   await until(() => Object.keys(a.presenceState()).length === 0, 'b to leave on disconnect');
 });
+
+test('REST broadcast: httpSend() and send() on a channel not joined reach the joined ones', async () => {
+  const heard = [];
+  await room(supabase(), 'line:6', {}, heard);
+  const sender = supabase();
+  const restChannel = sender.channel('line:6', { config: { private: true } });
+  await restChannel.httpSend('defect-flag', { id: 11, via: 'httpSend' });
+  // Not joined: the client falls back to POST /realtime/v1/api/broadcast.
+  const warn = console.warn;
+  console.warn = () => {};
+  try {
+    assert.equal(await restChannel.send({ type: 'broadcast', event: 'defect-flag', payload: { id: 12 } }), 'ok');
+  } finally {
+    console.warn = warn;
+  }
+  await until(() => heard.length === 2, 'both REST broadcasts');
+  assert.deepEqual(heard.map((m) => m.payload.id), [11, 12]);
+
+  // Where sending is not granted, or without a valid key, nothing is sent.
+  await assert.rejects(sender.channel('secret:2', { config: { private: true } }).httpSend('x', {}), /forbidden/);
+  const url = `${HTTP_URL}/realtime/v1/api/broadcast`;
+  const post = (headers, body) => fetch(url, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body });
+  const messages = JSON.stringify({ messages: [{ topic: 'line:6', event: 'defect-flag', payload: { id: 13 } }] });
+  assert.equal((await post({ apikey: anonKey.slice(0, -4) + 'AAAA' }, messages)).status, 401);
+  assert.equal((await post({ apikey: anonKey }, '{"messages": 3}')).status, 400);
+  assert.equal((await post({ apikey: anonKey }, messages)).status, 202);
+  await until(() => heard.length === 3, 'the batch form');
+  assert.equal(heard.length, 3);
+
+  // Pages may call it from any origin.
+  const preflight = await fetch(url, { method: 'OPTIONS', headers: { origin: 'https://app.example', 'access-control-request-method': 'POST' } });
+  assert.equal(preflight.status, 204);
+  assert.equal(preflight.headers.get('access-control-allow-origin'), '*');
+  assert.match(preflight.headers.get('access-control-allow-headers'), /apikey.*authorization.*content-type.*x-client-info/);
+});

@@ -3,6 +3,7 @@
 //! `upgrade`). Errors are JSON bodies with a code.
 
 mod access;
+mod broadcast;
 pub mod head;
 mod health;
 mod metrics;
@@ -61,7 +62,9 @@ async fn answer<S: Stream>(
     context: Context,
 ) {
     let head = head::read(&mut stream, &handshaking, deadline).await;
-    drop(handshaking);
+    // A request with a body is still being read: it keeps its place among the handshakes.
+    let reading = head.as_ref().is_ok_and(|head| head.method == "POST");
+    let handshaking = reading.then_some(handshaking);
     let head = match head {
         Ok(head) => head,
         Err(e) => {
@@ -117,6 +120,16 @@ async fn answer<S: Stream>(
                 refuse(response, stream, &context).await
             }
         },
+        Route::RestBroadcast => {
+            let (stream, response) =
+                broadcast::serve(stream, head, ip, deadline, limits, &context).await;
+            drop(handshaking);
+            match response.error_code() {
+                Some(_) => refuse(response, stream, &context).await,
+                None => response.send(stream).await,
+            }
+        }
+        Route::Preflight => broadcast::preflight().send(stream).await,
         Route::NotFound => {
             let message = format!("no such path; WebSocket clients connect to {WEBSOCKET_PATH}");
             Response::error("404 Not Found", "not_found", &message)

@@ -20,6 +20,10 @@ pub enum Route {
     Native,
     /// `GET /realtime/v1/websocket`: the Supabase Realtime protocol's.
     Supabase,
+    /// `POST /realtime/v1/api/broadcast[/{topic}/events/{event}]`: Supabase's REST broadcast,
+    /// and (`OPTIONS`) its CORS preflight.
+    RestBroadcast,
+    Preflight,
     /// `GET` or `HEAD` of an embedded file (`pages`).
     Asset(&'static Asset),
     NotFound,
@@ -36,10 +40,19 @@ pub fn route(method: &str, path: &str, serve_pages: bool) -> Route {
         },
         ("GET", WEBSOCKET_PATH | "/realtime/") => Route::Native,
         ("GET", SUPABASE_PATH | "/realtime/v1/websocket/") => Route::Supabase,
+        ("POST" | "OPTIONS", _) if is_broadcast(path) => match method {
+            "POST" => Route::RestBroadcast,
+            _ => Route::Preflight,
+        },
         ("GET" | "HEAD", _) => match pages::find(path, serve_pages) {
             Some(asset) => Route::Asset(asset),
             None => Route::NotFound,
         },
         _ => Route::MethodNotAllowed,
     }
+}
+
+fn is_broadcast(path: &str) -> bool {
+    path.strip_prefix(super::broadcast::PATH)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }

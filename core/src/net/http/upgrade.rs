@@ -98,7 +98,7 @@ pub async fn upgrade<S: Stream>(
 }
 
 /// The HTTP answer to a token or role refused at the upgrade.
-fn refused(refusal: &Refusal) -> Response {
+pub(super) fn refused(refusal: &Refusal) -> Response {
     let code = refusal.code();
     let status = match code {
         ErrorCode::Unauthorized | ErrorCode::TokenExpired => "401 Unauthorized",
