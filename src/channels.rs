@@ -110,6 +110,8 @@ extension_sql_file!(
     requires = [realtime_send]
 );
 
+extension_sql_file!("../sql/supabase_auth.sql", name = "supabase_auth");
+
 /// jsonb's text, as `payload::text` writes it.
 fn jsonb_text(datum: pg_sys::Datum) -> String {
     let (mut output, mut varlena) = (pg_sys::InvalidOid, false);
