@@ -94,7 +94,7 @@ if [ ! -d "$browser_tests/node_modules/playwright-core" ] || [ ! -d "$browser_te
   (cd "$browser_tests" && npm ci --no-audit --no-fund --loglevel=error)
 fi
 supabase_tests="$(dirname "$0")/../tests/supabase"
-if [ ! -d "$supabase_tests/node_modules/@supabase/supabase-js" ] || [ ! -d "$supabase_tests/node_modules/ws" ]; then
+if [ ! -d "$supabase_tests/node_modules/@supabase/supabase-js" ] || [ ! -d "$supabase_tests/node_modules/playwright-core" ]; then
   echo "==> npm ci in tests/supabase (the official Supabase clients)"
   (cd "$supabase_tests" && npm ci --no-audit --no-fund --loglevel=error)
 fi

@@ -50,6 +50,29 @@ const CASES: &[(&str, &str)] = &[
         "u=in.(00000000-0000-0000-0000-000000000001,00000000-0000-0000-0000-000000000002)",
         "u IN ('00000000-0000-0000-0000-000000000001', '00000000-0000-0000-0000-000000000002')",
     ),
+    ("t=like.%a", "t LIKE '%a'"),
+    ("t=like.b_ta", "t LIKE 'b_ta'"),
+    ("t=like.b\\,c", "t LIKE 'b\\,c'"),
+    ("t=not.like.%a", "NOT (t LIKE '%a')"),
+    ("t=ilike.mu", "t ILIKE 'mu'"),
+    ("t=ilike.%CL%", "t ILIKE '%CL%'"),
+    ("t=ilike.ÉCLAIR", "t ILIKE 'ÉCLAIR'"),
+    ("t=not.ilike.%A%", "NOT (t ILIKE '%A%')"),
+    ("t=is.null", "t IS NULL"),
+    ("t=not.is.null", "t IS NOT NULL"),
+    ("b=is.true", "b IS TRUE"),
+    ("b=not.is.false", "b IS NOT FALSE"),
+    ("b=is.unknown", "b IS UNKNOWN"),
+    ("i=isdistinct.2", "i IS DISTINCT FROM 2"),
+    ("i=not.isdistinct.2", "i IS NOT DISTINCT FROM 2"),
+    ("i=not.eq.2", "NOT (i = 2)"),
+    ("i=not.in.(1,2,3)", "NOT (i IN (1, 2, 3))"),
+    ("t=eq.b,c", "t = 'b,c'"),
+    ("i=gte.0,i=lt.5", "i >= 0 AND i < 5"),
+    (
+        "i=gt.0,t=like.%e%,b=not.is.true",
+        "i > 0 AND t LIKE '%e%' AND b IS NOT TRUE",
+    ),
 ];
 
 #[test]
@@ -348,8 +371,36 @@ fn filters_on_types_that_do_not_compare_as_text_are_refused() {
             "{reply}"
         );
     }
-    // Equality on text in a deterministic non-C collation is still exact.
+    // Operators that need what a type or collation does not give.
+    for (filter, why) in [
+        ("id=like.1", "like and ilike take text"),
+        ("id=is.true", "takes a boolean column"),
+        ("j=is.null", "jsonb filters take eq or in"),
+        ("j=not.eq.{}", "jsonb filters take eq or in"),
+        ("t=match.^m", "regular expressions"),
+        ("t=imatch.^m", "regular expressions"),
+        ("t=like.m\\", "escape character"),
+        ("t=is.maybe", "is takes null, true, false or unknown"),
+        ("t=eq.m,t=nope.m,t=eq.x", "t = 'm,t=nope.m,t=eq.x'"),
+    ] {
+        let reply = ws.try_subscribe("x", "odd", Some(filter));
+        if why.starts_with("t = ") {
+            // Not a condition after the comma: the comma is part of the value.
+            assert_eq!(reply["type"], "subscribed", "{filter}: {reply}");
+            ws.send(serde_json::json!({"type": "unsubscribe", "id": "x"}));
+            assert_eq!(ws.recv()["type"], "unsubscribed");
+            continue;
+        }
+        assert_eq!(reply["code"], "invalid_filter", "{filter}: {reply}");
+        assert!(
+            reply["message"].as_str().unwrap().contains(why),
+            "{filter}: {reply}"
+        );
+    }
+    // Equality on text in a deterministic non-C collation is still exact, and so is ilike
+    // where the collation lowers letters as Unicode does.
     ws.subscribe("t", "odd", Some("t=eq.m"));
+    ws.subscribe("ti", "odd", Some("t=ilike.M%"));
 }
 
 #[test]
@@ -394,4 +445,32 @@ fn rows_that_leave_a_filter_are_reported() {
         ),
         (Some("change"), Some("UPDATE"), Some(2))
     );
+}
+
+#[test]
+fn select_narrows_the_columns_sent() {
+    let cluster = Cluster::start("filters_select", &[]);
+    let mut db = cluster.client();
+    db.batch_execute(
+        "CREATE TABLE sel (id int PRIMARY KEY, a text, b text); SELECT realtime_watch('sel');",
+    )
+    .unwrap();
+    let mut ws = cluster.ws();
+    let subscribe = |ws: &mut Ws, select: serde_json::Value| {
+        ws.send(serde_json::json!({
+            "type": "subscribe", "id": "s", "table": "sel", "filter": "b=eq.x", "select": select,
+        }));
+        ws.recv()
+    };
+    let refused = subscribe(&mut ws, serde_json::json!(["id", "nope"]));
+    assert_eq!(refused["code"], "unknown_column", "{refused}");
+    // The filter may name a column the selection leaves out.
+    assert_eq!(
+        subscribe(&mut ws, serde_json::json!(["id", "a"]))["type"],
+        "subscribed"
+    );
+    db.batch_execute("INSERT INTO sel VALUES (1, 'one', 'x'), (2, 'two', 'y')")
+        .unwrap();
+    let m = ws.recv();
+    assert_eq!(m["new"], serde_json::json!({"id": 1, "a": "one"}), "{m}");
 }

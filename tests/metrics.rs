@@ -108,6 +108,45 @@ fn metrics_are_off_until_allowed_then_follow_what_happens() {
     );
     assert!(now("realtime_commit_to_sent_seconds_count") > timed);
     assert!(now("realtime_batch_changes_count") >= 1.0);
+    // The Supabase endpoint's connections are counted apart.
+    assert_eq!(now("realtime_connections{protocol=\"supabase\"}"), 0.0);
+    let (mut supa, _) = tungstenite::connect(format!(
+        "ws://127.0.0.1:{}/realtime/v1/websocket?vsn=2.0.0",
+        cluster.ws_port
+    ))
+    .unwrap();
+    let join = r#"["1","1","realtime:m","phx_join",{"config":{"postgres_changes":[{"event":"*","schema":"public","table":"m"}]}}]"#;
+    supa.send(tungstenite::Message::text(join)).unwrap();
+    while !supa
+        .read()
+        .unwrap()
+        .to_text()
+        .unwrap()
+        .contains("Subscribed to PostgreSQL")
+    {}
+    db.batch_execute("INSERT INTO m VALUES (6)").unwrap();
+    while !supa
+        .read()
+        .unwrap()
+        .to_text()
+        .unwrap()
+        .contains("postgres_changes")
+    {}
+    wait_until(
+        "the Supabase message counted",
+        Duration::from_secs(30),
+        || {
+            out = scrape(&cluster, "").1;
+            sample(&out, "realtime_messages_sent_total{protocol=\"supabase\"}")
+                .is_some_and(|n| n >= 1.0)
+        },
+    );
+    let now = |series: &str| sample(&out, series).unwrap_or_else(|| panic!("{series} in {out}"));
+    assert_eq!(now("realtime_connections{protocol=\"supabase\"}"), 1.0);
+    // Its binding, and its seat in the topic's room (refused here: no policy grants it).
+    assert_eq!(now("realtime_subscriptions{protocol=\"supabase\"}"), 1.0);
+    assert_eq!(now("realtime_connections{protocol=\"native\"}"), 1.0);
+    assert!(now("realtime_sent_bytes_total{protocol=\"supabase\"}") > 0.0);
     assert!(now("realtime_history_bytes") > 0.0);
     assert!(now("realtime_history_first_position") >= 1.0);
     assert!(now("realtime_history_oldest_timestamp_seconds") > 1.7e9);

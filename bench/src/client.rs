@@ -112,9 +112,46 @@ pub async fn subscribe_with(
     table: &str,
     filter: Option<&str>,
 ) -> std::io::Result<Ws> {
+    if is_supabase(url) {
+        return supabase_subscriber(url, n, table, filter).await;
+    }
     let filter = filter.map_or(String::new(), |f| format!(r#","filter":"{f}""#));
     let msg = format!(r#"{{"type":"subscribe","id":"b","table":"{table}"{filter}}}"#);
     subscribe_as(url, n, msg).await
+}
+
+/// Whether `url` is the Supabase Realtime endpoint (`/realtime/v1/websocket`).
+pub fn is_supabase(url: &str) -> bool {
+    url.contains("/realtime/v1/websocket")
+}
+
+/// Join a channel with one postgres_changes binding on `table`, as supabase-js does; returns
+/// once the server said "Subscribed to PostgreSQL" (after its reply), so that only changes
+/// follow.
+async fn supabase_subscriber(
+    url: &str,
+    n: usize,
+    table: &str,
+    filter: Option<&str>,
+) -> std::io::Result<Ws> {
+    let mut ws = connect(url, n).await?;
+    let filter = filter.map_or(String::new(), |f| format!(r#","filter":"{f}""#));
+    let join = format!(
+        r#"["1","1","realtime:bench","phx_join",{{"config":{{"broadcast":{{"ack":false,"self":false}},"presence":{{"key":"","enabled":false}},"postgres_changes":[{{"event":"*","schema":"public","table":"{table}"{filter}}}],"private":false}}}}]"#
+    );
+    ws.send(Message::text(join))
+        .await
+        .map_err(std::io::Error::other)?;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) if t.contains("Subscribed to PostgreSQL") => return Ok(ws),
+            Some(Ok(Message::Text(t))) if t.contains(r#""status":"error""#) => {
+                return Err(std::io::Error::other(format!("join failed: {t}")))
+            }
+            Some(Ok(_)) => {}
+            other => return Err(std::io::Error::other(format!("join failed: {other:?}"))),
+        }
+    }
 }
 
 async fn subscribe_as(url: &str, n: usize, msg: String) -> std::io::Result<Ws> {

@@ -25,6 +25,14 @@ async fn database(args: &Args) -> tokio_postgres::Client {
     db
 }
 
+/// Which of the server's protocols the clients speak.
+fn endpoint(args: &Args) -> &'static str {
+    match client::is_supabase(&url(args)) {
+        true => "supabase",
+        false => "native",
+    }
+}
+
 fn url(args: &Args) -> String {
     args.str("ws", "ws://127.0.0.1:8080/realtime")
 }
@@ -203,7 +211,7 @@ pub async fn latency(args: &Args) -> Value {
     let wall = started.elapsed().as_secs_f64();
     let delivered = all.len();
     json!({
-        "scenario": "latency", "target": format!("{target:?}"), "clients": clients, "events": events,
+        "scenario": "latency", "target": format!("{target:?}"), "endpoint": endpoint(args), "clients": clients, "events": events,
         "rate_per_s": rate, "payload_bytes": payload.len(), "failed_writes": failed, "write_error": error,
         "delivered": delivered, "expected": (events - failed) * clients as u64,
         "latency_ms": percentiles(all),
@@ -288,7 +296,7 @@ pub async fn fanout(args: &Args) -> Value {
     }
     let total = received.load(Relaxed);
     json!({
-        "scenario": "fanout", "target": format!("{target:?}"), "tls": url(args).starts_with("wss://"),
+        "scenario": "fanout", "target": format!("{target:?}"), "endpoint": endpoint(args), "tls": url(args).starts_with("wss://"),
         "clients": clients, "batch_rows": batch,
         "rows_committed": rows, "writer_rows_per_s": rows as f64 / write_secs,
         "expected_messages": expected, "delivered_messages": total, "gap_messages": gaps.load(Relaxed),

@@ -33,7 +33,8 @@ pub struct Resolved {
     pub table: String,
     /// Events the table is watched for (`Op::Message` for a channel).
     pub watched: OpSet,
-    pub filter: Option<ResolvedFilter>,
+    /// The filter's conditions, checked (none: no filter).
+    pub filter: Vec<ResolvedFilter>,
     /// The columns the principal may SELECT, when it may not SELECT them all.
     pub columns: Option<HashSet<String>>,
     /// The columns the principal may SELECT, in the table's order, as a JSON array of
@@ -111,7 +112,7 @@ pub enum Request {
     /// security, and check its filter.
     Resolve {
         target: Target,
-        filter: Option<FilterSpec>,
+        filter: Vec<FilterSpec>,
         principal: Arc<Principal>,
         reply: Reply<Resolved>,
     },
@@ -152,7 +153,7 @@ impl WorkerHandle {
     pub async fn resolve(
         &self,
         target: Target,
-        filter: Option<FilterSpec>,
+        filter: Vec<FilterSpec>,
         principal: Arc<Principal>,
     ) -> Result<Resolved, ResolveError> {
         self.ask(|reply| Request::Resolve {

@@ -1,21 +1,28 @@
-//! Subscription filters `column=op.value`, evaluated on the network threads with the same
-//! result SQL's `WHERE column op 'value'` gives. Each column type the worker accepts a filter on
+//! Subscription filters `column=op.value` (several joined by commas must all hold; `not.`
+//! before the operator negates it), evaluated on the network threads with the same result
+//! SQL's `WHERE column op 'value' AND ...` gives. Each column type the worker accepts a filter on
 //! has a comparison key here that orders exactly as the type does: numbers as exact decimals,
 //! timestamps and dates as instants on the proleptic calendar (BC years, years past 9999,
 //! offsets with seconds, infinities), text by code point where the column's collation orders
 //! that way, jsonb by its own equality. Types whose values do not compare as their text does
 //! and that have no key here are refused by the worker, never answered differently from SQL.
 //!
+//! `like` and `ilike` match by character as a deterministic collation does; `ilike` only where
+//! the worker knows how the column's collation lowers letters (ASCII only, or Unicode's simple
+//! mapping). Regular expressions (`match`, `imatch`) are refused: no engine here answers
+//! exactly as PostgreSQL's does.
+//!
 //! Filter values are turned into keys once, at subscribe; a row value costs one linear parse.
 
 use serde_json::{Map, Value};
 use std::cmp::Ordering;
 
-/// A filter as the client wrote it: `column=op.value`.
+/// One condition of a filter as the client wrote it: `column=op.value`, `column=not.op.value`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FilterSpec {
     pub column: String,
     pub op: FilterOp,
+    pub negated: bool,
     pub values: Vec<String>,
 }
 
@@ -28,6 +35,22 @@ pub enum FilterOp {
     Gt,
     Gte,
     In,
+    /// `is.null`, `is.true`, `is.false`, `is.unknown`: the value is one of those words.
+    Is,
+    /// IS DISTINCT FROM: as `neq`, but NULL is distinct from every value.
+    IsDistinct,
+    Like,
+    ILike,
+}
+
+/// How a column's collation lowers letters, for `ilike`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fold {
+    /// Only A to Z (C and POSIX).
+    Ascii,
+    /// Unicode's simple lowercase mapping (C.UTF-8 and the other glibc UTF-8 locales but the
+    /// Turkic ones).
+    Unicode,
 }
 
 /// How values of a column compare, decided by the worker from its SQL type and collation.
@@ -77,8 +100,12 @@ impl ValueKind {
 pub struct ResolvedFilter {
     pub column: String,
     pub op: FilterOp,
+    pub negated: bool,
     pub kind: ValueKind,
+    /// For `like` and `ilike`, the pattern as text; for `is`, the word.
     pub values: Vec<serde_json::Value>,
+    /// For `ilike`: how the collation lowers letters.
+    pub fold: Option<Fold>,
 }
 
 /// Why a filter is refused before any value is looked at.
@@ -88,8 +115,16 @@ pub enum FilterError {
     Shape,
     #[error("filter names no column")]
     NoColumn,
-    #[error("unknown filter operator \"{0}\"; use eq, neq, lt, lte, gt, gte or in")]
+    #[error("unknown filter operator \"{0}\"; use eq, neq, lt, lte, gt, gte, in, is, isdistinct, like or ilike (with not. to negate)")]
     UnknownOperator(String),
+    #[error("{0} (regular expressions) is not supported: its answer could differ from PostgreSQL's regular expressions; use like or ilike")]
+    Regex(String),
+    #[error("is takes null, true, false or unknown")]
+    IsWhat,
+    #[error("a filter has at most {MAX_CONDITIONS} conditions")]
+    TooManyConditions,
+    #[error("a like pattern must not end with the escape character \\")]
+    TrailingEscape,
     #[error("in takes a list: column=in.(a,b,c)")]
     NotAList,
     #[error("in takes at least one value")]
@@ -111,15 +146,50 @@ pub enum FilterError {
 
 /// Most values an `in` list may hold.
 pub const MAX_IN_VALUES: usize = 100;
+/// Most conditions one filter may join.
+pub const MAX_CONDITIONS: usize = 10;
 
-/// Parse `column=op.value` (for `in`: `column=in.(a,b,c)`).
-pub fn parse(text: &str) -> Result<FilterSpec, FilterError> {
-    let (column, rest) = text.split_once('=').ok_or(FilterError::Shape)?;
-    let (op, value) = rest.split_once('.').ok_or(FilterError::Shape)?;
-    if column.is_empty() {
-        return Err(FilterError::NoColumn);
+/// Parse a filter: conditions joined by commas. A comma starts a new condition only where what
+/// follows reads as one (`column=op.`), so a value may hold commas (`note=eq.a,b`).
+pub fn parse_all(text: &str) -> Result<Vec<FilterSpec>, FilterError> {
+    let mut conditions = Vec::new();
+    let mut start = 0;
+    let mut depth = 0usize;
+    let mut quoted = false;
+    for (at, c) in text.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            '(' if !quoted => depth += 1,
+            ')' if !quoted => depth = depth.saturating_sub(1),
+            ',' if !quoted && depth == 0 && starts_condition(&text[at + 1..]) => {
+                conditions.push(parse(&text[start..at])?);
+                start = at + 1;
+                if conditions.len() == MAX_CONDITIONS {
+                    return Err(FilterError::TooManyConditions);
+                }
+            }
+            _ => {}
+        }
     }
-    let op = match op {
+    conditions.push(parse(&text[start..])?);
+    Ok(conditions)
+}
+
+/// Whether `text` begins a condition: `column=op.` or `column=not.op.` with an operator.
+fn starts_condition(text: &str) -> bool {
+    let Some((column, rest)) = text.split_once('=') else {
+        return false;
+    };
+    let rest = rest.strip_prefix("not.").unwrap_or(rest);
+    !column.is_empty()
+        && !column.contains(',')
+        && rest
+            .split_once('.')
+            .is_some_and(|(op, _)| operator(op).is_ok())
+}
+
+fn operator(name: &str) -> Result<FilterOp, FilterError> {
+    Ok(match name {
         "eq" => FilterOp::Eq,
         "neq" => FilterOp::Neq,
         "lt" => FilterOp::Lt,
@@ -127,8 +197,33 @@ pub fn parse(text: &str) -> Result<FilterSpec, FilterError> {
         "gt" => FilterOp::Gt,
         "gte" => FilterOp::Gte,
         "in" => FilterOp::In,
+        "is" => FilterOp::Is,
+        "isdistinct" => FilterOp::IsDistinct,
+        "like" => FilterOp::Like,
+        "ilike" => FilterOp::ILike,
+        "match" | "imatch" => return Err(FilterError::Regex(name.to_string())),
         other => return Err(FilterError::UnknownOperator(other.to_string())),
+    })
+}
+
+/// Parse one condition `column=op.value` (for `in`: `column=in.(a,b,c)`).
+pub fn parse(text: &str) -> Result<FilterSpec, FilterError> {
+    let (column, rest) = text.split_once('=').ok_or(FilterError::Shape)?;
+    let (negated, rest) = match rest.strip_prefix("not.") {
+        Some(rest) => (true, rest),
+        None => (false, rest),
     };
+    let (op, value) = rest.split_once('.').ok_or(FilterError::Shape)?;
+    if column.is_empty() {
+        return Err(FilterError::NoColumn);
+    }
+    let op = operator(op)?;
+    if op == FilterOp::Is && !matches!(value, "null" | "true" | "false" | "unknown") {
+        return Err(FilterError::IsWhat);
+    }
+    if matches!(op, FilterOp::Like | FilterOp::ILike) {
+        Pattern::new(value, None)?;
+    }
     let values = if op == FilterOp::In {
         let inner = value
             .strip_prefix('(')
@@ -144,6 +239,7 @@ pub fn parse(text: &str) -> Result<FilterSpec, FilterError> {
     Ok(FilterSpec {
         column: column.to_string(),
         op,
+        negated,
         values,
     })
 }
@@ -175,7 +271,8 @@ fn split_list(list: &str) -> Result<Vec<String>, FilterError> {
     }
 }
 
-/// Which operators a column kind supports.
+/// Which operators a column kind supports (`like`, `ilike` and `is` are checked against the
+/// column's type by the worker).
 pub fn check_op(kind: ValueKind, op: FilterOp) -> Result<(), FilterError> {
     let ordering = matches!(
         op,
@@ -198,55 +295,191 @@ pub fn numbers_equal(a: &str, b: &str) -> bool {
     }
 }
 
-/// A filter ready to be matched: its values already turned into keys.
+/// A filter ready to be matched: every condition's values already turned into keys.
 #[derive(Debug)]
 pub struct Compiled {
+    conditions: Vec<Condition>,
+}
+
+#[derive(Debug)]
+struct Condition {
     column: String,
     op: FilterOp,
+    negated: bool,
     kind: ValueKind,
     keys: Vec<Key>,
+    /// `like`, `ilike`.
+    pattern: Option<Pattern>,
+    /// `is`: null (or unknown), true or false.
+    is: Option<Option<bool>>,
 }
 
 impl Compiled {
     /// Fails if the worker's rendering of a value cannot be read back (a bug, not bad input).
-    pub fn new(filter: ResolvedFilter) -> Result<Compiled, FilterError> {
-        if filter.values.is_empty() {
-            return Err(FilterError::EmptyList);
-        }
-        let keys = filter
-            .values
-            .iter()
-            .map(|v| key(filter.kind, v).ok_or_else(|| FilterError::Unreadable(v.to_string())))
+    pub fn new(conditions: Vec<ResolvedFilter>) -> Result<Compiled, FilterError> {
+        let conditions = conditions
+            .into_iter()
+            .map(Condition::new)
             .collect::<Result<_, _>>()?;
-        Ok(Compiled {
-            column: filter.column,
-            op: filter.op,
-            kind: filter.kind,
-            keys,
-        })
+        Ok(Compiled { conditions })
     }
 
-    /// Whether `row` satisfies the filter. A missing column, a NULL, or a value that cannot be
-    /// read as the column's type never matches, as NULL never satisfies a WHERE.
+    /// Whether `row` satisfies every condition. As in a WHERE, a condition on a NULL (or a
+    /// missing column, or a value that cannot be read as the column's type) is unknown, which
+    /// does not match, negated or not; `is` and `isdistinct` are never unknown.
     pub fn matches(&self, row: Option<&Map<String, Value>>) -> bool {
-        let Some(v) = row.and_then(|r| r.get(&self.column)) else {
-            return false;
+        self.conditions.iter().all(|c| c.holds(row) == Some(true))
+    }
+}
+
+impl Condition {
+    fn new(filter: ResolvedFilter) -> Result<Condition, FilterError> {
+        let mut condition = Condition {
+            column: filter.column,
+            op: filter.op,
+            negated: filter.negated,
+            kind: filter.kind,
+            keys: Vec::new(),
+            pattern: None,
+            is: None,
         };
-        if v.is_null() {
-            return false;
+        let first = filter.values.first().ok_or(FilterError::EmptyList)?;
+        match filter.op {
+            FilterOp::Is => {
+                condition.is = Some(match first.as_str() {
+                    Some("null" | "unknown") => None,
+                    Some("true") => Some(true),
+                    Some("false") => Some(false),
+                    _ => return Err(FilterError::IsWhat),
+                })
+            }
+            FilterOp::Like | FilterOp::ILike => {
+                let text = first
+                    .as_str()
+                    .ok_or_else(|| FilterError::Unreadable(first.to_string()))?;
+                let fold =
+                    (filter.op == FilterOp::ILike).then(|| filter.fold.unwrap_or(Fold::Ascii));
+                condition.pattern = Some(Pattern::new(text, fold)?);
+            }
+            _ => {
+                condition.keys = filter
+                    .values
+                    .iter()
+                    .map(|v| {
+                        key(filter.kind, v).ok_or_else(|| FilterError::Unreadable(v.to_string()))
+                    })
+                    .collect::<Result<_, _>>()?
+            }
         }
-        let Some(k) = key(self.kind, v) else {
-            return false;
+        Ok(condition)
+    }
+
+    /// SQL's answer for `row`: `None` for unknown.
+    fn holds(&self, row: Option<&Map<String, Value>>) -> Option<bool> {
+        let v = row
+            .and_then(|r| r.get(&self.column))
+            .filter(|v| !v.is_null());
+        let answer = match (self.op, v) {
+            (FilterOp::Is, v) => Some(match self.is.flatten() {
+                None => v.is_none(),
+                Some(truth) => v.and_then(Value::as_bool) == Some(truth),
+            }),
+            (FilterOp::IsDistinct, None) => Some(true),
+            (_, None) => None,
+            (FilterOp::Like | FilterOp::ILike, Some(v)) => {
+                Some(self.pattern.as_ref()?.matches(v.as_str()?))
+            }
+            (op, Some(v)) => {
+                let k = key(self.kind, v)?;
+                let first = &self.keys[0];
+                Some(match op {
+                    FilterOp::Eq => k == *first,
+                    FilterOp::Neq | FilterOp::IsDistinct => k != *first,
+                    FilterOp::In => self.keys.contains(&k),
+                    FilterOp::Lt => k.cmp(first) == Ordering::Less,
+                    FilterOp::Lte => k.cmp(first) != Ordering::Greater,
+                    FilterOp::Gt => k.cmp(first) == Ordering::Greater,
+                    FilterOp::Gte => k.cmp(first) != Ordering::Less,
+                    FilterOp::Is | FilterOp::Like | FilterOp::ILike => {
+                        unreachable!("matched above")
+                    }
+                })
+            }
         };
-        let first = &self.keys[0];
-        match self.op {
-            FilterOp::Eq => k == *first,
-            FilterOp::Neq => k != *first,
-            FilterOp::In => self.keys.contains(&k),
-            FilterOp::Lt => k.cmp(first) == Ordering::Less,
-            FilterOp::Lte => k.cmp(first) != Ordering::Greater,
-            FilterOp::Gt => k.cmp(first) == Ordering::Greater,
-            FilterOp::Gte => k.cmp(first) != Ordering::Less,
+        answer.map(|holds| holds != self.negated)
+    }
+}
+
+/// A `like` pattern: `%` any run of characters, `_` any one, `\` makes the next literal.
+#[derive(Debug)]
+struct Pattern {
+    items: Vec<Item>,
+    fold: Option<Fold>,
+}
+
+#[derive(Debug, PartialEq)]
+enum Item {
+    Any,
+    One,
+    Char(char),
+}
+
+impl Pattern {
+    fn new(text: &str, fold: Option<Fold>) -> Result<Pattern, FilterError> {
+        let mut items = Vec::new();
+        let mut chars = text.chars().map(|c| lower(c, fold));
+        while let Some(c) = chars.next() {
+            items.push(match c {
+                '%' => Item::Any,
+                '_' => Item::One,
+                '\\' => Item::Char(chars.next().ok_or(FilterError::TrailingEscape)?),
+                c => Item::Char(c),
+            });
+        }
+        Ok(Pattern { items, fold })
+    }
+
+    /// Whether all of `text` matches: one pass, going back only to the last `%` (linear in
+    /// practice, at worst text × pattern).
+    fn matches(&self, text: &str) -> bool {
+        let text: Vec<char> = text.chars().map(|c| lower(c, self.fold)).collect();
+        let (mut t, mut p) = (0, 0);
+        let mut resume: Option<(usize, usize)> = None;
+        while t < text.len() {
+            match self.items.get(p) {
+                Some(Item::Any) => {
+                    resume = Some((p, t));
+                    p += 1;
+                }
+                Some(Item::One) => (t, p) = (t + 1, p + 1),
+                Some(Item::Char(c)) if *c == text[t] => (t, p) = (t + 1, p + 1),
+                _ => match resume {
+                    Some((any, from)) => {
+                        resume = Some((any, from + 1));
+                        (t, p) = (from + 1, any + 1);
+                    }
+                    None => return false,
+                },
+            }
+        }
+        self.items[p..].iter().all(|item| *item == Item::Any)
+    }
+}
+
+/// `c` as the collation lowers it (`None`: not at all).
+fn lower(c: char, fold: Option<Fold>) -> char {
+    match fold {
+        None => c,
+        Some(Fold::Ascii) => c.to_ascii_lowercase(),
+        // Unicode's simple mapping: one character for one. Only U+0130 has a longer full
+        // mapping; its simple one is "i".
+        Some(Fold::Unicode) => {
+            let mut lowered = c.to_lowercase();
+            match (lowered.next(), lowered.next()) {
+                (Some(l), None) => l,
+                _ if c == '\u{130}' => 'i',
+                _ => c,
+            }
         }
     }
 }
@@ -536,12 +769,14 @@ mod unit {
     use serde_json::json;
 
     fn f(kind: ValueKind, op: FilterOp, values: Vec<Value>) -> Compiled {
-        Compiled::new(ResolvedFilter {
+        Compiled::new(vec![ResolvedFilter {
             column: "c".into(),
             op,
+            negated: false,
             kind,
             values,
-        })
+            fold: None,
+        }])
         .unwrap()
     }
     fn row(v: Value) -> Map<String, Value> {
@@ -559,7 +794,8 @@ mod unit {
             vec!["a", "b,c", "d"]
         );
         assert!(parse("score").is_err());
-        assert!(parse("score=like.x").is_err());
+        assert!(parse("score=match.x").is_err());
+        assert!(parse("score=like.x\\").is_err());
         assert!(parse("=eq.1").is_err());
         assert!(parse("a=in.()").is_err());
         assert!(parse("a=in.1,2").is_err());
@@ -572,6 +808,92 @@ mod unit {
             parse(&list(MAX_IN_VALUES + 1)).unwrap_err(),
             FilterError::TooManyValues
         );
+    }
+
+    fn like(pattern: &str, fold: Option<Fold>, text: &str) -> bool {
+        Pattern::new(pattern, fold).unwrap().matches(text)
+    }
+
+    #[test]
+    fn like_patterns_match_by_character() {
+        assert!(like("%", None, ""));
+        assert!(like("a%b%c", None, "a__b__c"));
+        assert!(like("%aab", None, "aaaab"), "going back to the last %");
+        assert!(!like("a_c", None, "ac"));
+        assert!(like("a_c", None, "aéc"), "_ is one character, not one byte");
+        assert!(like("100\\%", None, "100%"));
+        assert!(!like("100\\%", None, "1000"));
+        assert!(like("a\\\\b", None, "a\\b"));
+        assert!(!like("abc", None, "abcd"));
+        assert!(!like("ABC", None, "abc"));
+        assert!(like("ABC", Some(Fold::Ascii), "abc"));
+        assert!(!like("ÉCLAIR", Some(Fold::Ascii), "éclair"));
+        assert!(like("ÉCLAIR", Some(Fold::Unicode), "éclair"));
+        assert!(
+            like("i", Some(Fold::Unicode), "\u{130}"),
+            "İ lowers to i alone"
+        );
+        assert_eq!(
+            parse("t=like.a\\").unwrap_err(),
+            FilterError::TrailingEscape
+        );
+    }
+
+    #[test]
+    fn conditions_split_where_a_condition_follows() {
+        let all = parse_all("a=gte.0,b=not.like.x,y,c=in.(1,2)").unwrap();
+        let ops: Vec<_> = all
+            .iter()
+            .map(|c| (c.column.as_str(), c.op, c.negated))
+            .collect();
+        assert_eq!(
+            ops,
+            [
+                ("a", FilterOp::Gte, false),
+                ("b", FilterOp::Like, true),
+                ("c", FilterOp::In, false)
+            ]
+        );
+        assert_eq!(all[1].values, ["x,y"]);
+        assert_eq!(parse_all("t=eq.a,b=c").unwrap()[0].values, ["a,b=c"]);
+        let many = ["a=eq.1"; MAX_CONDITIONS + 1].join(",");
+        assert_eq!(
+            parse_all(&many).unwrap_err(),
+            FilterError::TooManyConditions
+        );
+        assert!(matches!(parse("t=imatch.x"), Err(FilterError::Regex(_))));
+        assert_eq!(parse("t=is.maybe").unwrap_err(), FilterError::IsWhat);
+    }
+
+    #[test]
+    fn is_isdistinct_and_not_answer_as_sql_does_for_null() {
+        let cond = |op, negated, value: Value| {
+            Compiled::new(vec![ResolvedFilter {
+                column: "c".into(),
+                op,
+                negated,
+                kind: ValueKind::Exact,
+                values: vec![value],
+                fold: None,
+            }])
+            .unwrap()
+        };
+        let null = row(Value::Null);
+        let (yes, no) = (row(json!(true)), row(json!(false)));
+        assert!(cond(FilterOp::Is, false, json!("null")).matches(Some(&null)));
+        assert!(!cond(FilterOp::Is, false, json!("null")).matches(Some(&yes)));
+        assert!(cond(FilterOp::Is, true, json!("null")).matches(Some(&no)));
+        assert!(cond(FilterOp::Is, false, json!("true")).matches(Some(&yes)));
+        assert!(
+            cond(FilterOp::Is, true, json!("true")).matches(Some(&null)),
+            "NULL IS NOT TRUE"
+        );
+        assert!(cond(FilterOp::IsDistinct, false, json!(true)).matches(Some(&null)));
+        assert!(!cond(FilterOp::IsDistinct, true, json!(true)).matches(Some(&null)));
+        assert!(cond(FilterOp::IsDistinct, true, json!(true)).matches(Some(&yes)));
+        // NOT of unknown is unknown: a negated eq never matches NULL.
+        assert!(!cond(FilterOp::Eq, true, json!(true)).matches(Some(&null)));
+        assert!(cond(FilterOp::Eq, true, json!(true)).matches(Some(&no)));
     }
 
     #[test]

@@ -54,10 +54,15 @@ stats! {
     QueueCapacityBytes: Gauge, "queue_capacity_bytes", [], "size of the shared queue";
     QueueOverflowBytes: Gauge, "queue_overflow_bytes", [], "bytes of transactions spilled to disk, waiting for room in the queue";
     LostTransactions: Counter, "lost_transactions_total", [], "transactions lost because the queue could not take them";
+    // A family's series stay together: /metrics types each family once, before its samples.
     Connections: Gauge, "connections", ["protocol" = "native"], "open WebSocket connections";
+    SupabaseConnections: Gauge, "connections", ["protocol" = "supabase"], "open WebSocket connections";
     Subscriptions: Gauge, "subscriptions", ["protocol" = "native"], "subscriptions held or being made";
+    SupabaseSubscriptions: Gauge, "subscriptions", ["protocol" = "supabase"], "subscriptions held or being made";
     MessagesSent: Counter, "messages_sent_total", ["protocol" = "native"], "changes, leaves, gaps and ends written to clients";
+    SupabaseMessagesSent: Counter, "messages_sent_total", ["protocol" = "supabase"], "changes, leaves, gaps and ends written to clients";
     SentBytes: Counter, "sent_bytes_total", ["protocol" = "native"], "bytes of those messages";
+    SupabaseSentBytes: Counter, "sent_bytes_total", ["protocol" = "supabase"], "bytes of those messages";
     BacklogBytes: Gauge, "backlog_bytes", [], "bytes of recent batches kept in memory for subscribers";
     BatchesHanded: Counter, "batches_handed_total", [], "batches handed to subscribers, once per subscriber";
     CatchingUp: Gauge, "catching_up", [], "subscribers reading the history after falling behind the memory ring";
@@ -269,6 +274,30 @@ impl Default for Stats {
     }
 }
 
+/// The counters a protocol's connections are counted in.
+#[derive(Clone, Copy, Debug)]
+pub struct Counters {
+    pub connections: Stat,
+    pub subscriptions: Stat,
+    pub messages: Stat,
+    pub bytes: Stat,
+}
+
+impl Counters {
+    pub const NATIVE: Counters = Counters {
+        connections: Stat::Connections,
+        subscriptions: Stat::Subscriptions,
+        messages: Stat::MessagesSent,
+        bytes: Stat::SentBytes,
+    };
+    pub const SUPABASE: Counters = Counters {
+        connections: Stat::SupabaseConnections,
+        subscriptions: Stat::SupabaseSubscriptions,
+        messages: Stat::SupabaseMessagesSent,
+        bytes: Stat::SupabaseSentBytes,
+    };
+}
+
 impl Stats {
     pub const fn new() -> Stats {
         Stats {
@@ -292,6 +321,17 @@ impl Stats {
 
     pub fn sub(&self, stat: Stat, n: u64) {
         self.values[stat as usize].fetch_sub(n, Relaxed);
+    }
+
+    /// Open WebSocket connections, whatever their protocol.
+    pub fn connections(&self) -> u64 {
+        self.get(Stat::Connections) + self.get(Stat::SupabaseConnections)
+    }
+
+    /// Subscriptions held or being made, whatever their protocol (headless ones count as
+    /// native).
+    pub fn subscriptions(&self) -> u64 {
+        self.get(Stat::Subscriptions) + self.get(Stat::SupabaseSubscriptions)
     }
 
     /// Add one; the value before.

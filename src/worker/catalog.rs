@@ -11,7 +11,7 @@ use pgrx::prelude::*;
 use realtime_core::auth::Principal;
 use realtime_core::bridge::{Request, ResolveError, Resolved, Target, WatchedTable};
 use realtime_core::change::Topic;
-use realtime_core::filter::{check_op, FilterOp, FilterSpec, ResolvedFilter, ValueKind};
+use realtime_core::filter::{check_op, FilterOp, FilterSpec, Fold, ResolvedFilter, ValueKind};
 use realtime_core::ops::{Op, OpSet};
 use realtime_core::visibility::RowAccess;
 use std::collections::HashSet;
@@ -52,7 +52,7 @@ pub fn answer(request: Request, audiences: &mut Audiences, published: u64) {
         } => {
             let answer = with_time_limit(REQUEST_TIME_LIMIT, || {
                 in_transaction(
-                    || resolve(&table, filter.as_ref(), &principal),
+                    || resolve(&table, &filter, &principal),
                     ResolveError::Internal,
                 )
             });
@@ -119,7 +119,7 @@ fn resolve_channel(channel: &str, principal: &Principal) -> Answer<Resolved> {
         schema: String::new(),
         table: channel.to_string(),
         watched: OpSet::EMPTY.with(Op::Message),
-        filter: None,
+        filter: Vec::new(),
         columns: None,
         rows: RowAccess::All,
         judged_after: 0,
@@ -171,7 +171,7 @@ struct Checked {
 
 fn resolve(
     table: &str,
-    filter: Option<&FilterSpec>,
+    filter: &[FilterSpec],
     principal: &Principal,
 ) -> Answer<(Resolved, Option<Checked>)> {
     let unknown = || ResolveError::UnknownTable(table.to_string());
@@ -212,8 +212,8 @@ fn resolve(
             quoted: quote_name(schema, name),
         });
     };
-    if let (Some(f), Some(columns)) = (filter, &columns) {
-        if !columns.contains(&f.column) {
+    if let Some(columns) = &columns {
+        if let Some(f) = filter.iter().find(|f| !columns.contains(&f.column)) {
             return Err(ResolveError::Forbidden(format!(
                 "permission denied for column \"{}\"",
                 f.column
@@ -221,8 +221,9 @@ fn resolve(
         }
     }
     let filter = filter
+        .iter()
         .map(|f| resolve_filter(relid, &role, principal, f))
-        .transpose()?;
+        .collect::<Result<_, _>>()?;
     let (rows, checked) = row_access(relid, &role, principal)?;
     Ok((
         Resolved {
@@ -372,21 +373,45 @@ fn resolve_filter(
 ) -> Answer<ResolvedFilter> {
     // The collation decides whether text orders by code point (C, POSIX, C.UTF-8), and a
     // nondeterministic one makes even equality differ from the bytes.
-    let column = optional(Spi::get_three_with_args::<String, i64, String>(
-        "SELECT format_type(a.atttypid, a.atttypmod), a.atttypid::int8,
-                CASE WHEN a.attcollation = 0 THEN 'none'
-                     WHEN NOT co.collisdeterministic THEN 'nondeterministic'
-                     WHEN co.collprovider = 'c' AND co.collcollate IN ('C', 'POSIX', 'C.UTF-8', 'C.utf8')
-                       OR co.oid = 100 AND d.datlocprovider = 'c'
-                          AND d.datcollate IN ('C', 'POSIX', 'C.UTF-8', 'C.utf8')
-                     THEN 'codepoint' ELSE 'other' END
-           FROM pg_attribute a
-           LEFT JOIN pg_collation co ON co.oid = a.attcollation
-           JOIN pg_database d ON d.datname = current_database()
-          WHERE a.attrelid = $1::oid AND a.attname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
-        &[relid.into(), spec.column.as_str().into()],
-    ))?;
-    let (Some(type_name), Some(typid), Some(collation)) = column else {
+    // And how it lowers letters, for ilike: ASCII only (libc's C, POSIX), Unicode's simple
+    // mapping (glibc's UTF-8 locales but the Turkic ones, whose I and i differ), or unknown
+    // (ICU, the builtin provider, other encodings): then ilike is refused.
+    let column = optional(Spi::connect(|client| {
+        let row = client
+            .select(
+                "WITH c AS (
+                   SELECT format_type(a.atttypid, a.atttypmod) AS type_name, a.atttypid::int8 AS typid,
+                          a.attcollation, co.collisdeterministic,
+                          CASE WHEN co.oid = 100 THEN d.datlocprovider ELSE co.collprovider END AS provider,
+                          CASE WHEN co.oid = 100 THEN d.datcollate ELSE co.collcollate END AS coll,
+                          CASE WHEN co.oid = 100 THEN d.datctype ELSE co.collctype END AS ctype
+                     FROM pg_attribute a
+                     LEFT JOIN pg_collation co ON co.oid = a.attcollation
+                     JOIN pg_database d ON d.datname = current_database()
+                    WHERE a.attrelid = $1::oid AND a.attname = $2 AND a.attnum > 0
+                      AND NOT a.attisdropped)
+                 SELECT type_name, typid,
+                        CASE WHEN attcollation = 0 THEN 'none'
+                             WHEN NOT collisdeterministic THEN 'nondeterministic'
+                             WHEN provider = 'c' AND coll IN ('C', 'POSIX', 'C.UTF-8', 'C.utf8')
+                             THEN 'codepoint' ELSE 'other' END,
+                        CASE WHEN provider = 'c' AND ctype IN ('C', 'POSIX') THEN 'ascii'
+                             WHEN provider = 'c' AND getdatabaseencoding() = 'UTF8'
+                              AND ctype ~* '\\.utf-?8$' AND ctype !~ '^(tr|az|crh)_'
+                             THEN 'unicode' ELSE 'unknown' END
+                   FROM c",
+                None,
+                &[relid.into(), spec.column.as_str().into()],
+            )?
+            .first();
+        Ok::<_, pgrx::spi::Error>((
+            row.get::<String>(1)?,
+            row.get::<i64>(2)?,
+            row.get::<String>(3)?,
+            row.get::<String>(4)?,
+        ))
+    }))?;
+    let (Some(type_name), Some(typid), Some(collation), Some(folding)) = column else {
         return Err(ResolveError::UnknownColumn(spec.column.clone()));
     };
     // SAFETY: syscache lookups on the worker's Postgres thread, inside a transaction.
@@ -413,6 +438,43 @@ fn resolve_filter(
         )));
     };
     check_op(kind, spec.op).map_err(|e| refuse(e.to_string()))?;
+    // In a row, a jsonb null and an SQL NULL both render as null: only `eq` and `in` give
+    // SQL's answer for both.
+    if kind == ValueKind::Jsonb && (spec.negated || !matches!(spec.op, FilterOp::Eq | FilterOp::In))
+    {
+        return Err(refuse(
+            "jsonb filters take eq or in with non-null values (a jsonb null cannot be told from an SQL NULL)".into(),
+        ));
+    }
+    // Patterns match text types (not uuid, not blank-padded char, whose padding LIKE sees);
+    // `is true` and `is false`, booleans.
+    let textual = matches!(base, pg_sys::TEXTOID | pg_sys::VARCHAROID | pg_sys::NAMEOID);
+    let fold = match (spec.op, folding.as_str()) {
+        (FilterOp::Like | FilterOp::ILike, _) if !textual => {
+            return Err(refuse(format!("like and ilike take text, not {type_name}")))
+        }
+        (FilterOp::ILike, "ascii") => Some(Fold::Ascii),
+        (FilterOp::ILike, "unicode") => Some(Fold::Unicode),
+        (FilterOp::ILike, _) => {
+            return Err(refuse(
+                "ilike is not supported under this column's collation (how it lowers letters is not known here); use like".into(),
+            ))
+        }
+        (FilterOp::Is, _) if spec.values[0] != "null" && base != pg_sys::BOOLOID => {
+            return Err(refuse(format!("is {} takes a boolean column", spec.values[0])))
+        }
+        _ => None,
+    };
+    if spec.op == FilterOp::Is {
+        return Ok(ResolvedFilter {
+            column: spec.column.clone(),
+            op: spec.op,
+            negated: spec.negated,
+            kind,
+            values: vec![spec.values[0].clone().into()],
+            fold,
+        });
+    }
     if kind == ValueKind::Number {
         if let Some(v) = spec.values.iter().find(|v| !modest_number(v)) {
             return Err(ResolveError::FilterValue(format!(
@@ -422,10 +484,7 @@ fn resolve_filter(
         }
     }
     let values = render_values(role, principal, &type_name, &spec.values)?;
-    // In a row, a jsonb null and an SQL NULL both render as null: `neq` and null values could
-    // not give SQL's answer for one of them.
-    if kind == ValueKind::Jsonb && (spec.op == FilterOp::Neq || values.iter().any(|v| v.is_null()))
-    {
+    if kind == ValueKind::Jsonb && values.iter().any(|v| v.is_null()) {
         return Err(refuse(
             "jsonb filters take eq or in with non-null values (a jsonb null cannot be told from an SQL NULL)".into(),
         ));
@@ -433,8 +492,10 @@ fn resolve_filter(
     Ok(ResolvedFilter {
         column: spec.column.clone(),
         op: spec.op,
+        negated: spec.negated,
         kind,
         values,
+        fold,
     })
 }
 

@@ -29,7 +29,6 @@ use realtime_core::bridge::{self};
 use realtime_core::net::shared::{Limits, MetricsAccess, Shared};
 use realtime_core::net::tls::{self, TlsAcceptor};
 use realtime_core::net::{self, fanout::Fanout};
-use realtime_core::stats::Stat;
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -165,7 +164,7 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
         questions.extend(inbox.rx.try_iter());
         // A session counts its subscription before asking to resolve it, so wake-ups are on
         // before the answer goes out.
-        subscribed = shared.stats.get(Stat::Subscriptions) > 0;
+        subscribed = shared.stats.subscriptions() > 0;
         queue::set_wake_on_commit(subscribed);
         let mut moved = false;
         while publisher.pump() {

@@ -495,7 +495,7 @@ impl Publisher {
     /// it starts after these positions.
     fn skip_unheard(&mut self, count: u32) -> bool {
         // With a history, a client may resume and ask for it later.
-        if self.history.is_some() || self.shared.stats.get(Stat::Subscriptions) > 0 {
+        if self.history.is_some() || self.shared.stats.subscriptions() > 0 {
             return false;
         }
         self.flush();

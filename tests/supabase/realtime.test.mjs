@@ -116,6 +116,50 @@ test('a filtered binding fires only for rows SQL says match, and only its event'
   sql('DELETE FROM supa_defects');
 });
 
+test('a binding with select gets only those columns', async () => {
+  const got = [];
+  const client = supabase();
+  const channel = client
+    .channel('narrow')
+    .on('postgres_changes', { event: 'INSERT', schema: 'public', table: 'supa_defects', select: ['id', 'camera'] },
+      (p) => got.push(p));
+  await subscribed(channel);
+  sql(`INSERT INTO supa_defects (id, camera, score) VALUES (200, 'narrow', 0.7)`);
+  await until(() => got.length === 1, 'the insert');
+  assert.deepEqual(got[0].new, { id: 200, camera: 'narrow' });
+  sql('DELETE FROM supa_defects');
+});
+
+test('every filter operator through supabase-js selects what SQL selects', async () => {
+  const filters = [
+    ['score=gte.0.5', 'score >= 0.5'], ['camera=neq.cam-1', 'camera <> \'cam-1\''],
+    ['id=in.(3,4,5)', 'id IN (3, 4, 5)'], ['camera=like.cam-%', 'camera LIKE \'cam-%\''],
+    ['camera=ilike.CAM-1%', 'camera ILIKE \'CAM-1%\''], ['seen=is.true', 'seen IS TRUE'],
+    ['camera=is.null', 'camera IS NULL'], ['score=isdistinct.0.5', 'score IS DISTINCT FROM 0.5'],
+    ['id=not.in.(3,4,5)', 'NOT (id IN (3, 4, 5))'], ['id=gt.2,score=lt.0.8', 'id > 2 AND score < 0.8'],
+    ['id=lte.3', 'id <= 3'], ['id=lt.3', 'id < 3'], ['id=gt.8', 'id > 8'], ['id=eq.7', 'id = 7'],
+  ];
+  const got = filters.map(() => []);
+  const client = supabase();
+  let channel = client.channel('every-filter');
+  filters.forEach(([filter], i) => {
+    channel = channel.on('postgres_changes', { event: 'INSERT', schema: 'public', table: 'supa_defects', filter },
+      (p) => got[i].push(p.new.id));
+  });
+  await subscribed(channel);
+  sql(`INSERT INTO supa_defects (id, camera, score, seen)
+       SELECT g, CASE WHEN g % 4 = 0 THEN NULL ELSE 'cam-' || g END, g / 10.0,
+              CASE WHEN g % 3 = 0 THEN NULL ELSE g % 2 = 0 END
+         FROM generate_series(1, 12) g`);
+  for (const [i, [filter, condition]] of filters.entries()) {
+    const want = sql(`SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM supa_defects WHERE ${condition}`);
+    assert.notEqual(want, '', `${filter}: a case that selects nothing proves little`);
+    await until(() => got[i].length === want.split(',').length, `${filter}'s rows`);
+    assert.equal([...got[i]].sort((a, b) => a - b).join(','), want, filter);
+  }
+  sql('DELETE FROM supa_defects');
+});
+
 test('bad bindings leave the channel joined and are told in system messages', async () => {
   const systems = [];
   const client = supabase();
@@ -123,12 +167,16 @@ test('bad bindings leave the channel joined and are told in system messages', as
     .channel('bad')
     .on('postgres_changes', { event: '*', schema: 'public', table: 'no_such_table' }, () => {})
     .on('postgres_changes', { event: '*', schema: 'public', table: 'supa_defects', filter: 'nope=eq.1' }, () => {})
+    .on('postgres_changes', { event: '*', schema: 'public', table: 'supa_defects', filter: 'camera=match.^c' }, () => {})
+    .on('postgres_changes', { event: '*', schema: 'public', table: 'supa_defects', select: ['id', 'nope2'] }, () => {})
     .on('system', {}, (m) => systems.push(m));
   await subscribed(channel);
-  await until(() => systems.filter((m) => m.status === 'error').length === 2, 'two system errors');
+  await until(() => systems.filter((m) => m.status === 'error').length === 4, 'four system errors');
   const errors = systems.filter((m) => m.status === 'error').map((m) => m.message).join(' | ');
   assert.match(errors, /no_such_table.*does not exist/);
   assert.match(errors, /column "nope" does not exist/);
+  assert.match(errors, /match \(regular expressions\) is not supported/);
+  assert.match(errors, /column "nope2" does not exist/);
   assert.equal(channel.state, 'joined');
 });
 
@@ -323,4 +371,28 @@ test('REST broadcast: httpSend() and send() on a channel not joined reach the jo
   assert.equal(preflight.status, 204);
   assert.equal(preflight.headers.get('access-control-allow-origin'), '*');
   assert.match(preflight.headers.get('access-control-allow-headers'), /apikey.*authorization.*content-type.*x-client-info/);
+});
+
+test('realtime_auth_helpers(): policies written with auth.uid() work unchanged', async () => {
+  sql(`SELECT realtime_auth_helpers();
+       CREATE TABLE supa_notes (id int PRIMARY KEY, owner uuid, body text);
+       ALTER TABLE supa_notes ENABLE ROW LEVEL SECURITY;
+       CREATE POLICY own_notes ON supa_notes FOR SELECT USING (owner = auth.uid());
+       GRANT SELECT ON supa_notes TO supa_user;
+       SELECT realtime_watch('supa_notes');`);
+  assert.throws(() => sql('SELECT realtime_auth_helpers()'), /schema "auth" already exists/);
+  const ids = ['11111111-1111-1111-1111-111111111111', '22222222-2222-2222-2222-222222222222'];
+  const seen = [[], []];
+  for (const [i, sub] of ids.entries()) {
+    const client = supabase(userToken(sub));
+    client.realtime.setAuth(userToken(sub));
+    await subscribed(client.channel(`notes-${i}`).on('postgres_changes',
+      { event: 'INSERT', schema: 'public', table: 'supa_notes' }, (p) => seen[i].push(p.new.id)));
+  }
+  sql(`INSERT INTO supa_notes SELECT g, ('{${ids.join(',')}}'::uuid[])[1 + g % 2], 'n' FROM generate_series(1, 20) g`);
+  for (const [i, sub] of ids.entries()) {
+    const want = sql(`SELECT string_agg(id::text, ',' ORDER BY id) FROM supa_notes WHERE owner = '${sub}'`);
+    await until(() => seen[i].length === 10, `${sub}'s notes`);
+    assert.equal(seen[i].join(','), want);
+  }
 });

@@ -88,6 +88,7 @@ pub async fn run<P: Protocol, S: Stream>(
     protocol: P,
 ) {
     let mut subscriber = Subscriber::new(&context);
+    subscriber.subscriptions.count_as(P::COUNTERS.subscriptions);
     let (mailbox, mut shouts) = context.hub.mailbox();
     subscriber.subscriptions.receive_broadcasts(mailbox.clone());
     // Armed once, and again only after it fired: a wait made anew on every pass of the loop
@@ -786,8 +787,8 @@ impl<P: Protocol, S: Stream> Connection<P, S> {
         }
         // Counted once per call, not per message: every network thread shares the counters.
         if messages > 0 {
-            self.shared.stats.add(Stat::MessagesSent, messages);
-            self.shared.stats.add(Stat::SentBytes, bytes);
+            self.shared.stats.add(P::COUNTERS.messages, messages);
+            self.shared.stats.add(P::COUNTERS.bytes, bytes);
         }
         written
     }

@@ -199,6 +199,7 @@ mod unit {
             since,
             after_snapshot: None,
             presence: false,
+            select: None,
         }
     }
 

@@ -65,9 +65,7 @@ impl Server {
     pub fn shutdown(self) {
         self.batches.close();
         let deadline = std::time::Instant::now() + SHUTDOWN_GRACE;
-        while self.shared.stats.get(crate::stats::Stat::Connections) > 0
-            && std::time::Instant::now() < deadline
-        {
+        while self.shared.stats.connections() > 0 && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
         self.runtime.shutdown_timeout(Duration::from_millis(100));

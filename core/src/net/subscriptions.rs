@@ -39,6 +39,8 @@ pub struct Wish {
     pub after_snapshot: Option<Arc<Xids>>,
     /// A channel's: be told who is present.
     pub presence: bool,
+    /// Only these columns of the rows (among those the principal may read).
+    pub select: Option<Vec<String>>,
 }
 
 /// Why a subscription was not made.
@@ -167,18 +169,18 @@ impl Drop for Audience {
 
 /// Keeps `Stat::Subscriptions` counting a subscription for as long as it exists, from the
 /// moment it is requested: the worker wakes on commits only while that count is above zero.
-struct Counted(Arc<Shared>);
+struct Counted(Arc<Shared>, Stat);
 
 impl Counted {
-    fn new(shared: &Arc<Shared>) -> Counted {
-        shared.stats.increment(Stat::Subscriptions);
-        Counted(shared.clone())
+    fn new(shared: &Arc<Shared>, stat: Stat) -> Counted {
+        shared.stats.increment(stat);
+        Counted(shared.clone(), stat)
     }
 }
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        self.0.stats.sub(Stat::Subscriptions, 1);
+        self.0.stats.sub(self.1, 1);
     }
 }
 
@@ -272,9 +274,16 @@ pub struct SubscriptionSet<K> {
     generation: u64,
     /// Where client broadcasts on its channels reach this connection (none: headless).
     mailbox: Option<Mailbox>,
+    /// The gauge its subscriptions are counted in (its protocol's).
+    counted_as: Stat,
 }
 
 impl<K> SubscriptionSet<K> {
+    /// Count its subscriptions in `stat` (a protocol's gauge) rather than the native one.
+    pub fn count_as(&mut self, stat: Stat) {
+        self.counted_as = stat;
+    }
+
     pub fn new(
         shared: Arc<Shared>,
         worker: WorkerHandle,
@@ -296,6 +305,7 @@ impl<K> SubscriptionSet<K> {
             reauthorize_pending: false,
             generation: 0,
             mailbox: None,
+            counted_as: Stat::Subscriptions,
         }
     }
 
@@ -365,7 +375,7 @@ impl<K> SubscriptionSet<K> {
         }
         // Counted before the worker is asked, so that by the time it answers, commits already
         // wake it (see queue::set_wake_on_commit); a failed subscribe drops the count.
-        let counted = Counted::new(&self.shared);
+        let counted = Counted::new(&self.shared, self.counted_as);
         // Read back from the history: after `since`; or, for a snapshot, from where every
         // change it does not contain follows (unknown: from the start, with a gap).
         let since = wish.since.or_else(|| {
@@ -418,7 +428,10 @@ impl<K> SubscriptionSet<K> {
         if wish.events.is_some_and(OpSet::is_empty) {
             return Err(SubscribeError::NoEvents);
         }
-        let spec: Option<FilterSpec> = wish.filter.as_deref().map(filter::parse).transpose()?;
+        let spec: Vec<FilterSpec> = match wish.filter.as_deref() {
+            Some(text) => filter::parse_all(text)?,
+            None => Vec::new(),
+        };
         let resolved = self
             .worker
             .resolve(wish.target.clone(), spec, principal.clone())
@@ -428,7 +441,15 @@ impl<K> SubscriptionSet<K> {
             RowAccess::Checked(id) => Some(Audience(self.worker.clone(), id)),
             _ => None,
         };
-        let filter = resolved.filter.map(filter::Compiled::new).transpose()?;
+        let filter = match resolved.filter {
+            conditions if conditions.is_empty() => None,
+            conditions => Some(filter::Compiled::new(conditions)?),
+        };
+        let columns = select(
+            resolved.columns,
+            &resolved.described,
+            wish.select.as_deref(),
+        )?;
         let requested = wish.events.unwrap_or(resolved.watched);
         let ops = requested.intersection(resolved.watched);
         if wish.events.is_some() && ops != requested {
@@ -459,7 +480,7 @@ impl<K> SubscriptionSet<K> {
             table: resolved.table,
             filter,
             ops,
-            columns: resolved.columns.map(Arc::new),
+            columns: columns.map(Arc::new),
             described: resolved.described,
             rows: resolved.rows,
             judged_after: resolved.judged_after,
@@ -482,7 +503,7 @@ impl<K> SubscriptionSet<K> {
     {
         self.generation += 1;
         for old in std::mem::take(&mut self.subscriptions) {
-            let counted = Counted::new(&self.shared);
+            let counted = Counted::new(&self.shared, self.counted_as);
             let again = self
                 .make(old.key.clone(), old.wish.clone(), principal, counted)
                 .await;
@@ -872,6 +893,27 @@ fn push<K>(
     });
 }
 
+/// The columns a subscription sends: those the principal may read (`readable`, `None` for
+/// all of `described`), narrowed to `select` when the client chose some.
+fn select(
+    readable: Option<std::collections::HashSet<String>>,
+    described: &str,
+    select: Option<&[String]>,
+) -> Result<Option<std::collections::HashSet<String>>, SubscribeError> {
+    let Some(select) = select else {
+        return Ok(readable);
+    };
+    let names: Vec<serde_json::Value> = serde_json::from_str(described).unwrap_or_default();
+    let known = |column: &String| {
+        names.iter().any(|c| c["name"].as_str() == Some(column))
+            && readable.as_ref().is_none_or(|r| r.contains(column))
+    };
+    match select.iter().find(|column| !known(column)) {
+        Some(column) => Err(ResolveError::UnknownColumn(column.clone()).into()),
+        None => Ok(Some(select.iter().cloned().collect())),
+    }
+}
+
 #[cfg(test)]
 mod unit {
     use super::*;
@@ -908,6 +950,7 @@ mod unit {
             since,
             after_snapshot: None,
             presence: false,
+            select: None,
         }
     }
 

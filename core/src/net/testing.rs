@@ -28,15 +28,20 @@ pub fn worker() -> WorkerHandle {
                     reply,
                     ..
                 } => {
-                    let filter = filter.map(|f| ResolvedFilter {
-                        column: f.column,
-                        op: f.op,
-                        kind: ValueKind::Text {
-                            ordered: true,
-                            blank_padded: false,
-                        },
-                        values: f.values.into_iter().map(Into::into).collect(),
-                    });
+                    let filter: Vec<ResolvedFilter> = filter
+                        .into_iter()
+                        .map(|f| ResolvedFilter {
+                            column: f.column,
+                            op: f.op,
+                            negated: f.negated,
+                            kind: ValueKind::Text {
+                                ordered: true,
+                                blank_padded: false,
+                            },
+                            values: f.values.into_iter().map(Into::into).collect(),
+                            fold: None,
+                        })
+                        .collect();
                     let table = match target {
                         Target::Table(table) => table,
                         Target::Channel(name) if name == "news" => {
@@ -45,7 +50,7 @@ pub fn worker() -> WorkerHandle {
                                 schema: String::new(),
                                 table: name,
                                 watched: OpSet::EMPTY.with(Op::Message),
-                                filter: None,
+                                filter: Vec::new(),
                                 columns: None,
                                 rows: RowAccess::All,
                                 judged_after: 0,

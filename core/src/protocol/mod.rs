@@ -17,6 +17,7 @@ use crate::change::{Change, EndReason, GapReason};
 use crate::net::rooms::{self, Shout, Told};
 use crate::net::subscriptions::{Matched, SubscribeError, Subscribed, Wish};
 use crate::snapshot::OrderBy;
+use crate::stats::Counters;
 use crate::visibility::Columns;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
@@ -35,6 +36,9 @@ pub trait Protocol: Send + 'static {
         asks: &mut Vec<Ask<Self::Id>>,
         out: &mut Vec<Message>,
     );
+
+    /// The counters its connections are counted in.
+    const COUNTERS: Counters;
 
     /// Whether two ids name the same subscription.
     fn same(a: &Self::Id, b: &Self::Id) -> bool;

@@ -13,6 +13,7 @@ use crate::net::rooms::{self, Presence, Shout};
 use crate::net::subscriptions::{SubscribeError, Wish};
 use crate::ops::{Op, OpSet};
 use crate::snapshot::{self, OrderBy, Xids};
+use crate::stats::Counters;
 use crate::visibility;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -29,6 +30,9 @@ pub const LEAVE: FrameSlot = FrameSlot(2);
 /// Its frame on each client broadcast, and on each presence state or diff.
 pub const BROADCAST: FrameSlot = FrameSlot(3);
 pub const PRESENCE: FrameSlot = FrameSlot(4);
+
+/// Most columns a `select` may name (a table has at most 1,600).
+const MAX_SELECTED: usize = 1600;
 
 /// Messages a client sends.
 #[derive(Deserialize, Debug)]
@@ -56,6 +60,8 @@ pub enum ClientMessage {
         after_snapshot: Option<String>,
         /// A channel's: be told who is present (`presence_state`, then `presence_diff`s).
         presence: Option<bool>,
+        /// Only these columns of each row.
+        select: Option<Vec<String>>,
     },
     Unsubscribe {
         id: Value,
@@ -447,6 +453,7 @@ pub struct Native;
 
 impl Protocol for Native {
     type Id = Value;
+    const COUNTERS: Counters = Counters::NATIVE;
 
     fn parse(&mut self, message: Received<'_>, asks: &mut Vec<Ask<Value>>, out: &mut Vec<Message>) {
         match message {
@@ -530,8 +537,18 @@ fn ask(text: &str) -> Result<Ask<Value>, Utf8Bytes> {
             order,
             after_snapshot,
             presence,
+            select,
         } => {
             let invalid = |why: &str| error_frame(ErrorCode::InvalidMessage, why, Some(&id));
+            if select
+                .as_ref()
+                .is_some_and(|s| s.len() > MAX_SELECTED || s.iter().any(|c| c.contains('\0')))
+            {
+                return Err(invalid("select names at most 1,600 columns, without NUL"));
+            }
+            if select.is_some() && snapshot == Some(true) {
+                return Err(invalid("select and snapshot cannot be combined"));
+            }
             let target = match (table, channel) {
                 (Some(_), None) if presence.is_some() => {
                     return Err(invalid("presence applies to channels, not tables"));
@@ -569,6 +586,7 @@ fn ask(text: &str) -> Result<Ask<Value>, Utf8Bytes> {
                     since,
                     after_snapshot,
                     presence: presence == Some(true),
+                    select,
                 },
                 snapshot: snapshot.then_some(SnapshotWish { order, limit }),
             }

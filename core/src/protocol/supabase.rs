@@ -20,6 +20,7 @@ use crate::change::{Change, EndReason, FrameSlot, GapReason, MAX_CHANNEL_BYTES};
 use crate::net::rooms::{Presence, Present};
 use crate::net::subscriptions::Wish;
 use crate::ops::{Op, OpSet};
+use crate::stats::Counters;
 use crate::visibility::{self, Columns};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
@@ -257,6 +258,7 @@ impl Supabase {
                 since: None,
                 after_snapshot: None,
                 presence,
+                select: None,
             },
             snapshot: None,
         });
@@ -370,6 +372,7 @@ impl Supabase {
 
 impl Protocol for Supabase {
     type Id = BindingId;
+    const COUNTERS: Counters = Counters::SUPABASE;
 
     fn parse(
         &mut self,
@@ -736,7 +739,7 @@ fn fnv(bytes: &[u8]) -> u32 {
 /// Supabase's), truthy and an integer for the clients.
 fn binding_id(binding: &Value) -> u32 {
     let mut text = String::new();
-    for field in ["event", "schema", "table", "filter"] {
+    for field in ["event", "schema", "table", "filter", "select"] {
         text += &binding.get(field).map(Value::to_string).unwrap_or_default();
         text.push('\0');
     }
@@ -775,6 +778,17 @@ fn wish(binding: &Value) -> Result<Wish, String> {
         since: None,
         after_snapshot: None,
         presence: false,
+        select: match binding.get("select") {
+            None | Some(Value::Null) => None,
+            Some(Value::Array(columns)) => Some(
+                columns
+                    .iter()
+                    .map(|c| c.as_str().map(String::from))
+                    .collect::<Option<_>>()
+                    .ok_or("postgres_changes select is an array of column names")?,
+            ),
+            Some(_) => return Err("postgres_changes select is an array of column names".into()),
+        },
     })
 }
 

@@ -168,7 +168,7 @@ async fn broadcast<S: Stream>(
             let target = Target::Channel(topic.to_string());
             let send = match context
                 .worker
-                .resolve(target, None, principal.clone())
+                .resolve(target, Vec::new(), principal.clone())
                 .await
             {
                 Ok(resolved) => resolved.rights.send,

@@ -10,8 +10,8 @@ pub fn health(context: &Context) -> Response {
     let body = serde_json::json!({
         "status": "ok",
         "position": s.get(Stat::Position),
-        "connections": s.get(Stat::Connections),
-        "subscriptions": s.get(Stat::Subscriptions),
+        "connections": s.connections(),
+        "subscriptions": s.subscriptions(),
         "backlog_bytes": s.get(Stat::BacklogBytes),
         "batches_handed": s.get(Stat::BatchesHanded),
         "catching_up": s.get(Stat::CatchingUp),

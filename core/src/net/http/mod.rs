@@ -158,7 +158,7 @@ async fn speak<S: Stream, P: Protocol>(
     protocol: P,
 ) {
     let limits = context.shared.limits();
-    match upgrade::upgrade(stream, head, ip, &limits, &context).await {
+    match upgrade::upgrade(stream, head, ip, &limits, &context, P::COUNTERS.connections).await {
         Ok(upgrade::Upgraded {
             ws,
             identity,

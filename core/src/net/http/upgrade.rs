@@ -21,12 +21,12 @@ const READ_BUFFER: usize = 4 * 1024;
 /// 128 KiB default, 10,000 clients catching up held over a gigabyte between them.
 const WRITE_BUFFER: usize = 16 * 1024;
 
-/// Counts a WebSocket connection in `Stat::Connections` for as long as it lives.
-pub struct Counted(Context);
+/// Counts a WebSocket connection in its protocol's gauge for as long as it lives.
+pub struct Counted(Context, Stat);
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        self.0.shared.stats.sub(Stat::Connections, 1);
+        self.0.shared.stats.sub(self.1, 1);
     }
 }
 
@@ -37,21 +37,23 @@ pub struct Upgraded<S> {
     pub counted: Counted,
 }
 
-/// Upgrade, or the response that refuses it (`None`: the client left).
+/// Upgrade, counted in `counted_as`, or the response that refuses it (`None`: the client left).
 pub async fn upgrade<S: Stream>(
     mut stream: S,
     head: Head,
     ip: std::net::IpAddr,
     limits: &Limits,
     context: &Context,
+    counted_as: Stat,
 ) -> Result<Upgraded<S>, Option<(S, Response)>> {
     if let Err(refusal) =
         check(&head).and_then(|()| access::check_origin(&head, &limits.allowed_origins))
     {
         return Err(Some((stream, refusal)));
     }
-    let open = context.shared.stats.increment(Stat::Connections) as usize + 1;
-    let counted = Counted(context.clone());
+    context.shared.stats.increment(counted_as);
+    let counted = Counted(context.clone(), counted_as);
+    let open = context.shared.stats.connections() as usize;
     if open > limits.max_connections {
         let refusal = Response::error(
             "503 Service Unavailable",
