@@ -28,8 +28,8 @@ import json, sys
 endpoint, result, messages, sent, ticks = sys.argv[1], json.loads(sys.argv[2]), *map(int, sys.argv[3:])
 what = {"latency": lambda d: "L %5d clients: p50 %8.2f ms, p99 %8.2f ms, %d/%d delivered" % (
             d["clients"], d["latency_ms"]["p50"], d["latency_ms"]["p99"], d["delivered"], d["expected"]),
-        "fanout": lambda d: "F %5d clients: %.2f M messages/s, %d/%d delivered" % (
-            d["clients"], d["delivered_per_s"] / 1e6, d["delivered_messages"], d["expected_messages"])}
+        "fanout": lambda d: "F %5d clients: %.2f M messages/s, writer %.0f rows/s" % (
+            d["clients"], d["delivered_per_s"] / 1e6, d["writer_rows_per_s"])}
 line = what[result["scenario"]](result) if "error" not in result else "failed: %s" % result["error"]
 cost = "worker %.2f CPU s per million messages, %.0f bytes a message" % (
     ticks / 100 / max(messages, 1) * 1e6, sent / max(messages, 1))

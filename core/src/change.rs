@@ -93,7 +93,7 @@ pub struct FrameSlot(pub usize);
 
 impl FrameSlot {
     /// Slots on each change, for all protocols together.
-    pub const COUNT: usize = 7;
+    pub const COUNT: usize = 9;
 }
 
 /// One committed change: its row images as JSON text (`row_to_json` of the row) and what is

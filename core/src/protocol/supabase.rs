@@ -29,9 +29,13 @@ use std::sync::Arc;
 use tokio_tungstenite::tungstenite::Message;
 
 /// Its frame slots on each change: the change's `data`, and the same without `old_record`
-/// (for subscribers who could not see the row before).
+/// (for subscribers who could not see the row before); and the whole push the first
+/// connection built around each, which every connection with the same envelope (serializer,
+/// topic, binding ids: the same for every client of one app) sends as it is.
 pub const DATA: FrameSlot = FrameSlot(5);
 pub const DATA_NO_OLD: FrameSlot = FrameSlot(6);
+pub const PUSH: FrameSlot = FrameSlot(7);
+pub const PUSH_NO_OLD: FrameSlot = FrameSlot(8);
 
 /// Every topic a client joins starts with this.
 const TOPIC_PREFIX: &str = "realtime:";
@@ -60,7 +64,13 @@ pub struct Supabase {
     joining: Option<Joining>,
     /// The columns of each table subscribed to, as `Subscribed::described` gave them.
     described: HashMap<u32, Arc<str>>,
+    /// The envelopes of the pushes it sent last, by topic and binding ids (a few: one per
+    /// set of bindings a change matches), so that most changes cost no formatting at all.
+    envelopes: Vec<(Arc<str>, Vec<u32>, String)>,
 }
+
+/// Envelopes a connection keeps.
+const ENVELOPES_KEPT: usize = 16;
 
 struct Channel {
     join_ref: Option<String>,
@@ -104,6 +114,7 @@ impl Supabase {
             channels: HashMap::new(),
             joining: None,
             described: HashMap::new(),
+            envelopes: Vec::new(),
         }
     }
 
@@ -340,32 +351,56 @@ impl Supabase {
         change: &Change,
         old: bool,
         columns: &Columns,
-        ids: Vec<&BindingId>,
+        mut ids: Vec<&BindingId>,
         out: &mut Vec<Message>,
     ) {
-        let described = change
-            .topic
-            .relid()
-            .and_then(|relid| self.described.get(&relid).cloned())
-            .unwrap_or_else(|| "[]".into());
-        let data = match (columns, old) {
-            (None, true) => change
-                .encoded(DATA, |c| data(c, true, &described, None))
-                .to_string(),
-            (None, false) => change
-                .encoded(DATA_NO_OLD, |c| data(c, false, &described, None))
-                .to_string(),
-            (Some(columns), old) => data(change, old, &described, Some(columns.as_ref())),
+        let described = || {
+            change
+                .topic
+                .relid()
+                .and_then(|relid| self.described.get(&relid).cloned())
+                .unwrap_or_else(|| "[]".into())
         };
-        let mut by_topic: Vec<(&Arc<str>, Vec<u32>)> = Vec::new();
-        for id in ids {
-            match by_topic.iter_mut().find(|(topic, _)| *topic == &id.topic) {
-                Some((_, ids)) => ids.push(id.id),
-                None => by_topic.push((&id.topic, vec![id.id])),
-            }
-        }
-        for (topic, ids) in by_topic {
-            out.push(Message::Text(pushed(self.vsn, topic, &ids, &data).into()));
+        let projected = columns
+            .as_ref()
+            .map(|columns| data(change, old, &described(), Some(columns)));
+        let (data_slot, push_slot) = match old {
+            true => (DATA, PUSH),
+            false => (DATA_NO_OLD, PUSH_NO_OLD),
+        };
+        // One push per channel (topic), with the ids of its bindings the change matched, in
+        // order: the same bindings make the same envelope on every connection.
+        ids.sort_by(|a, b| (&a.topic, a.id).cmp(&(&b.topic, b.id)));
+        let end = tail(self.vsn);
+        for group in ids.chunk_by(|a, b| a.topic == b.topic) {
+            let topic = &group[0].topic;
+            let same = |(t, ids, _): &&(Arc<str>, Vec<u32>, String)| {
+                t == topic && ids.iter().eq(group.iter().map(|id| &id.id))
+            };
+            let envelope = match self.envelopes.iter().find(same) {
+                Some((_, _, envelope)) => envelope,
+                None => {
+                    if self.envelopes.len() == ENVELOPES_KEPT {
+                        self.envelopes.clear();
+                    }
+                    let ids: Vec<u32> = group.iter().map(|id| id.id).collect();
+                    let envelope = envelope(self.vsn, topic, &ids);
+                    self.envelopes.push((topic.clone(), ids, envelope));
+                    &self.envelopes.last().expect("just pushed").2
+                }
+            };
+            let frame = match &projected {
+                Some(data) => format!("{envelope}{data}{end}").into(),
+                None => {
+                    let data = || change.encoded(data_slot, |c| data(c, old, &described(), None));
+                    let first = change.encoded(push_slot, |_| format!("{envelope}{}{end}", data()));
+                    match first.starts_with(envelope.as_str()) {
+                        true => first,
+                        false => format!("{envelope}{}{end}", data()).into(),
+                    }
+                }
+            };
+            out.push(Message::Text(frame));
         }
     }
 }
@@ -833,17 +868,23 @@ fn data(change: &Change, old: bool, described: &str, columns: Option<&HashSet<St
     out
 }
 
-/// A `postgres_changes` push on `topic` for the bindings `ids`, around a change's `data`.
-fn pushed(vsn: Vsn, topic: &str, ids: &[u32], data: &str) -> String {
-    let ids = ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+/// The start of a `postgres_changes` push on `topic` for the bindings `ids`, up to its `data`
+/// (which `tail` closes).
+fn envelope(vsn: Vsn, topic: &str, ids: &[u32]) -> String {
     let topic = json_string(topic);
+    let ids = ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
     match vsn {
-        Vsn::V2 => {
-            format!(r#"[null,null,{topic},"postgres_changes",{{"ids":[{ids}],"data":{data}}}]"#)
-        }
+        Vsn::V2 => format!(r#"[null,null,{topic},"postgres_changes",{{"ids":[{ids}],"data":"#),
         Vsn::V1 => format!(
-            r#"{{"join_ref":null,"ref":null,"topic":{topic},"event":"postgres_changes","payload":{{"ids":[{ids}],"data":{data}}}}}"#
+            r#"{{"join_ref":null,"ref":null,"topic":{topic},"event":"postgres_changes","payload":{{"ids":[{ids}],"data":"#
         ),
+    }
+}
+
+fn tail(vsn: Vsn) -> &'static str {
+    match vsn {
+        Vsn::V2 => "}]",
+        Vsn::V1 => "}}",
     }
 }
 
@@ -1016,6 +1057,12 @@ mod unit {
         assert_eq!(data["old_record"]["kind"], "scratch");
         assert_eq!(data["errors"], Value::Null);
         assert!(data["columns"].is_array());
+
+        // Another connection with the same envelope sends the very same bytes.
+        let mut again = Vec::new();
+        Supabase::new(Vsn::V2).change(&change, true, &None, vec![&a2, &a1], &mut again);
+        let ptr = |m: &Message| m.to_text().unwrap().as_ptr();
+        assert_eq!(ptr(&again[0]), ptr(&out[0]), "the push is built once");
 
         // Without the right to see the row before: no old_record.
         out.clear();
