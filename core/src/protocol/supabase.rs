@@ -1,6 +1,7 @@
 //! The Supabase Realtime protocol on `/realtime/v1/websocket`, as the official clients
 //! (supabase-js, realtime-js and their ports) speak it: Phoenix channels (`phoenix` frames) whose
-//! joins carry `postgres_changes` bindings.
+//! joins carry `postgres_changes` bindings, and whose topics are rooms for broadcast and
+//! presence (the native channel of the same name, so both protocols meet there).
 //!
 //! A join becomes one engine subscription per distinct binding, with an id derived from the
 //! binding itself (as Supabase derives its own), so equal bindings share one subscription and
@@ -10,8 +11,9 @@
 //! filter, an unknown or unreadable table) leaves the join `ok` and is told in a `system`
 //! message, as Supabase does; an error reply would make the client rejoin forever.
 //!
-//! A change's `data` is built once per change (`DATA`, `DATA_NO_OLD`); each connection wraps
-//! it with its own topic and the ids of the bindings it matched.
+//! A change's `data` is built once per change (`DATA`, `DATA_NO_OLD`), and so is the whole push
+//! around it for every connection whose envelope (topic and matched binding ids) is the same
+//! (`PUSH`, `PUSH_NO_OLD`); a connection with another envelope wraps the shared `data` itself.
 
 use super::phoenix::{self, BroadcastPayload, Frame, Vsn};
 use super::{Ask, Protocol, Received, Refusal, Say};
@@ -89,9 +91,10 @@ struct Joining {
     reference: Option<String>,
     /// The bindings as the client sent them, each with its id (the reply echoes them).
     bindings: Vec<(Value, u32)>,
-    /// The ids the engine subscribed, and what it refused.
+    /// The ids the engine subscribed.
     made: Vec<u32>,
-    refused: Vec<String>,
+    /// What it refused, by extension (`postgres_changes`, `broadcast`).
+    refused: Vec<(&'static str, String)>,
     /// The join's own token was refused, or a private channel its room: the join fails.
     unauthorized: Option<String>,
     /// `config.private`: the room must be granted, or the join fails.
@@ -230,6 +233,11 @@ impl Supabase {
             unauthorized: None,
             private: config["private"] == Value::Bool(true),
         };
+        if !config["broadcast"]["replay"].is_null() {
+            let why =
+                "broadcast replay is not served yet; the channel receives broadcasts from now on";
+            joining.refused.push(("broadcast", why.into()));
+        }
         let mut ids = Vec::new();
         for binding in bindings {
             let id = binding_id(&binding);
@@ -250,7 +258,7 @@ impl Supabase {
                         snapshot: None,
                     })
                 }
-                Err(why) => joining.refused.push(why),
+                Err(why) => joining.refused.push(("postgres_changes", why)),
             }
         }
         // Its seat in the room: `realtime.public_topics` opens every room, else the policies
@@ -340,8 +348,8 @@ impl Supabase {
         if joining.made.iter().any(|id| *id != ROOM) {
             out.push(self.system(topic, "postgres_changes", "ok", "Subscribed to PostgreSQL"));
         }
-        for why in &joining.refused {
-            out.push(self.system(topic, "postgres_changes", "error", why));
+        for (extension, why) in &joining.refused {
+            out.push(self.system(topic, extension, "error", why));
         }
     }
 
@@ -563,7 +571,7 @@ impl Protocol for Supabase {
                         ))
                     }
                     Some(_) if id.id == ROOM => {}
-                    Some(joining) => joining.refused.push(why),
+                    Some(joining) => joining.refused.push(("postgres_changes", why)),
                     None => out.push(self.system(&id.topic, "postgres_changes", "error", &why)),
                 }
             }
@@ -932,6 +940,24 @@ mod unit {
         serde_json::from_str(message.to_text().unwrap()).unwrap()
     }
 
+    /// What the protocol says when the driver answers the ping among `asks`.
+    fn pong(protocol: &mut Supabase, asks: &[Ask<BindingId>]) -> Vec<Message> {
+        let Some(Ask::Ping { reference }) = asks.iter().rfind(|a| matches!(a, Ask::Ping { .. }))
+        else {
+            panic!("a ping among the asks");
+        };
+        let mut out = Vec::new();
+        let reference = reference.as_ref();
+        protocol.encode(
+            Say::Pong {
+                reference,
+                position: 0,
+            },
+            &mut out,
+        );
+        out
+    }
+
     fn join(protocol: &mut Supabase, frame: &str) -> (Vec<Ask<BindingId>>, Vec<Message>) {
         let (mut asks, mut out) = (Vec::new(), Vec::new());
         protocol.parse(Received::Text(frame), &mut asks, &mut out);
@@ -955,9 +981,7 @@ mod unit {
             id: room,
             wish: room_wish,
             ..
-        }, Ask::Ping {
-            reference: Some(reference),
-        }] = asks.as_slice()
+        }, Ask::Ping { .. }] = asks.as_slice()
         else {
             panic!("auth, two bindings, the room, then the ping that answers the join");
         };
@@ -998,14 +1022,7 @@ mod unit {
             &mut out,
         );
         assert!(out.is_empty());
-        protocol.encode(
-            Say::Pong {
-                reference: Some(reference),
-                position: 0,
-            },
-            &mut out,
-        );
-        let frames: Vec<Value> = out.iter().map(text).collect();
+        let frames: Vec<Value> = pong(&mut protocol, &asks).iter().map(text).collect();
         assert_eq!(frames[0][3], "phx_reply");
         assert_eq!(frames[0][1], "3");
         let echoed = &frames[0][4]["response"]["postgres_changes"];
@@ -1077,21 +1094,8 @@ mod unit {
             &mut protocol,
             r#"{"topic":"phoenix","event":"heartbeat","payload":{},"ref":"19","join_ref":null}"#,
         );
-        let [Ask::Ping {
-            reference: Some(reference),
-        }] = asks.as_slice()
-        else {
-            panic!()
-        };
-        let mut out = Vec::new();
-        protocol.encode(
-            Say::Pong {
-                reference: Some(reference),
-                position: 0,
-            },
-            &mut out,
-        );
-        let reply = text(&out[0]);
+        assert_eq!(asks.len(), 1);
+        let reply = text(&pong(&mut protocol, &asks)[0]);
         assert_eq!(
             (reply["topic"].as_str(), reply["ref"].as_str()),
             (Some("phoenix"), Some("19"))
@@ -1115,26 +1119,42 @@ mod unit {
             &mut protocol,
             r#"{"topic":"realtime:t","event":"phx_leave","payload":{},"ref":"5","join_ref":"4"}"#,
         );
-        let Some(Ask::Ping {
-            reference: Some(reference),
-        }) = asks.last()
-        else {
-            panic!()
-        };
-        let mut out = Vec::new();
-        protocol.encode(
-            Say::Pong {
-                reference: Some(reference),
-                position: 0,
-            },
-            &mut out,
-        );
+        let out = pong(&mut protocol, &asks);
         let (reply, close) = (text(&out[0]), text(&out[1]));
         assert_eq!(reply["ref"], "5");
         assert_eq!(
             (close["event"].as_str(), close["ref"].as_str()),
             (Some("phx_close"), Some("4"))
         );
+    }
+
+    #[test]
+    fn what_is_not_served_is_said_not_ignored() {
+        let mut protocol = Supabase::new(Vsn::V2);
+        let (asks, _) = join(
+            &mut protocol,
+            r#"["1","1","realtime:r","phx_join",{"config":{"private":true,
+                "broadcast":{"replay":{"since":0}},"postgres_changes":[{"event":"*"}]}}]"#,
+        );
+        let frames: Vec<Value> = pong(&mut protocol, &asks).iter().map(text).collect();
+        assert_eq!(frames[0][4]["status"], "ok");
+        let told: Vec<(&str, &str)> = frames[1..]
+            .iter()
+            .map(|f| {
+                (
+                    f[4]["extension"].as_str().unwrap(),
+                    f[4]["message"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert!(
+            told.iter()
+                .any(|(e, m)| *e == "broadcast" && m.contains("replay")),
+            "{told:?}"
+        );
+        assert!(told
+            .iter()
+            .any(|(e, m)| *e == "postgres_changes" && m.contains("name the table")));
     }
 
     #[test]
