@@ -14,7 +14,9 @@ json.dump({"meta": meta, "results": rows}, open(sys.argv[2], "w"), indent=1)
 
 
 def find(**want):
-    return next((r for r in rows if all(r.get(k) == v for k, v in want.items())), None)
+    # Rows from before the Supabase endpoint have no "endpoint": they were the native one's.
+    return next((r for r in rows if all(r.get(k, "native" if k == "endpoint" else None) == v
+                                        for k, v in want.items())), None)
 
 
 def f(x, d=2):
@@ -71,7 +73,7 @@ for writers in (1, 8, 32):
                   f"| {f(mean['notify'], 0)} ({notify:.2f}×) | {f(statistics.mean(sends), 0)} ({ratio:.2f}×; {spread(ratios(sends, tps['plain']))}) "
                   f"| above pg_notify | {ok(ratio > notify)} |")
 for clients in (1, 100, 1000):
-    rt = find(scenario="latency", target="Realtime", clients=clients, payload_bytes=16)
+    rt = find(scenario="latency", target="Realtime", clients=clients, payload_bytes=16, endpoint="native")
     br = find(scenario="latency", target="Bridge", clients=clients, payload_bytes=16)
     fl = find(scenario="latency", target="Floor", clients=clients)
     p99 = lambda r: (r or {}).get("latency_ms", {}).get("p99") if r and not r.get("error") else None
@@ -81,7 +83,10 @@ for clients in (1, 100, 1000):
     if relay:
         met = p99(relay) is not None and (p99(br) is None or p99(relay) < p99(br))
         print(f"| L | {clients:,} clients, the bridge's own pg_notify trigger, relayed (realtime_relay): p50 / p99 | | {lat(br)} | {lat(relay)} | p99 below bridge | {ok(met)} |")
-rt, br = find(scenario="fanout", target="Realtime", tls=False), find(scenario="fanout", target="Bridge")
+    supa = find(scenario="latency", target="Realtime", clients=clients, payload_bytes=16, endpoint="supabase")
+    if supa:
+        print(f"| L | {clients:,} clients, the same table through the Supabase endpoint (supabase-js's protocol): p50 / p99 | | {lat(rt)} (native) | {lat(supa)} | | |")
+rt, br = find(scenario="fanout", target="Realtime", tls=False, endpoint="native"), find(scenario="fanout", target="Bridge")
 def fan(r):
     if r is None:
         return "missing"
@@ -90,6 +95,10 @@ def fan(r):
     return f"{f(r['delivered_per_s'], 0)}/s ({r['delivered_messages']:,} of {r['expected_messages']:,})"
 met = rt and not rt.get("error") and rt["delivered_per_s"] >= 200_000 and (br is None or br.get("error") or rt["delivered_per_s"] >= 5 * br["delivered_per_s"])
 print(f"| F | {(rt or {}).get('clients', 0):,} clients, 100-row transactions: delivered messages/s | | {fan(br)} | {fan(rt)} | ≥ 5× bridge, ≥ 200,000/s | {ok(met)} |")
+supa = find(scenario="fanout", target="Realtime", tls=False, endpoint="supabase")
+if supa:
+    writer = lambda r: f"writer {f(r.get('writer_rows_per_s'), 0)} rows/s" if r and not r.get("error") else ""
+    print(f"| F | {supa.get('clients', 0):,} clients through the Supabase endpoint: delivered messages/s | | {fan(rt)} (native, {writer(rt)}) | {fan(supa)} ({writer(supa)}) | | |")
 idle, want = find(scenario="idle"), find(scenario="idle_target")
 if idle and not idle.get("error") and want:
     met = idle["worker_kib_per_connection"] <= 10 and idle["new_subscribe_ms"]["max"] < 50 and idle["clients"] >= want["requested_clients"]
@@ -127,7 +136,8 @@ if y and not y.get("error"):
     took = f"{t['p50']:,.0f} / {t['max']:,.0f} ms" if t["max"] is not None else "none in time"
     print(f"| Y | {y['clients']:,} clients join one channel's presence: until each knows all are present, p50 / max | | | "
           f"{took} ({y['complete']:,} of {y['clients']:,} complete; {y['bytes_received'] / 2**20:,.0f} MiB received; load generator at {y['client_cpu_share']:.0%} of the cores) | | |")
-fans = [r for r in rows if r.get("scenario") == "fanout" and r.get("target") == "Realtime"]
+fans = [r for r in rows if r.get("scenario") == "fanout" and r.get("target") == "Realtime"
+        and r.get("endpoint", "native") == "native"]
 plain = [r for r in fans if not r.get("tls")][-1:]
 tls = [r for r in fans if r.get("tls")]
 if plain and tls:

@@ -90,6 +90,8 @@ ensure_bridge() {
 }
 start_bridge
 RT_URL=ws://127.0.0.1:$WSPORT/realtime
+# The same server through the Supabase Realtime endpoint, as supabase-js joins it.
+SUPA_URL="ws://127.0.0.1:$WSPORT/realtime/v1/websocket?vsn=2.0.0"
 BRIDGE_URL=ws://127.0.0.1:$BRIDGE_PORT/
 mkdir -p bench/results
 SUFFIX=; [ $QUICK = 1 ] && SUFFIX=-quick
@@ -151,6 +153,7 @@ sleep 1
 for clients in 1 100 1000; do
   "$LOADGEN" latency --target floor --ws "ws://127.0.0.1:$FLOOR_PORT/" --clients $clients --events $L_EVENTS --rate 1000 | record
   "$LOADGEN" latency --pg "$PG" --ws "$RT_URL" --clients $clients --events $L_EVENTS --rate 1000 | record
+  "$LOADGEN" latency --pg "$PG" --ws "$SUPA_URL" --clients $clients --events $L_EVENTS --rate 1000 | record
   ensure_bridge "latency $clients"
   "$LOADGEN" latency --target bridge --pg "$PG" --ws "$BRIDGE_URL" --clients $clients --events $L_EVENTS --rate 1000 | record
   # N: the bridge's own trigger, its channel relayed by realtime_ext instead.
@@ -162,6 +165,7 @@ fi
 if want F; then
 say "F: fan-out to $F_CLIENTS clients"
 "$LOADGEN" fanout --pg "$PG" --ws "$RT_URL" --clients $F_CLIENTS --seconds $F_SECONDS --batch 100 | record
+"$LOADGEN" fanout --pg "$PG" --ws "$SUPA_URL" --clients $F_CLIENTS --seconds $F_SECONDS --batch 100 | record
 ensure_bridge fanout
 "$LOADGEN" fanout --target bridge --pg "$PG" --ws "$BRIDGE_URL" --clients $F_CLIENTS --seconds $F_SECONDS --batch 100 | record
 fi
