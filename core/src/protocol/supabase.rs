@@ -143,6 +143,13 @@ impl Supabase {
         })
     }
 
+    /// The error reply to `frame`, with `reason`.
+    fn refuse(&self, frame: &Frame, reason: impl Into<Value>) -> Message {
+        let (join_ref, reference) = (frame.join_ref.clone(), frame.reference.clone());
+        let response = json!({ "reason": reason.into() });
+        self.reply(join_ref, reference, &frame.topic, "error", response)
+    }
+
     /// A `system` message on `topic`.
     fn system(&self, topic: &str, extension: &str, status: &str, message: &str) -> Message {
         let channel = topic.strip_prefix(TOPIC_PREFIX).unwrap_or(topic);
@@ -170,6 +177,26 @@ impl Supabase {
     }
 
     fn join(&mut self, frame: Frame, asks: &mut Vec<Ask<BindingId>>, out: &mut Vec<Message>) {
+        if !frame.topic.starts_with(TOPIC_PREFIX) {
+            return out.push(self.refuse(&frame, "a channel's topic starts with realtime:"));
+        }
+        let config = &frame.payload["config"];
+        if config["presence"]["key"]
+            .as_str()
+            .is_some_and(|key| key.len() > MAX_CHANNEL_BYTES)
+        {
+            let reason = format!("a presence key is at most {MAX_CHANNEL_BYTES} bytes");
+            return out.push(self.refuse(&frame, reason));
+        }
+        let bindings = match &config["postgres_changes"] {
+            Value::Null => Vec::new(),
+            Value::Array(bindings) if bindings.len() <= MAX_BINDINGS => bindings.clone(),
+            Value::Array(_) => {
+                let reason = format!("a join carries at most {MAX_BINDINGS} postgres_changes");
+                return out.push(self.refuse(&frame, reason));
+            }
+            _ => return out.push(self.refuse(&frame, "config.postgres_changes is an array")),
+        };
         let Frame {
             join_ref,
             reference,
@@ -177,36 +204,7 @@ impl Supabase {
             payload,
             ..
         } = frame;
-        let refuse = |this: &Self, reason: &str| {
-            let response = json!({"reason": reason});
-            this.reply(
-                join_ref.clone(),
-                reference.clone(),
-                &topic,
-                "error",
-                response,
-            )
-        };
-        if !topic.starts_with(TOPIC_PREFIX) {
-            return out.push(refuse(self, "a channel's topic starts with realtime:"));
-        }
         let config = &payload["config"];
-        if config["presence"]["key"]
-            .as_str()
-            .is_some_and(|key| key.len() > MAX_CHANNEL_BYTES)
-        {
-            let reason = format!("a presence key is at most {MAX_CHANNEL_BYTES} bytes");
-            return out.push(refuse(self, &reason));
-        }
-        let bindings = match &config["postgres_changes"] {
-            Value::Null => Vec::new(),
-            Value::Array(bindings) if bindings.len() <= MAX_BINDINGS => bindings.clone(),
-            Value::Array(_) => {
-                let reason = format!("a join carries at most {MAX_BINDINGS} postgres_changes");
-                return out.push(refuse(self, &reason));
-            }
-            _ => return out.push(refuse(self, "config.postgres_changes is an array")),
-        };
         let topic: Arc<str> = topic.into();
         // Joining a topic again replaces the channel (the client rejoins after a timeout).
         if let Some(old) = self.channels.remove(&topic) {
@@ -471,16 +469,7 @@ impl Protocol for Supabase {
                         let (jr, r) = (frame.join_ref.clone(), frame.reference.clone());
                         self.broadcast_asked(&frame.topic, event.clone(), body, jr, r, asks, out)
                     }
-                    _ => {
-                        let reason = json!({"reason": "a broadcast has a string event"});
-                        let Frame {
-                            join_ref,
-                            reference,
-                            topic,
-                            ..
-                        } = frame;
-                        out.push(self.reply(join_ref, reference, &topic, "error", reason))
-                    }
+                    _ => out.push(self.refuse(&frame, "a broadcast has a string event")),
                 }
             }
             (_, "phx_leave") => self.leave(frame, asks),
@@ -488,27 +477,9 @@ impl Protocol for Supabase {
                 Some(Value::String(token)) => asks.push(Ask::Auth {
                     token: token.clone(),
                 }),
-                _ => {
-                    let reason = json!({"reason": "access_token is a string"});
-                    let Frame {
-                        join_ref,
-                        reference,
-                        topic,
-                        ..
-                    } = frame;
-                    out.push(self.reply(join_ref, reference, &topic, "error", reason))
-                }
+                _ => out.push(self.refuse(&frame, "access_token is a string")),
             },
-            _ => {
-                let reason = json!({"reason": format!("unknown event {:?}", frame.event)});
-                let Frame {
-                    join_ref,
-                    reference,
-                    topic,
-                    ..
-                } = frame;
-                out.push(self.reply(join_ref, reference, &topic, "error", reason))
-            }
+            _ => out.push(self.refuse(&frame, format!("unknown event {:?}", frame.event))),
         }
     }
 
@@ -656,34 +627,29 @@ impl Supabase {
 
     /// A client's `track` or `untrack` on a joined channel.
     fn presence_asked(&self, frame: Frame, asks: &mut Vec<Ask<BindingId>>, out: &mut Vec<Message>) {
-        let Frame {
-            join_ref,
-            reference,
-            topic,
-            payload,
-            ..
-        } = frame;
-        let Some(channel) = self.channels.get(topic.as_str()) else {
-            let reason = json!({"reason": "join the channel before tracking presence on it"});
-            return out.push(self.reply(join_ref, reference, &topic, "error", reason));
+        let Some(channel) = self.channels.get(frame.topic.as_str()) else {
+            return out
+                .push(self.refuse(&frame, "join the channel before tracking presence on it"));
         };
-        let room = topic[TOPIC_PREFIX.len()..].to_string();
-        let answer = json!({"topic": topic, "ref": reference, "join_ref": join_ref});
-        match payload["event"].as_str() {
+        let room = frame.topic[TOPIC_PREFIX.len()..].to_string();
+        let answer =
+            json!({"topic": frame.topic, "ref": frame.reference, "join_ref": frame.join_ref});
+        match frame.payload["event"].as_str() {
             Some("track") => asks.push(Ask::Track {
                 channel: room,
                 key: Some(channel.presence_key.clone()),
-                state: payload.get("payload").unwrap_or(&json!({})).to_string(),
+                state: frame
+                    .payload
+                    .get("payload")
+                    .unwrap_or(&json!({}))
+                    .to_string(),
                 reference: Some(answer),
             }),
             Some("untrack") => asks.push(Ask::Untrack {
                 channel: room,
                 reference: Some(answer),
             }),
-            _ => {
-                let reason = json!({"reason": "presence events are track and untrack"});
-                out.push(self.reply(join_ref, reference, &topic, "error", reason))
-            }
+            _ => out.push(self.refuse(&frame, "presence events are track and untrack")),
         }
     }
 
