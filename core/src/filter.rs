@@ -125,6 +125,8 @@ pub enum FilterError {
     TooManyConditions,
     #[error("a like pattern must not end with the escape character \\")]
     TrailingEscape,
+    #[error("a like pattern has at most {MAX_PATTERN_CHARS} characters")]
+    PatternTooLong,
     #[error("in takes a list: column=in.(a,b,c)")]
     NotAList,
     #[error("in takes at least one value")]
@@ -148,6 +150,9 @@ pub enum FilterError {
 pub const MAX_IN_VALUES: usize = 100;
 /// Most conditions one filter may join.
 pub const MAX_CONDITIONS: usize = 10;
+/// Most characters of a `like` pattern: matching a row value costs at most its length times
+/// this, on the network threads, for every change the subscription is offered.
+pub const MAX_PATTERN_CHARS: usize = 256;
 
 /// Parse a filter: conditions joined by commas. A comma starts a new condition only where what
 /// follows reads as one (`column=op.`), so a value may hold commas (`note=eq.a,b`).
@@ -426,6 +431,9 @@ enum Item {
 
 impl Pattern {
     fn new(text: &str, fold: Option<Fold>) -> Result<Pattern, FilterError> {
+        if text.chars().count() > MAX_PATTERN_CHARS {
+            return Err(FilterError::PatternTooLong);
+        }
         let mut items = Vec::new();
         let mut chars = text.chars().map(|c| lower(c, fold));
         while let Some(c) = chars.next() {
@@ -837,6 +845,8 @@ mod unit {
             parse("t=like.a\\").unwrap_err(),
             FilterError::TrailingEscape
         );
+        let long = format!("t=like.{}", "%a".repeat(MAX_PATTERN_CHARS / 2 + 1));
+        assert_eq!(parse(&long).unwrap_err(), FilterError::PatternTooLong);
     }
 
     #[test]
