@@ -242,6 +242,10 @@ fn bad_input_is_refused_and_nothing_else_changes() {
     };
     assert_eq!(u16::from(closed.code), 1009);
     assert!(closed.reason.contains("max_message_size"));
+    assert_eq!(
+        cluster.stat("disconnects_total{reason=\"protocol_violation\"}"),
+        1
+    );
     write(&mut db);
 
     // HTTP that is not a WebSocket handshake.

@@ -438,6 +438,14 @@ fn a_client_that_stops_reading_is_closed_after_the_heartbeat_timeout() {
         "pong",
         "the healthy client is still served"
     );
+    // Counted as the server's doing, whichever limit it reached first.
+    let closed = |why: &str| cluster.stat(&format!("disconnects_total{{reason=\"{why}\"}}"));
+    assert_eq!(
+        closed("write_timeout") + closed("heartbeat_timeout"),
+        1,
+        "{}",
+        cluster.disconnects()
+    );
     drop(stuck);
 }
 

@@ -513,7 +513,12 @@ fn a_million_row_snapshot_streams_while_a_hundred_clients_keep_receiving_changes
     stop.store(true, Ordering::Relaxed);
     let written = writer.join().unwrap();
     for reader in readers {
-        let ids = reader.join().unwrap();
+        let ids = reader.join().unwrap_or_else(|_| {
+            panic!(
+                "a live client failed (above); connections ended: {}",
+                cluster.disconnects()
+            )
+        });
         assert_eq!(ids, (0..written as i64).collect::<Vec<_>>());
     }
     // The snapshot's own live stream goes on.

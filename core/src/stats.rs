@@ -84,6 +84,12 @@ stats! {
     HistoryBytes: Gauge, "history_bytes", [], "bytes of the history on disk";
     HistoryFirstPosition: Gauge, "history_first_position", [], "oldest position the history holds (0: none)";
     HistoryOldestSeconds: Gauge, "history_oldest_timestamp_seconds", [], "when the oldest file of the history was written, in seconds since 1970 (0: none)";
+    ClosedByClient: Counter, "disconnects_total", ["reason" = "client"], "WebSocket connections ended, by why: the client closed or its socket failed, or the server closed it";
+    ClosedProtocol: Counter, "disconnects_total", ["reason" = "protocol_violation"], "WebSocket connections ended, by why: the client closed or its socket failed, or the server closed it";
+    ClosedSilent: Counter, "disconnects_total", ["reason" = "heartbeat_timeout"], "WebSocket connections ended, by why: the client closed or its socket failed, or the server closed it";
+    ClosedWriteTimeout: Counter, "disconnects_total", ["reason" = "write_timeout"], "WebSocket connections ended, by why: the client closed or its socket failed, or the server closed it";
+    ClosedSlowClient: Counter, "disconnects_total", ["reason" = "slow_client"], "WebSocket connections ended, by why: the client closed or its socket failed, or the server closed it";
+    ClosedRestart: Counter, "disconnects_total", ["reason" = "server_restart"], "WebSocket connections ended, by why: the client closed or its socket failed, or the server closed it";
     RefusedTimeout: Counter, "handshake_refusals_total", ["reason" = "timeout"], "connections refused before the WebSocket opened";
     RefusedMalformed: Counter, "handshake_refusals_total", ["reason" = "malformed"], "connections refused before the WebSocket opened";
     RefusedHost: Counter, "handshake_refusals_total", ["reason" = "host_not_allowed"], "connections refused before the WebSocket opened";

@@ -278,6 +278,32 @@ impl Cluster {
         std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
     }
 
+    /// One number of `realtime_stats()`, by its name there (`disconnects_total{reason="client"}`).
+    pub fn stat(&self, name: &str) -> i64 {
+        self.client()
+            .query_one(
+                "SELECT value FROM realtime_stats() WHERE name = $1",
+                &[&name],
+            )
+            .unwrap_or_else(|e| panic!("realtime_stats() {name}: {e}"))
+            .get(0)
+    }
+
+    /// Why the worker's connections ended so far, for a failing test to show.
+    pub fn disconnects(&self) -> String {
+        let rows = self
+            .client()
+            .query(
+                "SELECT name, value FROM realtime_stats() WHERE name LIKE 'disconnects_total%' AND value > 0",
+                &[],
+            )
+            .unwrap();
+        rows.iter()
+            .map(|r| format!("{} {}", r.get::<_, String>(0), r.get::<_, i64>(1)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// GET a path; returns status code and body.
     pub fn http_get(&self, path: &str) -> (u16, String) {
         let (status, response) = self.http_get_with(path, "");

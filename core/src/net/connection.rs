@@ -126,7 +126,7 @@ pub async fn run<P: Protocol, S: Stream>(
     let expiry = tokio::time::sleep(conn.identity.expires_in().unwrap_or(NEVER));
     tokio::pin!(expiry);
 
-    let close = loop {
+    let ending = loop {
         conn.report();
         tokio::select! {
             message = stream.next() => {
@@ -155,7 +155,7 @@ pub async fn run<P: Protocol, S: Stream>(
                                 // Nothing was read meanwhile: the client is not to blame.
                                 last_heard = Instant::now();
                                 if done.is_err() {
-                                    break None;
+                                    break Ending::Gone;
                                 }
                                 Ok(())
                             }
@@ -166,18 +166,18 @@ pub async fn run<P: Protocol, S: Stream>(
                     Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
                         tokio::time::timeout(timeout, async { let _ = conn.sink.flush().await; }).await
                     }
-                    Some(Ok(Message::Close(_))) | None => break None,
+                    Some(Ok(Message::Close(_))) | None => break Ending::Gone,
                     Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
-                        break Some((CloseCode::Size, format!("message of {size} bytes exceeds realtime.max_message_size ({max_size})")))
+                        break Ending::Violation(CloseCode::Size, format!("message of {size} bytes exceeds realtime.max_message_size ({max_size})"))
                     }
                     Some(Err(WsError::Utf8(_))) => {
-                        break Some((CloseCode::Invalid, "text message is not valid UTF-8".into()))
+                        break Ending::Violation(CloseCode::Invalid, "text message is not valid UTF-8".into())
                     }
-                    Some(Err(WsError::Protocol(e))) => break Some((CloseCode::Protocol, e.to_string())),
-                    Some(Err(_)) => break None,
+                    Some(Err(WsError::Protocol(e))) => break Ending::Violation(CloseCode::Protocol, e.to_string()),
+                    Some(Err(_)) => break Ending::Gone,
                 };
                 if handled.is_err() {
-                    break timed_out();
+                    break Ending::WriteTimedOut;
                 }
             }
             incoming = conn.subscriber.wait() => match incoming {
@@ -210,8 +210,8 @@ pub async fn run<P: Protocol, S: Stream>(
                     let delivered = tokio::select! {
                         delivered = delivery => delivered,
                         kick = &mut kicked => break match kick {
-                            Kick::OutOfMemory => Some((CloseCode::Again, "slow client: realtime.client_memory is exhausted".into())),
-                            Kick::WriteTimedOut => timed_out(),
+                            Kick::OutOfMemory => Ending::OutOfMemory,
+                            Kick::WriteTimedOut => Ending::WriteTimedOut,
                         },
                     };
                     match delivered {
@@ -223,16 +223,16 @@ pub async fn run<P: Protocol, S: Stream>(
                                 conn.shared.stats.observe(Timing::CommitToSent, committed.elapsed());
                             }
                         }
-                        Err(_) => break None,
+                        Err(_) => break Ending::Gone,
                     }
                 }
                 Incoming::Lagged(missed) => {
                     let told = tokio::time::timeout(timeout, conn.lagged(missed)).await;
-                    if !matches!(told, Ok(Ok(()))) {
-                        break timed_out();
+                    if let Some(ending) = closing(told) {
+                        break ending;
                     }
                 }
-                Incoming::Closed => break Some((CloseCode::Restart, "server is restarting".into())),
+                Incoming::Closed => break Ending::Restart,
             },
             Some(shout) = shouts.recv() => {
                 // Everything already waiting goes out in one write.
@@ -276,23 +276,24 @@ pub async fn run<P: Protocol, S: Stream>(
                 let mut ended = Vec::new();
                 conn.subscriber.subscriptions.end_all(EndReason::TokenExpired, &mut ended);
                 if tokio::time::timeout(timeout, conn.send_outgoing(ended)).await.is_err() {
-                    break timed_out();
+                    break Ending::WriteTimedOut;
                 }
                 expiry.as_mut().reset(tokio::time::Instant::now() + NEVER);
             }
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() > timeout {
-                    break Some((CloseCode::Away, "no pong received; heartbeat timed out".into()));
+                    break Ending::Silent;
                 }
                 match tokio::time::timeout(timeout, conn.sink.send(Message::Ping(Default::default()))).await {
                     Ok(Ok(())) => {}
-                    Ok(Err(_)) => break None,
-                    Err(_) => break timed_out(),
+                    Ok(Err(_)) => break Ending::Gone,
+                    Err(_) => break Ending::WriteTimedOut,
                 }
             }
         }
     };
-    if let Some((code, reason)) = close {
+    conn.shared.stats.add(ending.counter(), 1);
+    if let Some((code, reason)) = ending.close_frame() {
         let frame = CloseFrame {
             code,
             reason: reason.into(),
@@ -848,18 +849,58 @@ async fn presence_turn(waiting: &tokio::sync::Notify, not_before: tokio::time::I
 }
 
 /// What a bounded write means for the connection:
-/// `None` to carry on; `Some(None)` for a broken socket (nothing to tell); else the close.
-fn closing(written: Result<Result<(), WsError>, tokio::time::error::Elapsed>) -> Option<Close> {
+/// `None` to carry on, else why the connection ends.
+fn closing(written: Result<Result<(), WsError>, tokio::time::error::Elapsed>) -> Option<Ending> {
     match written {
         Ok(Ok(())) => None,
-        Ok(Err(_)) => Some(None),
-        Err(_) => Some(timed_out()),
+        Ok(Err(_)) => Some(Ending::Gone),
+        Err(_) => Some(Ending::WriteTimedOut),
     }
 }
 
-/// A close frame to send, if any.
-type Close = Option<(CloseCode, String)>;
+/// Why a connection ended: what to tell the client, and which counter says so.
+enum Ending {
+    /// The client closed, or its socket failed: nothing to tell.
+    Gone,
+    /// It broke the WebSocket protocol or a size limit.
+    Violation(CloseCode, String),
+    /// Nothing received for two heartbeat intervals.
+    Silent,
+    /// A write waited for the client for as long.
+    WriteTimedOut,
+    /// Closed to free `realtime.client_memory` while it accepted no data.
+    OutOfMemory,
+    /// The worker is stopping.
+    Restart,
+}
 
-fn timed_out() -> Close {
-    Some((CloseCode::Away, "heartbeat timed out".to_string()))
+impl Ending {
+    fn close_frame(self) -> Option<(CloseCode, String)> {
+        let (code, reason) = match self {
+            Ending::Gone => return None,
+            Ending::Violation(code, reason) => return Some((code, reason)),
+            Ending::Silent => (CloseCode::Away, "no pong received; heartbeat timed out"),
+            Ending::WriteTimedOut => (
+                CloseCode::Away,
+                "heartbeat timed out: the client accepted no data",
+            ),
+            Ending::OutOfMemory => (
+                CloseCode::Again,
+                "slow client: realtime.client_memory is exhausted",
+            ),
+            Ending::Restart => (CloseCode::Restart, "server is restarting"),
+        };
+        Some((code, reason.to_string()))
+    }
+
+    fn counter(&self) -> Stat {
+        match self {
+            Ending::Gone => Stat::ClosedByClient,
+            Ending::Violation(..) => Stat::ClosedProtocol,
+            Ending::Silent => Stat::ClosedSilent,
+            Ending::WriteTimedOut => Stat::ClosedWriteTimeout,
+            Ending::OutOfMemory => Stat::ClosedSlowClient,
+            Ending::Restart => Stat::ClosedRestart,
+        }
+    }
 }
