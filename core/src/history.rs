@@ -428,6 +428,71 @@ impl History {
         }
     }
 
+    /// The position after which every change or message committed at or after `from` (RFC
+    /// 3339 in UTC with microseconds, as `Txn::commit_time`), up to `through`, follows:
+    /// where a client that asks for what was committed since a time resumes. With `newest`,
+    /// later if need be, so that at most that many entries of the topic follow. Before the
+    /// history when it starts at or after `from` (unless it holds everything from position
+    /// 0), so that the reader tells what it no longer holds.
+    ///
+    /// Commit times follow positions, but only nearly (concurrent commits may swap by a few
+    /// microseconds): the search halves on the first time of each segment and index stretch,
+    /// starts one stretch early, and reads forward to the first entry at or after `from`;
+    /// whatever comes after it is included, whatever its time, so nothing is missed.
+    pub fn after_time(&self, from: &str, newest: Option<(usize, &Topic)>, through: u64) -> u64 {
+        let (points, floor) = {
+            let inner = self.inner();
+            let points: Vec<u64> = inner
+                .segments
+                .iter()
+                .flat_map(|s| std::iter::once(s.after).chain(s.index.iter().map(|(p, _, _)| p - 1)))
+                .filter(|p| *p < through)
+                .collect();
+            (points, inner.segments.front().map_or(0, |s| s.after))
+        };
+        let first_time = |after: u64| {
+            self.read(after, through).find_map(|batch| match batch {
+                Batch::Changes(c) => c.first().map(|c| c.txn.commit_time.clone()),
+                _ => None,
+            })
+        };
+        // The last point whose first entry is older than `from`; none: the history's start.
+        let older = points.partition_point(|p| first_time(*p).is_some_and(|t| t.as_str() < from));
+        let Some(start) = older.checked_sub(1) else {
+            return floor.saturating_sub(1);
+        };
+        let start = points[start.saturating_sub(1)];
+        let mut first = None;
+        // The positions of the topic's last `n` entries so far.
+        let mut kept = VecDeque::new();
+        for batch in self.read(start, through) {
+            let Batch::Changes(changes) = batch else {
+                continue;
+            };
+            for c in changes {
+                if first.is_none() {
+                    if c.txn.commit_time.as_str() < from {
+                        continue;
+                    }
+                    first = Some(c.position - 1);
+                }
+                let Some((n, topic)) = newest else {
+                    return c.position - 1;
+                };
+                if c.topic == *topic {
+                    if kept.len() == n {
+                        kept.pop_front();
+                    }
+                    kept.push_back(c.position);
+                }
+            }
+        }
+        match (newest, kept.front()) {
+            (Some((n, _)), Some(oldest)) if kept.len() == n => oldest - 1,
+            _ => first.unwrap_or(through),
+        }
+    }
+
     /// Start an empty history at `position`: it accounts for what comes after.
     pub fn begin(&self, position: u64) -> io::Result<()> {
         let mut inner = self.inner();
@@ -1054,6 +1119,58 @@ mod unit {
         drop(history);
         let (history, _) = History::open(&dir, ROOMY).unwrap();
         check(&history);
+    }
+
+    #[test]
+    fn a_time_finds_where_what_was_committed_since_then_begins() {
+        let (history, _) = History::open(&dir("time"), ROOMY).unwrap();
+        history.begin(0).unwrap();
+        // One change a millisecond, on tables 1 and 2 in turn, rows big enough that index
+        // points fall every few changes; positions 150 and 151 committed in swapped order.
+        let time_of = |p: u64| {
+            let p = match p {
+                150 => 151,
+                151 => 150,
+                p => p,
+            };
+            format!("2026-12-03T00:00:{:02}.{:03}000Z", p / 1000, p % 1000)
+        };
+        for p in 1..=300u64 {
+            let mut c = change(p, 1 + p as u32 % 2);
+            c.new = Some(format!("{{\"pad\":\"{}\"}}", "x".repeat(20_000)).into());
+            c.txn = Arc::new(Txn::new(1000 + p as u32, time_of(p)));
+            history.append(&Batch::Changes(vec![c])).unwrap();
+        }
+        let at = |ms: u64| time_of(ms);
+        for ms in [2, 40, 149, 150, 151, 152, 299] {
+            // Resumes before the first entry committed at or after it; all later ones follow.
+            let after = history.after_time(&at(ms), None, 300);
+            let first = (1..=300).find(|p| time_of(*p) >= at(ms)).unwrap();
+            assert_eq!(after, first - 1, "{ms}");
+        }
+        assert_eq!(history.after_time(&at(1), None, 300), 0);
+        assert_eq!(
+            history.after_time("2026-12-03T00:01:00.000000Z", None, 300),
+            300
+        );
+        assert_eq!(history.after_time(&at(100), None, 120), 99);
+        // The newest 5 of table 1 (even positions) from ms 200: 292 to 300.
+        let newest = |n, ms| history.after_time(&at(ms), Some((n, &Topic::Table(1))), 300);
+        assert_eq!(newest(5, 200), 291);
+        assert_eq!(
+            newest(1000, 200),
+            199,
+            "fewer than asked: all since the time"
+        );
+        // A history that starts later than asked says so: before its start.
+        let later = dir("time_later");
+        let (history, _) = History::open(&later, ROOMY).unwrap();
+        history.begin(500).unwrap();
+        let mut c = change(501, 1);
+        c.txn = Arc::new(Txn::new(1, at(10)));
+        history.append(&Batch::Changes(vec![c])).unwrap();
+        assert_eq!(history.after_time(&at(5), None, 501), 499);
+        assert_eq!(history.after_time(&at(10), None, 501), 499);
     }
 
     #[test]

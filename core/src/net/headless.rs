@@ -192,6 +192,7 @@ mod unit {
     use std::time::Duration;
 
     fn wish(since: Option<u64>) -> Wish {
+        let since = since.map(crate::net::subscriptions::Since::Position);
         Wish {
             target: Target::Table("t".into()),
             events: None,

@@ -26,6 +26,10 @@ pub enum Source {
     History,
 }
 
+/// Most entries a subscription resuming from a time may ask to be limited to: the lookup
+/// keeps their positions (8 bytes each) while it reads.
+pub const MAX_NEWEST: usize = 100_000;
+
 /// What a client asked to subscribe to, parsed by its protocol.
 #[derive(Clone)]
 pub struct Wish {
@@ -33,14 +37,24 @@ pub struct Wish {
     /// `None`: every event the table is watched for.
     pub events: Option<OpSet>,
     pub filter: Option<String>,
-    /// Resume after this position from the history.
-    pub since: Option<u64>,
+    /// Resume from the history.
+    pub since: Option<Since>,
     /// Send only changes this snapshot does not contain (`after_snapshot`).
     pub after_snapshot: Option<Arc<Xids>>,
     /// A channel's: be told who is present.
     pub presence: bool,
     /// Only these columns of the rows (among those the principal may read).
     pub select: Option<Vec<String>>,
+}
+
+/// Where a resuming subscription starts in the history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Since {
+    /// After this position.
+    Position(u64),
+    /// At the first change or message committed at or after this time (RFC 3339 in UTC with
+    /// microseconds), or later so that only the `newest` of its topic's follow.
+    Committed { from: String, newest: Option<usize> },
 }
 
 /// Why a subscription was not made.
@@ -378,17 +392,22 @@ impl<K> SubscriptionSet<K> {
         let counted = Counted::new(&self.shared, self.counted_as);
         // Read back from the history: after `since`; or, for a snapshot, from where every
         // change it does not contain follows (unknown: from the start, with a gap).
-        let since = wish.since.or_else(|| {
-            let seen_by = wish.after_snapshot.as_ref()?;
-            Some(
-                self.history
-                    .as_ref()
-                    .and_then(|h| h.before_xid(seen_by.xmin32()))
-                    .unwrap_or(0),
-            )
+        let after_snapshot = wish.after_snapshot.as_ref().map(|seen_by| {
+            self.history
+                .as_ref()
+                .and_then(|h| h.before_xid(seen_by.xmin32()))
+                .unwrap_or(0)
         });
-        let resuming = wish.since.is_some();
+        let since = wish.since.clone();
+        let resuming = since.is_some();
         let made = self.make(key, wish, principal, counted).await?;
+        let since = match since {
+            Some(Since::Position(after)) => Some(after),
+            Some(Since::Committed { from, newest }) => {
+                Some(self.after_time(from, newest, &made).await)
+            }
+            None => after_snapshot,
+        };
         if resuming {
             self.shared.stats.increment(Stat::Resumes);
         }
@@ -416,6 +435,28 @@ impl<K> SubscriptionSet<K> {
             resume,
             described: &s.described,
         })
+    }
+
+    /// Where a subscription resuming from a commit time starts: looked up in the history off
+    /// the network threads (it reads files). Without a history: from the start, which the
+    /// replay tells is gone.
+    async fn after_time(&self, from: String, newest: Option<usize>, made: &Subscription<K>) -> u64 {
+        let Some(history) = self.history.clone() else {
+            return 0;
+        };
+        let (topic, through) = (made.topic.clone(), made.after);
+        let newest = newest.map(|n| n.min(MAX_NEWEST));
+        // With a limit it reads all the history after the time: two lookups at a time, so
+        // that joins asking for it cannot take every blocking thread and the disk.
+        static LOOKUPS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+        let Ok(_turn) = LOOKUPS.acquire().await else {
+            return 0;
+        };
+        tokio::task::spawn_blocking(move || {
+            history.after_time(&from, newest.map(|n| (n, &topic)), through)
+        })
+        .await
+        .unwrap_or(0)
     }
 
     async fn make(
@@ -943,6 +984,7 @@ mod unit {
     }
 
     fn wish(table: &str, filter: Option<&str>, since: Option<u64>) -> Wish {
+        let since = since.map(Since::Position);
         Wish {
             target: Target::Table(table.into()),
             events: None,

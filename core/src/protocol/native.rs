@@ -10,7 +10,7 @@ use crate::change::{Change, EndReason, FrameSlot, GapReason, Topic, MAX_CHANNEL_
 use crate::filter::FilterError;
 use crate::net::identity;
 use crate::net::rooms::{self, Presence, Shout};
-use crate::net::subscriptions::{SubscribeError, Wish};
+use crate::net::subscriptions::{Since, SubscribeError, Wish};
 use crate::ops::{Op, OpSet};
 use crate::snapshot::{self, OrderBy, Xids};
 use crate::stats::Counters;
@@ -583,7 +583,7 @@ fn ask(text: &str) -> Result<Ask<Value>, Utf8Bytes> {
                     target,
                     events,
                     filter,
-                    since,
+                    since: since.map(Since::Position),
                     after_snapshot,
                     presence: presence == Some(true),
                     select,

@@ -20,7 +20,7 @@ use super::{Ask, Protocol, Received, Refusal, Say};
 use crate::bridge::Target;
 use crate::change::{Change, EndReason, FrameSlot, GapReason, MAX_CHANNEL_BYTES};
 use crate::net::rooms::{Presence, Present};
-use crate::net::subscriptions::Wish;
+use crate::net::subscriptions::{Since, Wish};
 use crate::ops::{Op, OpSet};
 use crate::stats::Counters;
 use crate::visibility::{self, Columns};
@@ -43,6 +43,8 @@ pub const PUSH_NO_OLD: FrameSlot = FrameSlot(8);
 const TOPIC_PREFIX: &str = "realtime:";
 /// Most bindings one join may carry (each is a subscription, within realtime.max_subscriptions).
 const MAX_BINDINGS: usize = 100;
+/// How many messages a broadcast replay sends when it names no limit, as Supabase does.
+const REPLAYED_UNLESS_LIMITED: usize = 25;
 
 /// A subscription on a Supabase connection: a channel's topic and one of its bindings' ids.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -231,11 +233,21 @@ impl Supabase {
             unauthorized: None,
             private: config["private"] == Value::Bool(true),
         };
-        if !config["broadcast"]["replay"].is_null() {
-            let why =
-                "broadcast replay is not served yet; the channel receives broadcasts from now on";
-            joining.refused.push(("broadcast", why.into()));
-        }
+        let replay = match &config["broadcast"]["replay"] {
+            Value::Null => None,
+            _ if !joining.private => {
+                let why = "broadcast replay is served on private channels only";
+                joining.refused.push(("broadcast", why.into()));
+                None
+            }
+            replay => match replayed(replay) {
+                Ok(since) => Some(since),
+                Err(why) => {
+                    joining.refused.push(("broadcast", why));
+                    None
+                }
+            },
+        };
         let mut ids = Vec::new();
         for binding in bindings {
             let id = binding_id(&binding);
@@ -272,7 +284,7 @@ impl Supabase {
                 target: Target::Channel(room),
                 events: None,
                 filter: None,
-                since: None,
+                since: replay,
                 after_snapshot: None,
                 presence,
                 select: None,
@@ -756,6 +768,43 @@ fn binding_id(binding: &Value) -> u32 {
     (fnv(text.as_bytes()) & 0x7fff_ffff).max(1)
 }
 
+/// Where `config.broadcast.replay` (`{since, limit}`) starts: Supabase's meaning (messages
+/// sent at or after `since`, in ms, the newest `limit`, 25 unless given), without its cap
+/// of 25.
+fn replayed(replay: &Value) -> Result<Since, String> {
+    let refused = || "broadcast replay is {since, limit}: milliseconds since 1970 and a count";
+    let since = match &replay["since"] {
+        Value::Null => Value::from(0),
+        since => since.clone(),
+    };
+    let from = commit_time(&since)
+        .filter(|_| since.is_number())
+        .ok_or_else(refused)?;
+    let newest = match &replay["limit"] {
+        Value::Null => REPLAYED_UNLESS_LIMITED,
+        limit => limit.as_u64().ok_or_else(refused)?.max(1) as usize,
+    };
+    Ok(Since::Committed {
+        from,
+        newest: Some(newest),
+    })
+}
+
+/// A commit time as the history keeps them (RFC 3339 in UTC with microseconds), from a
+/// `commit_timestamp` as a push carries it (any offset) or milliseconds since 1970; years
+/// 0 to 9999 only, so that such times compare as text.
+fn commit_time(value: &Value) -> Option<String> {
+    let time = match value {
+        Value::Number(ms) => chrono::DateTime::from_timestamp_millis(ms.as_i64()?)?,
+        Value::String(text) => chrono::DateTime::parse_from_rfc3339(text).ok()?.to_utc(),
+        _ => return None,
+    };
+    let year = chrono::Datelike::year(&time);
+    (0..=9999)
+        .contains(&year)
+        .then(|| time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+}
+
 /// The engine subscription for a binding, or why there is none.
 fn wish(binding: &Value) -> Result<Wish, String> {
     let text = |name: &str| match binding.get(name) {
@@ -784,7 +833,15 @@ fn wish(binding: &Value) -> Result<Wish, String> {
         target: Target::Table(format!("{}.{}", quote_ident(schema), quote_ident(table))),
         events: Some(events),
         filter: text("filter")?.map(String::from),
-        since: None,
+        since: match binding.get("since") {
+            None | Some(Value::Null) => None,
+            Some(since) => Some(Since::Committed {
+                from: commit_time(since).ok_or(
+                    "postgres_changes since is a commit_timestamp or milliseconds since 1970",
+                )?,
+                newest: None,
+            }),
+        },
         after_snapshot: None,
         presence: false,
         select: match binding.get("select") {
@@ -1095,12 +1152,64 @@ mod unit {
     }
 
     #[test]
+    fn replay_and_since_resume_from_a_commit_time() {
+        let since_of = |asks: &[Ask<BindingId>], id: u32| {
+            asks.iter().find_map(|ask| match ask {
+                Ask::Subscribe { id: i, wish, .. } if i.id == id => Some(wish.since.clone()),
+                _ => None,
+            })
+        };
+        let committed = |from: &str, newest| {
+            Some(Some(Since::Committed {
+                from: from.into(),
+                newest,
+            }))
+        };
+        let binding = r#"{"event":"*","table":"t","since":"2026-12-03T02:16:19.160+01:00"}"#;
+        let mut protocol = Supabase::new(Vsn::V2);
+        let (asks, _) = join(
+            &mut protocol,
+            &format!(
+                r#"["1","1","realtime:r","phx_join",{{"config":{{"private":true,
+                "broadcast":{{"replay":{{"since":1764728179160}}}},"postgres_changes":[{binding}]}}}}]"#
+            ),
+        );
+        let id = binding_id(&serde_json::from_str(binding).unwrap());
+        assert_eq!(
+            since_of(&asks, id),
+            committed("2026-12-03T01:16:19.160000Z", None)
+        );
+        let replay = committed("2025-12-03T02:16:19.160000Z", Some(REPLAYED_UNLESS_LIMITED));
+        assert_eq!(since_of(&asks, ROOM), replay);
+        let (asks, _) = join(
+            &mut protocol,
+            r#"["2","2","realtime:r","phx_join",{"config":{"private":true,
+                "broadcast":{"replay":{"limit":1000}}}}]"#,
+        );
+        let replay = committed("1970-01-01T00:00:00.000000Z", Some(1000));
+        assert_eq!(since_of(&asks, ROOM), replay);
+        // Public channels have no replay, as with Supabase; the room is joined from now on.
+        let (asks, _) = join(
+            &mut protocol,
+            r#"["3","3","realtime:p","phx_join",{"config":{"broadcast":{"replay":{}}}}]"#,
+        );
+        assert_eq!(since_of(&asks, ROOM), Some(None));
+        for since in ["1.5", "253402300800000", "\"soon\"", "true"] {
+            let binding = format!(r#"{{"event":"*","table":"t","since":{since}}}"#);
+            assert!(
+                wish(&serde_json::from_str(&binding).unwrap()).is_err(),
+                "{since}"
+            );
+        }
+    }
+
+    #[test]
     fn what_is_not_served_is_said_not_ignored() {
         let mut protocol = Supabase::new(Vsn::V2);
         let (asks, _) = join(
             &mut protocol,
             r#"["1","1","realtime:r","phx_join",{"config":{"private":true,
-                "broadcast":{"replay":{"since":0}},"postgres_changes":[{"event":"*"}]}}]"#,
+                "broadcast":{"replay":{"since":"yesterday"}},"postgres_changes":[{"event":"*"}]}}]"#,
         );
         let frames: Vec<Value> = pong(&mut protocol, &asks).iter().map(text).collect();
         assert_eq!(frames[0][4]["status"], "ok");
