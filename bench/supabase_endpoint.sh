@@ -1,14 +1,24 @@
 #!/usr/bin/env bash
 # The Supabase endpoint beside the native one on the same fresh cluster, taking turns:
 # scenario L (commit -> client latency at 1,000 changes/s) at 1, 100 and 1,000 clients, and
-# scenario F (fan-out, 100-row transactions) at F_CLIENTS clients. Each line also gives the
+# scenario F (fan-out, 100-row transactions) at F_CLIENTS clients, flat out and with the writer
+# held to F_RATE rows/s (the same load for both), and scenario R (1,000 clients each a distinct
+# user under an owner policy, 1,000 changes/s, each for one of them). Each line also gives the
 # worker's CPU per million messages and the bytes per message it wrote (realtime_stats() counts
 # messages and bytes per protocol), so the Phoenix envelope's cost reads off directly.
-#   bench/supabase_endpoint.sh [rounds]     L_EVENTS (10000), F_CLIENTS (10000), F_SECONDS (15)
+#   bench/supabase_endpoint.sh [rounds]     L_EVENTS (10000), F_CLIENTS (10000), F_SECONDS (15),
+#                                           F_RATE (50), R_EVENTS (20000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-1}; L_EVENTS=${L_EVENTS:-10000}; F_CLIENTS=${F_CLIENTS:-10000}; F_SECONDS=${F_SECONDS:-15}
+F_RATE=${F_RATE:-50}; R_EVENTS=${R_EVENTS:-20000}
 . bench/cluster.sh
+# R's clients present tokens for bench_user.
+JWT_SECRET=$(openssl rand -hex 32)
+psql_ -c "CREATE ROLE bench_user NOLOGIN" -c "CREATE ROLE bench_authenticator NOLOGIN NOINHERIT" \
+      -c "GRANT bench_user TO bench_authenticator" \
+      -c "ALTER SYSTEM SET realtime.authenticator = 'bench_authenticator'" \
+      -c "ALTER SYSTEM SET realtime.jwt_secret = '$JWT_SECRET'" -c "SELECT pg_reload_conf()" >/dev/null
 declare -A URL=(
   [native]="ws://127.0.0.1:$WSPORT/realtime"
   [supabase]="ws://127.0.0.1:$WSPORT/realtime/v1/websocket?vsn=2.0.0"
@@ -29,7 +39,10 @@ endpoint, result, messages, sent, ticks = sys.argv[1], json.loads(sys.argv[2]), 
 what = {"latency": lambda d: "L %5d clients: p50 %8.2f ms, p99 %8.2f ms, %d/%d delivered" % (
             d["clients"], d["latency_ms"]["p50"], d["latency_ms"]["p99"], d["delivered"], d["expected"]),
         "fanout": lambda d: "F %5d clients: %.2f M messages/s, writer %.0f rows/s" % (
-            d["clients"], d["delivered_per_s"] / 1e6, d["writer_rows_per_s"])}
+            d["clients"], d["delivered_per_s"] / 1e6, d["writer_rows_per_s"]),
+        "rls": lambda d: "R %5d users:   p50 %8.2f ms, p99 %8.2f ms, %d/%d delivered, %d wrong, %.0f changes/s" % (
+            d["clients"], d["latency_ms"]["p50"], d["latency_ms"]["p99"], d["delivered"], d["events"],
+            d["wrong_rows"], d["delivered_per_s"])}
 line = what[result["scenario"]](result) if "error" not in result else "failed: %s" % result["error"]
 cost = "worker %.2f CPU s per million messages, %.0f bytes a message" % (
     ticks / 100 / max(messages, 1) * 1e6, sent / max(messages, 1))
@@ -46,5 +59,12 @@ for round in $(seq "$ROUNDS"); do
   done
   for endpoint in native supabase; do
     run "$endpoint" fanout --clients "$F_CLIENTS" --seconds "$F_SECONDS" --batch 100
+  done
+  for endpoint in native supabase; do
+    run "$endpoint" fanout --clients "$F_CLIENTS" --seconds "$F_SECONDS" --batch 100 --rate "$F_RATE"
+  done
+  for endpoint in native supabase; do
+    run "$endpoint" rls --clients 1000 --events "$R_EVENTS" --rate 1000 --mode policy \
+      --secret "$JWT_SECRET" --worker-pid "$WORKER"
   done
 done

@@ -3,7 +3,7 @@
 //!
 //! realtime_bench <scenario> [--target realtime|bridge|relay] [--pg CONNINFO] [--ws URL] [options] [--json FILE]
 //!   latency  --clients N --events E --rate R [--payload BYTES]   commit->client latency
-//!   fanout   --clients N --seconds S --batch B                   delivered messages/s
+//!   fanout   --clients N --seconds S --batch B [--rate R]        delivered messages/s (R: rows/s, 0: flat out)
 //!   idle     --clients N --worker-pid PID [--hold S]             memory per idle connection, subscribe time;
 //!                                                                then holds them S seconds
 //!   count    --events E [--idle S]                               receive E changes (bulk transaction check),

@@ -226,6 +226,9 @@ pub async fn fanout(args: &Args) -> Value {
     let clients = args.num("clients", 10_000.0) as usize;
     let seconds = args.num("seconds", 10.0);
     let batch = args.num("batch", 100.0) as i64;
+    // Rows a second the writer holds to (0: as fast as it can), so that two targets can be
+    // compared at the same load.
+    let rate = args.num("rate", 0.0);
     let db = database(args).await;
     client::setup_table(&db, target, "bench_fanout").await;
     let sockets = match subscribers(&url(args), clients, "bench_fanout").await {
@@ -268,6 +271,10 @@ pub async fn fanout(args: &Args) -> Value {
             .await
             .unwrap();
         rows += batch;
+        if rate > 0.0 {
+            let due = started + Duration::from_secs_f64(rows as f64 / rate);
+            tokio::time::sleep_until(due.into()).await;
+        }
     }
     let write_secs = started.elapsed().as_secs_f64();
     // Let delivery finish: stop when everything arrived, nothing arrived for a second, or
@@ -402,7 +409,15 @@ fn url_as(args: &Args, secret: &str, sub: &str) -> String {
         &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
     )
     .unwrap();
-    format!("{}?token={token}", url(args))
+    let url = url(args);
+    // The Supabase endpoint takes the token as its `apikey`, beside `vsn`.
+    let (separator, name) = match (url.contains('?'), client::is_supabase(&url)) {
+        (true, true) => ('&', "apikey"),
+        (true, false) => ('&', "token"),
+        (false, true) => ('?', "apikey"),
+        (false, false) => ('?', "token"),
+    };
+    format!("{url}{separator}{name}={token}")
 }
 
 /// CPU seconds (user + system) process `pid` has used, from /proc.
