@@ -145,11 +145,12 @@ if plain and tls:
     x = t_["delivered_per_s"] / p_["delivered_per_s"]
     print(f"| S | {t_['clients']:,} clients, 100-row transactions, wss:// vs ws:// (just before it) | | | {f(t_['delivered_per_s'], 0)} vs {f(p_['delivered_per_s'], 0)} messages/s "
           f"({x:.2f}×), {t_['gap_messages']} gaps | ≥ 0.7× ws | {ok(x >= 0.7)} |")
-base = find(scenario="rls", mode="filter")
-for mode, label in (("filter", "no RLS, each client filtered to its rows (baseline)"),
-                    ("policy", "owner policy on a claim (compiled)"),
-                    ("subselect", "policy with a sub-select (judged per batch)")):
-    r = find(scenario="rls", mode=mode)
+base = find(scenario="rls", mode="filter", endpoint="native")
+for mode, endpoint, label in (("filter", "native", "no RLS, each client filtered to its rows (baseline)"),
+                              ("policy", "native", "owner policy on a claim (compiled)"),
+                              ("policy", "supabase", "owner policy on a claim, through the Supabase endpoint"),
+                              ("subselect", "native", "policy with a sub-select (judged per batch)")):
+    r = find(scenario="rls", mode=mode, endpoint=endpoint)
     if r is None or r.get("error"):
         print(f"| R | {label} | | | {'missing' if r is None else 'FAILED: ' + r['error'][:60]} | | |")
         continue

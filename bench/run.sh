@@ -226,6 +226,9 @@ for mode in filter policy subselect perquery; do
   "$LOADGEN" rls --pg "$PG" --ws "$RT_URL" --clients 1000 --events $events --rate 1000 --mode $mode \
     --secret "$JWT_SECRET" --worker-pid "$worker_pid" | record
 done
+# The owner policy again, through the Supabase endpoint (its tokens as apikey).
+"$LOADGEN" rls --pg "$PG" --ws "$SUPA_URL" --clients 1000 --events $R_EVENTS --rate 1000 --mode policy \
+  --secret "$JWT_SECRET" --worker-pid "$worker_pid" | record
 fi
 
 if want D; then

@@ -614,7 +614,7 @@ pub async fn rls(args: &Args) -> Value {
     let wall = started.elapsed().as_secs_f64();
     let worker_cpu = process_cpu_seconds(worker) - cpu_worker1;
     json!({
-        "scenario": "rls", "mode": mode, "clients": clients, "events": events, "rate_per_s": rate,
+        "scenario": "rls", "endpoint": endpoint(args), "mode": mode, "clients": clients, "events": events, "rate_per_s": rate,
         "delivered": all.len(), "missing": short, "wrong_rows": wrong.load(Relaxed),
         "gaps": *gaps.lock().unwrap(),
         "delivered_per_s": all.len() as f64 / delivery_secs,

@@ -392,13 +392,16 @@ impl<K> SubscriptionSet<K> {
         let counted = Counted::new(&self.shared, self.counted_as);
         // Read back from the history: after `since`; or, for a snapshot, from where every
         // change it does not contain follows (unknown: from the start, with a gap).
-        let after_snapshot = wish.after_snapshot.as_ref().map(|seen_by| {
-            self.history
-                .as_ref()
-                .and_then(|h| h.before_xid(seen_by.xmin32()))
-                .unwrap_or(0)
-        });
         let since = wish.since.clone();
+        let after_snapshot = match (&since, &wish.after_snapshot) {
+            (None, Some(seen_by)) => Some(
+                self.history
+                    .as_ref()
+                    .and_then(|h| h.before_xid(seen_by.xmin32()))
+                    .unwrap_or(0),
+            ),
+            _ => None,
+        };
         let resuming = since.is_some();
         let made = self.make(key, wish, principal, counted).await?;
         let since = match since {
