@@ -7,9 +7,9 @@ mod common;
 use common::{token, Cluster, Ws};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const SENTINEL: i64 = 1_000_000;
 
@@ -449,45 +449,67 @@ fn a_million_row_snapshot_streams_while_a_hundred_clients_keep_receiving_changes
              SELECT realtime_watch('big'), realtime_watch('live');",
         )
         .unwrap();
-    // 100 clients of `live`, each reading on its own thread: every id, no gap.
-    let stop = Arc::new(AtomicBool::new(false));
+    // Ids committed to `live` so far, and the number of them once the writer has stopped.
+    let committed = Arc::new(AtomicI64::new(0));
+    let written = Arc::new(AtomicI64::new(-1));
+    // 100 clients of `live`, each reading on its own thread until it holds every id written,
+    // and telling the last id it received as it goes. Silence for a minute is a failure: the
+    // bound is for a machine much slower than this one, not a latency goal.
     let readers: Vec<_> = (0..100)
         .map(|_| {
             let mut ws = cluster.ws();
             ws.subscribe("l", "live", None);
-            let stop = stop.clone();
-            std::thread::spawn(move || {
+            let last = Arc::new(AtomicI64::new(-1));
+            let told = last.clone();
+            let written = written.clone();
+            let reader = std::thread::spawn(move || {
                 let mut ids = Vec::new();
-                while let Some(m) = ws.recv_within(Duration::from_secs(10)) {
+                while ids.len() as i64 != written.load(Ordering::Acquire) {
+                    let Some(m) = ws.recv_within(Duration::from_secs(1)) else {
+                        continue;
+                    };
                     assert_eq!(m["type"], "change", "{m}");
-                    ids.push(m["new"]["id"].as_i64().unwrap());
+                    let id = m["new"]["id"].as_i64().unwrap();
+                    ids.push(id);
+                    told.store(id, Ordering::Release);
                 }
-                assert!(
-                    stop.load(Ordering::Relaxed),
-                    "a live client waited 10 s for a change"
-                );
                 ids
-            })
+            });
+            (reader, last)
         })
         .collect();
-    // 1,000 commits per second to `live`, until told to stop.
+    let silent_for_a_minute = |since: &mut (i64, Instant), last: i64| {
+        if last != since.0 {
+            *since = (last, Instant::now());
+        }
+        assert!(
+            since.1.elapsed() < Duration::from_secs(60),
+            "a live client received nothing for a minute; connections ended: {}",
+            cluster.disconnects()
+        );
+    };
+    // 200 commits a second to `live` until told to stop: live traffic throughout, light
+    // enough for a slow machine to deliver to every client while it parses the snapshot.
+    let stop = Arc::new(AtomicBool::new(false));
     let writer = {
         let mut db = cluster.client();
-        let stop = stop.clone();
+        let (stop, committed) = (stop.clone(), committed.clone());
         std::thread::spawn(move || {
-            let started = std::time::Instant::now();
+            let started = Instant::now();
             let mut n = 0i32;
             while !stop.load(Ordering::Relaxed) {
                 db.execute("INSERT INTO live VALUES ($1)", &[&n]).unwrap();
                 n += 1;
-                let due = started + Duration::from_millis(n as u64);
-                std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+                committed.store(n as i64, Ordering::Release);
+                let due = started + Duration::from_millis(5 * n as u64);
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
             }
-            n
+            n as i64
         })
     };
-    std::thread::sleep(Duration::from_secs(1));
 
+    // Every change committed from here on comes after the snapshot began.
+    let began = committed.load(Ordering::Acquire);
     let mut ws = cluster.ws();
     ws.send(json!({"type": "subscribe", "id": "b", "table": "big", "snapshot": true}));
     assert_eq!(ws.recv()["type"], "subscribed");
@@ -509,17 +531,38 @@ fn a_million_row_snapshot_streams_while_a_hundred_clients_keep_receiving_changes
         }
     };
     assert_eq!((rows, end["rows"].as_u64()), (1_000_000, Some(1_000_000)));
-    std::thread::sleep(Duration::from_millis(500));
+    // While those million rows streamed, every live client went on receiving: each has
+    // received a change committed after the snapshot began, before the snapshot ended.
+    let behind: Vec<i64> = readers
+        .iter()
+        .map(|(_, last)| last.load(Ordering::Acquire))
+        .filter(|&last| last < began)
+        .collect();
+    assert!(
+        behind.is_empty(),
+        "{} live clients received nothing committed after the snapshot began (id {began}) \
+         before it ended: last ids {behind:?}",
+        behind.len()
+    );
     stop.store(true, Ordering::Relaxed);
-    let written = writer.join().unwrap();
-    for reader in readers {
+    let total = writer.join().unwrap();
+    written.store(total, Ordering::Release);
+    // Every id, in order, no gap: polled with a bound on silence, not on time.
+    let mut quiet: Vec<_> = readers.iter().map(|_| (-2, Instant::now())).collect();
+    while let Some(i) = readers.iter().position(|(reader, last)| {
+        last.load(Ordering::Acquire) != total - 1 && !reader.is_finished()
+    }) {
+        silent_for_a_minute(&mut quiet[i], readers[i].1.load(Ordering::Acquire));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for (reader, _) in readers {
         let ids = reader.join().unwrap_or_else(|_| {
             panic!(
                 "a live client failed (above); connections ended: {}",
                 cluster.disconnects()
             )
         });
-        assert_eq!(ids, (0..written as i64).collect::<Vec<_>>());
+        assert_eq!(ids, (0..total).collect::<Vec<_>>());
     }
     // The snapshot's own live stream goes on.
     cluster
