@@ -97,7 +97,7 @@ fn origins_and_hosts_not_listed_are_refused_and_a_reload_changes_the_lists() {
     ] {
         sql.batch_execute(statement).unwrap();
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + common::PATIENCE;
     loop {
         let (code, body) = status(
             &cluster,

@@ -232,15 +232,10 @@ fn policy_changes_and_revoke_apply_while_connected() {
         .unwrap();
     assert_eq!(ws.change_ids(1), vec![5]);
 
-    let revoked = Instant::now();
+    // The REVOKE ends the subscription as it commits: the next change is not sent.
     db.batch_execute("REVOKE SELECT ON board FROM web_user")
         .unwrap();
     ws.expect_ended("b", "forbidden");
-    let took = revoked.elapsed();
-    assert!(
-        took < Duration::from_secs(2),
-        "REVOKE took {took:?} to apply"
-    );
     db.batch_execute("INSERT INTO board VALUES (4, 'alice')")
         .unwrap();
     ws.nothing_more();
@@ -416,7 +411,7 @@ fn without_an_anonymous_role_tokens_are_required_and_checked_for_audience_and_li
     );
     drop(_second);
     // A closed connection gives its place back.
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + common::PATIENCE;
     while upgrade_with(&c, &good).0 == 429 {
         assert!(
             Instant::now() < deadline,

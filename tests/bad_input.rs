@@ -326,11 +326,9 @@ fn bad_input_is_refused_and_nothing_else_changes() {
     }
     drop(held);
     drop(silent);
-    common::wait_until(
-        "the held connections to close",
-        Duration::from_secs(5),
-        || cluster.health().unwrap()["connections"].as_u64() == Some(open as u64),
-    );
+    common::wait_until("the held connections to close", common::PATIENCE, || {
+        cluster.health().unwrap()["connections"].as_u64() == Some(open as u64)
+    });
     write(&mut db);
 
     // The witness saw every event, and the worker never restarted.

@@ -13,7 +13,7 @@ type Row = (i64, Option<String>, Vec<String>, i64, Option<i64>, i64);
 /// second).
 fn clients_until(cluster: &Cluster, user: &str, ready: impl Fn(&[Row]) -> bool) -> Vec<Row> {
     let mut db = cluster.client_as(user);
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + common::PATIENCE;
     loop {
         let rows: Vec<Row> = db
             .query(
@@ -144,7 +144,7 @@ fn totals_are_read_from_shared_memory_by_sql_and_health_alike() {
     assert_eq!(health["position"].as_u64(), Some(position));
     assert_eq!(health["connections"].as_u64(), Some(1));
     drop(ws);
-    common::wait_until("the connection to leave", Duration::from_secs(5), || {
+    common::wait_until("the connection to leave", common::PATIENCE, || {
         stat(&native("connections")) == 0
     });
     // The view names them as /metrics does, for postgres_exporter.

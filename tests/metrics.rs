@@ -40,20 +40,16 @@ fn metrics_are_off_until_allowed_then_follow_what_happens() {
         &cluster,
         &["realtime.metrics_addresses = 'localhost, 10.0.0.0/33'"],
     );
-    wait_until(
-        "the bad entries to be logged",
-        Duration::from_secs(10),
-        || {
-            cluster
-                .log()
-                .contains("\"10.0.0.0/33\" is neither an IP address nor a CIDR range")
-        },
-    );
+    wait_until("the bad entries to be logged", common::PATIENCE, || {
+        cluster
+            .log()
+            .contains("\"10.0.0.0/33\" is neither an IP address nor a CIDR range")
+    });
     assert_eq!(scrape(&cluster, "").0, 404);
 
     // Another network only: refused from here.
     reload(&cluster, &["realtime.metrics_addresses = '10.0.0.0/8'"]);
-    wait_until("the address check", Duration::from_secs(10), || {
+    wait_until("the address check", common::PATIENCE, || {
         scrape(&cluster, "").0 == 403
     });
 
@@ -61,7 +57,7 @@ fn metrics_are_off_until_allowed_then_follow_what_happens() {
         &cluster,
         &["realtime.metrics_addresses = '10.0.0.0/8, 127.0.0.1'"],
     );
-    wait_until("metrics to be served", Duration::from_secs(10), || {
+    wait_until("metrics to be served", common::PATIENCE, || {
         scrape(&cluster, "").0 == 200
     });
     let (_, out) = scrape(&cluster, "");
@@ -158,7 +154,7 @@ fn metrics_are_off_until_allowed_then_follow_what_happens() {
 
     // A token as well: without it, or with another, 401.
     reload(&cluster, &["realtime.metrics_token = 'scrape-me-please'"]);
-    wait_until("the token to be asked for", Duration::from_secs(10), || {
+    wait_until("the token to be asked for", common::PATIENCE, || {
         scrape(&cluster, "").0 == 401
     });
     let (status, out) = scrape(&cluster, "Authorization: Bearer scrape-me-not\r\n");

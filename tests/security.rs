@@ -382,7 +382,7 @@ fn unrelated_catalog_changes_do_not_cast_filter_values_again() {
         }
         db.batch_execute("GRANT SELECT ON canary TO watcher")
             .unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let deadline = std::time::Instant::now() + common::PATIENCE;
         while ws.try_subscribe("canary", "canary", None)["type"] != "subscribed" {
             assert!(
                 std::time::Instant::now() < deadline,

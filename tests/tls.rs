@@ -132,14 +132,10 @@ fn wss_with_postgres_certificate_and_a_bad_reload_keeps_it() {
     // more than may wait, and the oldest 200 are dropped to make room.
     let silent = cluster.silent_sockets(300);
     let mut closed = 0;
-    common::wait_until(
-        "silent sockets to be dropped",
-        Duration::from_secs(10),
-        || {
-            closed = common::closed_by_server(&silent);
-            closed >= 200
-        },
-    );
+    common::wait_until("silent sockets to be dropped", common::PATIENCE, || {
+        closed = common::closed_by_server(&silent);
+        closed >= 200
+    });
     assert_eq!(closed, 200, "the 200 oldest silent sockets were dropped");
     drop(silent);
 
@@ -148,7 +144,7 @@ fn wss_with_postgres_certificate_and_a_bad_reload_keeps_it() {
     sql.batch_execute("ALTER SYSTEM SET realtime.ssl_cert_file = '/nonexistent/server.crt'")
         .unwrap();
     sql.batch_execute("SELECT pg_reload_conf()").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + common::PATIENCE;
     while !cluster
         .log()
         .contains("keeping the previous TLS certificate")

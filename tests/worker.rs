@@ -59,19 +59,13 @@ fn reload_applies_new_settings() {
     db.execute("SELECT pg_reload_conf()", &[]).unwrap();
     let url = format!("ws://127.0.0.1:{}/realtime", cluster.ws_port);
     let refused = || matches!(tungstenite::connect(&url), Err(tungstenite::Error::Http(r)) if r.status() == 503);
-    common::wait_until(
-        "max_connections to be reloaded",
-        Duration::from_secs(10),
-        refused,
-    );
+    common::wait_until("max_connections to be reloaded", common::PATIENCE, refused);
     db.execute("ALTER SYSTEM RESET realtime.max_connections", &[])
         .unwrap();
     db.execute("SELECT pg_reload_conf()", &[]).unwrap();
-    common::wait_until(
-        "max_connections to be reset",
-        Duration::from_secs(10),
-        || !refused(),
-    );
+    common::wait_until("max_connections to be reset", common::PATIENCE, || {
+        !refused()
+    });
     assert_eq!(
         cluster.worker_pid(),
         pid,
@@ -294,7 +288,7 @@ fn a_subscription_starts_after_changes_committed_while_nobody_listened() {
     // A subscription being authorized again (after a catalog change) is briefly counted twice,
     // so counts are awaited, not sampled.
     let settle_to = |n: u64| {
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + common::PATIENCE;
         while subscriptions() != n {
             assert!(
                 Instant::now() < deadline,

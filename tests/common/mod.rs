@@ -115,6 +115,10 @@ fn run(mut c: Command) {
 }
 
 /// The HMAC secret test clusters verify tokens with (`token`).
+/// How long a test waits for something that normally happens within milliseconds (a reply, a
+/// change, a count to settle): ample for a heavily loaded machine, so that running out of it
+/// means the thing never happened, not that the machine was slow.
+pub const PATIENCE: Duration = Duration::from_secs(60);
 pub const JWT_SECRET: &str = "realtime-ext-test-secret-0123456789abcdef";
 /// The role test connections without a token act as: it may read every table.
 pub const READER: &str = "realtime_reader";
@@ -514,7 +518,7 @@ impl Ws {
     pub fn connect_to(url: &str) -> Ws {
         let (socket, _) = tungstenite::connect(url).expect("websocket connect");
         if let MaybeTlsStream::Plain(s) = socket.get_ref() {
-            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            s.set_read_timeout(Some(PATIENCE)).unwrap();
         }
         Ws { socket }
     }
@@ -573,7 +577,7 @@ impl Ws {
                 Err(e) => panic!("websocket error: {e}"),
             }
         };
-        self.set_timeout(Duration::from_secs(20));
+        self.set_timeout(PATIENCE);
         r
     }
 
