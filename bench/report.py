@@ -9,7 +9,8 @@ rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 meta = {"quick": sys.argv[3] == "1", "cores": os.cpu_count(), "machine": platform.platform(),
         "commit": os.environ.get("BENCH_COMMIT", "unknown"),
         "dirty": os.environ.get("BENCH_DIRTY", "unknown") == "true",
-        "scenarios": os.environ.get("BENCH_SCENARIOS", "WLFCTP")}
+        "scenarios": os.environ.get("BENCH_SCENARIOS", "WLFCTP"),
+        "sched_autogroup": os.environ.get("BENCH_AUTOGROUP_SETTING", "unknown")}
 json.dump({"meta": meta, "results": rows}, open(sys.argv[2], "w"), indent=1)
 
 
@@ -38,7 +39,8 @@ def ok(cond):
     return "yes" if cond else "no"
 
 
-print(f"commit {meta['commit'][:12]}{' (dirty tree)' if meta['dirty'] else ''}, {meta['cores']} cores{', quick' if meta['quick'] else ''}\n")
+print(f"commit {meta['commit'][:12]}{' (dirty tree)' if meta['dirty'] else ''}, {meta['cores']} cores, "
+      f"kernel.sched_autogroup_enabled = {meta['sched_autogroup']}{', quick' if meta['quick'] else ''}\n")
 print("| # | scenario | plain | pg_notify + Node bridge | realtime_ext | target | met |")
 print("|---|---|---:|---:|---:|---|---|")
 def ratios(t, base):

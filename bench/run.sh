@@ -3,6 +3,8 @@
 #   bench/run.sh            full run (about 40 minutes on 2 cores)
 #   bench/run.sh --quick    smaller counts, shorter runs (under 5 minutes once built)
 #   BENCH_SCENARIOS=LF bench/run.sh    only the scenarios named (any of W L F C T P R S D N B K Y)
+#   BENCH_AUTOGROUP=0 bench/run.sh     with the kernel's per-session scheduling groups off for
+#                                      the run (root; restored after); recorded either way
 # Builds what it needs, starts its own PostgreSQL 15 cluster (synchronous_commit on, fsync on)
 # and the Node LISTEN/NOTIFY bridge, runs every scenario, prints a markdown table and writes
 # the raw results to bench/results/<time>.json.
@@ -15,6 +17,15 @@ export BENCH_DIRTY=$([ -z "$(git status --porcelain 2>/dev/null)" ] && echo fals
 . scripts/lib.sh
 say() { printf '\n==> %s\n' "$*" >&2; }
 SCENARIOS=${BENCH_SCENARIOS:-WLFCTPRDNBKYS}
+# Linux schedules each session as one group when this is 1; every PostgreSQL process leads a
+# session, so the worker's threads share one group's CPU against each backend and the load
+# generator (bench/notes/2026-12-02-latency-stages.md). Latency under load depends on it.
+AUTOGROUP=/proc/sys/kernel/sched_autogroup_enabled
+AUTOGROUP_WAS=$(cat "$AUTOGROUP" 2>/dev/null || echo absent)
+if [ -n "${BENCH_AUTOGROUP:-}" ] && [ "$AUTOGROUP_WAS" != absent ]; then
+  echo "$BENCH_AUTOGROUP" > "$AUTOGROUP"
+fi
+export BENCH_AUTOGROUP_SETTING=$(cat "$AUTOGROUP" 2>/dev/null || echo absent)
 want() { [[ $SCENARIOS == *$1* ]]; }
 
 if [ $QUICK = 1 ]; then
@@ -67,6 +78,7 @@ cleanup() {
   [ -n "$FLOOR_PID" ] && kill "$FLOOR_PID" 2>/dev/null || true
   as_pg "$BIN/pg_ctl" -D "$DATA/pg" -m fast stop >/dev/null 2>&1 || true
   rm -rf "$DATA"
+  [ "$AUTOGROUP_WAS" != absent ] && echo "$AUTOGROUP_WAS" > "$AUTOGROUP" || true
 }
 trap cleanup EXIT
 export PGHOST=127.0.0.1 PGPORT PGUSER=postgres PGDATABASE=postgres
