@@ -193,7 +193,8 @@ fn random_subscribes_get_defined_answers_within_bounds() {
             let mut worst = Duration::ZERO;
             let mut got = Vec::new();
             let mut heard = Instant::now();
-            while got.len() as i64 != written.load(Ordering::Acquire) {
+            // Until the writer has stopped and as many ids came (more fail the check below).
+            while !(0..=got.len() as i64).contains(&written.load(Ordering::Acquire)) {
                 let Some(m) = watcher.recv_within(Duration::from_secs(1)) else {
                     assert!(
                         heard.elapsed() < HUNG,
