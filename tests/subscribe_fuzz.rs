@@ -189,26 +189,11 @@ fn random_subscribes_get_defined_answers_within_bounds() {
         let (sent, written) = (sent.clone(), written.clone());
         std::thread::spawn(move || {
             let mut worst = Duration::ZERO;
-            let mut got = Vec::new();
-            let mut heard = Instant::now();
-            // Until the writer has stopped and as many ids came (more fail the check below).
-            while !(0..=got.len() as i64).contains(&written.load(Ordering::Acquire)) {
-                let Some(m) = watcher.recv_within(Duration::from_secs(1)) else {
-                    assert!(
-                        heard.elapsed() < common::PATIENCE,
-                        "the watcher heard nothing after {got:?}"
-                    );
-                    continue;
-                };
-                heard = Instant::now();
-                assert_eq!(m["type"], "change", "the watcher got {m}");
-                let id = m["new"]["id"].as_i64().unwrap();
-                let at = sent.lock().unwrap().get(&id).copied();
-                if let Some(at) = at {
+            let got = watcher.change_ids_until(&written, |id| {
+                if let Some(at) = sent.lock().unwrap().get(&id) {
                     worst = worst.max(at.elapsed());
                 }
-                got.push(id);
-            }
+            });
             (worst, got)
         })
     };

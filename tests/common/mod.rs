@@ -7,6 +7,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Mutex, MutexGuard, Once, OnceLock};
 use std::time::{Duration, Instant};
 use tungstenite::stream::MaybeTlsStream;
@@ -114,11 +115,11 @@ fn run(mut c: Command) {
     );
 }
 
-/// The HMAC secret test clusters verify tokens with (`token`).
 /// How long a test waits for something that normally happens within milliseconds (a reply, a
 /// change, a count to settle): ample for a heavily loaded machine, so that running out of it
 /// means the thing never happened, not that the machine was slow.
 pub const PATIENCE: Duration = Duration::from_secs(60);
+/// The HMAC secret test clusters verify tokens with (`token`).
 pub const JWT_SECRET: &str = "realtime-ext-test-secret-0123456789abcdef";
 /// The role test connections without a token act as: it may read every table.
 pub const READER: &str = "realtime_reader";
@@ -626,6 +627,29 @@ impl Ws {
                 m
             })
             .collect()
+    }
+
+    /// The `id` of the `new` row of each change message, each also passed to `each` as it
+    /// comes, until `written` (negative while a writer runs) names as many as came: more fail
+    /// the caller's check of the ids. Silence past `PATIENCE` fails.
+    pub fn change_ids_until(&mut self, written: &AtomicI64, mut each: impl FnMut(i64)) -> Vec<i64> {
+        let (mut ids, mut heard) = (Vec::new(), Instant::now());
+        while !(0..=ids.len() as i64).contains(&written.load(Ordering::Acquire)) {
+            let Some(m) = self.recv_within(Duration::from_secs(1)) else {
+                assert!(
+                    heard.elapsed() < PATIENCE,
+                    "heard nothing for {PATIENCE:?} after {} changes",
+                    ids.len()
+                );
+                continue;
+            };
+            heard = Instant::now();
+            assert_eq!(m["type"], "change", "{m}");
+            let id = m["new"]["id"].as_i64().unwrap();
+            each(id);
+            ids.push(id);
+        }
+        ids
     }
 
     /// The `id` of the `new` row of each of the next `n` change messages.
