@@ -67,6 +67,7 @@ stats! {
     BatchesHanded: Counter, "batches_handed_total", [], "batches handed to subscribers, once per subscriber";
     CatchingUp: Gauge, "catching_up", [], "subscribers reading the history after falling behind the memory ring";
     CatchUps: Counter, "catch_ups_total", [], "times a subscriber fell behind the memory ring and went on from the history";
+    Reauthorizations: Counter, "reauthorizations_total", [], "catalog changes that had every subscriber authorize its subscriptions again";
     GapsQueueOverflow: Counter, "gaps_total", ["reason" = "queue_overflow"], "gaps told to subscribers";
     GapsSpillUnreadable: Counter, "gaps_total", ["reason" = "spill_unreadable"], "gaps told to subscribers";
     GapsRenderFailed: Counter, "gaps_total", ["reason" = "render_failed"], "gaps told to subscribers";

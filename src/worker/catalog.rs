@@ -57,9 +57,9 @@ pub fn answer(request: Request, audiences: &mut Audiences, published: u64) {
                 )
             });
             // The audience is joined only once the answer stands (its transaction committed).
-            let answer = answer.map(|(mut resolved, checked)| {
+            let answer = answer.map(|(mut resolved, checked, seen)| {
                 let relid = resolved.topic.relid().expect("a table's");
-                super::invalidation::track(relid);
+                super::invalidation::track(relid, seen);
                 if let Some(Checked { role, condition }) = checked {
                     resolved.judged_after = published;
                     resolved.rows = RowAccess::Checked(audiences.join(
@@ -173,7 +173,7 @@ fn resolve(
     table: &str,
     filter: &[FilterSpec],
     principal: &Principal,
-) -> Answer<(Resolved, Option<Checked>)> {
+) -> Answer<(Resolved, Option<Checked>, Option<String>)> {
     let unknown = || ResolveError::UnknownTable(table.to_string());
     // The name is read as SQL reads one (quotes, case folding); unqualified means public.
     // parse_ident raises on a malformed name: that too means "no such table".
@@ -225,6 +225,7 @@ fn resolve(
         .map(|f| resolve_filter(relid, &role, principal, f))
         .collect::<Result<_, _>>()?;
     let (rows, checked) = row_access(relid, &role, principal)?;
+    let seen = optional(super::invalidation::fingerprint(relid as u32))?;
     Ok((
         Resolved {
             topic: Topic::Table(relid as u32),
@@ -239,6 +240,7 @@ fn resolve(
             rights: Default::default(),
         },
         checked,
+        seen,
     ))
 }
 

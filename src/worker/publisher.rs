@@ -414,6 +414,7 @@ impl Publisher {
                 );
                 pg_sys::AcceptInvalidationMessages();
             }
+            super::invalidation::settle(&self.shared);
             Ok(())
         });
         if let Err(e) = result {

@@ -227,6 +227,9 @@ impl Fanout {
         } = &mut *index;
         let mut handed = 0;
         let reauthorize = matches!(*batch, Batch::Reauthorize { .. });
+        if reauthorize {
+            self.stats.increment(Stat::Reauthorizations);
+        }
         interests.receivers(&batch, |slot| {
             handed += slot.hand(seq, self.max_batches) as u64;
             if reauthorize && slot.widened_through.swap(seq + 1, Relaxed) == 0 {
