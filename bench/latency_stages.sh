@@ -2,7 +2,8 @@
 # Where a change's time goes under scenario L: one latency run against a fresh cluster (set up
 # as bench/run.sh sets it up; installs the release build), then the stage timings that
 # realtime_stats() keeps (commit -> worker read -> fan-out -> subscriber take -> socket write),
-# and the worker's CPU per thread with its context switches over 3 seconds of the run.
+# the times subscribers were made to authorize again, and the worker's CPU per thread with its
+# context switches over 3 seconds of the run.
 #   bench/latency_stages.sh [clients] [events]    RATE=events/s (1000); PERF=1 also records a
 #                                                  perf profile of the worker in /tmp/prof.data
 set -euo pipefail
@@ -30,5 +31,5 @@ d = json.load(sys.stdin)
 print("clients", d["clients"], "latency ms", d["latency_ms"], "client cpu share", round(d["client_cpu_share"], 2))'
 wait "$SAMPLER"
 join "$DATA/t0" "$DATA/t1" | awk '{printf "thread %s %s: cpu %.0f%%, switches/s voluntary %.0f, involuntary %.0f\n", $1, $2, ($7-$3)/3, ($8-$4)/3, ($9-$5)/3}'
-psql_ -c "SELECT name || ' ' || value FROM realtime_stats() WHERE name ~ '_(p50|p99)_us$'"
+psql_ -c "SELECT name || ' ' || value FROM realtime_stats() WHERE name ~ '_(p50|p99)_us$' OR name = 'reauthorizations_total'"
 wait
