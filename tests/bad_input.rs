@@ -246,6 +246,18 @@ fn bad_input_is_refused_and_nothing_else_changes() {
         cluster.stat("disconnects_total{reason=\"protocol_violation\"}"),
         1
     );
+    // A socket that ends without the closing handshake (a tab closed, a network gone) is the
+    // client's doing, not a violation.
+    let gone = || cluster.stat("disconnects_total{reason=\"client\"}");
+    let before = gone();
+    drop(cluster.ws());
+    common::wait_until("the dropped socket to be counted", common::PATIENCE, || {
+        gone() > before
+    });
+    assert_eq!(
+        cluster.stat("disconnects_total{reason=\"protocol_violation\"}"),
+        1
+    );
     write(&mut db);
 
     // HTTP that is not a WebSocket handshake.

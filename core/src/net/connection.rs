@@ -27,7 +27,7 @@ use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
@@ -173,6 +173,8 @@ pub async fn run<P: Protocol, S: Stream>(
                     Some(Err(WsError::Utf8(_))) => {
                         break Ending::Violation(CloseCode::Invalid, "text message is not valid UTF-8".into())
                     }
+                    // A closed tab or a dropped network: the socket ended, nothing was violated.
+                    Some(Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake))) => break Ending::Gone,
                     Some(Err(WsError::Protocol(e))) => break Ending::Violation(CloseCode::Protocol, e.to_string()),
                     Some(Err(_)) => break Ending::Gone,
                 };
