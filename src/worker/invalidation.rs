@@ -31,6 +31,10 @@ static TABLES: Mutex<Option<HashMap<u32, Option<String>>>> = Mutex::new(None);
 static TOUCHED: Mutex<Option<HashSet<u32>>> = Mutex::new(None);
 /// Every relation was invalidated (the worker fell behind the invalidation queue).
 static ALL_TOUCHED: AtomicBool = AtomicBool::new(false);
+/// Touched tables a catalog change in the stream already had the sessions authorize again
+/// for: their fingerprints are brought up to date without telling the sessions again.
+static SETTLED: Mutex<Option<HashSet<u32>>> = Mutex::new(None);
+static ALL_SETTLED: AtomicBool = AtomicBool::new(false);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -114,17 +118,23 @@ pub fn fingerprint(relid: u32) -> Result<Option<String>, pgrx::spi::Error> {
 fn tables_moved() -> bool {
     let all = ALL_TOUCHED.swap(false, Relaxed);
     let touched = lock(&TOUCHED).take().unwrap_or_default();
-    let relids: Vec<u32> = match (all, lock(&TABLES).as_ref()) {
-        (_, None) => return false,
-        (true, Some(tables)) => tables.keys().copied().collect(),
-        (false, Some(_)) => touched.into_iter().collect(),
+    let all_settled = ALL_SETTLED.swap(false, Relaxed);
+    let settled = lock(&SETTLED).take().unwrap_or_default();
+    let relids: Vec<u32> = match lock(&TABLES).as_ref() {
+        None => return false,
+        Some(tables) if all || all_settled => tables.keys().copied().collect(),
+        Some(_) => touched.union(&settled).copied().collect(),
     };
     let mut moved = false;
     for relid in relids {
         // Unreadable counts as moved: authorizing again is the safe answer.
         let now = fingerprint(relid).unwrap_or_default();
         if let Some(seen) = lock(&TABLES).as_mut().and_then(|t| t.get_mut(&relid)) {
-            moved |= now.is_none() || *seen != now;
+            // Touched again since a settled change: compared with before it, which at worst
+            // tells the sessions once more.
+            if all || touched.contains(&relid) {
+                moved |= now.is_none() || *seen != now;
+            }
             *seen = now;
         }
     }
@@ -139,8 +149,15 @@ pub fn changed() {
 /// A catalog change in the stream has every session authorize again at its place: the
 /// invalidations taken in so far (by the caller, in its transaction) are covered by it, and
 /// the next poll need not tell the sessions a second time. Roles are asked about again.
+/// Reads no catalog: the caller's transaction may have no snapshot.
 pub fn settle(shared: &Shared) {
-    tables_moved();
+    let touched = lock(&TOUCHED).take().unwrap_or_default();
+    lock(&SETTLED)
+        .get_or_insert_with(HashSet::new)
+        .extend(touched);
+    if ALL_TOUCHED.swap(false, Relaxed) {
+        ALL_SETTLED.store(true, Relaxed);
+    }
     CHANGED.store(false, Relaxed);
     shared.catalog_epoch.send_modify(|epoch| *epoch += 1);
 }
