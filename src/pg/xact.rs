@@ -33,7 +33,9 @@ pub fn in_transaction<T, E>(
     result
 }
 
-/// Run `f` in the transaction under way, or in one of its own if there is none.
+/// Run `f` in the transaction under way, or in one of its own if there is none. In the
+/// transaction under way `f` runs as is, with no snapshot pushed and no ERROR caught: SQL in it
+/// needs a snapshot of its own there.
 pub fn in_any_transaction<T>(
     f: impl FnOnce() -> Result<T, String> + UnwindSafe,
 ) -> Result<T, String> {
