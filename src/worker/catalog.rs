@@ -225,7 +225,10 @@ fn resolve(
         .map(|f| resolve_filter(relid, &role, principal, f))
         .collect::<Result<_, _>>()?;
     let (rows, checked) = row_access(relid, &role, principal)?;
-    let seen = optional(super::invalidation::fingerprint(relid as u32))?;
+    let seen = match super::invalidation::tracked(relid as u32) {
+        true => None,
+        false => optional(super::invalidation::fingerprint(relid as u32))?,
+    };
     Ok((
         Resolved {
             topic: Topic::Table(relid as u32),

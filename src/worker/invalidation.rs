@@ -85,6 +85,14 @@ pub fn track(relid: u32, fingerprint: Option<String>) {
         .or_insert(fingerprint);
 }
 
+/// Whether a subscription to `relid` was resolved before: only the first one's fingerprint
+/// is kept, so later ones need not take it.
+pub fn tracked(relid: u32) -> bool {
+    lock(&TABLES)
+        .as_ref()
+        .is_some_and(|tables| tables.contains_key(&relid))
+}
+
 /// What authorizing a subscription to `relid` reads about the table itself, in one value:
 /// its name, owner, grants, row security and policies, its columns with their types and
 /// grants, and its triggers (which events are captured). `None` once it is gone. Roles and
