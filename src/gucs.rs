@@ -76,6 +76,14 @@ static MAX_PRESENCE_PER_CHANNEL: GucSetting<i32> = GucSetting::<i32>::new(10_000
 static HEARTBEAT_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(30);
 /// Milliseconds a client has to send a complete HTTP request head.
 static HANDSHAKE_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+/// Address ranges webhook receivers may be at although not public (loopback, private, ...).
+static WEBHOOK_ALLOWED_HOSTS: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(None);
+/// Waits between attempts of a webhook request; the webhook is disabled after the last.
+static WEBHOOK_RETRY_SCHEDULE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"5s, 5min, 30min, 2h, 5h, 10h, 10h"));
+/// Webhook requests in flight at once, over all webhooks.
+static WEBHOOK_MAX_CONCURRENCY: GucSetting<i32> = GucSetting::<i32>::new(16);
 /// A transaction whose captured changes exceed this many kB spills them to a file.
 static SPILL_THRESHOLD_KB: GucSetting<i32> = GucSetting::<i32>::new(1024);
 
@@ -243,6 +251,32 @@ pub fn init() {
         c"Client addresses that may read /metrics: comma-separated IP addresses or CIDR ranges.",
         c"Empty (the default) with no realtime.metrics_token: /metrics is off. Entries that are not addresses are logged and left out.",
         &METRICS_ADDRESSES,
+        Sighup,
+        none,
+    );
+    GucRegistry::define_string_guc(
+        c"realtime.webhook_allowed_hosts",
+        c"Address ranges webhook receivers may be at although they are loopback, private or link-local: comma-separated IP addresses or CIDR ranges.",
+        c"Checked on the addresses a receiver's name resolves to, when connecting. Empty (the default): public addresses only. Entries that are not addresses are logged and left out.",
+        &WEBHOOK_ALLOWED_HOSTS,
+        Sighup,
+        none,
+    );
+    GucRegistry::define_string_guc(
+        c"realtime.webhook_retry_schedule",
+        c"Waits before each retry of a failed webhook request, comma-separated (ms, s, min, h, d); after the last retry fails the webhook is disabled.",
+        c"Each wait is spread by up to a fifth either way; a receiver's Retry-After replaces it. The default, Standard Webhooks' schedule, keeps trying for about 28 hours.",
+        &WEBHOOK_RETRY_SCHEDULE,
+        Sighup,
+        none,
+    );
+    GucRegistry::define_int_guc(
+        c"realtime.webhook_max_concurrency",
+        c"Most webhook requests in flight at once, over all webhooks.",
+        c"Each webhook sends one request at a time, in order.",
+        &WEBHOOK_MAX_CONCURRENCY,
+        1,
+        1000,
         Sighup,
         none,
     );
@@ -532,6 +566,15 @@ pub fn authenticator() -> String {
 /// realtime.metrics_addresses and realtime.metrics_token, as they are now.
 pub fn metrics_access() -> (String, String) {
     (string(&METRICS_ADDRESSES), string(&METRICS_TOKEN))
+}
+/// realtime.webhook_allowed_hosts, realtime.webhook_retry_schedule and
+/// realtime.webhook_max_concurrency, as they are now.
+pub fn webhook_settings() -> (String, String, usize) {
+    (
+        string(&WEBHOOK_ALLOWED_HOSTS),
+        string(&WEBHOOK_RETRY_SCHEDULE),
+        WEBHOOK_MAX_CONCURRENCY.get() as usize,
+    )
 }
 pub fn serve_pages() -> bool {
     SERVE_PAGES.get()

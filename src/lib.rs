@@ -9,7 +9,7 @@
 //! numbers changes, answers catalog questions) -> `realtime_core::bridge` -> network threads
 //! -> browser. `render` turns rows into JSON as row_to_json does (in the writer, or in the
 //! worker for rows recorded with their `shape`); `event` is the byte layout the writer, the
-//! queue and the worker share; `pg` declares the PostgreSQL symbols pgrx lacks; `stats` puts the engine's numbers in shared memory; `api` is the SQL surface, `gucs` the settings, `error` how errors reach SQL callers.
+//! queue and the worker share; `pg` declares the PostgreSQL symbols pgrx lacks; `stats` puts the engine's numbers in shared memory; `api`, `channels` and `webhooks` are the SQL surface, `gucs` the settings, `error` how errors reach SQL callers.
 
 use pgrx::prelude::*;
 
@@ -26,6 +26,7 @@ mod render;
 mod shape;
 mod spill;
 mod stats;
+mod webhooks;
 mod worker;
 
 ::pgrx::pg_module_magic!();

@@ -134,6 +134,8 @@ pub enum Request {
     StartSnapshot { ticket: u64, reply: Reply<()> },
     /// Start the judge of audiences judged apart (`net::apart`); it connects on its own.
     StartJudge { reply: Reply<()> },
+    /// What became of a webhook's request: to keep its position and show its deliveries.
+    Webhook(crate::webhook::Attempt),
 }
 
 /// The network side's way to ask the Postgres thread something.
@@ -197,6 +199,13 @@ impl WorkerHandle {
     /// Tell the worker, without waiting, that nobody is left in `audience`.
     pub fn release(&self, audience: AudienceId) {
         if self.tx.send(Request::Release { audience }).is_ok() {
+            self.wake();
+        }
+    }
+
+    /// Tell the worker, without waiting, what became of a webhook's request.
+    pub fn webhook(&self, attempt: crate::webhook::Attempt) {
+        if self.tx.send(Request::Webhook(attempt)).is_ok() {
             self.wake();
         }
     }

@@ -11,8 +11,9 @@
 //! - `protocol`: the wire protocols; `native` is realtime_ext's own JSON messages.
 //! - `stats`: the engine's numbers (`Stats`), readable by every process.
 //! - `visibility`: the columns and rows (row-level security) a subscriber may see.
+//! - `webhook`: webhooks as the worker hands them over, and what became of each request.
 //! - `net`: tokio threads: listeners, the HTTP front door, the fan-out ring, the subscription
-//!   set, and one session loop per protocol.
+//!   set, one session loop per protocol, and webhook deliveries.
 
 pub mod auth;
 pub mod bridge;
@@ -25,3 +26,4 @@ pub mod protocol;
 pub mod snapshot;
 pub mod stats;
 pub mod visibility;
+pub mod webhook;

@@ -95,6 +95,8 @@ pub fn answer(request: Request, audiences: &mut Audiences, published: u64) {
             let _ = reply.send(super::snapshot::launch(ticket).map_err(ResolveError::Internal));
         }
         Request::Release { audience } => audiences.leave(audience),
+        // Taken by the main loop before questions are queued (`webhooks`).
+        Request::Webhook(_) => {}
         Request::Judge {
             audience,
             mut changes,

@@ -1,6 +1,7 @@
 //! The background worker. Its main thread is the only one in this process that calls Postgres:
 //! it drains the shared queue, numbers and serializes changes, answers the network threads'
-//! catalog questions, and handles signals. The network server runs on threads of its own.
+//! catalog questions, keeps the webhooks' state, and handles signals. The network server runs
+//! on threads of its own.
 
 mod apart;
 mod audiences;
@@ -17,6 +18,7 @@ mod rows;
 mod security;
 mod snapshot;
 mod topics;
+mod webhooks;
 
 use crate::{gucs, queue};
 use pgrx::bgworkers::{
@@ -120,6 +122,7 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
     let mut subscribed = false;
     let mut short_waits = 0;
     let mut questions = std::collections::VecDeque::new();
+    let mut webhooks = webhooks::Webhooks::default();
     loop {
         let wait = match (publisher.needs_poll(), subscribed) {
             _ if !questions.is_empty() => Duration::ZERO,
@@ -161,7 +164,12 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
         // changes committed before a subscription was asked for are numbered at or below the
         // position it starts after. (Answering questions that arrived during the drain let
         // such a change through to a new subscription.)
-        questions.extend(inbox.rx.try_iter());
+        for request in inbox.rx.try_iter() {
+            match request {
+                bridge::Request::Webhook(attempt) => webhooks.record(attempt),
+                question => questions.push_back(question),
+            }
+        }
         // A session counts its subscription before asking to resolve it, so wake-ups are on
         // before the answer goes out.
         subscribed = shared.stats.subscriptions() > 0;
@@ -182,6 +190,7 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
             catalog::answer(request, &mut publisher.audiences, published);
         }
         publisher.persist_position();
+        webhooks.tick(&server);
         if subscribed {
             invalidation::poll(&shared, &batches);
         }

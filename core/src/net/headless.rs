@@ -21,6 +21,8 @@ pub enum Event {
     Change {
         ids: Vec<u64>,
         position: u64,
+        /// RFC 3339 in UTC, microseconds.
+        commit_time: String,
         op: crate::ops::Op,
         schema: String,
         table: String,
@@ -41,6 +43,16 @@ pub enum Event {
         from: u64,
         to: u64,
     },
+}
+
+/// What `Headless::next_within` found.
+#[derive(Debug)]
+pub enum Next {
+    Event(Event),
+    /// Nothing came in the time given.
+    Idle,
+    /// The server is stopping.
+    Stopped,
 }
 
 pub struct Headless {
@@ -96,6 +108,15 @@ impl Headless {
         self.subscriber.subscriptions.unsubscribe(|key| *key == id)
     }
 
+    /// Deliver everything after `position` to the subscriptions made so far, in order, from
+    /// the history and then live: how a consumer that kept its position resumes all its
+    /// subscriptions at once (each `since` of its own would order them per subscription).
+    pub fn start_from(&mut self, position: u64) {
+        let mut out = Vec::new();
+        self.subscriber.start_from(position, &mut out);
+        self.queue(&Batch::empty(), &mut out, None);
+    }
+
     /// The last position it has looked at: resume from here after a restart.
     pub fn position(&self) -> u64 {
         self.subscriber.subscriptions.seen()
@@ -107,23 +128,62 @@ impl Headless {
             if let Some(event) = self.ready.pop_front() {
                 return Some(event);
             }
-            let mut out = Vec::new();
-            match self.subscriber.wait().await {
-                Incoming::Batch(batch, source) => {
-                    let principal = self.principal.clone();
-                    let batch = self
-                        .subscriber
-                        .deliver(batch, source, Some(&principal), &mut out)
-                        .await;
-                    self.queue(&batch, &mut out, None);
-                }
-                Incoming::Lagged(missed) => {
-                    self.subscriber.lagged(missed, &mut out);
-                    self.queue(&Batch::empty(), &mut out, None);
-                }
-                Incoming::Closed => return None,
+            let incoming = self.subscriber.wait().await;
+            if !self.take(incoming).await {
+                return None;
             }
         }
+    }
+
+    /// The next event, waiting at most `wait` for one to come.
+    pub async fn next_within(&mut self, wait: std::time::Duration) -> Next {
+        loop {
+            if let Some(event) = self.ready.pop_front() {
+                return Next::Event(event);
+            }
+            // Waiting is cancel-safe; turning a batch into events is not, and is not timed.
+            let Ok(incoming) = tokio::time::timeout(wait, self.subscriber.wait()).await else {
+                return Next::Idle;
+            };
+            if !self.take(incoming).await {
+                return Next::Stopped;
+            }
+        }
+    }
+
+    /// The next event among the batches already at hand (read from the history when catching
+    /// up), without waiting for new ones: to gather a batch of events after `next`.
+    pub async fn next_at_hand(&mut self) -> Option<Event> {
+        loop {
+            if let Some(event) = self.ready.pop_front() {
+                return Some(event);
+            }
+            let incoming = self.subscriber.next_at_hand().await?;
+            if !self.take(incoming).await {
+                return None;
+            }
+        }
+    }
+
+    /// Turn what the subscriber was handed into events; false once the server stops.
+    async fn take(&mut self, incoming: Incoming) -> bool {
+        let mut out = Vec::new();
+        match incoming {
+            Incoming::Batch(batch, source) => {
+                let principal = self.principal.clone();
+                let batch = self
+                    .subscriber
+                    .deliver(batch, source, Some(&principal), &mut out)
+                    .await;
+                self.queue(&batch, &mut out, None);
+            }
+            Incoming::Lagged(missed) => {
+                self.subscriber.lagged(missed, &mut out);
+                self.queue(&Batch::empty(), &mut out, None);
+            }
+            Incoming::Closed => return false,
+        }
+        true
     }
 
     fn queue(&mut self, batch: &Batch, out: &mut Vec<Outgoing<u64>>, only: Option<&u64>) {
@@ -159,6 +219,7 @@ impl Headless {
                     Event::Change {
                         ids: ids(c),
                         position: c.position,
+                        commit_time: c.txn.commit_time.clone(),
                         op: c.op,
                         schema: c.names.0.clone(),
                         table: c.names.1.clone(),
@@ -272,7 +333,10 @@ mod unit {
             } else {
                 "bob"
             };
-            let batch = insert(position, owner);
+            self.publish_batch(position, insert(position, owner));
+        }
+
+        fn publish_batch(&self, position: u64, batch: Batch) {
             let history = self.context.history.as_ref().expect("a history");
             history.append(&batch).unwrap();
             self.context.shared.stats.set(Stat::Position, position);
@@ -323,6 +387,48 @@ mod unit {
             assert_eq!(changes(&mut again, 4).await, expected(103..=110));
             engine.publish(112);
             assert_eq!(changes(&mut again, 1).await, expected(112..=112));
+        });
+    }
+
+    /// Two tables, subscribed one after the other while changes go by, then resumed from
+    /// one position together: every change of either comes once, in commit order.
+    #[test]
+    fn subscriptions_resumed_together_come_in_commit_order() {
+        let engine = Engine::start("together");
+        let open = |p: u64| {
+            let new = format!(r#"{{"id":{p}}}"#);
+            Batch::Changes(vec![testing::change(
+                p,
+                8,
+                crate::ops::Op::Insert,
+                Some(&new),
+                None,
+            )])
+        };
+        runtime().block_on(async {
+            let mut sub = engine.headless();
+            (1..=10).for_each(|p| engine.publish_batch(p, open(p)));
+            sub.subscribe(1, wish(None)).await.unwrap();
+            (11..=20).for_each(|p| engine.publish(p));
+            let mut other = wish(None);
+            other.target = Target::Table("open".into());
+            sub.subscribe(2, other).await.unwrap();
+            (21..=30).for_each(|p| engine.publish_batch(p, open(p)));
+            sub.start_from(4);
+            let mut got = Vec::new();
+            while got.last() != Some(&30) {
+                match tokio::time::timeout(Duration::from_secs(5), sub.next()).await {
+                    Ok(Some(Event::Change { position, .. })) => got.push(position),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            // Table t's rows are alice's at even positions only; "open" shows every row.
+            let expected: Vec<u64> = (5..=10)
+                .chain((11..=20u64).filter(|p| p.is_multiple_of(2)))
+                .chain(21..=30)
+                .collect();
+            assert_eq!(got, expected);
+            assert_eq!(sub.position(), 30);
         });
     }
 

@@ -21,6 +21,7 @@ pub mod subscriptions;
 #[cfg(test)]
 pub mod testing;
 pub mod tls;
+pub mod webhooks;
 
 use crate::bridge::WorkerHandle;
 use crate::history::History;
@@ -47,6 +48,7 @@ pub struct Server {
     bound: Vec<SocketAddr>,
     shared: Arc<Shared>,
     batches: Arc<Fanout>,
+    webhooks: webhooks::Webhooks,
     /// The connection report's file, removed when the server stops.
     report: PathBuf,
 }
@@ -58,6 +60,15 @@ impl Server {
             .map(|a| a.to_string())
             .collect::<Vec<_>>()
             .join(", ")
+    }
+
+    /// Deliver these webhooks (and stop delivering any other) under `settings`.
+    pub fn set_webhooks(
+        &self,
+        hooks: Vec<crate::webhook::Webhook>,
+        settings: crate::webhook::Settings,
+    ) {
+        self.webhooks.set(hooks, settings);
     }
 
     /// Tell every client the server is restarting (close code 1012), give them a moment to
@@ -140,6 +151,7 @@ pub fn start(
             janitor.sweep(2 * janitor_shared.limits().heartbeat_interval);
         }
     });
+    let webhooks = webhooks::Webhooks::start(context.clone(), &runtime);
     let (clients, path) = (context.clients.clone(), report.clone());
     runtime.spawn(async move {
         let mut every = tokio::time::interval(clients::REPORT_EVERY);
@@ -152,6 +164,7 @@ pub fn start(
     Ok(Server {
         runtime,
         batches: context.batches.clone(),
+        webhooks,
         bound,
         shared,
         report,

@@ -54,21 +54,7 @@ impl MetricsAccess {
     /// From realtime.metrics_addresses (comma-separated addresses or CIDR ranges) and
     /// realtime.metrics_token; with the entries that are neither, which are left out.
     pub fn parse(addresses: &str, token: &str) -> (Option<MetricsAccess>, Vec<String>) {
-        let mut networks = Vec::new();
-        let mut bad = Vec::new();
-        for entry in addresses
-            .split(',')
-            .map(str::trim)
-            .filter(|e| !e.is_empty())
-        {
-            match entry.parse::<ipnet::IpNet>() {
-                Ok(net) => networks.push(net),
-                Err(_) => match entry.parse::<std::net::IpAddr>() {
-                    Ok(ip) => networks.push(ipnet::IpNet::from(ip)),
-                    Err(_) => bad.push(entry.to_string()),
-                },
-            }
-        }
+        let (networks, bad) = networks(addresses);
         let token = Some(token.to_string()).filter(|t| !t.is_empty());
         // Every entry refused leaves it off, not open to everyone.
         if networks.is_empty() && (token.is_none() || !bad.is_empty()) {
@@ -95,6 +81,23 @@ impl MetricsAccess {
         }
         Ok(())
     }
+}
+
+/// Comma-separated addresses and CIDR ranges, as networks; with the entries that are
+/// neither, which are left out.
+pub fn networks(list: &str) -> (Vec<ipnet::IpNet>, Vec<String>) {
+    let mut networks = Vec::new();
+    let mut bad = Vec::new();
+    for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        match entry.parse::<ipnet::IpNet>() {
+            Ok(net) => networks.push(net),
+            Err(_) => match entry.parse::<std::net::IpAddr>() {
+                Ok(ip) => networks.push(ipnet::IpNet::from(ip)),
+                Err(_) => bad.push(entry.to_string()),
+            },
+        }
+    }
+    (networks, bad)
 }
 
 /// Why a request for `/metrics` is refused.

@@ -85,6 +85,18 @@ impl<K: Clone> Subscriber<K> {
         }
     }
 
+    /// The next batch already at hand: read from the history when catching up, else live if
+    /// one is ready. Never waits for a new one.
+    pub async fn next_at_hand(&mut self) -> Option<Incoming> {
+        if let Some(backlog) = &mut self.backlog {
+            match backlog.next().await {
+                Some(batch) => return Some(Incoming::Batch(caught_up_to(batch), Source::History)),
+                None => self.caught_up(),
+            }
+        }
+        self.try_next()
+    }
+
     /// The next batch if one is ready without waiting (live ones only: a read from the
     /// history is waited for).
     pub fn try_next(&mut self) -> Option<Incoming> {
@@ -184,6 +196,27 @@ impl<K: Clone> Subscriber<K> {
     ) {
         self.subscriptions.missed(missed, false);
         self.subscriptions.lag_gap(None, out);
+    }
+
+    /// Deliver everything after `position` to the subscriptions it holds, from the history
+    /// and in order, then live. Without a history, what came between is a gap (in `out`).
+    pub fn start_from(&mut self, position: u64, out: &mut Vec<Outgoing<K>>) {
+        let Some(read_back) = self.read_back.clone() else {
+            let through = self.subscriptions.position();
+            if position < through {
+                out.push(Outgoing::Gap {
+                    reason: GapReason::HistoryExpired,
+                    from: position + 1,
+                    to: through,
+                });
+            }
+            return;
+        };
+        if self.subscriptions.rewind(position) {
+            self.caught_up();
+            self.backlog = Some(Backlog::new(read_back, position, None));
+            self.shared.stats.increment(Stat::CatchingUp);
+        }
     }
 
     /// The history of the stretch `resume` covers, to replay for the subscription `same`

@@ -354,6 +354,23 @@ impl<K> SubscriptionSet<K> {
         self.seen
     }
 
+    /// Take every subscription back to start after `position`, as if all had been made
+    /// there: what came since is to be read from the history, in one pass for all of them.
+    /// False (nothing changed) if every subscription already starts there or before.
+    pub fn rewind(&mut self, position: u64) -> bool {
+        let mut moved = false;
+        for s in &mut self.subscriptions {
+            if position < s.after {
+                s.after = position;
+                moved = true;
+            }
+        }
+        if moved {
+            self.seen = position;
+        }
+        moved
+    }
+
     /// Changes whenever the set of subscriptions does.
     pub fn generation(&self) -> u64 {
         self.generation

@@ -1,0 +1,468 @@
+//! Webhooks against a real receiver: tests/webhooks/receiver.mjs, which verifies every request
+//! with the Standard Webhooks reference library and answers as each path asks (200, 500, 410,
+//! 429 with Retry-After, a stall past the timeout, garbage, a redirect to a refused address).
+//! Order, retries on the schedule, disabling, row security and column privileges of the role
+//! a webhook reads as, the address guard, who may see and change a webhook, and a worker
+//! killed and a server restarted in the middle of a stream.
+
+mod common;
+
+use common::{wait_until, Cluster};
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// 24 bytes, as Standard Webhooks' examples have them.
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// Retries come fast here; the default schedule is Standard Webhooks' 28 hours.
+const CONF: &[&str] = &[
+    "realtime.webhook_allowed_hosts = '127.0.0.1'",
+    "realtime.webhook_retry_schedule = '100ms, 200ms, 300ms'",
+];
+
+/// One request as the receiver saw it.
+#[derive(Debug, Clone)]
+struct Request {
+    path: String,
+    id: String,
+    valid: bool,
+    /// The how-manieth request with this path and webhook-id.
+    n: u64,
+    body: Value,
+    at: Instant,
+    extra: Option<String>,
+}
+
+struct Receiver {
+    child: Child,
+    port: u16,
+    seen: Arc<Mutex<Vec<Request>>>,
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/webhooks/receiver.mjs");
+        let mut child = Command::new("node")
+            .args([script, SECRET])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("node runs the receiver (.ci/prereqs.sh installs node and its package)");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        let port = first["listening"].as_u64().expect("the receiver's port") as u16;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let into = seen.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let v: Value = serde_json::from_str(&line).unwrap();
+                into.lock().unwrap().push(Request {
+                    path: v["path"].as_str().unwrap().into(),
+                    id: v["id"].as_str().unwrap().into(),
+                    valid: v["valid"].as_bool().unwrap(),
+                    n: v["n"].as_u64().unwrap(),
+                    body: serde_json::from_str(v["body"].as_str().unwrap()).unwrap_or(Value::Null),
+                    at: Instant::now(),
+                    extra: v["extra"].as_str().map(str::to_string),
+                });
+            }
+        });
+        Receiver { child, port, seen }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// The requests made to `path` so far.
+    fn to(&self, path: &str) -> Vec<Request> {
+        let seen = self.seen.lock().unwrap();
+        seen.iter().filter(|r| r.path == path).cloned().collect()
+    }
+
+    /// Wait until `path` has had `n` requests; them.
+    fn wait(&self, path: &str, n: usize) -> Vec<Request> {
+        wait_until(
+            &format!("{n} requests to {path}"),
+            Duration::from_secs(30),
+            || self.to(path).len() >= n,
+        );
+        self.to(path)
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn setup(cluster: &Cluster) {
+    cluster
+        .client()
+        .batch_execute(
+            "CREATE TABLE defects (id serial PRIMARY KEY, line text, note text, cost int);
+             SELECT realtime_watch('defects');
+             CREATE ROLE hooks NOLOGIN;
+             GRANT SELECT ON defects TO hooks;
+             GRANT hooks TO realtime_authenticator;",
+        )
+        .unwrap();
+}
+
+fn create(cluster: &Cluster, name: &str, url: &str, extra: &str) {
+    cluster
+        .client()
+        .execute(
+            &format!(
+                "SELECT realtime_webhook_create($1, $2, tables => '{{defects}}', acts_as => 'hooks', secret => $3{extra})"
+            ),
+            &[&name, &url, &SECRET],
+        )
+        .unwrap();
+}
+
+/// A webhook's row in `realtime_webhooks`, one column as text.
+fn field(cluster: &Cluster, name: &str, column: &str) -> Option<String> {
+    cluster
+        .client()
+        .query_one(
+            &format!("SELECT {column}::text FROM realtime_webhooks WHERE name = $1"),
+            &[&name],
+        )
+        .unwrap()
+        .get(0)
+}
+
+fn positions(requests: &[Request]) -> Vec<i64> {
+    requests
+        .iter()
+        .map(|r| r.body["position"].as_i64().unwrap())
+        .collect()
+}
+
+#[test]
+fn changes_arrive_signed_once_and_in_commit_order() {
+    let cluster = Cluster::start("webhooks_order", CONF);
+    setup(&cluster);
+    let receiver = Receiver::start();
+    create(
+        &cluster,
+        "feed",
+        &receiver.url("/ok"),
+        ", headers => '{\"x-extra\": \"kept\"}'",
+    );
+    let mut db = cluster.client();
+    for i in 0..50 {
+        // Some transactions of one row, some of three: 70 rows.
+        let rows = if i % 5 == 0 { 3 } else { 1 };
+        db.batch_execute(&format!(
+            "INSERT INTO defects (line, note, cost) SELECT 'A', 'n{i}', g FROM generate_series(1, {rows}) g"
+        ))
+        .unwrap();
+    }
+    db.batch_execute(
+        "UPDATE defects SET cost = cost + 1 WHERE id = 1; DELETE FROM defects WHERE id = 2",
+    )
+    .unwrap();
+    let got = receiver.wait("/ok", 72);
+    assert!(got.iter().all(|r| r.valid), "a signature did not verify");
+    assert!(got.iter().all(|r| r.n == 1), "something was sent twice");
+    assert!(got.iter().all(|r| r.extra.as_deref() == Some("kept")));
+    let p = positions(&got);
+    assert!(
+        p.windows(2).all(|w| w[0] < w[1]),
+        "not in commit order: {p:?}"
+    );
+    let ids: Vec<i64> = got[..70]
+        .iter()
+        .map(|r| r.body["record"]["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, (1..=70).collect::<Vec<_>>());
+    assert_eq!(got[0].body["type"], "INSERT");
+    assert_eq!(got[0].body["table"], "defects");
+    assert_eq!(got[0].body["record"]["note"], "n0");
+    assert_eq!(got[70].body["type"], "UPDATE");
+    assert_eq!(got[70].body["old_record"]["cost"], 1);
+    assert_eq!(got[70].body["record"]["cost"], 2);
+    assert_eq!(got[71].body["type"], "DELETE");
+    assert_eq!(got[71].body["old_record"]["id"], 2);
+    // The id is the position: the same for every attempt, unique per change.
+    assert_eq!(got[0].id, format!("msg_1_{}", p[0]));
+    // Acknowledged, as the DBA sees it.
+    let last = p[71].to_string();
+    wait_until("the position kept", Duration::from_secs(10), || {
+        field(&cluster, "feed", "position").as_deref() == Some(last.as_str())
+    });
+    assert_eq!(field(&cluster, "feed", "state").as_deref(), Some("active"));
+    let delivered: i64 = db
+        .query_one(
+            "SELECT count(*) FROM realtime_webhook_deliveries WHERE webhook = 'feed' AND outcome = 'delivered' AND status = 200",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(delivered > 0);
+}
+
+/// The requests to `path` with webhook-id `id`, in order.
+fn tries(requests: &[Request], id: &str) -> Vec<Request> {
+    requests.iter().filter(|r| r.id == id).cloned().collect()
+}
+
+/// Recent deliveries of `name` with `outcome`: (status, error, whether a retry time is set).
+fn deliveries(
+    cluster: &Cluster,
+    name: &str,
+    outcome: &str,
+) -> Vec<(Option<i32>, Option<String>, bool)> {
+    cluster
+        .client()
+        .query(
+            "SELECT status, error, retry_at IS NOT NULL FROM realtime_webhook_deliveries
+              WHERE webhook = $1 AND outcome = $2 ORDER BY at",
+            &[&name, &outcome],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+fn insert(cluster: &Cluster, note: &str) {
+    cluster
+        .client()
+        .execute(
+            "INSERT INTO defects (line, note) VALUES ('A', $1)",
+            &[&note],
+        )
+        .unwrap();
+}
+
+#[test]
+fn failures_are_retried_on_the_schedule_and_nothing_overtakes_them() {
+    let cluster = Cluster::start("webhooks_retries", CONF);
+    setup(&cluster);
+    let receiver = Receiver::start();
+    create(&cluster, "flaky", &receiver.url("/fail/2"), "");
+    for i in 0..5 {
+        insert(&cluster, &format!("r{i}"));
+    }
+    // Each change refused twice, then taken; the next is sent only after.
+    let got = receiver.wait("/fail/2", 15);
+    let ids: Vec<&str> = got.iter().map(|r| r.id.as_str()).collect();
+    for (i, chunk) in ids.chunks(3).enumerate() {
+        assert!(
+            chunk.iter().all(|id| *id == chunk[0]),
+            "interleaved: {ids:?}"
+        );
+        assert_eq!(got[i * 3].body["record"]["note"], format!("r{i}"));
+    }
+    // The schedule's waits (100 ms, then 200 ms), give or take a fifth.
+    let first = tries(&got, ids[0]);
+    assert!(
+        first[1].at - first[0].at >= Duration::from_millis(75),
+        "{:?}",
+        first[1].at - first[0].at
+    );
+    assert!(
+        first[2].at - first[1].at >= Duration::from_millis(155),
+        "{:?}",
+        first[2].at - first[1].at
+    );
+    wait_until("the failures logged", Duration::from_secs(10), || {
+        deliveries(&cluster, "flaky", "failed").len() == 10
+            && deliveries(&cluster, "flaky", "delivered").len() == 5
+    });
+    let failed = deliveries(&cluster, "flaky", "failed");
+    assert!(failed
+        .iter()
+        .all(|(status, error, retry)| *status == Some(500)
+            && error.as_deref() == Some("HTTP 500: answered 500")
+            && *retry));
+    wait_until("the webhook active again", Duration::from_secs(10), || {
+        field(&cluster, "flaky", "state").as_deref() == Some("active")
+            && field(&cluster, "flaky", "last_error").is_none()
+    });
+}
+
+#[test]
+fn retry_after_is_honoured() {
+    let cluster = Cluster::start("webhooks_retry_after", CONF);
+    setup(&cluster);
+    let receiver = Receiver::start();
+    create(&cluster, "busy", &receiver.url("/retry-after/1"), "");
+    insert(&cluster, "r");
+    let got = receiver.wait("/retry-after/1", 2);
+    assert_eq!(got[0].id, got[1].id);
+    // 1 s, not the schedule's 100 ms.
+    assert!(
+        got[1].at - got[0].at >= Duration::from_millis(950),
+        "{:?}",
+        got[1].at - got[0].at
+    );
+    assert_eq!(deliveries(&cluster, "busy", "failed")[0].0, Some(429));
+}
+
+#[test]
+fn gone_disables_a_webhook_until_it_is_resumed() {
+    let cluster = Cluster::start("webhooks_gone", CONF);
+    setup(&cluster);
+    let receiver = Receiver::start();
+    create(&cluster, "gone", &receiver.url("/status/410"), "");
+    create(&cluster, "control", &receiver.url("/ok?control"), "");
+    insert(&cluster, "first");
+    receiver.wait("/status/410", 1);
+    wait_until("disabled", Duration::from_secs(10), || {
+        field(&cluster, "gone", "state").as_deref() == Some("disabled")
+    });
+    let reason = field(&cluster, "gone", "disabled_reason").unwrap();
+    assert!(reason.contains("410"), "{reason}");
+    insert(&cluster, "second");
+    receiver.wait("/ok?control", 2);
+    assert_eq!(
+        receiver.to("/status/410").len(),
+        1,
+        "a disabled webhook was sent to"
+    );
+    // Resumed at another address: what it never acknowledged comes first, then the rest.
+    cluster
+        .client()
+        .batch_execute(&format!(
+            "SELECT realtime_webhook_alter('gone', url => '{}'); SELECT realtime_webhook_resume('gone');",
+            receiver.url("/ok?gone")
+        ))
+        .unwrap();
+    let got = receiver.wait("/ok?gone", 2);
+    let notes: Vec<&Value> = got.iter().map(|r| &r.body["record"]["note"]).collect();
+    assert_eq!(notes, ["first", "second"]);
+    wait_until("active", Duration::from_secs(10), || {
+        field(&cluster, "gone", "state").as_deref() == Some("active")
+    });
+}
+
+#[test]
+fn a_webhook_is_disabled_when_the_schedule_runs_out() {
+    let cluster = Cluster::start("webhooks_schedule", CONF);
+    setup(&cluster);
+    let receiver = Receiver::start();
+    create(&cluster, "down", &receiver.url("/status/500"), "");
+    insert(&cluster, "r");
+    // The first try and the schedule's three retries.
+    receiver.wait("/status/500", 4);
+    wait_until("disabled", Duration::from_secs(10), || {
+        field(&cluster, "down", "state").as_deref() == Some("disabled")
+    });
+    let reason = field(&cluster, "down", "disabled_reason").unwrap();
+    assert!(
+        reason.contains("attempt 4, the last the retry schedule allows"),
+        "{reason}"
+    );
+    assert!(cluster.log().contains("webhook \"down\" disabled"));
+    assert_eq!(receiver.to("/status/500").len(), 4);
+}
+
+#[test]
+fn timeouts_garbage_and_redirects_are_failures() {
+    let cluster = Cluster::start("webhooks_bad_receivers", CONF);
+    setup(&cluster);
+    let receiver = Receiver::start();
+    create(
+        &cluster,
+        "slow",
+        &receiver.url("/stall-first/3000"),
+        ", timeout => '300ms'",
+    );
+    create(&cluster, "garbage", &receiver.url("/garbage"), "");
+    create(&cluster, "redirect", &receiver.url("/redirect"), "");
+    insert(&cluster, "r");
+    // The stalled first try timed out; the second was taken.
+    let slow = receiver.wait("/stall-first/3000", 2);
+    assert_eq!(slow[1].n, 2);
+    wait_until("every outcome logged", Duration::from_secs(20), || {
+        !deliveries(&cluster, "slow", "delivered").is_empty()
+            && field(&cluster, "garbage", "state").as_deref() == Some("disabled")
+            && field(&cluster, "redirect", "state").as_deref() == Some("disabled")
+    });
+    let timed_out = deliveries(&cluster, "slow", "failed");
+    assert!(
+        timed_out[0].1.as_deref().unwrap().contains("timed out"),
+        "{timed_out:?}"
+    );
+    let garbage = deliveries(&cluster, "garbage", "failed");
+    assert!(
+        garbage
+            .iter()
+            .all(|(status, error, _)| status.is_none() && error.is_some()),
+        "{garbage:?}"
+    );
+    let redirect = deliveries(&cluster, "redirect", "failed");
+    assert!(
+        redirect
+            .iter()
+            .all(|(status, error, _)| *status == Some(302)
+                && error
+                    .as_deref()
+                    .unwrap()
+                    .contains("redirects are not followed")),
+        "{redirect:?}"
+    );
+    // The worker is still there for everyone else.
+    create(&cluster, "fine", &receiver.url("/ok?fine"), "");
+    insert(&cluster, "after");
+    receiver.wait("/ok?fine", 1);
+}
+
+#[test]
+fn receivers_at_refused_addresses_are_not_contacted() {
+    let cluster = Cluster::start("webhooks_guard", CONF);
+    setup(&cluster);
+    let receiver = Receiver::start();
+    // 127.0.0.2 is not among realtime.webhook_allowed_hosts; localhost resolves to 127.0.0.1,
+    // which is.
+    let refused = format!("http://127.0.0.2:{}/ok?refused", receiver.port);
+    create(&cluster, "refused", &refused, "");
+    let named = format!("http://localhost:{}/ok?named", receiver.port);
+    create(&cluster, "named", &named, "");
+    insert(&cluster, "r");
+    receiver.wait("/ok?named", 1);
+    wait_until("refused logged", Duration::from_secs(10), || {
+        !deliveries(&cluster, "refused", "failed").is_empty()
+    });
+    let error = deliveries(&cluster, "refused", "failed")[0]
+        .1
+        .clone()
+        .unwrap();
+    assert!(
+        error.contains("127.0.0.2 is not a public address"),
+        "{error}"
+    );
+    assert!(receiver.to("/ok?refused").is_empty());
+    // With no address allowed, the name is refused on what it resolves to.
+    let mut db = cluster.client();
+    db.execute("ALTER SYSTEM SET realtime.webhook_allowed_hosts = ''", &[])
+        .unwrap();
+    db.execute("SELECT pg_reload_conf()", &[]).unwrap();
+    // The worker takes the setting in at its next pass: rows written before may still go out.
+    let refused_by_name = common::poll(Duration::from_secs(10), || {
+        insert(&cluster, "s");
+        field(&cluster, "named", "last_error").is_some_and(|e| {
+            e.contains("localhost resolves to") && e.contains("not a public address")
+        })
+    });
+    assert!(
+        refused_by_name,
+        "{:?} {:?}",
+        field(&cluster, "named", "last_error"),
+        deliveries(&cluster, "named", "failed")
+    );
+    let sent = receiver.to("/ok?named").len();
+    insert(&cluster, "t");
+    wait_until("another refusal", Duration::from_secs(10), || {
+        deliveries(&cluster, "named", "failed").len() >= 2
+    });
+    assert_eq!(receiver.to("/ok?named").len(), sent);
+}
