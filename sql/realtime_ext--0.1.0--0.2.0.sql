@@ -215,6 +215,8 @@ SELECT w.name AS webhook, d.at, d.outcome, d.status, d.attempt, d.first_position
        d.last_position, d.latency_ms, d.error, d.retry_at
   FROM realtime.webhook_deliveries d JOIN realtime.webhooks w ON w.id = d.webhook;
 COMMENT ON VIEW realtime_webhook_deliveries IS 'Recent requests of the webhooks you own: outcome, HTTP status, latency, error';
+-- The tables' privileges and row security decide what each role reads through them.
+GRANT SELECT ON realtime_webhooks, realtime_webhook_deliveries TO PUBLIC;
 
 -- Refuse, with a hint, a role a superuser has not allowed to have webhooks.
 CREATE FUNCTION realtime.webhook_allowed() RETURNS void LANGUAGE plpgsql AS $$
@@ -235,8 +237,8 @@ END $$;
 -- What a webhook reads, checked and written as it is stored: tables as schema-qualified names
 -- of watched tables, events upper-cased; the role one the caller may act as.
 CREATE FUNCTION realtime.webhook_checked(
-    INOUT tables text[], topics text[], INOUT events text[], filter text, acts_as regrole,
-    headers jsonb, secret text)
+    url text, INOUT tables text[], topics text[], INOUT events text[], filter text,
+    acts_as regrole, headers jsonb, secret text)
 LANGUAGE plpgsql AS $$
 DECLARE
     t text;
@@ -244,6 +246,10 @@ DECLARE
     h text;
     checked text[] := '{}';
 BEGIN
+    IF url IS NULL OR url !~* '^https?://[^/?#[:space:]]+[^[:space:]]*$' OR length(url) > 2048 THEN
+        RAISE EXCEPTION 'webhook URL "%" is not an http or https URL', url
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'For example https://example.com/hooks/defects (at most 2048 characters).';
+    END IF;
     FOREACH t IN ARRAY coalesce(tables, '{}') LOOP
         rel := to_regclass(t);
         IF rel IS NULL THEN
@@ -318,7 +324,7 @@ DECLARE
     key text := coalesce(secret, 'whsec_' || encode(uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid()), 'base64'));
 BEGIN
     PERFORM realtime.webhook_allowed();
-    checked := realtime.webhook_checked(tables, topics, events, filter, acts_as, headers, secret);
+    checked := realtime.webhook_checked(url, tables, topics, events, filter, acts_as, headers, secret);
     INSERT INTO realtime.webhooks AS w (name, url, tables, topics, events, filter, acts_as, claims,
                                         secret, headers, batch_size, timeout, position)
     VALUES (name, url, checked.tables, coalesce(topics, '{}'), checked.events, nullif(filter, ''),
@@ -345,7 +351,7 @@ BEGIN
         RAISE EXCEPTION 'webhook "%" does not exist', realtime_webhook_alter.name
             USING ERRCODE = 'undefined_object', HINT = 'realtime_webhooks lists the webhooks you own.';
     END IF;
-    checked := realtime.webhook_checked(coalesce(tables, w.tables), coalesce(topics, w.topics),
+    checked := realtime.webhook_checked(coalesce(url, w.url), coalesce(tables, w.tables), coalesce(topics, w.topics),
         coalesce(events, w.events), coalesce(filter, w.filter), coalesce(acts_as, w.acts_as),
         coalesce(headers, w.headers), secret);
     UPDATE realtime.webhooks x SET

@@ -82,6 +82,8 @@ SELECT w.name AS webhook, d.at, d.outcome, d.status, d.attempt, d.first_position
        d.last_position, d.latency_ms, d.error, d.retry_at
   FROM realtime.webhook_deliveries d JOIN realtime.webhooks w ON w.id = d.webhook;
 COMMENT ON VIEW realtime_webhook_deliveries IS 'Recent requests of the webhooks you own: outcome, HTTP status, latency, error';
+-- The tables' privileges and row security decide what each role reads through them.
+GRANT SELECT ON realtime_webhooks, realtime_webhook_deliveries TO PUBLIC;
 
 -- Refuse, with a hint, a role a superuser has not allowed to have webhooks.
 CREATE FUNCTION realtime.webhook_allowed() RETURNS void LANGUAGE plpgsql AS $$
