@@ -98,6 +98,8 @@ Make defects appear (5 a second, until Ctrl-C):
   examples/defects/generate.sh
 or one at a time:
   psql -h localhost -p $PGPORT -U postgres -c "INSERT INTO defects (camera, kind, score) VALUES ('weld-1', 'scratch', 0.93)"
+Each defect POSTed to a local receiver that verifies its signature: README, "Posting each
+change to a function?".
 An order (its trigger's pg_notify reaches the orders page):
   psql -h localhost -p $PGPORT -U postgres -c "INSERT INTO orders (customer, total) VALUES ('ada', 42.50)"
 In your own page:

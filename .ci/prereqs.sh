@@ -98,11 +98,12 @@ if [ ! -d "$supabase_tests/node_modules/@supabase/supabase-js" ] || [ ! -d "$sup
   echo "==> npm ci in tests/supabase (the official Supabase clients)"
   (cd "$supabase_tests" && npm ci --no-audit --no-fund --loglevel=error)
 fi
-webhook_tests="$(dirname "$0")/../tests/webhooks"
-if [ ! -d "$webhook_tests/node_modules/standardwebhooks" ]; then
-  echo "==> npm ci in tests/webhooks (the Standard Webhooks reference library)"
-  (cd "$webhook_tests" && npm ci --no-audit --no-fund --loglevel=error)
-fi
+for dir in tests/webhooks examples/defects; do
+  if [ ! -d "$(dirname "$0")/../$dir/node_modules/standardwebhooks" ]; then
+    echo "==> npm ci in $dir (the Standard Webhooks reference library)"
+    (cd "$(dirname "$0")/../$dir" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+done
 
 # The lint gate (.ci/lint.sh) needs these toolchain components.
 for component in rustfmt clippy; do

@@ -871,3 +871,72 @@ fn tables_and_topics_arrive_in_one_commit_order() {
     assert_eq!(order, expected);
     assert!(positions(&got).windows(2).all(|w| w[0] < w[1]));
 }
+
+/// The README's webhook, as written there, to the demo's receiver (which verifies with the
+/// reference library) on the demo's table.
+#[test]
+fn the_readme_s_webhook_reaches_the_demo_s_receiver() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let section = readme
+        .split("### Posting each change to a function?")
+        .nth(1)
+        .expect("the README's webhook section");
+    let sql = section
+        .split("```sql")
+        .nth(1)
+        .unwrap()
+        .split("```")
+        .next()
+        .unwrap();
+    let cluster = Cluster::start("webhooks_readme", &[]);
+    let mut db = cluster.client();
+    db.batch_execute(
+        &std::fs::read_to_string(format!("{root}/examples/defects/schema.sql")).unwrap(),
+    )
+    .unwrap();
+    db.batch_execute(
+        "CREATE ROLE web_user NOLOGIN; GRANT SELECT ON defects TO web_user;
+         GRANT web_user TO realtime_authenticator;",
+    )
+    .unwrap();
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let mut secret = String::new();
+    for line in sql.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let line = line.replace("127.0.0.1:9000", &format!("127.0.0.1:{port}"));
+        for message in db.simple_query(&line).unwrap() {
+            if let postgres::SimpleQueryMessage::Row(row) = message {
+                secret = row.get(0).unwrap_or_default().to_string();
+            }
+        }
+    }
+    assert!(
+        secret.starts_with("whsec_"),
+        "the last line returns the secret"
+    );
+    let mut receiver = Command::new("node")
+        .arg(format!("{root}/examples/defects/webhook-receiver.mjs"))
+        .env("WEBHOOK_SECRET", &secret)
+        .env("PORT", port.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(receiver.stdout.take().unwrap()).lines();
+    assert!(lines.next().unwrap().unwrap().starts_with("listening"));
+    db.execute(
+        "INSERT INTO defects (camera, kind, score) VALUES ('weld-1', 'scratch', 0.93)",
+        &[],
+    )
+    .unwrap();
+    // The first try may have come before the receiver listened: the retry 5 s later finds it.
+    let line = lines.next().unwrap().unwrap();
+    let _ = receiver.kill();
+    let _ = receiver.wait();
+    assert!(
+        line.starts_with("verified INSERT defect 1 at weld-1: scratch (0.93)"),
+        "{line}"
+    );
+}
