@@ -199,6 +199,32 @@ if b is not None and not b.get("error"):
     print(f"| B | headless Chromium ({b['browser']}), defects dashboard: commit to DOM p50 / p99 over {b['changes']:,} changes at {b['rate_per_s']}/s; "
           f"live again after pg_terminate_backend of the worker ({len(rec)} times) | | | {f(lat['p50'])} / {f(lat['p99'])} ms (max {f(lat['max'])}); "
           f"{min(rec):,} / {b['recover_live_ms_median']:,} / {max(rec):,} ms min / median / max; page shows {b['rows_on_page']:,} of {b['rows_in_table']:,} rows | | |")
+h = find(scenario="webhooks")
+if h is not None and not h.get("error"):
+    fw = h.get("forwarder_latency", {}).get("latency_ms")
+    for run in h["latency"]:
+        l = run["latency_ms"]
+        base = f"{f(fw['p50'])} / {f(fw['p99'])} ms (one receiver)" if fw and run["receivers"] == 1 and run["batch_size"] == 1 else ""
+        print(f"| H | commit -> receiver p50 / p99 at {h['rate_per_s']:,}/s, {run['receivers']} webhook(s) and receiver(s), batch size {run['batch_size']} | | {base} | "
+              f"{f(l['p50'])} / {f(l['p99'])} ms ({l['n']:,} changes, {run['requests']:,} requests{'' if run['complete'] else ', INCOMPLETE'}) | | |")
+    for run in h["drain"]:
+        print(f"| H | draining {run['changes']:,} committed changes: deliveries/s, {run['receivers']} webhook(s), batch size {run['batch_size']} | | | "
+              f"{run['deliveries_per_s']:,.0f}/s ({run['seconds']:.1f} s, {run['requests']:,} requests{'' if run['complete'] else ', INCOMPLETE'}) | | |")
+    w = h["writers"]
+    plain = statistics.mean(w["plain"])
+    zero, batched, ten = (statistics.mean(w[k]) for k in ("webhooks_0", "webhooks_10_batched", "webhooks_10"))
+    cpu = {k: (statistics.mean(c["worker"] for c in v) * 100, statistics.mean(c["receivers"] for c in v) * 100)
+           for k, v in h.get("writers_cpu", {}).items() if v}
+    shares = " / ".join(f"{cpu[k][0]:.0f}%" for k in ("webhooks_0", "webhooks_10_batched", "webhooks_10") if k in cpu)
+    receiving = " / ".join(f"{cpu[k][1]:.0f}%" for k in ("webhooks_10_batched", "webhooks_10") if k in cpu)
+    print(f"| H | 8 writers on a watched table, receivers on the same 2 cores: tps with 0 webhooks / 10 batched (100) / 10 unbatched (× plain); "
+          f"the worker's CPU (of one core); the receivers' | {plain:,.0f} | | "
+          f"{zero:,.0f} ({zero / plain:.2f}×) / {batched:,.0f} ({batched / plain:.2f}×) / {ten:,.0f} ({ten / plain:.2f}×); worker {shares}; receivers {receiving} | for comparison | |")
+    fr, rr = h["forwarder_restart"], h["realtime_restart"]
+    print(f"| H | changes lost when the process is restarted mid-stream (forwarder killed and started again; worker terminated) | | "
+          f"{fr['lost']:,} of {fr['written']:,} | {rr['lost']:,} of {rr['written']:,} | nothing | {ok(rr['lost'] == 0)} |")
+elif h is not None:
+    print(f"| H | webhooks | | | FAILED: {h['error'][:60]} | | |")
 for r in rows:
     if r.get("scenario") == "bridge_crashed":
         print(f"\nThe Node bridge had died before \"{r['before']}\" and was restarted; its log ended: `{r['log'].strip()[-160:]}`")

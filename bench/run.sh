@@ -2,7 +2,7 @@
 # realtime_ext against the architecture it replaces, side by side, in one run.
 #   bench/run.sh            full run (about 40 minutes on 2 cores)
 #   bench/run.sh --quick    smaller counts, shorter runs (under 5 minutes once built)
-#   BENCH_SCENARIOS=LF bench/run.sh    only the scenarios named (any of W L F C T P R S D N B K Y)
+#   BENCH_SCENARIOS=LF bench/run.sh    only the scenarios named (any of W L F C T P R S D N B K Y H)
 #   BENCH_AUTOGROUP=0 bench/run.sh     with the kernel's per-session scheduling groups off for
 #                                      the run (root; restored after); recorded either way
 # Builds what it needs, starts its own PostgreSQL 15 cluster (synchronous_commit on, fsync on)
@@ -16,7 +16,7 @@ export BENCH_COMMIT=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 export BENCH_DIRTY=$([ -z "$(git status --porcelain 2>/dev/null)" ] && echo false || echo true)
 . scripts/lib.sh
 say() { printf '\n==> %s\n' "$*" >&2; }
-SCENARIOS=${BENCH_SCENARIOS:-WLFCTPRDNBKYS}
+SCENARIOS=${BENCH_SCENARIOS:-WLFCTPRDNBKYHS}
 # Linux schedules each session as one group when this is 1; every PostgreSQL process leads a
 # session, so the worker's threads share one group's CPU against each backend and the load
 # generator (bench/notes/2026-12-02-latency-stages.md). Latency under load depends on it.
@@ -29,9 +29,9 @@ export BENCH_AUTOGROUP_SETTING=$(cat "$AUTOGROUP" 2>/dev/null || echo absent)
 want() { [[ $SCENARIOS == *$1* ]]; }
 
 if [ $QUICK = 1 ]; then
-  W_SECONDS=4; W_ROUNDS=1; L_EVENTS=1000; F_CLIENTS=1000; F_SECONDS=5; C_CLIENTS=5000; T_ROWS=100000; P_EVENTS=20; R_EVENTS=2000; D_CLIENTS=100
+  W_SECONDS=4; W_ROUNDS=1; L_EVENTS=1000; F_CLIENTS=1000; F_SECONDS=5; C_CLIENTS=5000; T_ROWS=100000; P_EVENTS=20; R_EVENTS=2000; D_CLIENTS=100; H_EVENTS=1000; H_BURST=2000
 else
-  W_SECONDS=8; W_ROUNDS=4; L_EVENTS=10000; F_CLIENTS=10000; F_SECONDS=15; C_CLIENTS=50000; T_ROWS=1000000; P_EVENTS=100; R_EVENTS=20000; D_CLIENTS=1000
+  W_SECONDS=8; W_ROUNDS=4; L_EVENTS=10000; F_CLIENTS=10000; F_SECONDS=15; C_CLIENTS=50000; T_ROWS=1000000; P_EVENTS=100; R_EVENTS=20000; D_CLIENTS=1000; H_EVENTS=5000; H_BURST=10000
 fi
 
 say "building (extension, load generator, Node bridge)"
@@ -41,6 +41,7 @@ command -v bc >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q
 cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null
 (cd bench && cargo build --release -q)
 (cd bench/baselines/node-bridge && npm install --silent --no-audit --no-fund >/dev/null)
+(cd bench/baselines/webhook-forwarder && npm ci --silent --no-audit --no-fund >/dev/null)
 LOADGEN=$PWD/bench/target/release/realtime_bench
 
 say "starting PostgreSQL 15 with realtime_ext"
@@ -70,6 +71,8 @@ realtime.jwt_secret = '$JWT_SECRET'
 # K and Y: channels open to the load clients, and one sender as fast as K asks.
 realtime.public_topics = on
 realtime.broadcast_rate = 100000
+# H: the receivers are on loopback.
+realtime.webhook_allowed_hosts = '127.0.0.1'
 CONF
 as_pg "$BIN/pg_ctl" -D "$DATA/pg" -l "$DATA/server.log" -w start >/dev/null
 BRIDGE_PID= FLOOR_PID=
@@ -268,6 +271,11 @@ fi
 if want Y; then
 say "Y: $F_CLIENTS clients join one channel's presence"
 "$LOADGEN" presence --ws "$RT_URL" --clients $F_CLIENTS --seconds 120 | record
+fi
+
+if want H; then
+say "H: webhooks to local receivers; beside a pg_notify trigger and a Node LISTEN -> fetch forwarder"
+node bench/webhooks.mjs "postgres://postgres@127.0.0.1:$PGPORT/postgres" "$BIN/pgbench" $H_EVENTS 500 $H_BURST $W_SECONDS | record
 fi
 
 if want S; then

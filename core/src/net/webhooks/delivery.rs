@@ -21,6 +21,10 @@ use tokio::sync::Semaphore;
 /// history for a stretch it may no longer keep.
 const IDLE: Duration = Duration::from_secs(1);
 
+/// How long a batched webhook waits for more changes to fill a request once it has one: a
+/// stream of single-row transactions would otherwise go out one change per request.
+const LINGER: Duration = Duration::from_millis(5);
+
 /// What every webhook's deliveries share.
 pub struct Http {
     pub client: reqwest::Client,
@@ -114,8 +118,21 @@ impl Delivery {
             match event {
                 Event::Change { .. } => {
                     let mut changes = vec![event];
+                    let until = tokio::time::Instant::now() + LINGER;
                     while changes.len() < self.hook.batch_size {
-                        match headless.next_at_hand().await {
+                        let next = match headless.next_at_hand().await {
+                            Some(event) => Some(event),
+                            None => match headless
+                                .next_within(
+                                    until.saturating_duration_since(tokio::time::Instant::now()),
+                                )
+                                .await
+                            {
+                                Next::Event(event) => Some(event),
+                                Next::Idle | Next::Stopped => None,
+                            },
+                        };
+                        match next {
                             Some(change @ Event::Change { .. }) => changes.push(change),
                             Some(Event::Leave { .. }) => {}
                             Some(other) => {

@@ -9,7 +9,6 @@
 use crate::net::headless::Event;
 use crate::webhook::Webhook;
 use base64::Engine;
-use serde_json::value::RawValue;
 use std::time::{Duration, Instant};
 
 /// Most bytes of a refusal's body kept for its error message.
@@ -55,33 +54,28 @@ fn object(event: &Event) -> Option<String> {
     else {
         return None;
     };
-    let json = |text: &Option<String>| -> Option<Box<RawValue>> {
-        let text = text.as_ref()?;
-        RawValue::from_string(text.clone())
-            .or_else(|_| RawValue::from_string(serde_json::Value::from(text.as_str()).to_string()))
-            .ok()
-    };
-    let value = if *op == crate::ops::Op::Message {
-        serde_json::json!({
-            "type": op.name(),
-            "topic": schema,
-            "event": table,
-            "payload": json(new),
-            "position": position,
-            "commit_timestamp": commit_time,
-        })
+    // Row images and payloads are JSON the engine rendered: written as they are, not parsed.
+    let json = |text: &Option<String>| text.as_deref().unwrap_or("null").to_string();
+    let quoted = |text: &str| serde_json::Value::from(text).to_string();
+    Some(if *op == crate::ops::Op::Message {
+        format!(
+            r#"{{"type":"MESSAGE","topic":{},"event":{},"payload":{},"position":{position},"commit_timestamp":{}}}"#,
+            quoted(schema),
+            quoted(table),
+            json(new),
+            quoted(commit_time),
+        )
     } else {
-        serde_json::json!({
-            "type": op.name(),
-            "schema": schema,
-            "table": table,
-            "record": json(new),
-            "old_record": json(old),
-            "position": position,
-            "commit_timestamp": commit_time,
-        })
-    };
-    Some(value.to_string())
+        format!(
+            r#"{{"type":"{}","schema":{},"table":{},"record":{},"old_record":{},"position":{position},"commit_timestamp":{}}}"#,
+            op.name(),
+            quoted(schema),
+            quoted(table),
+            json(new),
+            json(old),
+            quoted(commit_time),
+        )
+    })
 }
 
 /// The request's `webhook-id`: the same for every attempt at the same changes, and after a
