@@ -26,6 +26,8 @@ CREATE TABLE realtime.webhooks (
     paused boolean NOT NULL DEFAULT false,
     -- Bumped by every change made through the functions: the worker restarts delivery.
     generation bigint NOT NULL DEFAULT 1,
+    -- The generation the last replay made: acknowledgements of earlier ones no longer count.
+    replayed_generation bigint NOT NULL DEFAULT 1,
     -- Acknowledged by the receiver (or skipped as a gap) up to here.
     position bigint NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now(),
@@ -249,6 +251,8 @@ BEGIN
         paused = webhook_update.paused,
         position = coalesce(webhook_update.since, w.position),
         generation = w.generation + 1,
+        replayed_generation = CASE WHEN webhook_update.since IS NULL THEN w.replayed_generation
+                                   ELSE w.generation + 1 END,
         disabled_at = CASE WHEN webhook_update.paused THEN w.disabled_at END,
         disabled_reason = CASE WHEN webhook_update.paused THEN w.disabled_reason END,
         failing_since = CASE WHEN webhook_update.paused THEN w.failing_since END

@@ -940,3 +940,56 @@ fn the_readme_s_webhook_reaches_the_demo_s_receiver() {
         "{line}"
     );
 }
+
+/// Paused, a webhook receives nothing; resumed, what was committed meanwhile comes from the
+/// history; replayed, everything after a position again, with a gap (logged) where the history
+/// holds nothing.
+#[test]
+fn paused_resumed_and_replayed_from_the_history() {
+    let cluster = Cluster::start("webhooks_replay", CONF);
+    setup(&cluster);
+    let receiver = Receiver::start();
+    create(&cluster, "later", &receiver.url("/ok?later"), "");
+    create(&cluster, "control", &receiver.url("/ok?control"), "");
+    insert(&cluster, "before");
+    receiver.wait("/ok?later", 1);
+    let mut db = cluster.client();
+    db.execute("SELECT realtime_webhook_pause('later')", &[])
+        .unwrap();
+    wait_until("paused", Duration::from_secs(10), || {
+        field(&cluster, "later", "state").as_deref() == Some("paused")
+    });
+    // The worker reads the webhooks once a second: once it has, only the control webhook's
+    // subscription is left.
+    wait_until("the pause taken in", Duration::from_secs(10), || {
+        cluster.stat("subscriptions{protocol=\"webhook\"}") == 1
+    });
+    insert(&cluster, "while paused");
+    receiver.wait("/ok?control", 2);
+    assert_eq!(
+        receiver.to("/ok?later").len(),
+        1,
+        "a paused webhook was sent to"
+    );
+    db.execute("SELECT realtime_webhook_resume('later')", &[])
+        .unwrap();
+    let got = receiver.wait("/ok?later", 2);
+    assert_eq!(got[1].body["record"]["note"], "while paused");
+
+    // Everything after position 0: the history begins after the cluster's first position, so
+    // what comes before it is a gap; then both rows again, with the ids they had.
+    db.execute("SELECT realtime_webhook_replay('later', 0)", &[])
+        .unwrap();
+    let again = receiver.wait("/ok?later", 4);
+    assert_eq!(
+        (again[2].id.as_str(), again[3].id.as_str()),
+        (got[0].id.as_str(), got[1].id.as_str())
+    );
+    assert_eq!((again[2].n, again[3].n), (2, 2));
+    wait_until("the gap logged", Duration::from_secs(10), || {
+        !deliveries(&cluster, "later", "gap").is_empty()
+    });
+    assert!(cluster
+        .log()
+        .contains("webhook \"later\" will not receive positions 1 to"));
+}

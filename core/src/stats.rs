@@ -59,6 +59,7 @@ stats! {
     SupabaseConnections: Gauge, "connections", ["protocol" = "supabase"], "open WebSocket connections";
     Subscriptions: Gauge, "subscriptions", ["protocol" = "native"], "subscriptions held or being made";
     SupabaseSubscriptions: Gauge, "subscriptions", ["protocol" = "supabase"], "subscriptions held or being made";
+    WebhookSubscriptions: Gauge, "subscriptions", ["protocol" = "webhook"], "subscriptions held or being made";
     MessagesSent: Counter, "messages_sent_total", ["protocol" = "native"], "changes, leaves, gaps and ends written to clients";
     SupabaseMessagesSent: Counter, "messages_sent_total", ["protocol" = "supabase"], "changes, leaves, gaps and ends written to clients";
     SentBytes: Counter, "sent_bytes_total", ["protocol" = "native"], "bytes of those messages";
@@ -335,10 +336,11 @@ impl Stats {
         self.get(Stat::Connections) + self.get(Stat::SupabaseConnections)
     }
 
-    /// Subscriptions held or being made, whatever their protocol (headless ones count as
-    /// native).
+    /// Subscriptions held or being made, whatever their protocol, webhooks' included.
     pub fn subscriptions(&self) -> u64 {
-        self.get(Stat::Subscriptions) + self.get(Stat::SupabaseSubscriptions)
+        self.get(Stat::Subscriptions)
+            + self.get(Stat::SupabaseSubscriptions)
+            + self.get(Stat::WebhookSubscriptions)
     }
 
     /// Add one; the value before.

@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime};
 #[derive(Clone, Debug, PartialEq)]
 pub struct Webhook {
     pub id: i64,
-    /// Bumped by every change made through SQL. A report for another generation is not
-    /// applied: a replay may have moved the position under it.
+    /// Bumped by every change made through SQL (delivery starts again). Reports of a
+    /// generation before the last replay move nothing: the replay moved the position back.
     pub generation: i64,
     pub name: String,
     pub url: String,

@@ -20,8 +20,8 @@ const RELOAD_EVERY: Duration = Duration::from_secs(1);
 const WRITE_EVERY: Duration = Duration::from_millis(200);
 /// Deliveries kept per webhook in `realtime.webhook_deliveries`.
 const KEPT_DELIVERIES: i64 = 100;
-/// Requests of one webhook logged per write-back, the latest: at thousands of deliveries a
-/// second the rest only move its position.
+/// Successful requests of one webhook logged per write-back, the latest: at thousands of
+/// deliveries a second the rest only move its position. Failures and gaps are all logged.
 const LOGGED_PER_WRITE: usize = 20;
 /// Reports held for the next write-back at most; past it the oldest successes are folded.
 const MOST_PENDING: usize = 100_000;
@@ -218,7 +218,9 @@ fn load() -> Result<Vec<Webhook>, pgrx::spi::Error> {
 }
 
 /// Write back one webhook's reports (all of one generation): its position, its state, the
-/// latest of its requests; deliveries beyond the last `KEPT_DELIVERIES` are removed.
+/// latest of its requests; deliveries beyond the last `KEPT_DELIVERIES` are removed. Reports
+/// of a generation before the last replay are logged but move nothing: the replay moved the
+/// position back on purpose.
 fn write(webhook: i64, generation: i64, attempts: &[Attempt]) -> Result<(), pgrx::spi::Error> {
     let seconds = |t: SystemTime| {
         t.duration_since(SystemTime::UNIX_EPOCH)
@@ -259,7 +261,7 @@ fn write(webhook: i64, generation: i64, attempts: &[Attempt]) -> Result<(), pgrx
             last_error = CASE WHEN $4 IS NOT NULL THEN $6 ELSE coalesce($6, last_error) END,
             disabled_at = coalesce(to_timestamp($7), disabled_at),
             disabled_reason = coalesce($8, disabled_reason)
-          WHERE id = $1 AND generation = $2",
+          WHERE id = $1 AND $2 >= replayed_generation",
         &[
             webhook.into(),
             generation.into(),
@@ -271,11 +273,23 @@ fn write(webhook: i64, generation: i64, attempts: &[Attempt]) -> Result<(), pgrx
             disabled.map(|(_, why)| why).into(),
         ],
     )?;
+    // Every failure, gap and disabling is logged; of the successes, the latest.
+    let delivered = attempts
+        .iter()
+        .filter(|a| a.outcome == Outcome::Delivered)
+        .count();
+    let skipped = delivered.saturating_sub(LOGGED_PER_WRITE);
     let logged: Vec<&Attempt> = attempts
         .iter()
         .filter(|a| a.outcome != Outcome::Idle)
+        .scan(0, |successes, a| {
+            *successes += usize::from(a.outcome == Outcome::Delivered);
+            Some((a, *successes))
+        })
+        .filter(|(a, successes)| a.outcome != Outcome::Delivered || *successes > skipped)
+        .map(|(a, _)| a)
         .collect();
-    for a in &logged[logged.len().saturating_sub(LOGGED_PER_WRITE)..] {
+    for a in &logged {
         let (outcome, error, retry_at) = match &a.outcome {
             Outcome::Delivered => ("delivered", None, None),
             Outcome::Failed { error, retry_in } => (

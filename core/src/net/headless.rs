@@ -104,6 +104,11 @@ impl Headless {
         Ok(position)
     }
 
+    /// Count its subscriptions in `stat` (a consumer's gauge) rather than the native one.
+    pub fn count_as(&mut self, stat: crate::stats::Stat) {
+        self.subscriber.subscriptions.count_as(stat);
+    }
+
     pub fn unsubscribe(&mut self, id: u64) -> bool {
         self.subscriber.subscriptions.unsubscribe(|key| *key == id)
     }
@@ -429,6 +434,35 @@ mod unit {
                 .collect();
             assert_eq!(got, expected);
             assert_eq!(sub.position(), 30);
+        });
+    }
+
+    /// A gap the history holds comes whole, in its place, to a subscriber resuming before it.
+    #[test]
+    fn a_gap_in_the_history_comes_whole_in_its_place() {
+        let engine = Engine::start("gap");
+        runtime().block_on(async {
+            (1..=10).for_each(|p| engine.publish(p));
+            let gap = Batch::Gap {
+                reason: crate::change::GapReason::ServerRestart,
+                first_position: 11,
+                last_position: 20,
+                topics: None,
+            };
+            engine.publish_batch(20, gap);
+            (21..=24).for_each(|p| engine.publish(p));
+            let mut sub = engine.headless();
+            sub.subscribe(1, wish(None)).await.unwrap();
+            sub.start_from(6);
+            let mut got = Vec::new();
+            while got.len() < 5 {
+                match tokio::time::timeout(Duration::from_secs(5), sub.next()).await {
+                    Ok(Some(Event::Change { position, .. })) => got.push(format!("{position}")),
+                    Ok(Some(Event::Gap { from, to, .. })) => got.push(format!("gap {from}-{to}")),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            assert_eq!(got, ["8", "10", "gap 11-20", "22", "24"]);
         });
     }
 

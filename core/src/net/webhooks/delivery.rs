@@ -73,6 +73,7 @@ struct Delivery {
 impl Delivery {
     async fn subscribe(&self, context: &Context) -> Result<Headless, String> {
         let mut headless = Headless::new(context, Arc::new(self.hook.principal.clone()));
+        headless.count_as(crate::stats::Stat::WebhookSubscriptions);
         for (id, target) in targets(&self.hook).iter().enumerate() {
             let wish = Wish {
                 target: target.clone(),
