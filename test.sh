@@ -17,7 +17,7 @@ bash .ci/prereqs.sh
 
 # The SQL surface, capture, commit order and two-phase commit, authorization and row security,
 # resume and snapshots, the worker's lifecycle and upgrading: what touches PostgreSQL's internals.
-VERSION_SUITES=${VERSION_SUITES:-"sql_surface changes channels two_phase auth authorization security resume snapshot worker lifecycle upgrade"}
+VERSION_SUITES=${VERSION_SUITES:-"sql_surface changes channels two_phase auth authorization security resume snapshot worker lifecycle upgrade webhooks"}
 
 # cargo pgrx test installs the extension into the major's directories (with sudo when not
 # root), runs initdb as the postgres user, then runs `cargo test` with that major's feature.
