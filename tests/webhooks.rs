@@ -993,3 +993,43 @@ fn paused_resumed_and_replayed_from_the_history() {
         .log()
         .contains("webhook \"later\" will not receive positions 1 to"));
 }
+
+/// A session that holds a webhook's row (altering it, say) holds up neither the worker nor
+/// the other webhooks: what it cannot write back now it writes once the row is free.
+#[test]
+fn a_locked_webhook_row_holds_up_nobody() {
+    let cluster = Cluster::start("webhooks_locked", CONF);
+    setup(&cluster);
+    let receiver = Receiver::start();
+    create(&cluster, "held", &receiver.url("/ok?held"), "");
+    create(&cluster, "free", &receiver.url("/ok?free"), "");
+    insert(&cluster, "first");
+    receiver.wait("/ok?held", 1);
+    let mut session = cluster.client();
+    let mut tx = session.transaction().unwrap();
+    tx.execute(
+        "SELECT FROM realtime.webhooks WHERE name = 'held' FOR UPDATE",
+        &[],
+    )
+    .unwrap();
+    insert(&cluster, "second");
+    receiver.wait("/ok?held", 2);
+    let free_position = receiver.wait("/ok?free", 2)[1].body["position"].to_string();
+    // The other webhook's state is written back, and changes still flow to WebSocket clients.
+    wait_until(
+        "the free webhook's position kept",
+        Duration::from_secs(10),
+        || field(&cluster, "free", "position").as_deref() == Some(free_position.as_str()),
+    );
+    let mut ws = cluster.ws();
+    ws.subscribe("s", "defects", None);
+    insert(&cluster, "third");
+    assert_eq!(ws.changes(1)[0]["new"]["note"], "third");
+    tx.rollback().unwrap();
+    let held_position = receiver.wait("/ok?held", 3)[2].body["position"].to_string();
+    wait_until(
+        "the held webhook's position kept",
+        Duration::from_secs(10),
+        || field(&cluster, "held", "position").as_deref() == Some(held_position.as_str()),
+    );
+}

@@ -40,6 +40,19 @@ pub struct Webhooks {
 impl Webhooks {
     /// A report from the network threads, for the next write-back.
     pub fn record(&mut self, attempt: Attempt) {
+        match &attempt.outcome {
+            Outcome::Disabled { error } => log!(
+                "realtime_ext: webhook \"{}\" disabled: {error}",
+                self.name(attempt.webhook)
+            ),
+            Outcome::Gap { reason } => warning!(
+                "realtime_ext: webhook \"{}\" will not receive positions {} to {}: {reason:?}",
+                self.name(attempt.webhook),
+                attempt.first,
+                attempt.last
+            ),
+            _ => {}
+        }
         if self.pending.len() >= MOST_PENDING {
             self.pending.retain(|a| a.outcome != Outcome::Idle);
         }
@@ -116,19 +129,6 @@ impl Webhooks {
         let pending = std::mem::take(&mut self.pending);
         let mut by_webhook: HashMap<(i64, i64), Vec<Attempt>> = HashMap::new();
         for attempt in pending {
-            match &attempt.outcome {
-                Outcome::Disabled { error } => log!(
-                    "realtime_ext: webhook \"{}\" disabled: {error}",
-                    self.name(attempt.webhook)
-                ),
-                Outcome::Gap { reason } => warning!(
-                    "realtime_ext: webhook \"{}\" will not receive positions {} to {}: {reason:?}",
-                    self.name(attempt.webhook),
-                    attempt.first,
-                    attempt.last
-                ),
-                _ => {}
-            }
             by_webhook
                 .entry((attempt.webhook, attempt.generation))
                 .or_default()
@@ -137,15 +137,23 @@ impl Webhooks {
         let written = in_transaction(
             || {
                 Spi::run("SET LOCAL synchronous_commit = off").map_err(|e| e.to_string())?;
-                for ((webhook, generation), attempts) in &by_webhook {
-                    write(*webhook, *generation, attempts).map_err(|e| e.to_string())?;
+                let mut busy = Vec::new();
+                for ((webhook, generation), attempts) in by_webhook {
+                    if !write(webhook, generation, &attempts).map_err(|e| e.to_string())? {
+                        busy.extend(attempts);
+                    }
                 }
-                Ok(())
+                Ok(busy)
             },
             |e| e,
         );
-        if let Err(e) = written {
-            warning!("realtime_ext: could not record webhook deliveries (they are sent again after a restart): {e}");
+        match written {
+            // Those of webhooks a session is changing right now: next time.
+            Ok(mut busy) => {
+                busy.append(&mut self.pending);
+                self.pending = busy;
+            }
+            Err(e) => warning!("realtime_ext: could not record webhook deliveries (they are sent again after a restart): {e}"),
         }
     }
 }
@@ -218,10 +226,22 @@ fn load() -> Result<Vec<Webhook>, pgrx::spi::Error> {
 }
 
 /// Write back one webhook's reports (all of one generation): its position, its state, the
-/// latest of its requests; deliveries beyond the last `KEPT_DELIVERIES` are removed. Reports
+/// latest of its requests; deliveries beyond the last `KEPT_DELIVERIES` are removed. False
+/// when a session holds its row: nothing was written. Reports
 /// of a generation before the last replay are logged but move nothing: the replay moved the
 /// position back on purpose.
-fn write(webhook: i64, generation: i64, attempts: &[Attempt]) -> Result<(), pgrx::spi::Error> {
+fn write(webhook: i64, generation: i64, attempts: &[Attempt]) -> Result<bool, pgrx::spi::Error> {
+    // The worker never waits for a row lock: a session altering or dropping this webhook
+    // holds it, and waiting could deadlock with a statement that changes several.
+    let (locked, exists) = Spi::get_two_with_args::<bool, bool>(
+        "SELECT EXISTS (SELECT FROM realtime.webhooks WHERE id = $1 FOR UPDATE SKIP LOCKED),
+                EXISTS (SELECT FROM realtime.webhooks WHERE id = $1)",
+        &[webhook.into()],
+    )?;
+    if locked != Some(true) {
+        // Dropped: nothing to keep. Busy: kept for the next write-back.
+        return Ok(exists != Some(true));
+    }
     let seconds = |t: SystemTime| {
         t.duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default()
@@ -305,8 +325,7 @@ fn write(webhook: i64, generation: i64, attempts: &[Attempt]) -> Result<(), pgrx
             "INSERT INTO realtime.webhook_deliveries
                     (webhook, at, first_position, last_position, attempt, outcome, status,
                      latency_ms, error, retry_at)
-             SELECT $1, to_timestamp($2), $3, $4, $5, $6, $7, $8, $9, to_timestamp($10)
-              WHERE EXISTS (SELECT FROM realtime.webhooks WHERE id = $1)",
+             VALUES ($1, to_timestamp($2), $3, $4, $5, $6, $7, $8, $9, to_timestamp($10))",
             &[
                 webhook.into(),
                 seconds(a.at).into(),
@@ -330,5 +349,5 @@ fn write(webhook: i64, generation: i64, attempts: &[Attempt]) -> Result<(), pgrx
             &[webhook.into(), KEPT_DELIVERIES.into()],
         )?;
     }
-    Ok(())
+    Ok(true)
 }
