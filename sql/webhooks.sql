@@ -193,6 +193,14 @@ DECLARE
     key text := coalesce(secret, 'whsec_' || encode(uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid()), 'base64'));
 BEGIN
     PERFORM realtime.webhook_allowed();
+    IF name IS NULL OR name !~ '^[A-Za-z0-9_.-]{1,63}$' THEN
+        RAISE EXCEPTION 'webhook name "%" is not 1 to 63 letters, digits, dots, dashes or underscores', name
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'For example defects-to-fn.';
+    END IF;
+    IF EXISTS (SELECT FROM realtime.webhooks w WHERE w.name = realtime_webhook_create.name) THEN
+        RAISE EXCEPTION 'webhook "%" already exists', name
+            USING ERRCODE = 'duplicate_object', HINT = 'realtime_webhook_alter() changes it; realtime_webhook_drop() removes it.';
+    END IF;
     checked := realtime.webhook_checked(url, tables, topics, events, filter, acts_as, headers, secret);
     INSERT INTO realtime.webhooks AS w (name, url, tables, topics, events, filter, acts_as, claims,
                                         secret, headers, batch_size, timeout, position)

@@ -96,3 +96,11 @@ pub enum Outcome {
     /// them, say): it goes on after them.
     Gap { reason: GapReason },
 }
+
+/// A gap's or an end's reason as the protocol names it (`server_restart`, `table_dropped`).
+pub fn reason_name(reason: &impl serde::Serialize) -> String {
+    match serde_json::to_value(reason) {
+        Ok(serde_json::Value::String(name)) => name,
+        _ => "unknown".into(),
+    }
+}

@@ -12,7 +12,7 @@ use pgrx::prelude::*;
 use realtime_core::auth::Principal;
 use realtime_core::net::Server;
 use realtime_core::ops::OpSet;
-use realtime_core::webhook::{Attempt, Outcome, Settings, Webhook};
+use realtime_core::webhook::{reason_name, Attempt, Outcome, Settings, Webhook};
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -23,7 +23,7 @@ const KEPT_DELIVERIES: i64 = 100;
 /// Successful requests of one webhook logged per write-back, the latest: at thousands of
 /// deliveries a second the rest only move its position. Failures and gaps are all logged.
 const LOGGED_PER_WRITE: usize = 20;
-/// Reports held for the next write-back at most; past it the oldest successes are folded.
+/// Reports held for the next write-back before successes are folded into the furthest one.
 const MOST_PENDING: usize = 100_000;
 
 #[derive(Default)]
@@ -46,17 +46,34 @@ impl Webhooks {
                 self.name(attempt.webhook)
             ),
             Outcome::Gap { reason } => warning!(
-                "realtime_ext: webhook \"{}\" will not receive positions {} to {}: {reason:?}",
+                "realtime_ext: webhook \"{}\" will not receive positions {} to {}: {}",
                 self.name(attempt.webhook),
                 attempt.first,
-                attempt.last
+                attempt.last,
+                reason_name(reason)
             ),
             _ => {}
         }
         if self.pending.len() >= MOST_PENDING {
-            self.pending.retain(|a| a.outcome != Outcome::Idle);
+            self.fold_successes();
         }
         self.pending.push(attempt);
+    }
+
+    /// Keep, of the successes and idle reports waiting, only the furthest of each webhook: the
+    /// position is all they still have to say (the write-back is behind; their log lines go).
+    fn fold_successes(&mut self) {
+        let mut furthest: HashMap<(i64, i64), u64> = HashMap::new();
+        for a in &self.pending {
+            if matches!(a.outcome, Outcome::Delivered | Outcome::Idle) {
+                let last = furthest.entry((a.webhook, a.generation)).or_default();
+                *last = (*last).max(a.last);
+            }
+        }
+        self.pending.retain(|a| {
+            !matches!(a.outcome, Outcome::Delivered | Outcome::Idle)
+                || furthest.get(&(a.webhook, a.generation)) == Some(&a.last)
+        });
     }
 
     /// Between passes: write back what was reported and read the webhooks again, as due.
@@ -318,7 +335,7 @@ fn write(webhook: i64, generation: i64, attempts: &[Attempt]) -> Result<bool, pg
                 Some(seconds(a.at + *retry_in)),
             ),
             Outcome::Disabled { error } => ("disabled", Some(error.clone()), None),
-            Outcome::Gap { reason } => ("gap", Some(format!("{reason:?}")), None),
+            Outcome::Gap { reason } => ("gap", Some(reason_name(reason)), None),
             Outcome::Idle => continue,
         };
         Spi::run_with_args(

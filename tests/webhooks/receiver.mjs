@@ -10,14 +10,18 @@
 //   /redirect            302 to http://127.0.0.2:<port>/ok, an address the worker refuses
 //   /garbage             bytes that are not HTTP, then the connection closes
 // A query string tells webhooks on the same path apart; it does not change the answer.
-// Usage: node receiver.mjs <secret>; prints {"listening": <port>} first.
+// Usage: node receiver.mjs <secret> [<key.pem> <cert.pem>] (HTTPS with the two); prints
+// {"listening": <port>} first.
+import fs from 'node:fs';
 import http from 'node:http';
+import https from 'node:https';
 import { Webhook } from 'standardwebhooks';
 
 const verifier = new Webhook(process.argv[2]);
 const tries = new Map();
 
-const server = http.createServer((req, res) => {
+const [key, cert] = process.argv.slice(3);
+const handle = (req, res) => {
   const chunks = [];
   req.on('data', (c) => chunks.push(c));
   req.on('end', () => {
@@ -50,7 +54,10 @@ const server = http.createServer((req, res) => {
       default: return status(404);
     }
   });
-});
+};
+const server = key
+  ? https.createServer({ key: fs.readFileSync(key), cert: fs.readFileSync(cert) }, handle)
+  : http.createServer(handle);
 server.listen(0, '127.0.0.1', () => {
   console.log(JSON.stringify({ listening: server.address().port }));
 });

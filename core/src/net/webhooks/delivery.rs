@@ -156,8 +156,9 @@ impl Delivery {
                 Event::Ended { id, reason } => {
                     let target = targets(&self.hook).get(id as usize).map(named);
                     let error = format!(
-                        "the subscription to {} ended: {reason:?}",
-                        target.unwrap_or_default()
+                        "the subscription to {} ended: {}",
+                        target.unwrap_or_default(),
+                        crate::webhook::reason_name(&reason)
                     );
                     return self.failed(None, Duration::ZERO, error, None).await;
                 }
