@@ -297,6 +297,10 @@ BEGIN
         RAISE EXCEPTION 'headers must be a JSON object of names and text values'
             USING ERRCODE = 'invalid_parameter_value', HINT = 'For example ''{"authorization": "Bearer ..."}''.';
     END IF;
+    IF (SELECT count(*) FROM jsonb_object_keys(headers)) > 32 THEN
+        RAISE EXCEPTION 'a webhook sends at most 32 headers of its own'
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Every request carries them all; keep what the receiver needs.';
+    END IF;
     FOR h IN SELECT k FROM jsonb_each(headers) AS e(k, v) LOOP
         IF h !~ '^[A-Za-z0-9!#$%&''*+.^_`|~-]{1,64}$' OR jsonb_typeof(headers -> h) <> 'string'
            OR (headers ->> h) ~ '[\r\n\x00]' OR octet_length(headers ->> h) > 4096 THEN

@@ -645,6 +645,7 @@ fn webhooks_belong_to_their_owners() {
         ("'x', 'https://example.com/', tables => '{defects}', headers => '{\"webhook-id\": \"1\"}'", "22023"),
         ("'x', 'https://example.com/', tables => '{defects}', headers => '{\"bad name\": \"1\"}'", "22023"),
         ("'x', 'https://example.com/', tables => '{defects}', secret => 'whsec_short'", "22023"),
+        ("'x', 'https://example.com/', tables => '{defects}', headers => (SELECT jsonb_object_agg('x-' || g, 'v') FROM generate_series(1, 33) g)", "22023"),
         ("'bad name!', 'https://example.com/', tables => '{defects}'", "22023"),
         ("'a1', 'https://example.com/', tables => '{defects}'", "42710"),
     ] {
