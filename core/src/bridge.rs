@@ -198,14 +198,17 @@ impl WorkerHandle {
 
     /// Tell the worker, without waiting, that nobody is left in `audience`.
     pub fn release(&self, audience: AudienceId) {
-        if self.tx.send(Request::Release { audience }).is_ok() {
-            self.wake();
-        }
+        self.tell(Request::Release { audience });
     }
 
     /// Tell the worker, without waiting, what became of a webhook's request.
     pub fn webhook(&self, attempt: crate::webhook::Attempt) {
-        if self.tx.send(Request::Webhook(attempt)).is_ok() {
+        self.tell(Request::Webhook(attempt));
+    }
+
+    /// Send `request`, expecting no answer.
+    fn tell(&self, request: Request) {
+        if self.tx.send(request).is_ok() {
             self.wake();
         }
     }
