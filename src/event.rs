@@ -337,6 +337,16 @@ pub enum Record<'a> {
     Aborted,
 }
 
+/// The spill file a record's changes are in, committed or not.
+pub fn spill_path(record: &[u8]) -> Option<&str> {
+    match RecordKind::from_u8(*record.first()?)? {
+        RecordKind::Spilled | RecordKind::PendingSpilled => {
+            std::str::from_utf8(record.get(RECORD_HEADER_LEN..)?).ok()
+        }
+        _ => None,
+    }
+}
+
 pub fn decode_record(buf: &[u8]) -> Option<Record<'_>> {
     let mut r = Reader { buf, at: 0 };
     let kind = RecordKind::from_u8(r.u8()?)?;

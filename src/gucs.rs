@@ -118,7 +118,7 @@ pub fn init() {
     );
     GucRegistry::define_int_guc(
         c"realtime.queue_size",
-        c"Size of the shared-memory change queue.",
+        c"Size of the change queue, a file in pg_realtime mapped into every server process.",
         c"When the worker falls this far behind, further transactions become a gap message.",
         &QUEUE_SIZE_KB,
         1024,

@@ -32,15 +32,17 @@ pub fn discard(path: impl AsRef<Path>) {
     let _ = std::fs::remove_file(path);
 }
 
-/// At server start (or after a crash): queue records that referenced spill files are gone with
-/// the old shared memory, so the files are too. Prepared transactions' files outlive restarts,
-/// as those transactions do, except a spill file whose state file is gone: its transaction
-/// committed and only the lost queue record would have read it.
-pub fn clear_orphans() {
+/// At server start (or after a crash): spill files whose records did not carry over in the
+/// queue will not be read. `keep` names the files that stay: those records', the queue's.
+/// Prepared transactions' files outlive restarts, as those transactions do, except a spill
+/// file whose state file is gone: its transaction committed and its record was read.
+pub fn clear_orphans(keep: &[String]) {
     if let Ok(entries) = std::fs::read_dir(DIR) {
         for entry in entries.flatten() {
-            if entry.file_type().is_ok_and(|t| t.is_file()) {
-                discard(entry.path());
+            let path = entry.path();
+            let kept = path.to_str().is_some_and(|p| keep.iter().any(|k| k == p));
+            if entry.file_type().is_ok_and(|t| t.is_file()) && !kept {
+                discard(path);
             }
         }
     }

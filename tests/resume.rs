@@ -160,7 +160,7 @@ fn older_than_the_history_is_a_gap_then_everything_it_keeps() {
 }
 
 #[test]
-fn a_worker_restart_loses_nothing_a_server_restart_is_a_gap() {
+fn worker_restarts_server_restarts_and_crashes_lose_nothing() {
     let cluster = Cluster::start("resume_restart", &[]);
     let mut db = cluster.client();
     db.batch_execute(
@@ -182,32 +182,95 @@ fn a_worker_restart_loses_nothing_a_server_restart_is_a_gap() {
     insert(&mut db, "events", &[(3, "")]);
     cluster.wait_for_new_worker(pid);
     insert(&mut db, "events", &[(4, "")]);
-    let mut ws = cluster.ws();
-    let reply = resume(&mut ws, "e", "events", None, seen);
-    assert_eq!(reply["resume"], "complete", "{reply}");
-    assert_eq!(ws.change_ids(3), vec![2, 3, 4]);
-    ws.nothing_more();
-    let seen = position(&reply);
-    drop(ws);
+    let seen = resumed(&cluster, seen, &[2, 3, 4]);
 
-    // A server restart cannot account for commits racing its shutdown: a gap, then the rest.
+    // A server restart: the queue outlives it.
     drop(db);
     cluster.restart();
     let mut db = cluster.client();
     insert(&mut db, "events", &[(5, "")]);
+    let seen = resumed(&cluster, seen, &[5]);
+
+    // Changes committed while the worker cannot read them (it is stopped), then the worker
+    // killed: every process restarts with new shared memory, and they are still published.
+    let pid = cluster.worker_pid();
+    signal(pid, "STOP");
+    insert(&mut db, "events", &[(6, ""), (7, "")]);
+    signal(pid, "KILL");
+    drop(db);
+    let db = reconnect(&cluster);
+    cluster.wait_for_new_worker(pid);
+    drop(db);
+    let seen = resumed(&cluster, seen, &[6, 7]);
+
+    // So are those an immediate shutdown cuts off.
+    let mut db = cluster.client();
+    signal(cluster.worker_pid(), "STOP");
+    insert(&mut db, "events", &[(8, "")]);
+    drop(db);
+    cluster.pg_ctl(&["stop", "-m", "immediate"]);
+    start(&cluster);
+    let seen = resumed(&cluster, seen, &[8]);
+
+    // A queue file the server cannot trust (as after the machine restarted) is not read: what
+    // it held is a server_restart gap for clients that resume across it.
+    let mut db = cluster.client();
+    signal(cluster.worker_pid(), "STOP");
+    insert(&mut db, "events", &[(9, "")]);
+    drop(db);
+    cluster.pg_ctl(&["stop", "-m", "immediate"]);
+    let queue = cluster.data().join("pg_realtime/queue");
+    let mut bytes = std::fs::read(&queue).unwrap();
+    bytes[8..44].copy_from_slice(&[b'0'; 36]);
+    std::fs::write(&queue, bytes).unwrap();
+    start(&cluster);
+    let mut db = cluster.client();
+    insert(&mut db, "events", &[(10, "")]);
     let mut ws = cluster.ws();
     let reply = resume(&mut ws, "e", "events", None, seen);
     assert_eq!(reply["resume"], "partial", "{reply}");
     let gap = ws.recv();
     assert_eq!(gap["reason"], "server_restart", "{gap}");
-    assert_eq!(ws.change_ids(1), vec![5]);
     assert!(gap["from_position"].as_u64().unwrap() > seen);
-    assert!(gap["to_position"].as_u64().unwrap() <= position(&reply));
+    assert_eq!(ws.change_ids(1), vec![10]);
+    ws.nothing_more();
+    assert!(cluster.log().contains("server_restart gap"));
+}
 
-    // So does a crash (immediate shutdown).
-    let seen = position(&reply);
-    drop((ws, db));
-    cluster.pg_ctl(&["stop", "-m", "immediate"]);
+/// Resume after `seen`: complete, exactly `ids`, nothing more; the position to resume after.
+fn resumed(cluster: &Cluster, seen: u64, ids: &[i64]) -> u64 {
+    let mut ws = cluster.ws();
+    let reply = resume(&mut ws, "e", "events", None, seen);
+    assert_eq!(reply["resume"], "complete", "{reply}");
+    let changes = ws.changes(ids.len());
+    let got: Vec<i64> = changes
+        .iter()
+        .map(|c| c["new"]["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(got, ids);
+    ws.nothing_more();
+    position(changes.last().unwrap())
+}
+
+fn signal(pid: i32, name: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+/// A connection once the server accepts them again (after a crash restarts it).
+fn reconnect(cluster: &Cluster) -> postgres::Client {
+    let mut client = None;
+    common::wait_until("the server back", Duration::from_secs(60), || {
+        client = postgres::Client::connect(&cluster.conninfo("postgres"), postgres::NoTls).ok();
+        client.is_some()
+    });
+    client.expect("connected")
+}
+
+fn start(cluster: &Cluster) {
     cluster.pg_ctl(&[
         "start",
         "-w",
@@ -215,13 +278,6 @@ fn a_worker_restart_loses_nothing_a_server_restart_is_a_gap() {
         cluster.dir.join("server.log").to_str().unwrap(),
     ]);
     cluster.wait_healthy();
-    let mut db = cluster.client();
-    insert(&mut db, "events", &[(6, "")]);
-    let mut ws = cluster.ws();
-    let reply = resume(&mut ws, "e", "events", None, seen);
-    assert_eq!(reply["resume"], "partial", "{reply}");
-    assert_eq!(ws.recv()["reason"], "server_restart");
-    assert_eq!(ws.change_ids(1), vec![6]);
 }
 
 #[test]

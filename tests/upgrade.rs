@@ -104,8 +104,8 @@ fn the_previous_release_upgrades_in_place() {
         .unwrap();
     let first = ws.changes(1)[0]["position"].as_u64().unwrap();
 
-    // The new library takes over at a restart; clients come back and resume (after the gap
-    // every server restart is, for commits that may race its shutdown).
+    // The new library takes over at a restart; clients come back and resume (after a gap:
+    // the old library's queue did not outlive the server).
     cluster.restart();
     let mut ws = cluster.ws();
     ws.send(json!({"type": "subscribe", "id": "o", "table": "orders", "since": first}));

@@ -1,19 +1,25 @@
-//! The shared-memory change queue: a byte ring guarded by one LWLock.
+//! The change queue: a byte ring guarded by one LWLock, in a file every process maps (`file`).
 //!
 //! Writers reserve one record per transaction at pre-commit and mark it committed (or aborted)
 //! in place at commit; the background worker drains whole records, stopping at the first one
 //! still pending, so records leave the queue in the order they were reserved. The lock is held
 //! only while bytes are copied.
+//! A record's space is given back only once the worker has written its changes to the history
+//! (`release`), so after a crash, or when a new worker starts, reading resumes at the first
+//! record not yet written (`rewind`): nothing committed is lost, and what was written twice is
+//! recognised by its transaction id and left out.
 //! A writer that finds no room in the ring never waits and never errors: its record goes to the
 //! overflow file (`overflow`), and only if the disk refuses it too does its transaction become
 //! part of a pending gap, written into the stream (in order) as soon as there is room again.
 
 use crate::event::{
-    gap_body, pending_header, record_header, RecordKind, COMMIT_TIME_AT, RECORD_HEADER_LEN,
+    gap_body, pending_header, record_header, spill_path, RecordKind, COMMIT_TIME_AT,
+    RECORD_HEADER_LEN,
 };
 use pgrx::pg_sys;
 use std::ptr;
 
+mod file;
 mod overflow;
 mod ring;
 
@@ -21,20 +27,36 @@ mod ring;
 const OVERFLOW: u64 = 1 << 63;
 
 const TRANCHE: &std::ffi::CStr = c"realtime_ext";
-const SHMEM_NAME: &std::ffi::CStr = c"realtime_ext change queue";
+
+/// The first bytes of the queue file; a new layout of `Header` needs a new one.
+const MAGIC: [u8; 8] = *b"rtqueue1";
 
 #[repr(C)]
 struct Header {
+    magic: [u8; 8],
+    /// The boot the file was written in (`file::boot_id`).
+    boot: [u8; 36],
     lock: *mut pg_sys::LWLock,
     capacity: u64,
-    /// Bytes ever written / consumed; `head - tail` is in use. Offsets are taken modulo capacity.
+    /// Bytes ever written / read by the worker / written to the history by it. Offsets are
+    /// taken modulo capacity; `head - kept` is in use.
     head: u64,
     tail: u64,
-    /// The overflow file's logical offsets, which only grow: written, read, and the offset
-    /// of its first byte. `overflow_head > overflow_tail`: writers append there.
+    kept: u64,
+    /// The overflow file's logical offsets, which only grow: written, read, kept (as in the
+    /// ring), and the offset of its first byte. `overflow_head > overflow_kept`: writers
+    /// append there.
     overflow_head: u64,
     overflow_tail: u64,
+    overflow_kept: u64,
     overflow_base: u64,
+    /// The last position written to the history from records before `kept`; 0 while nothing
+    /// has been since the queue started empty.
+    kept_position: u64,
+    /// Where the ring and the overflow file ended when the server started: a record before
+    /// these that is still pending lost its writer to the restart.
+    started_at: u64,
+    overflow_started_at: u64,
     pending_gap_txns: u64,
     pending_gap_events: u64,
     lost_txns_total: u64,
@@ -51,13 +73,20 @@ impl Header {
     /// An empty queue of `capacity` bytes whose positions start at `next_position`.
     fn new(lock: *mut pg_sys::LWLock, capacity: u64, next_position: u64) -> Header {
         Header {
+            magic: MAGIC,
+            boot: file::boot_id(),
             lock,
             capacity,
             head: 0,
             tail: 0,
+            kept: 0,
             overflow_head: 0,
             overflow_tail: 0,
+            overflow_kept: 0,
             overflow_base: 0,
+            kept_position: 0,
+            started_at: 0,
+            overflow_started_at: 0,
             pending_gap_txns: 0,
             pending_gap_events: 0,
             lost_txns_total: 0,
@@ -108,32 +137,116 @@ unsafe extern "C-unwind" fn shmem_request() {
     if let Some(prev) = PREV_REQUEST_HOOK {
         prev();
     }
-    pg_sys::RequestAddinShmemSpace(total_size());
     pg_sys::RequestNamedLWLockTranche(TRANCHE.as_ptr(), 1);
 }
 
+/// Runs in the postmaster at start and again after every crash of a process, when shared
+/// memory is made anew; the queue's mapping is made once and outlives those.
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn shmem_startup() {
     if let Some(prev) = PREV_STARTUP_HOOK {
         prev();
     }
-    let base = crate::pg::shmem_struct(SHMEM_NAME, total_size(), |base| {
-        crate::spill::clear_orphans();
-        overflow::remove();
-        ptr::write(
-            base as *mut Header,
-            Header::new(
-                &mut (*pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr())).lock,
-                crate::gucs::queue_size_bytes() as u64,
-                initial_position(),
-            ),
-        );
-    });
-    QUEUE = Some(Ring {
+    let size = total_size();
+    let (base, previous) = match QUEUE {
+        Some(ring) => (ring.header.cast::<u8>(), true),
+        None => match file::map(size) {
+            Ok(mapped) => mapped,
+            Err(e) => {
+                pgrx::warning!("realtime_ext: could not map {} ({e}); a crash of the server will lose the changes not yet published", file::PATH);
+                match file::map_anonymous(size) {
+                    Ok(base) => (base, false),
+                    Err(e) => pgrx::error!("realtime_ext: could not map the change queue: {e}"),
+                }
+            }
+        },
+    };
+    let ring = Ring {
         header: base as *mut Header,
         data: base.add(std::mem::size_of::<Header>()),
         spills: true,
-    });
+    };
+    QUEUE = Some(ring);
+    if pg_sys::IsUnderPostmaster {
+        // A backend of a server that does not fork (EXEC_BACKEND) attaches, nothing more.
+        return;
+    }
+    let lock = &raw mut (*pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr())).lock;
+    let capacity = crate::gucs::queue_size_bytes() as u64;
+    if previous && (*ring.header).carries_over(capacity) {
+        carry_over(ring, lock);
+    } else {
+        overflow::remove();
+        crate::spill::clear_orphans(&[file::PATH.to_string()]);
+        ptr::write(ring.header, Header::new(lock, capacity, initial_position()));
+    }
+}
+
+impl Header {
+    /// Whether this is a queue of `capacity` bytes, written in this boot, whose offsets agree.
+    fn carries_over(&self, capacity: u64) -> bool {
+        let boot = file::boot_id();
+        self.magic == MAGIC
+            && self.boot == boot
+            && boot != [0; 36]
+            && self.capacity == capacity
+            && self.kept <= self.tail
+            && self.tail <= self.head
+            && self.head - self.kept <= capacity
+            && self.overflow_base <= self.overflow_kept
+            && self.overflow_kept <= self.overflow_tail
+            && self.overflow_tail <= self.overflow_head
+    }
+}
+
+/// The queue as the last server (or the crashed processes) left it: reading starts again at
+/// the first record not written to the history, a record a dying writer left half copied is
+/// cut off (its transaction had not committed: it was still in pre-commit), and the spill
+/// files the remaining records name are kept.
+///
+/// # Safety
+/// In the postmaster, before any other process uses the queue.
+unsafe fn carry_over(ring: Ring, lock: *mut pg_sys::LWLock) {
+    let h = &mut *ring.header;
+    h.lock = lock;
+    h.worker_latch = ptr::null_mut();
+    h.wake_on_commit = false;
+    h.tail = h.kept;
+    h.overflow_tail = h.overflow_kept;
+    let mut keep = vec![file::PATH.to_string(), overflow::PATH.to_string()];
+    let mut record = Vec::new();
+    let mut at = h.kept;
+    while at < h.head {
+        record.clear();
+        copy_ring(h, ring.data, at, &mut record, 4);
+        let len = u32::from_le_bytes(record[..4].try_into().expect("4 bytes")) as u64;
+        if at + 4 + len > h.head {
+            h.head = at;
+            break;
+        }
+        record.clear();
+        copy_ring(h, ring.data, at + 4, &mut record, len as usize);
+        keep.extend(spill_path(&record).map(str::to_string));
+        at += 4 + len;
+    }
+    let mut at = h.overflow_kept;
+    while at < h.overflow_head {
+        record.clear();
+        let base = h.overflow_base;
+        if overflow::read(at - base, 4, &mut record).is_err() {
+            break;
+        }
+        let len = u32::from_le_bytes(record[..4].try_into().expect("4 bytes")) as u64;
+        record.clear();
+        if overflow::read(at + 4 - base, len as usize, &mut record).is_err() {
+            break;
+        }
+        keep.extend(spill_path(&record).map(str::to_string));
+        at += 4 + len;
+    }
+    h.started_at = h.head;
+    h.overflow_started_at = h.overflow_head;
+    crate::spill::clear_orphans(&keep);
 }
 
 /// Positions start at the server's start time in microseconds, so they keep increasing across
@@ -154,7 +267,7 @@ impl Locked {
         Some(queue()?.lock())
     }
     fn free(&self) -> u64 {
-        ring::free(self.0.capacity, self.0.head, self.0.tail)
+        ring::free(self.0.capacity, self.0.head, self.0.kept)
     }
     fn write_at(&mut self, offset: u64, bytes: &[u8]) {
         let s = ring::span(self.0.capacity, offset, bytes.len());
@@ -203,10 +316,10 @@ impl Locked {
         self.0.overflow_head = base + at;
         Some(OVERFLOW | record)
     }
-    /// Once the worker has read the overflow file to its end, its space is given back and
-    /// writers return to the ring.
+    /// Once the worker has written what the overflow file held to the history, its space is
+    /// given back and writers return to the ring.
     fn reset_overflow(&mut self) {
-        if self.0.overflow_tail == self.0.overflow_head
+        if self.0.overflow_kept == self.0.overflow_head
             && self.0.overflow_base != self.0.overflow_head
         {
             if let Err(e) = overflow::empty() {
@@ -267,8 +380,9 @@ fn publish_to(ring: Ring, parts: &[&[u8]], events: u32) -> Option<u64> {
     let need = 4 + parts.iter().map(|p| p.len() as u64).sum::<u64>();
     let gap_pending = q.0.pending_gap_txns > 0;
     let gap_need = if gap_pending { GAP_RECORD_LEN } else { 0 };
-    // Once records overflow, later ones follow them until the worker has read them all.
-    let overflowing = q.0.overflow_head > q.0.overflow_tail;
+    // Once records overflow, later ones follow them until the worker has written them all
+    // (so that a worker that starts over reads them again before any later record).
+    let overflowing = q.0.overflow_head > q.0.overflow_kept;
     if !overflowing && q.free() >= need + gap_need {
         if gap_pending {
             let (h, b) = gap_record(q.0.pending_gap_txns, q.0.pending_gap_events);
@@ -436,6 +550,7 @@ fn drain_overflow(ring: Ring, out: &mut Vec<u8>, max_bytes: usize) -> Option<Uns
                 pgrx::warning!("realtime_ext: could not read {}: {e}", overflow::PATH);
                 // What the file held is lost: a gap, not a stall.
                 q.0.overflow_tail = head;
+                q.0.overflow_kept = head;
                 q.count_loss(0);
                 q.reset_overflow();
                 return None;
@@ -504,6 +619,58 @@ pub fn records(mut buf: &[u8]) -> impl Iterator<Item = &[u8]> {
     })
 }
 
+/// How far the worker has read: the ring's and the overflow file's offsets.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Cursor {
+    ring: u64,
+    overflow: u64,
+}
+
+/// Worker side: how far `drain` has read.
+pub fn cursor() -> Option<Cursor> {
+    Locked::acquire().map(|q| Cursor {
+        ring: q.0.tail,
+        overflow: q.0.overflow_tail,
+    })
+}
+
+/// Worker side: the records before `to` are in the history, through `position`; their space
+/// can be given back.
+pub fn release(to: Cursor, position: u64) {
+    if let Some(mut q) = Locked::acquire() {
+        q.0.kept = q.0.kept.max(to.ring);
+        q.0.overflow_kept = q.0.overflow_kept.max(to.overflow);
+        q.0.kept_position = q.0.kept_position.max(position);
+        q.reset_overflow();
+    }
+}
+
+/// Worker side, at its start: read again from the first record not released, and return the
+/// last position released (0 if nothing was since the queue started empty), after which the
+/// history may already hold some of those records' changes.
+pub fn rewind() -> u64 {
+    Locked::acquire().map_or(0, |q| {
+        q.0.tail = q.0.kept;
+        q.0.overflow_tail = q.0.overflow_kept;
+        q.0.kept_position
+    })
+}
+
+/// Whether the record at `offset` was in the queue before the server started: if it is still
+/// pending, its writer is gone, and only the commit log knows how it ended.
+pub fn from_before_start(offset: u64) -> bool {
+    // SAFETY: `started_at` and `overflow_started_at` are written once, in the postmaster
+    // before any other process runs; no lock is needed to read them.
+    queue().is_some_and(|q| unsafe {
+        let h = &*q.header;
+        if offset & OVERFLOW != 0 {
+            offset & !OVERFLOW < h.overflow_started_at
+        } else {
+            offset < h.started_at
+        }
+    })
+}
+
 /// The worker's next event position, kept here across worker restarts.
 pub fn next_position() -> u64 {
     Locked::acquire().map_or(1, |q| q.0.next_position)
@@ -527,7 +694,7 @@ pub struct Stats {
 pub fn stats() -> Stats {
     Locked::acquire().map_or(Stats::default(), |q| Stats {
         capacity: q.0.capacity,
-        used: q.0.head - q.0.tail,
+        used: q.0.head - q.0.kept,
         overflow: q.0.overflow_head - q.0.overflow_tail,
         lost_txns: q.0.lost_txns_total,
     })

@@ -70,7 +70,8 @@ pub fn empty() -> io::Result<()> {
     with_file(|f| f.set_len(0))
 }
 
-/// At server start: whatever an earlier server left is gone with its shared memory.
+/// When the queue starts empty: whatever an earlier queue left here will not be read.
 pub fn remove() {
+    FILE.with(|file| file.borrow_mut().take());
     let _ = std::fs::remove_file(PATH);
 }

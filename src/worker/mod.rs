@@ -3,6 +3,7 @@
 //! catalog questions, keeps the webhooks' state, and handles signals. The network server runs
 //! on threads of its own.
 
+mod acks;
 mod apart;
 mod audiences;
 mod casts;
@@ -96,7 +97,7 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
         hosts: gucs::listen_addresses(),
         port: gucs::port(),
     };
-    let history = retention::open();
+    let (history, written) = retention::open();
     let _ = std::fs::create_dir_all(crate::spill::DIR);
     let server = net::start(
         &address,
@@ -114,7 +115,7 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
         gucs::database()
     );
 
-    let mut publisher = Publisher::new(batches.clone(), shared.clone(), history.clone());
+    let mut publisher = Publisher::new(batches.clone(), shared.clone(), history.clone(), written);
     publisher.start_relaying();
     let waiter = Waiter::new(&inbox);
     // SAFETY: the worker's own latch, set at process start; it outlives the queue's reference (cleared before exit).

@@ -46,6 +46,8 @@ struct Emitting {
     /// Rendering failed: from here on the transaction is a gap, sent once its end is reached,
     /// to the clients of the tables it names.
     failed: Option<LostRest>,
+    /// Changes of it a previous worker already wrote to the history, left out here.
+    written: u64,
 }
 
 struct LostRest {
@@ -98,6 +100,12 @@ pub struct Publisher {
     pub audiences: Audiences,
     /// Where every batch is written before sessions are handed it, for clients that resume.
     history: Option<Arc<History>>,
+    /// How far the queue has been read, once everything read is in batches (written or not)
+    /// and the last position that took: given back to the queue once written.
+    read: Option<(queue::Cursor, u64)>,
+    /// Per transaction, the changes a previous worker wrote to the history from records the
+    /// queue still held (see `queue::rewind`).
+    written: HashMap<u32, u64>,
     /// The last write to the history failed (warned once until one succeeds).
     history_failing: bool,
     /// The NOTIFY channels relayed, and whether `realtime.relays` may have changed.
@@ -106,7 +114,12 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    pub fn new(tx: Arc<Fanout>, shared: Arc<Shared>, history: Option<Arc<History>>) -> Publisher {
+    pub fn new(
+        tx: Arc<Fanout>,
+        shared: Arc<Shared>,
+        history: Option<Arc<History>>,
+        written: HashMap<u32, u64>,
+    ) -> Publisher {
         let next_position = queue::next_position();
         shared.stats.set(Stat::Position, next_position - 1);
         Publisher {
@@ -123,6 +136,8 @@ impl Publisher {
             stored_position: next_position,
             stats_at: std::time::Instant::now(),
             history,
+            read: None,
+            written,
             history_failing: false,
             relay: Relay::default(),
             relays_changed: false,
@@ -182,6 +197,9 @@ impl Publisher {
             }
         }
         self.rows.finish();
+        if !buf.is_empty() {
+            self.read = queue::cursor().map(|c| (c, self.published()));
+        }
         if std::mem::take(&mut self.relays_changed) {
             self.relay.reload();
         }
@@ -190,6 +208,9 @@ impl Publisher {
         // for that one, so batches stay full at high commit rates.
         if !more {
             self.flush();
+        }
+        if self.batch.is_empty() || self.history.is_none() {
+            self.release();
         }
         self.buf = buf;
         if self.stats_at.elapsed() > STATS_EVERY {
@@ -234,7 +255,7 @@ impl Publisher {
         count: u32,
         items: impl Iterator<Item = Item<'a>>,
     ) {
-        if self.skip_unheard(count) {
+        if self.skip_unheard(count) || self.all_written(xid, count) {
             return;
         }
         let mut txn = self.begin_txn(xid, commit_time, count);
@@ -246,7 +267,7 @@ impl Publisher {
 
     /// Stream a spilled transaction without holding it in memory at once.
     fn emit_file(&mut self, xid: u32, commit_time: i64, count: u32, path: &str) {
-        if self.skip_unheard(count) {
+        if self.skip_unheard(count) || self.all_written(xid, count) {
             crate::spill::discard(path);
             return;
         }
@@ -294,14 +315,28 @@ impl Publisher {
         txn
     }
 
+    /// Whether a previous worker wrote all `count` changes of transaction `xid` to the history.
+    fn all_written(&mut self, xid: u32, count: u32) -> bool {
+        let all = xid != 0 && self.written.get(&xid).is_some_and(|&w| w >= count as u64);
+        if all {
+            self.written.remove(&xid);
+        }
+        all
+    }
+
     fn begin_txn(&mut self, xid: u32, commit_time: i64, count: u32) -> Emitting {
-        let next = self.take_positions(count as u64);
+        let written = match xid {
+            0 => 0,
+            _ => self.written.remove(&xid).unwrap_or(0).min(count as u64),
+        };
+        let next = self.take_positions(count as u64 - written);
         Emitting {
             txn: Arc::new(self.read(xid, commit_time)),
             next,
-            end: next + count as u64,
+            end: next + count as u64 - written,
             shape_relid: 0,
             failed: None,
+            written,
         }
     }
 
@@ -379,6 +414,7 @@ impl Publisher {
                 }),
         };
         match change {
+            Ok(_) if txn.written > 0 => txn.written -= 1,
             Ok(change) => {
                 self.push(change);
                 txn.next += 1;
@@ -468,6 +504,13 @@ impl Publisher {
     /// writer died, or the commit callback never ran) is it settled from the commit log;
     /// asking earlier would take ProcArrayLock on every pass, which committing backends need.
     fn settle_if_stuck(&mut self, record: queue::Unsettled) -> bool {
+        if queue::from_before_start(record.offset) {
+            // Its writer is gone; a transaction still prepared gets a new record when it is
+            // committed.
+            // SAFETY: the worker's Postgres thread; reads the commit log.
+            let committed = unsafe { pg_sys::TransactionIdDidCommit(record.xid.into()) };
+            return self.settle(record, committed);
+        }
         let since = match self.blocked {
             Some((offset, since)) if offset == record.offset => since,
             _ => {
@@ -481,6 +524,10 @@ impl Publisher {
         let Some(committed) = outcome(record.xid) else {
             return false;
         };
+        self.settle(record, committed)
+    }
+
+    fn settle(&mut self, record: queue::Unsettled, committed: bool) -> bool {
         if committed {
             queue::mark(record.offset, record.kind.committed(), now());
         } else {
@@ -529,6 +576,13 @@ impl Publisher {
         }
     }
 
+    /// Give back to the queue the records read so far, all of whose changes have been sent.
+    fn release(&mut self) {
+        if let Some((to, position)) = self.read.take() {
+            queue::release(to, position);
+        }
+    }
+
     /// The last position published.
     pub fn published(&self) -> u64 {
         self.next_position - 1
@@ -546,6 +600,8 @@ impl Publisher {
                 }
                 Err(_) => {}
             }
+            // Everything read before this batch was made is in it or before it.
+            self.release();
         }
         if let Batch::Changes(changes) = &batch {
             let stats = self.shared.stats;

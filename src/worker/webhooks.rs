@@ -6,6 +6,7 @@
 //! means those changes are sent again (deliveries are at least once; the receiver tells them
 //! apart by `webhook-id`).
 
+use super::acks::{self, Acks};
 use crate::gucs;
 use crate::pg::xact::in_transaction;
 use pgrx::prelude::*;
@@ -35,6 +36,7 @@ pub struct Webhooks {
     written_at: Option<Instant>,
     /// The settings last warned about, so a bad one is logged once.
     warned: Option<String>,
+    acks: Acks,
 }
 
 impl Webhooks {
@@ -52,6 +54,10 @@ impl Webhooks {
                 attempt.last,
                 reason_name(reason)
             ),
+            Outcome::Delivered | Outcome::Idle => {
+                self.acks
+                    .acknowledged(attempt.webhook, attempt.generation, attempt.last)
+            }
             _ => {}
         }
         if self.pending.len() >= MOST_PENDING {
@@ -90,7 +96,10 @@ impl Webhooks {
 
     fn reload(&mut self, server: &Server) {
         let hooks = match in_transaction(|| load().map_err(|e| e.to_string()), |e| e) {
-            Ok(hooks) => hooks,
+            Ok((hooks, all)) => {
+                self.acks.retain(&all);
+                hooks
+            }
             Err(e) => {
                 warning!("realtime_ext: could not read realtime.webhooks: {e}");
                 return;
@@ -175,8 +184,8 @@ impl Webhooks {
     }
 }
 
-/// The webhooks to deliver now (none before CREATE EXTENSION).
-fn load() -> Result<Vec<Webhook>, pgrx::spi::Error> {
+/// The webhooks to deliver now (none before CREATE EXTENSION), and the ids of all of them.
+fn load() -> Result<(Vec<Webhook>, Vec<i64>), pgrx::spi::Error> {
     Spi::connect(|client| {
         let exists = client
             .select(
@@ -187,14 +196,24 @@ fn load() -> Result<Vec<Webhook>, pgrx::spi::Error> {
             .first()
             .get_one::<bool>()?;
         if exists != Some(true) {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
+        let all = client
+            .select(
+                "SELECT coalesce(array_agg(id), '{}') FROM realtime.webhooks",
+                None,
+                &[],
+            )?
+            .first()
+            .get_one::<Vec<i64>>()?
+            .unwrap_or_default();
         let rows = client.select(
             "SELECT w.id, w.generation, w.name, w.url, w.tables, w.topics, w.events, w.filter,
                     w.acts_as::text,
                     coalesce(w.claims, jsonb_build_object('role', w.acts_as::text))::text,
                     decode(substr(w.secret, 7), 'base64'), w.headers::text, w.batch_size,
-                    (extract(epoch FROM w.timeout) * 1000)::int8, w.position
+                    (extract(epoch FROM w.timeout) * 1000)::int8, w.position,
+                    w.replayed_generation
                FROM realtime.webhooks w
               WHERE NOT w.paused AND w.disabled_at IS NULL
               ORDER BY w.id",
@@ -213,8 +232,11 @@ fn load() -> Result<Vec<Webhook>, pgrx::spi::Error> {
                 .get::<String>(12)?
                 .and_then(|text| serde_json::from_str(&text).ok())
                 .unwrap_or_default();
+            let id = row.get::<i64>(1)?.unwrap_or_default();
+            let written_back = row.get::<i64>(15)?.unwrap_or_default().max(0) as u64;
+            let acknowledged = acks::read(id, row.get::<i64>(16)?.unwrap_or_default());
             hooks.push(Webhook {
-                id: row.get::<i64>(1)?.unwrap_or_default(),
+                id,
                 generation: row.get::<i64>(2)?.unwrap_or_default(),
                 name: row.get::<String>(3)?.unwrap_or_default(),
                 url: row.get::<String>(4)?.unwrap_or_default(),
@@ -235,10 +257,10 @@ fn load() -> Result<Vec<Webhook>, pgrx::spi::Error> {
                     .collect(),
                 batch_size: row.get::<i32>(13)?.unwrap_or(1).max(1) as usize,
                 timeout: Duration::from_millis(row.get::<i64>(14)?.unwrap_or(10_000).max(1) as u64),
-                position: row.get::<i64>(15)?.unwrap_or_default().max(0) as u64,
+                position: written_back.max(acknowledged.unwrap_or(0)),
             });
         }
-        Ok(hooks)
+        Ok((hooks, all))
     })
 }
 
