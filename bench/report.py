@@ -223,6 +223,10 @@ if h is not None and not h.get("error"):
     fr, rr = h["forwarder_restart"], h["realtime_restart"]
     print(f"| H | changes lost when the process is restarted mid-stream (forwarder killed and started again; worker terminated) | | "
           f"{fr['lost']:,} of {fr['written']:,} | {rr['lost']:,} of {rr['written']:,} | nothing | {ok(rr['lost'] == 0)} |")
+    rc = h.get("realtime_crash")
+    if rc:
+        print(f"| H | changes lost when the worker is killed with SIGKILL mid-stream (the server restarts every process); sent twice | | | "
+              f"{rc['lost']:,} of {rc['written']:,}; {rc['sent_again']:,} sent twice | nothing | {ok(rc['lost'] == 0)} |")
 elif h is not None:
     print(f"| H | webhooks | | | FAILED: {h['error'][:60]} | | |")
 for r in rows:

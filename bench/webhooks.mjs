@@ -9,7 +9,8 @@
 //   - beside the design it replaces: a row trigger's pg_notify and a Node LISTEN -> fetch
 //     forwarder (bench/baselines/webhook-forwarder), its latency, and what each loses when its
 //     process is restarted in the middle of a stream (the forwarder killed and started again;
-//     the worker terminated, as pg_terminate_backend does).
+//     the worker terminated, as pg_terminate_backend does, and killed with SIGKILL, after
+//     which the server restarts every process).
 // Prints one JSON line. Usage:
 //   node bench/webhooks.mjs <postgres url> <pgbench> <events> <rate> <burst> <seconds>
 import http from 'node:http';
@@ -26,13 +27,37 @@ const [pgUrl, pgbench, EVENTS, RATE, BURST, SECONDS] = process.argv.slice(2)
 
 const nowUs = () => (performance.timeOrigin + performance.now()) * 1000;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const db = new Client({ connectionString: pgUrl });
-await db.connect();
-const sql = (text, params) => db.query(text, params);
+// A connection made again when a crash of the server closed it.
+const lostConnection = (e) => !e.code || /^(57P|08|ECONN)/.test(e.code);
+async function connected() {
+  for (;;) {
+    const client = new Client({ connectionString: pgUrl });
+    client.on('error', () => {});
+    try {
+      await client.connect();
+      return client;
+    } catch (e) {
+      if (!lostConnection(e)) throw e;
+      await sleep(100);
+    }
+  }
+}
+let db = await connected();
+async function sql(text, params) {
+  for (;;) {
+    try {
+      return await db.query(text, params);
+    } catch (e) {
+      if (!lostConnection(e)) throw e;
+      db = await connected();
+    }
+  }
+}
 
-// A receiver: every change it is sent, once, with its latency; how many requests it took.
+// A receiver: every change it is sent, once, with its latency; how many requests it took, and
+// how many changes came again.
 function receiver() {
-  const r = { seen: new Set(), latencies: [], requests: 0, port: 0 };
+  const r = { seen: new Set(), latencies: [], requests: 0, again: 0, port: 0 };
   r.server = http.createServer((req, res) => {
     const chunks = [];
     req.on('data', (c) => chunks.push(c));
@@ -45,12 +70,14 @@ function receiver() {
         if (!r.seen.has(row.id)) {
           r.seen.add(row.id);
           r.latencies.push((at - Number(row.sent_at_us)) / 1000);
+        } else {
+          r.again++;
         }
       }
       res.writeHead(204).end();
     });
   });
-  r.reset = () => { r.seen.clear(); r.latencies = []; r.requests = 0; };
+  r.reset = () => { r.seen.clear(); r.latencies = []; r.requests = 0; r.again = 0; };
   r.url = (path) => `http://127.0.0.1:${r.port}${path}`;
   return new Promise((ok) => r.server.listen(0, '127.0.0.1', () => { r.port = r.server.address().port; ok(r); }));
 }
@@ -72,8 +99,7 @@ async function until(what, limitMs, condition) {
 
 // `events` single-row transactions into `table` at `rate` a second; the ids written.
 async function write(table, events, rate, during) {
-  const writer = new Client({ connectionString: pgUrl });
-  await writer.connect();
+  let writer = await connected();
   const ids = [];
   const start = Date.now();
   for (let i = 0; i < events; i++) {
@@ -87,7 +113,9 @@ async function write(table, events, rate, during) {
         ids.push(Number(r.rows[0].id));
         break;
       } catch (e) {
-        await sleep(50);
+        // Cut off by a crash: whether it committed, the table says (see `crash` below).
+        if (!lostConnection(e)) throw e;
+        writer = await connected();
       }
     }
   }
@@ -222,6 +250,24 @@ const restartAt = Math.floor(EVENTS / 2);
   const all = await until('every change', 60000, () => receivers[0].seen.size >= ids.length);
   result.realtime_restart = { written: ids.length, received: receivers[0].seen.size, lost: ids.length - receivers[0].seen.size,
     complete: all, requests: receivers[0].requests };
+  await dropWebhooks();
+}
+{
+  // kill -9 of the worker: the server restarts every process with new shared memory.
+  await webhooks(1, 1);
+  await sleep(1500);
+  const before = Number((await sql(`SELECT coalesce(max(id), 0) AS id FROM h_rows`)).rows[0].id);
+  await write('h_rows', EVENTS, RATE, async (i) => {
+    if (i === restartAt) {
+      const pid = (await sql(`SELECT pid FROM pg_stat_activity WHERE backend_type = 'realtime_ext'`)).rows[0].pid;
+      process.kill(pid, 'SIGKILL');
+    }
+  });
+  const committed = (await sql(`SELECT id FROM h_rows WHERE id > $1`, [before])).rows.map((r) => Number(r.id));
+  const all = await until('every change', 60000, () => committed.every((id) => receivers[0].seen.has(id)));
+  result.realtime_crash = { written: committed.length, received: committed.filter((id) => receivers[0].seen.has(id)).length,
+    lost: committed.filter((id) => !receivers[0].seen.has(id)).length, sent_again: receivers[0].again, complete: all,
+    requests: receivers[0].requests };
   await dropWebhooks();
 }
 
