@@ -97,10 +97,10 @@ impl Header {
     }
 }
 
-/// The queue in shared memory, once `shmem_startup` has run.
+/// The queue every process maps, once `shmem_startup` has run.
 static mut QUEUE: Option<Ring> = None;
 
-/// A byte ring: its header and its data. The queue is the one in shared memory; tests make
+/// A byte ring: its header and its data. The queue is the one every process maps; tests make
 /// private ones.
 #[derive(Clone, Copy)]
 struct Ring {
@@ -238,7 +238,9 @@ unsafe fn carry_over(ring: Ring, lock: *mut pg_sys::LWLock) {
         }
         let len = u32::from_le_bytes(record[..4].try_into().expect("4 bytes")) as u64;
         record.clear();
-        if overflow::read(at + 4 - base, len as usize, &mut record).is_err() {
+        if at + 4 + len > h.overflow_head
+            || overflow::read(at + 4 - base, len as usize, &mut record).is_err()
+        {
             break;
         }
         keep.extend(spill_path(&record).map(str::to_string));
@@ -434,7 +436,7 @@ fn mark_in(ring: Ring, offset: u64, kind: RecordKind, commit_time: i64) {
 
 /// Wake the worker (once per commit, not per row).
 pub fn wake_worker() {
-    // SAFETY: the header lives in shared memory for the life of the server; the latch pointer is read once (volatile) and SetLatch tolerates a latch whose owner has exited.
+    // SAFETY: the header is mapped for the life of the server; the latch pointer is read once (volatile) and SetLatch tolerates a latch whose owner has exited.
     unsafe {
         if let Some(h) = queue().map(|q| &*q.header) {
             let latch = ptr::read_volatile(&h.worker_latch);
@@ -448,7 +450,7 @@ pub fn wake_worker() {
 /// Worker side: whether commits should wake the worker (see `Header::wake_on_commit`).
 /// A plain store: a writer that reads a stale value only changes when the worker hears of it.
 pub fn set_wake_on_commit(on: bool) {
-    // SAFETY: the header lives in shared memory for the life of the server; a torn bool cannot happen.
+    // SAFETY: the header is mapped for the life of the server; a torn bool cannot happen.
     unsafe {
         if let Some(h) = queue().map(|q| &mut *q.header) {
             ptr::write_volatile(&mut h.wake_on_commit, on);

@@ -91,7 +91,7 @@ pub struct Publisher {
     rows: Rows,
     /// The queue's head record awaits its writer's commit: which record, since when.
     blocked: Option<(u64, std::time::Instant)>,
-    /// Next position to assign; written back to shared memory (`persist_position`) so that a
+    /// Next position to assign; written back to the queue (`persist_position`) so that a
     /// restarted worker continues from it.
     next_position: u64,
     stored_position: u64,
@@ -240,7 +240,7 @@ impl Publisher {
         more
     }
 
-    /// Store the next position in shared memory if it moved since last time.
+    /// Store the next position in the queue if it moved since last time.
     pub fn persist_position(&mut self) {
         if self.next_position != self.stored_position {
             queue::set_next_position(self.next_position);
