@@ -218,13 +218,11 @@ fn ws_with(source: &str, port: u16, recv_buffer: Option<usize>) -> Result<Ws, St
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     match tungstenite::client(format!("ws://127.0.0.1:{port}/realtime"), stream) {
-        Ok((socket, _)) => Ok(Ws {
-            socket: tungstenite::WebSocket::from_raw_socket(
-                tungstenite::stream::MaybeTlsStream::Plain(socket.into_inner()),
-                tungstenite::protocol::Role::Client,
-                None,
-            ),
-        }),
+        Ok((socket, _)) => Ok(Ws::over(tungstenite::WebSocket::from_raw_socket(
+            tungstenite::stream::MaybeTlsStream::Plain(socket.into_inner()),
+            tungstenite::protocol::Role::Client,
+            None,
+        ))),
         Err(e) => Err(e.to_string()),
     }
 }

@@ -67,7 +67,7 @@ fn wss(cluster: &Cluster, config: &Arc<rustls::ClientConfig>) -> Result<Ws, Stri
     let url = format!("wss://localhost:{}/realtime", cluster.ws_port);
     let connector = tungstenite::Connector::Rustls(config.clone());
     tungstenite::client_tls_with_config(url, tcp, None, Some(connector))
-        .map(|(socket, _)| Ws { socket })
+        .map(|(socket, _)| Ws::over(socket))
         .map_err(|e| e.to_string())
 }
 

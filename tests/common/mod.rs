@@ -504,6 +504,8 @@ pub fn shared(name: &str) -> &'static Cluster {
 
 pub struct Ws {
     pub socket: WebSocket<MaybeTlsStream<TcpStream>>,
+    /// How long `recv` waits (`set_timeout`).
+    patience: Duration,
 }
 
 impl Ws {
@@ -521,10 +523,19 @@ impl Ws {
         if let MaybeTlsStream::Plain(s) = socket.get_ref() {
             s.set_read_timeout(Some(PATIENCE)).unwrap();
         }
-        Ws { socket }
+        Ws::over(socket)
+    }
+
+    /// A client over a socket made elsewhere.
+    pub fn over(socket: WebSocket<MaybeTlsStream<TcpStream>>) -> Ws {
+        Ws {
+            socket,
+            patience: PATIENCE,
+        }
     }
 
     pub fn set_timeout(&mut self, d: Duration) {
+        self.patience = d;
         if let MaybeTlsStream::Plain(s) = self.socket.get_ref() {
             s.set_read_timeout(Some(d)).unwrap();
         }
@@ -548,12 +559,17 @@ impl Ws {
         }
     }
 
-    /// Next JSON message (pings are answered by tungstenite and skipped).
+    /// Next JSON message (pings are answered by tungstenite and skipped). The server's pings
+    /// keep the socket's read timeout from firing, so the wait has a limit of its own.
     pub fn recv(&mut self) -> Value {
+        let started = std::time::Instant::now();
         loop {
             match self.read().expect("websocket read") {
                 Message::Text(t) => return serde_json::from_str(&t).expect("server sent JSON"),
                 Message::Close(f) => panic!("server closed the connection: {f:?}"),
+                _ if started.elapsed() > self.patience => {
+                    panic!("no message within {:?}", self.patience)
+                }
                 _ => continue,
             }
         }
