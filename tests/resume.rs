@@ -226,15 +226,43 @@ fn worker_restarts_server_restarts_and_crashes_lose_nothing() {
     start(&cluster);
     let mut db = cluster.client();
     insert(&mut db, "events", &[(10, "")]);
+    let seen = resumed_after_gap(&cluster, seen, 10);
+
+    // Nor is a copy of one (a base backup, a cloned data directory).
+    drop(db);
+    cluster.pg_ctl(&["stop", "-m", "fast"]);
+    let copy = queue.with_extension("copy");
+    // -p: as root, the copy stays the server's.
+    let copied = std::process::Command::new("cp")
+        .args(["-p", queue.to_str().unwrap(), copy.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    std::fs::rename(&copy, &queue).unwrap();
+    start(&cluster);
+    let mut db = cluster.client();
+    insert(&mut db, "events", &[(11, "")]);
+    resumed_after_gap(&cluster, seen, 11);
+    let log = cluster.log();
+    assert!(log.contains("server_restart gap"));
+    assert!(
+        !log.contains("could not map"),
+        "the file was mapped each time"
+    );
+}
+
+/// Resume after `seen`: a `server_restart` gap, then the change of `id`; its position.
+fn resumed_after_gap(cluster: &Cluster, seen: u64, id: i64) -> u64 {
     let mut ws = cluster.ws();
     let reply = resume(&mut ws, "e", "events", None, seen);
     assert_eq!(reply["resume"], "partial", "{reply}");
     let gap = ws.recv();
     assert_eq!(gap["reason"], "server_restart", "{gap}");
     assert!(gap["from_position"].as_u64().unwrap() > seen);
-    assert_eq!(ws.change_ids(1), vec![10]);
+    let change = ws.changes(1).remove(0);
+    assert_eq!(change["new"]["id"], id);
     ws.nothing_more();
-    assert!(cluster.log().contains("server_restart gap"));
+    position(&change)
 }
 
 /// Resume after `seen`: complete, exactly `ids`, nothing more; the position to resume after.

@@ -10,11 +10,13 @@
 //! in the background, never on the commit path.
 //!
 //! What the file does not survive is the machine going down (unsynced pages are lost, like the
-//! history's unsynced tail): a file written before the current boot is not trusted, and the
+//! history's unsynced tail): a file written before the current boot is not trusted, nor is a
+//! copy of one (a base backup or a clone of the data directory: its inode differs), and the
 //! queue starts empty, as it does when the file cannot be mapped at all.
 
 use std::fs::OpenOptions;
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::io::AsRawFd;
 
 /// Relative to the data directory, every process's working directory.
@@ -32,9 +34,16 @@ pub fn boot_id() -> [u8; 36] {
     id
 }
 
-/// Map `size` bytes of the queue file shared, creating or resizing it as needed, and say
-/// whether it already had that size (its contents may then be a previous queue's).
-pub fn map(size: usize) -> io::Result<(*mut u8, bool)> {
+/// A mapped queue: where, whether the file already had its size (its contents may then be a
+/// previous queue's), and the file's inode (0 for anonymous memory).
+pub struct Mapped {
+    pub base: *mut u8,
+    pub previous: bool,
+    pub inode: u64,
+}
+
+/// Map `size` bytes of the queue file shared, creating or resizing it as needed.
+pub fn map(size: usize) -> io::Result<Mapped> {
     std::fs::create_dir_all(crate::spill::DIR)?;
     let file = OpenOptions::new()
         .read(true)
@@ -42,7 +51,8 @@ pub fn map(size: usize) -> io::Result<(*mut u8, bool)> {
         .create(true)
         .truncate(false)
         .open(PATH)?;
-    let same_size = file.metadata()?.len() == size as u64;
+    let metadata = file.metadata()?;
+    let same_size = metadata.len() == size as u64;
     if !same_size {
         file.set_len(0)?;
         file.set_len(size as u64)?;
@@ -69,12 +79,16 @@ pub fn map(size: usize) -> io::Result<(*mut u8, bool)> {
     if base == libc::MAP_FAILED {
         return Err(io::Error::last_os_error());
     }
-    Ok((base.cast(), same_size))
+    Ok(Mapped {
+        base: base.cast(),
+        previous: same_size,
+        inode: metadata.ino(),
+    })
 }
 
 /// Shared memory for the queue when the file cannot be mapped: what it holds then survives
 /// only a crash of a process the postmaster outlives.
-pub fn map_anonymous(size: usize) -> io::Result<*mut u8> {
+pub fn map_anonymous(size: usize) -> io::Result<Mapped> {
     // SAFETY: an anonymous shared mapping, never unmapped, inherited by forked children.
     let base = unsafe {
         libc::mmap(
@@ -89,5 +103,9 @@ pub fn map_anonymous(size: usize) -> io::Result<*mut u8> {
     if base == libc::MAP_FAILED {
         return Err(io::Error::last_os_error());
     }
-    Ok(base.cast())
+    Ok(Mapped {
+        base: base.cast(),
+        previous: false,
+        inode: 0,
+    })
 }

@@ -34,8 +34,9 @@ const MAGIC: [u8; 8] = *b"rtqueue1";
 #[repr(C)]
 struct Header {
     magic: [u8; 8],
-    /// The boot the file was written in (`file::boot_id`).
+    /// The boot the file was written in (`file::boot_id`), and the file's inode.
     boot: [u8; 36],
+    inode: u64,
     lock: *mut pg_sys::LWLock,
     capacity: u64,
     /// Bytes ever written / read by the worker / written to the history by it. Offsets are
@@ -71,10 +72,11 @@ struct Header {
 
 impl Header {
     /// An empty queue of `capacity` bytes whose positions start at `next_position`.
-    fn new(lock: *mut pg_sys::LWLock, capacity: u64, next_position: u64) -> Header {
+    fn new(lock: *mut pg_sys::LWLock, capacity: u64, next_position: u64, inode: u64) -> Header {
         Header {
             magic: MAGIC,
             boot: file::boot_id(),
+            inode,
             lock,
             capacity,
             head: 0,
@@ -96,6 +98,9 @@ impl Header {
         }
     }
 }
+
+/// The inode of the queue's file (0: anonymous memory), kept for the next `shmem_startup`.
+static mut INODE: u64 = 0;
 
 /// The queue every process maps, once `shmem_startup` has run.
 static mut QUEUE: Option<Ring> = None;
@@ -148,19 +153,20 @@ unsafe extern "C-unwind" fn shmem_startup() {
         prev();
     }
     let size = total_size();
-    let (base, previous) = match QUEUE {
-        Some(ring) => (ring.header.cast::<u8>(), true),
-        None => match file::map(size) {
-            Ok(mapped) => mapped,
-            Err(e) => {
+    let (base, previous, inode) = match (QUEUE, INODE) {
+        (Some(ring), inode) => (ring.header.cast::<u8>(), true, inode),
+        (None, _) => {
+            let mapped = file::map(size).or_else(|e| {
                 pgrx::warning!("realtime_ext: could not map {} ({e}); a crash of the server will lose the changes not yet published", file::PATH);
-                match file::map_anonymous(size) {
-                    Ok(base) => (base, false),
-                    Err(e) => pgrx::error!("realtime_ext: could not map the change queue: {e}"),
-                }
+                file::map_anonymous(size)
+            });
+            match mapped {
+                Ok(m) => (m.base, m.previous, m.inode),
+                Err(e) => pgrx::error!("realtime_ext: could not map the change queue: {e}"),
             }
-        },
+        }
     };
+    INODE = inode;
     let ring = Ring {
         header: base as *mut Header,
         data: base.add(std::mem::size_of::<Header>()),
@@ -173,22 +179,27 @@ unsafe extern "C-unwind" fn shmem_startup() {
     }
     let lock = &raw mut (*pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr())).lock;
     let capacity = crate::gucs::queue_size_bytes() as u64;
-    if previous && (*ring.header).carries_over(capacity) {
+    if previous && (*ring.header).carries_over(capacity, inode) {
         carry_over(ring, lock);
     } else {
         overflow::remove();
         crate::spill::clear_orphans(&[file::PATH.to_string()]);
-        ptr::write(ring.header, Header::new(lock, capacity, initial_position()));
+        ptr::write(
+            ring.header,
+            Header::new(lock, capacity, initial_position(), inode),
+        );
     }
 }
 
 impl Header {
-    /// Whether this is a queue of `capacity` bytes, written in this boot, whose offsets agree.
-    fn carries_over(&self, capacity: u64) -> bool {
+    /// Whether this is a queue of `capacity` bytes, written in this boot to this very file,
+    /// whose offsets agree.
+    fn carries_over(&self, capacity: u64, inode: u64) -> bool {
         let boot = file::boot_id();
         self.magic == MAGIC
             && self.boot == boot
             && boot != [0; 36]
+            && self.inode == inode
             && self.capacity == capacity
             && self.kept <= self.tail
             && self.tail <= self.head
@@ -724,7 +735,7 @@ mod tests {
             let lock = pg_sys::palloc0(std::mem::size_of::<pg_sys::LWLock>()).cast();
             pg_sys::LWLockInitialize(lock, pg_sys::LWLockNewTrancheId());
             let header: *mut Header = pg_sys::palloc0(std::mem::size_of::<Header>()).cast();
-            ptr::write(header, Header::new(lock, capacity, 1));
+            ptr::write(header, Header::new(lock, capacity, 1, 0));
             Ring {
                 header,
                 data: pg_sys::palloc0(capacity as usize).cast(),
