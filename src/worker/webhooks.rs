@@ -2,9 +2,8 @@
 //! `realtime.webhooks` about once a second and handed over when they change, and what became
 //! of each request written back: how far each webhook has acknowledged, its state and last
 //! error, its recent deliveries. The write-back is gathered and made at most five times a
-//! second, in one transaction that does not wait for its WAL flush: one lost in a crash only
-//! means those changes are sent again (deliveries are at least once; the receiver tells them
-//! apart by `webhook-id`).
+//! second, in one transaction that does not wait for its WAL flush: a crash that loses one
+//! loses no acknowledgement, which `acks` has kept in a file at once.
 
 use super::acks::{self, Acks};
 use crate::gucs;
