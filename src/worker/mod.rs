@@ -3,7 +3,6 @@
 //! catalog questions, keeps the webhooks' state, and handles signals. The network server runs
 //! on threads of its own.
 
-mod acks;
 mod apart;
 mod audiences;
 mod casts;

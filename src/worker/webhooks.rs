@@ -3,13 +3,14 @@
 //! of each request written back: how far each webhook has acknowledged, its state and last
 //! error, its recent deliveries. The write-back is gathered and made at most five times a
 //! second, in one transaction that does not wait for its WAL flush: a crash that loses one
-//! loses no acknowledgement, which `acks` has kept in a file at once.
+//! loses no acknowledgement, which the delivery kept in a file at once
+//! (`realtime_core::net::webhooks::acks`).
 
-use super::acks::{self, Acks};
 use crate::gucs;
 use crate::pg::xact::in_transaction;
 use pgrx::prelude::*;
 use realtime_core::auth::Principal;
+use realtime_core::net::webhooks::acks;
 use realtime_core::net::Server;
 use realtime_core::ops::OpSet;
 use realtime_core::webhook::{reason_name, Attempt, Outcome, Settings, Webhook};
@@ -35,7 +36,6 @@ pub struct Webhooks {
     written_at: Option<Instant>,
     /// The settings last warned about, so a bad one is logged once.
     warned: Option<String>,
-    acks: Acks,
 }
 
 impl Webhooks {
@@ -53,10 +53,6 @@ impl Webhooks {
                 attempt.last,
                 reason_name(reason)
             ),
-            Outcome::Delivered | Outcome::Idle => {
-                self.acks
-                    .acknowledged(attempt.webhook, attempt.generation, attempt.last)
-            }
             _ => {}
         }
         if self.pending.len() >= MOST_PENDING {
@@ -96,7 +92,7 @@ impl Webhooks {
     fn reload(&mut self, server: &Server) {
         let hooks = match in_transaction(|| load().map_err(|e| e.to_string()), |e| e) {
             Ok((hooks, all)) => {
-                self.acks.retain(&all);
+                acks::retain(&all);
                 hooks
             }
             Err(e) => {

@@ -4,6 +4,7 @@
 //! the position reported back moves only past what was acknowledged (or skipped as a gap),
 //! so a restart resumes with at most the request in flight sent again.
 
+use super::acks::Ack;
 use super::guard::Guard;
 use super::request::{self, Answer};
 use super::retry;
@@ -39,6 +40,7 @@ pub async fn run(context: Context, hook: Webhook, http: Arc<Http>) {
     let mut delivery = Delivery {
         worker: context.worker.clone(),
         position: hook.position,
+        ack: Ack::open(hook.id, hook.generation),
         hook,
         http,
         failures: 0,
@@ -66,6 +68,8 @@ struct Delivery {
     worker: WorkerHandle,
     /// Acknowledged (or skipped) up to here.
     position: u64,
+    /// Where `position` is kept the moment it moves.
+    ack: Ack,
     /// Failed attempts in a row.
     failures: u32,
 }
@@ -109,6 +113,7 @@ impl Delivery {
                         let seen = headless.position();
                         if seen > self.position {
                             self.position = seen;
+                            self.ack.through(seen);
                             self.report(seen, seen, None, Duration::ZERO, Outcome::Idle);
                         }
                         continue;
@@ -188,6 +193,7 @@ impl Delivery {
             };
             let flow = match answer {
                 Answer::Acknowledged(status) => {
+                    self.ack.through(last);
                     self.report(first, last, Some(status), took, Outcome::Delivered);
                     self.failures = 0;
                     self.position = last;

@@ -1,9 +1,11 @@
 //! Webhook deliveries on the network threads: the worker hands over the webhooks to deliver
 //! and the settings they obey (`Webhooks::set`); each webhook gets a task of its own
 //! (`delivery`), restarted only when its row changes in a way that changes delivery. HTTP
-//! runs here, never on the Postgres thread; outcomes go back to the worker over the request
-//! channel, which keeps positions and the deliveries' log in the database.
+//! runs here, never on the Postgres thread. Each acknowledgement is written to the webhook's
+//! file at once (`acks`); outcomes go back to the worker over the request channel, which
+//! keeps positions and the deliveries' log in the database.
 
+pub mod acks;
 mod delivery;
 pub mod guard;
 pub mod request;
