@@ -84,6 +84,10 @@ static WEBHOOK_RETRY_SCHEDULE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"5s, 5min, 30min, 2h, 5h, 10h, 10h"));
 /// Webhook requests in flight at once, over all webhooks.
 static WEBHOOK_MAX_CONCURRENCY: GucSetting<i32> = GucSetting::<i32>::new(16);
+/// The NATS server the history is published to (empty: none), and the stream's name.
+static NATS_URL: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static NATS_STREAM: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"realtime"));
 /// A transaction whose captured changes exceed this many kB spills them to a file.
 static SPILL_THRESHOLD_KB: GucSetting<i32> = GucSetting::<i32>::new(1024);
 
@@ -277,6 +281,22 @@ pub fn init() {
         &WEBHOOK_MAX_CONCURRENCY,
         1,
         1000,
+        Sighup,
+        none,
+    );
+    GucRegistry::define_string_guc(
+        c"realtime.nats_url",
+        c"NATS server the history of published changes is copied to, as a JetStream stream: nats://[user:password@]host:port, or tls://.",
+        c"Only superusers can see it (it may hold a password). Empty (the default): nothing is published.",
+        &NATS_URL,
+        Sighup,
+        GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL,
+    );
+    GucRegistry::define_string_guc(
+        c"realtime.nats_stream",
+        c"Name of the JetStream stream the history is copied to, and the prefix of its subjects.",
+        c"Created when missing, keeping what the history keeps (realtime.history_size and realtime.history_age).",
+        &NATS_STREAM,
         Sighup,
         none,
     );
@@ -575,6 +595,24 @@ pub fn webhook_settings() -> (String, String, usize) {
         string(&WEBHOOK_RETRY_SCHEDULE),
         WEBHOOK_MAX_CONCURRENCY.get() as usize,
     )
+}
+/// Where to publish the history (`None`: realtime.nats_url is empty), or what is wrong.
+pub fn nats() -> Result<Option<realtime_core::net::nats::Settings>, String> {
+    let url = string(&NATS_URL);
+    if url.is_empty() {
+        return Ok(None);
+    }
+    let stream = string(&NATS_STREAM);
+    realtime_core::net::nats::Settings::check_stream(&stream)
+        .map_err(|e| format!("realtime.nats_stream: {e}"))?;
+    let limits =
+        history_limits().ok_or("there is no history to publish (realtime.history_size is 0)")?;
+    Ok(Some(realtime_core::net::nats::Settings {
+        url,
+        stream,
+        max_bytes: limits.bytes,
+        max_age: limits.age,
+    }))
 }
 pub fn serve_pages() -> bool {
     SERVE_PAGES.get()

@@ -330,6 +330,8 @@ pub enum GapReason {
     HistoryExpired = 7,
     /// The history could not be written for a while, or lost a file.
     HistoryLost = 8,
+    /// A change larger than the NATS server accepts could not be relayed to edge servers.
+    TooLarge = 9,
 }
 
 impl GapReason {
@@ -345,6 +347,7 @@ impl GapReason {
             ServerRestart,
             HistoryExpired,
             HistoryLost,
+            TooLarge,
         ]
         .into_iter()
         .find(|r| *r as u8 == b)

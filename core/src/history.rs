@@ -328,6 +328,8 @@ pub struct Recovered {
 pub struct History {
     dir: PathBuf,
     inner: Mutex<Inner>,
+    /// The last position written, for readers that follow the history as it grows.
+    appended: tokio::sync::watch::Sender<u64>,
 }
 
 impl History {
@@ -375,6 +377,7 @@ impl History {
         }
         let history = History {
             dir: dir.to_path_buf(),
+            appended: tokio::sync::watch::Sender::new(recovered.last_position),
             inner: Mutex::new(Inner {
                 segments,
                 file: None,
@@ -645,7 +648,14 @@ impl History {
             inner.broken = true;
             inner.file = None;
         }
+        drop(inner);
+        self.appended.send_replace(last);
         result
+    }
+
+    /// Told the last position written each time the history grows.
+    pub fn appended(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.appended.subscribe()
     }
 
     fn write_locked(

@@ -77,6 +77,7 @@ stats! {
     GapsServerRestart: Counter, "gaps_total", ["reason" = "server_restart"], "gaps told to subscribers";
     GapsHistoryExpired: Counter, "gaps_total", ["reason" = "history_expired"], "gaps told to subscribers";
     GapsHistoryLost: Counter, "gaps_total", ["reason" = "history_lost"], "gaps told to subscribers";
+    GapsTooLarge: Counter, "gaps_total", ["reason" = "too_large"], "gaps told to subscribers";
     PolicyFailures: Counter, "policy_failures_total", [], "row security judgements that failed or ran out of time (the subscribers concerned get a policy_failed gap)";
     Snapshots: Counter, "snapshots_total", [], "snapshots started";
     SnapshotRows: Counter, "snapshot_rows_total", [], "rows sent in snapshots";
@@ -85,6 +86,9 @@ stats! {
     BroadcastsDropped: Counter, "broadcasts_dropped_total", [], "client broadcasts a connection missed because it was not reading them";
     HistoryBytes: Gauge, "history_bytes", [], "bytes of the history on disk";
     HistoryFirstPosition: Gauge, "history_first_position", [], "oldest position the history holds (0: none)";
+    NatsConnected: Gauge, "nats_connected", [], "1 while the history is being published to NATS (realtime.nats_url)";
+    NatsPosition: Gauge, "nats_position", [], "last position the NATS stream acknowledged";
+    NatsMessages: Counter, "nats_messages_total", [], "messages the NATS stream acknowledged";
     HistoryOldestSeconds: Gauge, "history_oldest_timestamp_seconds", [], "when the oldest file of the history was written, in seconds since 1970 (0: none)";
     ClosedByClient: Counter, "disconnects_total", ["reason" = "client"], "WebSocket connections ended, by why: the client closed or its socket failed, or the server closed it";
     ClosedProtocol: Counter, "disconnects_total", ["reason" = "protocol_violation"], "WebSocket connections ended, by why: the client closed or its socket failed, or the server closed it";
@@ -114,6 +118,7 @@ impl Stat {
             GapReason::ServerRestart => Stat::GapsServerRestart,
             GapReason::HistoryExpired => Stat::GapsHistoryExpired,
             GapReason::HistoryLost => Stat::GapsHistoryLost,
+            GapReason::TooLarge => Stat::GapsTooLarge,
         }
     }
 

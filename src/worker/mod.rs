@@ -114,6 +114,8 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
         gucs::database()
     );
 
+    let mut nats = None;
+    publish_to_nats(&server, &mut nats);
     let mut publisher = Publisher::new(batches.clone(), shared.clone(), history.clone(), written);
     publisher.start_relaying();
     let waiter = Waiter::new(&inbox);
@@ -159,6 +161,7 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
             if let (Some(history), Some(limits)) = (&history, gucs::history_limits()) {
                 history.set_limits(limits);
             }
+            publish_to_nats(&server, &mut nats);
         }
         // Questions are taken before the queue is drained and answered after, so that the
         // changes committed before a subscription was asked for are numbered at or below the
@@ -285,6 +288,32 @@ fn process_interrupts() {
 }
 
 /// How the network threads accept connections over TLS, if realtime.ssl is on.
+/// Publish the history to NATS as the settings now say; settings in error leave it as it was.
+fn publish_to_nats(server: &net::Server, now: &mut Option<realtime_core::net::nats::Settings>) {
+    let wanted = match gucs::nats() {
+        Ok(wanted) => wanted,
+        Err(e) => return warning!("realtime_ext: publishing to NATS as before: {e}"),
+    };
+    if wanted == *now {
+        return;
+    }
+    match server.set_nats(wanted.clone()) {
+        Ok(()) => {
+            match &wanted {
+                Some(s) => log!(
+                    "realtime_ext: publishing the history to NATS at {} (stream \"{}\")",
+                    s.shown_url(),
+                    s.stream
+                ),
+                None if now.is_some() => log!("realtime_ext: no longer publishing to NATS"),
+                None => {}
+            }
+            *now = wanted;
+        }
+        Err(e) => warning!("realtime_ext: not publishing to NATS: {e}"),
+    }
+}
+
 fn tls() -> Result<Option<TlsAcceptor>, String> {
     if !gucs::ssl() {
         return Ok(None);

@@ -12,6 +12,7 @@ pub mod headless;
 mod http;
 pub mod identity;
 pub mod interest;
+pub mod nats;
 pub mod rooms;
 pub mod shared;
 pub mod snapshots;
@@ -49,6 +50,8 @@ pub struct Server {
     shared: Arc<Shared>,
     batches: Arc<Fanout>,
     webhooks: webhooks::Webhooks,
+    /// Publishing the history to NATS (`None`: no history to publish).
+    nats: Option<nats::Nats>,
     /// The connection report's file, removed when the server stops.
     report: PathBuf,
 }
@@ -69,6 +72,18 @@ impl Server {
         settings: crate::webhook::Settings,
     ) {
         self.webhooks.set(hooks, settings);
+    }
+
+    /// Publish the history to NATS as `settings` say (`None`: not at all).
+    pub fn set_nats(&self, settings: Option<nats::Settings>) -> Result<(), String> {
+        match (&self.nats, settings) {
+            (Some(nats), settings) => nats.set(settings),
+            (None, Some(_)) => {
+                return Err("there is no history to publish (realtime.history_size is 0)".into())
+            }
+            (None, None) => {}
+        }
+        Ok(())
     }
 
     /// Tell every client the server is restarting (close code 1012), give them a moment to
@@ -152,6 +167,10 @@ pub fn start(
         }
     });
     let webhooks = webhooks::Webhooks::start(context.clone(), &runtime);
+    let nats = context
+        .history
+        .clone()
+        .map(|history| nats::Nats::start(history, context.shared.stats, &runtime));
     let (clients, path) = (context.clients.clone(), report.clone());
     runtime.spawn(async move {
         let mut every = tokio::time::interval(clients::REPORT_EVERY);
@@ -165,6 +184,7 @@ pub fn start(
         runtime,
         batches: context.batches.clone(),
         webhooks,
+        nats,
         bound,
         shared,
         report,

@@ -250,6 +250,7 @@ impl Serialize for GapReason {
             GapReason::ServerRestart => "server_restart",
             GapReason::HistoryExpired => "history_expired",
             GapReason::HistoryLost => "history_lost",
+            GapReason::TooLarge => "too_large",
         })
     }
 }
