@@ -938,12 +938,11 @@ impl Iterator for Reader {
         }
         let mut buf = Vec::new();
         loop {
-            if self.reported >= self.through {
-                return None;
-            }
+            // Reading goes on at `through` itself: an end shares its position with the change
+            // before it, and comes after it.
             if self.current.is_none() {
                 let (path, format, segment_after, start, len) = self.segments.pop_front()?;
-                if segment_after > self.reported {
+                if segment_after > self.reported && self.reported < self.through {
                     // Nothing accounts for the positions between the two.
                     let gap = Batch::Gap {
                         reason: GapReason::HistoryLost,
@@ -955,6 +954,10 @@ impl Iterator for Reader {
                     self.segments
                         .push_front((path, format, segment_after, start, len));
                     return Some(gap);
+                }
+                // It holds only later positions.
+                if segment_after >= self.through {
+                    return None;
                 }
                 let Ok(mut file) = File::open(&path) else {
                     continue;
@@ -1093,6 +1096,25 @@ mod unit {
         bytes: 1 << 30,
         age: Duration::from_secs(3600),
     };
+
+    #[test]
+    fn a_read_through_a_position_gets_every_entry_at_it() {
+        let (history, _) = History::open(&dir("through"), ROOMY).unwrap();
+        history.begin(0).unwrap();
+        for p in 1..=3 {
+            history.append(&Batch::Changes(vec![change(p, 1)])).unwrap();
+        }
+        let ended = |last_position| Batch::Ended {
+            topic: Topic::Table(1),
+            reason: EndReason::Dropped,
+            last_position,
+        };
+        history.append(&ended(3)).unwrap();
+        history.append(&Batch::Changes(vec![change(4, 2)])).unwrap();
+        assert_eq!(positions(history.read(0, 3)), ["1", "2", "3", "end 3"]);
+        assert_eq!(positions(history.read(2, 3)), ["3", "end 3"]);
+        assert_eq!(positions(history.read(3, 4)), ["4"]);
+    }
 
     #[test]
     fn a_snapshot_finds_where_the_changes_it_did_not_see_begin_even_after_reopening() {

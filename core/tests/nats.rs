@@ -4,7 +4,7 @@
 
 use realtime_core::change::{Batch, Change, EndReason, GapReason, Topic, Txn};
 use realtime_core::history::{History, Limits};
-use realtime_core::net::nats::{wire, Nats, Settings};
+use realtime_core::net::nats::{follow, wire, Nats, Settings};
 use realtime_core::ops::Op;
 use realtime_core::stats::{Stat, Stats};
 use std::path::PathBuf;
@@ -356,6 +356,110 @@ fn a_change_larger_than_the_server_takes_is_published_as_a_gap() {
             topics: Some(topics),
         } if topics == &[Topic::Table(16384)]
     ));
+    publisher.stop();
+    drop(history);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// What a follower of the stream after `position` is sent, until it has `until` changes.
+struct Follower {
+    runtime: tokio::runtime::Runtime,
+    rx: tokio::sync::mpsc::Receiver<Batch>,
+}
+
+impl Follower {
+    fn start(server: &Server, position: u64) -> Follower {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        runtime.spawn(follow::follow(
+            server.url(),
+            "realtime".into(),
+            position,
+            tx,
+            |e| eprintln!("following: {e}"),
+        ));
+        Follower { runtime, rx }
+    }
+
+    /// The next `n` batches, as the positions they account for (a gap as `reason first-last`).
+    fn next(&mut self, n: usize) -> Vec<String> {
+        let rx = &mut self.rx;
+        self.runtime.block_on(async {
+            let mut got = Vec::new();
+            while got.len() < n {
+                let batch = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+                    .await
+                    .unwrap_or_else(|_| panic!("a batch within a minute after {}", got.len()))
+                    .expect("following");
+                got.push(match batch {
+                    Batch::Gap {
+                        reason,
+                        first_position,
+                        last_position,
+                        ..
+                    } => format!("{reason:?} {first_position}-{last_position}"),
+                    Batch::Ended { last_position, .. } => format!("ended {last_position}"),
+                    other => other.first_position().to_string(),
+                });
+            }
+            got
+        })
+    }
+}
+
+fn positions(range: std::ops::RangeInclusive<u64>) -> Vec<String> {
+    range.map(|p| p.to_string()).collect()
+}
+
+#[test]
+fn a_follower_gets_everything_after_its_position_once_in_order() {
+    let mut server = Server::start("follow", "");
+    let (history, dir) = history("follow");
+    history.begin(100).unwrap();
+    for p in 101..=300 {
+        history.append(&change(p)).unwrap();
+    }
+    history
+        .append(&Batch::Ended {
+            topic: Topic::Table(16384),
+            reason: EndReason::Dropped,
+            last_position: 300,
+        })
+        .unwrap();
+    let publisher = Publisher::start(&history, settings(&server));
+    wait_until("position 300", || {
+        publisher.stats.get(Stat::NatsPosition) == 300
+    });
+
+    // From before what the stream holds: told so first.
+    let mut from_start = Follower::start(&server, 0);
+    let mut expected = vec!["HistoryExpired 1-100".to_string()];
+    expected.extend(positions(101..=300));
+    expected.push("ended 300".into());
+    assert_eq!(from_start.next(202), expected);
+    // From the middle, and from the change an end shares its position with.
+    assert_eq!(
+        Follower::start(&server, 250).next(51)[..50],
+        positions(251..=300)[..]
+    );
+    assert_eq!(Follower::start(&server, 299).next(2), ["300", "ended 300"]);
+
+    // Then live, across a killed nats-server.
+    let mut live = Follower::start(&server, 300);
+    for p in 301..=400 {
+        history.append(&change(p)).unwrap();
+    }
+    assert_eq!(live.next(100), positions(301..=400));
+    server.crash_and_restart();
+    for p in 401..=500 {
+        history.append(&change(p)).unwrap();
+    }
+    assert_eq!(live.next(100), positions(401..=500));
+    assert_eq!(from_start.next(200), positions(301..=500));
     publisher.stop();
     drop(history);
     let _ = std::fs::remove_dir_all(dir);

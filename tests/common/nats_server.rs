@@ -1,6 +1,8 @@
 //! A nats-server (Debian's `nats-server` package) with JetStream on a loopback port, its
 //! store in a directory of its own, for the tests of both crates.
 
+#![allow(dead_code)]
+
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

@@ -3,6 +3,7 @@
 //! (`Nats::set`), and one task (`publish`) follows the history into the stream, in position
 //! order, resuming from what the stream holds. `wire` is the stream's message format.
 
+pub mod follow;
 mod publish;
 mod settings;
 pub mod wire;
