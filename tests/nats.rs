@@ -50,6 +50,12 @@ fn insert(db: &mut postgres::Client, rows: i32) {
     .unwrap();
 }
 
+fn set_stream(db: &mut postgres::Client, name: &str) {
+    db.batch_execute(&format!("ALTER SYSTEM SET realtime.nats_stream = '{name}'"))
+        .unwrap();
+    db.batch_execute("SELECT pg_reload_conf()").unwrap();
+}
+
 #[test]
 fn committed_changes_land_in_the_stream_once_in_order_across_restarts() {
     let nats = nats_server::Server::start("pg", "");
@@ -118,8 +124,7 @@ fn committed_changes_land_in_the_stream_once_in_order_across_restarts() {
     assert!(gaps.is_empty(), "gaps: {gaps:?}");
 
     // Another stream on reload: it is given the history from its start.
-    db.batch_execute("ALTER SYSTEM SET realtime.nats_stream = 'plant_2'; SELECT pg_reload_conf();")
-        .unwrap();
+    set_stream(&mut db, "plant_2");
     insert(&mut db, 1);
     let rows = table_ids(&cluster);
     wait_until(
@@ -131,8 +136,7 @@ fn committed_changes_land_in_the_stream_once_in_order_across_restarts() {
     assert_eq!(messages[0].0, "plant_2.table.public.defects");
 
     // A name that is no stream name is refused, and publishing goes on as it was.
-    db.batch_execute("ALTER SYSTEM SET realtime.nats_stream = 'a.b'; SELECT pg_reload_conf();")
-        .unwrap();
+    set_stream(&mut db, "a.b");
     wait_until("the refusal logged", Duration::from_secs(30), || {
         cluster
             .log()
@@ -156,7 +160,10 @@ fn an_unreachable_nats_server_changes_nothing_else() {
         .port();
     let url = format!("realtime.nats_url = 'nats://realtime:secret@127.0.0.1:{port}'");
     let cluster = Cluster::start("nats_unreachable", &[&url]);
-    let mut ws = cluster.watched("defects", "id bigserial PRIMARY KEY, line text, note text");
+    let mut ws = cluster.watched(
+        "defects",
+        "(id bigserial PRIMARY KEY, line text, note text)",
+    );
     let mut db = cluster.client();
     insert(&mut db, 3);
     assert_eq!(ws.change_ids(3).len(), 3);
