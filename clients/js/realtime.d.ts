@@ -135,6 +135,8 @@ export declare class Subscription {
 export declare class Realtime {
   readonly status: Status;
   readonly position: number;
+  /** The server connected to, or tried next (one of the URLs given to connect). */
+  readonly url: string;
   on(event: 'status', cb: (status: Status) => void): () => void;
   on(event: 'gap', cb: (gap: Gap) => void): () => void;
   on(event: 'error', cb: (error: ServerError) => void): () => void;
@@ -156,7 +158,7 @@ export declare class Realtime {
   close(): void;
 }
 
-export declare function connect(url?: string, options?: Options): Realtime;
+export declare function connect(url?: string | string[], options?: Options): Realtime;
 export declare function websocketUrl(url?: string): string;
 export declare function jwtExpiry(token: string): number | null;
 export declare function parseFilter(

@@ -19,8 +19,10 @@ const RETRYABLE = new Set(['snapshot_failed', 'unavailable', 'internal']);
 
 /**
  * Open a connection. `url` may be `ws(s)://host:port/realtime`, `http(s)://host:port` (the
- * WebSocket path is added), or omitted in a page served by the worker (same host).
- * @param {string} [url]
+ * WebSocket path is added), or omitted in a page served by the worker (same host). A list of
+ * URLs names servers of one database (they number changes alike): each attempt after a failure
+ * goes to the next, and subscriptions resume there where they left off.
+ * @param {string | string[]} [url]
  * @param {Options} [options]
  * @returns {Realtime}
  */
@@ -47,7 +49,9 @@ export class Realtime {
   /** Position of the last change received on any subscription. */
   position = 0;
 
-  #url;
+  /** The servers to try, and which of them the next attempt goes to. */
+  #urls;
+  #next = 0;
   #options;
   #WebSocket;
   #ws = null;
@@ -69,11 +73,12 @@ export class Realtime {
   #refreshing = false;
 
   /**
-   * @param {string | undefined} url
+   * @param {string | string[] | undefined} url
    * @param {Options} options
    */
   constructor(url, options = {}) {
-    this.#url = websocketUrl(url);
+    this.#urls = (Array.isArray(url) ? url : [url]).map(websocketUrl);
+    if (this.#urls.length === 0) throw new Error('realtime.js: an empty list of URLs');
     /** @type {Options & Required<Pick<Options, 'heartbeat' | 'minBackoff' | 'maxBackoff' | 'refreshMargin'>>} */
     this.#options = {
       heartbeat: 15000,
@@ -88,6 +93,11 @@ export class Realtime {
       throw new Error('realtime.js: no WebSocket here; pass options.WebSocket (Node 22+ has one)');
     }
     this.#open();
+  }
+
+  /** The server this client is connected to, or tries next. */
+  get url() {
+    return this.#urls[this.#next];
   }
 
   /**
@@ -265,7 +275,7 @@ export class Realtime {
     }
     let ws;
     try {
-      ws = new this.#WebSocket(this.#url);
+      ws = new this.#WebSocket(this.url);
     } catch (e) {
       this._emit('error', { code: 'connect_failed', message: String(e?.message ?? e) });
       return this.#retry();
@@ -323,6 +333,7 @@ export class Realtime {
 
   #retry() {
     if (this.status === 'closed') return;
+    this.#next = (this.#next + 1) % this.#urls.length;
     this.#setStatus('reconnecting');
     const { minBackoff, maxBackoff } = this.#options;
     const ceiling = Math.min(maxBackoff, minBackoff * 2 ** this.#attempt++);

@@ -116,6 +116,30 @@ test('after the worker is terminated it reconnects and resumes without loss or d
   rt.close();
 });
 
+test('a list of servers skips the one that is down and resumes on the next', async () => {
+  const name = table();
+  // A port nothing listens on stands for a server that is down.
+  const down = await new Promise((resolve) => {
+    const s = createServer().listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(`ws://127.0.0.1:${port}/realtime`));
+    });
+  });
+  const rt = connect([down, WS_URL], { minBackoff: 50, maxBackoff: 200 });
+  const { got, sub } = collect(rt, name);
+  await live(sub);
+  assert.equal(rt.url, websocketUrl(WS_URL));
+  sql(`INSERT INTO ${name} SELECT g, 'x', g FROM generate_series(1, 100) g`);
+  await until(() => got.length === 100, '100 changes');
+  // The server restarts its worker: the client tries the next (down), then comes back.
+  terminateWorker();
+  sql(`INSERT INTO ${name} SELECT g, 'y', g FROM generate_series(101, 200) g`);
+  await until(() => got.length >= 200, 'every change', 30000);
+  await sleep(300);
+  assert.deepEqual(got.map((m) => m.new.id), Array.from({ length: 200 }, (_, i) => i + 1));
+  rt.close();
+});
+
 test('channel() receives relayed notifications and realtime_send, and resumes after a restart', async () => {
   const channel = `js_orders_${process.pid}`;
   sql(`SELECT realtime_relay('${channel}', as_json => true, readers => '{realtime_reader}')`);
@@ -337,6 +361,25 @@ function fakeSockets() {
   }
   return { made, FakeSocket };
 }
+
+test('with a list of servers each attempt after a failure goes to the next', async () => {
+  const { made, FakeSocket } = fakeSockets();
+  const urls = ['ws://a/realtime', 'ws://b/realtime', 'ws://c/realtime'];
+  const rt = connect(urls, { WebSocket: FakeSocket, minBackoff: 10, maxBackoff: 20 });
+  for (let i = 1; i <= 4; i++) {
+    await until(() => made.length === i, `attempt ${i}`, 2000);
+    made[i - 1].fail();
+  }
+  await until(() => made.length === 5, 'attempt 5', 2000);
+  made[4].open();
+  assert.equal(rt.status, 'open');
+  assert.equal(rt.url, 'ws://b/realtime');
+  // Once connected it stays; when that connection is lost, the next server is tried.
+  made[4].fail();
+  await until(() => made.length === 6, 'attempt 6', 2000);
+  assert.deepEqual(made.map((s) => s.url.split('/')[2]), ['a', 'b', 'c', 'a', 'b', 'c']);
+  rt.close();
+});
 
 test('reconnects back off exponentially with jitter', async () => {
   const { made, FakeSocket } = fakeSockets();
