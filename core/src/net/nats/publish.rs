@@ -16,8 +16,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Entries read from the history at a time (and those at the same position as the last).
+/// Entries, and bytes of row images, read from the history at a time (and past either, the
+/// entries at the same position as the last).
 const CHUNK: usize = 4096;
+const CHUNK_BYTES: usize = 16 << 20;
 /// Messages sent and not yet acknowledged by the stream.
 const IN_FLIGHT: usize = 1024;
 /// How long a session that failed waits before the next, at first and at most.
@@ -183,19 +185,23 @@ async fn settle(
     Ok(())
 }
 
-/// The history's entries after `after` through `through`, about `CHUNK` of them, never
-/// stopping between two at one position (file reads, off the runtime).
+/// The history's entries after `after` through `through`, up to `CHUNK` of them or
+/// `CHUNK_BYTES`, never stopping between two at one position (file reads, off the runtime).
 async fn read(history: &History, after: u64, through: u64) -> Result<Vec<Batch>, String> {
     // The reader takes its own copy of the segment list.
     let mut reader = history.read(after, through).peekable();
     tokio::task::spawn_blocking(move || {
         let mut batches: Vec<Batch> = Vec::new();
+        let mut bytes = 0;
         while let Some(batch) = reader.next_if(|next| {
-            batches.len() < CHUNK
+            (batches.len() < CHUNK && bytes < CHUNK_BYTES)
                 || batches
                     .last()
                     .is_some_and(|last| last.last_position() == next.last_position())
         }) {
+            if let Batch::Changes(changes) = &batch {
+                bytes += changes.iter().map(|c| c.image_bytes()).sum::<usize>();
+            }
             batches.push(batch);
         }
         batches
