@@ -107,9 +107,10 @@ async fn session(settings: &Settings, history: &History, stats: &Stats) -> Strin
     loop {
         // Entries at the edge's position may still come (an end follows the change it
         // comes after at the same position): read them again, and skip those published.
-        let from = match edge.ids.is_empty() || edge.position <= history.floor() {
-            true => edge.position,
-            false => edge.position - 1,
+        let from = if edge.ids.is_empty() || edge.position <= history.floor() {
+            edge.position
+        } else {
+            edge.position - 1
         };
         let batches = match read(history, from, history.last()).await {
             Ok(batches) => batches,
@@ -118,10 +119,10 @@ async fn session(settings: &Settings, history: &History, stats: &Stats) -> Strin
         let mut sent = 0;
         for batch in &batches {
             for message in wire::encode(&settings.stream, batch) {
+                let message = fitted(message, batch, max_payload, &settings.stream);
                 if message.position == edge.position && edge.ids.contains(&message.id) {
                     continue;
                 }
-                let message = fitted(message, batch, max_payload, &settings.stream);
                 let publish = PublishMessage::build()
                     .payload(message.body.into())
                     .message_id(&message.id)
