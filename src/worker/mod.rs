@@ -287,7 +287,6 @@ fn process_interrupts() {
     }
 }
 
-/// How the network threads accept connections over TLS, if realtime.ssl is on.
 /// Publish the history to NATS as the settings now say; settings in error leave it as it was.
 fn publish_to_nats(server: &net::Server, now: &mut Option<realtime_core::net::nats::Settings>) {
     let wanted = match gucs::nats() {
@@ -314,6 +313,7 @@ fn publish_to_nats(server: &net::Server, now: &mut Option<realtime_core::net::na
     }
 }
 
+/// How the network threads accept connections over TLS, if realtime.ssl is on.
 fn tls() -> Result<Option<TlsAcceptor>, String> {
     if !gucs::ssl() {
         return Ok(None);

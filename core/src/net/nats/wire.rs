@@ -137,7 +137,7 @@ fn token(name: &str) -> String {
 }
 
 /// The subject `change` is published on.
-pub fn subject(prefix: &str, change: &Change) -> String {
+fn subject(prefix: &str, change: &Change) -> String {
     if change.op == Op::Message {
         format!("{prefix}.channel.{}", token(&change.names.0))
     } else {
