@@ -18,7 +18,7 @@ pub const MAX_TOKEN_TIME: u64 = 253_402_300_799;
 const MIN_SECRET_BYTES: usize = 32;
 
 /// The identity a connection acts as.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Principal {
     pub role: String,
     /// The token's claims as JSON text (for `request.jwt.claims`); for the anonymous role,

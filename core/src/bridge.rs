@@ -16,7 +16,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
 /// What a client names to subscribe to.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum Target {
     /// A table, as SQL would read the name (quotes, case folding, unqualified: public).
     Table(String),
@@ -25,7 +25,7 @@ pub enum Target {
 }
 
 /// A subscription's topic as the worker resolved it for a principal, with what it may see.
-#[derive(Clone, Debug)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug)]
 pub struct Resolved {
     pub topic: Topic,
     /// A table's schema and name; for a channel, an empty schema and its name.
@@ -50,7 +50,7 @@ pub struct Resolved {
 }
 
 /// What a principal may do on a channel besides receiving its messages (nothing, on a table).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ChannelRights {
     /// Broadcast to the others.
     pub send: bool,
@@ -61,7 +61,7 @@ pub struct ChannelRights {
 }
 
 /// Why the worker could not resolve a subscription.
-#[derive(Debug, thiserror::Error)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, thiserror::Error)]
 pub enum ResolveError {
     #[error("table \"{0}\" does not exist or is not readable")]
     UnknownTable(String),
@@ -93,11 +93,11 @@ pub enum ResolveError {
 }
 
 /// A table a principal may subscribe to, as `tables` lists it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct WatchedTable {
     pub schema: String,
     pub table: String,
-    pub events: Vec<&'static str>,
+    pub events: Vec<String>,
 }
 
 pub type Reply<T> = tokio::sync::oneshot::Sender<Result<T, ResolveError>>;

@@ -14,7 +14,9 @@ pub const MAX_CHANNEL_BYTES: usize = 255;
 
 /// What a subscription is to: the key of the interest index, the fan-out's summaries, gaps,
 /// ends and the history's entries.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
 pub enum Topic {
     /// The changes of a table, by its OID (names change; the OID does not).
     Table(u32),
@@ -59,7 +61,7 @@ impl Txn {
 pub type AudienceId = u64;
 
 /// A verdict of the worker on one change for one audience.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Verdict {
     pub new_visible: bool,
     pub old_visible: bool,

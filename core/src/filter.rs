@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 use std::cmp::Ordering;
 
 /// One condition of a filter as the client wrote it: `column=op.value`, `column=not.op.value`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq)]
 pub struct FilterSpec {
     pub column: String,
     pub op: FilterOp,
@@ -26,7 +26,7 @@ pub struct FilterSpec {
     pub values: Vec<String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FilterOp {
     Eq,
     Neq,
@@ -44,7 +44,7 @@ pub enum FilterOp {
 }
 
 /// How a column's collation lowers letters, for `ilike`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fold {
     /// Only A to Z (C and POSIX).
     Ascii,
@@ -55,7 +55,7 @@ pub enum Fold {
 
 /// How values of a column compare, decided by the worker from its SQL type and collation.
 /// Types not listed have no kind: filters on them are refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ValueKind {
     /// int2/4/8, numeric, float4/8, oid: exact decimals; NaN above Infinity.
     Number,
@@ -96,7 +96,7 @@ impl ValueKind {
 
 /// A filter whose column and values Postgres has checked: values are the column type's own
 /// JSON rendering of what the client wrote (`to_json(value::type)`).
-#[derive(Clone, Debug)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug)]
 pub struct ResolvedFilter {
     pub column: String,
     pub op: FilterOp,

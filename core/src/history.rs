@@ -330,7 +330,13 @@ pub struct History {
     inner: Mutex<Inner>,
     /// The last position written, for readers that follow the history as it grows.
     appended: tokio::sync::watch::Sender<u64>,
+    /// The latest catalog markers (`Batch::Reauthorize`), by position: not entries (a replay
+    /// judges by the rules of its own time), kept for the NATS publisher to place among them.
+    markers: Mutex<VecDeque<u64>>,
 }
+
+/// Catalog markers kept in memory.
+const MARKERS_KEPT: usize = 1024;
 
 impl History {
     /// Open (creating) the history in `dir`, dropping a torn tail left by a crash.
@@ -378,6 +384,7 @@ impl History {
         let history = History {
             dir: dir.to_path_buf(),
             appended: tokio::sync::watch::Sender::new(recovered.last_position),
+            markers: Mutex::default(),
             inner: Mutex::new(Inner {
                 segments,
                 file: None,
@@ -560,8 +567,19 @@ impl History {
             frame(&mut bytes, &entry)
         };
         match batch {
-            // Replays judge what they read by the rules in force then: nothing to keep.
-            Batch::Reauthorize { .. } => return Ok(()),
+            // Replays judge what they read by the rules in force then: no entry, a marker.
+            Batch::Reauthorize { last_position } => {
+                let mut markers = self.markers.lock().unwrap_or_else(|e| e.into_inner());
+                if markers.back() != Some(last_position) {
+                    if markers.len() == MARKERS_KEPT {
+                        markers.pop_front();
+                    }
+                    markers.push_back(*last_position);
+                }
+                drop(markers);
+                self.appended.send_modify(|_| ());
+                return Ok(());
+            }
             Batch::Changes(changes) => {
                 for c in changes {
                     if c.op == Op::Message {
@@ -653,7 +671,13 @@ impl History {
         result
     }
 
-    /// Told the last position written each time the history grows.
+    /// The catalog markers kept at positions after `after`, in order.
+    pub fn markers_after(&self, after: u64) -> Vec<u64> {
+        let markers = self.markers.lock().unwrap_or_else(|e| e.into_inner());
+        markers.iter().copied().filter(|&p| p > after).collect()
+    }
+
+    /// Told the last position written each time the history grows (or a marker is added).
     pub fn appended(&self) -> tokio::sync::watch::Receiver<u64> {
         self.appended.subscribe()
     }

@@ -1,7 +1,7 @@
 //! The four kinds of change and sets of them: the one definition the capture path, the
 //! catalog, subscriptions and the wire protocol share.
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum Op {
     Insert = 1,
@@ -39,7 +39,7 @@ impl Op {
 }
 
 /// A set of ops: the events a table is watched for, or a subscription asked for.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OpSet(u8);
 
 impl OpSet {

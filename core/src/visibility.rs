@@ -15,7 +15,7 @@ use std::sync::Arc;
 type Row = Map<String, Value>;
 
 /// Which rows a subscription may see.
-#[derive(Clone, Debug)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug)]
 pub enum RowAccess {
     /// Row security does not apply to this role (disabled, exempt owner, BYPASSRLS).
     All,
@@ -38,7 +38,7 @@ pub struct ApartSpec {
 }
 
 /// A policy condition with the claims already evaluated, in SQL's three-valued logic.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq)]
 pub enum Rule {
     And(Vec<Rule>),
     Or(Vec<Rule>),

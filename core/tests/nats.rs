@@ -69,7 +69,7 @@ impl Publisher {
             .build()
             .unwrap();
         let stats: &'static Stats = Box::leak(Box::new(Stats::new()));
-        let nats = Nats::start(history.clone(), stats, &runtime);
+        let nats = Nats::start(history.clone(), None, stats, &runtime);
         nats.set(Some(settings));
         Publisher {
             runtime,

@@ -80,6 +80,16 @@ pub struct Audiences {
     stale: bool,
 }
 
+/// Where this worker's audience ids start: past any an earlier worker gave out (the clock in
+/// microseconds, times 1,024), so that an id held across a restart by an edge server
+/// (`net::nats::answer`) names no other audience; it is judged as unknown, a failed verdict.
+fn first_id() -> AudienceId {
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    micros.saturating_mul(1024)
+}
+
 /// Which of a batch's row images pass, new then old per change (two entries per change).
 type Visible = Vec<bool>;
 
@@ -87,7 +97,7 @@ impl Audiences {
     pub fn new(shared: Arc<Shared>) -> Audiences {
         Audiences {
             shared,
-            next: 0,
+            next: first_id(),
             ids: HashMap::new(),
             audiences: BTreeMap::new(),
             plans: HashMap::new(),

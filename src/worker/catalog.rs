@@ -157,7 +157,10 @@ fn readable_tables(principal: &Principal) -> Answer<Vec<WatchedTable>> {
             Ok(WatchedTable {
                 schema: row.get::<String>(1)?.unwrap_or_default(),
                 table: row.get::<String>(2)?.unwrap_or_default(),
-                events: ops_of_tgtype(tgtype).iter().map(|op| op.name()).collect(),
+                events: ops_of_tgtype(tgtype)
+                    .iter()
+                    .map(|op| op.name().to_string())
+                    .collect(),
             })
         })
         .collect::<Result<Vec<_>, pgrx::spi::Error>>()

@@ -12,8 +12,6 @@
 use crate::pg::xact::in_transaction;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use realtime_core::change::Batch;
-use realtime_core::net::fanout::Fanout;
 use realtime_core::net::shared::Shared;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -172,8 +170,9 @@ pub fn settle(shared: &Shared) {
 
 /// Take in pending invalidations (starting a transaction does) at most every
 /// `CHECK_INTERVAL`, and tell the sessions if any mattered: a new catalog epoch (roles
-/// authorized before it are asked about again) and a `Reauthorize` marker in the stream.
-pub fn poll(shared: &Shared, fanout: &Fanout) {
+/// authorized before it are asked about again); returns whether to place a `Reauthorize`
+/// marker in the stream (`Publisher::reauthorize`).
+pub fn poll(shared: &Shared) -> bool {
     thread_local! {
         static LAST: std::cell::Cell<Option<std::time::Instant>> = const { std::cell::Cell::new(None) };
     }
@@ -186,15 +185,15 @@ pub fn poll(shared: &Shared, fanout: &Fanout) {
     });
     // Sessions are told at most once per interval, however many invalidations came in: no
     // catalog change that authorizing itself might cause can keep the worker busy.
-    if due {
-        let moved = in_transaction(|| Ok::<bool, String>(tables_moved()), |e| e).unwrap_or(true);
-        if CHANGED.swap(false, Relaxed) | moved {
-            shared.catalog_epoch.send_modify(|epoch| *epoch += 1);
-            fanout.publish(Batch::Reauthorize {
-                last_position: shared.position(),
-            });
-        }
+    if !due {
+        return false;
     }
+    let moved = in_transaction(|| Ok::<bool, String>(tables_moved()), |e| e).unwrap_or(true);
+    let changed = CHANGED.swap(false, Relaxed) | moved;
+    if changed {
+        shared.catalog_epoch.send_modify(|epoch| *epoch += 1);
+    }
+    changed
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -194,8 +194,8 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
         }
         publisher.persist_position();
         webhooks.tick(&server);
-        if subscribed {
-            invalidation::poll(&shared, &batches);
+        if subscribed && invalidation::poll(&shared) {
+            publisher.reauthorize();
         }
         if moved && short_waits >= BUSY_STREAK {
             std::thread::sleep(MIN_PASS.saturating_sub(pass_started.elapsed()));

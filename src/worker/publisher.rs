@@ -583,6 +583,17 @@ impl Publisher {
         }
     }
 
+    /// Have every session authorize its subscriptions again before it delivers anything
+    /// published after now (the marker goes to the history's publisher too, for edges).
+    pub fn reauthorize(&mut self) {
+        // Sent first, as before any batch: the queue's records are given back only once
+        // every change read from them is written.
+        self.flush();
+        self.send(Batch::Reauthorize {
+            last_position: self.published(),
+        });
+    }
+
     /// The last position published.
     pub fn published(&self) -> u64 {
         self.next_position - 1

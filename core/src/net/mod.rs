@@ -57,6 +57,11 @@ pub struct Server {
 }
 
 impl Server {
+    /// The network threads' runtime, for tasks of an embedding server (an edge's feed).
+    pub fn handle(&self) -> tokio::runtime::Handle {
+        self.runtime.handle().clone()
+    }
+
     pub fn description(&self) -> String {
         self.bound
             .iter()
@@ -167,10 +172,14 @@ pub fn start(
         }
     });
     let webhooks = webhooks::Webhooks::start(context.clone(), &runtime);
-    let nats = context
-        .history
-        .clone()
-        .map(|history| nats::Nats::start(history, context.shared.stats, &runtime));
+    let nats = context.history.clone().map(|history| {
+        let answerer = nats::Answerer::new(
+            context.worker.clone(),
+            context.judges.clone(),
+            context.shared.clone(),
+        );
+        nats::Nats::start(history, Some(answerer), context.shared.stats, &runtime)
+    });
     let (clients, path) = (context.clients.clone(), report.clone());
     runtime.spawn(async move {
         let mut every = tokio::time::interval(clients::REPORT_EVERY);

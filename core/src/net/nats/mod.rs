@@ -3,10 +3,14 @@
 //! (`Nats::set`), and one task (`publish`) follows the history into the stream, in position
 //! order, resuming from what the stream holds. `wire` is the stream's message format.
 
+mod answer;
+pub mod ask;
 pub mod follow;
 mod publish;
 mod settings;
 pub mod wire;
+
+pub use answer::Answerer;
 
 pub use settings::Settings;
 
@@ -20,13 +24,15 @@ pub struct Nats(watch::Sender<Option<Settings>>);
 
 impl Nats {
     /// Publish `history` as the settings say, on `runtime`; nothing until `set`.
+    /// Edge servers' questions are answered by `answerer` meanwhile (`None`: not at all).
     pub fn start(
         history: Arc<History>,
+        answerer: Option<Answerer>,
         stats: &'static Stats,
         runtime: &tokio::runtime::Runtime,
     ) -> Nats {
         let (tx, rx) = watch::channel(None);
-        runtime.spawn(supervise(history, stats, rx));
+        runtime.spawn(supervise(history, answerer.map(Arc::new), stats, rx));
         Nats(tx)
     }
 
@@ -39,20 +45,28 @@ impl Nats {
     }
 }
 
-/// One publisher at a time, started again under new settings.
+/// One publisher and one answerer at a time, started again under new settings.
 async fn supervise(
     history: Arc<History>,
+    answerer: Option<Arc<Answerer>>,
     stats: &'static Stats,
     mut wanted: watch::Receiver<Option<Settings>>,
 ) {
-    let mut running: Option<tokio::task::JoinHandle<()>> = None;
+    let mut running: Vec<tokio::task::JoinHandle<()>> = Vec::new();
     while wanted.changed().await.is_ok() {
-        if let Some(task) = running.take() {
+        for task in running.drain(..) {
             task.abort();
             stats.set(crate::stats::Stat::NatsConnected, 0);
         }
         if let Some(settings) = wanted.borrow_and_update().clone() {
-            running = Some(tokio::spawn(publish::run(settings, history.clone(), stats)));
+            running.push(tokio::spawn(publish::run(
+                settings.clone(),
+                history.clone(),
+                stats,
+            )));
+            if let Some(answerer) = &answerer {
+                running.push(tokio::spawn(answer::run(settings, answerer.clone())));
+            }
         }
     }
 }

@@ -104,6 +104,8 @@ async fn session(settings: &Settings, history: &History, stats: &Stats) -> Strin
     };
     let mut appended = history.appended();
     let mut pending = VecDeque::new();
+    // Markers at the tail's position may not have gone out yet (their ids say).
+    let mut markers_through = edge.position.saturating_sub(1);
     loop {
         // Entries at the edge's position may still come (an end follows the change it
         // comes after at the same position): read them again, and skip those published.
@@ -116,12 +118,30 @@ async fn session(settings: &Settings, history: &History, stats: &Stats) -> Strin
             Ok(batches) => batches,
             Err(e) => return e,
         };
+        // Read after the entries: a marker comes after the entries it follows and before
+        // the next, so every marker before the last entry read is in this list.
+        let mut markers = history
+            .markers_after(markers_through)
+            .into_iter()
+            .map(|p| wire::reauthorize(&settings.stream, p))
+            .peekable();
+        let messages = batches.iter().flat_map(|batch| {
+            wire::encode(&settings.stream, batch)
+                .into_iter()
+                .map(|message| fitted(message, batch, max_payload, &settings.stream))
+        });
         let mut sent = 0;
-        for batch in &batches {
-            for message in wire::encode(&settings.stream, batch) {
-                let message = fitted(message, batch, max_payload, &settings.stream);
+        for message in messages.map(Some).chain([None]) {
+            // Each marker goes out after the entries at its position, before the next.
+            let before = message.as_ref().map_or(edge.position + 1, |m| m.position);
+            let due: Vec<Message> =
+                std::iter::from_fn(|| markers.next_if(|m| m.position < before)).collect();
+            for message in due.into_iter().chain(message) {
                 if message.position == edge.position && edge.ids.contains(&message.id) {
                     continue;
+                }
+                if message.id.starts_with(wire::MARKER_ID) {
+                    markers_through = message.position;
                 }
                 let publish = PublishMessage::build()
                     .payload(message.body.into())

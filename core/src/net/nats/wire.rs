@@ -46,6 +46,12 @@ enum Body<'a> {
     Message(MessageBody<'a>),
     Gap(GapBody<'a>),
     Ended(EndedBody<'a>),
+    Reauthorize(ReauthorizeBody),
+}
+
+#[derive(Serialize, Deserialize)]
+struct ReauthorizeBody {
+    last_position: u64,
 }
 
 #[derive(Deserialize)]
@@ -233,8 +239,23 @@ pub fn encode(prefix: &str, batch: &Batch) -> Vec<Message> {
                 })),
             }]
         }
-        // Never in the history.
-        Batch::Reauthorize { .. } => Vec::new(),
+        Batch::Reauthorize { last_position } => vec![reauthorize(prefix, *last_position)],
+    }
+}
+
+/// How a catalog marker's id begins.
+pub const MARKER_ID: &str = "reauthorize-";
+
+/// A catalog marker (`Batch::Reauthorize`): who may see what changed after `position`.
+pub fn reauthorize(prefix: &str, position: u64) -> Message {
+    Message {
+        subject: format!("{prefix}.control"),
+        id: format!("{MARKER_ID}{position}"),
+        position,
+        body: serde_json::to_vec(&Body::Reauthorize(ReauthorizeBody {
+            last_position: position,
+        }))
+        .expect("bodies always serialize"),
     }
 }
 
@@ -297,6 +318,12 @@ pub fn decode(body: &[u8]) -> Result<Batch, String> {
                 topic: e.topic.topic(),
                 reason: named(&e.reason, EndReason::from_u8)?,
                 last_position: e.last_position,
+            }
+        }
+        "reauthorize" => {
+            let r: ReauthorizeBody = read(body)?;
+            Batch::Reauthorize {
+                last_position: r.last_position,
             }
         }
         other => return Err(format!("unknown kind {other:?}")),
