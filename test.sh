@@ -30,6 +30,8 @@ pgdata() {
 
 # realtime-core's own tests, property tests of the parsers included (no PostgreSQL needed).
 cargo test -p realtime-core
+# The edge server the integration tests start (tests/edge.rs).
+cargo build -p realtime-core --bin realtime-edge
 
 started=$SECONDS
 cargo pgrx test "pg$PG_MAJOR" --runas postgres --pgdata "$(pgdata "$PG_MAJOR")" "$@"

@@ -13,11 +13,13 @@
 //! - `visibility`: the columns and rows (row-level security) a subscriber may see.
 //! - `webhook`: webhooks as the worker hands them over, and what became of each request.
 //! - `net`: tokio threads: listeners, the HTTP front door, the fan-out ring, the subscription
-//!   set, one session loop per protocol, and webhook deliveries.
+//!   set, one session loop per protocol, webhook deliveries, and the NATS stream.
+//! - `edge`: the `realtime-edge` server: `net` on a machine of its own, fed through NATS.
 
 pub mod auth;
 pub mod bridge;
 pub mod change;
+pub mod edge;
 pub mod filter;
 pub mod history;
 pub mod net;

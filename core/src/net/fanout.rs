@@ -194,6 +194,14 @@ impl Fanout {
         let _ = self.handoff.blocking_send(batch);
     }
 
+    /// Publish `batch` from the network threads (an edge server's feed, the only publisher
+    /// there).
+    pub fn hand_out(&self, batch: Batch) {
+        self.published_through
+            .fetch_max(batch.last_position(), Relaxed);
+        self.send(batch);
+    }
+
     /// Hand out what the worker publishes, in order, until it stops. Run on the network
     /// threads.
     pub async fn dispatch(self: Arc<Fanout>) {

@@ -162,6 +162,9 @@ pub struct Shared {
     /// Network: roles the worker accepted, with the catalog epoch it did so in (a connection
     /// of a known role then needs no question).
     authorized: Mutex<std::collections::HashMap<String, u64>>,
+    /// An edge server: why it should not be sent clients now, by what is wrong (the stream,
+    /// the worker); `/health` says it.
+    unready: Mutex<std::collections::BTreeMap<&'static str, String>>,
 }
 
 impl Shared {
@@ -176,6 +179,7 @@ impl Shared {
             anonymous: Mutex::default(),
             apart: Mutex::default(),
             authorized: Mutex::default(),
+            unready: Mutex::default(),
         }
     }
     /// The last position published.
@@ -235,6 +239,18 @@ impl Shared {
             authorized.clear();
         }
         authorized.insert(role.to_string(), epoch);
+    }
+    /// Say what about `part` keeps the server from serving (`None`: nothing any more).
+    pub fn set_unready(&self, part: &'static str, why: Option<String>) {
+        let mut unready = lock(&self.unready);
+        match why {
+            Some(why) => unready.insert(part, why),
+            None => unready.remove(part),
+        };
+    }
+    /// Why the server should not be sent clients now, if anything says so.
+    pub fn unready(&self) -> Vec<String> {
+        lock(&self.unready).values().cloned().collect()
     }
     pub fn auth(&self) -> Arc<AuthConfig> {
         self.auth.lock().unwrap_or_else(|e| e.into_inner()).clone()

@@ -7,8 +7,10 @@ use crate::stats::Stat;
 pub fn health(context: &Context) -> Response {
     let s = context.shared.stats;
     let (unacknowledged, backlogged) = context.clients.behind();
+    let unready = context.shared.unready();
     let body = serde_json::json!({
-        "status": "ok",
+        "status": if unready.is_empty() { "ok" } else { "unavailable" },
+        "unavailable_because": unready,
         "position": s.get(Stat::Position),
         "connections": s.connections(),
         "subscriptions": s.subscriptions(),
@@ -24,5 +26,9 @@ pub fn health(context: &Context) -> Response {
             "lost_transactions": s.get(Stat::LostTransactions),
         },
     });
-    Response::json("200 OK", body.to_string())
+    let status = match unready.is_empty() {
+        true => "200 OK",
+        false => "503 Service Unavailable",
+    };
+    Response::json(status, body.to_string())
 }

@@ -1,0 +1,291 @@
+//! Edge servers (`realtime-edge`) fed through a real nats-server: one PostgreSQL, one
+//! nats-server and two edges on loopback. Clients of an edge receive exactly what clients of
+//! the database host receive (the authorization matrix and filters, compared message for
+//! message), catalog changes reach them as they reach the host's, and a client whose edge dies
+//! resumes on the other with nothing lost or twice.
+
+mod common;
+#[path = "common/nats_server.rs"]
+mod nats_server;
+
+use common::{token, wait_until, Cluster, Ws, JWT_SECRET, PATIENCE, READER};
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A `realtime-edge` process serving on a port of its own.
+struct Edge {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+/// The binary, built with realtime-core (`cargo build -p realtime-core`; ./test.sh does).
+fn binary() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
+    let binary = target.join("debug/realtime-edge");
+    assert!(
+        binary.exists(),
+        "{} is missing: cargo build -p realtime-core --bin realtime-edge",
+        binary.display()
+    );
+    binary
+}
+
+impl Edge {
+    fn start(name: &str, nats: &nats_server::Server) -> Edge {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!("realtime_edge_{name}_{}", std::process::id()));
+        let child = Command::new(binary())
+            .env("REALTIME_EDGE_NATS_URL", nats.url())
+            .env("REALTIME_EDGE_LISTEN_ADDRESSES", "127.0.0.1")
+            .env("REALTIME_EDGE_PORT", port.to_string())
+            .env("REALTIME_EDGE_DIR", &dir)
+            .env("REALTIME_EDGE_JWT_SECRET", JWT_SECRET)
+            .env("REALTIME_EDGE_ANON_ROLE", READER)
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::File::create(
+                    std::env::temp_dir()
+                        .join(format!("realtime_edge_{name}_{}.log", std::process::id())),
+                )
+                .unwrap(),
+            )
+            .spawn()
+            .unwrap();
+        let edge = Edge {
+            port,
+            dir,
+            child: Some(child),
+        };
+        wait_until("the edge to be ready", PATIENCE, || {
+            edge.health().is_some_and(|h| h["status"] == "ok")
+        });
+        edge
+    }
+
+    fn health(&self) -> Option<Value> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        write!(s, "GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n").ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        serde_json::from_str(out.split("\r\n\r\n").nth(1)?).ok()
+    }
+
+    fn ws(&self, token: Option<&str>) -> Ws {
+        match token {
+            Some(t) => Ws::connect_as(self.port, t),
+            None => Ws::connect(self.port),
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for Edge {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One PostgreSQL publishing to one nats-server, and two edges following it.
+fn setup(name: &str) -> (nats_server::Server, Cluster, Edge, Edge) {
+    let nats = nats_server::Server::start(name, "");
+    let url = format!("realtime.nats_url = '{}'", nats.url());
+    let cluster = Cluster::start(name, &[&url]);
+    wait_until("publishing to NATS", PATIENCE, || {
+        cluster.stat("nats_connected") == 1
+    });
+    let a = Edge::start(&format!("{name}_a"), &nats);
+    let b = Edge::start(&format!("{name}_b"), &nats);
+    (nats, cluster, a, b)
+}
+
+const SCHEMA: &str = "
+    CREATE ROLE app_user NOLOGIN;
+    CREATE ROLE app_member NOLOGIN;
+    CREATE ROLE app_clerk NOLOGIN;
+    GRANT app_user, app_member, app_clerk TO realtime_authenticator;
+    CREATE TABLE members (line text, sub text);
+    INSERT INTO members VALUES ('A', 'bob');
+    CREATE TABLE defects (id bigserial PRIMARY KEY, line text, owner text, note text);
+    ALTER TABLE defects REPLICA IDENTITY FULL;
+    ALTER TABLE defects ENABLE ROW LEVEL SECURITY;
+    GRANT SELECT ON defects, members TO app_user, app_member;
+    GRANT SELECT (id, line, owner) ON defects TO app_clerk;
+    CREATE POLICY everything ON defects TO realtime_reader, app_clerk USING (true);
+    CREATE POLICY mine ON defects TO app_user
+        USING (owner = current_setting('request.jwt.claims', true)::json->>'sub');
+    CREATE POLICY member ON defects TO app_member
+        USING (EXISTS (SELECT 1 FROM members m WHERE m.line = defects.line
+                       AND m.sub = current_setting('request.jwt.claims', true)::json->>'sub'));
+    CREATE TABLE done (id int PRIMARY KEY);
+    GRANT SELECT ON done TO app_user, app_member, app_clerk;
+    SELECT realtime_watch('defects');
+    SELECT realtime_watch('done');
+";
+
+/// Who subscribes, and to what: every kind of row security and a filter.
+fn principals() -> Vec<(&'static str, Option<String>, Option<&'static str>)> {
+    vec![
+        ("anonymous", None, None),
+        ("anonymous, line A", None, Some("line=eq.A")),
+        (
+            "alice (a compiled rule)",
+            Some(token(json!({"role": "app_user", "sub": "alice"}))),
+            None,
+        ),
+        (
+            "bob (judged by the worker)",
+            Some(token(json!({"role": "app_member", "sub": "bob"}))),
+            None,
+        ),
+        (
+            "clerk (some columns)",
+            Some(token(json!({"role": "app_clerk"}))),
+            None,
+        ),
+    ]
+}
+
+fn subscribed(mut ws: Ws, filter: Option<&str>) -> Ws {
+    ws.subscribe("d", "defects", filter);
+    ws.subscribe("x", "done", None);
+    ws
+}
+
+/// Every message up to the change of `done` with id `marker` (which is left out).
+fn until_done(ws: &mut Ws, marker: i64) -> Vec<Value> {
+    let mut before = Vec::new();
+    loop {
+        let m = ws.recv();
+        if m["type"] == "change" && m["table"] == "done" {
+            if m["new"]["id"] == marker {
+                return before;
+            }
+            continue;
+        }
+        before.push(m);
+    }
+}
+
+fn write_mix(db: &mut postgres::Client, round: i32) {
+    db.batch_execute(&format!(
+        "INSERT INTO defects (line, owner, note)
+           SELECT (ARRAY['A','B'])[1 + g % 2], (ARRAY['alice','bob','carol'])[1 + g % 3], 'n' || g
+           FROM generate_series(1, 30) g;
+         UPDATE defects SET line = 'B' WHERE id % 7 = {r} AND line = 'A';
+         UPDATE defects SET owner = 'alice', note = note || '+' WHERE id % 5 = {r};
+         DELETE FROM defects WHERE id % 11 = {r};
+         INSERT INTO done VALUES ({round});",
+        r = round % 5
+    ))
+    .unwrap();
+}
+
+#[test]
+fn edge_clients_receive_exactly_what_the_database_host_s_clients_receive() {
+    let (_nats, cluster, a, b) = setup("edge_same");
+    cluster.client().batch_execute(SCHEMA).unwrap();
+    let mut clients: Vec<(String, Ws)> = Vec::new();
+    for (who, token, filter) in principals() {
+        let direct = match &token {
+            Some(t) => Ws::connect_as(cluster.ws_port, t),
+            None => cluster.ws(),
+        };
+        clients.push((
+            format!("{who} on the database host"),
+            subscribed(direct, filter),
+        ));
+        for (name, edge) in [("edge a", &a), ("edge b", &b)] {
+            let ws = subscribed(edge.ws(token.as_deref()), filter);
+            clients.push((format!("{who} on {name}"), ws));
+        }
+    }
+    let mut db = cluster.client();
+    let mut round = 1;
+    let compare = |clients: &mut Vec<(String, Ws)>, round: i32, what: &str| {
+        let heard: Vec<(String, Vec<Value>)> = clients
+            .iter_mut()
+            .map(|(who, ws)| (who.clone(), until_done(ws, round as i64)))
+            .collect();
+        for group in heard.chunks(3) {
+            let (host, expected) = &group[0];
+            for (edge, got) in &group[1..] {
+                assert_eq!(got, expected, "{what}: {edge} heard otherwise than {host}");
+            }
+        }
+        heard
+    };
+    write_mix(&mut db, round);
+    let heard = compare(&mut clients, round, "rows, updates and deletes");
+    let count = |n: usize| heard[n].1.iter().filter(|m| m["type"] == "change").count();
+    assert!(count(0) > count(3), "the filter keeps some out");
+    assert!(
+        count(6) > 0 && count(6) < count(0),
+        "alice sees some: {}",
+        count(6)
+    );
+    assert!(
+        count(9) > 0 && count(9) < count(0),
+        "bob sees some: {}",
+        count(9)
+    );
+    assert!(
+        heard[12].1.iter().all(|m| m["new"].get("note").is_none()),
+        "the clerk never sees a note"
+    );
+    assert!(
+        heard[9].1.iter().any(|m| m["type"] == "leave"),
+        "bob sees rows leave"
+    );
+
+    // A change of membership (data: judged per change) and of policy (catalog).
+    round += 1;
+    db.batch_execute(
+        "INSERT INTO members VALUES ('B', 'bob');
+         ALTER POLICY mine ON defects USING (owner = 'carol');",
+    )
+    .unwrap();
+    write_mix(&mut db, round);
+    let heard = compare(
+        &mut clients,
+        round,
+        "after a membership and a policy change",
+    );
+    assert!(heard[6]
+        .1
+        .iter()
+        .all(|m| m["new"].get("owner").is_none_or(|o| *o == "carol")));
+
+    // REVOKE ends the clerk's subscription, on the host and on both edges alike.
+    round += 1;
+    db.batch_execute("REVOKE SELECT ON defects FROM app_clerk")
+        .unwrap();
+    write_mix(&mut db, round);
+    let heard = compare(&mut clients, round, "after REVOKE");
+    for (who, messages) in &heard[12..15] {
+        assert!(
+            messages
+                .iter()
+                .any(|m| m["type"] == "unsubscribed" && m["reason"] == "forbidden"),
+            "{who}: {messages:?}"
+        );
+    }
+}
