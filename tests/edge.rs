@@ -289,3 +289,143 @@ fn edge_clients_receive_exactly_what_the_database_host_s_clients_receive() {
         );
     }
 }
+
+/// What a client following `defects` across servers has heard: each row's id in order, the
+/// last position, and the gaps.
+#[derive(Default)]
+struct Follower {
+    ids: Vec<i64>,
+    position: u64,
+    gaps: Vec<Value>,
+}
+
+impl Follower {
+    /// Subscribe on the server at `port`, resuming after what was heard.
+    fn connect(&self, port: u16) -> Ws {
+        let mut ws = Ws::connect(port);
+        let mut subscribe = json!({"type": "subscribe", "id": "d", "table": "defects"});
+        if self.position > 0 {
+            subscribe["since"] = json!(self.position);
+        }
+        ws.send(subscribe);
+        ws
+    }
+
+    /// Read until `rows` ids were heard; `false` if the connection failed first.
+    fn read(&mut self, ws: &mut Ws, rows: usize) -> bool {
+        let started = std::time::Instant::now();
+        while self.ids.len() < rows {
+            assert!(
+                started.elapsed() < PATIENCE,
+                "heard {} of {rows} rows",
+                self.ids.len()
+            );
+            let text = match ws.socket.read() {
+                Ok(tungstenite::Message::Text(t)) => t,
+                Ok(tungstenite::Message::Close(_)) | Err(_) => return false,
+                Ok(_) => continue,
+            };
+            let m: Value = serde_json::from_str(&text).unwrap();
+            match m["type"].as_str() {
+                Some("change") => {
+                    self.ids.push(m["new"]["id"].as_i64().unwrap());
+                    self.position = m["position"].as_u64().unwrap();
+                }
+                Some("gap") => {
+                    self.position = self.position.max(m["last_position"].as_u64().unwrap());
+                    self.gaps.push(m);
+                }
+                Some("subscribed") => {
+                    // A resume the server can fill from what it holds.
+                    assert!(m.get("resume").is_none_or(|r| r == "complete"), "{m}");
+                }
+                _ => panic!("unexpected {m}"),
+            }
+        }
+        true
+    }
+}
+
+fn insert(db: &mut postgres::Client, rows: i32) {
+    db.batch_execute(&format!(
+        "INSERT INTO defects (line) SELECT 'A' FROM generate_series(1, {rows})"
+    ))
+    .unwrap();
+}
+
+fn row_count(cluster: &Cluster) -> usize {
+    let n: i64 = cluster
+        .client()
+        .query_one("SELECT count(*) FROM defects", &[])
+        .unwrap()
+        .get(0);
+    n as usize
+}
+
+#[test]
+fn a_client_whose_edge_dies_resumes_on_another_and_outages_lose_nothing() {
+    let (mut nats, cluster, mut a, b) = setup("edge_failover");
+    cluster
+        .client()
+        .batch_execute(
+            "CREATE TABLE defects (id bigserial PRIMARY KEY, line text);
+             SELECT realtime_watch('defects');",
+        )
+        .unwrap();
+    let mut db = cluster.client();
+    let mut heard = Follower::default();
+    let mut ws = heard.connect(a.port);
+    insert(&mut db, 100);
+    assert!(heard.read(&mut ws, 40));
+
+    // Edge a killed mid-stream: the client goes on at edge b from its last position.
+    let writer = std::thread::spawn({
+        let conninfo = cluster.conninfo("postgres");
+        move || {
+            let mut db = postgres::Client::connect(&conninfo, postgres::NoTls).unwrap();
+            for _ in 0..20 {
+                insert(&mut db, 10);
+            }
+        }
+    });
+    a.kill();
+    assert!(
+        !heard.read(&mut ws, usize::MAX),
+        "the connection ends with edge a"
+    );
+    writer.join().unwrap();
+    let mut ws = heard.connect(b.port);
+    assert!(heard.read(&mut ws, 300), "edge b serves the rest");
+
+    // nats-server killed and restarted, the worker terminated, the server restarted fast:
+    // the client stays on edge b throughout.
+    nats.crash_and_restart();
+    insert(&mut db, 25);
+    cluster.restart_worker();
+    insert(&mut db, 25);
+    cluster.restart();
+    let mut db = cluster.client();
+    insert(&mut db, 25);
+    let rows = row_count(&cluster);
+    assert!(heard.read(&mut ws, rows), "every row reaches edge b");
+
+    let expected: Vec<i64> = cluster
+        .client()
+        .query("SELECT id FROM defects ORDER BY id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(heard.ids, expected, "every row once, in commit order");
+    assert!(heard.gaps.is_empty(), "nothing was lost: {:?}", heard.gaps);
+    drop(ws);
+    ws_nothing_more(heard.connect(b.port));
+}
+
+/// A resume from the last position heard brings nothing more.
+fn ws_nothing_more(mut ws: Ws) {
+    let m = ws.recv();
+    assert_eq!(m["type"], "subscribed", "{m}");
+    assert_eq!(m["resume"], "complete", "{m}");
+    ws.nothing_more();
+}
