@@ -39,6 +39,11 @@ fn binary() -> PathBuf {
 
 impl Edge {
     fn start(name: &str, nats: &nats_server::Server) -> Edge {
+        Edge::start_with(name, nats, &[])
+    }
+
+    /// Started with these settings besides the test's own (`REALTIME_EDGE_` names).
+    fn start_with(name: &str, nats: &nats_server::Server, settings: &[(&str, &str)]) -> Edge {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -52,6 +57,7 @@ impl Edge {
             .env("REALTIME_EDGE_DIR", &dir)
             .env("REALTIME_EDGE_JWT_SECRET", JWT_SECRET)
             .env("REALTIME_EDGE_ANON_ROLE", READER)
+            .envs(settings.iter().copied())
             .stdout(Stdio::null())
             .stderr(
                 std::fs::File::create(
@@ -73,13 +79,17 @@ impl Edge {
         edge
     }
 
-    fn health(&self) -> Option<Value> {
+    fn get(&self, path: &str) -> Option<String> {
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        write!(s, "GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n").ok()?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").ok()?;
         let mut out = String::new();
         s.read_to_string(&mut out).ok()?;
-        serde_json::from_str(out.split("\r\n\r\n").nth(1)?).ok()
+        Some(out)
+    }
+
+    fn health(&self) -> Option<Value> {
+        serde_json::from_str(self.get("/health")?.split("\r\n\r\n").nth(1)?).ok()
     }
 
     fn ws(&self, token: Option<&str>) -> Ws {
@@ -274,6 +284,44 @@ fn edge_clients_receive_exactly_what_the_database_host_s_clients_receive() {
         .iter()
         .all(|m| m["new"].get("owner").is_none_or(|o| *o == "carol")));
 
+    // Snapshots: read on the database host for edge clients, the same rows in the same pages.
+    for (n, (who, token, filter)) in principals().into_iter().enumerate() {
+        let mut heard = Vec::new();
+        for port in [cluster.ws_port, a.port, b.port] {
+            let mut ws = match &token {
+                Some(t) => Ws::connect_as(port, t),
+                None => Ws::connect(port),
+            };
+            let mut subscribe = json!({"type": "subscribe", "id": "snap", "table": "defects",
+                                       "snapshot": true, "order": "id"});
+            if let Some(filter) = filter {
+                subscribe["filter"] = json!(filter);
+            }
+            ws.send(subscribe);
+            let mut pages = Vec::new();
+            loop {
+                let mut m = ws.recv();
+                match m["type"].as_str() {
+                    Some("snapshot") => pages.push(m),
+                    Some("snapshot_end") => {
+                        // Where the snapshot stands is the host's to say, at each read.
+                        m["token"].take();
+                        m["position"].take();
+                        pages.push(m);
+                        break;
+                    }
+                    Some("subscribed") => {}
+                    _ => panic!("{who}: {m}"),
+                }
+            }
+            heard.push(pages);
+        }
+        assert!(heard[0].len() >= 2, "{who}: a page and its end");
+        assert_eq!(heard[1], heard[0], "{who} on edge a: the snapshot");
+        assert_eq!(heard[2], heard[0], "{who} on edge b: the snapshot");
+        assert!(n != 4 || heard[0][0]["rows"][0].get("note").is_none());
+    }
+
     // REVOKE ends the clerk's subscription, on the host and on both edges alike.
     round += 1;
     db.batch_execute("REVOKE SELECT ON defects FROM app_clerk")
@@ -364,7 +412,12 @@ fn row_count(cluster: &Cluster) -> usize {
 
 #[test]
 fn a_client_whose_edge_dies_resumes_on_another_and_outages_lose_nothing() {
-    let (mut nats, cluster, mut a, b) = setup("edge_failover");
+    let (mut nats, cluster, mut a, _) = setup("edge_failover");
+    let mut b = Edge::start_with(
+        "edge_failover_metrics",
+        &nats,
+        &[("REALTIME_EDGE_METRICS_ADDRESSES", "127.0.0.1")],
+    );
     cluster
         .client()
         .batch_execute(
@@ -419,13 +472,28 @@ fn a_client_whose_edge_dies_resumes_on_another_and_outages_lose_nothing() {
     assert_eq!(heard.ids, expected, "every row once, in commit order");
     assert!(heard.gaps.is_empty(), "nothing was lost: {:?}", heard.gaps);
     drop(ws);
-    ws_nothing_more(heard.connect(b.port));
-}
-
-/// A resume from the last position heard brings nothing more.
-fn ws_nothing_more(mut ws: Ws) {
+    let mut ws = heard.connect(b.port);
     let m = ws.recv();
     assert_eq!(m["type"], "subscribed", "{m}");
     assert_eq!(m["resume"], "complete", "{m}");
     ws.nothing_more();
+
+    // Its numbers, for a scraper on an address allowed; then SIGTERM: every client is told
+    // the server is restarting (1012), and the process exits cleanly.
+    let metrics = b.get("/metrics").unwrap();
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(
+        metrics.contains("\nrealtime_connections{protocol=\"native\"} 1\n"),
+        "{metrics}"
+    );
+    let child = b.child.as_mut().unwrap();
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    assert_eq!(ws.close_frame().0, 1012);
+    let status = child.wait().unwrap();
+    b.child = None;
+    assert!(status.success(), "{status}");
 }

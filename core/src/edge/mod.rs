@@ -5,6 +5,7 @@
 
 pub mod config;
 mod feed;
+mod pipe;
 mod remote;
 
 use crate::auth::AuthConfig;

@@ -153,7 +153,7 @@ impl Remote {
         }
     }
 
-    async fn ask(&self, question: Question) -> Result<Answer, ResolveError> {
+    pub(super) async fn ask(&self, question: Question) -> Result<Answer, ResolveError> {
         let body = serde_json::to_vec(&Ask {
             edge: self.edge,
             question,
@@ -240,10 +240,11 @@ impl Remote {
             } => {
                 let _ = reply.send(self.judge(audience, changes).await);
             }
-            Request::StartSnapshot { reply, .. } => {
-                let _ = reply.send(Err(ResolveError::Forbidden(
-                    "snapshots are read on the database host: subscribe there with snapshot".into(),
-                )));
+            // The reader runs on the database host; a pipe stands in for it here.
+            Request::StartSnapshot { ticket, reply } => {
+                if reply.send(Ok(())).is_ok() {
+                    super::pipe::run(self, ticket).await;
+                }
             }
             // Verdicts come back judged: the database host asks its own judge.
             Request::StartJudge { reply } => {
@@ -297,6 +298,7 @@ fn unexpected(answer: Answer) -> ResolveError {
         Answer::Resolved(_) => "a subscription",
         Answer::Tables(_) => "tables",
         Answer::Verdicts(_) => "verdicts",
+        Answer::Pipe(_) | Answer::Bytes { .. } => "a snapshot",
     };
     ResolveError::Internal(format!(
         "the worker answered with {kind}, not what was asked"

@@ -177,6 +177,7 @@ pub fn start(
             context.worker.clone(),
             context.judges.clone(),
             context.shared.clone(),
+            context.snapshots.clone(),
         );
         nats::Nats::start(history, Some(answerer), context.shared.stats, &runtime)
     });

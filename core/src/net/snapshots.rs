@@ -192,6 +192,11 @@ pub struct Feed {
 }
 
 impl Feed {
+    /// The reader's bytes as they come, frames unread (to pass on elsewhere); 0: it stopped.
+    pub async fn read_raw(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.stream.read(buf).await
+    }
+
     pub async fn next(&mut self) -> Result<Frame, SnapshotError> {
         let kind = self
             .stream

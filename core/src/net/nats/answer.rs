@@ -15,7 +15,9 @@ use crate::bridge::{ResolveError, WorkerHandle};
 use crate::change::{AudienceId, Change, Verdict};
 use crate::net::apart::Judges;
 use crate::net::shared::Shared;
+use crate::net::snapshots::{Feed, Snapshots};
 use crate::visibility::RowAccess;
+use base64::Engine;
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,6 +29,10 @@ pub const LEASE: Duration = Duration::from_secs(30);
 const MAX_EDGES: usize = 1024;
 /// Questions being answered at once; more are told the worker is busy.
 const MAX_ASKING: usize = 256;
+/// How long a snapshot reader no edge reads from is kept.
+const PIPE_IDLE: Duration = Duration::from_secs(60);
+/// How long a `Read` waits for the reader's next bytes.
+const READ_WAIT: Duration = Duration::from_secs(5);
 const RETRY_FIRST: Duration = Duration::from_millis(250);
 const RETRY_MOST: Duration = Duration::from_secs(10);
 
@@ -35,10 +41,20 @@ pub struct Answerer {
     pub worker: WorkerHandle,
     pub judges: Arc<Judges>,
     pub shared: Arc<Shared>,
+    pub snapshots: Arc<Snapshots>,
+    /// Snapshot readers started for edges, by a random id.
+    pipes: Mutex<HashMap<u64, Pipe>>,
     /// Random, chosen when the network side started.
     incarnation: u64,
     leases: Mutex<HashMap<u64, Lease>>,
     next_lease: std::sync::atomic::AtomicU64,
+}
+
+/// A snapshot reader an edge reads from.
+struct Pipe {
+    edge: u64,
+    feed: Arc<tokio::sync::Mutex<Feed>>,
+    used: Instant,
 }
 
 /// One edge's audiences, with how many of its subscriptions joined each.
@@ -51,11 +67,18 @@ struct Lease {
 }
 
 impl Answerer {
-    pub fn new(worker: WorkerHandle, judges: Arc<Judges>, shared: Arc<Shared>) -> Answerer {
+    pub fn new(
+        worker: WorkerHandle,
+        judges: Arc<Judges>,
+        shared: Arc<Shared>,
+        snapshots: Arc<Snapshots>,
+    ) -> Answerer {
         Answerer {
             worker,
             judges,
             shared,
+            snapshots,
+            pipes: Mutex::default(),
             incarnation: uuid::Uuid::new_v4().as_u64_pair().0 | 1,
             leases: Mutex::default(),
             next_lease: 2.into(),
@@ -152,6 +175,48 @@ impl Answerer {
                 }
                 Ok(Answer::Done)
             }
+            Question::Snapshot { spec } => {
+                let most = self.shared.limits().max_snapshot_workers;
+                let feed = self
+                    .snapshots
+                    .read(&self.worker, &spec, most)
+                    .await
+                    .map_err(|e| ResolveError::Internal(e.to_string()))?;
+                let pipe = uuid::Uuid::new_v4().as_u64_pair().0;
+                let feed = Arc::new(tokio::sync::Mutex::new(feed));
+                let used = Instant::now();
+                self.pipes().insert(pipe, Pipe { edge, feed, used });
+                Ok(Answer::Pipe(pipe))
+            }
+            Question::Read { pipe } => {
+                let feed = match self.pipes().get_mut(&pipe) {
+                    Some(p) if p.edge == edge => {
+                        p.used = Instant::now();
+                        p.feed.clone()
+                    }
+                    _ => return Err(ResolveError::Internal("no such snapshot reader".into())),
+                };
+                let mut buf = vec![0; ask::PIPE_CHUNK];
+                let mut feed = feed.lock().await;
+                let read = tokio::time::timeout(READ_WAIT, feed.read_raw(&mut buf)).await;
+                let n = match read {
+                    Ok(Ok(n)) => n,
+                    Ok(Err(_)) => 0,
+                    // Nothing yet: an empty answer, and the edge asks again.
+                    Err(_) => return Ok(bytes(&[], false)),
+                };
+                if n == 0 {
+                    self.pipes().remove(&pipe);
+                }
+                Ok(bytes(&buf[..n], n == 0))
+            }
+            Question::Close { pipe } => {
+                let mut pipes = self.pipes();
+                if pipes.get(&pipe).is_some_and(|p| p.edge == edge) {
+                    pipes.remove(&pipe);
+                }
+                Ok(Answer::Done)
+            }
             Question::Judge { audience, changes } => {
                 let held = self
                     .leases()
@@ -199,8 +264,18 @@ impl Answerer {
         verdicts
     }
 
-    /// Release the audiences of edges silent for longer than `LEASE`.
+    fn pipes(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pipe>> {
+        self.pipes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Release the audiences of edges silent for longer than `LEASE`, and stop the snapshot
+    /// readers nobody reads from.
     fn sweep(&self) {
+        {
+            let leases = self.leases();
+            self.pipes()
+                .retain(|_, p| p.used.elapsed() < PIPE_IDLE && leases.contains_key(&p.edge));
+        }
         let lapsed: Vec<Lease> = {
             let mut leases = self.leases();
             let gone: Vec<u64> = leases
@@ -247,6 +322,13 @@ pub async fn run(settings: Settings, answerer: Arc<Answerer>) {
         }
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(RETRY_MOST);
+    }
+}
+
+fn bytes(data: &[u8], end: bool) -> Answer {
+    Answer::Bytes {
+        data: base64::engine::general_purpose::STANDARD.encode(data),
+        end,
     }
 }
 

@@ -54,7 +54,22 @@ pub enum Question {
     Release {
         audience: AudienceId,
     },
+    /// Start a snapshot reader for `spec` and keep what it sends for `Read`s.
+    Snapshot {
+        spec: crate::snapshot::Spec,
+    },
+    /// The next bytes a snapshot reader sent (waiting a little for some).
+    Read {
+        pipe: u64,
+    },
+    /// Stop a snapshot reader (the session left).
+    Close {
+        pipe: u64,
+    },
 }
+
+/// Bytes of a snapshot one `Read` answers with at most (base64 fits NATS' default 1 MiB).
+pub const PIPE_CHUNK: usize = 512 * 1024;
 
 /// What the worker judges of a change: its table and row images.
 #[derive(Serialize, Deserialize, Debug)]
@@ -107,4 +122,11 @@ pub enum Answer {
     Tables(Vec<WatchedTable>),
     /// One per change asked about, in order.
     Verdicts(Vec<Verdict>),
+    /// A snapshot reader started, to `Read` from.
+    Pipe(u64),
+    /// What a reader sent since the last `Read`, base64; `end`: it stopped (closed).
+    Bytes {
+        data: String,
+        end: bool,
+    },
 }
