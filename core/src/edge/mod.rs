@@ -73,13 +73,21 @@ pub fn run(config: Config) -> Result<(), String> {
         )
         .map_err(|e| format!("cannot connect to NATS at {}: {e}", nats.shown_url()))?;
     let (restarted, restarts) = tokio::sync::mpsc::unbounded_channel();
+    let (snapshots, mut tickets) = tokio::sync::mpsc::unbounded_channel();
     let remote = Arc::new(remote::Remote::new(
         client,
         &nats.stream,
         shared.clone(),
         restarted,
+        snapshots,
     ));
     remote.serve(inbox, runtime.clone());
+    let piping = remote.clone();
+    runtime.spawn(async move {
+        while let Some(ticket) = tickets.recv().await {
+            tokio::spawn(pipe::run(piping.clone(), ticket));
+        }
+    });
     runtime.spawn(remote.clone().greet());
     runtime.spawn(feed::run(
         nats.clone(),

@@ -28,6 +28,8 @@ pub struct Remote {
     /// The worker's incarnation last seen (0: none yet).
     incarnation: AtomicU64,
     restarted: mpsc::UnboundedSender<()>,
+    /// Tickets of snapshots to stand in a reader for.
+    snapshots: mpsc::UnboundedSender<u64>,
     shared: Arc<Shared>,
     held: std::sync::Mutex<Held>,
 }
@@ -46,6 +48,7 @@ impl Remote {
         stream: &str,
         shared: Arc<Shared>,
         restarted: mpsc::UnboundedSender<()>,
+        snapshots: mpsc::UnboundedSender<u64>,
     ) -> Remote {
         Remote {
             client,
@@ -53,6 +56,7 @@ impl Remote {
             edge: uuid::Uuid::new_v4().as_u64_pair().0,
             incarnation: AtomicU64::new(0),
             restarted,
+            snapshots,
             shared,
             held: Default::default(),
         }
@@ -240,11 +244,13 @@ impl Remote {
             } => {
                 let _ = reply.send(self.judge(audience, changes).await);
             }
-            // The reader runs on the database host; a pipe stands in for it here.
+            // The reader runs on the database host; a pipe (`edge::pipe`) stands in for it.
             Request::StartSnapshot { ticket, reply } => {
-                if reply.send(Ok(())).is_ok() {
-                    super::pipe::run(self, ticket).await;
-                }
+                let started = self
+                    .snapshots
+                    .send(ticket)
+                    .map_err(|_| ResolveError::Unavailable);
+                let _ = reply.send(started);
             }
             // Verdicts come back judged: the database host asks its own judge.
             Request::StartJudge { reply } => {
