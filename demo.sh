@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Build and install realtime_ext, start a local PostgreSQL ($PG_MAJOR, 15 by default) with it
 # preloaded, create the demo table "defects", watch it, and print where to connect.
-#   ./demo.sh          start (or restart) the demo cluster
-#   ./demo.sh stop     stop it
+#   ./demo.sh            start (or restart) the demo cluster
+#   ./demo.sh --edges 2  the same, plus a nats-server and 2 edge servers (realtime-edge) that
+#                        serve browsers from the stream, on the ports after realtime.port
+#   ./demo.sh stop       stop it (edges and nats-server included)
 # Each major has its own cluster: /tmp/realtime_ext_demo for 15, /tmp/realtime_ext_demo-N else.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -13,10 +15,31 @@ DATA=${REALTIME_DEMO_DIR:-/tmp/realtime_ext_demo$suffix}
 PGPORT=${PGPORT:-54320}
 WSPORT=${REALTIME_PORT:-8080}
 
-if [ "${1:-}" = stop ]; then
-  as_pg "$BIN/pg_ctl" -D "$DATA" stop -m fast
-  exit 0
-fi
+EDGES=0
+NATS_PORT=${REALTIME_DEMO_NATS_PORT:-54222}
+
+# Edge servers and the nats-server they follow, if a previous run started them.
+stop_edges() {
+  for pid in "$DATA"/edge-*.pid "$DATA/nats.pid"; do
+    [ -f "$pid" ] || continue
+    kill "$(cat "$pid")" 2>/dev/null || true
+    rm -f "$pid"
+  done
+}
+
+case "${1:-}" in
+  stop)
+    stop_edges
+    as_pg "$BIN/pg_ctl" -D "$DATA" stop -m fast
+    exit 0
+    ;;
+  --edges)
+    EDGES=${2:?usage: ./demo.sh --edges N}
+    [[ "$EDGES" =~ ^[1-9][0-9]?$ ]] || { echo "--edges takes a number from 1 to 99" >&2; exit 2; }
+    ;;
+  "") ;;
+  *) echo "usage: ./demo.sh [--edges N | stop]" >&2; exit 2 ;;
+esac
 
 bash .ci/prereqs.sh
 echo "==> building and installing realtime_ext (release)"
@@ -84,6 +107,32 @@ psql_ -c "ALTER SYSTEM SET realtime.anon_role = 'web_anon'" \
 psql_ -f examples/orders/schema.sql >/dev/null
 echo "$script_hash" | as_pg tee "$DATA/realtime_ext.sql.sha256" >/dev/null
 
+stop_edges
+if [ "$EDGES" -gt 0 ]; then
+  echo "==> starting nats-server on port $NATS_PORT and $EDGES edge server(s)"
+  cargo build --release -p realtime-core --bin realtime-edge >/dev/null
+  mkdir -p "$DATA/nats"
+  nohup nats-server -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$DATA/nats" >"$DATA/nats.log" 2>&1 &
+  echo $! >"$DATA/nats.pid"
+  psql_ -c "ALTER SYSTEM SET realtime.nats_url = 'nats://127.0.0.1:$NATS_PORT'" \
+        -c "SELECT pg_reload_conf()" >/dev/null
+  for n in $(seq 1 "$EDGES"); do
+    REALTIME_EDGE_NATS_URL="nats://127.0.0.1:$NATS_PORT" REALTIME_EDGE_PORT=$((WSPORT + n)) \
+    REALTIME_EDGE_DIR="$DATA/edge-$n" REALTIME_EDGE_JWT_SECRET="@$DATA/jwt_secret" \
+    REALTIME_EDGE_ANON_ROLE=web_anon \
+      nohup target/release/realtime-edge >"$DATA/edge-$n.log" 2>&1 &
+    echo $! >"$DATA/edge-$n.pid"
+  done
+  for n in $(seq 1 "$EDGES"); do
+    for _ in $(seq 1 100); do
+      curl -fs "http://localhost:$((WSPORT + n))/health" >/dev/null && break
+      sleep 0.1
+    done
+    curl -fs "http://localhost:$((WSPORT + n))/health" >/dev/null \
+      || { echo "edge $n did not become ready; see $DATA/edge-$n.log" >&2; exit 1; }
+  done
+fi
+
 cat <<MSG
 
 realtime_ext is running.
@@ -109,3 +158,6 @@ Without a token the browser acts as role web_anon (SELECT on defects only). As a
   new WebSocket('ws://localhost:$WSPORT/realtime?token=' + TOKEN)   # TOKEN from scripts/mint_token.sh alice
 Stop with: ./demo.sh stop
 MSG
+for n in $(seq 1 "$EDGES"); do
+  echo "Edge $n:     http://localhost:$((WSPORT + n))/examples/defects/   (the same page, served from the stream)"
+done

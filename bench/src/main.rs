@@ -29,7 +29,8 @@
 //!   floor-server --port P                                        a broadcaster with no database (see floor.rs);
 //!                                                                measure it with latency --target floor
 //!
-//! Any scenario: --ws wss://... --ca CERT.pem connects over TLS, trusting CERT.
+//! Any scenario: --ws wss://... --ca CERT.pem connects over TLS, trusting CERT; --ws URL1,URL2
+//! spreads the subscribers over several servers (edge servers) in turn.
 //!
 //! Latency is measured from a timestamp the writer puts in the row just before it commits to the
 //! client's receipt, on the same machine clock, the same way for both targets.

@@ -42,7 +42,8 @@ async fn subscribers(url: &str, n: usize, table: &str) -> Result<Vec<Ws>, String
     subscribers_to(url, n, table, false).await
 }
 
-/// `n` subscribers to `table`, or to the channel of that name.
+/// `n` subscribers to `table`, or to the channel of that name; `url` may list several
+/// servers, comma-separated (edge servers), which take the clients in turn.
 async fn subscribers_to(
     url: &str,
     n: usize,
@@ -53,7 +54,8 @@ async fn subscribers_to(
     for start in (0..n).step_by(250) {
         let batch: Vec<_> = (start..(start + 250).min(n))
             .map(|i| {
-                let (url, table) = (url.to_string(), table.to_string());
+                let urls: Vec<&str> = url.split(',').collect();
+                let (url, table) = (urls[i % urls.len()].to_string(), table.to_string());
                 tokio::spawn(async move {
                     match channel {
                         true => client::channel_subscriber(&url, i, &table).await,
@@ -164,9 +166,10 @@ pub async fn latency(args: &Args) -> Value {
     match &db {
         None => {
             // The floor server makes the events itself, stamped as it makes them.
-            let mut control = client::connect(&url(args), clients)
-                .await
-                .expect("connect to the floor server");
+            let mut control =
+                client::connect(url(args).split(',').next().unwrap_or_default(), clients)
+                    .await
+                    .expect("connect to the floor server");
             let start = format!(r#"{{"type":"start","events":{events},"rate":{rate}}}"#);
             control
                 .send(Message::text(start))

@@ -24,6 +24,7 @@ const KNOWN: &[(&str, Option<&str>)] = &[
     ("anon_role", None),
     ("allowed_origins", None),
     ("allowed_hosts", None),
+    ("ssl", Some("off")),
     ("ssl_cert_file", None),
     ("ssl_key_file", None),
     ("metrics_addresses", None),
@@ -34,17 +35,17 @@ const KNOWN: &[(&str, Option<&str>)] = &[
     ("max_anonymous_per_address", Some("1000")),
     ("max_handshakes", Some("4096")),
     ("max_subscriptions", Some("100")),
-    ("max_message_size", Some("65536")),
+    ("max_message_size", Some("64kB")),
     ("broadcast_rate", Some("100")),
-    ("max_broadcast_size", Some("16384")),
+    ("max_broadcast_size", Some("16kB")),
     ("max_presence_per_channel", Some("10000")),
     ("max_snapshot_workers", Some("2")),
-    ("heartbeat_interval_s", Some("30")),
-    ("handshake_timeout_ms", Some("10000")),
+    ("heartbeat_interval", Some("30s")),
+    ("handshake_timeout", Some("10s")),
     ("client_backlog", Some("1024")),
-    ("client_memory_kb", Some("131072")),
-    ("history_size_mb", Some("256")),
-    ("history_age_s", Some("86400")),
+    ("client_memory", Some("128MB")),
+    ("history_size", Some("256MB")),
+    ("history_age", Some("1d")),
 ];
 
 /// The environment's prefix for a setting's upper-cased name.
@@ -114,6 +115,41 @@ impl Config {
             .map_err(|_| format!("{name}: \"{}\" is not a number in range", self.get(name)))
     }
 
+    /// A size as postgresql.conf writes one (`64kB`, `128MB`, `1GB`; a bare number is bytes).
+    fn bytes(&self, name: &str) -> Result<u64, String> {
+        quantity(
+            self.get(name),
+            &[("B", 1), ("kB", 1 << 10), ("MB", 1 << 20), ("GB", 1 << 30)],
+            1,
+        )
+        .ok_or_else(|| {
+            format!(
+                "{name}: \"{}\" is not a size (64kB, 128MB, ...)",
+                self.get(name)
+            )
+        })
+    }
+
+    /// A duration as postgresql.conf writes one (`500ms`, `30s`, `5min`, `1h`, `1d`; a bare
+    /// number is in `unit` milliseconds).
+    fn duration(&self, name: &str, unit: u64) -> Result<Duration, String> {
+        let units = [
+            ("ms", 1),
+            ("s", 1000),
+            ("min", 60_000),
+            ("h", 3_600_000),
+            ("d", 86_400_000),
+        ];
+        quantity(self.get(name), &units, unit)
+            .map(Duration::from_millis)
+            .ok_or_else(|| {
+                format!(
+                    "{name}: \"{}\" is not a duration (30s, 5min, ...)",
+                    self.get(name)
+                )
+            })
+    }
+
     fn flag(&self, name: &str) -> Result<bool, String> {
         match self.get(name).to_ascii_lowercase().as_str() {
             "on" | "true" | "yes" | "1" => Ok(true),
@@ -174,10 +210,13 @@ impl Config {
     }
 
     /// The certificate and key, when both are set (TLS on).
+    /// With `ssl` on, the certificate and key.
     pub fn tls(&self) -> Result<Option<(String, String)>, String> {
+        if !self.flag("ssl")? {
+            return Ok(None);
+        }
         match (self.get("ssl_cert_file"), self.get("ssl_key_file")) {
-            ("", "") => Ok(None),
-            ("", _) | (_, "") => Err("ssl_cert_file and ssl_key_file go together".into()),
+            ("", _) | (_, "") => Err("ssl is on: set ssl_cert_file and ssl_key_file".into()),
             (cert, key) => Ok(Some((cert.to_string(), key.to_string()))),
         }
     }
@@ -194,15 +233,15 @@ impl Config {
             max_connections: self.number("max_connections")?,
             max_connections_per_role: self.number("max_connections_per_role")?,
             max_anonymous_per_address: self.number("max_anonymous_per_address")?,
-            max_message_size: self.number("max_message_size")?,
+            max_message_size: self.bytes("max_message_size")? as usize,
             max_subscriptions: self.number("max_subscriptions")?,
             broadcast_rate: self.number("broadcast_rate")?,
-            max_broadcast_size: self.number("max_broadcast_size")?,
+            max_broadcast_size: self.bytes("max_broadcast_size")? as usize,
             max_presence_per_channel: self.number("max_presence_per_channel")?,
             max_handshakes: self.number("max_handshakes")?,
             max_snapshot_workers: self.number("max_snapshot_workers")?,
-            heartbeat_interval: Duration::from_secs(self.number("heartbeat_interval_s")?),
-            handshake_timeout: Duration::from_millis(self.number("handshake_timeout_ms")?),
+            heartbeat_interval: self.duration("heartbeat_interval", 1000)?,
+            handshake_timeout: self.duration("handshake_timeout", 1)?,
             allowed_origins: self.list("allowed_origins"),
             allowed_hosts: self.list("allowed_hosts"),
             serve_pages: self.flag("serve_pages")?,
@@ -210,24 +249,41 @@ impl Config {
         })
     }
 
-    /// The fan-out's batches and bytes (realtime.client_backlog, realtime.client_memory_kb).
+    /// The fan-out's batches and bytes (client_backlog, client_memory).
     pub fn fanout(&self) -> Result<(usize, usize), String> {
-        let kb: usize = self.number("client_memory_kb")?;
-        Ok((self.number("client_backlog")?, kb * 1024))
+        Ok((
+            self.number("client_backlog")?,
+            self.bytes("client_memory")? as usize,
+        ))
     }
 
     pub fn history(&self) -> Result<crate::history::Limits, String> {
-        let mb: u64 = self.number("history_size_mb")?;
-        if mb == 0 {
+        let bytes = self.bytes("history_size")?;
+        if bytes < 1 << 20 {
             return Err(
-                "history_size_mb: an edge keeps what it reads to serve resumes; at least 1".into(),
+                "history_size: an edge keeps what it reads to serve resumes; at least 1MB".into(),
             );
         }
         Ok(crate::history::Limits {
-            bytes: mb * 1024 * 1024,
-            age: Duration::from_secs(self.number("history_age_s")?),
+            bytes,
+            age: self.duration("history_age", 1000)?,
         })
     }
+}
+
+/// `text` as a number with one of `units` (`(suffix, multiplier)`), or bare (times `bare`).
+fn quantity(text: &str, units: &[(&str, u64)], bare: u64) -> Option<u64> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let number: u64 = number.parse().ok()?;
+    let multiplier = match unit.trim() {
+        "" => bare,
+        unit => units.iter().find(|(u, _)| *u == unit)?.1,
+    };
+    number.checked_mul(multiplier)
 }
 
 fn known(name: &str) -> Option<&'static str> {
@@ -286,6 +342,30 @@ mod unit {
         .err()
         .unwrap();
         assert!(refused.starts_with("port:"), "{refused}");
+        let config = Config::read(
+            None,
+            env(&[
+                ("REALTIME_EDGE_NATS_URL", "nats://x"),
+                ("REALTIME_EDGE_CLIENT_MEMORY", "2MB"),
+                ("REALTIME_EDGE_HEARTBEAT_INTERVAL", "500ms"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.fanout().unwrap().1, 2 << 20);
+        assert_eq!(
+            config.limits().unwrap().heartbeat_interval,
+            Duration::from_millis(500)
+        );
+        let refused = Config::read(
+            None,
+            env(&[
+                ("REALTIME_EDGE_NATS_URL", "nats://x"),
+                ("REALTIME_EDGE_HISTORY_AGE", "soon"),
+            ]),
+        )
+        .err()
+        .unwrap();
+        assert!(refused.starts_with("history_age:"), "{refused}");
         let refused = Config::read(None, env(&[])).err().unwrap();
         assert!(refused.starts_with("nats_url is not set"), "{refused}");
         let refused = Config::read(
