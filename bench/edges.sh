@@ -5,7 +5,8 @@
 # - commit->client latency (p50/p99) at 1, 100 and 1,000 clients, direct and through an edge;
 # - fan-out to CLIENTS clients (10,000 by default) flat out, direct and split over the two
 #   edges, with the worker's CPU during each (the point of edges: it must not grow with
-#   clients) and the edges' and nats-server's.
+#   clients) and the edges' and nats-server's;
+# - how long a REVOKE takes to end a subscription, direct and through an edge.
 #   bench/edges.sh [clients=10000] [seconds=15] [events=2000]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,6 +44,9 @@ ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 ticks_of() { local t=0; for p in "$@"; do t=$((t + $(ticks "$p"))); done; echo $t; }
 share() { printf '%.0f%%' "$(echo "($2 - $1) / (100 * $3) * 100" | bc -l)"; }
 field() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(d$2)" "$1"; }
+
+echo "## a REVOKE reaching a subscription (5 rounds)"
+PATH="$BIN:$PATH" node --experimental-websocket bench/edge_catalog.mjs 5 "$PG" "$DIRECT" "$EDGE1"
 
 echo "## latency, commit -> client ($EVENTS events at 200/s)"
 for clients in 1 100 1000; do

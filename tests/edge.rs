@@ -336,6 +336,22 @@ fn edge_clients_receive_exactly_what_the_database_host_s_clients_receive() {
             "{who}: {messages:?}"
         );
     }
+
+    // A dropped table ends every subscription to it, at its place in the stream.
+    round += 1;
+    db.batch_execute(&format!(
+        "DROP TABLE defects; INSERT INTO done VALUES ({round})"
+    ))
+    .unwrap();
+    let heard = compare(&mut clients, round, "after DROP TABLE");
+    for (who, messages) in &heard[..12] {
+        assert!(
+            messages
+                .iter()
+                .any(|m| m["type"] == "unsubscribed" && m["reason"] == "table_dropped"),
+            "{who}: {messages:?}"
+        );
+    }
 }
 
 /// What a client following `defects` across servers has heard: each row's id in order, the
@@ -484,6 +500,14 @@ fn a_client_whose_edge_dies_resumes_on_another_and_outages_lose_nothing() {
     drop(ws);
     let mut ws = heard.connect(b.port);
     ws.nothing_more();
+
+    // A catalog change with nobody connected to the database host: it still reaches the
+    // edge's sessions (the worker keeps the stream current and watches the catalogs).
+    cluster
+        .client()
+        .batch_execute(&format!("REVOKE pg_read_all_data FROM {READER}"))
+        .unwrap();
+    ws.expect_ended("d", "forbidden");
 
     // Its numbers, for a scraper on an address allowed; then SIGTERM: every client is told
     // the server is restarting (1012), and the process exits cleanly.

@@ -174,8 +174,10 @@ pub extern "C-unwind" fn realtime_worker_main(_arg: pg_sys::Datum) {
             }
         }
         // A session counts its subscription before asking to resolve it, so wake-ups are on
-        // before the answer goes out.
-        subscribed = shared.stats.subscriptions() > 0;
+        // before the answer goes out. A NATS stream is followed by sessions elsewhere (edge
+        // servers): it is kept as current as a local session would be.
+        subscribed = shared.stats.subscriptions() > 0
+            || shared.stats.get(realtime_core::stats::Stat::NatsConnected) == 1;
         queue::set_wake_on_commit(subscribed);
         let mut moved = false;
         while publisher.pump() {
