@@ -330,9 +330,29 @@ pub struct History {
     inner: Mutex<Inner>,
     /// The last position written, for readers that follow the history as it grows.
     appended: tokio::sync::watch::Sender<u64>,
-    /// The latest catalog markers (`Batch::Reauthorize`), by position: not entries (a replay
-    /// judges by the rules of its own time), kept for the NATS publisher to place among them.
-    markers: Mutex<VecDeque<u64>>,
+    /// The latest catalog markers (`Batch::Reauthorize`) as (number, position): not entries
+    /// (a replay judges by the rules of its own time), kept for the NATS publisher to place
+    /// among them. Several may share a position; each has its own number.
+    markers: Mutex<Markers>,
+}
+
+/// Catalog markers, and the number the next one takes: the clock in microseconds at start,
+/// so that no number repeats across restarts (the stream's duplicate window would drop it).
+struct Markers {
+    kept: VecDeque<(u64, u64)>,
+    next: u64,
+}
+
+impl Default for Markers {
+    fn default() -> Markers {
+        let micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_micros() as u64);
+        Markers {
+            kept: VecDeque::new(),
+            next: micros,
+        }
+    }
 }
 
 /// Catalog markers kept in memory.
@@ -570,12 +590,12 @@ impl History {
             // Replays judge what they read by the rules in force then: no entry, a marker.
             Batch::Reauthorize { last_position } => {
                 let mut markers = self.markers.lock().unwrap_or_else(|e| e.into_inner());
-                if markers.back() != Some(last_position) {
-                    if markers.len() == MARKERS_KEPT {
-                        markers.pop_front();
-                    }
-                    markers.push_back(*last_position);
+                if markers.kept.len() == MARKERS_KEPT {
+                    markers.kept.pop_front();
                 }
+                let number = markers.next;
+                markers.next += 1;
+                markers.kept.push_back((number, *last_position));
                 drop(markers);
                 self.appended.send_modify(|_| ());
                 return Ok(());
@@ -671,10 +691,15 @@ impl History {
         result
     }
 
-    /// The catalog markers kept at positions after `after`, in order.
-    pub fn markers_after(&self, after: u64) -> Vec<u64> {
+    /// The catalog markers kept, numbered after `after`, in order, as (number, position).
+    pub fn markers_after(&self, after: u64) -> Vec<(u64, u64)> {
         let markers = self.markers.lock().unwrap_or_else(|e| e.into_inner());
-        markers.iter().copied().filter(|&p| p > after).collect()
+        markers
+            .kept
+            .iter()
+            .copied()
+            .filter(|&(n, _)| n > after)
+            .collect()
     }
 
     /// Told the last position written each time the history grows (or a marker is added).

@@ -472,3 +472,52 @@ fn a_follower_gets_everything_after_its_position_once_in_order() {
     drop(history);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn catalog_markers_go_out_each_once_after_the_entries_at_their_position() {
+    let server = Server::start("core_markers", "");
+    let (history, dir) = history("markers");
+    history.begin(0).unwrap();
+    history.append(&change(1)).unwrap();
+    // Two catalog changes with nothing committed between them: two markers, one position.
+    history
+        .append(&Batch::Reauthorize { last_position: 1 })
+        .unwrap();
+    history
+        .append(&Batch::Reauthorize { last_position: 1 })
+        .unwrap();
+    history.append(&change(2)).unwrap();
+    let publisher = Publisher::start(&history, settings(&server));
+    wait_until("both changes in the stream", || {
+        changes(&stream(&server, "realtime")).len() == 2
+    });
+    // A restart publishes nothing again; a marker after it goes out.
+    publisher.stop();
+    history
+        .append(&Batch::Reauthorize { last_position: 2 })
+        .unwrap();
+    let publisher = Publisher::start(&history, settings(&server));
+    wait_until("the last marker in the stream", || {
+        stream(&server, "realtime").len() == 5
+    });
+    let kinds: Vec<(u64, &str)> = stream(&server, "realtime")
+        .iter()
+        .map(|s| match s.batch {
+            Batch::Changes(_) => (s.position, "change"),
+            Batch::Reauthorize { .. } => (s.position, "reauthorize"),
+            _ => (s.position, "other"),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (1, "change"),
+            (1, "reauthorize"),
+            (1, "reauthorize"),
+            (2, "change"),
+            (2, "reauthorize"),
+        ]
+    );
+    publisher.stop();
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -104,8 +104,15 @@ async fn session(settings: &Settings, history: &History, stats: &Stats) -> Strin
     };
     let mut appended = history.appended();
     let mut pending = VecDeque::new();
-    // Markers at the tail's position may not have gone out yet (their ids say).
-    let mut markers_through = edge.position.saturating_sub(1);
+    // Markers before the tail's position went out before it; those at it may not have (their
+    // ids say).
+    let mut markers_through = history
+        .markers_after(0)
+        .into_iter()
+        .filter(|&(_, position)| position < edge.position)
+        .map(|(number, _)| number)
+        .max()
+        .unwrap_or(0);
     loop {
         // Entries at the edge's position may still come (an end follows the change it
         // comes after at the same position): read them again, and skip those published.
@@ -123,7 +130,6 @@ async fn session(settings: &Settings, history: &History, stats: &Stats) -> Strin
         let mut markers = history
             .markers_after(markers_through)
             .into_iter()
-            .map(|p| wire::reauthorize(&settings.stream, p))
             .peekable();
         let messages = batches.iter().flat_map(|batch| {
             wire::encode(&settings.stream, batch)
@@ -134,14 +140,15 @@ async fn session(settings: &Settings, history: &History, stats: &Stats) -> Strin
         for message in messages.map(Some).chain([None]) {
             // Each marker goes out after the entries at its position, before the next.
             let before = message.as_ref().map_or(edge.position + 1, |m| m.position);
-            let due: Vec<Message> =
-                std::iter::from_fn(|| markers.next_if(|m| m.position < before)).collect();
+            let due: Vec<Message> = std::iter::from_fn(|| {
+                let (number, position) = markers.next_if(|&(_, p)| p < before)?;
+                markers_through = number;
+                Some(wire::reauthorize(&settings.stream, position, number))
+            })
+            .collect();
             for message in due.into_iter().chain(message) {
                 if message.position == edge.position && edge.ids.contains(&message.id) {
                     continue;
-                }
-                if message.id.starts_with(wire::MARKER_ID) {
-                    markers_through = message.position;
                 }
                 let publish = PublishMessage::build()
                     .payload(message.body.into())

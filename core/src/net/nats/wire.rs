@@ -239,18 +239,17 @@ pub fn encode(prefix: &str, batch: &Batch) -> Vec<Message> {
                 })),
             }]
         }
-        Batch::Reauthorize { last_position } => vec![reauthorize(prefix, *last_position)],
+        // Not entries: the publisher places the history's markers (`reauthorize`).
+        Batch::Reauthorize { .. } => Vec::new(),
     }
 }
 
-/// How a catalog marker's id begins.
-pub const MARKER_ID: &str = "reauthorize-";
-
-/// A catalog marker (`Batch::Reauthorize`): who may see what changed after `position`.
-pub fn reauthorize(prefix: &str, position: u64) -> Message {
+/// A catalog marker (`Batch::Reauthorize`, the history's marker `number`): who may see what
+/// changed after `position`.
+pub fn reauthorize(prefix: &str, position: u64, number: u64) -> Message {
     Message {
         subject: format!("{prefix}.control"),
-        id: format!("{MARKER_ID}{position}"),
+        id: format!("reauthorize-{position}-{number}"),
         position,
         body: serde_json::to_vec(&Body::Reauthorize(ReauthorizeBody {
             last_position: position,
