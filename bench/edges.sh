@@ -4,7 +4,7 @@
 # following it, all sharing the machine's cores:
 # - commit->client latency (p50/p99) at 1, 100 and 1,000 clients, direct and through an edge;
 # - fan-out to CLIENTS clients (10,000 by default) flat out, direct and split over the two
-#   edges, with the worker's CPU during each (the point of edges: it must not grow with
+#   edges, paced (the same load both ways) and flat out, with the worker's CPU during each (the point of edges: it must not grow with
 #   clients) and the edges' and nats-server's;
 # - how long a REVOKE takes to end a subscription, direct and through an edge.
 #   bench/edges.sh [clients=10000] [seconds=15] [events=2000]
@@ -58,12 +58,22 @@ for clients in 1 100 1000; do
   done
 done
 
-echo "## fan-out to $CLIENTS clients, ${SECONDS_PER_RUN} s flat out"
-for where in direct edges; do
-  url=$DIRECT; [ $where = edges ] && url=$BOTH
+# Every edge has read everything committed so far: a run starts with nobody behind.
+caught_up() {
+  local want; want=$(stat position)
+  for port in "${EDGE_PORTS[@]}"; do
+    until [ "$(curl -fs "http://127.0.0.1:$port/health" | python3 -c 'import json,sys; print(json.load(sys.stdin)["position"])')" -ge "$want" ]; do sleep 0.1; done
+  done
+}
+fanout() { # where rate label
+  local url=$DIRECT; [ "$1" = edges ] && url=$BOTH
+  caught_up
   w0=$(ticks "$WORKER"); e0=$(ticks_of "${EDGE_PIDS[@]}"); n0=$(ticks $NATS_PID); t0=$(date +%s.%N)
   "$LOADGEN" fanout --target realtime --pg "$PG" --ws "$url" --clients "$CLIENTS" --seconds "$SECONDS_PER_RUN" \
-    --json "$DATA/fan.json" >/dev/null 2>&1
+    --rate "$2" --json "$DATA/fan.json" >/dev/null 2>&1
   t=$(echo "$(date +%s.%N) - $t0" | bc -l)
-  echo "$where: $(field "$DATA/fan.json" "['delivered_per_s']") messages/s delivered, $(field "$DATA/fan.json" "['delivered_messages']") of $(field "$DATA/fan.json" "['expected_messages']"), gap messages $(field "$DATA/fan.json" "['gap_messages']"); CPU over $(printf %.0f "$t") s: worker $(share "$w0" "$(ticks "$WORKER")" "$t"), edges $(share "$e0" "$(ticks_of "${EDGE_PIDS[@]}")" "$t"), nats-server $(share "$n0" "$(ticks $NATS_PID)" "$t")"
-done
+  echo "$3, $1: $(printf %.0f "$(field "$DATA/fan.json" "['delivered_per_s']")") messages/s delivered ($(field "$DATA/fan.json" "['delivered_messages']") of $(field "$DATA/fan.json" "['expected_messages']"), gap messages $(field "$DATA/fan.json" "['gap_messages']")); CPU over $(printf %.0f "$t") s: worker $(share "$w0" "$(ticks "$WORKER")" "$t"), edges $(share "$e0" "$(ticks_of "${EDGE_PIDS[@]}")" "$t"), nats-server $(share "$n0" "$(ticks $NATS_PID)" "$t")"
+}
+echo "## fan-out to $CLIENTS clients for ${SECONDS_PER_RUN} s: paced at 50 rows/s, then flat out"
+for where in direct edges; do fanout $where 50 "50 rows/s"; done
+for where in direct edges; do fanout $where 0 "flat out"; done

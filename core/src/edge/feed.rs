@@ -15,6 +15,10 @@ use tokio::sync::mpsc;
 
 /// Batches read ahead of the fan-out.
 const READ_AHEAD: usize = 1024;
+/// Changes handed out as one batch at most. The stream holds one message per change; the
+/// fan-out's cost is per batch and session, so consecutive changes already read are handed
+/// out together, as the worker batches them.
+const MOST_BATCHED: usize = 1024;
 
 /// Follow the stream into `history` and `fanout` until aborted.
 pub async fn run(
@@ -39,9 +43,10 @@ pub async fn run(
         },
     ));
     let stats = shared.stats;
+    let mut held: Option<Batch> = None;
     loop {
         let mut batch = tokio::select! {
-            batch = batches.recv() => match batch {
+            batch = next(&mut held, &mut batches) => match batch {
                 Some(batch) => batch,
                 None => return,
             },
@@ -64,4 +69,26 @@ pub async fn run(
         }
         fanout.hand_out(batch);
     }
+}
+
+/// The next batch: the one held back, or the next read, with the changes read after it
+/// joined to it (a batch of another kind is held back for the next call).
+async fn next(held: &mut Option<Batch>, batches: &mut mpsc::Receiver<Batch>) -> Option<Batch> {
+    let mut batch = match held.take() {
+        Some(batch) => batch,
+        None => batches.recv().await?,
+    };
+    if let Batch::Changes(changes) = &mut batch {
+        while changes.len() < MOST_BATCHED {
+            match batches.try_recv() {
+                Ok(Batch::Changes(more)) => changes.extend(more),
+                Ok(other) => {
+                    *held = Some(other);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+    }
+    Some(batch)
 }
