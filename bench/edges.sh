@@ -8,9 +8,12 @@
 #   clients) and the edges' and nats-server's;
 # - how long a REVOKE takes to end a subscription, direct and through an edge.
 #   bench/edges.sh [clients=10000] [seconds=15] [events=2000]
+#   PARTS="fanout" bench/edges.sh     only some of: catalog latency fanout
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CLIENTS=${1:-10000}; SECONDS_PER_RUN=${2:-15}; EVENTS=${3:-2000}
+PARTS=${PARTS:-catalog latency fanout}
+part() { [[ " $PARTS " == *" $1 "* ]]; }
 . bench/cluster.sh
 cargo build --release -q -p realtime-core --bin realtime-edge
 EDGE=$PWD/target/release/realtime-edge
@@ -45,11 +48,13 @@ ticks_of() { local t=0; for p in "$@"; do t=$((t + $(ticks "$p"))); done; echo $
 share() { printf '%.0f%%' "$(echo "($2 - $1) / (100 * $3) * 100" | bc -l)"; }
 field() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(d$2)" "$1"; }
 
+if part catalog; then
 echo "## a REVOKE reaching a subscription (5 rounds)"
 PATH="$BIN:$PATH" node --experimental-websocket bench/edge_catalog.mjs 5 "$PG" "$DIRECT" "$EDGE1"
+fi
 
-echo "## latency, commit -> client ($EVENTS events at 200/s)"
-for clients in 1 100 1000; do
+part latency && echo "## latency, commit -> client ($EVENTS events at 200/s)"
+part latency && for clients in 1 100 1000; do
   for where in direct edge; do
     url=$DIRECT; [ $where = edge ] && url=$EDGE1
     "$LOADGEN" latency --target realtime --pg "$PG" --ws "$url" --clients "$clients" --events "$EVENTS" --rate 200 \
@@ -58,11 +63,13 @@ for clients in 1 100 1000; do
   done
 done
 
-# Every edge has read everything committed so far: a run starts with nobody behind.
+# Everything committed so far is in the stream (its acknowledged position holds still for a
+# second), and every edge has read it: a run starts with nobody behind.
 caught_up() {
-  local want; want=$(stat position)
+  local before=-2 after=-1
+  until [ "$before" = "$after" ]; do before=$after; sleep 1; after=$(stat nats_position); done
   for port in "${EDGE_PORTS[@]}"; do
-    until [ "$(curl -fs "http://127.0.0.1:$port/health" | python3 -c 'import json,sys; print(json.load(sys.stdin)["position"])')" -ge "$want" ]; do sleep 0.1; done
+    until [ "$(curl -fs "http://127.0.0.1:$port/health" | python3 -c 'import json,sys; print(json.load(sys.stdin)["position"])')" -ge "$after" ]; do sleep 0.1; done
   done
 }
 fanout() { # where rate label
@@ -72,8 +79,11 @@ fanout() { # where rate label
   "$LOADGEN" fanout --target realtime --pg "$PG" --ws "$url" --clients "$CLIENTS" --seconds "$SECONDS_PER_RUN" \
     --rate "$2" --json "$DATA/fan.json" >/dev/null 2>&1
   t=$(echo "$(date +%s.%N) - $t0" | bc -l)
+  if ! grep -q delivered_per_s "$DATA/fan.json"; then echo "$3, $1: failed: $(cat "$DATA/fan.json")"; return; fi
   echo "$3, $1: $(printf %.0f "$(field "$DATA/fan.json" "['delivered_per_s']")") messages/s delivered ($(field "$DATA/fan.json" "['delivered_messages']") of $(field "$DATA/fan.json" "['expected_messages']"), gap messages $(field "$DATA/fan.json" "['gap_messages']")); CPU over $(printf %.0f "$t") s: worker $(share "$w0" "$(ticks "$WORKER")" "$t"), edges $(share "$e0" "$(ticks_of "${EDGE_PIDS[@]}")" "$t"), nats-server $(share "$n0" "$(ticks $NATS_PID)" "$t")"
 }
+if part fanout; then
 echo "## fan-out to $CLIENTS clients for ${SECONDS_PER_RUN} s: paced at 50 rows/s, then flat out"
-for where in direct edges; do fanout $where 50 "50 rows/s"; done
-for where in direct edges; do fanout $where 0 "flat out"; done
+for where in edges direct; do fanout $where 50 "50 rows/s"; done
+for where in edges direct; do fanout $where 0 "flat out"; done
+fi

@@ -64,9 +64,11 @@ pub async fn run(
             if let Err(e) = tokio::task::block_in_place(|| history.append(&batch)) {
                 eprintln!("realtime-edge: could not write to the history: {e}");
             }
-            stats.set(Stat::Position, batch.last_position());
             remote.judge_batch(&mut batch).await;
         }
+        // The last position read from the stream (a marker's too), for /health and /metrics.
+        let read = stats.get(Stat::Position).max(batch.last_position());
+        stats.set(Stat::Position, read);
         fanout.hand_out(batch);
     }
 }
