@@ -388,7 +388,11 @@ impl Follower {
             "realtime".into(),
             position,
             tx,
-            |e| eprintln!("following: {e}"),
+            |told| {
+                if let Err(e) = told {
+                    eprintln!("following: {e}")
+                }
+            },
         ));
         Follower { runtime, rx }
     }

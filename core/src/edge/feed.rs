@@ -37,9 +37,12 @@ pub async fn run(
         settings.stream.clone(),
         history.last(),
         tx,
-        move |why| {
-            eprintln!("realtime-edge: following stream \"{stream}\": {why}; trying again");
-            failing.set_unready("stream", Some(format!("cannot follow the stream: {why}")));
+        move |told| match told {
+            Ok(()) => failing.set_unready("stream", None),
+            Err(why) => {
+                eprintln!("realtime-edge: following stream \"{stream}\": {why}; trying again");
+                failing.set_unready("stream", Some(format!("cannot follow the stream: {why}")));
+            }
         },
     ));
     let stats = shared.stats;
@@ -55,7 +58,6 @@ pub async fn run(
                 Batch::Reauthorize { last_position: stats.get(Stat::Position) }
             }
         };
-        shared.set_unready("stream", None);
         if let Batch::Reauthorize { .. } = batch {
             shared.catalog_epoch.send_modify(|epoch| *epoch += 1);
         } else {

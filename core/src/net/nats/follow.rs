@@ -16,25 +16,26 @@ const RETRY_MOST: Duration = Duration::from_secs(5);
 
 /// Send every batch of stream `name` at `url` after `position` to `tx`, in order, until `tx`
 /// is closed. What the stream no longer holds is sent first as a `history_expired` gap.
-/// Failures are retried; the last of them is reported to `failed`.
+/// Failures are retried; each is reported to `told` (`Err`), and so is following again
+/// (`Ok`).
 pub async fn follow(
     url: String,
     name: String,
     position: u64,
     tx: mpsc::Sender<Batch>,
-    failed: impl Fn(String) + Send,
+    told: impl Fn(Result<(), String>) + Send + Sync,
 ) {
     let mut next: Option<u64> = None;
     let mut wait = RETRY_FIRST;
     loop {
-        let error = match session(&url, &name, position, &mut next, &tx).await {
+        let error = match session(&url, &name, position, &mut next, &tx, &told).await {
             Ok(()) => return,
             Err(e) => e,
         };
         if tx.is_closed() {
             return;
         }
-        failed(error);
+        told(Err(error));
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(RETRY_MOST);
     }
@@ -47,6 +48,7 @@ async fn session(
     position: u64,
     next: &mut Option<u64>,
     tx: &mpsc::Sender<Batch>,
+    told: &(impl Fn(Result<(), String>) + Sync),
 ) -> Result<(), String> {
     let client = async_nats::connect(url)
         .await
@@ -82,6 +84,7 @@ async fn session(
         .messages()
         .await
         .map_err(|e| format!("cannot follow stream \"{name}\": {e}"))?;
+    told(Ok(()));
     while let Some(message) = messages.next().await {
         let message = message.map_err(|e| format!("following stream \"{name}\": {e}"))?;
         let sequence = message
