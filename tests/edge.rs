@@ -228,6 +228,21 @@ fn edge_clients_receive_exactly_what_the_database_host_s_clients_receive() {
             clients.push((format!("{who} on {name}"), ws));
         }
     }
+    // The Supabase endpoint, served by an edge as by the host.
+    let (mut supabase, _) = tungstenite::connect(format!(
+        "ws://127.0.0.1:{}/realtime/v1/websocket?vsn=2.0.0",
+        a.port
+    ))
+    .unwrap();
+    let join = r#"["1","1","realtime:d","phx_join",{"config":{"postgres_changes":[{"event":"*","schema":"public","table":"defects"}]}}]"#;
+    supabase.send(tungstenite::Message::text(join)).unwrap();
+    let mut read_until = |what: &str| loop {
+        let frame = supabase.read().unwrap();
+        if frame.to_text().unwrap().contains(what) {
+            return frame.to_text().unwrap().to_string();
+        }
+    };
+    read_until("Subscribed to PostgreSQL");
     let mut db = cluster.client();
     let mut round = 1;
     let compare = |clients: &mut Vec<(String, Ws)>, round: i32, what: &str| {
@@ -245,6 +260,8 @@ fn edge_clients_receive_exactly_what_the_database_host_s_clients_receive() {
     };
     write_mix(&mut db, round);
     let heard = compare(&mut clients, round, "rows, updates and deletes");
+    let change = read_until("postgres_changes");
+    assert!(change.contains(r#""table":"defects""#), "{change}");
     let count = |n: usize| heard[n].1.iter().filter(|m| m["type"] == "change").count();
     assert!(count(0) > count(3), "the filter keeps some out");
     assert!(
