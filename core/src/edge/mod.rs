@@ -43,7 +43,7 @@ pub fn run(config: Config) -> Result<(), String> {
     if let Some((cert, key)) = config.tls()? {
         shared.set_tls(Some(net::tls::acceptor(&cert, &key)?));
     }
-    shared.set_unready("stream", Some("not following the stream yet".into()));
+    shared.set_unready("stream", Some("reading the stream up to its end".into()));
     let (history, _) = History::open(&dir.join("history"), config.history()?)
         .map_err(|e| format!("cannot open the history in {}: {e}", dir.display()))?;
     let (backlog, memory) = config.fanout()?;

@@ -16,8 +16,8 @@ const RETRY_MOST: Duration = Duration::from_secs(5);
 
 /// Send every batch of stream `name` at `url` after `position` to `tx`, in order, until `tx`
 /// is closed. What the stream no longer holds is sent first as a `history_expired` gap.
-/// Failures are retried; each is reported to `told` (`Err`), and so is following again
-/// (`Ok`).
+/// Failures are retried; each is reported to `told` (`Err`), and so is having caught up
+/// again with what the stream held (`Ok`).
 pub async fn follow(
     url: String,
     name: String,
@@ -84,19 +84,32 @@ async fn session(
         .messages()
         .await
         .map_err(|e| format!("cannot follow stream \"{name}\": {e}"))?;
-    told(Ok(()));
+    let last = stream
+        .info()
+        .await
+        .map_err(|e| format!("cannot read the stream's state: {e}"))?
+        .state
+        .last_sequence;
+    let mut caught_up = start > last;
+    if caught_up {
+        told(Ok(()));
+    }
     while let Some(message) = messages.next().await {
         let message = message.map_err(|e| format!("following stream \"{name}\": {e}"))?;
-        let sequence = message
+        let info = message
             .info()
-            .map_err(|e| format!("a message of stream \"{name}\" without its sequence: {e}"))?
-            .stream_sequence;
+            .map_err(|e| format!("a message of stream \"{name}\" without its sequence: {e}"))?;
+        let (sequence, pending) = (info.stream_sequence, info.pending);
         let batch = wire::decode(&message.payload)
             .map_err(|e| format!("message {sequence} of stream \"{name}\": {e}"))?;
         if tx.send(batch).await.is_err() {
             return Ok(());
         }
         *next = Some(sequence + 1);
+        if !caught_up && pending == 0 {
+            caught_up = true;
+            told(Ok(()));
+        }
     }
     Err(format!("stream \"{name}\" stopped delivering"))
 }
