@@ -367,6 +367,25 @@ impl Client {
                 self.tokens.clear();
                 None
             }
+            // The worker answers a subscription within its time limit (250 ms) or refuses it;
+            // just after a crash, with cold caches and 50 clients coming back, a refusal is
+            // what a real client sees: it tries again.
+            "error"
+                if m["code"] == "internal"
+                    && m["message"]
+                        .as_str()
+                        .is_some_and(|t| t.contains("statement timeout")) =>
+            {
+                *tally
+                    .gaps
+                    .lock()
+                    .unwrap()
+                    .entry("subscribe_timed_out".into())
+                    .or_default() += 1;
+                self.synced = false;
+                self.tokens.clear();
+                None
+            }
             _ => panic!("unexpected message: {m}"),
         }
     }
