@@ -349,23 +349,12 @@ impl Client {
             }
             "gap" => {
                 let reason = m["reason"].as_str().unwrap().to_string();
-                *tally.gaps.lock().unwrap().entry(reason).or_default() += 1;
-                self.synced = false;
-                self.tokens.clear();
-                None
+                self.start_over(tally, reason)
             }
             "pong" => Some(()),
             // A snapshot cut short (its reader stopped with the server): start over.
             "error" if m["code"] == "snapshot_failed" => {
-                *tally
-                    .gaps
-                    .lock()
-                    .unwrap()
-                    .entry("snapshot_failed".into())
-                    .or_default() += 1;
-                self.synced = false;
-                self.tokens.clear();
-                None
+                self.start_over(tally, "snapshot_failed".into())
             }
             // The worker answers a subscription within its time limit (250 ms) or refuses it;
             // just after a crash, with cold caches and 50 clients coming back, a refusal is
@@ -376,18 +365,18 @@ impl Client {
                         .as_str()
                         .is_some_and(|t| t.contains("statement timeout")) =>
             {
-                *tally
-                    .gaps
-                    .lock()
-                    .unwrap()
-                    .entry("subscribe_timed_out".into())
-                    .or_default() += 1;
-                self.synced = false;
-                self.tokens.clear();
-                None
+                self.start_over(tally, "subscribe_timed_out".into())
             }
             _ => panic!("unexpected message: {m}"),
         }
+    }
+
+    /// Count a loss for `reason`; the client starts over (`None`).
+    fn start_over(&mut self, tally: &Tally, reason: String) -> Option<()> {
+        *tally.gaps.lock().unwrap().entry(reason).or_default() += 1;
+        self.synced = false;
+        self.tokens.clear();
+        None
     }
 }
 
