@@ -14,7 +14,10 @@ fn run_barrier_statements(cluster: &Cluster, round: &str) {
         .unwrap()
         .success());
     let mut db = cluster.client();
-    db.batch_execute("SET statement_timeout = '10s'").unwrap();
+    // Each statement waits until every backend has absorbed the barrier: a worker that never
+    // answers makes one of them hit this limit. How long they take on a loaded machine is a
+    // matter for benchmarks, so it is only reported.
+    db.batch_execute("SET statement_timeout = '60s'").unwrap();
     let started = Instant::now();
     db.batch_execute(&format!("CREATE DATABASE x_{round}"))
         .unwrap();
@@ -31,12 +34,7 @@ fn run_barrier_statements(cluster: &Cluster, round: &str) {
         .unwrap();
     db.batch_execute(&format!("DROP TABLESPACE ts_{round}"))
         .unwrap();
-    // Each of these waits for the worker; a worker that never answers hits the timeout.
-    assert!(
-        started.elapsed() < Duration::from_secs(8),
-        "barrier statements took {:?} ({round})",
-        started.elapsed()
-    );
+    eprintln!("barrier statements ({round}): {:?}", started.elapsed());
 }
 
 #[test]
@@ -59,7 +57,16 @@ fn barriers_are_answered_idle_busy_and_with_clients() {
             .unwrap();
         })
     };
-    std::thread::sleep(Duration::from_millis(300));
+    let mut db = cluster.client();
+    common::wait_until("the insert is running", Duration::from_secs(30), || {
+        db.query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'INSERT INTO b %'",
+            &[],
+        )
+        .unwrap()
+        .get::<_, i64>(0)
+            > 0
+    });
     run_barrier_statements(&cluster, "busy");
     writer.join().unwrap();
     assert_eq!(reader.join().unwrap(), 200_000);
