@@ -17,6 +17,7 @@ export BENCH_DIRTY=$([ -z "$(git status --porcelain 2>/dev/null)" ] && echo fals
 . scripts/lib.sh
 say() { printf '\n==> %s\n' "$*" >&2; }
 SCENARIOS=${BENCH_SCENARIOS:-WLFCTPRDNBKYHS}
+export BENCH_SCENARIOS=$SCENARIOS   # recorded with the results
 # Linux schedules each session as one group when this is 1; every PostgreSQL process leads a
 # session, so the worker's threads share one group's CPU against each backend and the load
 # generator (bench/notes/2026-12-02-latency-stages.md). Latency under load depends on it.
