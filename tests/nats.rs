@@ -25,10 +25,13 @@ fn bodies(nats: &nats_server::Server, stream: &str) -> Vec<(String, u64, Value)>
 }
 
 /// The ids of the rows the stream's changes carry, in stream order.
+/// The stream's changes, without the catalog markers on its control subject.
+fn changes(messages: &[(String, u64, Value)]) -> impl Iterator<Item = &(String, u64, Value)> {
+    messages.iter().filter(|(_, _, b)| b["kind"] == "change")
+}
+
 fn row_ids(messages: &[(String, u64, Value)]) -> Vec<i64> {
-    messages
-        .iter()
-        .filter(|(_, _, b)| b["kind"] == "change")
+    changes(messages)
         .map(|(_, _, b)| b["record"]["id"].as_i64().unwrap())
         .collect()
 }
@@ -75,10 +78,7 @@ fn committed_changes_land_in_the_stream_once_in_order_across_restarts() {
     });
     let messages = bodies(&nats, "realtime");
     // Catalog markers (creating and watching the table) come first, on the control subject.
-    let (subject, _, first) = messages
-        .iter()
-        .find(|(_, _, b)| b["kind"] == "change")
-        .unwrap();
+    let (subject, _, first) = changes(&messages).next().unwrap();
     assert_eq!(subject, "realtime.table.public.defects");
     assert_eq!(first["type"], "INSERT");
     assert_eq!(first["schema"], "public");
@@ -137,10 +137,7 @@ fn committed_changes_land_in_the_stream_once_in_order_across_restarts() {
         || row_ids(&bodies(&nats, "plant_2")) == rows,
     );
     let messages = bodies(&nats, "plant_2");
-    let first = messages
-        .iter()
-        .find(|(_, _, b)| b["kind"] == "change")
-        .unwrap();
+    let first = changes(&messages).next().unwrap();
     assert_eq!(first.0, "plant_2.table.public.defects");
 
     // A name that is no stream name is refused, and publishing goes on as it was.
