@@ -542,12 +542,7 @@ fn clients_that_come_and_go_through_crashes_end_with_exactly_the_database_s_rows
         match what {
             "kill worker" => {
                 // kill -9: the server restarts every process with new shared memory.
-                let pid = cluster.worker_pid();
-                let status = std::process::Command::new("kill")
-                    .args(["-9", &pid.to_string()])
-                    .status()
-                    .unwrap();
-                assert!(status.success(), "kill -9 {pid}");
+                cluster.kill_worker();
             }
             mode => {
                 let mode = if mode.starts_with("fast") {

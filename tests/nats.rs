@@ -92,19 +92,10 @@ fn committed_changes_land_in_the_stream_once_in_order_across_restarts() {
     db.execute("SELECT pg_terminate_backend($1)", &[&worker])
         .unwrap();
     insert(&mut db, 50);
-    let worker = cluster.wait_for_new_worker(worker);
+    cluster.wait_for_new_worker(worker);
     insert(&mut db, 50);
-    assert!(std::process::Command::new("kill")
-        .args(["-9", &worker.to_string()])
-        .status()
-        .unwrap()
-        .success());
-    let mut db = None;
-    wait_until("the server back", Duration::from_secs(60), || {
-        db = postgres::Client::connect(&cluster.conninfo("postgres"), postgres::NoTls).ok();
-        db.is_some()
-    });
-    let mut db = db.unwrap();
+    cluster.kill_worker();
+    let mut db = cluster.client();
     insert(&mut db, 50);
     cluster.restart();
     let mut db = cluster.client();

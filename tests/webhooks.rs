@@ -740,12 +740,7 @@ fn a_killed_worker_and_an_immediate_restart_lose_nothing() {
     wait_until("2,500 rows", Duration::from_secs(120), || {
         rows(&cluster) >= 2500
     });
-    let worker = cluster.worker_pid();
-    assert!(Command::new("kill")
-        .args(["-9", &worker.to_string()])
-        .status()
-        .unwrap()
-        .success());
+    cluster.kill_worker();
     wait_until("6,000 rows", Duration::from_secs(120), || {
         rows(&cluster) >= 6000
     });

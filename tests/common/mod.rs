@@ -387,6 +387,37 @@ impl Cluster {
         self.wait_for_new_worker(old)
     }
 
+    /// kill -9 the worker and wait out the server's crash reset: every session is ended and
+    /// new shared memory made, so a connection opened before the reset is not one to use.
+    /// The successor's pid.
+    pub fn kill_worker(&self) -> i32 {
+        let old = self.worker_pid();
+        let status = std::process::Command::new("kill")
+            .args(["-9", &old.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -9 {old}");
+        let mut new = None;
+        // A successor exists only once the reset is over; until then connecting may fail.
+        wait_until("the server reset", Duration::from_secs(60), || {
+            new = postgres::Client::connect(&self.conninfo("postgres"), postgres::NoTls)
+                .ok()
+                .and_then(|mut db| {
+                    db.query_opt(
+                        "SELECT pid FROM pg_stat_activity WHERE backend_type = 'realtime_ext'",
+                        &[],
+                    )
+                    .ok()
+                })
+                .flatten()
+                .map(|r| r.get::<_, i32>(0))
+                .filter(|pid| *pid != old);
+            new.is_some()
+        });
+        self.wait_healthy();
+        new.expect("found")
+    }
+
     /// Wait until a worker other than `old` runs and serves; its pid.
     pub fn wait_for_new_worker(&self, old: i32) -> i32 {
         let mut new = None;
