@@ -5,13 +5,14 @@
 # the times subscribers were made to authorize again, and the worker's CPU per thread with its
 # context switches over 3 seconds of the run.
 #   bench/latency_stages.sh [clients] [events]    RATE=events/s (1000); PERF=1 also records a
-#                                                  perf profile of the worker in /tmp/prof.data
+#                                                  perf profile of the worker in /tmp/prof.data;
+#                                                  TARGET=relay: a relayed pg_notify channel
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CLIENTS=${1:-100}; EVENTS=${2:-10000}; RATE=${RATE:-1000}
 . bench/cluster.sh
 latency() {
-  "$LOADGEN" latency --pg "$PG" --ws "ws://127.0.0.1:$WSPORT/realtime" --clients "$CLIENTS" "$@"
+  "$LOADGEN" latency --target "${TARGET:-realtime}" --pg "$PG" --ws "ws://127.0.0.1:$WSPORT/realtime" --clients "$CLIENTS" "$@"
 }
 latency --events 1000 --rate "$RATE" >/dev/null   # warm-up
 
@@ -28,7 +29,8 @@ SAMPLER=$!
 latency --events "$EVENTS" --rate "$RATE" | tail -n 1 | python3 -c '
 import json, sys
 d = json.load(sys.stdin)
-print("clients", d["clients"], "latency ms", d["latency_ms"], "client cpu share", round(d["client_cpu_share"], 2))'
+print("clients", d["clients"], "latency ms", d["latency_ms"], "written/s", round(d["written_per_s"]),
+      "client cpu share", round(d["client_cpu_share"], 2))'
 wait "$SAMPLER"
 join "$DATA/t0" "$DATA/t1" | awk '{printf "thread %s %s: cpu %.0f%%, switches/s voluntary %.0f, involuntary %.0f\n", $1, $2, ($7-$3)/3, ($8-$4)/3, ($9-$5)/3}'
 psql_ -c "SELECT name || ' ' || value FROM realtime_stats() WHERE name ~ '_(p50|p99)_us$' OR name = 'reauthorizations_total'"

@@ -633,6 +633,10 @@ pub async fn rls(args: &Args) -> Value {
 const PER_QUERY_LIMIT: Duration = Duration::from_secs(30);
 /// How long R's clients wait for more once the writer is done and nothing arrived.
 const RLS_SILENCE: Duration = Duration::from_secs(5);
+/// How long D's resumed clients wait for more once the writer is done and nothing arrived
+/// (they stop at once when they have every row): reading back from the history under load can
+/// pause for seconds without anything being lost.
+const RESUME_SILENCE: Duration = Duration::from_secs(60);
 
 static PER_QUERY: std::sync::Mutex<Option<tokio::task::JoinHandle<Value>>> =
     std::sync::Mutex::new(None);
@@ -705,6 +709,8 @@ async fn per_query_finish() -> Value {
 struct Dropper {
     /// Rows received (by id), before and after the drop.
     seen: Vec<u8>,
+    /// How many ids were received at least once.
+    distinct: usize,
     last_position: u64,
 }
 
@@ -720,6 +726,7 @@ impl Dropper {
         self.last_position = position;
         let n = self.seen.get_mut(id)?;
         *n = n.saturating_add(1);
+        self.distinct += (*n == 1) as usize;
         Some((*n == 1).then_some(id))
     }
 }
@@ -799,6 +806,7 @@ pub async fn resume(args: &Args) -> Value {
             tokio::spawn(async move {
                 let mut me = Dropper {
                     seen: vec![0; events],
+                    distinct: 0,
                     last_position: 0,
                 };
                 while Instant::now() < drop_at {
@@ -842,6 +850,9 @@ pub async fn resume(args: &Args) -> Value {
                     if caught_up.is_none() && missing == 0 {
                         caught_up = Some(back.elapsed().as_secs_f64());
                     }
+                    if done.load(Relaxed) && me.distinct == committed.load(Relaxed) as usize {
+                        break;
+                    }
                     let next = tokio::time::timeout(Duration::from_millis(1000), ws.next()).await;
                     if matches!(next, Ok(Some(Ok(Message::Text(_))))) {
                         last_at = Instant::now();
@@ -861,8 +872,11 @@ pub async fn resume(args: &Args) -> Value {
                             }
                         },
                         Ok(Some(Ok(_))) => {}
-                        // Still catching up after the writer stopped: wait while rows come.
-                        Err(_) if done.load(Relaxed) && last_at.elapsed() > RLS_SILENCE => break,
+                        // Still catching up after the writer stopped: a row is counted lost
+                        // only once the stream has said nothing for a long while.
+                        Err(_) if done.load(Relaxed) && last_at.elapsed() > RESUME_SILENCE => {
+                            break
+                        }
                         Err(_) => {}
                         // Closed by the server (a slow client, a write that timed out): as a
                         // client would, it comes back from the last position it has.

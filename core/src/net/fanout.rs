@@ -235,9 +235,6 @@ impl Fanout {
         } = &mut *index;
         let mut handed = 0;
         let reauthorize = matches!(*batch, Batch::Reauthorize { .. });
-        if reauthorize {
-            self.stats.increment(Stat::Reauthorizations);
-        }
         interests.receivers(&batch, |slot| {
             handed += slot.hand(seq, self.max_batches) as u64;
             if reauthorize && slot.widened_through.swap(seq + 1, Relaxed) == 0 {
@@ -254,6 +251,10 @@ impl Fanout {
             });
         }
         self.stats.add(Stat::BatchesHanded, handed);
+        // Counted when it had somebody authorize again, not for a catalog change nobody heard.
+        if reauthorize && handed > 0 {
+            self.stats.increment(Stat::Reauthorizations);
+        }
         index.dispatched = index.dispatched.max(batch.last_position());
         index.handing = seq + 1;
     }
@@ -852,6 +853,19 @@ mod unit {
         fanout.send(bobs());
         assert!(alice.try_recv().is_none());
         assert!(fanout.index().widened.is_empty());
+    }
+
+    #[test]
+    fn a_catalog_change_counts_as_a_pass_only_when_a_session_hears_it() {
+        let stats: &'static Stats = Box::leak(Box::new(Stats::new()));
+        let fanout = Fanout::new(1000, 1 << 30, stats);
+        fanout.send(Batch::Reauthorize { last_position: 1 });
+        assert_eq!(stats.get(Stat::Reauthorizations), 0, "nobody to authorize");
+        let mut alice = fanout.cursor();
+        let _interest = alice.registrar().register(Topic::Table(7), Keys::Everything);
+        fanout.send(Batch::Reauthorize { last_position: 2 });
+        assert_eq!(stats.get(Stat::Reauthorizations), 1);
+        assert!(alice.try_recv().is_some());
     }
 
     #[test]
