@@ -29,5 +29,5 @@ trap 'as_pg "$BIN/pg_ctl" -D "$DATA/pg" -m fast stop >/dev/null 2>&1; rm -rf "$D
 PG="host=127.0.0.1 port=$PGPORT user=postgres dbname=postgres"
 psql_() { "$BIN/psql" -XqtA "$PG" "$@"; }
 psql_ -c "CREATE ROLE bench_reader NOLOGIN" -c "GRANT pg_read_all_data TO bench_reader" \
-      -c "CREATE EXTENSION realtime_ext"
+      -c "CREATE EXTENSION realtime_ext" -f bench/baselines/node-bridge/notify_trigger.sql
 WORKER=$(psql_ -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'realtime_ext'")
