@@ -862,7 +862,9 @@ mod unit {
         fanout.send(Batch::Reauthorize { last_position: 1 });
         assert_eq!(stats.get(Stat::Reauthorizations), 0, "nobody to authorize");
         let mut alice = fanout.cursor();
-        let _interest = alice.registrar().register(Topic::Table(7), Keys::Everything);
+        let _interest = alice
+            .registrar()
+            .register(Topic::Table(7), Keys::Everything);
         fanout.send(Batch::Reauthorize { last_position: 2 });
         assert_eq!(stats.get(Stat::Reauthorizations), 1);
         assert!(alice.try_recv().is_some());
