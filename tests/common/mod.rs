@@ -368,14 +368,16 @@ impl Cluster {
             .expect("the realtime worker is running")
     }
 
+    /// The worker's pid; `None` also while the server takes no connection (a crash reset).
     fn running_worker(&self) -> Option<i32> {
-        self.client()
-            .query_opt(
-                "SELECT pid FROM pg_stat_activity WHERE backend_type = 'realtime_ext'",
-                &[],
-            )
-            .unwrap()
-            .map(|r| r.get(0))
+        let mut db = postgres::Client::connect(&self.conninfo("postgres"), postgres::NoTls).ok()?;
+        db.query_opt(
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'realtime_ext'",
+            &[],
+        )
+        .ok()
+        .flatten()
+        .map(|r| r.get(0))
     }
 
     /// Stop the worker (as pg_terminate_backend does) and wait for its successor to serve.
@@ -387,8 +389,8 @@ impl Cluster {
         self.wait_for_new_worker(old)
     }
 
-    /// kill -9 the worker and wait out the server's crash reset: every session is ended and
-    /// new shared memory made, so a connection opened before the reset is not one to use.
+    /// kill -9 the worker and wait out the server's crash reset, which ends every session: a
+    /// connection opened before it is not one to use, and a successor exists only after it.
     /// The successor's pid.
     pub fn kill_worker(&self) -> i32 {
         let old = self.worker_pid();
@@ -397,31 +399,13 @@ impl Cluster {
             .status()
             .unwrap();
         assert!(status.success(), "kill -9 {old}");
-        let mut new = None;
-        // A successor exists only once the reset is over; until then connecting may fail.
-        wait_until("the server reset", Duration::from_secs(60), || {
-            new = postgres::Client::connect(&self.conninfo("postgres"), postgres::NoTls)
-                .ok()
-                .and_then(|mut db| {
-                    db.query_opt(
-                        "SELECT pid FROM pg_stat_activity WHERE backend_type = 'realtime_ext'",
-                        &[],
-                    )
-                    .ok()
-                })
-                .flatten()
-                .map(|r| r.get::<_, i32>(0))
-                .filter(|pid| *pid != old);
-            new.is_some()
-        });
-        self.wait_healthy();
-        new.expect("found")
+        self.wait_for_new_worker(old)
     }
 
     /// Wait until a worker other than `old` runs and serves; its pid.
     pub fn wait_for_new_worker(&self, old: i32) -> i32 {
         let mut new = None;
-        wait_until("a new realtime worker", Duration::from_secs(30), || {
+        wait_until("a new realtime worker", Duration::from_secs(60), || {
             new = self.running_worker().filter(|pid| *pid != old);
             new.is_some()
         });
