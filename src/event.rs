@@ -281,15 +281,33 @@ impl RecordKind {
     }
 }
 
-/// Kind and xid of a record still awaiting its transaction's outcome, read from the first bytes
-/// of the record; `None` for a settled record (or too few bytes).
-pub fn pending_header(header: &[u8]) -> Option<(RecordKind, u32)> {
-    let kind = RecordKind::from_u8(*header.first()?)
-        .filter(|k| matches!(k, RecordKind::Pending | RecordKind::PendingSpilled))?;
-    Some((kind, u32::from_le_bytes(header.get(1..5)?.try_into().ok()?)))
+/// A record still awaiting its transaction's outcome, read from its first bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingHeader {
+    pub kind: RecordKind,
+    pub xid: u32,
+    /// Where the WAL was being inserted when the record was reserved (0: not known, a record
+    /// of an earlier release); see `COMMIT_TIME_AT`.
+    pub wal_at: u64,
 }
 
-/// Offset of the commit time within a record.
+/// The header of a record still awaiting its transaction's outcome; `None` for a settled
+/// record (or too few bytes).
+pub fn pending_header(header: &[u8]) -> Option<PendingHeader> {
+    let kind = RecordKind::from_u8(*header.first()?)
+        .filter(|k| matches!(k, RecordKind::Pending | RecordKind::PendingSpilled))?;
+    let at = COMMIT_TIME_AT;
+    Some(PendingHeader {
+        kind,
+        xid: u32::from_le_bytes(header.get(1..5)?.try_into().ok()?),
+        wal_at: u64::from_le_bytes(header.get(at..at + 8)?.try_into().ok()?),
+    })
+}
+
+/// Offset of the commit time within a record. Until its transaction settles it, a pending
+/// record holds there the WAL insert position at its reservation: its commit record comes
+/// after that position, so a crash recovery that ended before it proves the transaction never
+/// committed (its xid may then be handed out again, and the commit log answer for another).
 pub const COMMIT_TIME_AT: usize = 5;
 
 pub const RECORD_HEADER_LEN: usize = 1 + 4 + 8 + 4;
@@ -456,10 +474,14 @@ mod unit {
 
     #[test]
     fn pending_headers_are_recognised() {
-        let header = record_header(RecordKind::PendingSpilled, 4242, 0, 3);
+        let header = record_header(RecordKind::PendingSpilled, 4242, 0x1_0000_0028, 3);
         assert_eq!(
             pending_header(&header),
-            Some((RecordKind::PendingSpilled, 4242))
+            Some(PendingHeader {
+                kind: RecordKind::PendingSpilled,
+                xid: 4242,
+                wal_at: 0x1_0000_0028,
+            })
         );
         assert_eq!(
             pending_header(&record_header(RecordKind::Txn, 4242, 0, 3)),

@@ -87,7 +87,7 @@ fn reserve() {
         ),
         Captured::Lost { count } => return queue::record_loss(count),
     };
-    let offset = queue::publish(&[&record_header(kind, xid, 0, count), &body], count);
+    let offset = queue::publish(&[&record_header(kind, xid, wal_at(), count), &body], count);
     if offset.is_none() {
         if let Some(path) = spill {
             crate::spill::discard(path);
@@ -139,7 +139,10 @@ pub fn reserve_prepared(gid: &str) {
     } else {
         RecordKind::Pending
     };
-    let offset = queue::publish(&[&record_header(kind, p.xid, 0, p.count), &p.body], p.count);
+    let offset = queue::publish(
+        &[&record_header(kind, p.xid, wal_at(), p.count), &p.body],
+        p.count,
+    );
     RESERVED.with(|r| {
         *r.borrow_mut() = Some(Reserved {
             offset,
@@ -148,6 +151,13 @@ pub fn reserve_prepared(gid: &str) {
             prepared: Some(p),
         })
     });
+}
+
+/// Where the WAL is being inserted now, kept in a pending record until it settles (see
+/// `event::COMMIT_TIME_AT`): this transaction's commit record will come after it.
+fn wal_at() -> i64 {
+    // SAFETY: reads the insert position under its spinlock; any backend may.
+    unsafe { pg_sys::GetXLogInsertRecPtr() as i64 }
 }
 
 fn settle(mut committed: bool) {

@@ -482,6 +482,8 @@ pub struct Unsettled {
     pub offset: u64,
     pub xid: u32,
     pub kind: RecordKind,
+    /// The WAL insert position when it was reserved (0: not known).
+    pub wal_at: u64,
 }
 
 /// Records whose headers the worker reads per hold of the lock: its critical section has a
@@ -517,11 +519,12 @@ fn drain_from(
             scanned += 1;
             header.clear();
             q.copy_out(at, &mut header, 4 + RECORD_HEADER_LEN);
-            if let Some((kind, xid)) = pending_header(&header[4..]) {
+            if let Some(pending) = pending_header(&header[4..]) {
                 unsettled = Some(Unsettled {
                     offset: at + 4,
-                    xid,
-                    kind,
+                    xid: pending.xid,
+                    kind: pending.kind,
+                    wal_at: pending.wal_at,
                 });
                 break;
             }
@@ -568,11 +571,12 @@ fn drain_overflow(ring: Ring, out: &mut Vec<u8>, max_bytes: usize) -> Option<Uns
                 q.reset_overflow();
                 return None;
             }
-            if let Some((kind, xid)) = pending_header(&header[4..]) {
+            if let Some(pending) = pending_header(&header[4..]) {
                 unsettled = Some(Unsettled {
                     offset: OVERFLOW | (at + 4),
-                    xid,
-                    kind,
+                    xid: pending.xid,
+                    kind: pending.kind,
+                    wal_at: pending.wal_at,
                 });
                 break;
             }

@@ -507,9 +507,7 @@ impl Publisher {
         if queue::from_before_start(record.offset) {
             // Its writer is gone; a transaction still prepared gets a new record when it is
             // committed.
-            // SAFETY: the worker's Postgres thread; reads the commit log.
-            let committed = unsafe { pg_sys::TransactionIdDidCommit(record.xid.into()) };
-            return self.settle(record, committed);
+            return self.settle(record, committed_before_start(&record));
         }
         let since = match self.blocked {
             Some((offset, since)) if offset == record.offset => since,
@@ -640,6 +638,33 @@ fn new_change(txn: &Emitting, names: Arc<(String, String)>, ev: &EventRef) -> Ch
 
 /// How a transaction ended, from the commit log: `None` while it is still running (or
 /// prepared), then whether it committed.
+/// Whether the transaction of a record left pending by a writer that a restart ended committed.
+/// Its xid alone does not say: one whose WAL never reached the disk may be handed out again
+/// after crash recovery, and the commit log then answers for that other transaction. Its
+/// commit record follows the WAL position noted at its reservation, so if recovery ended before
+/// that position it never committed; if after, its own records were replayed and the xid is
+/// its own.
+fn committed_before_start(record: &queue::Unsettled) -> bool {
+    // SAFETY: the worker's Postgres thread; reads the end of the replayed WAL.
+    let replayed_to = unsafe { pg_sys::GetXLogReplayRecPtr(std::ptr::null_mut()) };
+    // SAFETY: the worker's Postgres thread; reads the commit log.
+    let did_commit = || unsafe { pg_sys::TransactionIdDidCommit(record.xid.into()) };
+    committed_after_recovery(record.wal_at, replayed_to, did_commit)
+}
+
+/// The decision of `committed_before_start`: a position of 0 is not known (a record of an
+/// earlier release, or a start without recovery, after which no xid is handed out twice).
+fn committed_after_recovery(
+    wal_at: u64,
+    replayed_to: u64,
+    did_commit: impl FnOnce() -> bool,
+) -> bool {
+    if wal_at != 0 && replayed_to != 0 && wal_at >= replayed_to {
+        return false;
+    }
+    did_commit()
+}
+
 fn outcome(xid: u32) -> Option<bool> {
     let xid = pg_sys::TransactionId::from(xid);
     // SAFETY: the worker's Postgres thread; reads the proc array and commit log.
@@ -660,4 +685,32 @@ fn format_time(pg_time: i64) -> String {
     chrono::DateTime::from_timestamp_micros(pg_time + PG_EPOCH_OFFSET_US)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod unit {
+    use super::committed_after_recovery as decide;
+
+    #[test]
+    fn a_record_reserved_past_the_end_of_recovery_never_committed() {
+        let asked = || panic!("the commit log answers for another transaction here");
+        assert!(!decide(0x3000, 0x2000, asked));
+        assert!(
+            !decide(0x2000, 0x2000, asked),
+            "its commit record would end past it"
+        );
+        assert!(
+            decide(0x1000, 0x2000, || true),
+            "replayed: its xid is its own"
+        );
+        assert!(!decide(0x1000, 0x2000, || false));
+        assert!(
+            decide(0, 0x2000, || true),
+            "position not known: the commit log"
+        );
+        assert!(
+            decide(0x3000, 0, || true),
+            "no recovery: no xid was handed out twice"
+        );
+    }
 }
