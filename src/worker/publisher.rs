@@ -636,14 +636,12 @@ fn new_change(txn: &Emitting, names: Arc<(String, String)>, ev: &EventRef) -> Ch
     )
 }
 
-/// How a transaction ended, from the commit log: `None` while it is still running (or
-/// prepared), then whether it committed.
 /// Whether the transaction of a record left pending by a writer that a restart ended committed.
-/// Its xid alone does not say: one whose WAL never reached the disk may be handed out again
-/// after crash recovery, and the commit log then answers for that other transaction. Its
-/// commit record follows the WAL position noted at its reservation, so if recovery ended before
-/// that position it never committed; if after, its own records were replayed and the xid is
-/// its own.
+/// Its xid alone does not say: one whose WAL never left the shared buffers may be handed out
+/// again after crash recovery, and the commit log then answers for that other transaction. Its
+/// commit record follows the WAL position noted at its reservation, so if recovery ended at or
+/// before that position it never committed; if after, its own records were replayed and the
+/// xid is its own.
 fn committed_before_start(record: &queue::Unsettled) -> bool {
     // SAFETY: the worker's Postgres thread; reads the end of the replayed WAL.
     let replayed_to = unsafe { pg_sys::GetXLogReplayRecPtr(std::ptr::null_mut()) };
@@ -665,6 +663,8 @@ fn committed_after_recovery(
     did_commit()
 }
 
+/// How a transaction ended, from the commit log: `None` while it is still running (or
+/// prepared), then whether it committed.
 fn outcome(xid: u32) -> Option<bool> {
     let xid = pg_sys::TransactionId::from(xid);
     // SAFETY: the worker's Postgres thread; reads the proc array and commit log.
