@@ -11,7 +11,7 @@ use crate::bridge::WorkerHandle;
 use crate::change::{Batch, EndReason, GapReason, MAX_CHANNEL_BYTES};
 use crate::net::clients::Client;
 use crate::net::context::Context;
-use crate::net::fanout::{Delivering, Dropped, Kick};
+use crate::net::fanout::{Delivering, Dropped, Fanout, Kick};
 use crate::net::identity::{Identity, NEVER};
 use crate::net::rooms::{Allowance, Mailbox, Refused, Shout};
 use crate::net::shared::Shared;
@@ -19,6 +19,7 @@ use crate::net::snapshots::{SnapshotError, Snapshots};
 use crate::net::stream::Stream;
 use crate::net::subscriber::{Incoming, Subscriber};
 use crate::net::subscriptions::{Outgoing, Resume, Source};
+use crate::net::woken::Woken;
 use crate::protocol::{Ask, Protocol, Received, Refusal, Say, SnapshotWish};
 use crate::snapshot::{self, Frame, Xids};
 use crate::stats::{Stat, Timing};
@@ -67,6 +68,8 @@ struct Connection<P: Protocol, S> {
     /// The protocol's frames for one thing said, kept allocated.
     frames: Vec<Message>,
     snapshots: Arc<Snapshots>,
+    /// The fan-out, which a connection helps hand out after each delivery.
+    batches: Arc<Fanout>,
     shared: Arc<Shared>,
     identity: Identity,
     /// Its entry in the connection report, and the subscriptions generation last put there.
@@ -99,7 +102,8 @@ pub async fn run<P: Protocol, S: Stream>(
     client.set_batches(subscriber.cursor().registrar());
     let kicked = subscriber.cursor().kicked();
     tokio::pin!(kicked);
-    let (sink, mut stream) = ws.split();
+    let (sink, stream) = ws.split();
+    let mut stream = Woken::new(stream);
     let interval = context.shared.limits().heartbeat_interval;
     // A client silent this long is gone; so is one whose socket accepted nothing for as long
     // (a connection blocked on a write cannot run its heartbeat, so every write is bounded).
@@ -111,6 +115,7 @@ pub async fn run<P: Protocol, S: Stream>(
         follow_ups: Vec::new(),
         frames: Vec::new(),
         snapshots: context.snapshots.clone(),
+        batches: context.batches.clone(),
         shared: context.shared.clone(),
         identity,
         client,
@@ -218,6 +223,7 @@ pub async fn run<P: Protocol, S: Stream>(
                     };
                     match delivered {
                         Ok(()) => {
+                            conn.batches.help_dispatch();
                             if let Some(taken) = taken {
                                 conn.shared.stats.observe(Timing::TakeToSent, taken.elapsed());
                             }

@@ -21,8 +21,12 @@ use super::interest::{Interests, Keys, SessionId};
 use crate::change::{Batch, Topic};
 use crate::stats::{Stat, Stats, Timing};
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicU64, AtomicUsize,
+    Ordering::{Acquire, Relaxed, Release},
+};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
@@ -41,7 +45,9 @@ const SUMMARIES_KEPT: usize = 1 << 16;
 pub struct Fanout {
     /// Batches the worker published, for the dispatcher to hand out (`publish`, `dispatch`).
     handoff: tokio::sync::mpsc::Sender<Batch>,
-    published: Mutex<Option<tokio::sync::mpsc::Receiver<Batch>>>,
+    published: Mutex<tokio::sync::mpsc::Receiver<Batch>>,
+    /// Batches published and not handed out yet (`help_dispatch` reads it).
+    waiting: AtomicUsize,
     /// Last position published, handed out or not yet: a subscription registered now starts
     /// after it, as it would had the dispatcher already handed it out.
     published_through: AtomicU64,
@@ -137,7 +143,8 @@ impl Fanout {
         let (handoff, published) = tokio::sync::mpsc::channel(HANDOFF);
         Arc::new(Fanout {
             handoff,
-            published: Mutex::new(Some(published)),
+            published: Mutex::new(published),
+            waiting: AtomicUsize::new(0),
             published_through: AtomicU64::new(0),
             ring: Mutex::new(Ring {
                 batches: VecDeque::new(),
@@ -190,6 +197,7 @@ impl Fanout {
     pub fn publish(&self, batch: Batch) {
         self.published_through
             .fetch_max(batch.last_position(), Relaxed);
+        self.waiting.fetch_add(1, Release);
         // Closed only once the network side has stopped.
         let _ = self.handoff.blocking_send(batch);
     }
@@ -205,12 +213,41 @@ impl Fanout {
     /// Hand out what the worker publishes, in order, until it stops. Run on the network
     /// threads.
     pub async fn dispatch(self: Arc<Fanout>) {
-        let Some(mut published) = lock(&self.published).take() else {
+        // The batch is handed out under the lock it was received under: a network thread
+        // helping (`help_dispatch`) cannot overtake it.
+        std::future::poll_fn(|cx| {
+            let mut published = lock(&self.published);
+            loop {
+                match published.poll_recv(cx) {
+                    Poll::Ready(Some(batch)) => self.send_published(batch),
+                    Poll::Ready(None) => return Poll::Ready(()),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+        })
+        .await
+    }
+
+    /// Hand out what the worker has published, if the dispatcher has not yet: called by a
+    /// network thread after a delivery. The dispatcher is woken from outside the runtime, so
+    /// it waits in the runtime's shared queue behind every session the previous batch woke;
+    /// a session that has just written is running already and saves the next batch that
+    /// wait. Nothing to do costs one atomic read.
+    pub fn help_dispatch(&self) {
+        if self.waiting.load(Acquire) == 0 {
+            return;
+        }
+        let Ok(mut published) = self.published.try_lock() else {
             return;
         };
-        while let Some(batch) = published.recv().await {
-            self.send(batch);
+        while let Ok(batch) = published.try_recv() {
+            self.send_published(batch);
         }
+    }
+
+    fn send_published(&self, batch: Batch) {
+        self.waiting.fetch_sub(1, Release);
+        self.send(batch);
     }
 
     /// Add `batch` to the ring and wake the sessions it may concern.
@@ -748,11 +785,16 @@ mod unit {
 
     /// A batch of one change whose image is `n` bytes: it costs 2n + CHANGE_OVERHEAD.
     fn batch(n: usize) -> Batch {
+        at(1, n)
+    }
+
+    /// A batch of one change at `position` whose image is `n` bytes.
+    fn at(position: u64, n: usize) -> Batch {
         let txn = Arc::new(crate::change::Txn::new(1, String::new()));
         let names = Arc::new(("s".to_string(), "t".to_string()));
         let image = Some("x".repeat(n).into_boxed_str());
         Batch::Changes(vec![crate::change::Change::new(
-            1,
+            position,
             txn,
             Topic::Table(7),
             names,
@@ -937,6 +979,37 @@ mod unit {
         assert!(futures_util::FutureExt::now_or_never(b.kicked()).is_none());
         assert_eq!(fanout.stalled_bytes.load(Relaxed), 60_160 + 30_160);
         drop((da, db));
+    }
+
+    #[test]
+    fn batches_handed_out_by_the_dispatcher_and_by_helpers_arrive_in_order_once() {
+        const BATCHES: u64 = 20_000;
+        let fanout = Fanout::new(BATCHES as usize, 1 << 30, &STATS);
+        let mut cursor = fanout.cursor();
+        let _interest = cursor
+            .registrar()
+            .register(Topic::Table(7), Keys::Everything);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        runtime.spawn(fanout.clone().dispatch());
+        let publisher = {
+            let fanout = fanout.clone();
+            std::thread::spawn(move || (1..=BATCHES).for_each(|p| fanout.publish(at(p, 1))))
+        };
+        let mut read = Vec::new();
+        while read.len() < BATCHES as usize {
+            fanout.help_dispatch();
+            match cursor.try_recv() {
+                Some(Ok(batch)) => read.push(batch.first_position()),
+                Some(Err(missed)) => panic!("nothing may be missed: {missed:?}"),
+                None => std::thread::yield_now(),
+            }
+        }
+        publisher.join().unwrap();
+        assert!(read.iter().copied().eq(1..=BATCHES), "in order, each once");
+        assert_eq!(fanout.waiting.load(Relaxed), 0);
     }
 
     #[test]

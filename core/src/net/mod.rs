@@ -23,6 +23,7 @@ pub mod subscriptions;
 pub mod testing;
 pub mod tls;
 pub mod webhooks;
+mod woken;
 
 use crate::bridge::WorkerHandle;
 use crate::history::History;
