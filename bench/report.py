@@ -100,6 +100,13 @@ def fan(r):
     return f"{f(r['delivered_per_s'], 0)}/s ({r['delivered_messages']:,} of {r['expected_messages']:,})"
 met = rt and not rt.get("error") and rt["delivered_per_s"] >= 200_000 and (br is None or br.get("error") or rt["delivered_per_s"] >= 5 * br["delivered_per_s"])
 print(f"| F | {(rt or {}).get('clients', 0):,} clients, 100-row transactions: delivered messages/s | | {fan(br)} | {fan(rt)} | ≥ 5× bridge, ≥ 200,000/s | {ok(met)} |")
+paced = next((r for r in rows if r.get("scenario") == "fanout" and r.get("target") == "Realtime"
+              and r.get("rate_rows_per_s")), None)
+if paced:
+    offered = paced["rate_rows_per_s"] * paced["clients"]
+    met = not paced.get("error") and paced["delivered_per_s"] >= 2_700_000 and paced["delivered_messages"] == paced["expected_messages"]
+    print(f"| F | {paced.get('clients', 0):,} clients, the writer held to {f(paced['rate_rows_per_s'], 0)} rows/s ({f(offered, 0)} messages/s offered): delivered messages/s | | | "
+          f"{fan(paced)}, {paced.get('gap_messages', 0)} gaps | ≥ 2.7 M/s, all delivered | {ok(met)} |")
 supa = find(scenario="fanout", target="Realtime", tls=False, endpoint="supabase")
 if supa:
     writer = lambda r: f"writer {f(r.get('writer_rows_per_s'), 0)} rows/s" if r and not r.get("error") else ""

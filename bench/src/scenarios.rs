@@ -310,7 +310,7 @@ pub async fn fanout(args: &Args) -> Value {
     let total = received.load(Relaxed);
     json!({
         "scenario": "fanout", "target": format!("{target:?}"), "endpoint": endpoint(args), "tls": url(args).starts_with("wss://"),
-        "clients": clients, "batch_rows": batch,
+        "clients": clients, "batch_rows": batch, "rate_rows_per_s": rate,
         "rows_committed": rows, "writer_rows_per_s": rows as f64 / write_secs,
         "expected_messages": expected, "delivered_messages": total, "gap_messages": gaps.load(Relaxed),
         "delivered_per_s": total as f64 / delivery_secs,
