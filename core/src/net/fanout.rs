@@ -21,10 +21,7 @@ use super::interest::{Interests, Keys, SessionId};
 use crate::change::{Batch, Topic};
 use crate::stats::{Stat, Stats, Timing};
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{
-    AtomicBool, AtomicU64, AtomicUsize,
-    Ordering::{Acquire, Relaxed, Release},
-};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -46,8 +43,6 @@ pub struct Fanout {
     /// Batches the worker published, for the dispatcher to hand out (`publish`, `dispatch`).
     handoff: tokio::sync::mpsc::Sender<Batch>,
     published: Mutex<tokio::sync::mpsc::Receiver<Batch>>,
-    /// Batches published and not handed out yet (`help_dispatch` reads it).
-    waiting: AtomicUsize,
     /// Last position published, handed out or not yet: a subscription registered now starts
     /// after it, as it would had the dispatcher already handed it out.
     published_through: AtomicU64,
@@ -144,7 +139,6 @@ impl Fanout {
         Arc::new(Fanout {
             handoff,
             published: Mutex::new(published),
-            waiting: AtomicUsize::new(0),
             published_through: AtomicU64::new(0),
             ring: Mutex::new(Ring {
                 batches: VecDeque::new(),
@@ -197,7 +191,6 @@ impl Fanout {
     pub fn publish(&self, batch: Batch) {
         self.published_through
             .fetch_max(batch.last_position(), Relaxed);
-        self.waiting.fetch_add(1, Release);
         // Closed only once the network side has stopped.
         let _ = self.handoff.blocking_send(batch);
     }
@@ -219,7 +212,7 @@ impl Fanout {
             let mut published = lock(&self.published);
             loop {
                 match published.poll_recv(cx) {
-                    Poll::Ready(Some(batch)) => self.send_published(batch),
+                    Poll::Ready(Some(batch)) => self.send(batch),
                     Poll::Ready(None) => return Poll::Ready(()),
                     Poll::Pending => return Poll::Pending,
                 }
@@ -234,20 +227,16 @@ impl Fanout {
     /// a session that has just written is running already and saves the next batch that
     /// wait. Nothing to do costs one atomic read.
     pub fn help_dispatch(&self) {
-        if self.waiting.load(Acquire) == 0 {
+        // The channel's free capacity is one atomic: nothing published is all of it.
+        if self.handoff.capacity() == HANDOFF {
             return;
         }
         let Ok(mut published) = self.published.try_lock() else {
             return;
         };
         while let Ok(batch) = published.try_recv() {
-            self.send_published(batch);
+            self.send(batch);
         }
-    }
-
-    fn send_published(&self, batch: Batch) {
-        self.waiting.fetch_sub(1, Release);
-        self.send(batch);
     }
 
     /// Add `batch` to the ring and wake the sessions it may concern.
@@ -1009,7 +998,7 @@ mod unit {
         }
         publisher.join().unwrap();
         assert!(read.iter().copied().eq(1..=BATCHES), "in order, each once");
-        assert_eq!(fanout.waiting.load(Relaxed), 0);
+        assert_eq!(fanout.handoff.capacity(), HANDOFF, "nothing left waiting");
     }
 
     #[test]
