@@ -82,8 +82,11 @@ for clients in (1, 100, 1000):
     fl = find(scenario="latency", target="Floor", clients=clients)
     p99 = lambda r: (r or {}).get("latency_ms", {}).get("p99") if r and not r.get("error") else None
     met = p99(rt) is not None and (p99(br) is None or p99(rt) < p99(br)) and (clients < 1000 or p99(rt) <= 5)
+    cf = find(scenario="latency", target="CommittedFloor", clients=clients)
     floor = f"; p99 {p99(rt) / p99(fl):.1f}× the floor's" if p99(rt) and p99(fl) else ""
-    print(f"| L | {clients:,} clients, 1,000 events/s: p50 / p99 (delivered/expected) | no database: {lat(fl)} | {lat(br)} | {lat(rt)}{floor} | p99 below bridge{', ≤ 5 ms' if clients == 1000 else ''} | {ok(met)} |")
+    floor += f", {p99(rt) / p99(cf):.2f}× the committed floor's" if p99(rt) and p99(cf) else ""
+    committed = f"; committed: {lat(cf)}" if cf else ""
+    print(f"| L | {clients:,} clients, 1,000 events/s: p50 / p99 (delivered/expected) | no database: {lat(fl)}{committed} | {lat(br)} | {lat(rt)}{floor} | p99 below bridge{', ≤ 5 ms' if clients == 1000 else ''} | {ok(met)} |")
     relay = find(scenario="latency", target="Relay", clients=clients, payload_bytes=16)
     if relay:
         met = p99(relay) is not None and (p99(br) is None or p99(relay) < p99(br))

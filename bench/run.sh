@@ -161,13 +161,16 @@ fi
 
 if want L; then
 say "L: commit->client latency at 1,000 events/s"
-# The floor: the same load generator against a broadcaster with no database (bench/src/floor.rs).
+# The floor: the same load generator against a broadcaster with no database (bench/src/floor.rs);
+# the committed floor adds PostgreSQL's durable commit of each row and nothing else.
 FLOOR_PORT=$(free_port)
 "$LOADGEN" floor-server --port "$FLOOR_PORT" &
 FLOOR_PID=$!
 sleep 1
 for clients in 1 100 1000; do
   "$LOADGEN" latency --target floor --ws "ws://127.0.0.1:$FLOOR_PORT/" --clients $clients --events $L_EVENTS --rate 1000 | record
+  # The committed floor: the same broadcaster, told of each row once its INSERT has committed.
+  "$LOADGEN" latency --target committed-floor --pg "$PG" --ws "ws://127.0.0.1:$FLOOR_PORT/" --clients $clients --events $L_EVENTS --rate 1000 | record
   "$LOADGEN" latency --pg "$PG" --ws "$RT_URL" --clients $clients --events $L_EVENTS --rate 1000 | record
   "$LOADGEN" latency --pg "$PG" --ws "$SUPA_URL" --clients $clients --events $L_EVENTS --rate 1000 | record
   ensure_bridge "latency $clients"

@@ -18,6 +18,10 @@ pub enum Target {
     Relay,
     /// `floor-server`: the same socket work with no database (latency only).
     Floor,
+    /// `floor-server` told of each row by the writer once its INSERT has committed into a
+    /// table with no trigger: the socket work plus PostgreSQL's own commit, with no capture and
+    /// no wake-up between the database and the server (latency only).
+    CommittedFloor,
 }
 
 const READ_BUFFER: usize = 8 * 1024;
@@ -183,6 +187,7 @@ pub async fn setup_table(db: &tokio_postgres::Client, target: Target, table: &st
             "CREATE TRIGGER notify AFTER INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION bench_notify('bench_relay');
              SELECT realtime_relay('bench_relay', as_json => true, readers => '{{bench_reader}}')"
         ),
+        Target::CommittedFloor => return,
         Target::Floor => panic!("the floor server has no database"),
     };
     db.batch_execute(&attach).await.unwrap();

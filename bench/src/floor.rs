@@ -5,7 +5,9 @@
 //! connected client E change messages at R per second, each stamped when it is made. It uses the
 //! same transport as realtime_ext's server (tokio, tungstenite, a broadcast channel, one write
 //! per client per event, all waiting messages written before one flush), so its latency is what
-//! this machine allows for the socket work alone: the floor under scenario L.
+//! this machine allows for the socket work alone: the floor under scenario L. Told of a row by
+//! `{"type":"emit","id":I,"sent_at_us":T}` (the load generator's committed floor, sent once the
+//! row's INSERT has committed), it sends every client that row's change at once.
 
 use futures_util::{SinkExt, StreamExt};
 use std::time::Duration;
@@ -53,6 +55,11 @@ async fn session(stream: TcpStream, tx: broadcast::Sender<Utf8Bytes>) {
                     let rate = v["rate"].as_f64().unwrap_or(1000.0);
                     tokio::spawn(generate(tx.clone(), events, rate));
                 }
+                Some(Ok(Message::Text(text))) if text.contains(r#""type":"emit""#) => {
+                    let id: u64 = crate::client::number_after(&text, r#""id":"#).unwrap_or(0);
+                    let sent: i64 = crate::client::number_after(&text, r#""sent_at_us":"#).unwrap_or(0);
+                    let _ = tx.send(change(id, sent).into());
+                }
                 Some(Ok(_)) => {}
                 _ => return,
             },
@@ -76,10 +83,12 @@ async fn generate(tx: broadcast::Sender<Utf8Bytes>, events: u64, rate: f64) {
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     for id in 0..events {
         ticks.tick().await;
-        let frame = format!(
-            r#"{{"type":"change","table":"bench_latency","op":"INSERT","new":{{"id":{id},"sent_at_us":{}}}}}"#,
-            crate::client::now_us()
-        );
-        let _ = tx.send(frame.into());
+        let _ = tx.send(change(id, crate::client::now_us()).into());
     }
+}
+
+fn change(id: u64, sent_at_us: i64) -> String {
+    format!(
+        r#"{{"type":"change","table":"bench_latency","op":"INSERT","new":{{"id":{id},"sent_at_us":{sent_at_us}}}}}"#
+    )
 }

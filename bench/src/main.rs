@@ -27,7 +27,9 @@
 //!            one connection broadcasts R a second to N subscribers of a channel (needs
 //!            realtime.public_topics and a realtime.broadcast_rate of at least R): delivered/s, latency
 //!   floor-server --port P                                        a broadcaster with no database (see floor.rs);
-//!                                                                measure it with latency --target floor
+//!                                                                measure it with latency --target floor, or
+//!                                                                --target committed-floor --pg ... (the writer
+//!                                                                commits each row to a plain table, then tells it)
 //!
 //! Any scenario: --ws wss://... --ca CERT.pem connects over TLS, trusting CERT; --ws URL1,URL2
 //! spreads the subscribers over several servers (edge servers) in turn.
@@ -41,6 +43,7 @@ mod scenarios;
 
 use std::collections::HashMap;
 
+#[derive(Clone)]
 pub struct Args {
     scenario: String,
     values: HashMap<String, String>,
@@ -81,6 +84,7 @@ impl Args {
             "bridge" => client::Target::Bridge,
             "relay" => client::Target::Relay,
             "floor" => client::Target::Floor,
+            "committed-floor" => client::Target::CommittedFloor,
             other => panic!("unknown --target {other}"),
         }
     }

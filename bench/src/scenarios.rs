@@ -178,32 +178,27 @@ pub async fn latency(args: &Args) -> Value {
             tokio::time::sleep(Duration::from_secs_f64(events as f64 / rate)).await;
             progress.committed.store(events, Relaxed);
         }
-        Some(db) => {
-            let insert = db
-                .prepare("INSERT INTO bench_latency VALUES ($1, $2, $3)")
-                .await
-                .unwrap();
-            let interval = Duration::from_secs_f64(1.0 / rate);
-            let mut next = tokio::time::Instant::now();
-            for id in 0..events as i64 {
-                tokio::time::sleep_until(next).await;
-                next += interval;
-                match db
-                    .execute(&insert, &[&id, &client::now_us(), &payload])
-                    .await
-                {
-                    Ok(_) => {
-                        progress.committed.fetch_add(1, Relaxed);
-                    }
-                    Err(e) => {
-                        failed += 1;
-                        error.get_or_insert_with(|| {
-                            e.as_db_error()
-                                .map_or(e.to_string(), |d| d.message().to_string())
-                        });
-                    }
-                }
-            }
+        Some(_) => {
+            // The writer is an application server of its own: on its own thread and
+            // connection, so that its commits do not queue behind a thousand readers' tasks.
+            let writer = Writer {
+                args: args.clone(),
+                target,
+                clients,
+                events,
+                rate,
+                payload: payload.clone(),
+                progress: progress.clone(),
+            };
+            (failed, error) = std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime for the writer")
+                    .block_on(writer.run())
+            })
+            .join()
+            .expect("the writer");
         }
     }
     progress.done.store(true, Relaxed);
@@ -223,6 +218,72 @@ pub async fn latency(args: &Args) -> Value {
         "latency_ms": percentiles(all),
         "client_cpu_share": (client::cpu_seconds() - cpu0) / wall / 2.0,
     })
+}
+
+/// Scenario L's writer: single-row transactions at `rate` a second.
+struct Writer {
+    args: Args,
+    target: client::Target,
+    clients: usize,
+    events: u64,
+    rate: f64,
+    payload: String,
+    progress: Arc<Progress>,
+}
+
+impl Writer {
+    /// Writes failed, and the first error.
+    async fn run(self) -> (u64, Option<String>) {
+        let db = database(&self.args).await;
+        // The committed floor's server hears of each row from the writer, after its commit.
+        let mut told = match self.target {
+            client::Target::CommittedFloor => {
+                let control = url(&self.args)
+                    .split(',')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                let control = client::connect(&control, self.clients)
+                    .await
+                    .expect("connect to the floor server");
+                let (told, mut echoes) = control.split();
+                tokio::spawn(async move { while echoes.next().await.is_some() {} });
+                Some(told)
+            }
+            _ => None,
+        };
+        let insert = db
+            .prepare("INSERT INTO bench_latency VALUES ($1, $2, $3)")
+            .await
+            .unwrap();
+        let (mut failed, mut error) = (0, None);
+        let interval = Duration::from_secs_f64(1.0 / self.rate);
+        let mut next = tokio::time::Instant::now();
+        for id in 0..self.events as i64 {
+            tokio::time::sleep_until(next).await;
+            next += interval;
+            let sent = client::now_us();
+            match db.execute(&insert, &[&id, &sent, &self.payload]).await {
+                Ok(_) => {
+                    self.progress.committed.fetch_add(1, Relaxed);
+                    if let Some(told) = &mut told {
+                        let emit = format!(r#"{{"type":"emit","id":{id},"sent_at_us":{sent}}}"#);
+                        told.send(Message::text(emit))
+                            .await
+                            .expect("tell the floor server");
+                    }
+                }
+                Err(e) => {
+                    failed += 1;
+                    error.get_or_insert_with(|| {
+                        e.as_db_error()
+                            .map_or(e.to_string(), |d| d.message().to_string())
+                    });
+                }
+            }
+        }
+        (failed, error)
+    }
 }
 
 /// Fan-out: `clients` subscribers, the writer commits `batch` rows per transaction as fast as it
