@@ -16,8 +16,9 @@ use tokio::sync::broadcast;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-/// Messages kept for a slow client; as realtime.client_backlog's default.
-const BACKLOG: usize = 1024;
+/// Messages kept for a slow client: enough that none misses one in these runs (realtime_ext
+/// reads a slow client's backlog from its history; a floor that dropped would be cheaper).
+const BACKLOG: usize = 1 << 16;
 
 pub async fn serve(port: u16) -> ! {
     let listener = TcpListener::bind(("127.0.0.1", port))

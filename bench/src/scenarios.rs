@@ -77,13 +77,19 @@ async fn subscribers_to(
 
 /// Read `ws` until `done(messages stamped so far)` or it closes: each stamped message's
 /// latency, in ms.
-async fn read_stamped(mut ws: Ws, expected: usize, done: impl Fn(usize) -> bool) -> Vec<f64> {
+async fn read_stamped(
+    mut ws: Ws,
+    expected: usize,
+    done: impl Fn(usize, Duration) -> bool,
+) -> Vec<f64> {
     let mut latencies = Vec::with_capacity(expected);
-    while !done(latencies.len()) {
+    let mut last = Instant::now();
+    while !done(latencies.len(), last.elapsed()) {
         match tokio::time::timeout(Duration::from_millis(200), ws.next()).await {
             Ok(Some(Ok(Message::Text(t)))) => {
                 if let Some(sent) = client::sent_at_us(&t) {
                     latencies.push((client::now_us() - sent) as f64 / 1000.0);
+                    last = Instant::now();
                 }
             }
             Ok(Some(Ok(_))) | Err(_) => {}
@@ -119,8 +125,11 @@ struct Progress {
 }
 
 impl Progress {
-    fn finished(&self, received: u64) -> bool {
-        self.done.load(Relaxed) && received >= self.committed.load(Relaxed)
+    /// Whether a reader that has `received` changes, the last `quiet` ago, is done: it has
+    /// them all, or the writer has finished and nothing came for DRAIN_LIMIT (what is missing
+    /// then shows as delivered below expected, rather than as a run that never ends).
+    fn finished(&self, received: u64, quiet: Duration) -> bool {
+        self.done.load(Relaxed) && (received >= self.committed.load(Relaxed) || quiet > DRAIN_LIMIT)
     }
 }
 
@@ -153,8 +162,8 @@ pub async fn latency(args: &Args) -> Value {
         .into_iter()
         .map(|ws| {
             let progress = progress.clone();
-            tokio::spawn(read_stamped(ws, events as usize, move |n| {
-                progress.finished(n as u64)
+            tokio::spawn(read_stamped(ws, events as usize, move |n, quiet| {
+                progress.finished(n as u64, quiet)
             }))
         })
         .collect();
@@ -1150,7 +1159,7 @@ pub async fn shout(args: &Args) -> Value {
         .into_iter()
         .map(|ws| {
             let stop = stop.clone();
-            tokio::spawn(read_stamped(ws, 0, move |_| stop.load(Relaxed)))
+            tokio::spawn(read_stamped(ws, 0, move |_, _| stop.load(Relaxed)))
         })
         .collect();
     let cpu0 = client::cpu_seconds();
