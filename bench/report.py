@@ -103,8 +103,10 @@ def fan(r):
     return f"{f(r['delivered_per_s'], 0)}/s ({r['delivered_messages']:,} of {r['expected_messages']:,})"
 met = rt and not rt.get("error") and rt["delivered_per_s"] >= 200_000 and (br is None or br.get("error") or rt["delivered_per_s"] >= 5 * br["delivered_per_s"])
 print(f"| F | {(rt or {}).get('clients', 0):,} clients, 100-row transactions: delivered messages/s | | {fan(br)} | {fan(rt)} | ≥ 5× bridge, ≥ 200,000/s | {ok(met)} |")
-paced = next((r for r in rows if r.get("scenario") == "fanout" and r.get("target") == "Realtime"
-              and r.get("rate_rows_per_s")), None)
+def paced_fanout(endpoint):
+    return next((r for r in rows if r.get("scenario") == "fanout" and r.get("target") == "Realtime"
+                 and r.get("endpoint") == endpoint and r.get("rate_rows_per_s")), None)
+paced = paced_fanout("native")
 if paced:
     offered = paced["rate_rows_per_s"] * paced["clients"]
     met = not paced.get("error") and paced["delivered_per_s"] >= 2_700_000 and paced["delivered_messages"] == paced["expected_messages"]
@@ -114,6 +116,10 @@ supa = find(scenario="fanout", target="Realtime", tls=False, endpoint="supabase"
 if supa:
     writer = lambda r: f"writer {f(r.get('writer_rows_per_s'), 0)} rows/s" if r and not r.get("error") else ""
     print(f"| F | {supa.get('clients', 0):,} clients through the Supabase endpoint: delivered messages/s | | {fan(rt)} (native, {writer(rt)}) | {fan(supa)} ({writer(supa)}) | | |")
+supa_paced = paced_fanout("supabase")
+if paced and supa_paced:
+    print(f"| F | {supa_paced.get('clients', 0):,} clients through the Supabase endpoint, the writer held to {f(supa_paced['rate_rows_per_s'], 0)} rows/s: delivered messages/s | | "
+          f"{fan(paced)} (native) | {fan(supa_paced)}, {supa_paced.get('gap_messages', 0)} gaps | | |")
 idle, want = find(scenario="idle"), find(scenario="idle_target")
 if idle and not idle.get("error") and want:
     met = idle["worker_kib_per_connection"] <= 10 and idle["new_subscribe_ms"]["max"] < 50 and idle["clients"] >= want["requested_clients"]

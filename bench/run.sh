@@ -30,9 +30,9 @@ export BENCH_AUTOGROUP_SETTING=$(cat "$AUTOGROUP" 2>/dev/null || echo absent)
 want() { [[ $SCENARIOS == *$1* ]]; }
 
 if [ $QUICK = 1 ]; then
-  W_SECONDS=4; W_ROUNDS=1; L_EVENTS=1000; F_CLIENTS=1000; F_SECONDS=5; F_RATE=2800; C_CLIENTS=5000; T_ROWS=100000; P_EVENTS=20; R_EVENTS=2000; D_CLIENTS=100; H_EVENTS=1000; H_BURST=2000
+  W_SECONDS=4; W_ROUNDS=1; L_EVENTS=1000; F_CLIENTS=1000; F_SECONDS=5; F_RATE=3000; C_CLIENTS=5000; T_ROWS=100000; P_EVENTS=20; R_EVENTS=2000; D_CLIENTS=100; H_EVENTS=1000; H_BURST=2000
 else
-  W_SECONDS=8; W_ROUNDS=4; L_EVENTS=10000; F_CLIENTS=10000; F_SECONDS=15; F_RATE=280; C_CLIENTS=50000; T_ROWS=1000000; P_EVENTS=100; R_EVENTS=20000; D_CLIENTS=1000; H_EVENTS=5000; H_BURST=10000
+  W_SECONDS=8; W_ROUNDS=4; L_EVENTS=10000; F_CLIENTS=10000; F_SECONDS=15; F_RATE=300; C_CLIENTS=50000; T_ROWS=1000000; P_EVENTS=100; R_EVENTS=20000; D_CLIENTS=1000; H_EVENTS=5000; H_BURST=10000
 fi
 
 say "building (extension, load generator, Node bridge)"
@@ -188,6 +188,7 @@ say "F: fan-out to $F_CLIENTS clients"
 # Flat out, the writer commits far more than two cores can write to sockets, and sessions read
 # on from the history; held to F_RATE rows/s, what the fan-out sustains from memory.
 "$LOADGEN" fanout --pg "$PG" --ws "$RT_URL" --clients $F_CLIENTS --seconds $F_SECONDS --batch 100 --rate $F_RATE | record
+"$LOADGEN" fanout --pg "$PG" --ws "$SUPA_URL" --clients $F_CLIENTS --seconds $F_SECONDS --batch 100 --rate $F_RATE | record
 ensure_bridge fanout
 "$LOADGEN" fanout --target bridge --pg "$PG" --ws "$BRIDGE_URL" --clients $F_CLIENTS --seconds $F_SECONDS --batch 100 | record
 fi
