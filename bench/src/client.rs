@@ -69,6 +69,20 @@ pub async fn connect(url: &str, n: usize) -> std::io::Result<Ws> {
     let server: SocketAddr = tokio::net::lookup_host(hostport).await?.next().unwrap();
     let socket = TcpSocket::new_v4()?;
     if server.ip().is_loopback() {
+        // The port is then chosen at connect, unique per destination: a port bound first is
+        // taken from every connect, and tens of thousands of them in TIME_WAIT after a large
+        // run left no port for the next scenario's database connection.
+        let yes: libc::c_int = 1;
+        // SAFETY: a valid socket and an int option of the right size.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&socket),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                (&raw const yes).cast(),
+                std::mem::size_of_val(&yes) as libc::socklen_t,
+            );
+        }
         socket.bind(SocketAddr::new(
             IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (n / 20_000) as u8)),
             0,
