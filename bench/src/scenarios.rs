@@ -175,10 +175,7 @@ pub async fn latency(args: &Args) -> Value {
     match &db {
         None => {
             // The floor server makes the events itself, stamped as it makes them.
-            let mut control =
-                client::connect(url(args).split(',').next().unwrap_or_default(), clients)
-                    .await
-                    .expect("connect to the floor server");
+            let mut control = floor_control(args, clients).await;
             let start = format!(r#"{{"type":"start","events":{events},"rate":{rate}}}"#);
             control
                 .send(Message::text(start))
@@ -229,6 +226,13 @@ pub async fn latency(args: &Args) -> Value {
     })
 }
 
+/// A connection to the floor server for telling it what to send, as client number `n`.
+async fn floor_control(args: &Args, n: usize) -> Ws {
+    client::connect(url(args).split(',').next().unwrap_or_default(), n)
+        .await
+        .expect("connect to the floor server")
+}
+
 /// Scenario L's writer: single-row transactions at `rate` a second.
 struct Writer {
     args: Args,
@@ -247,15 +251,7 @@ impl Writer {
         // The committed floor's server hears of each row from the writer, after its commit.
         let mut told = match self.target {
             client::Target::CommittedFloor => {
-                let control = url(&self.args)
-                    .split(',')
-                    .next()
-                    .unwrap_or_default()
-                    .to_string();
-                let control = client::connect(&control, self.clients)
-                    .await
-                    .expect("connect to the floor server");
-                let (told, mut echoes) = control.split();
+                let (told, mut echoes) = floor_control(&self.args, self.clients).await.split();
                 tokio::spawn(async move { while echoes.next().await.is_some() {} });
                 Some(told)
             }
